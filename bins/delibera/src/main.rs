@@ -1,0 +1,76 @@
+//! `delibera`: the Delibera command-line tool.
+//!
+//! Every command prints one JSON document (or raw text where a format demands
+//! it) on stdout; errors go to stderr as one line with a non-zero exit.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod key;
+
+#[derive(Parser)]
+#[command(name = "delibera", version, about = "Delibera protocol tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ed25519 identities: create keys, show DIDs, sign and verify.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+}
+
+/// What a command asks `main` to do once it finished without an error.
+enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit with this code (a negative answer that is not an error, e.g. a bad signature).
+    Exit(u8),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Key(command) => key::run(command),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
+        Err(error) => {
+            // One line: the chain of causes joined, never a backtrace.
+            eprintln!("delibera: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Returns `arg`, or all of stdin (trimmed) when `arg` is `-`.
+fn arg_or_stdin(arg: &str) -> anyhow::Result<String> {
+    if arg == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        Ok(text.trim().to_owned())
+    } else {
+        Ok(arg.to_owned())
+    }
+}
+
+/// Runs a future to completion on a fresh runtime, for the commands that talk
+/// to a service. Commands that do not need one never start a runtime.
+#[allow(dead_code)] // Used by the service subcommands as they land.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built")
+        .block_on(future)
+}
+
+/// Prints one compact JSON document followed by a newline.
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}

@@ -1,0 +1,8 @@
+//! Delibera: AI agents (one coordinator, many workers) that deliberate and vote
+//! on DAO proposals, coordinate through Ensue shared memory, run inside Phala
+//! TEEs and are registered on NEAR.
+//!
+//! This umbrella crate re-exports the workspace's library crates so examples
+//! and applications can depend on one crate. See `docs/architecture.md`.
+
+pub use delibera_identity as identity;
