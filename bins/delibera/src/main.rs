@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod key;
+mod phala;
 
 #[derive(Parser)]
 #[command(name = "delibera", version, about = "Delibera protocol tools")]
@@ -22,6 +23,9 @@ enum Command {
     /// Ed25519 identities: create keys, show DIDs, sign and verify.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Phala Cloud: encrypt env vars for a CVM, print agent compose files.
+    #[command(subcommand)]
+    Phala(phala::PhalaCommand),
 }
 
 /// What a command asks `main` to do once it finished without an error.
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Key(command) => key::run(command),
+        Command::Phala(command) => phala::run(command),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -1,0 +1,89 @@
+//! `delibera phala …`: sealed env blobs and compose files for Phala Cloud CVMs.
+
+use std::io::Read;
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use delibera_identity::Zeroizing;
+use delibera_phala::{AgentRole, EnvVar, ImageRef, encrypt_env, render_compose};
+
+use crate::Outcome;
+
+#[derive(Subcommand)]
+pub(crate) enum PhalaCommand {
+    /// Encrypt env vars for a CVM: reads `[{"key","value"}…]` JSON on stdin and
+    /// prints the `encrypted_env` hex (`@phala/dstack-sdk` encryptEnvVars format).
+    EncryptEnv {
+        /// The app's X25519 env-encryption public key (`app_env_encrypt_pubkey`),
+        /// 64 hex characters, with or without `0x`.
+        #[arg(long)]
+        pubkey: String,
+    },
+    /// Print the docker compose file of an agent.
+    Compose {
+        /// Which agent.
+        role: RoleArg,
+        /// The image reference (default: the role's Delibera image).
+        #[arg(long)]
+        image: Option<String>,
+        /// Pin the image to this digest (`sha256:<64 hex>`).
+        #[arg(long)]
+        digest: Option<String>,
+        /// The port to listen on and expose (default: worker 3001, coordinator 3000).
+        #[arg(long)]
+        port: Option<u16>,
+        /// A secret env name to pass through as `KEY=${KEY}` (repeat, or separate with commas).
+        #[arg(long = "env", value_name = "KEY", value_delimiter = ',')]
+        env: Vec<String>,
+    },
+}
+
+/// The agent role, as a command-line value.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum RoleArg {
+    /// A worker (port 3001).
+    Worker,
+    /// A coordinator (port 3000).
+    Coordinator,
+}
+
+impl From<RoleArg> for AgentRole {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Worker => AgentRole::Worker,
+            RoleArg::Coordinator => AgentRole::Coordinator,
+        }
+    }
+}
+
+pub(crate) fn run(command: PhalaCommand) -> anyhow::Result<Outcome> {
+    match command {
+        PhalaCommand::EncryptEnv { pubkey } => {
+            let mut input = Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("cannot read the env JSON from stdin")?;
+            let vars = EnvVar::list_from_json(&input)?;
+            println!("{}", encrypt_env(&pubkey, &vars)?);
+        }
+        PhalaCommand::Compose {
+            role,
+            image,
+            digest,
+            port,
+            env,
+        } => {
+            let role = AgentRole::from(role);
+            let mut image = match image {
+                Some(reference) => ImageRef::new(&reference)?,
+                None => role.default_image(),
+            };
+            if let Some(digest) = digest {
+                image = image.pinned(&digest)?;
+            }
+            let port = port.unwrap_or_else(|| role.default_port());
+            print!("{}", render_compose(role, &image, port, &env)?);
+        }
+    }
+    Ok(Outcome::Success)
+}

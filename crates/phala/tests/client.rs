@@ -1,0 +1,697 @@
+//! `PhalaClient` against wiremock: every call, every error class, both response
+//! versions, the URL fallback and the retry counts.
+
+use std::time::Duration;
+
+use delibera_phala::{
+    API_VERSION_2025_10_28, API_VERSION_2026_01_21, CommitRequest, ComposeFile, Error, PhalaClient,
+    ProvisionRequest, RetryPolicy,
+};
+use serde_json::{Value, json};
+use wiremock::matchers::{body_json, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const API_KEY: &str = "phak_test_key_0123";
+const APP_ID: &str = "e15b3b7a5c4a4e0f8d2a7f3c1b9e8d7c6a5b4f3e";
+const VM_UUID: &str = "4f8e2d1c-0b9a-4c7d-8e6f-5a4b3c2d1e0f";
+
+fn client(server: &MockServer) -> PhalaClient {
+    PhalaClient::new(&format!("{}/api/v1", server.uri()), API_KEY)
+        .unwrap()
+        .with_retry(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        })
+}
+
+/// A mock that also insists on the auth and version headers.
+fn api(http_method: &str, api_path: &str) -> wiremock::MockBuilder {
+    Mock::given(method(http_method))
+        .and(path(format!("/api/v1{api_path}")))
+        .and(header("X-API-Key", API_KEY))
+        .and(header("X-Phala-Version", API_VERSION_2025_10_28))
+        .and(header("Accept", "application/json"))
+}
+
+fn provision_request() -> ProvisionRequest {
+    ProvisionRequest {
+        name: "delibera-worker-alpha-ab12cd".to_owned(),
+        instance_type: "tdx.small".to_owned(),
+        compose_file: ComposeFile {
+            docker_compose_file: "services: {}\n".to_owned(),
+            allowed_envs: vec!["PORT".to_owned(), "NEAR_ACCOUNT_ID".to_owned()],
+            name: String::new(),
+        },
+        region: None,
+        teepod_id: None,
+    }
+}
+
+fn commit_request() -> CommitRequest {
+    CommitRequest {
+        app_id: APP_ID.to_owned(),
+        compose_hash: "ab".repeat(32),
+        encrypted_env: Some("00ff".to_owned()),
+        env_keys: vec!["NEAR_ACCOUNT_ID".to_owned()],
+    }
+}
+
+/// A `GET /cvms/{id}` body in the 2025-10-28 (flat) shape.
+fn cvm_v2025(public_urls: Value) -> Value {
+    json!({
+        "id": 4242, "name": "delibera-worker-alpha-ab12cd", "status": "running",
+        "in_progress": false, "app_id": APP_ID, "vm_uuid": VM_UUID,
+        "instance_id": "inst-1", "vcpu": 1, "memory": 2048, "disk_size": 20,
+        "gateway_domain": "dstack-pha-prod5.phala.network",
+        "public_urls": public_urls,
+    })
+}
+
+/// A `GET /cvms/{id}` body in the 2026-01-21 (nested) shape.
+fn cvm_v2026(endpoints: Value) -> Value {
+    json!({
+        "id": "cvm_3kq9x", "name": "delibera-worker-alpha-ab12cd", "app_id": APP_ID,
+        "vm_uuid": VM_UUID, "instance_id": "inst-1", "status": "running",
+        "progress": {"target": "running", "started_at": null, "correlation_id": null},
+        "resource": {"vcpu": 1}, "node_info": {"name": "prod5"},
+        "gateway": {"base_domain": "dstack-base-prod7.phala.network", "cname": null},
+        "endpoints": endpoints,
+    })
+}
+
+#[tokio::test]
+async fn provision_sends_the_sdk_body_and_headers_once() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms/provision")
+        .and(header("Content-Type", "application/json"))
+        .and(body_json(json!({
+            "name": "delibera-worker-alpha-ab12cd",
+            "instance_type": "tdx.small",
+            "compose_file": {
+                "docker_compose_file": "services: {}\n",
+                "allowed_envs": ["PORT", "NEAR_ACCOUNT_ID"],
+                "name": "",
+            },
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "compose_hash": "cd".repeat(32),
+            "app_id": APP_ID,
+            "app_env_encrypt_pubkey": "7b".repeat(32),
+            "kms_id": "kms-1", "fmspc": null, "device_id": "d", "teepod_id": 3,
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let provisioned = client(&server)
+        .provision(&provision_request())
+        .await
+        .unwrap();
+    assert_eq!(provisioned.compose_hash, "cd".repeat(32));
+    assert_eq!(provisioned.app_id.as_deref(), Some(APP_ID));
+    assert_eq!(provisioned.app_env_encrypt_pubkey, Some("7b".repeat(32)));
+}
+
+#[tokio::test]
+async fn provision_optional_placement_fields_are_sent_when_set() {
+    let server = MockServer::start().await;
+    let mut request = provision_request();
+    request.region = Some("us-west".to_owned());
+    request.teepod_id = Some(7);
+    let mut expected = serde_json::to_value(provision_request()).unwrap();
+    expected["region"] = json!("us-west");
+    expected["teepod_id"] = json!(7);
+    api("POST", "/cvms/provision")
+        .and(body_json(expected))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"compose_hash": "ab"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    client(&server).provision(&request).await.unwrap();
+}
+
+#[tokio::test]
+async fn provision_is_never_retried() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms/provision")
+        .respond_with(ResponseTemplate::new(503).set_body_string("upstream down"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server)
+        .provision(&provision_request())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Server(ref api) if api.status == 503 && api.message == "upstream down")
+    );
+}
+
+#[tokio::test]
+async fn provision_without_compose_hash_is_an_unexpected_response() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms/provision")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"app_id": APP_ID})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server)
+        .provision(&provision_request())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::UnexpectedResponse { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn commit_sends_the_exact_body_and_reads_the_vm_uuid() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms")
+        .and(header("Content-Type", "application/json"))
+        .and(body_json(json!({
+            "app_id": APP_ID,
+            "compose_hash": "ab".repeat(32),
+            "encrypted_env": "00ff",
+            "env_keys": ["NEAR_ACCOUNT_ID"],
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": 4242, "name": "delibera-worker-alpha-ab12cd", "status": "creating",
+            "teepod_id": 3, "teepod": {"id": 3, "name": "prod5"}, "user_id": null,
+            "app_id": APP_ID, "vm_uuid": VM_UUID, "instance_id": null, "app_url": null,
+            "vcpu": 1, "memory": 2048, "disk_size": 20, "created_at": "2026-11-23T10:00:00Z",
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let cvm = client(&server).commit(&commit_request()).await.unwrap();
+    assert_eq!(cvm.id, "4242");
+    assert_eq!(cvm.cvm_id(), VM_UUID);
+    assert_eq!(cvm.status.as_deref(), Some("creating"));
+}
+
+#[tokio::test]
+async fn commit_without_env_sends_null() {
+    let server = MockServer::start().await;
+    let mut request = commit_request();
+    request.encrypted_env = None;
+    request.env_keys.clear();
+    api("POST", "/cvms")
+        .and(body_json(json!({
+            "app_id": APP_ID, "compose_hash": "ab".repeat(32),
+            "encrypted_env": null, "env_keys": [],
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": 1})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let cvm = client(&server).commit(&request).await.unwrap();
+    assert_eq!(cvm.cvm_id(), "1");
+}
+
+#[tokio::test]
+async fn commit_is_retried_after_a_server_error_because_it_is_idempotent() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms")
+        .and(body_json(serde_json::to_value(commit_request()).unwrap()))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    api("POST", "/cvms")
+        .and(body_json(serde_json::to_value(commit_request()).unwrap()))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"id": 9, "vm_uuid": VM_UUID})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let cvm = client(&server).commit(&commit_request()).await.unwrap();
+    assert_eq!(cvm.cvm_id(), VM_UUID);
+}
+
+#[tokio::test]
+async fn commit_app_id_conflict_is_a_conflict_and_not_retried() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms")
+        .respond_with(ResponseTemplate::new(409).set_body_json(json!({"detail": {
+            "error_code": "ERR-03-007",
+            "message": "App ID already exists with a different compose hash",
+            "details": [{"field": "compose_hash", "value": "ab", "message": "differs"}],
+            "suggestions": ["Use a new app_id", "Update the existing CVM"],
+            "links": [{"label": "docs", "url": "https://docs.phala.com"}],
+        }})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server).commit(&commit_request()).await.unwrap_err();
+    assert!(error.is_conflict());
+    assert_eq!(error.error_code(), Some("ERR-03-007"));
+    let api = error.api_error().unwrap();
+    assert_eq!(api.status, 409);
+    assert_eq!(
+        api.message,
+        "App ID already exists with a different compose hash"
+    );
+    assert_eq!(api.details[0].field, "compose_hash");
+    assert_eq!(api.details[0].message, "differs");
+    assert_eq!(
+        api.suggestions,
+        ["Use a new app_id", "Update the existing CVM"]
+    );
+}
+
+#[tokio::test]
+async fn get_cvm_reads_the_2025_10_28_shape() {
+    let server = MockServer::start().await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(cvm_v2025(json!([
+            {"app": format!("https://{APP_ID}-3001.dstack-pha-prod5.phala.network"), "instance": "https://i-3001.x"},
+        ]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let cvm = client(&server).get_cvm(VM_UUID).await.unwrap();
+    assert_eq!(cvm.id, "4242");
+    assert!(cvm.is_running());
+    assert_eq!(cvm.in_progress, Some(false));
+    assert_eq!(
+        cvm.gateway_domain.as_deref(),
+        Some("dstack-pha-prod5.phala.network")
+    );
+    assert_eq!(
+        cvm.endpoint_url(3001).as_deref(),
+        Some(format!("https://{APP_ID}-3001.dstack-pha-prod5.phala.network").as_str())
+    );
+}
+
+#[tokio::test]
+async fn get_cvm_reads_the_2026_01_21_shape_with_that_version_header() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/v1/cvms/{VM_UUID}")))
+        .and(header("X-API-Key", API_KEY))
+        .and(header("X-Phala-Version", API_VERSION_2026_01_21))
+        .respond_with(ResponseTemplate::new(200).set_body_json(cvm_v2026(json!([
+            {"app": format!("https://{APP_ID}-8080.dstack-base-prod7.phala.network"), "instance": ""},
+            {"app": format!("https://{APP_ID}-3000.dstack-base-prod7.phala.network"), "instance": ""},
+        ]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let cvm = client(&server)
+        .with_api_version(API_VERSION_2026_01_21)
+        .get_cvm(VM_UUID)
+        .await
+        .unwrap();
+    assert_eq!(cvm.id, "cvm_3kq9x");
+    assert_eq!(cvm.progress_target.as_deref(), Some("running"));
+    assert_eq!(
+        cvm.gateway_domain.as_deref(),
+        Some("dstack-base-prod7.phala.network")
+    );
+    // Of several listed URLs, the one for the agent's port.
+    assert_eq!(
+        cvm.endpoint_url(3000).as_deref(),
+        Some(format!("https://{APP_ID}-3000.dstack-base-prod7.phala.network").as_str())
+    );
+}
+
+#[tokio::test]
+async fn the_url_is_built_from_the_gateway_domain_only_when_none_is_listed() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/flat")
+        .respond_with(ResponseTemplate::new(200).set_body_json(cvm_v2025(json!([]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    api("GET", "/cvms/nested")
+        .respond_with(ResponseTemplate::new(200).set_body_json(cvm_v2026(json!([]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    let flat = client.get_cvm("flat").await.unwrap();
+    assert_eq!(
+        flat.endpoint_url(3001).as_deref(),
+        Some(format!("https://{APP_ID}-3001.dstack-pha-prod5.phala.network").as_str())
+    );
+    let nested = client.get_cvm("nested").await.unwrap();
+    assert_eq!(
+        nested.endpoint_url(3000).as_deref(),
+        Some(format!("https://{APP_ID}-3000.dstack-base-prod7.phala.network").as_str())
+    );
+}
+
+#[tokio::test]
+async fn no_url_and_no_domain_means_no_endpoint_yet() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/new")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": 1, "status": "creating", "in_progress": true, "app_id": APP_ID,
+            "public_urls": null, "gateway_domain": null,
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let cvm = client(&server).get_cvm("new").await.unwrap();
+    assert_eq!(cvm.endpoint_url(3001), None);
+    assert!(!cvm.is_stopped());
+}
+
+#[tokio::test]
+async fn get_cvm_is_retried_up_to_the_policy_then_fails() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({"detail": "boom"})))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let error = client(&server).get_cvm("abc").await.unwrap_err();
+    assert!(matches!(error, Error::Server(ref api) if api.message == "boom"));
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn get_cvm_recovers_after_a_rate_limit() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(429).set_body_json(json!({"detail": "slow down"})))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    api("GET", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(200).set_body_json(cvm_v2025(json!([]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    assert!(client(&server).get_cvm("abc").await.is_ok());
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/missing")
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"detail": {
+            "error_code": "ERR-03-001", "message": "CVM not found", "suggestions": [],
+        }})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server).get_cvm("missing").await.unwrap_err();
+    assert!(error.is_not_found());
+    assert!(!error.is_retryable());
+    assert_eq!(error.error_code(), Some("ERR-03-001"));
+}
+
+#[tokio::test]
+async fn start_and_stop_post_once_each() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms/abc/start")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": 5, "name": "n", "status": "starting", "teepod_id": 3, "app_id": APP_ID, "vm_uuid": "abc",
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    api("POST", "/cvms/abc/stop")
+        .respond_with(ResponseTemplate::new(500))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    let started = client.start("abc").await.unwrap().unwrap();
+    assert_eq!(started.status.as_deref(), Some("starting"));
+    assert!(matches!(
+        client.stop("abc").await,
+        Err(Error::Server(ref api)) if api.status == 500
+    ));
+}
+
+#[tokio::test]
+async fn delete_accepts_200_204_and_404() {
+    let server = MockServer::start().await;
+    api("DELETE", "/cvms/with-body")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    api("DELETE", "/cvms/no-content")
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    api("DELETE", "/cvms/gone")
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"detail": "CVM not found"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    client.delete("with-body").await.unwrap();
+    client.delete("no-content").await.unwrap();
+    client.delete("gone").await.unwrap();
+}
+
+#[tokio::test]
+async fn delete_is_retried_on_server_errors() {
+    let server = MockServer::start().await;
+    api("DELETE", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(503))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let error = client(&server).delete("abc").await.unwrap_err();
+    assert!(matches!(error, Error::Server(ref api) if api.status == 503));
+}
+
+#[tokio::test]
+async fn validation_errors_keep_every_field_and_message() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms/provision")
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({"detail": [
+            {"loc": ["body", "name"], "msg": "String should match pattern", "type": "string_pattern_mismatch", "ctx": {"pattern": "^[a-zA-Z]"}},
+            {"loc": ["body", "compose_file", "docker_compose_file"], "msg": "Field required", "type": "missing"},
+        ]})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server)
+        .provision(&provision_request())
+        .await
+        .unwrap_err();
+    let Error::Validation(api) = &error else {
+        panic!("not a validation error: {error}");
+    };
+    assert_eq!(api.status, 422);
+    assert_eq!(api.details.len(), 2);
+    assert_eq!(api.details[0].field, "body.name");
+    assert_eq!(api.details[0].message, "String should match pattern");
+    assert_eq!(
+        api.details[0].kind.as_deref(),
+        Some("string_pattern_mismatch")
+    );
+    assert_eq!(
+        api.details[1].field,
+        "body.compose_file.docker_compose_file"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("body.name: String should match pattern")
+    );
+}
+
+#[tokio::test]
+async fn auth_errors_are_typed_and_never_echo_the_key() {
+    for status in [401, 403] {
+        let server = MockServer::start().await;
+        api("GET", "/cvms/abc")
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .set_body_json(json!({"detail": "Invalid or expired token"})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let error = client(&server).get_cvm("abc").await.unwrap_err();
+        assert!(
+            matches!(error, Error::Unauthorized(ref api) if api.status == status && api.message == "Invalid or expired token"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains(API_KEY));
+        assert!(!format!("{error:?}").contains(API_KEY));
+    }
+}
+
+#[tokio::test]
+async fn structured_errors_are_read_at_top_level_too() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms/provision")
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error_code": "ERR-02-003", "message": "Insufficient vCPU on the node",
+            "details": [], "suggestions": ["Pick a smaller instance type"],
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server)
+        .provision(&provision_request())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Rejected(_)), "{error}");
+    assert_eq!(error.error_code(), Some("ERR-02-003"));
+    let api = error.api_error().unwrap();
+    assert_eq!(api.message, "Insufficient vCPU on the node");
+    assert_eq!(api.suggestions, ["Pick a smaller instance type"]);
+}
+
+#[tokio::test]
+async fn duplicate_names_are_conflicts() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms/provision")
+        .respond_with(ResponseTemplate::new(409).set_body_json(json!({"detail": {
+            "error_code": "ERR-01-004", "message": "A CVM with this name already exists",
+        }})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server)
+        .provision(&provision_request())
+        .await
+        .unwrap_err();
+    assert!(error.is_conflict());
+    assert_eq!(error.error_code(), Some("ERR-01-004"));
+}
+
+#[tokio::test]
+async fn quota_and_balance_codes_are_quota_errors_whatever_the_status() {
+    for (status, code) in [
+        (402, "ERR-04-001"),
+        (403, "ERR-04-002"),
+        (400, "ERR-02-015"),
+    ] {
+        let server = MockServer::start().await;
+        api("POST", "/cvms/provision")
+            .respond_with(
+                ResponseTemplate::new(status).set_body_json(json!({"detail": {
+                    "error_code": code, "message": "limit reached", "suggestions": ["Top up"],
+                }})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let error = client(&server)
+            .provision(&provision_request())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Quota(_)), "{code}: {error}");
+        assert_eq!(error.error_code(), Some(code));
+        assert!(!error.is_retryable());
+    }
+}
+
+#[tokio::test]
+async fn token_limits_are_rate_limits() {
+    let server = MockServer::start().await;
+    api("POST", "/cvms/provision")
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"detail": {
+            "error_code": "ERR-05-002", "message": "Token rate limit",
+        }})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server)
+        .provision(&provision_request())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::RateLimited(_)), "{error}");
+}
+
+#[tokio::test]
+async fn timeouts_are_typed_and_retried_for_gets() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/slow")
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(cvm_v2025(json!([])))
+                .set_delay(Duration::from_secs(2)),
+        )
+        .expect(3)
+        .mount(&server)
+        .await;
+    let error = client(&server)
+        .with_timeout(Duration::from_millis(50))
+        .unwrap()
+        .get_cvm("slow")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Timeout { ref operation } if operation == "GET /cvms/{id}"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_non_json_success_is_an_unexpected_response() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>nginx</html>"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server).get_cvm("abc").await.unwrap_err();
+    assert!(matches!(error, Error::UnexpectedResponse { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn an_unreachable_host_is_a_transport_error() {
+    // Bind then drop a listener to get a loopback port nobody serves.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = PhalaClient::new(&format!("http://127.0.0.1:{port}/api/v1"), API_KEY)
+        .unwrap()
+        .with_retry(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        });
+    let error = client.get_cvm("abc").await.unwrap_err();
+    assert!(matches!(error, Error::Transport { .. }), "{error}");
+    assert!(error.is_retryable());
+}
+
+#[test]
+fn configuration_comes_from_the_environment_like_the_sdk() {
+    let lookup = |vars: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    };
+    let default = PhalaClient::from_lookup(lookup(&[("PHALA_API_KEY", "phak_x")])).unwrap();
+    assert_eq!(
+        default.base_url().as_str(),
+        "https://cloud-api.phala.com/api/v1"
+    );
+    assert_eq!(default.api_version(), "2025-10-28");
+    let custom = PhalaClient::from_lookup(lookup(&[
+        ("PHALA_API_KEY", "phak_x"),
+        ("PHALA_CLOUD_API_PREFIX", "http://127.0.0.1:9/api/v1"),
+    ]))
+    .unwrap();
+    assert_eq!(custom.base_url().as_str(), "http://127.0.0.1:9/api/v1");
+    assert!(matches!(
+        PhalaClient::from_lookup(lookup(&[])),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        PhalaClient::new("not a url", "k"),
+        Err(Error::Config { .. })
+    ));
+    assert!(!format!("{default:?}").contains("phak_x"));
+}
