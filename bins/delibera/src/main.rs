@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod delegation;
 mod key;
 mod phala;
 
@@ -23,6 +24,9 @@ enum Command {
     /// Ed25519 identities: create keys, show DIDs, sign and verify.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// UCAN delegations for Storacha: create and inspect (verify) proofs.
+    #[command(subcommand)]
+    Delegation(delegation::DelegationCommand),
     /// Phala Cloud: encrypt env vars for a CVM, print agent compose files.
     #[command(subcommand)]
     Phala(phala::PhalaCommand),
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Key(command) => key::run(command),
+        Command::Delegation(command) => delegation::run(command),
         Command::Phala(command) => phala::run(command),
     };
     match result {
