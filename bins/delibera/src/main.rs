@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod delegation;
 mod key;
+mod near;
 mod phala;
 
 #[derive(Parser)]
@@ -30,6 +31,9 @@ enum Command {
     /// Phala Cloud: encrypt env vars for a CVM, print agent compose files.
     #[command(subcommand)]
     Phala(phala::PhalaCommand),
+    /// NEAR: sign a function call offline, call a contract view method.
+    #[command(subcommand)]
+    Near(near::NearCommand),
 }
 
 /// What a command asks `main` to do once it finished without an error.
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Key(command) => key::run(command),
         Command::Delegation(command) => delegation::run(command),
         Command::Phala(command) => phala::run(command),
+        Command::Near(command) => near::run(command),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -71,7 +76,6 @@ fn arg_or_stdin(arg: &str) -> anyhow::Result<String> {
 
 /// Runs a future to completion on a fresh runtime, for the commands that talk
 /// to a service. Commands that do not need one never start a runtime.
-#[allow(dead_code)] // Used by the service subcommands as they land.
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,267 @@
+//! The one error type of this crate.
+
+use std::fmt;
+
+/// Everything that can go wrong talking to NEAR or the local registry.
+///
+/// Messages never contain secret material: no secret keys, no RPC URL paths
+/// or query strings (providers put API keys there), only the URL's origin.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A NEAR account id broke one of NEAR's naming rules.
+    #[error("invalid NEAR account id {account_id:?}: {rule}")]
+    InvalidAccountId {
+        /// The rejected text (account ids are public).
+        account_id: String,
+        /// The rule it broke.
+        rule: AccountIdRule,
+    },
+    /// A caller-supplied value (block hash, amount, key…) is malformed.
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// What was being parsed, e.g. `block hash`.
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A key string or signature was rejected by `delibera-identity`.
+    #[error("invalid key: {0}")]
+    Key(#[from] delibera_identity::Error),
+    /// The HTTP request never produced a response (connection refused, reset, timed out…).
+    #[error("NEAR RPC {endpoint} unreachable{}: {message}", if *.timed_out { " (timed out)" } else { "" })]
+    Transport {
+        /// The RPC endpoint's origin (scheme, host and port only).
+        endpoint: String,
+        /// Whether the client gave up waiting (the request may have been delivered).
+        timed_out: bool,
+        /// Whether the connection was never established (the request was not delivered).
+        connect: bool,
+        /// The transport's description, without the URL.
+        message: String,
+    },
+    /// The RPC answered with an HTTP status that carries no JSON-RPC error.
+    #[error("NEAR RPC {endpoint} answered HTTP {status}: {body}")]
+    HttpStatus {
+        /// The RPC endpoint's origin.
+        endpoint: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+    /// The account does not exist (`UNKNOWN_ACCOUNT`).
+    #[error("NEAR account {account_id} does not exist")]
+    UnknownAccount {
+        /// The account that was asked for.
+        account_id: String,
+    },
+    /// The account has no such access key (`UNKNOWN_ACCESS_KEY`, or the legacy in-result text).
+    #[error("access key {public_key} does not exist on the account")]
+    UnknownAccessKey {
+        /// The public key that was asked for (`ed25519:…`).
+        public_key: String,
+    },
+    /// The transaction nonce is not above the access key's nonce.
+    #[error(
+        "invalid nonce: transaction nonce {tx_nonce} must be larger than the access key nonce {ak_nonce}"
+    )]
+    InvalidNonce {
+        /// The nonce the transaction carried.
+        tx_nonce: u64,
+        /// The access key's current nonce.
+        ak_nonce: u64,
+    },
+    /// The node refused the transaction for another reason (`INVALID_TRANSACTION`).
+    #[error("invalid transaction: {details}")]
+    InvalidTransaction {
+        /// The `InvalidTxError` (or whatever the node sent) as JSON.
+        details: serde_json::Value,
+    },
+    /// The node gave up waiting for the transaction (`TIMEOUT_ERROR`); it may still execute.
+    #[error("NEAR RPC timed out waiting for the transaction")]
+    Timeout,
+    /// The node does not know the transaction (`UNKNOWN_TRANSACTION`).
+    #[error("transaction {tx_hash} is unknown to the node")]
+    UnknownTransaction {
+        /// The transaction hash (base58).
+        tx_hash: String,
+    },
+    /// A transaction was sent, but neither its outcome nor its absence could be established.
+    #[error(
+        "transaction {tx_hash} was sent but its outcome is not known yet; query it by hash, do not re-sign it"
+    )]
+    TransactionPending {
+        /// The transaction hash (base58) to look up later.
+        tx_hash: String,
+    },
+    /// A contract call panicked (a `require!` failed, an `expect` fired…).
+    #[error("contract panicked: {message}")]
+    ContractPanic {
+        /// The panic message, without the `Smart contract panicked: ` prefix.
+        message: String,
+    },
+    /// An action of the transaction failed for a reason other than a panic.
+    #[error("transaction action {index:?} failed: {kind}")]
+    ActionFailed {
+        /// Which action failed, when the node says.
+        index: Option<u64>,
+        /// The failure as the node described it (JSON).
+        kind: serde_json::Value,
+    },
+    /// A view call failed inside the node (legacy `result.error`, e.g. method not found).
+    #[error("view call failed: {message}")]
+    ViewFailed {
+        /// The node's error text.
+        message: String,
+    },
+    /// Any other JSON-RPC error, by its structured cause.
+    #[error("NEAR RPC error {name}/{cause}: {message}")]
+    Rpc {
+        /// `error.name`, e.g. `HANDLER_ERROR`.
+        name: String,
+        /// `error.cause.name`, e.g. `UNKNOWN_BLOCK` (empty when absent).
+        cause: String,
+        /// The most specific message the node gave.
+        message: String,
+    },
+    /// The response does not have the shape the method promises.
+    #[error("unexpected response to {method}: {reason}")]
+    InvalidResponse {
+        /// The RPC or contract method.
+        method: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A signed call was asked to act as an account this client does not hold the key of.
+    #[error("cannot sign as {requested}: the configured signer is {signer}")]
+    NotSigner {
+        /// The account the call should have come from.
+        requested: String,
+        /// The account whose key is configured.
+        signer: String,
+    },
+    /// A change call was made on a client built for views only.
+    #[error("this client has no signer: change calls need a TransactionSender")]
+    NoSigner,
+    /// The local registry's SQLite store failed.
+    #[error("local registry storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+}
+
+impl Error {
+    /// Whether another RPC endpoint (or a later attempt) may succeed where this failed:
+    /// transport failures, HTTP 429 and 5xx, and the node's own internal or routing errors.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::HttpStatus { status, .. } => *status == 429 || *status >= 500,
+            Self::Rpc { name, cause, .. } => {
+                name == "INTERNAL_ERROR"
+                    || matches!(
+                        cause.as_str(),
+                        "INTERNAL_ERROR"
+                            | "NO_SYNCED_BLOCKS"
+                            | "UNAVAILABLE_SHARD"
+                            | "DOES_NOT_TRACK_SHARD"
+                            | "REQUEST_ROUTED"
+                    )
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a transaction may have been delivered although no outcome came back
+    /// (a node `TIMEOUT_ERROR`, or a client-side timeout): look it up by hash, never re-sign.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout
+                | Self::Transport {
+                    timed_out: true,
+                    ..
+                }
+        )
+    }
+
+    /// Whether the request certainly never reached a node, so resending it is harmless.
+    pub fn is_not_delivered(&self) -> bool {
+        match self {
+            Self::Transport { connect, .. } => *connect,
+            Self::HttpStatus { status, .. } => *status == 429 || *status == 503,
+            _ => false,
+        }
+    }
+
+    /// Whether this is a contract panic.
+    pub fn is_contract_panic(&self) -> bool {
+        matches!(self, Self::ContractPanic { .. })
+    }
+
+    /// The contract's panic message (its `require!` text), if this is a contract panic.
+    pub fn panic_message(&self) -> Option<&str> {
+        match self {
+            Self::ContractPanic { message } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// Whether the node refused the transaction's nonce.
+    pub fn is_invalid_nonce(&self) -> bool {
+        matches!(self, Self::InvalidNonce { .. })
+    }
+
+    pub(crate) fn invalid_response(method: &str, reason: impl fmt::Display) -> Self {
+        Self::InvalidResponse {
+            method: method.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The NEAR account-id rule a rejected id broke (near-account-id 3.0 `validation.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AccountIdRule {
+    /// Shorter than 2 bytes.
+    TooShort,
+    /// Longer than 64 bytes.
+    TooLong,
+    /// A character other than `a-z`, `0-9`, `-`, `_`, `.`.
+    InvalidCharacter {
+        /// The offending character.
+        character: char,
+        /// Its byte offset.
+        at: usize,
+    },
+    /// Starts with a separator (`-`, `_`, `.`).
+    LeadingSeparator,
+    /// Ends with a separator.
+    TrailingSeparator,
+    /// Two separators in a row (`a..b`, `a-.b`).
+    AdjacentSeparators {
+        /// Byte offset of the second separator.
+        at: usize,
+    },
+}
+
+impl fmt::Display for AccountIdRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooShort => f.write_str("it must be at least 2 characters long"),
+            Self::TooLong => f.write_str("it must be at most 64 characters long"),
+            Self::InvalidCharacter { character, at } => write!(
+                f,
+                "character {character:?} at byte {at} is not allowed (only a-z, 0-9 and the separators - _ .)"
+            ),
+            Self::LeadingSeparator => f.write_str("it must not start with a separator"),
+            Self::TrailingSeparator => f.write_str("it must not end with a separator"),
+            Self::AdjacentSeparators { at } => {
+                write!(f, "two separators in a row at byte {at}")
+            }
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

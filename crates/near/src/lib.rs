@@ -1,0 +1,32 @@
+#![doc = include_str!("../README.md")]
+
+mod account_id;
+mod contracts;
+mod error;
+mod js_json;
+mod local;
+pub mod messages;
+mod outcome;
+mod registry;
+mod rpc;
+mod sender;
+mod serde_u64;
+mod transaction;
+
+pub use account_id::AccountId;
+pub use contracts::{
+    CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRecord, CoordinatorRegistration,
+    MAINNET_COORDINATOR_CONTRACT_ID, MAINNET_REGISTRY_CONTRACT_ID, MAINNET_RPC_URL,
+    RegisteredWorker, RegistryContract, RegistryStats, TESTNET_COORDINATOR_CONTRACT_ID,
+    TESTNET_REGISTRY_CONTRACT_ID, TESTNET_RPC_URL, WorkerRecord, WorkerRegistration,
+};
+pub use error::{AccountIdRule, Error, Result};
+pub use js_json::js_json_stringify;
+pub use local::LocalRegistry;
+pub use outcome::{ExecutionOutcome, ExecutionStatus};
+pub use registry::{AgentKind, EndpointUpdate, Registry, RpcRegistry};
+pub use rpc::{
+    AccessKeyView, BlockHeaderView, BlockReference, DEFAULT_TIMEOUT, NearRpc, TxExecutionStatus,
+};
+pub use sender::{NearSigner, TransactionSender};
+pub use transaction::{Action, CryptoHash, FunctionCall, SignedTransaction, Transaction};

@@ -1,0 +1,217 @@
+//! The `Registry` port the Protocol API server uses, and its NEAR implementation.
+
+use async_trait::async_trait;
+
+use crate::messages;
+use crate::{
+    AccountId, CoordinatorContract, CoordinatorRecord, CoordinatorRegistration, Error,
+    RegisteredWorker, RegistryContract, Result, WorkerRecord, WorkerRegistration,
+};
+
+/// Which kind of agent an endpoint update is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AgentKind {
+    /// A worker (the API's default).
+    #[default]
+    Worker,
+    /// A coordinator.
+    Coordinator,
+}
+
+/// `PUT /api/agents/:agentId/endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUpdate {
+    /// The agent's DID.
+    pub did: String,
+    /// Worker or coordinator.
+    pub kind: AgentKind,
+    /// The new public endpoint URL.
+    pub endpoint_url: String,
+    /// A new CVM id, or `None` to keep the current one.
+    pub cvm_id: Option<String>,
+}
+
+/// What the Protocol API server needs from the registry and the coordinator
+/// contract's worker roster.
+///
+/// Rule violations come back as [`Error::ContractPanic`] carrying the
+/// contract's `require!` text, from either implementation.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// Active coordinators (`GET /api/agents/endpoints`).
+    async fn list_active_coordinators(&self) -> Result<Vec<CoordinatorRecord>>;
+
+    /// Active workers (`GET /api/agents/endpoints`).
+    async fn list_active_workers(&self) -> Result<Vec<WorkerRecord>>;
+
+    /// One coordinator by DID, active or not (`GET /api/agents/:id/endpoint`,
+    /// the `coordinator-register` check).
+    async fn coordinator_by_did(&self, coordinator_did: &str) -> Result<Option<CoordinatorRecord>>;
+
+    /// One worker by DID, active or not (`GET /api/agents/:id/endpoint`, the
+    /// `register` check).
+    async fn worker_by_did(&self, worker_did: &str) -> Result<Option<WorkerRecord>>;
+
+    /// Changes an agent's endpoint (and optionally its CVM id), acting as the
+    /// server's account (`PUT /api/agents/:id/endpoint`).
+    ///
+    /// A worker's endpoint alone goes through `update_worker_endpoint`. A new
+    /// CVM id, or any coordinator change, re-registers the record with its
+    /// other fields kept (the contract's upsert; it makes the caller the
+    /// record's `account_id`, as the contract does).
+    async fn update_endpoint(&self, update: &EndpointUpdate) -> Result<()>;
+
+    /// Registers (or updates) a coordinator owned by `owner`.
+    ///
+    /// On NEAR only the signer can own what it registers, so `owner` must be
+    /// the server's account ([`Error::NotSigner`] otherwise); the local
+    /// registry registers on behalf of any user.
+    async fn register_coordinator(
+        &self,
+        owner: &AccountId,
+        registration: &CoordinatorRegistration,
+    ) -> Result<CoordinatorRecord>;
+
+    /// Registers (or updates) a worker owned by `owner` (see
+    /// [`Registry::register_coordinator`] about `owner`).
+    async fn register_worker(
+        &self,
+        owner: &AccountId,
+        registration: &WorkerRegistration,
+    ) -> Result<WorkerRecord>;
+
+    /// The coordinator contract's whole roster (`GET /api/workers/registered`).
+    async fn roster(&self) -> Result<Vec<RegisteredWorker>>;
+
+    /// Adds (or replaces) a worker on the roster as the server's account
+    /// (`POST /api/workers/register`).
+    async fn roster_register(&self, worker_id: &str, account_id: Option<&AccountId>) -> Result<()>;
+
+    /// Removes a worker from the roster as the server's account
+    /// (`DELETE /api/workers/:workerId`).
+    async fn roster_remove(&self, worker_id: &str) -> Result<()>;
+}
+
+/// [`Registry`] over NEAR: view calls, and change calls signed with the
+/// server's key.
+#[derive(Debug, Clone)]
+pub struct RpcRegistry {
+    registry: RegistryContract,
+    roster: CoordinatorContract,
+}
+
+impl RpcRegistry {
+    /// A registry over these two contract clients (both need a sender for change calls).
+    pub fn new(registry: RegistryContract, roster: CoordinatorContract) -> Self {
+        Self { registry, roster }
+    }
+
+    fn check_owner(&self, owner: &AccountId) -> Result<()> {
+        let signer = self.registry.signer_account().ok_or(Error::NoSigner)?;
+        if signer != owner {
+            return Err(Error::NotSigner {
+                requested: owner.to_string(),
+                signer: signer.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn not_found(message: &str) -> Error {
+    Error::ContractPanic {
+        message: message.to_owned(),
+    }
+}
+
+#[async_trait]
+impl Registry for RpcRegistry {
+    async fn list_active_coordinators(&self) -> Result<Vec<CoordinatorRecord>> {
+        self.registry.list_active_coordinators().await
+    }
+
+    async fn list_active_workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.registry.list_active_workers().await
+    }
+
+    async fn coordinator_by_did(&self, coordinator_did: &str) -> Result<Option<CoordinatorRecord>> {
+        self.registry.get_coordinator_by_did(coordinator_did).await
+    }
+
+    async fn worker_by_did(&self, worker_did: &str) -> Result<Option<WorkerRecord>> {
+        self.registry.get_worker_by_did(worker_did).await
+    }
+
+    async fn update_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
+        match (update.kind, &update.cvm_id) {
+            (AgentKind::Worker, None) => {
+                self.registry
+                    .update_worker_endpoint(&update.did, &update.endpoint_url)
+                    .await
+            }
+            (AgentKind::Worker, Some(cvm_id)) => {
+                let current = self
+                    .registry
+                    .get_worker_by_did(&update.did)
+                    .await?
+                    .ok_or_else(|| not_found(messages::WORKER_NOT_FOUND))?;
+                self.registry
+                    .register_worker(&WorkerRegistration {
+                        coordinator_did: current.coordinator_did,
+                        worker_did: current.worker_did,
+                        endpoint_url: update.endpoint_url.clone(),
+                        cvm_id: cvm_id.clone(),
+                    })
+                    .await
+                    .map(drop)
+            }
+            (AgentKind::Coordinator, cvm_id) => {
+                let current = self
+                    .registry
+                    .get_coordinator_by_did(&update.did)
+                    .await?
+                    .ok_or_else(|| not_found(messages::COORDINATOR_NOT_FOUND))?;
+                self.registry
+                    .register_coordinator(&CoordinatorRegistration {
+                        coordinator_did: current.coordinator_did,
+                        endpoint_url: update.endpoint_url.clone(),
+                        cvm_id: cvm_id.clone().unwrap_or(current.cvm_id),
+                        min_workers: current.min_workers,
+                        max_workers: current.max_workers,
+                    })
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    async fn register_coordinator(
+        &self,
+        owner: &AccountId,
+        registration: &CoordinatorRegistration,
+    ) -> Result<CoordinatorRecord> {
+        self.check_owner(owner)?;
+        self.registry.register_coordinator(registration).await
+    }
+
+    async fn register_worker(
+        &self,
+        owner: &AccountId,
+        registration: &WorkerRegistration,
+    ) -> Result<WorkerRecord> {
+        self.check_owner(owner)?;
+        self.registry.register_worker(registration).await
+    }
+
+    async fn roster(&self) -> Result<Vec<RegisteredWorker>> {
+        self.roster.get_registered_workers().await
+    }
+
+    async fn roster_register(&self, worker_id: &str, account_id: Option<&AccountId>) -> Result<()> {
+        self.roster.register_worker(worker_id, account_id).await
+    }
+
+    async fn roster_remove(&self, worker_id: &str) -> Result<()> {
+        self.roster.remove_worker(worker_id).await
+    }
+}
