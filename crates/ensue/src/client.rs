@@ -1,0 +1,646 @@
+//! `EnsueClient`: the HTTP adapter of the [`Memory`] port.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use serde_json::{Value, json};
+
+use crate::body::parse_response;
+use crate::error::excerpt;
+use crate::jsonrpc::{Id, Request};
+use crate::{Dialect, EnsueConfig, Error, Memory, Result};
+
+/// The most keys the service takes in one batch, and the largest `list_keys` page.
+pub const MAX_BATCH: usize = 100;
+
+/// The largest response body read before giving up (values are strings of
+/// any size, but a runaway body must not exhaust memory).
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// The `Accept` header MCP Streamable HTTP requires.
+const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+
+/// Tool names (and, in the direct dialect, method names).
+mod tool {
+    pub(super) const CREATE: &str = "create_memory";
+    pub(super) const UPDATE: &str = "update_memory";
+    pub(super) const GET: &str = "get_memory";
+    pub(super) const LIST: &str = "list_keys";
+    pub(super) const DELETE: &str = "delete_memory";
+}
+
+/// A client of the Ensue memory service, speaking either [`Dialect`].
+///
+/// Cheap to clone (clones share the connection pool and the request counter).
+#[derive(Debug, Clone)]
+pub struct EnsueClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    config: EnsueConfig,
+    next_id: AtomicU64,
+}
+
+impl EnsueClient {
+    /// A client for `config`.
+    pub fn new(config: EnsueConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("delibera-ensue/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| Error::Config {
+                reason: format!("cannot build the HTTP client: {error}"),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                config,
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// A client configured from `ENSUE_API_KEY` and `ENSUE_URL`.
+    pub fn from_env() -> Result<Self> {
+        Self::new(EnsueConfig::from_env()?)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &EnsueConfig {
+        &self.inner.config
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.inner.config.dialect
+    }
+
+    /// Calls `tool` with MCP `arguments` or direct `params`, whichever the
+    /// dialect wants, and returns the tool's structured result and how many
+    /// attempts it took.
+    async fn call_tool(
+        &self,
+        tool: &str,
+        mcp_arguments: Value,
+        direct_params: Value,
+    ) -> (Result<Value>, u32) {
+        let (method, params) = match self.dialect() {
+            Dialect::Mcp => (
+                "tools/call",
+                json!({ "name": tool, "arguments": mcp_arguments }),
+            ),
+            Dialect::Direct => (tool, direct_params),
+        };
+        let id = Id::Number(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let request = Request::new(id, method, params);
+        let policy = &self.inner.config.retry;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let outcome = self.send(&request).await;
+            let delay = match &outcome {
+                // Every call here is safe to repeat: reads, whole-value
+                // updates, deletes, and creates (see `Memory::create` below).
+                Err(error) => policy.delay(attempts - 1, error),
+                _ => None,
+            };
+            match delay {
+                Some(delay) => {
+                    tracing::debug!(tool, attempts, ?delay, "retrying Ensue call");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return (outcome.and_then(|result| tool_payload(&result)), attempts),
+            }
+        }
+    }
+
+    /// One HTTP round trip; returns the JSON-RPC `result`.
+    async fn send(&self, request: &Request) -> Result<Value> {
+        let config = &self.inner.config;
+        let response = self
+            .inner
+            .http
+            .post(config.base_url.clone())
+            .bearer_auth(config.api_key.as_str())
+            .header(ACCEPT, ACCEPT_BOTH)
+            .json(request)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let chunks = read_body(response).await?;
+        if !status.is_success() {
+            let body = excerpt(&String::from_utf8_lossy(&chunks.concat()));
+            let status = status.as_u16();
+            return Err(match status {
+                401 | 403 => Error::Unauthorized { status, body },
+                429 => Error::RateLimited { retry_after },
+                500..=599 => Error::Server { status, body },
+                _ => Error::UnexpectedStatus { status, body },
+            });
+        }
+        let response = parse_response(chunks, content_type.as_deref(), &request.id).await?;
+        if let Some(error) = response.error {
+            return Err(Error::JsonRpc {
+                code: error.code,
+                message: error.message,
+            });
+        }
+        response.result.ok_or_else(|| Error::Malformed {
+            reason: "response has neither result nor error".to_owned(),
+            body: String::new(),
+        })
+    }
+
+    /// Reads one batch. A batch that fails as a whole with "not found"
+    /// (rather than per item) is asked again key by key, so that one missing
+    /// key cannot hide the others.
+    async fn get_chunk(&self, keys: &[String]) -> Result<HashMap<String, String>> {
+        if let Some(found) = self.get_chunk_once(keys).await? {
+            return Ok(found);
+        }
+        let mut found = HashMap::new();
+        if keys.len() > 1 {
+            for key in keys {
+                found.extend(
+                    self.get_chunk_once(std::slice::from_ref(key))
+                        .await?
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// One `get_memory` call; `None` when the whole call said "not found".
+    async fn get_chunk_once(&self, keys: &[String]) -> Result<Option<HashMap<String, String>>> {
+        let direct_key = keys.first().cloned().unwrap_or_default();
+        let (payload, _) = self
+            .call_tool(
+                tool::GET,
+                json!({ "key_names": keys }),
+                json!({ "key": direct_key }),
+            )
+            .await;
+        let payload = match payload.map_err(|error| classify_error(error, &direct_key)) {
+            Err(error) if error.is_not_found() => return Ok(None),
+            other => other?,
+        };
+        let mut found = HashMap::new();
+        for (index, item) in results(&payload)?.iter().enumerate() {
+            // The seed's single-key answer may omit the key name: it is then
+            // the key we asked for, matched by position.
+            let only = if keys.len() == 1 {
+                keys.first().cloned()
+            } else {
+                None
+            };
+            let key = match item_key(item).or(only) {
+                Some(key) => key,
+                None => keys.get(index).cloned().unwrap_or_default(),
+            };
+            if !keys.contains(&key) {
+                continue;
+            }
+            // ensue-cli and the reference treat any status but success as "not there".
+            if item_outcome(item, &key).is_err() {
+                continue;
+            }
+            match item.get("value") {
+                Some(Value::String(value)) => {
+                    found.insert(key, value.clone());
+                }
+                Some(Value::Null) | None => {}
+                Some(other) => {
+                    found.insert(key, other.to_string());
+                }
+            }
+        }
+        Ok(Some(found))
+    }
+
+    async fn list_page(&self, prefix: &str, offset: usize) -> Result<Vec<String>> {
+        let (payload, _) = self
+            .call_tool(
+                tool::LIST,
+                json!({ "prefix": like_escape(prefix), "limit": MAX_BATCH, "offset": offset }),
+                json!({ "prefix": prefix }),
+            )
+            .await;
+        let payload = payload?;
+        let keys = payload
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Malformed {
+                reason: "list_keys result has no `keys` array".to_owned(),
+                body: excerpt(&payload.to_string()),
+            })?;
+        Ok(keys
+            .iter()
+            .filter_map(|item| match item {
+                Value::String(key) => Some(key.clone()),
+                other => item_key(other),
+            })
+            .collect())
+    }
+
+    async fn delete_chunk(&self, keys: &[String]) -> Result<()> {
+        let direct_key = keys.first().cloned().unwrap_or_default();
+        let (payload, _) = self
+            .call_tool(
+                tool::DELETE,
+                json!({ "key_names": keys }),
+                json!({ "key": direct_key }),
+            )
+            .await;
+        let payload = match payload.map_err(|error| classify_error(error, &direct_key)) {
+            Err(error) if error.is_not_found() => return Ok(()),
+            other => other?,
+        };
+        for item in optional_results(&payload) {
+            let key = item_key(item).unwrap_or_else(|| direct_key.clone());
+            match item_outcome(item, &key) {
+                Err(error) if error.is_not_found() => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes many keys, in batches of at most [`MAX_BATCH`] (one call per
+    /// key in the direct dialect). Missing keys are not an error.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for chunk in self.chunks(keys) {
+            self.delete_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    fn chunks<'a>(&self, keys: &'a [String]) -> std::slice::Chunks<'a, String> {
+        let size = match self.dialect() {
+            Dialect::Mcp => MAX_BATCH,
+            Dialect::Direct => 1,
+        };
+        keys.chunks(size)
+    }
+}
+
+#[async_trait::async_trait]
+impl Memory for EnsueClient {
+    async fn create(&self, key: &str, value: &str) -> Result<()> {
+        let (payload, attempts) = self
+            .call_tool(
+                tool::CREATE,
+                json!({ "items": [{ "key_name": key, "value": value, "description": format!("Memory at {key}") }] }),
+                json!({ "key": key, "value": value }),
+            )
+            .await;
+        let outcome = payload
+            .and_then(|payload| check_items(&payload, key))
+            .map_err(|error| classify_error(error, key));
+        match outcome {
+            // An earlier attempt may have landed before its answer was lost:
+            // finding our own value there means the create succeeded.
+            Err(error) if error.is_already_exists() && attempts > 1 => match self.get(key).await? {
+                Some(stored) if stored == value => Ok(()),
+                _ => Err(error),
+            },
+            other => other,
+        }
+    }
+
+    async fn update(&self, key: &str, value: &str) -> Result<()> {
+        let (payload, _) = self
+            .call_tool(
+                tool::UPDATE,
+                json!({ "key_name": key, "value": value }),
+                json!({ "key": key, "value": value }),
+            )
+            .await;
+        payload
+            .and_then(|payload| check_items(&payload, key))
+            .map_err(|error| classify_error(error, key))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        let mut found = self.get_chunk(&[key.to_owned()]).await?;
+        Ok(found.remove(key))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<HashMap<String, String>> {
+        let mut found = HashMap::new();
+        for chunk in self.chunks(keys) {
+            found.extend(self.get_chunk(chunk).await?);
+        }
+        Ok(found)
+    }
+
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut seen = HashSet::new();
+        let mut offset = 0;
+        match self.dialect() {
+            Dialect::Direct => keys = self.list_page(prefix, 0).await?,
+            Dialect::Mcp => loop {
+                let page = self.list_page(prefix, offset).await?;
+                offset += page.len();
+                let full = page.len() >= MAX_BATCH;
+                let before = seen.len();
+                for key in page {
+                    if seen.insert(key.clone()) {
+                        keys.push(key);
+                    }
+                }
+                // A short page is the last; a page with nothing new means the
+                // server ignores `offset`, and asking again would loop forever.
+                if !full || seen.len() == before {
+                    break;
+                }
+            },
+        }
+        // The server matches with LIKE; keep exactly the literal prefix.
+        keys.retain(|key| key.starts_with(prefix));
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.delete_chunk(&[key.to_owned()]).await
+    }
+}
+
+/// Reads the body, keeping its chunk boundaries (the SSE parser is fed the
+/// chunks as they came), up to [`MAX_BODY_BYTES`].
+async fn read_body(response: reqwest::Response) -> Result<Vec<Vec<u8>>> {
+    let mut stream = response.bytes_stream();
+    let mut chunks = Vec::new();
+    let mut total = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Error::Transport)?;
+        total += chunk.len();
+        if total > MAX_BODY_BYTES {
+            return Err(Error::Malformed {
+                reason: format!("response body larger than {MAX_BODY_BYTES} bytes"),
+                body: String::new(),
+            });
+        }
+        chunks.push(chunk.to_vec());
+    }
+    Ok(chunks)
+}
+
+/// The tool's structured result: `structuredContent`, else the JSON in
+/// `content[0].text`, else (direct servers) the result object itself.
+fn tool_payload(result: &Value) -> Result<Value> {
+    let text = result
+        .get("content")
+        .and_then(|content| content.get(0))
+        .and_then(|first| first.get("text"))
+        .and_then(Value::as_str);
+    if result.get("isError").and_then(Value::as_bool) == Some(true) {
+        return Err(Error::Tool {
+            message: text.map_or_else(|| excerpt(&result.to_string()), excerpt),
+        });
+    }
+    if let Some(structured) = result.get("structuredContent").filter(|v| v.is_object()) {
+        return Ok(structured.clone());
+    }
+    if let Some(text) = text {
+        return serde_json::from_str(text).map_err(|error| Error::Malformed {
+            reason: format!("content[0].text is not JSON: {error}"),
+            body: excerpt(text),
+        });
+    }
+    if result.get("results").is_some() || result.get("keys").is_some() {
+        return Ok(result.clone());
+    }
+    Err(Error::Malformed {
+        reason: "result has neither structuredContent nor content[0].text".to_owned(),
+        body: excerpt(&result.to_string()),
+    })
+}
+
+/// `results[]`, which must be there.
+fn results(payload: &Value) -> Result<&Vec<Value>> {
+    payload
+        .get("results")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Malformed {
+            reason: "result has no `results` array".to_owned(),
+            body: excerpt(&payload.to_string()),
+        })
+}
+
+/// `results[]` where it is optional (writes whose answer nobody reads).
+fn optional_results(payload: &Value) -> &[Value] {
+    payload
+        .get("results")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Fails on the first item of a write's `results[]` that did not succeed.
+fn check_items(payload: &Value, key: &str) -> Result<()> {
+    for item in optional_results(payload) {
+        let item_key = item_key(item).unwrap_or_else(|| key.to_owned());
+        item_outcome(item, &item_key)?;
+    }
+    Ok(())
+}
+
+/// `key_name` (MCP) or `key` (the seed's form) of a result item.
+fn item_key(item: &Value) -> Option<String> {
+    item.get("key_name")
+        .or_else(|| item.get("key"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Whether a result item succeeded. No `status` counts as success (the seed's
+/// items have none); any other status is classified by its words.
+fn item_outcome(item: &Value, key: &str) -> Result<()> {
+    let Some(status) = item.get("status") else {
+        return Ok(());
+    };
+    let status = match status {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let normalized = status.to_ascii_lowercase();
+    if matches!(
+        normalized.as_str(),
+        "success" | "ok" | "created" | "updated" | "deleted"
+    ) {
+        return Ok(());
+    }
+    let message = item
+        .get("error")
+        .or_else(|| item.get("message"))
+        .map(|error| match error {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default();
+    let words = format!("{normalized} {message}");
+    match Reading::of(&words) {
+        Some(Reading::NotFound) => Err(Error::NotFound {
+            key: key.to_owned(),
+        }),
+        Some(Reading::AlreadyExists) => Err(Error::AlreadyExists {
+            key: key.to_owned(),
+        }),
+        None => Err(Error::ItemFailed {
+            key: key.to_owned(),
+            status,
+            message: excerpt(&message),
+        }),
+    }
+}
+
+/// What an error text says about the key, where it says anything.
+enum Reading {
+    NotFound,
+    AlreadyExists,
+}
+
+impl Reading {
+    fn of(text: &str) -> Option<Self> {
+        let text = text.to_ascii_lowercase().replace(['_', '-'], " ");
+        const EXISTS: &[&str] = &[
+            "already exist",
+            "already present",
+            "duplicate",
+            "unique constraint",
+            "conflict",
+            "exists",
+        ];
+        const MISSING: &[&str] = &[
+            "not found",
+            "notfound",
+            "not exist",
+            "does not exist",
+            "doesn't exist",
+            "no such",
+            "missing",
+        ];
+        // "does not exist" contains "exist", so look for missing first.
+        if MISSING.iter().any(|words| text.contains(words)) {
+            Some(Reading::NotFound)
+        } else if EXISTS.iter().any(|words| text.contains(words)) {
+            Some(Reading::AlreadyExists)
+        } else {
+            None
+        }
+    }
+}
+
+/// Turns a JSON-RPC or tool error that says "not found" / "already exists"
+/// into [`Error::NotFound`] / [`Error::AlreadyExists`] for `key`.
+fn classify_error(error: Error, key: &str) -> Error {
+    let text = match &error {
+        Error::JsonRpc { message, .. } | Error::Tool { message } => message,
+        _ => return error,
+    };
+    match Reading::of(text) {
+        Some(Reading::NotFound) => Error::NotFound {
+            key: key.to_owned(),
+        },
+        Some(Reading::AlreadyExists) => Error::AlreadyExists {
+            key: key.to_owned(),
+        },
+        None => error,
+    }
+}
+
+/// Escapes a literal prefix for the server's SQL `LIKE prefix || '%'`.
+pub fn like_escape(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len());
+    for character in prefix.chars() {
+        if matches!(character, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_escape_escapes_wildcards_and_the_escape() {
+        assert_eq!(like_escape("a_b%c\\d/e"), "a\\_b\\%c\\\\d/e");
+        assert_eq!(like_escape("coordination/tasks/"), "coordination/tasks/");
+    }
+
+    #[test]
+    fn readings_of_error_texts() {
+        for text in [
+            "Key not found",
+            "memory does not exist",
+            "NOT_FOUND",
+            "no such key",
+        ] {
+            assert!(
+                matches!(Reading::of(text), Some(Reading::NotFound)),
+                "{text}"
+            );
+        }
+        for text in [
+            "Key already exists",
+            "UNIQUE constraint failed",
+            "duplicate key",
+            "exists",
+        ] {
+            assert!(
+                matches!(Reading::of(text), Some(Reading::AlreadyExists)),
+                "{text}"
+            );
+        }
+        assert!(Reading::of("quota exceeded").is_none());
+    }
+
+    #[test]
+    fn item_statuses() {
+        let key = "k";
+        assert!(item_outcome(&json!({"status": "success"}), key).is_ok());
+        assert!(item_outcome(&json!({"key": "k", "value": "v"}), key).is_ok());
+        assert!(
+            item_outcome(&json!({"status": "not_found"}), key)
+                .unwrap_err()
+                .is_not_found()
+        );
+        assert!(
+            item_outcome(
+                &json!({"status": "error", "error": "Key already exists"}),
+                key
+            )
+            .unwrap_err()
+            .is_already_exists()
+        );
+        assert!(matches!(
+            item_outcome(&json!({"status": "error", "error": "quota"}), key),
+            Err(Error::ItemFailed { .. })
+        ));
+    }
+}

@@ -1,0 +1,307 @@
+//! How an [`EnsueClient`](crate::EnsueClient) reaches the service.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+/// The hosted service's memory endpoint.
+pub const DEFAULT_BASE_URL: &str = "https://api.ensue-network.ai/";
+
+/// The environment variable holding the API key.
+pub const API_KEY_ENV: &str = "ENSUE_API_KEY";
+
+/// The environment variable that overrides the base URL.
+pub const URL_ENV: &str = "ENSUE_URL";
+
+/// Which JSON-RPC form the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// What the hosted service speaks: `tools/call` with `{name, arguments}` and
+    /// the real argument names (`items`, `key_names`, `key_name`, `prefix/limit/offset`).
+    #[default]
+    Mcp,
+    /// The seed specification's form: `method` is the tool name and `params`
+    /// are `{key, value}`, `{key}` or `{prefix}`.
+    Direct,
+}
+
+impl Dialect {
+    /// `mcp` or `direct`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Mcp => "mcp",
+            Dialect::Direct => "direct",
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Dialect {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "mcp" => Ok(Dialect::Mcp),
+            "direct" => Ok(Dialect::Direct),
+            _ => Err(Error::Config {
+                reason: format!("unknown dialect {text:?}: expected `mcp` or `direct`"),
+            }),
+        }
+    }
+}
+
+/// When and how often failed calls are retried.
+///
+/// Only failures for which [`Error::is_retryable`] holds are retried
+/// (transport errors, 429, 5xx), and only for calls that are safe to repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 disables retrying).
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles on each further retry.
+    pub initial_backoff: Duration,
+    /// Upper bound of a computed delay. A `Retry-After` longer than this is
+    /// not waited for: the [`Error::RateLimited`] is returned instead.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry.
+    pub fn none() -> Self {
+        Self {
+            max_retries: 0,
+            ..Self::default()
+        }
+    }
+
+    /// The delay before retry number `retry` (0-based): exponential with
+    /// "equal jitter" (between half and all of the exponential step), or the
+    /// server's `Retry-After` when it gave one. `None` means don't retry.
+    pub fn delay(&self, retry: u32, error: &Error) -> Option<Duration> {
+        if retry >= self.max_retries || !error.is_retryable() {
+            return None;
+        }
+        if let Some(asked) = error.retry_after() {
+            return (asked <= self.max_backoff).then_some(asked);
+        }
+        let step = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(retry))
+            .min(self.max_backoff);
+        let half = step / 2;
+        let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.0..=1.0);
+        Some(half + half.mul_f64(jitter))
+    }
+}
+
+/// Everything an [`EnsueClient`](crate::EnsueClient) needs. The API key is
+/// zeroized on drop and never printed.
+#[derive(Clone)]
+pub struct EnsueConfig {
+    pub(crate) base_url: Url,
+    pub(crate) api_key: Zeroizing<String>,
+    pub(crate) dialect: Dialect,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl EnsueConfig {
+    /// The hosted service with this API key, the MCP dialect, a 15 s timeout
+    /// (the reference's) and the default retry policy.
+    pub fn new(api_key: impl Into<String>) -> Self {
+        Self {
+            base_url: default_base_url(),
+            api_key: Zeroizing::new(api_key.into()),
+            dialect: Dialect::default(),
+            timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Reads `ENSUE_API_KEY` (required) and `ENSUE_URL` (optional).
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) over any variable source (tests cannot
+    /// safely set process environment variables).
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let api_key = lookup(API_KEY_ENV)
+            .filter(|key| !key.trim().is_empty())
+            .ok_or_else(|| Error::Config {
+                reason: format!("{API_KEY_ENV} is not set"),
+            })?;
+        let config = Self::new(api_key.trim());
+        match lookup(URL_ENV) {
+            Some(url) if !url.trim().is_empty() => config.with_base_url(url.trim()),
+            _ => Ok(config),
+        }
+    }
+
+    /// Talks to `base_url` instead of the hosted service (e.g. a local server).
+    pub fn with_base_url(mut self, base_url: &str) -> Result<Self> {
+        let url = Url::parse(base_url).map_err(|error| Error::Config {
+            reason: format!("invalid base URL {base_url:?}: {error}"),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::Config {
+                reason: format!("base URL {base_url:?} is not http(s)"),
+            });
+        }
+        self.base_url = url;
+        Ok(self)
+    }
+
+    /// Chooses the wire dialect.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    /// The whole-request timeout (connect, send, read the body).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The connection timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The URL requests are posted to.
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    /// The wire dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+impl fmt::Debug for EnsueConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnsueConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("api_key", &"<redacted>")
+            .field("dialect", &self.dialect)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+pub(crate) fn default_base_url() -> Url {
+    // A constant, not outside input; a unit test proves it parses.
+    Url::parse(DEFAULT_BASE_URL).expect("DEFAULT_BASE_URL is a valid URL")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_debug_redaction() {
+        let config = EnsueConfig::new("lmn_secret");
+        assert_eq!(config.base_url().as_str(), DEFAULT_BASE_URL);
+        assert_eq!(config.dialect(), Dialect::Mcp);
+        assert!(!format!("{config:?}").contains("lmn_secret"));
+    }
+
+    #[test]
+    fn from_env_reads_the_key_and_an_optional_url() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            }
+        };
+        let config = EnsueConfig::from_lookup(env(&[(API_KEY_ENV, " lmn_1 \n")])).unwrap();
+        assert_eq!(config.api_key.as_str(), "lmn_1");
+        assert_eq!(config.base_url().as_str(), DEFAULT_BASE_URL);
+        let config = EnsueConfig::from_lookup(env(&[
+            (API_KEY_ENV, "lmn_1"),
+            (URL_ENV, "http://127.0.0.1:3006"),
+        ]))
+        .unwrap();
+        assert_eq!(config.base_url().as_str(), "http://127.0.0.1:3006/");
+        assert!(matches!(
+            EnsueConfig::from_lookup(env(&[(URL_ENV, "http://x/")])),
+            Err(Error::Config { .. })
+        ));
+        assert!(EnsueConfig::from_lookup(env(&[(API_KEY_ENV, "  ")])).is_err());
+    }
+
+    #[test]
+    fn dialects_parse_and_bad_urls_are_rejected() {
+        assert_eq!("MCP".parse::<Dialect>().unwrap(), Dialect::Mcp);
+        assert_eq!("direct".parse::<Dialect>().unwrap(), Dialect::Direct);
+        assert!("grpc".parse::<Dialect>().is_err());
+        assert!(EnsueConfig::new("k").with_base_url("not a url").is_err());
+        assert!(EnsueConfig::new("k").with_base_url("ftp://x/").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            max_retries: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        let server = Error::Server {
+            status: 503,
+            body: String::new(),
+        };
+        for retry in 0..10 {
+            let step = Duration::from_millis(100)
+                .saturating_mul(2u32.pow(retry))
+                .min(Duration::from_secs(1));
+            let delay = policy.delay(retry, &server).unwrap();
+            assert!(delay >= step / 2 && delay <= step, "{retry}: {delay:?}");
+        }
+        assert_eq!(policy.delay(10, &server), None);
+        let asked = Error::RateLimited {
+            retry_after: Some(Duration::from_millis(300)),
+        };
+        assert_eq!(policy.delay(0, &asked), Some(Duration::from_millis(300)));
+        let too_long = Error::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(policy.delay(0, &too_long), None);
+        let not_found = Error::NotFound { key: "k".into() };
+        assert_eq!(policy.delay(0, &not_found), None);
+    }
+}

@@ -1,0 +1,71 @@
+//! The `Memory` port: what coordinators and workers need from Ensue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::Result;
+
+/// A string key-value store with Ensue's semantics.
+///
+/// Held as `Arc<dyn Memory>`; [`EnsueClient`](crate::EnsueClient) talks to the
+/// service, [`InMemory`](crate::InMemory) keeps everything in the process and
+/// [`EncryptedMemory`](crate::EncryptedMemory) seals values on top of either.
+#[async_trait::async_trait]
+pub trait Memory: Send + Sync {
+    /// Creates `key`; [`Error::AlreadyExists`](crate::Error::AlreadyExists) if it is present.
+    async fn create(&self, key: &str, value: &str) -> Result<()>;
+
+    /// Replaces the value of `key`; [`Error::NotFound`](crate::Error::NotFound) if it is missing.
+    async fn update(&self, key: &str, value: &str) -> Result<()>;
+
+    /// Reads `key`; `Ok(None)` when it is missing.
+    async fn get(&self, key: &str) -> Result<Option<String>>;
+
+    /// Reads several keys at once; missing keys are absent from the map.
+    async fn get_many(&self, keys: &[String]) -> Result<HashMap<String, String>>;
+
+    /// Every key starting with `prefix` (taken literally), all pages, in key order.
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Deletes `key`; deleting a missing key is `Ok`.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Writes `key` whether or not it exists.
+    ///
+    /// Updates first (the common case), creates on not-found as the service
+    /// requires, and when that create loses a race to another writer, updates again.
+    async fn upsert(&self, key: &str, value: &str) -> Result<()> {
+        match self.update(key, value).await {
+            Err(error) if error.is_not_found() => match self.create(key, value).await {
+                Err(error) if error.is_already_exists() => self.update(key, value).await,
+                other => other,
+            },
+            other => other,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<M: Memory + ?Sized> Memory for Arc<M> {
+    async fn create(&self, key: &str, value: &str) -> Result<()> {
+        (**self).create(key, value).await
+    }
+    async fn update(&self, key: &str, value: &str) -> Result<()> {
+        (**self).update(key, value).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        (**self).get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> Result<HashMap<String, String>> {
+        (**self).get_many(keys).await
+    }
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        (**self).list_keys(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        (**self).delete(key).await
+    }
+    async fn upsert(&self, key: &str, value: &str) -> Result<()> {
+        (**self).upsert(key, value).await
+    }
+}

@@ -1,0 +1,1071 @@
+//! `EnsueClient` against wiremock: exact request bodies in both dialects,
+//! every error class, retries, SSE framings, batching, paging, LIKE escaping.
+
+use std::time::Duration;
+
+use delibera_ensue::{Dialect, EnsueClient, EnsueConfig, Error, Memory, RetryPolicy};
+use serde_json::{Value, json};
+use wiremock::matchers::{body_json, header, headers, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const API_KEY: &str = "lmn_0123456789abcdef";
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 2,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(20),
+    }
+}
+
+fn client(server: &MockServer, dialect: Dialect) -> EnsueClient {
+    let config = EnsueConfig::new(API_KEY)
+        .with_base_url(&format!("{}/", server.uri()))
+        .unwrap()
+        .with_dialect(dialect)
+        .with_retry(fast_retry());
+    EnsueClient::new(config).unwrap()
+}
+
+/// A tool result as the hosted service sends it: structured, and the same as text.
+fn tool_result(structured: Value) -> Value {
+    json!({
+        "structuredContent": structured,
+        "content": [{ "type": "text", "text": structured.to_string() }],
+    })
+}
+
+fn rpc(id: u64, result: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+}
+
+/// One SSE event carrying `message`, as the hosted service answers.
+fn sse(message: &Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(format!("data: {message}\n\n"), "text/event-stream")
+}
+
+fn ok(id: u64, structured: Value) -> ResponseTemplate {
+    sse(&rpc(id, tool_result(structured)))
+}
+
+fn mcp_call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": { "name": tool, "arguments": arguments },
+    })
+}
+
+fn direct_call(id: u64, method: &str, params: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
+}
+
+/// A mock of `POST /` with the headers every call must carry and this exact body.
+fn expect_call(body: Value) -> wiremock::MockBuilder {
+    Mock::given(method("POST"))
+        .and(path("/"))
+        .and(header(
+            "authorization",
+            format!("Bearer {API_KEY}").as_str(),
+        ))
+        // wiremock splits header values at commas.
+        .and(headers(
+            "accept",
+            vec!["application/json", "text/event-stream"],
+        ))
+        .and(header("content-type", "application/json"))
+        .and(body_json(body))
+}
+
+fn tool_error(id: u64, text: &str) -> ResponseTemplate {
+    sse(&rpc(
+        id,
+        json!({ "isError": true, "content": [{ "type": "text", "text": text }] }),
+    ))
+}
+
+fn rpc_error(id: u64, code: i64, message: &str) -> ResponseTemplate {
+    sse(&json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } }))
+}
+
+// ---------------------------------------------------------------- MCP dialect
+
+#[tokio::test]
+async fn mcp_create_sends_one_item_with_a_description() {
+    let server = MockServer::start().await;
+    expect_call(mcp_call(
+        1,
+        "create_memory",
+        json!({ "items": [{ "key_name": "a/b", "value": "idle", "description": "Memory at a/b" }] }),
+    ))
+    .respond_with(ok(1, json!({ "results": [{ "key_name": "a/b", "status": "success" }] })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    client(&server, Dialect::Mcp)
+        .create("a/b", "idle")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn mcp_update_sends_key_name_and_value() {
+    let server = MockServer::start().await;
+    expect_call(mcp_call(
+        1,
+        "update_memory",
+        json!({ "key_name": "a/b", "value": "done" }),
+    ))
+    .respond_with(ok(
+        1,
+        json!({ "results": [{ "key_name": "a/b", "status": "success" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    client(&server, Dialect::Mcp)
+        .update("a/b", "done")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn mcp_get_reads_results_value() {
+    let server = MockServer::start().await;
+    expect_call(mcp_call(1, "get_memory", json!({ "key_names": ["a/b"] })))
+        .respond_with(ok(
+            1,
+            json!({ "results": [{ "key_name": "a/b", "value": "completed", "status": "success" }] }),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let value = client(&server, Dialect::Mcp).get("a/b").await.unwrap();
+    assert_eq!(value.as_deref(), Some("completed"));
+}
+
+#[tokio::test]
+async fn mcp_get_of_a_missing_key_is_none_in_every_form() {
+    let answers = [
+        ok(
+            1,
+            json!({ "results": [{ "key_name": "k", "status": "not_found" }] }),
+        ),
+        ok(
+            1,
+            json!({ "results": [{ "key_name": "k", "status": "error", "error": "Key not found" }] }),
+        ),
+        ok(1, json!({ "results": [] })),
+        tool_error(1, "Memory 'k' not found"),
+        rpc_error(1, -32602, "key does not exist"),
+    ];
+    for answer in answers {
+        let server = MockServer::start().await;
+        expect_call(mcp_call(1, "get_memory", json!({ "key_names": ["k"] })))
+            .respond_with(answer)
+            .expect(1)
+            .mount(&server)
+            .await;
+        assert_eq!(client(&server, Dialect::Mcp).get("k").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn mcp_get_many_batches_by_100_and_skips_missing_keys() {
+    let server = MockServer::start().await;
+    let keys: Vec<String> = (0..250).map(|i| format!("k/{i:03}")).collect();
+    for (index, chunk) in keys.chunks(100).enumerate() {
+        let id = index as u64 + 1;
+        // Every key is there except the first of each chunk.
+        let results: Vec<Value> = chunk
+            .iter()
+            .enumerate()
+            .map(|(position, key)| {
+                if position == 0 {
+                    json!({ "key_name": key, "status": "not_found" })
+                } else {
+                    json!({ "key_name": key, "value": format!("v{key}"), "status": "success" })
+                }
+            })
+            .collect();
+        expect_call(mcp_call(id, "get_memory", json!({ "key_names": chunk })))
+            .respond_with(ok(id, json!({ "results": results })))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let found = client(&server, Dialect::Mcp).get_many(&keys).await.unwrap();
+    assert_eq!(found.len(), 250 - 3);
+    assert_eq!(found.get("k/001").map(String::as_str), Some("vk/001"));
+    assert!(
+        !found.contains_key("k/000")
+            && !found.contains_key("k/100")
+            && !found.contains_key("k/200")
+    );
+}
+
+#[tokio::test]
+async fn mcp_list_keys_pages_through_offsets_and_escapes_like_wildcards() {
+    let server = MockServer::start().await;
+    let prefix = "tasks/a_b%c\\/";
+    let escaped = "tasks/a\\_b\\%c\\\\/";
+    // Page one: 100 plain strings, in reverse order. Page two: 30 objects.
+    let first: Vec<Value> = (0..100)
+        .rev()
+        .map(|i| json!(format!("{prefix}{i:03}")))
+        .collect();
+    let second: Vec<Value> = (100..130)
+        .map(|i| json!({ "key_name": format!("{prefix}{i:03}"), "size": 1 }))
+        .collect();
+    expect_call(mcp_call(
+        1,
+        "list_keys",
+        json!({ "prefix": escaped, "limit": 100, "offset": 0 }),
+    ))
+    .respond_with(ok(1, json!({ "keys": first, "count": 100 })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    expect_call(mcp_call(
+        2,
+        "list_keys",
+        json!({ "prefix": escaped, "limit": 100, "offset": 100 }),
+    ))
+    .respond_with(ok(2, json!({ "keys": second })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let keys = client(&server, Dialect::Mcp)
+        .list_keys(prefix)
+        .await
+        .unwrap();
+    let expected: Vec<String> = (0..130).map(|i| format!("{prefix}{i:03}")).collect();
+    assert_eq!(keys, expected);
+}
+
+#[tokio::test]
+async fn mcp_list_keys_drops_like_false_positives_and_stops_on_a_repeated_page() {
+    let server = MockServer::start().await;
+    // A server that ignores both the escape and the offset.
+    let page: Vec<Value> = (0..100)
+        .map(|i| {
+            json!(if i % 2 == 0 {
+                format!("a_b/{i:03}")
+            } else {
+                format!("aXb/{i:03}")
+            })
+        })
+        .collect();
+    Mock::given(method("POST"))
+        .respond_with(sse(&rpc(1, tool_result(json!({ "keys": page.clone() })))))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(sse(&rpc(2, tool_result(json!({ "keys": page })))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let keys = client(&server, Dialect::Mcp)
+        .list_keys("a_b/")
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 50);
+    assert!(keys.iter().all(|key| key.starts_with("a_b/")));
+}
+
+#[tokio::test]
+async fn mcp_delete_and_delete_many_batch_by_100() {
+    let server = MockServer::start().await;
+    expect_call(mcp_call(
+        1,
+        "delete_memory",
+        json!({ "key_names": ["a/b"] }),
+    ))
+    .respond_with(ok(
+        1,
+        json!({ "results": [{ "key_name": "a/b", "status": "success" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let keys: Vec<String> = (0..101).map(|i| format!("k{i}")).collect();
+    expect_call(mcp_call(
+        2,
+        "delete_memory",
+        json!({ "key_names": keys[..100] }),
+    ))
+    .respond_with(ok(2, json!({ "results": [] })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    expect_call(mcp_call(
+        3,
+        "delete_memory",
+        json!({ "key_names": ["k100"] }),
+    ))
+    // A missing key is not an error.
+    .respond_with(ok(
+        3,
+        json!({ "results": [{ "key_name": "k100", "status": "not_found" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let client = client(&server, Dialect::Mcp);
+    client.delete("a/b").await.unwrap();
+    client.delete_many(&keys).await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_missing_key_is_ok_in_every_form() {
+    for answer in [
+        tool_error(1, "key not found"),
+        rpc_error(1, -32000, "No such key"),
+    ] {
+        let server = MockServer::start().await;
+        expect_call(mcp_call(
+            1,
+            "delete_memory",
+            json!({ "key_names": ["gone"] }),
+        ))
+        .respond_with(answer)
+        .expect(1)
+        .mount(&server)
+        .await;
+        client(&server, Dialect::Mcp).delete("gone").await.unwrap();
+    }
+}
+
+// ------------------------------------------------------------- direct dialect
+
+#[tokio::test]
+async fn direct_create_and_update_send_key_and_value() {
+    let server = MockServer::start().await;
+    expect_call(direct_call(
+        1,
+        "create_memory",
+        json!({ "key": "a/b", "value": "idle" }),
+    ))
+    .respond_with(ok(
+        1,
+        json!({ "results": [{ "key": "a/b", "value": "idle" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    expect_call(direct_call(
+        2,
+        "update_memory",
+        json!({ "key": "a/b", "value": "done" }),
+    ))
+    .respond_with(ok(
+        2,
+        json!({ "results": [{ "key": "a/b", "value": "done" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let client = client(&server, Dialect::Direct);
+    client.create("a/b", "idle").await.unwrap();
+    client.update("a/b", "done").await.unwrap();
+}
+
+#[tokio::test]
+async fn direct_get_reads_results_zero_value() {
+    let server = MockServer::start().await;
+    expect_call(direct_call(1, "get_memory", json!({ "key": "a/b" })))
+        // The seed's answer: no key_name, no status.
+        .respond_with(ok(1, json!({ "results": [{ "value": "completed" }] })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let value = client(&server, Dialect::Direct).get("a/b").await.unwrap();
+    assert_eq!(value.as_deref(), Some("completed"));
+}
+
+#[tokio::test]
+async fn direct_get_many_asks_key_by_key() {
+    let server = MockServer::start().await;
+    for (id, key) in [(1, "x"), (2, "y")] {
+        expect_call(direct_call(id, "get_memory", json!({ "key": key })))
+            .respond_with(ok(
+                id,
+                json!({ "results": [{ "key": key, "value": key.to_uppercase() }] }),
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let found = client(&server, Dialect::Direct)
+        .get_many(&["x".to_owned(), "y".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(found.get("x").map(String::as_str), Some("X"));
+    assert_eq!(found.get("y").map(String::as_str), Some("Y"));
+}
+
+#[tokio::test]
+async fn direct_list_keys_sends_the_raw_prefix() {
+    let server = MockServer::start().await;
+    expect_call(direct_call(
+        1,
+        "list_keys",
+        json!({ "prefix": "coordination/tasks/" }),
+    ))
+    .respond_with(ok(
+        1,
+        json!({ "keys": ["coordination/tasks/w2/status", "coordination/tasks/w1/status"] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let keys = client(&server, Dialect::Direct)
+        .list_keys("coordination/tasks/")
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        [
+            "coordination/tasks/w1/status",
+            "coordination/tasks/w2/status"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn direct_delete_sends_the_key() {
+    let server = MockServer::start().await;
+    expect_call(direct_call(1, "delete_memory", json!({ "key": "a/b" })))
+        .respond_with(ok(1, json!({ "results": [{ "key": "a/b" }] })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    client(&server, Dialect::Direct)
+        .delete("a/b")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn direct_upsert_falls_back_to_create() {
+    let server = MockServer::start().await;
+    expect_call(direct_call(
+        1,
+        "update_memory",
+        json!({ "key": "k", "value": "v" }),
+    ))
+    .respond_with(tool_error(1, "Key 'k' not found"))
+    .expect(1)
+    .mount(&server)
+    .await;
+    expect_call(direct_call(
+        2,
+        "create_memory",
+        json!({ "key": "k", "value": "v" }),
+    ))
+    .respond_with(ok(2, json!({ "results": [{ "key": "k", "value": "v" }] })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    client(&server, Dialect::Direct)
+        .upsert("k", "v")
+        .await
+        .unwrap();
+}
+
+// ----------------------------------------------------- not found / exists
+
+#[tokio::test]
+async fn update_of_a_missing_key_is_not_found_in_every_form() {
+    let answers = [
+        tool_error(1, "Key 'k' does not exist"),
+        rpc_error(1, -32602, "Memory not found: k"),
+        ok(
+            1,
+            json!({ "results": [{ "key_name": "k", "status": "not_found" }] }),
+        ),
+    ];
+    for answer in answers {
+        let server = MockServer::start().await;
+        expect_call(mcp_call(
+            1,
+            "update_memory",
+            json!({ "key_name": "k", "value": "v" }),
+        ))
+        .respond_with(answer)
+        .expect(1)
+        .mount(&server)
+        .await;
+        let error = client(&server, Dialect::Mcp)
+            .update("k", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::NotFound { key } if key == "k"),
+            "{error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn create_of_an_existing_key_is_already_exists_in_every_form() {
+    let answers = [
+        ok(
+            1,
+            json!({ "results": [{ "key_name": "k", "status": "error", "error": "Key already exists" }] }),
+        ),
+        ok(
+            1,
+            json!({ "results": [{ "key_name": "k", "status": "already_exists" }] }),
+        ),
+        tool_error(1, "UNIQUE constraint failed: memories.key_name"),
+        rpc_error(1, -32000, "memory k already exists"),
+    ];
+    for answer in answers {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(answer)
+            .expect(1)
+            .mount(&server)
+            .await;
+        let error = client(&server, Dialect::Mcp)
+            .create("k", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::AlreadyExists { key } if key == "k"),
+            "{error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upsert_that_loses_the_create_race_updates_again() {
+    let server = MockServer::start().await;
+    let update = mcp_call(1, "update_memory", json!({ "key_name": "k", "value": "v" }));
+    expect_call(update)
+        .respond_with(tool_error(1, "not found"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_json(mcp_call(
+            2,
+            "create_memory",
+            json!({ "items": [{ "key_name": "k", "value": "v", "description": "Memory at k" }] }),
+        )))
+        .respond_with(tool_error(2, "already exists"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    expect_call(mcp_call(
+        3,
+        "update_memory",
+        json!({ "key_name": "k", "value": "v" }),
+    ))
+    .respond_with(ok(
+        3,
+        json!({ "results": [{ "key_name": "k", "status": "success" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    client(&server, Dialect::Mcp)
+        .upsert("k", "v")
+        .await
+        .unwrap();
+}
+
+// ----------------------------------------------------------- error classes
+
+async fn error_for(response: ResponseTemplate, expected_calls: u64) -> Error {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(response)
+        .expect(expected_calls)
+        .mount(&server)
+        .await;
+    client(&server, Dialect::Mcp).get("k").await.unwrap_err()
+}
+
+#[tokio::test]
+async fn http_401_is_unauthorized_and_not_retried() {
+    let error = error_for(
+        ResponseTemplate::new(401).set_body_string("{\"error\":\"API key not claimed\"}"),
+        1,
+    )
+    .await;
+    assert!(
+        matches!(&error, Error::Unauthorized { status: 401, body } if body.contains("not claimed"))
+    );
+    assert!(error.is_unauthorized() && !error.is_retryable());
+}
+
+#[tokio::test]
+async fn http_403_is_unauthorized() {
+    let error = error_for(ResponseTemplate::new(403), 1).await;
+    assert!(matches!(error, Error::Unauthorized { status: 403, .. }));
+}
+
+#[tokio::test]
+async fn http_429_is_retried_then_rate_limited_with_retry_after() {
+    let error = error_for(
+        ResponseTemplate::new(429).insert_header("retry-after", "0"),
+        3,
+    )
+    .await;
+    assert!(matches!(error, Error::RateLimited { retry_after: Some(d) } if d == Duration::ZERO));
+}
+
+#[tokio::test]
+async fn http_429_with_a_long_retry_after_is_returned_at_once() {
+    let error = error_for(
+        ResponseTemplate::new(429).insert_header("retry-after", "120"),
+        1,
+    )
+    .await;
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
+}
+
+#[tokio::test]
+async fn http_5xx_is_retried_then_server_error() {
+    let error = error_for(ResponseTemplate::new(502).set_body_string("bad gateway"), 3).await;
+    assert!(matches!(&error, Error::Server { status: 502, body } if body == "bad gateway"));
+}
+
+#[tokio::test]
+async fn http_400_is_unexpected_status() {
+    let error = error_for(ResponseTemplate::new(400).set_body_string("nope"), 1).await;
+    assert!(matches!(error, Error::UnexpectedStatus { status: 400, .. }));
+}
+
+#[tokio::test]
+async fn a_404_is_not_taken_for_a_missing_key() {
+    let error = error_for(ResponseTemplate::new(404), 1).await;
+    assert!(matches!(error, Error::UnexpectedStatus { status: 404, .. }));
+}
+
+#[tokio::test]
+async fn json_rpc_errors_keep_code_and_message() {
+    let error = error_for(rpc_error(1, -32601, "Unknown tool: get_memory"), 1).await;
+    assert!(
+        matches!(&error, Error::JsonRpc { code: -32601, message } if message == "Unknown tool: get_memory")
+    );
+}
+
+#[tokio::test]
+async fn tool_errors_keep_their_text() {
+    let error = error_for(tool_error(1, "quota exceeded"), 1).await;
+    assert!(matches!(&error, Error::Tool { message } if message == "quota exceeded"));
+}
+
+#[tokio::test]
+async fn per_item_failures_keep_status_and_text() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(
+            1,
+            json!({ "results": [{ "key_name": "k", "status": "error", "error": "value too large" }] }),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server, Dialect::Mcp)
+        .create("k", "v")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        &error,
+        Error::ItemFailed { key, status, message } if key == "k" && status == "error" && message == "value too large"
+    ));
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_errors_that_keep_the_text() {
+    for body in [
+        "<html>gateway</html>",
+        "data: {not json\n\n",
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"plain words\"}]}}",
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"structuredContent\":{\"nothing\":1}}}",
+    ] {
+        let error = error_for(
+            ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"),
+            1,
+        )
+        .await;
+        match &error {
+            Error::Malformed { body: kept, .. } => assert!(!kept.is_empty(), "{body}"),
+            other => panic!("{body}: {other:?}"),
+        }
+        assert!(!error.is_retryable());
+    }
+}
+
+#[tokio::test]
+async fn a_huge_malformed_body_is_truncated_in_the_error() {
+    let body = "x".repeat(100_000);
+    let error = error_for(ResponseTemplate::new(200).set_body_string(body), 1).await;
+    assert!(matches!(&error, Error::Malformed { body, .. } if body.len() < 1_000));
+}
+
+#[tokio::test]
+async fn a_timeout_is_a_retryable_transport_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(1, json!({ "results": [] })).set_delay(Duration::from_millis(500)))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let config = EnsueConfig::new(API_KEY)
+        .with_base_url(&server.uri())
+        .unwrap()
+        .with_timeout(Duration::from_millis(50))
+        .with_retry(fast_retry());
+    let error = EnsueClient::new(config)
+        .unwrap()
+        .get("k")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Transport(_)) && error.is_retryable(),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_first_success() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .expect(2)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    expect_call(mcp_call(1, "get_memory", json!({ "key_names": ["k"] })))
+        .respond_with(ok(
+            1,
+            json!({ "results": [{ "key_name": "k", "value": "v", "status": "success" }] }),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    assert_eq!(
+        client(&server, Dialect::Mcp)
+            .get("k")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+}
+
+#[tokio::test]
+async fn no_retries_when_the_policy_says_none() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let config = EnsueConfig::new(API_KEY)
+        .with_base_url(&server.uri())
+        .unwrap()
+        .with_retry(RetryPolicy::none());
+    let error = EnsueClient::new(config)
+        .unwrap()
+        .get("k")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Server { status: 503, .. }));
+}
+
+#[tokio::test]
+async fn a_retried_create_that_finds_its_own_value_succeeds() {
+    let server = MockServer::start().await;
+    let create = mcp_call(
+        1,
+        "create_memory",
+        json!({ "items": [{ "key_name": "k", "value": "v", "description": "Memory at k" }] }),
+    );
+    // The first attempt lands but its answer is lost (503); the retry then
+    // meets the key it wrote itself.
+    expect_call(create.clone())
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    expect_call(create)
+        .respond_with(ok(1, json!({ "results": [{ "key_name": "k", "status": "error", "error": "already exists" }] })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    expect_call(mcp_call(2, "get_memory", json!({ "key_names": ["k"] })))
+        .respond_with(ok(
+            2,
+            json!({ "results": [{ "key_name": "k", "value": "v", "status": "success" }] }),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    client(&server, Dialect::Mcp)
+        .create("k", "v")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_retried_create_that_finds_another_value_is_already_exists() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_json(mcp_call(
+            1,
+            "create_memory",
+            json!({ "items": [{ "key_name": "k", "value": "v", "description": "Memory at k" }] }),
+        )))
+        .respond_with(tool_error(1, "key already exists"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_json(mcp_call(
+            2,
+            "get_memory",
+            json!({ "key_names": ["k"] }),
+        )))
+        .respond_with(ok(
+            2,
+            json!({ "results": [{ "key_name": "k", "value": "other", "status": "success" }] }),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server, Dialect::Mcp)
+        .create("k", "v")
+        .await
+        .unwrap_err();
+    assert!(error.is_already_exists());
+}
+
+#[tokio::test]
+async fn a_first_create_that_meets_already_exists_does_not_read() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(tool_error(1, "already exists"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server, Dialect::Mcp)
+        .create("k", "v")
+        .await
+        .unwrap_err();
+    assert!(error.is_already_exists());
+}
+
+// ------------------------------------------------------------- SSE framings
+
+async fn get_with_body(body: String, content_type: &str) -> Option<String> {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(body, content_type))
+        .expect(1)
+        .mount(&server)
+        .await;
+    client(&server, Dialect::Mcp).get("k").await.unwrap()
+}
+
+fn found(id: u64, value: &str) -> Value {
+    rpc(
+        id,
+        tool_result(
+            json!({ "results": [{ "key_name": "k", "value": value, "status": "success" }] }),
+        ),
+    )
+}
+
+#[tokio::test]
+async fn sse_one_event() {
+    let body = format!("data: {}\n\n", found(1, "one"));
+    assert_eq!(
+        get_with_body(body, "text/event-stream").await.as_deref(),
+        Some("one")
+    );
+}
+
+#[tokio::test]
+async fn sse_notifications_before_the_response() {
+    let notification = json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": { "progress": 1 } });
+    let body = format!(
+        "data: {notification}\n\ndata: {notification}\n\ndata: {}\n\n",
+        found(1, "after")
+    );
+    assert_eq!(
+        get_with_body(body, "text/event-stream").await.as_deref(),
+        Some("after")
+    );
+}
+
+#[tokio::test]
+async fn sse_event_id_retry_and_comment_lines() {
+    let body = format!(
+        ": ping\nretry: 1000\nevent: message\nid: 0a1b\ndata: {}\n\n: bye\n",
+        found(1, "framed")
+    );
+    assert_eq!(
+        get_with_body(body, "text/event-stream").await.as_deref(),
+        Some("framed")
+    );
+}
+
+#[tokio::test]
+async fn sse_crlf_line_endings() {
+    let body = format!("event: message\r\ndata: {}\r\n\r\n", found(1, "crlf"));
+    assert_eq!(
+        get_with_body(body, "text/event-stream").await.as_deref(),
+        Some("crlf")
+    );
+}
+
+#[tokio::test]
+async fn sse_response_for_another_id_loses_to_ours() {
+    let body = format!(
+        "data: {}\n\ndata: {}\n\n",
+        found(1, "ours"),
+        found(99, "theirs")
+    );
+    assert_eq!(
+        get_with_body(body, "text/event-stream").await.as_deref(),
+        Some("ours")
+    );
+}
+
+#[tokio::test]
+async fn plain_json_body() {
+    let body = found(1, "json").to_string();
+    assert_eq!(
+        get_with_body(body, "application/json").await.as_deref(),
+        Some("json")
+    );
+}
+
+#[tokio::test]
+async fn content_type_that_lies_is_sniffed() {
+    let sse_body = format!("data: {}\n\n", found(1, "sse-as-json"));
+    assert_eq!(
+        get_with_body(sse_body, "application/json").await.as_deref(),
+        Some("sse-as-json")
+    );
+    let json_body = found(1, "json-as-sse").to_string();
+    assert_eq!(
+        get_with_body(json_body, "text/event-stream")
+            .await
+            .as_deref(),
+        Some("json-as-sse")
+    );
+}
+
+#[tokio::test]
+async fn content_text_is_the_fallback_for_structured_content() {
+    let result = json!({ "content": [{ "type": "text", "text": json!({ "results": [{ "key_name": "k", "value": "text", "status": "success" }] }).to_string() }] });
+    let body = format!("data: {}\n\n", rpc(1, result));
+    assert_eq!(
+        get_with_body(body, "text/event-stream").await.as_deref(),
+        Some("text")
+    );
+}
+
+/// A body that really arrives in pieces: a raw HTTP/1.1 server writing a
+/// chunked response, split in the middle of a `data:` line.
+#[tokio::test]
+async fn sse_body_split_across_network_chunks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let body = format!("event: message\ndata: {}\n\n", found(1, "pieces"));
+    let (head, tail) = body.split_at(body.len() / 2);
+    let (head, tail) = (head.to_owned(), tail.to_owned());
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        // Read the request up to and including its JSON body.
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !request.ends_with(b"}}") {
+            let read = socket.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "connection closed before the request ended");
+            request.extend_from_slice(&buffer[..read]);
+        }
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        for piece in [&head, &tail] {
+            let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+            socket.write_all(chunk.as_bytes()).await.unwrap();
+            socket.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        socket.write_all(b"0\r\n\r\n").await.unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    let config = EnsueConfig::new(API_KEY)
+        .with_base_url(&format!("http://{address}/"))
+        .unwrap();
+    let value = EnsueClient::new(config).unwrap().get("k").await.unwrap();
+    assert_eq!(value.as_deref(), Some("pieces"));
+    let request = server.await.unwrap();
+    assert!(request.starts_with("POST / HTTP/1.1\r\n"));
+}
+
+#[tokio::test]
+async fn a_batch_rejected_as_a_whole_for_one_missing_key_is_asked_key_by_key() {
+    let server = MockServer::start().await;
+    expect_call(mcp_call(
+        1,
+        "get_memory",
+        json!({ "key_names": ["a", "gone"] }),
+    ))
+    .respond_with(tool_error(1, "key not found: gone"))
+    .expect(1)
+    .mount(&server)
+    .await;
+    expect_call(mcp_call(2, "get_memory", json!({ "key_names": ["a"] })))
+        .respond_with(ok(
+            2,
+            json!({ "results": [{ "key_name": "a", "value": "A", "status": "success" }] }),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    expect_call(mcp_call(3, "get_memory", json!({ "key_names": ["gone"] })))
+        .respond_with(tool_error(3, "key not found: gone"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let found = client(&server, Dialect::Mcp)
+        .get_many(&["a".to_owned(), "gone".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found["a"], "A");
+}
+
+#[tokio::test]
+async fn the_api_key_never_shows_in_debug_output() {
+    let server = MockServer::start().await;
+    let client = client(&server, Dialect::Mcp);
+    let printed = format!("{client:?} {:?}", client.config());
+    assert!(printed.contains("<redacted>"));
+    assert!(!printed.contains(API_KEY));
+}
