@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod delegation;
+mod ensue;
+mod ensue_serve;
 mod key;
 mod near;
 mod phala;
@@ -28,6 +30,9 @@ enum Command {
     /// UCAN delegations for Storacha: create and inspect (verify) proofs.
     #[command(subcommand)]
     Delegation(delegation::DelegationCommand),
+    /// Ensue memory: seal/unseal values, get/put/list/delete keys.
+    #[command(subcommand)]
+    Ensue(ensue::EnsueCommand),
     /// Phala Cloud: encrypt env vars for a CVM, print agent compose files.
     #[command(subcommand)]
     Phala(phala::PhalaCommand),
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Key(command) => key::run(command),
         Command::Delegation(command) => delegation::run(command),
+        Command::Ensue(command) => ensue::run(command),
         Command::Phala(command) => phala::run(command),
         Command::Near(command) => near::run(command),
     };

@@ -1,0 +1,369 @@
+//! The HTTP surface: routes, bearer auth, body limits and tracing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::api_key::random_hex;
+use crate::rpc::{self, Framing, Incoming, RpcError};
+use crate::store::{OrgId, Store};
+use crate::tools;
+
+/// How long one request may take, so a stalled client cannot hold up a
+/// graceful shutdown.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest `POST /auth/agent-register` body (it holds one short name).
+const MAX_REGISTER_BODY_BYTES: usize = 4 * 1024;
+
+/// Size limits, enforced with clear errors rather than dropped connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// The largest JSON-RPC request body; larger ones get HTTP 413 with error -32600.
+    pub max_body_bytes: usize,
+    /// The largest stored value, in UTF-8 bytes; larger ones get error -32602.
+    pub max_value_bytes: usize,
+}
+
+impl Limits {
+    /// Limits with the given body and value sizes.
+    pub fn new(max_body_bytes: usize, max_value_bytes: usize) -> Self {
+        Self {
+            max_body_bytes,
+            max_value_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// 8 MiB bodies (a full batch of large values fits), 1 MiB values.
+    fn default() -> Self {
+        Self::new(8 * 1024 * 1024, 1024 * 1024)
+    }
+}
+
+/// What every request handler shares: the store, the limits and the
+/// server's own URL (for `claim_url`).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    store: Store,
+    limits: Limits,
+    public_url: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// State over `store`, with default [`Limits`].
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            limits: Limits::default(),
+            public_url: None,
+        }
+    }
+
+    /// Replaces the size limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The URL clients reach this server at, e.g. `http://127.0.0.1:3006/`.
+    /// [`run`](crate::run) fills it in from the listener when unset.
+    pub fn with_public_url(mut self, url: impl Into<String>) -> Self {
+        self.public_url = Some(Arc::from(url.into()));
+        self
+    }
+
+    /// The store behind the server.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn has_public_url(&self) -> bool {
+        self.public_url.is_some()
+    }
+
+    /// An absolute URL on this server for `path_and_query`.
+    fn link(&self, path_and_query: &str) -> String {
+        let base = self.public_url.as_deref().unwrap_or("http://localhost/");
+        format!("{}/{path_and_query}", base.trim_end_matches('/'))
+    }
+}
+
+/// The organisation an authenticated request acts for.
+#[derive(Debug, Clone, Copy)]
+struct Org(OrgId);
+
+/// The server's routes:
+///
+/// - `POST /`: JSON-RPC, MCP `tools/call` or the direct methods (bearer auth);
+/// - `POST /auth/agent-register`: create an organisation and its API key;
+/// - `GET /claim`: the page `claim_url` points at (nothing to do locally);
+/// - `GET /healthz`: `{"status":"ok"}` while the store answers.
+pub fn app(state: AppState) -> Router {
+    let memory =
+        Router::new()
+            .route("/", post(rpc_call))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_api_key,
+            ));
+    Router::new()
+        .merge(memory)
+        .route("/auth/agent-register", post(agent_register))
+        .route("/claim", get(claim))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .with_state(state)
+}
+
+/// One span per request; the query string is left out (claim tokens live there).
+fn request_span(request: &Request) -> Span {
+    tracing::info_span!(
+        "request",
+        http.method = %request.method(),
+        http.path = %request.uri().path(),
+        org = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
+        rpc.tool = tracing::field::Empty,
+    )
+}
+
+async fn require_api_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = bearer_token(request.headers()) else {
+        return unauthorized("missing `Authorization: Bearer <api key>` header");
+    };
+    match state.store.org_for_token(token).await {
+        Ok(Some(org)) => {
+            Span::current().record("org", org);
+            request.extensions_mut().insert(Org(org));
+            next.run(request).await
+        }
+        Ok(None) => unauthorized("invalid API key"),
+        Err(error) => {
+            tracing::error!(%error, "API key lookup failed");
+            server_error()
+        }
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+async fn rpc_call(
+    State(state): State<AppState>,
+    axum::Extension(Org(org)): axum::Extension<Org>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let framing = Framing::from_accept(&headers);
+    let bytes = match read_body(&headers, body, state.limits.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            let error = RpcError::invalid_request(format!(
+                "the request body is larger than the limit of {} bytes",
+                state.limits.max_body_bytes
+            ));
+            return rpc::json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &rpc::failure(&Value::Null, &error),
+            );
+        }
+        Err(BodyError::Unreadable) => {
+            let error = RpcError::parse("the request body could not be read");
+            return rpc::json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc::failure(&Value::Null, &error),
+            );
+        }
+    };
+    let call = match rpc::parse(&bytes) {
+        Ok(Incoming::Call(call)) => call,
+        Ok(Incoming::Notification { method }) => {
+            Span::current().record("rpc.method", method.as_str());
+            return StatusCode::ACCEPTED.into_response();
+        }
+        Err(rejected) => {
+            tracing::debug!(code = rejected.error.code, message = %rejected.error.message, "rejected request");
+            // Requests that could not be understood are answered as MCP
+            // servers do: a 4xx with a plain JSON error body.
+            return rpc::json_response(
+                rejected.error.http_status(),
+                &rpc::failure(&rejected.id, &rejected.error),
+            );
+        }
+    };
+    Span::current().record("rpc.method", call.method.as_str());
+    let message = match tools::dispatch(&state, org, &call.method, call.params).await {
+        Ok(result) => rpc::success(&call.id, result),
+        Err(error) => {
+            tracing::debug!(code = error.code, message = %error.message, "call failed");
+            rpc::failure(&call.id, &error)
+        }
+    };
+    framing.respond(StatusCode::OK, &message)
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// Reads at most `limit` bytes, refusing early when `Content-Length` says more.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| BodyError::Unreadable)?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// `POST /auth/agent-register {"name"}`: a new organisation and its key.
+///
+/// The answer carries `api_key`, `claim_url` and `verification_code` both at
+/// the top level and under `agent`, the two shapes clients of the hosted
+/// service read. Unlike the hosted service, the key works at once: there is
+/// no claim step.
+async fn agent_register(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match read_body(&headers, body, MAX_REGISTER_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            return error_json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+            );
+        }
+        Err(BodyError::Unreadable) => {
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+    };
+    let name = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|body| body.get("name").and_then(Value::as_str).map(str::to_owned));
+    let Some(name) = name else {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON of the form {\"name\": \"<organization name>\"}",
+        );
+    };
+    match state.store.register_org(&name).await {
+        Ok(api_key) => {
+            let claim_url = state.link(&format!("claim?token={}", random_hex(16)));
+            let verification_code = random_hex(4);
+            tracing::info!(org = %name, "registered organization");
+            rpc::json_response(
+                StatusCode::OK,
+                &json!({
+                    "api_key": api_key.expose(),
+                    "claim_url": claim_url,
+                    "verification_code": verification_code,
+                    "status": "active",
+                    "agent": {
+                        "name": name,
+                        "api_key": api_key.expose(),
+                        "claim_url": claim_url,
+                        "verification_code": verification_code,
+                    },
+                }),
+            )
+        }
+        Err(error @ crate::Error::InvalidOrgName { .. }) => {
+            error_json(StatusCode::BAD_REQUEST, &error.to_string())
+        }
+        Err(error @ crate::Error::OrgNameTaken { .. }) => {
+            error_json(StatusCode::CONFLICT, &error.to_string())
+        }
+        Err(error) => {
+            tracing::error!(%error, "registration failed");
+            server_error()
+        }
+    }
+}
+
+async fn claim() -> Response {
+    rpc::json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "active",
+            "message": "delibera-ensue-local activates keys when they are registered: there is nothing to claim",
+        }),
+    )
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => rpc::json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        Err(error) => {
+            tracing::error!(%error, "health check failed");
+            rpc::json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "status": "unavailable" }),
+            )
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    error_json(StatusCode::NOT_FOUND, "no such route")
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = error_json(StatusCode::UNAUTHORIZED, message);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn server_error() -> Response {
+    error_json(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+fn error_json(status: StatusCode, message: &str) -> Response {
+    rpc::json_response(status, &json!({ "error": message }))
+}

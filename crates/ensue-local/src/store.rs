@@ -1,0 +1,610 @@
+//! SQLite persistence: organisations, API key digests and memories.
+//!
+//! Every call runs on tokio's blocking pool, never on the async workers. Writes
+//! go through one connection behind a mutex (SQLite allows one writer at a
+//! time anyway); reads of a file database use a small pool of extra
+//! connections, which WAL lets run beside the writer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::api_key::{ApiKey, digest_of};
+use crate::{Error, Result};
+
+/// The row id of an organisation.
+pub(crate) type OrgId = i64;
+
+/// The schema this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle read connections kept open for reuse.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The longest organisation name (the hosted service's rule, as the reference enforces it).
+const MAX_ORG_NAME_LEN: usize = 64;
+
+const SCHEMA: &str = "
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS orgs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_sha256 BLOB PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES orgs(id),
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS memories (
+    org_id INTEGER NOT NULL REFERENCES orgs(id),
+    key_name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (org_id, key_name)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+COMMIT;
+";
+
+/// The durable home of every organisation, API key and memory.
+///
+/// Cheap to clone (all clones share the connections). [`Store::open`] keeps
+/// everything in one SQLite file in WAL mode with `synchronous = FULL`: WAL
+/// lets reads run beside the writer, and FULL syncs the log on every commit,
+/// so a write the server has acknowledged survives a crash *and* a power loss
+/// (NORMAL would only guarantee the former). API keys are stored as SHA-256
+/// digests, never in clear.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    /// `None` in memory, where the writer connection is the only one that sees the data.
+    readers: Option<Readers>,
+    /// Key digest → organisation. Keys are never revoked, so entries never go stale.
+    key_cache: RwLock<HashMap<[u8; 32], OrgId>>,
+    path: Option<PathBuf>,
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// A memory to create.
+#[derive(Debug, Clone)]
+pub(crate) struct NewMemory {
+    pub(crate) key_name: String,
+    pub(crate) value: String,
+    pub(crate) description: String,
+}
+
+/// A stored memory, as `get_memory` returns it.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) value: String,
+    pub(crate) description: String,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+/// A key as `list_keys` returns it.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyInfo {
+    pub(crate) key_name: String,
+    pub(crate) description: String,
+    pub(crate) size: i64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+/// One page of `list_keys`, with the number of keys matching in all.
+#[derive(Debug, Clone)]
+pub(crate) struct Page {
+    pub(crate) keys: Vec<KeyInfo>,
+    pub(crate) total: i64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file at `path`, and its parent directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let writer = Connection::open(&path)?;
+        configure(&writer)?;
+        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        tracing::debug!(journal_mode = %mode, path = %path.display(), "opened store");
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        migrate(&writer)?;
+        Ok(Store::from_parts(
+            writer,
+            Some(Readers {
+                path: path.clone(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            Some(path),
+        ))
+    }
+
+    /// A store that lives in this process only, for tests.
+    pub fn in_memory() -> Result<Store> {
+        let writer = Connection::open_in_memory()?;
+        configure(&writer)?;
+        migrate(&writer)?;
+        Ok(Store::from_parts(writer, None, None))
+    }
+
+    fn from_parts(writer: Connection, readers: Option<Readers>, path: Option<PathBuf>) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                key_cache: RwLock::new(HashMap::new()),
+                path,
+            }),
+        }
+    }
+
+    /// The database file, or `None` for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// Creates the organisation `name` with a fresh API key, and returns the key.
+    ///
+    /// [`Error::InvalidOrgName`] unless the name is 1–64 characters of
+    /// `[A-Za-z0-9_-]`; [`Error::OrgNameTaken`] if it exists.
+    pub async fn register_org(&self, name: &str) -> Result<ApiKey> {
+        validate_org_name(name)?;
+        let name = name.to_owned();
+        let key = ApiKey::generate();
+        let digest = key.digest();
+        self.write(move |conn| {
+            let now = now_secs();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
+                "INSERT INTO orgs (name, created_at) VALUES (?1, ?2)",
+                params![name, now],
+            );
+            match inserted {
+                Err(error) if is_unique_violation(&error) => {
+                    return Err(Error::OrgNameTaken { name });
+                }
+                other => other?,
+            };
+            let org = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO api_keys (key_sha256, org_id, created_at) VALUES (?1, ?2, ?3)",
+                params![digest.as_slice(), org, now],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        Ok(key)
+    }
+
+    /// Lets `key` act for the organisation `org_name`, creating the
+    /// organisation if it does not exist. A key already in use keeps the
+    /// organisation it has.
+    pub async fn add_key(&self, org_name: &str, key: &ApiKey) -> Result<()> {
+        validate_org_name(org_name)?;
+        let name = org_name.to_owned();
+        let digest = key.digest();
+        self.write(move |conn| {
+            let now = now_secs();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO orgs (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, now],
+            )?;
+            let org: OrgId =
+                tx.query_row("SELECT id FROM orgs WHERE name = ?1", [&name], |row| {
+                    row.get(0)
+                })?;
+            tx.execute(
+                "INSERT INTO api_keys (key_sha256, org_id, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key_sha256) DO NOTHING",
+                params![digest.as_slice(), org, now],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The organisation a presented bearer token acts for, if any.
+    pub(crate) async fn org_for_token(&self, token: &str) -> Result<Option<OrgId>> {
+        let digest = digest_of(token);
+        if let Some(org) = self.cached_org(&digest) {
+            return Ok(Some(org));
+        }
+        let org = self
+            .read(move |conn| {
+                conn.prepare_cached("SELECT org_id FROM api_keys WHERE key_sha256 = ?1")?
+                    .query_row([digest.as_slice()], |row| row.get::<_, OrgId>(0))
+                    .optional()
+                    .map_err(Error::from)
+            })
+            .await?;
+        if let Some(org) = org {
+            self.inner
+                .key_cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(digest, org);
+        }
+        Ok(org)
+    }
+
+    fn cached_org(&self, digest: &[u8; 32]) -> Option<OrgId> {
+        self.inner
+            .key_cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .copied()
+    }
+
+    /// Checks the database answers.
+    pub(crate) async fn ping(&self) -> Result<()> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates each item unless its key exists; `true` per item created.
+    ///
+    /// One transaction: a key repeated within the batch is created once.
+    pub(crate) async fn create_many(&self, org: OrgId, items: Vec<NewMemory>) -> Result<Vec<bool>> {
+        self.write(move |conn| {
+            let now = now_secs();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut created = Vec::with_capacity(items.len());
+            {
+                // No OR REPLACE: the primary key makes create-if-absent atomic.
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO memories (org_id, key_name, value, description, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                )?;
+                for item in &items {
+                    match insert.execute(params![
+                        org,
+                        item.key_name,
+                        item.value,
+                        item.description,
+                        now
+                    ]) {
+                        Ok(_) => created.push(true),
+                        Err(error) if is_primary_key_violation(&error) => created.push(false),
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
+    }
+
+    /// Replaces the value (and the description, when given) of an existing
+    /// key; `false` when the key does not exist.
+    pub(crate) async fn update(
+        &self,
+        org: OrgId,
+        key_name: String,
+        value: String,
+        description: Option<String>,
+    ) -> Result<bool> {
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE memories
+                     SET value = ?3, description = COALESCE(?4, description), updated_at = ?5
+                     WHERE org_id = ?1 AND key_name = ?2",
+                )?
+                .execute(params![org, key_name, value, description, now_secs()])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    /// Reads each key; `None` for the missing ones.
+    pub(crate) async fn get_many(
+        &self,
+        org: OrgId,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Record>>> {
+        self.read(move |conn| {
+            let mut select = conn.prepare_cached(
+                "SELECT value, description, created_at, updated_at FROM memories
+                 WHERE org_id = ?1 AND key_name = ?2",
+            )?;
+            let mut records = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let record = select
+                    .query_row(params![org, key], |row| {
+                        Ok(Record {
+                            value: row.get(0)?,
+                            description: row.get(1)?,
+                            created_at: row.get(2)?,
+                            updated_at: row.get(3)?,
+                        })
+                    })
+                    .optional()?;
+                records.push(record);
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    /// Deletes each key; `true` per key that existed.
+    pub(crate) async fn delete_many(&self, org: OrgId, keys: Vec<String>) -> Result<Vec<bool>> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut deleted = Vec::with_capacity(keys.len());
+            {
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM memories WHERE org_id = ?1 AND key_name = ?2")?;
+                for key in &keys {
+                    deleted.push(delete.execute(params![org, key])? == 1);
+                }
+            }
+            tx.commit()?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Keys matching the SQL `LIKE` pattern `pattern` (escape character `\`),
+    /// in key order, one page.
+    pub(crate) async fn list(
+        &self,
+        org: OrgId,
+        pattern: String,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Page> {
+        self.read(move |conn| {
+            // One read transaction, so the page and the total agree.
+            let tx = conn.unchecked_transaction()?;
+            let keys = tx
+                .prepare_cached(
+                    "SELECT key_name, description, length(CAST(value AS BLOB)), created_at, updated_at
+                     FROM memories WHERE org_id = ?1 AND key_name LIKE ?2 ESCAPE '\\'
+                     ORDER BY key_name LIMIT ?3 OFFSET ?4",
+                )?
+                .query_map(params![org, pattern, limit, offset], |row| {
+                    Ok(KeyInfo {
+                        key_name: row.get(0)?,
+                        description: row.get(1)?,
+                        size: row.get(2)?,
+                        created_at: row.get(3)?,
+                        updated_at: row.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let total = tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM memories WHERE org_id = ?1 AND key_name LIKE ?2 ESCAPE '\\'",
+                )?
+                .query_row(params![org, pattern], |row| row.get(0))?;
+            tx.commit()?;
+            Ok(Page { keys, total })
+        })
+        .await
+    }
+
+    async fn write<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves the connection usable:
+            // an unfinished transaction rolls back when it is dropped.
+            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            job(&mut conn)
+        })
+        .await?
+    }
+
+    async fn read<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.with_reader(job)).await?
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn with_reader<T>(&self, job: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let Some(readers) = &self.readers else {
+            let conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            return job(&conn);
+        };
+        let idle = readers
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&readers.path)?,
+        };
+        let result = job(&conn);
+        let mut idle = readers.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // The hosted service matches prefixes with case-sensitive SQL LIKE;
+    // SQLite's LIKE ignores ASCII case unless told otherwise.
+    conn.pragma_update(None, "case_sensitive_like", true)?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    match found {
+        0 => conn.execute_batch(SCHEMA)?,
+        SCHEMA_VERSION => {}
+        found => {
+            return Err(Error::UnsupportedSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the hosted service's organisation name rule.
+pub(crate) fn validate_org_name(name: &str) -> Result<()> {
+    let valid = (1..=MAX_ORG_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidOrgName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+fn is_primary_key_violation(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(failure, _)
+        if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(failure, _)
+        if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+/// Unix seconds, the unit the hosted service uses for timestamps.
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, value: &str) -> NewMemory {
+        NewMemory {
+            key_name: key.to_owned(),
+            value: value.to_owned(),
+            description: String::new(),
+        }
+    }
+
+    async fn org(store: &Store, name: &str) -> OrgId {
+        let key = store.register_org(name).await.unwrap();
+        store.org_for_token(key.expose()).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_is_create_if_absent_even_within_one_batch() {
+        let store = Store::in_memory().unwrap();
+        let org = org(&store, "a").await;
+        let created = store
+            .create_many(org, vec![item("k", "1"), item("k", "2"), item("j", "3")])
+            .await
+            .unwrap();
+        assert_eq!(created, [true, false, true]);
+        let records = store.get_many(org, vec!["k".into()]).await.unwrap();
+        assert_eq!(records[0].as_ref().map(|r| r.value.as_str()), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn like_is_case_sensitive_and_honours_escapes() {
+        let store = Store::in_memory().unwrap();
+        let org = org(&store, "a").await;
+        store
+            .create_many(
+                org,
+                vec![item("a_b/1", ""), item("axb/2", ""), item("A_b/3", "")],
+            )
+            .await
+            .unwrap();
+        let names = |page: Page| {
+            page.keys
+                .into_iter()
+                .map(|k| k.key_name)
+                .collect::<Vec<_>>()
+        };
+        let wildcard = store.list(org, "a_b%".into(), 100, 0).await.unwrap();
+        assert_eq!(names(wildcard), ["a_b/1", "axb/2"]);
+        let escaped = store.list(org, "a\\_b%".into(), 100, 0).await.unwrap();
+        assert_eq!(names(escaped), ["a_b/1"]);
+    }
+
+    #[tokio::test]
+    async fn org_names_are_unique_and_checked() {
+        let store = Store::in_memory().unwrap();
+        store.register_org("team-1").await.unwrap();
+        let again = store.register_org("team-1").await.unwrap_err();
+        assert!(again.is_org_name_taken());
+        for bad in ["", "has space", "ünï", &"x".repeat(65)] {
+            let error = store.register_org(bad).await.unwrap_err();
+            assert!(matches!(error, Error::InvalidOrgName { .. }), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_tokens_act_for_no_org() {
+        let store = Store::in_memory().unwrap();
+        store.register_org("a").await.unwrap();
+        assert_eq!(store.org_for_token("lmn_nobody").await.unwrap(), None);
+    }
+}

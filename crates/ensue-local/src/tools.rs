@@ -1,0 +1,684 @@
+//! The memory tools, reached two ways: MCP `tools/call` (what the hosted
+//! service speaks) and the seed's direct methods (`method` = the tool name).
+
+use serde_json::{Map, Value, json};
+
+use crate::http::{AppState, Limits};
+use crate::rpc::{self, RpcError};
+use crate::store::{NewMemory, OrgId, Record};
+
+/// Items per batch and keys per `list_keys` page, as the hosted service allows.
+pub(crate) const MAX_BATCH: usize = 100;
+
+/// The longest key accepted.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// The longest description accepted.
+const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+/// The MCP protocol versions this server can answer `initialize` with, newest first.
+const PROTOCOL_VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// The five memory operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Create,
+    Update,
+    Get,
+    List,
+    Delete,
+}
+
+impl Operation {
+    fn from_tool(name: &str) -> Option<Operation> {
+        Some(match name {
+            "create_memory" => Operation::Create,
+            "update_memory" => Operation::Update,
+            "get_memory" => Operation::Get,
+            "list_keys" => Operation::List,
+            "delete_memory" => Operation::Delete,
+            _ => return None,
+        })
+    }
+
+    /// Direct methods also answer to `read_memory`, the name Delibera's docs use.
+    fn from_method(name: &str) -> Option<Operation> {
+        match name {
+            "read_memory" => Some(Operation::Get),
+            other => Operation::from_tool(other),
+        }
+    }
+}
+
+/// A tool's outcome: success, or a tool execution error (`result.isError`).
+enum Outcome {
+    Success(Value),
+    Failure {
+        message: String,
+        structured: Option<Value>,
+    },
+}
+
+impl Outcome {
+    fn into_result(self) -> Value {
+        match self {
+            Outcome::Success(structured) => rpc::tool_success(structured),
+            Outcome::Failure {
+                message,
+                structured,
+            } => rpc::tool_failure(&message, structured),
+        }
+    }
+}
+
+/// Answers one JSON-RPC call for organisation `org`.
+pub(crate) async fn dispatch(
+    state: &AppState,
+    org: OrgId,
+    method: &str,
+    params: Value,
+) -> Result<Value, RpcError> {
+    match method {
+        "initialize" => Ok(initialize(&params)),
+        "ping" => Ok(json!({})),
+        "tools/list" => Ok(tools_list()),
+        "tools/call" => {
+            let mut params = object(params, "params")?;
+            let name = match params.remove("name") {
+                Some(Value::String(name)) => name,
+                Some(_) => return Err(RpcError::invalid_params("`params.name` must be a string")),
+                None => return Err(RpcError::invalid_params("`params.name` is missing")),
+            };
+            tracing::Span::current().record("rpc.tool", name.as_str());
+            let operation = Operation::from_tool(&name).ok_or_else(|| {
+                RpcError::method_not_found(format!(
+                    "unknown tool `{name}`: this server has create_memory, get_memory, \
+                     update_memory, delete_memory and list_keys"
+                ))
+            })?;
+            let arguments = object(
+                params.remove("arguments").unwrap_or(Value::Null),
+                "params.arguments",
+            )?;
+            Ok(run_mcp(state, org, operation, &arguments)
+                .await?
+                .into_result())
+        }
+        other => {
+            let operation = Operation::from_method(other)
+                .ok_or_else(|| RpcError::method_not_found(format!("unknown method `{other}`")))?;
+            let params = object(params, "params")?;
+            // MCP arguments sent without the `tools/call` wrapper are served
+            // too; everything else (including nothing) is read in the seed's
+            // form, so its errors name `params.key`.
+            let mcp_arguments = ["items", "key_names", "key_name"]
+                .iter()
+                .any(|field| params.contains_key(*field));
+            let direct =
+                operation == Operation::List || params.contains_key("key") || !mcp_arguments;
+            let outcome = if direct {
+                run_direct(state, org, operation, &params).await?
+            } else {
+                run_mcp(state, org, operation, &params).await?
+            };
+            Ok(outcome.into_result())
+        }
+    }
+}
+
+/// The MCP form: `items`, `key_names`, `key_name`, `prefix`/`limit`/`offset`.
+async fn run_mcp(
+    state: &AppState,
+    org: OrgId,
+    operation: Operation,
+    args: &Map<String, Value>,
+) -> Result<Outcome, RpcError> {
+    let limits = state.limits();
+    let store = state.store();
+    match operation {
+        Operation::Create => {
+            let items = batch(args, "items")?;
+            let mut memories = Vec::with_capacity(items.len());
+            for (index, item) in items.iter().enumerate() {
+                let path = format!("items[{index}]");
+                let Value::Object(item) = item else {
+                    return Err(RpcError::invalid_params(format!(
+                        "`{path}` must be an object"
+                    )));
+                };
+                if item.get("base64").and_then(Value::as_bool) == Some(true) {
+                    return Err(RpcError::invalid_params(format!(
+                        "`{path}.base64`: base64 values are not supported by the local server"
+                    )));
+                }
+                memories.push(NewMemory {
+                    key_name: key(item, "key_name", &path)?,
+                    value: value(item, &path, limits)?,
+                    description: description(item, &path)?.ok_or_else(|| {
+                        RpcError::invalid_params(format!("`{path}.description` is missing"))
+                    })?,
+                });
+            }
+            let keys: Vec<String> = memories.iter().map(|m| m.key_name.clone()).collect();
+            let created = store.create_many(org, memories).await.map_err(internal)?;
+            let results = keys
+                .into_iter()
+                .zip(created)
+                .map(|(key_name, created)| {
+                    if created {
+                        json!({ "key_name": key_name, "status": "success" })
+                    } else {
+                        item_failure(&key_name, "already_exists", &already_exists(&key_name))
+                    }
+                })
+                .collect();
+            Ok(batch_outcome(results))
+        }
+        Operation::Update => {
+            let key_name = key(args, "key_name", "arguments")?;
+            let value = value(args, "arguments", limits)?;
+            let description = description(args, "arguments")?;
+            let found = store
+                .update(org, key_name.clone(), value.clone(), description)
+                .await
+                .map_err(internal)?;
+            Ok(if found {
+                Outcome::Success(json!({
+                    "results": [{ "key_name": key_name, "value": value, "status": "success" }],
+                }))
+            } else {
+                let message = not_found(&key_name);
+                Outcome::Failure {
+                    structured: Some(json!({
+                        "results": [item_failure(&key_name, "not_found", &message)],
+                    })),
+                    message,
+                }
+            })
+        }
+        Operation::Get => {
+            let keys = key_list(args, "key_names")?;
+            let records = store.get_many(org, keys.clone()).await.map_err(internal)?;
+            let results: Vec<Value> = keys
+                .iter()
+                .zip(records)
+                .map(|(key_name, record)| match record {
+                    Some(record) => found_item(key_name, &record),
+                    None => item_failure(key_name, "not_found", &not_found(key_name)),
+                })
+                .collect();
+            // Never `isError`: a missing key is an item whose status is not
+            // `success`, which is how every known client tests for presence.
+            Ok(Outcome::Success(json!({ "results": results })))
+        }
+        Operation::Delete => {
+            let keys = key_list(args, "key_names")?;
+            let deleted = store
+                .delete_many(org, keys.clone())
+                .await
+                .map_err(internal)?;
+            let results = keys
+                .iter()
+                .zip(deleted)
+                .map(|(key_name, deleted)| {
+                    if deleted {
+                        json!({ "key_name": key_name, "status": "success" })
+                    } else {
+                        item_failure(key_name, "not_found", &not_found(key_name))
+                    }
+                })
+                .collect();
+            Ok(batch_outcome(results))
+        }
+        Operation::List => {
+            let page = list_page(state, org, args, DefaultLimit::Page).await?;
+            let keys: Vec<Value> = page
+                .keys
+                .iter()
+                .map(|info| {
+                    json!({
+                        "key_name": info.key_name,
+                        "description": info.description,
+                        "size": info.size,
+                        "created_at": info.created_at,
+                        "updated_at": info.updated_at,
+                    })
+                })
+                .collect();
+            Ok(Outcome::Success(json!({
+                "keys": keys,
+                "count": keys.len(),
+                "total": page.total,
+                "offset": page.offset,
+                "limit": page.limit,
+            })))
+        }
+    }
+}
+
+/// The seed's form: `{key, value}`, `{key}`, `{prefix}`; results `{key, value}`,
+/// keys as plain strings.
+async fn run_direct(
+    state: &AppState,
+    org: OrgId,
+    operation: Operation,
+    params: &Map<String, Value>,
+) -> Result<Outcome, RpcError> {
+    let limits = state.limits();
+    let store = state.store();
+    let success = |key: &str, value: Option<&str>| {
+        let mut item = json!({ "key": key, "status": "success" });
+        if let (Some(value), Some(item)) = (value, item.as_object_mut()) {
+            item.insert("value".into(), Value::String(value.to_owned()));
+        }
+        Outcome::Success(json!({ "results": [item] }))
+    };
+    let failure = |message: String| Outcome::Failure {
+        message,
+        structured: None,
+    };
+    match operation {
+        Operation::Create => {
+            let key_name = key(params, "key", "params")?;
+            let value = value(params, "params", limits)?;
+            let memory = NewMemory {
+                key_name: key_name.clone(),
+                value: value.clone(),
+                description: description(params, "params")?.unwrap_or_default(),
+            };
+            let created = store
+                .create_many(org, vec![memory])
+                .await
+                .map_err(internal)?;
+            Ok(if created.first() == Some(&true) {
+                success(&key_name, Some(&value))
+            } else {
+                failure(already_exists(&key_name))
+            })
+        }
+        Operation::Update => {
+            let key_name = key(params, "key", "params")?;
+            let value = value(params, "params", limits)?;
+            let description = description(params, "params")?;
+            let found = store
+                .update(org, key_name.clone(), value.clone(), description)
+                .await
+                .map_err(internal)?;
+            Ok(if found {
+                success(&key_name, Some(&value))
+            } else {
+                failure(not_found(&key_name))
+            })
+        }
+        Operation::Get => {
+            let key_name = key(params, "key", "params")?;
+            let mut records = store
+                .get_many(org, vec![key_name.clone()])
+                .await
+                .map_err(internal)?;
+            Ok(match records.pop().flatten() {
+                Some(record) => success(&key_name, Some(&record.value)),
+                None => failure(not_found(&key_name)),
+            })
+        }
+        Operation::Delete => {
+            let key_name = key(params, "key", "params")?;
+            let deleted = store
+                .delete_many(org, vec![key_name.clone()])
+                .await
+                .map_err(internal)?;
+            Ok(if deleted.first() == Some(&true) {
+                success(&key_name, None)
+            } else {
+                failure(not_found(&key_name))
+            })
+        }
+        Operation::List => {
+            let page = list_page(state, org, params, DefaultLimit::All).await?;
+            let keys: Vec<&str> = page.keys.iter().map(|k| k.key_name.as_str()).collect();
+            Ok(Outcome::Success(json!({
+                "keys": keys,
+                "count": keys.len(),
+                "total": page.total,
+                "offset": page.offset,
+                "limit": page.limit,
+            })))
+        }
+    }
+}
+
+struct ListPage {
+    keys: Vec<crate::store::KeyInfo>,
+    total: i64,
+    offset: i64,
+    /// `None` when every match was returned.
+    limit: Option<i64>,
+}
+
+/// How many keys a `list_keys` without `limit` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DefaultLimit {
+    /// One page of [`MAX_BATCH`], as the hosted service does.
+    Page,
+    /// Every match: the seed's form says "list all keys matching a prefix"
+    /// and has no paging.
+    All,
+}
+
+/// `prefix` (a SQL LIKE prefix: `%` and `_` are wildcards unless escaped with
+/// `\`), `limit` 1–100, `offset` (default 0).
+async fn list_page(
+    state: &AppState,
+    org: OrgId,
+    args: &Map<String, Value>,
+    default_limit: DefaultLimit,
+) -> Result<ListPage, RpcError> {
+    let prefix = match args.get("prefix") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(prefix)) => prefix.clone(),
+        Some(_) => return Err(RpcError::invalid_params("`prefix` must be a string")),
+    };
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(RpcError::invalid_params(format!(
+            "`prefix` is longer than {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    // An odd run of trailing backslashes would escape the `%` appended below.
+    let trailing_escapes = prefix.bytes().rev().take_while(|&b| b == b'\\').count();
+    if trailing_escapes % 2 == 1 {
+        return Err(RpcError::invalid_params(
+            "`prefix` ends with an unfinished `\\` escape",
+        ));
+    }
+    let limit = match (args.get("limit"), default_limit) {
+        (None | Some(Value::Null), DefaultLimit::All) => None,
+        _ => Some(integer(args, "limit", MAX_BATCH as i64)?),
+    };
+    if let Some(limit) = limit
+        && !(1..=MAX_BATCH as i64).contains(&limit)
+    {
+        return Err(RpcError::invalid_params(format!(
+            "`limit` must be between 1 and {MAX_BATCH}, got {limit}"
+        )));
+    }
+    let offset = integer(args, "offset", 0)?;
+    if offset < 0 {
+        return Err(RpcError::invalid_params(format!(
+            "`offset` must not be negative, got {offset}"
+        )));
+    }
+    let page = state
+        .store()
+        // SQLite reads a negative LIMIT as "no limit".
+        .list(org, format!("{prefix}%"), limit.unwrap_or(-1), offset)
+        .await
+        .map_err(internal)?;
+    Ok(ListPage {
+        keys: page.keys,
+        total: page.total,
+        offset,
+        limit,
+    })
+}
+
+/// A batch where every item failed is a tool error too, so that clients that
+/// only look at `isError` (like the reference) still see the failure; the
+/// per-item results stay in `structuredContent`.
+fn batch_outcome(results: Vec<Value>) -> Outcome {
+    let first_error = results
+        .iter()
+        .all(|item| item.get("status").and_then(Value::as_str) != Some("success"))
+        .then(|| {
+            results
+                .first()
+                .and_then(|item| item.get("error"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .flatten();
+    let structured = json!({ "results": results });
+    match first_error {
+        Some(message) => Outcome::Failure {
+            message,
+            structured: Some(structured),
+        },
+        None => Outcome::Success(structured),
+    }
+}
+
+fn found_item(key_name: &str, record: &Record) -> Value {
+    json!({
+        "key_name": key_name,
+        "status": "success",
+        "value": record.value,
+        "description": record.description,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    })
+}
+
+fn item_failure(key_name: &str, status: &str, message: &str) -> Value {
+    json!({ "key_name": key_name, "status": status, "error": message })
+}
+
+fn not_found(key: &str) -> String {
+    format!("key not found: {key}")
+}
+
+fn already_exists(key: &str) -> String {
+    format!("key already exists: {key}")
+}
+
+fn internal(error: crate::Error) -> RpcError {
+    tracing::error!(%error, "storage failed");
+    RpcError::internal()
+}
+
+/// `params` as an object; absent params count as an empty object.
+fn object(value: Value, path: &str) -> Result<Map<String, Value>, RpcError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        Value::Null => Ok(Map::new()),
+        _ => Err(RpcError::invalid_params(format!(
+            "`{path}` must be an object"
+        ))),
+    }
+}
+
+fn string<'a>(
+    map: &'a Map<String, Value>,
+    field: &str,
+    path: &str,
+) -> Result<Option<&'a str>, RpcError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(RpcError::invalid_params(format!(
+            "`{path}.{field}` must be a string"
+        ))),
+    }
+}
+
+fn key(map: &Map<String, Value>, field: &str, path: &str) -> Result<String, RpcError> {
+    let key = string(map, field, path)?
+        .ok_or_else(|| RpcError::invalid_params(format!("`{path}.{field}` is missing")))?;
+    check_key(key, &format!("{path}.{field}"))?;
+    Ok(key.to_owned())
+}
+
+fn check_key(key: &str, path: &str) -> Result<(), RpcError> {
+    if key.is_empty() {
+        return Err(RpcError::invalid_params(format!("`{path}` is empty")));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RpcError::invalid_params(format!(
+            "`{path}` is longer than {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(RpcError::invalid_params(format!(
+            "`{path}` contains a control character"
+        )));
+    }
+    if key.starts_with('@') {
+        return Err(RpcError::invalid_params(format!(
+            "`{path}`: cross-organization keys (`@org/...`) are not supported by the local server"
+        )));
+    }
+    Ok(())
+}
+
+fn value(map: &Map<String, Value>, path: &str, limits: &Limits) -> Result<String, RpcError> {
+    let value = string(map, "value", path)?
+        .ok_or_else(|| RpcError::invalid_params(format!("`{path}.value` is missing")))?;
+    if value.len() > limits.max_value_bytes {
+        return Err(RpcError::invalid_params(format!(
+            "`{path}.value` is {} bytes, over the limit of {} bytes",
+            value.len(),
+            limits.max_value_bytes
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+fn description(map: &Map<String, Value>, path: &str) -> Result<Option<String>, RpcError> {
+    let description = string(map, "description", path)?;
+    if let Some(description) = description
+        && description.len() > MAX_DESCRIPTION_BYTES
+    {
+        return Err(RpcError::invalid_params(format!(
+            "`{path}.description` is longer than {MAX_DESCRIPTION_BYTES} bytes"
+        )));
+    }
+    Ok(description.map(str::to_owned))
+}
+
+/// A 1–100 element array argument.
+fn batch<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a [Value], RpcError> {
+    let items = match map.get(field) {
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(RpcError::invalid_params(format!(
+                "`{field}` must be an array"
+            )));
+        }
+        None => return Err(RpcError::invalid_params(format!("`{field}` is missing"))),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(RpcError::invalid_params(format!(
+            "`{field}` must hold 1 to {MAX_BATCH} entries, got {}",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+fn key_list(map: &Map<String, Value>, field: &str) -> Result<Vec<String>, RpcError> {
+    batch(map, field)?
+        .iter()
+        .enumerate()
+        .map(|(index, key)| {
+            let path = format!("{field}[{index}]");
+            let Value::String(key) = key else {
+                return Err(RpcError::invalid_params(format!(
+                    "`{path}` must be a string"
+                )));
+            };
+            check_key(key, &path)?;
+            Ok(key.clone())
+        })
+        .collect()
+}
+
+fn integer(map: &Map<String, Value>, field: &str, default: i64) -> Result<i64, RpcError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(number)) => number
+            .as_i64()
+            .ok_or_else(|| RpcError::invalid_params(format!("`{field}` must be a whole number"))),
+        Some(_) => Err(RpcError::invalid_params(format!(
+            "`{field}` must be a number"
+        ))),
+    }
+}
+
+/// MCP `initialize`: this server is stateless, so no session id is issued.
+fn initialize(params: &Value) -> Value {
+    let requested = params.get("protocolVersion").and_then(Value::as_str);
+    let version = requested
+        .filter(|version| PROTOCOL_VERSIONS.contains(version))
+        .unwrap_or(PROTOCOL_VERSIONS[0]);
+    json!({
+        "protocolVersion": version,
+        "capabilities": { "tools": { "listChanged": false } },
+        "serverInfo": { "name": "delibera-ensue-local", "version": env!("CARGO_PKG_VERSION") },
+    })
+}
+
+/// MCP `tools/list`: the five memory tools and their arguments.
+fn tools_list() -> Value {
+    let key_names = json!({
+        "type": "object",
+        "properties": {
+            "key_names": { "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": MAX_BATCH },
+        },
+        "required": ["key_names"],
+    });
+    json!({ "tools": [
+        {
+            "name": "create_memory",
+            "description": "Create memories; each key must not exist yet.",
+            "inputSchema": {
+                "type": "object",
+                "properties": { "items": {
+                    "type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "key_name": { "type": "string" },
+                            "value": { "type": "string" },
+                            "description": { "type": "string" },
+                        },
+                        "required": ["key_name", "value", "description"],
+                    },
+                }},
+                "required": ["items"],
+            },
+        },
+        {
+            "name": "get_memory",
+            "description": "Read memories by key.",
+            "inputSchema": key_names,
+        },
+        {
+            "name": "update_memory",
+            "description": "Replace the value of an existing key.",
+            "inputSchema": {
+                "type": "object",
+                "properties": {
+                    "key_name": { "type": "string" },
+                    "value": { "type": "string" },
+                    "description": { "type": "string" },
+                },
+                "required": ["key_name", "value"],
+            },
+        },
+        {
+            "name": "delete_memory",
+            "description": "Delete memories by key.",
+            "inputSchema": key_names,
+        },
+        {
+            "name": "list_keys",
+            "description": "List keys matching a SQL LIKE prefix (escape % and _ with \\), one page at a time.",
+            "inputSchema": {
+                "type": "object",
+                "properties": {
+                    "prefix": { "type": "string" },
+                    "limit": { "type": "integer", "minimum": 1, "maximum": MAX_BATCH },
+                    "offset": { "type": "integer", "minimum": 0 },
+                },
+            },
+        },
+    ]})
+}

@@ -1,0 +1,106 @@
+//! A span per request with the JSON-RPC method and tool, and no secret in any
+//! log line. One test per binary: it installs the global subscriber.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use common::{create, post_raw, start};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+/// Collects everything the subscriber writes.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn requests_are_traced_without_secrets() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let server = start().await;
+    let bootstrap = server.api_key().expose().to_owned();
+    create(&server, &bootstrap, "agent/w1/secret", "the-stored-value").await;
+
+    let registered = reqwest::Client::new()
+        .post(format!("{}auth/agent-register", server.url()))
+        .body(r#"{"name":"traced-org"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let new_key = registered["api_key"].as_str().unwrap().to_owned();
+    let claim_token = registered["claim_url"]
+        .as_str()
+        .unwrap()
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let denied = post_raw(
+        server.url(),
+        Some("lmn_presented_but_wrong"),
+        None,
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    server.stop().await.unwrap();
+
+    let logs = capture.text();
+    let traced_call = logs
+        .lines()
+        .find(|line| line.contains("request{") && line.contains("create_memory"))
+        .unwrap_or_else(|| panic!("no span for the tools/call:\n{logs}"));
+    assert!(traced_call.contains("tools/call"), "{traced_call}");
+    assert!(traced_call.contains("http.path=/"), "{traced_call}");
+    assert!(logs.contains("/auth/agent-register"));
+    for secret in [
+        bootstrap.as_str(),
+        new_key.as_str(),
+        claim_token.as_str(),
+        "lmn_presented_but_wrong",
+        "the-stored-value",
+    ] {
+        assert!(!logs.contains(secret), "{secret} was logged:\n{logs}");
+    }
+}
