@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod delegation;
 mod ensue;
 mod ensue_serve;
@@ -27,6 +28,9 @@ enum Command {
     /// Ed25519 identities: create keys, show DIDs, sign and verify.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Run an agent (worker or coordinator) configured by its env, as in a CVM.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
     /// UCAN delegations for Storacha: create and inspect (verify) proofs.
     #[command(subcommand)]
     Delegation(delegation::DelegationCommand),
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Key(command) => key::run(command),
+        Command::Agent(command) => agent::run(command),
         Command::Delegation(command) => delegation::run(command),
         Command::Ensue(command) => ensue::run(command),
         Command::Phala(command) => phala::run(command),

@@ -1,0 +1,478 @@
+//! The coordinator's voting round.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use delibera_ensue::Memory;
+use delibera_identity::Did;
+use futures_util::stream::{self, StreamExt};
+use tokio::time::Instant;
+
+use crate::backoff::backoff_delay;
+use crate::worker::iso_now;
+use crate::{
+    Error, Proposal, Result, Tally, TaskDefinition, WorkerOutcome, WorkerOutcomeStatus,
+    WorkerResult,
+};
+use delibera_ensue::keys::{self, CoordinatorStatus, ProposalField, WorkerField, WorkerStatus};
+
+/// The longest a round may wait; longer deadlines are cut to this.
+pub const MAX_ROUND_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The archive `status` of a proposal whose round is done.
+const PROPOSAL_DONE: &str = "completed";
+
+/// Timing and fan-out of a [`Coordinator`].
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Pause between two sweeps over the workers that have not answered.
+    pub poll_interval: Duration,
+    /// Keys per `get_many` call (Ensue accepts at most 100).
+    pub batch_size: usize,
+    /// How many `get_many` calls may be in flight at once.
+    pub read_concurrency: usize,
+    /// How many writes (e.g. setting workers `pending`) may be in flight at once.
+    pub write_concurrency: usize,
+    /// How many times a write is tried before the round fails.
+    pub write_attempts: u32,
+    /// First backoff after a failed write; doubles up to 5 s.
+    pub backoff_base: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    /// Sweeps every second, 100 keys per read, 4 reads and 8 writes in flight.
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            batch_size: 100,
+            read_concurrency: 4,
+            write_concurrency: 8,
+            write_attempts: 8,
+            backoff_base: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Runs voting rounds over an [`Arc<dyn Memory>`]; one round at a time.
+pub struct Coordinator {
+    memory: Arc<dyn Memory>,
+    config: CoordinatorConfig,
+    /// The proposal of the round in progress.
+    running: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("config", &self.config)
+            .field("running", &*self.running())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks the coordinator idle however the round ends.
+struct RunningGuard<'a>(&'a Coordinator);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.running() = None;
+    }
+}
+
+/// What the coordinator learned about one worker during the wait.
+struct Answer {
+    outcome: WorkerOutcome,
+    result: Option<(WorkerResult, String)>,
+}
+
+impl Coordinator {
+    /// A coordinator over `memory` with default timing.
+    pub fn new(memory: Arc<dyn Memory>) -> Self {
+        Self::with_config(memory, CoordinatorConfig::default())
+    }
+
+    /// A coordinator over `memory` with `config`.
+    pub fn with_config(memory: Arc<dyn Memory>, config: CoordinatorConfig) -> Self {
+        Self {
+            memory,
+            config,
+            running: Mutex::new(None),
+        }
+    }
+
+    /// Whether a round is running.
+    pub fn is_busy(&self) -> bool {
+        self.running().is_some()
+    }
+
+    fn running(&self) -> MutexGuard<'_, Option<String>> {
+        // Each critical section is one assignment, so a poisoned value is whole.
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one round of `proposal` over `workers`, waiting at most `deadline`
+    /// (capped at [`MAX_ROUND_DEADLINE`]).
+    ///
+    /// Writes the task definition, `coordinator/proposal_id`, `coordinator/status
+    /// = coordinating`, the archive `config` and `status`, then sets every
+    /// worker of the snapshot `pending`; sweeps their statuses (in `get_many`
+    /// batches, a bounded number in flight) until all are `completed`/`failed`
+    /// or the deadline passes; then `tallying`, the tally (also archived), each
+    /// answering worker's archived `result` and `timestamp`, the archive
+    /// `status = completed` and `coordinator/status = idle`.
+    ///
+    /// Each round has a fresh `roundId` that workers copy into their results;
+    /// a result with another round's id is never counted, so nothing from an
+    /// earlier round leaks into this one.
+    pub async fn run_round(
+        &self,
+        proposal: &Proposal,
+        workers: &[Did],
+        deadline: Duration,
+    ) -> Result<Tally> {
+        {
+            let mut running = self.running();
+            if let Some(proposal_id) = running.as_ref() {
+                return Err(Error::RoundInProgress {
+                    proposal_id: proposal_id.clone(),
+                });
+            }
+            *running = Some(proposal.proposal_id.clone());
+        }
+        let _guard = RunningGuard(self);
+        let result = self.round(proposal, workers, deadline).await;
+        if result.is_err() {
+            // Best effort: a failed round must not leave the coordinator looking busy.
+            let _ = self
+                .memory
+                .upsert(
+                    &keys::coordinator_status(),
+                    CoordinatorStatus::Idle.as_str(),
+                )
+                .await;
+        }
+        result
+    }
+
+    async fn round(
+        &self,
+        proposal: &Proposal,
+        workers: &[Did],
+        deadline: Duration,
+    ) -> Result<Tally> {
+        let mut snapshot: Vec<Did> = workers.to_vec();
+        snapshot.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        snapshot.dedup();
+        if snapshot.is_empty() {
+            return Err(Error::NoWorkers);
+        }
+        let deadline = deadline.min(MAX_ROUND_DEADLINE);
+        let ends_at = Instant::now() + deadline;
+        let task = TaskDefinition {
+            proposal_id: proposal.proposal_id.clone(),
+            round_id: uuid::Uuid::new_v4().to_string(),
+            title: proposal.title.clone(),
+            description: proposal.description.clone(),
+            parameters: proposal.parameters.clone(),
+            voting: proposal.voting.clone(),
+            // Cannot fail: the deadline is capped at a week.
+            deadline: Utc::now() + chrono::Duration::from_std(deadline).unwrap_or_default(),
+        };
+        let task_json = encode(&task)?;
+        let id = task.proposal_id.as_str();
+        tracing::info!(proposal = id, round = %task.round_id, workers = snapshot.len(), "round starts");
+
+        self.write(&keys::task_definition(), &task_json).await?;
+        self.write(&keys::coordinator_proposal_id(), id).await?;
+        self.write(
+            &keys::coordinator_status(),
+            CoordinatorStatus::Coordinating.as_str(),
+        )
+        .await?;
+        self.write_new(&keys::proposal(id, ProposalField::Config), &task_json)
+            .await?;
+        self.write_new(
+            &keys::proposal(id, ProposalField::Status),
+            CoordinatorStatus::Coordinating.as_str(),
+        )
+        .await?;
+        let pending: Vec<(String, String)> = snapshot
+            .iter()
+            .map(|did| {
+                (
+                    keys::worker(did, WorkerField::Status),
+                    WorkerStatus::Pending.as_str().to_owned(),
+                )
+            })
+            .collect();
+        self.write_all(pending, Existing::Likely).await?;
+
+        let mut answers = self.collect_answers(&task, &snapshot, ends_at).await;
+
+        self.write(
+            &keys::coordinator_status(),
+            CoordinatorStatus::Tallying.as_str(),
+        )
+        .await?;
+        let mut outcomes = Vec::with_capacity(snapshot.len());
+        let mut results = Vec::new();
+        let mut archive = Vec::new();
+        for did in &snapshot {
+            let answer = answers.remove(did).unwrap_or_else(|| Answer {
+                outcome: WorkerOutcome {
+                    worker_did: did.clone(),
+                    status: WorkerOutcomeStatus::Silent,
+                    vote: None,
+                    reasoning: None,
+                    error: None,
+                },
+                result: None,
+            });
+            if let Some((result, timestamp)) = answer.result {
+                archive.push((
+                    keys::proposal_worker(id, did, WorkerField::Result),
+                    encode(&result)?,
+                ));
+                archive.push((
+                    keys::proposal_worker(id, did, WorkerField::Timestamp),
+                    timestamp,
+                ));
+                results.push(result);
+            }
+            outcomes.push(answer.outcome);
+        }
+        let tally = Tally::count(&task, outcomes, results, Utc::now());
+        let tally_json = encode(&tally)?;
+        self.write(&keys::coordinator_tally(), &tally_json).await?;
+        self.write_new(&keys::proposal(id, ProposalField::Tally), &tally_json)
+            .await?;
+        self.write_all(archive, Existing::Unlikely).await?;
+        self.write(&keys::proposal(id, ProposalField::Status), PROPOSAL_DONE)
+            .await?;
+        self.write(
+            &keys::coordinator_status(),
+            CoordinatorStatus::Idle.as_str(),
+        )
+        .await?;
+        tracing::info!(
+            proposal = id,
+            decision = %tally.decision,
+            approved = tally.approved,
+            rejected = tally.rejected,
+            abstained = tally.abstained,
+            "round tallied"
+        );
+        Ok(tally)
+    }
+
+    /// Sweeps the unanswered workers until all answered or `ends_at`.
+    async fn collect_answers(
+        &self,
+        task: &TaskDefinition,
+        snapshot: &[Did],
+        ends_at: Instant,
+    ) -> HashMap<Did, Answer> {
+        let mut answers = HashMap::new();
+        let mut waiting: Vec<Did> = snapshot.to_vec();
+        loop {
+            match self.sweep(task, &waiting).await {
+                Ok(found) => {
+                    waiting.retain(|did| !found.contains_key(did));
+                    answers.extend(found);
+                }
+                // Ensue may be down for a while; keep sweeping until the deadline.
+                Err(error) => tracing::warn!(%error, "reading worker statuses failed"),
+            }
+            let now = Instant::now();
+            if waiting.is_empty() || now >= ends_at {
+                break;
+            }
+            tokio::time::sleep(self.config.poll_interval.min(ends_at - now)).await;
+        }
+        answers
+    }
+
+    /// One read of `waiting`'s statuses, then of the finished ones' results.
+    async fn sweep(&self, task: &TaskDefinition, waiting: &[Did]) -> Result<HashMap<Did, Answer>> {
+        let status_keys: Vec<String> = waiting
+            .iter()
+            .map(|did| keys::worker(did, WorkerField::Status))
+            .collect();
+        let statuses = self.read_many(status_keys).await?;
+        let finished: Vec<(&Did, WorkerStatus)> = waiting
+            .iter()
+            .filter_map(|did| {
+                let status = statuses.get(&keys::worker(did, WorkerField::Status))?;
+                match status.parse::<WorkerStatus>().ok()? {
+                    found @ (WorkerStatus::Completed | WorkerStatus::Failed) => Some((did, found)),
+                    _ => None,
+                }
+            })
+            .collect();
+        if finished.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let detail_keys: Vec<String> = finished
+            .iter()
+            .flat_map(|(did, status)| {
+                let detail = match status {
+                    WorkerStatus::Completed => keys::worker(did, WorkerField::Result),
+                    _ => keys::worker(did, WorkerField::Error),
+                };
+                [detail, keys::worker(did, WorkerField::Timestamp)]
+            })
+            .collect();
+        let details = self.read_many(detail_keys).await?;
+
+        let mut answers = HashMap::new();
+        for (did, status) in finished {
+            let timestamp = details
+                .get(&keys::worker(did, WorkerField::Timestamp))
+                .cloned()
+                .unwrap_or_else(iso_now);
+            let mut outcome = WorkerOutcome {
+                worker_did: did.clone(),
+                status: WorkerOutcomeStatus::Failed,
+                vote: None,
+                reasoning: None,
+                error: None,
+            };
+            if status == WorkerStatus::Failed {
+                outcome.error = Some(
+                    details
+                        .get(&keys::worker(did, WorkerField::Error))
+                        .cloned()
+                        .unwrap_or_else(|| "failed without an error message".into()),
+                );
+                answers.insert(
+                    did.clone(),
+                    Answer {
+                        outcome,
+                        result: None,
+                    },
+                );
+                continue;
+            }
+            let Some(text) = details.get(&keys::worker(did, WorkerField::Result)) else {
+                continue; // `completed` before its result is visible: look again next sweep.
+            };
+            match serde_json::from_str::<WorkerResult>(text) {
+                // A result of an earlier round: this round's answer is still to come.
+                Ok(result) if result.round_id != task.round_id => {}
+                Ok(result) if &result.worker_did != did => {
+                    outcome.error = Some(format!("result signed as {}", result.worker_did));
+                    answers.insert(
+                        did.clone(),
+                        Answer {
+                            outcome,
+                            result: None,
+                        },
+                    );
+                }
+                Ok(result) => {
+                    outcome.status = WorkerOutcomeStatus::Completed;
+                    outcome.vote = Some(result.vote);
+                    outcome.reasoning = Some(result.reasoning.clone());
+                    answers.insert(
+                        did.clone(),
+                        Answer {
+                            outcome,
+                            result: Some((result, timestamp)),
+                        },
+                    );
+                }
+                Err(error) => {
+                    outcome.error =
+                        Some(Error::malformed("worker result", &error, text).to_string());
+                    answers.insert(
+                        did.clone(),
+                        Answer {
+                            outcome,
+                            result: None,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(answers)
+    }
+
+    /// `get_many` in batches of `batch_size`, at most `read_concurrency` in flight.
+    async fn read_many(&self, keys: Vec<String>) -> Result<HashMap<String, String>> {
+        let batches: Vec<Vec<String>> = keys
+            .chunks(self.config.batch_size.max(1))
+            .map(<[String]>::to_vec)
+            .collect();
+        let memory = &self.memory;
+        let mut reads = stream::iter(batches)
+            .map(|batch| async move { memory.get_many(&batch).await })
+            .buffer_unordered(self.config.read_concurrency.max(1));
+        let mut values = HashMap::with_capacity(keys.len());
+        while let Some(batch) = reads.next().await {
+            values.extend(batch?);
+        }
+        Ok(values)
+    }
+
+    /// Writes every pair, at most `write_concurrency` in flight.
+    async fn write_all(&self, pairs: Vec<(String, String)>, existing: Existing) -> Result<()> {
+        let mut writes = stream::iter(pairs)
+            .map(|(key, value)| async move { self.write_as(&key, &value, existing).await })
+            .buffer_unordered(self.config.write_concurrency.max(1));
+        while let Some(written) = writes.next().await {
+            written?;
+        }
+        Ok(())
+    }
+
+    /// Upserts `key`, retrying transient failures with backoff.
+    async fn write(&self, key: &str, value: &str) -> Result<()> {
+        self.write_as(key, value, Existing::Likely).await
+    }
+
+    /// Like [`write`](Self::write) for a key that usually does not exist yet
+    /// (the proposal archive): create first, saving the failed update.
+    async fn write_new(&self, key: &str, value: &str) -> Result<()> {
+        self.write_as(key, value, Existing::Unlikely).await
+    }
+
+    async fn write_as(&self, key: &str, value: &str, existing: Existing) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            let written = match existing {
+                Existing::Likely => self.memory.upsert(key, value).await,
+                Existing::Unlikely => match self.memory.create(key, value).await {
+                    Err(error) if error.is_already_exists() => self.memory.update(key, value).await,
+                    other => other,
+                },
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retryable() && attempt < self.config.write_attempts => {
+                    let delay =
+                        backoff_delay(self.config.backoff_base, Duration::from_secs(5), attempt);
+                    tracing::warn!(key, %error, ?delay, "write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// Whether a key is expected to exist already, to pick the cheaper write order.
+#[derive(Clone, Copy)]
+enum Existing {
+    Likely,
+    Unlikely,
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|error| Error::Config {
+        reason: format!("cannot encode JSON: {error}"),
+    })
+}
