@@ -58,12 +58,13 @@ async fn serve(command: AgentCommand) -> anyhow::Result<Outcome> {
         agent = agent.with_directory(directory(args)?);
     }
     // All interfaces: inside a container the gateway connects from outside.
+    let shutdown = delibera_coordination::shutdown_signal();
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
         .await
         .with_context(|| format!("cannot listen on port {port}"))?;
     let address = listener.local_addr()?;
     print_json(&json!({"did": agent.did(), "role": role, "port": address.port()}));
-    agent.serve(listener, shutdown_signal()).await?;
+    agent.serve(listener, shutdown).await?;
     Ok(Outcome::Success)
 }
 
@@ -83,29 +84,4 @@ fn directory(args: CoordinatorArgs) -> anyhow::Result<Arc<dyn WorkerDirectory>> 
     let rpc = NearRpc::new([args.rpc_url.as_str()]).context("invalid --rpc-url")?;
     let contract: AccountId = args.registry.parse().context("invalid --registry")?;
     Ok(Arc::new(RegistryContract::new(rpc, contract)))
-}
-
-/// Ctrl-C, or SIGTERM on Unix (what `docker stop` sends).
-async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
 }

@@ -43,6 +43,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     if let Some(key) = args.bootstrap_key {
         config = config.with_bootstrap_key(ApiKey::new(key).context("invalid --bootstrap-key")?);
     }
+    let shutdown = delibera_coordination::shutdown_signal();
     let server = LocalEnsue::start(config)
         .await
         .with_context(|| format!("cannot start the Ensue server on {}", args.addr))?;
@@ -63,33 +64,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     }
     print_json(&ready);
 
-    shutdown_signal().await;
+    shutdown.await;
     server.stop().await.context("the Ensue server failed")?;
     Ok(Outcome::Success)
-}
-
-/// Ctrl-C, or SIGTERM on Unix.
-async fn shutdown_signal() {
-    let interrupt = async {
-        // Without a Ctrl-C handler, wait for SIGTERM alone.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
 }

@@ -79,6 +79,12 @@ pub enum Error {
         /// What is wrong (never a secret value).
         reason: String,
     },
+    /// The local deployer could not remember or recall its agents.
+    #[error("local deployment journal: {reason}")]
+    Journal {
+        /// What failed (never a secret value).
+        reason: String,
+    },
     /// A round was asked for with no workers.
     #[error("no workers to coordinate")]
     NoWorkers,

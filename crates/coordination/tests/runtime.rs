@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use delibera_coordination::{
-    AgentConfig, AgentRole, Error, HandlerChoice, LocalDeployer, RegistryWorkers,
+    AgentConfig, AgentRole, DeploymentJournal, Error, HandlerChoice, LocalDeployer,
+    LocalDeploymentRecord, RegistryWorkers,
 };
 use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
 use delibera_ensue_local::{Config, LocalEnsue};
@@ -379,4 +380,89 @@ async fn deploying_with_a_bad_env_fails_without_starting_anything() {
             .contains("STORACHA_AGENT_PRIVATE_KEY is not set"),
         "{error}"
     );
+}
+
+/// A journal in memory, shared by the "before" and "after" deployers of a restart.
+#[derive(Default)]
+struct MemoryJournal(std::sync::Mutex<Vec<LocalDeploymentRecord>>);
+
+#[async_trait::async_trait]
+impl DeploymentJournal for MemoryJournal {
+    async fn save(&self, record: &LocalDeploymentRecord) -> delibera_coordination::Result<()> {
+        let mut records = self.0.lock().unwrap();
+        records.retain(|kept| kept.cvm_id != record.cvm_id);
+        records.push(record.clone());
+        Ok(())
+    }
+    async fn remove(&self, cvm_id: &str) -> delibera_coordination::Result<()> {
+        self.0.lock().unwrap().retain(|kept| kept.cvm_id != cvm_id);
+        Ok(())
+    }
+    async fn load(&self) -> delibera_coordination::Result<Vec<LocalDeploymentRecord>> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let registry: Arc<dyn delibera_near::Registry> =
+        Arc::new(LocalRegistry::in_memory("admin.testnet".parse().unwrap()).unwrap());
+    let journal = Arc::new(MemoryJournal::default());
+    let http = reqwest::Client::new();
+    let keypair = key(30);
+    let mut env = base_env(&keypair);
+    env.push(("ENSUE_URL".into(), ensue.url().to_owned()));
+    env.push(("COORDINATOR_DID".into(), key(31).did().to_string()));
+
+    let before = LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())))
+        .with_journal(journal.clone());
+    let deployment = before
+        .deploy(&spec(AgentRole::Worker, "W", env))
+        .await
+        .unwrap();
+    wait_healthy(
+        &http,
+        &deployment.endpoint_url,
+        &keypair.did(),
+        Duration::from_secs(10),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    let remembered = journal.load().await.unwrap();
+    assert_eq!(remembered.len(), 1);
+    assert_eq!(remembered[0].cvm_id, deployment.cvm_id);
+    assert!(!format!("{remembered:?}").contains("lmn_test"));
+
+    // The process "dies": dropping the deployer stops its agents, the journal stays.
+    drop(before);
+    let port_free = async {
+        while std::net::TcpListener::bind(("127.0.0.1", remembered[0].port)).is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), port_free)
+        .await
+        .expect("the agent let go of its port");
+
+    let after =
+        LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
+    assert_eq!(after.restore().await.unwrap(), 1);
+    wait_healthy(
+        &http,
+        &deployment.endpoint_url,
+        &keypair.did(),
+        Duration::from_secs(10),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(after.status(&deployment.cvm_id).await.unwrap().running);
+    // Restoring twice starts nothing new.
+    assert_eq!(after.restore().await.unwrap(), 0);
+
+    after.teardown(&deployment.cvm_id).await.unwrap();
+    assert!(journal.load().await.unwrap().is_empty());
+    ensue.stop().await.unwrap();
 }
