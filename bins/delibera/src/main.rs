@@ -15,6 +15,7 @@ mod ensue_serve;
 mod key;
 mod near;
 mod phala;
+mod provision;
 
 #[derive(Parser)]
 #[command(name = "delibera", version, about = "Delibera protocol tools")]
@@ -43,6 +44,9 @@ enum Command {
     /// NEAR: sign a function call offline, call a contract view method.
     #[command(subcommand)]
     Near(near::NearCommand),
+    /// Provision a coordinator or worker through a running protocol-api.
+    #[command(subcommand)]
+    Provision(provision::ProvisionCommand),
 }
 
 /// What a command asks `main` to do once it finished without an error.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Ensue(command) => ensue::run(command),
         Command::Phala(command) => phala::run(command),
         Command::Near(command) => near::run(command),
+        Command::Provision(command) => provision::run(command),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -1,0 +1,127 @@
+//! `delibera provision … --wait` against a scripted protocol-api (wiremock).
+
+use assert_cmd::Command;
+use serde_json::{Value, json};
+use wiremock::matchers::{body_json, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const JOB: &str = "a1b2c3d4-e5f6-4890-abcd-ef1234567890";
+
+fn status(status: &str) -> Value {
+    json!({ "jobId": JOB, "role": "coordinator", "status": status, "step": "step text" })
+}
+
+async fn server(final_status: Value) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/provision/coordinator"))
+        .and(body_json(
+            json!({ "displayName": "My DAO", "nearAccount": "mydao.testnet", "maxWorkers": 5 }),
+        ))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .set_body_json(json!({ "jobId": JOB, "status": "provisioning" })),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    // Two polls in progress, then the final answer.
+    Mock::given(method("GET"))
+        .and(path(format!("/api/provision/status/{JOB}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(status("deploying_phala")))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/provision/status/{JOB}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(final_status))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
+fn provision(api: &str) -> std::process::Output {
+    Command::cargo_bin("delibera")
+        .unwrap()
+        .args([
+            "provision",
+            "coordinator",
+            "--display-name",
+            "My DAO",
+            "--near-account",
+            "mydao.testnet",
+            "--max-workers",
+            "5",
+            "--wait",
+            "--api",
+            api,
+        ])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_follows_the_job_to_the_wallet_step() {
+    let mut ready = status("awaiting_near_signature");
+    ready["storachaPrivateKey"] = json!("MgCY…");
+    let server = server(ready.clone()).await;
+    let uri = server.uri();
+    let output = tokio::task::spawn_blocking(move || provision(&uri))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed, ready);
+    let polls = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|request| request.method.as_str() == "GET")
+        .count();
+    assert_eq!(polls, 3, "two in-progress polls, then the final one");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_job_exits_1_with_its_reason() {
+    let mut failed = status("failed");
+    failed["error"] = json!("the agent never became healthy");
+    let server = server(failed).await;
+    let uri = server.uri();
+    let output = tokio::task::spawn_blocking(move || provision(&uri))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("never became healthy"), "{stderr}");
+}
+
+#[test]
+fn an_api_error_is_one_line_with_the_servers_message() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server =
+        runtime.block_on(async {
+            let server = MockServer::start().await;
+            Mock::given(method("POST"))
+                .respond_with(ResponseTemplate::new(400).set_body_json(
+                    json!({ "error": "nearAccount is not a valid NEAR account id" }),
+                ))
+                .mount(&server)
+                .await;
+            server
+        });
+    let output = provision(&server.uri());
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("400") && stderr.contains("not a valid NEAR account id"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1);
+}

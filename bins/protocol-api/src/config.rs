@@ -1,0 +1,185 @@
+//! Server configuration: command-line flags, each also read from the
+//! environment under the names the issue fixes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Where the server's outside services come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Everything embedded: local Ensue, local registry, local Storacha space,
+    /// in-process agents. Needs no account or network.
+    Local,
+    /// Phala Cloud, hosted Ensue, NEAR RPC and a configured Storacha agent.
+    Production,
+}
+
+/// The protocol-api server's configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "protocol-api", version, about = "Delibera Protocol API server")]
+pub struct Config {
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3005)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Where jobs, keys and local state live.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// `local` (default, offline) or `production`.
+    #[arg(long, env = "DELIBERA_MODE", value_enum, default_value_t = Mode::Local)]
+    pub mode: Mode,
+    /// Bearer token for the routes that sign with the server's NEAR key. In
+    /// local mode one is generated into the data dir when unset.
+    #[arg(long, env = "PROTOCOL_API_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// 64 hex characters sealing secrets at rest; generated into the data dir when unset.
+    #[arg(long, env = "PROTOCOL_API_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Address of the embedded Ensue server in local mode (port 0 picks a free port).
+    #[arg(long, env = "ENSUE_LOCAL_ADDR", default_value = "127.0.0.1:3006")]
+    pub ensue_local_addr: SocketAddr,
+    /// How long an agent may take to become healthy before its job fails and
+    /// its deployment is torn down.
+    #[arg(long, env = "HEALTH_TIMEOUT_SECS", default_value_t = 600)]
+    pub health_timeout_secs: u64,
+    /// Finished jobs are purged after this many hours.
+    #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 168)]
+    pub job_retention_hours: u64,
+    /// Allowed CORS origins, comma-separated; `*` allows any (the default).
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+    /// Provisioning requests allowed per client IP per minute.
+    #[arg(long, env = "PROVISION_RATE_PER_MINUTE", default_value_t = 10)]
+    pub provision_rate_per_minute: u32,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Production: Phala Cloud API key.
+    #[arg(long, env = "PHALA_API_KEY", hide_env_values = true)]
+    pub phala_api_key: Option<String>,
+    /// Production: Phala Cloud API base URL.
+    #[arg(long, env = "PHALA_CLOUD_API_PREFIX")]
+    pub phala_api_url: Option<String>,
+    /// Production: the server's own Ensue API key (used for workers without a coordinator org).
+    #[arg(long, env = "ENSUE_API_KEY", hide_env_values = true)]
+    pub ensue_api_key: Option<String>,
+    /// Production: Ensue base URL.
+    #[arg(long, env = "ENSUE_URL")]
+    pub ensue_url: Option<String>,
+    /// Production: NEAR RPC URLs, comma-separated (tried in order).
+    #[arg(long, env = "NEAR_RPC_URL")]
+    pub near_rpc_url: Option<String>,
+    /// Production: the NEAR account the server signs with.
+    #[arg(long, env = "NEAR_ACCOUNT_ID")]
+    pub near_account_id: Option<String>,
+    /// Production: that account's secret key (`ed25519:…`).
+    #[arg(long, env = "NEAR_PRIVATE_KEY", hide_env_values = true)]
+    pub near_private_key: Option<String>,
+    /// Production: the registry contract.
+    #[arg(long, env = "REGISTRY_CONTRACT_ID")]
+    pub registry_contract_id: Option<String>,
+    /// Production: the coordinator contract holding the worker roster.
+    #[arg(long, env = "COORDINATOR_CONTRACT_ID")]
+    pub coordinator_contract_id: Option<String>,
+    /// Production: the worker container image (pin it by digest); defaults to
+    /// `delibera_phala::DEFAULT_WORKER_IMAGE`.
+    #[arg(long, env = "WORKER_IMAGE")]
+    pub worker_image: Option<String>,
+    /// Production: the coordinator container image (pin it by digest); defaults
+    /// to `delibera_phala::DEFAULT_COORDINATOR_IMAGE`.
+    #[arg(long, env = "COORDINATOR_IMAGE")]
+    pub coordinator_image: Option<String>,
+    /// Production: the Storacha agent key that issues delegations.
+    #[arg(long, env = "STORACHA_AGENT_PRIVATE_KEY", hide_env_values = true)]
+    pub storacha_agent_private_key: Option<String>,
+    /// Production: the agent's delegation from the Storacha space.
+    #[arg(long, env = "STORACHA_DELEGATION_PROOF", hide_env_values = true)]
+    pub storacha_delegation_proof: Option<String>,
+}
+
+impl Config {
+    /// The address to bind.
+    pub fn bind_addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The health-gate deadline.
+    pub fn health_timeout(&self) -> Duration {
+        Duration::from_secs(self.health_timeout_secs)
+    }
+
+    /// The production settings that are missing, by environment variable name.
+    pub fn missing_production_settings(&self) -> Vec<&'static str> {
+        let required: [(&'static str, bool); 9] = [
+            ("PHALA_API_KEY", self.phala_api_key.is_some()),
+            ("ENSUE_API_KEY", self.ensue_api_key.is_some()),
+            ("NEAR_RPC_URL", self.near_rpc_url.is_some()),
+            ("NEAR_ACCOUNT_ID", self.near_account_id.is_some()),
+            ("NEAR_PRIVATE_KEY", self.near_private_key.is_some()),
+            ("REGISTRY_CONTRACT_ID", self.registry_contract_id.is_some()),
+            (
+                "COORDINATOR_CONTRACT_ID",
+                self.coordinator_contract_id.is_some(),
+            ),
+            (
+                "STORACHA_AGENT_PRIVATE_KEY",
+                self.storacha_agent_private_key.is_some(),
+            ),
+            (
+                "STORACHA_DELEGATION_PROOF",
+                self.storacha_delegation_proof.is_some(),
+            ),
+        ];
+        required
+            .into_iter()
+            .filter(|(_, present)| !present)
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_local_mode_on_3005() {
+        let config = Config::try_parse_from(["protocol-api"]).unwrap();
+        assert_eq!(config.port, 3005);
+        assert_eq!(config.mode, Mode::Local);
+        assert_eq!(config.ensue_local_addr.to_string(), "127.0.0.1:3006");
+        assert_eq!(config.missing_production_settings().len(), 9);
+    }
+
+    #[test]
+    fn production_names_every_missing_variable() {
+        let config = Config::try_parse_from([
+            "protocol-api",
+            "--mode",
+            "production",
+            "--phala-api-key",
+            "phak_x",
+            "--near-rpc-url",
+            "https://rpc.testnet.near.org",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.missing_production_settings(),
+            [
+                "ENSUE_API_KEY",
+                "NEAR_ACCOUNT_ID",
+                "NEAR_PRIVATE_KEY",
+                "REGISTRY_CONTRACT_ID",
+                "COORDINATOR_CONTRACT_ID",
+                "STORACHA_AGENT_PRIVATE_KEY",
+                "STORACHA_DELEGATION_PROOF"
+            ]
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Every error the API answers with, mapped to HTTP in one place.
+//!
+//! The body is always `{"error": "…"}`. 4xx messages say what to fix; a 5xx
+//! says only that something failed (the detail goes to the log, never to the
+//! caller, because it can name internal hosts).
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or fails validation.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The admin token is missing or wrong.
+    #[error(
+        "missing or invalid admin token (send Authorization: Bearer <PROTOCOL_API_ADMIN_TOKEN>)"
+    )]
+    Unauthorized,
+    /// The route needs an admin token but the server has none configured.
+    #[error("this route is disabled: the server has no PROTOCOL_API_ADMIN_TOKEN configured")]
+    Forbidden,
+    /// The thing named in the path does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (e.g. a job in the wrong status).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is larger than the server accepts.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The body is not `application/json`.
+    #[error("expected a JSON body with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// Too many requests from this client.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a new request is accepted.
+        retry_after_secs: u64,
+    },
+    /// An outside service (registry, Ensue, Phala) failed.
+    #[error("upstream service failed: {0}")]
+    Upstream(String),
+    /// A bug or an unexpected local failure; the detail is logged only.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// An internal error from anything displayable (logged, not shown).
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::Upstream(detail) => tracing::warn!(%detail, "upstream error"),
+            _ => tracing::debug!(%status, error = %self, "request rejected"),
+        }
+        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self
+            && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(ref inner)
+                if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                ApiError::PayloadTooLarge
+            }
+            // serde's message names the field and the problem ("missing field
+            // `displayName`", "invalid type: integer, expected a string").
+            JsonRejection::JsonDataError(error) => {
+                ApiError::BadRequest(format!("invalid request body: {}", error.body_text()))
+            }
+            JsonRejection::JsonSyntaxError(error) => {
+                ApiError::BadRequest(format!("malformed JSON: {}", error.body_text()))
+            }
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+/// `axum::Json` whose rejections use the API's error envelope.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+impl From<crate::jobs::StoreError> for ApiError {
+    fn from(error: crate::jobs::StoreError) -> Self {
+        ApiError::internal(error)
+    }
+}

@@ -1,0 +1,260 @@
+//! Provisioning jobs: roles, the seed's status values and step texts, and the
+//! record that is persisted after every transition.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Which kind of agent a job provisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A coordinator: gets its own Ensue org.
+    Coordinator,
+    /// A managed worker for an existing coordinator.
+    Worker,
+}
+
+impl Role {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// A job's status: exactly the seed's values, in the order a job moves through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Creating the Ed25519 key pair.
+    GeneratingIdentity,
+    /// Creating the Storacha UCAN delegation.
+    CreatingSpace,
+    /// Creating the Ensue org (coordinators only).
+    ProvisioningEnsue,
+    /// Building the deployment config.
+    PreparingPhala,
+    /// Submitting to Phala Cloud.
+    DeployingPhala,
+    /// Waiting for the TEE container to be healthy.
+    WaitingForUrl,
+    /// Ready for the wallet transaction; secrets become visible.
+    AwaitingNearSignature,
+    /// Checking the registration the wallet signed.
+    Registering,
+    /// Fully provisioned and registered.
+    Complete,
+    /// Ended with an error (see the job's `error`).
+    Failed,
+}
+
+impl JobStatus {
+    /// Every status, in order.
+    pub const ALL: [JobStatus; 10] = [
+        JobStatus::GeneratingIdentity,
+        JobStatus::CreatingSpace,
+        JobStatus::ProvisioningEnsue,
+        JobStatus::PreparingPhala,
+        JobStatus::DeployingPhala,
+        JobStatus::WaitingForUrl,
+        JobStatus::AwaitingNearSignature,
+        JobStatus::Registering,
+        JobStatus::Complete,
+        JobStatus::Failed,
+    ];
+
+    /// The wire string (the seed's status value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::GeneratingIdentity => "generating_identity",
+            JobStatus::CreatingSpace => "creating_space",
+            JobStatus::ProvisioningEnsue => "provisioning_ensue",
+            JobStatus::PreparingPhala => "preparing_phala",
+            JobStatus::DeployingPhala => "deploying_phala",
+            JobStatus::WaitingForUrl => "waiting_for_url",
+            JobStatus::AwaitingNearSignature => "awaiting_near_signature",
+            JobStatus::Registering => "registering",
+            JobStatus::Complete => "complete",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the wire string.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
+    /// The human-readable step the status response shows.
+    pub fn step(self) -> &'static str {
+        match self {
+            JobStatus::GeneratingIdentity => "Generating Ed25519 identity",
+            JobStatus::CreatingSpace => "Creating Storacha UCAN delegation",
+            JobStatus::ProvisioningEnsue => "Creating Ensue org",
+            JobStatus::PreparingPhala => "Building deployment config",
+            JobStatus::DeployingPhala => "Deploying to Phala TEE",
+            JobStatus::WaitingForUrl => "Waiting for TEE container to be healthy",
+            JobStatus::AwaitingNearSignature => "Waiting for NEAR wallet signature",
+            JobStatus::Registering => "Processing registration",
+            JobStatus::Complete => "Fully provisioned and registered",
+            JobStatus::Failed => "Deployment failed",
+        }
+    }
+
+    /// Whether the status response may carry the job's secrets (the seed's rule).
+    pub fn reveals_secrets(self) -> bool {
+        matches!(self, JobStatus::AwaitingNearSignature | JobStatus::Complete)
+    }
+
+    /// Whether the job has stopped moving.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Complete | JobStatus::Failed)
+    }
+
+    /// Whether the background runner owns the job in this status (it is
+    /// resumed after a restart); the others wait for a person or are done.
+    pub fn is_runner_owned(self) -> bool {
+        !matches!(
+            self,
+            JobStatus::AwaitingNearSignature
+                | JobStatus::Registering
+                | JobStatus::Complete
+                | JobStatus::Failed
+        )
+    }
+}
+
+/// The secrets a job produces. Persisted only sealed with the server key, and
+/// shown only while [`JobStatus::reveals_secrets`] holds.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobSecrets {
+    /// The agent's ucanto private key (`STORACHA_AGENT_PRIVATE_KEY`).
+    pub storacha_private_key: Option<String>,
+    /// The coordinator's Ensue org API key.
+    pub ensue_api_key: Option<String>,
+    /// Where the org owner claims the Ensue org.
+    pub ensue_claim_url: Option<String>,
+    /// The code that proves the claim.
+    pub ensue_verification_code: Option<String>,
+}
+
+impl std::fmt::Debug for JobSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobSecrets(<redacted>)")
+    }
+}
+
+/// Everything known about a job. Non-secret fields are stored as JSON; the
+/// [`JobSecrets`] are stored sealed beside them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// The job id (a random v4 UUID: knowing it is what lets a caller poll it).
+    pub id: Uuid,
+    /// Coordinator or worker.
+    pub role: Role,
+    /// Where the job is.
+    pub status: JobStatus,
+    /// Progress detail shown after the step text (e.g. the wait so far).
+    #[serde(default)]
+    pub progress: Option<String>,
+    /// When the job was created.
+    pub created_at: DateTime<Utc>,
+    /// When the job last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Human-readable agent name.
+    pub display_name: String,
+    /// The NEAR account that signs the registry transaction.
+    pub near_account: String,
+    /// The new agent's DID (set by `generating_identity`).
+    pub agent_did: Option<String>,
+    /// For a worker: the coordinator it joins. For a coordinator: its own DID.
+    pub coordinator_did: Option<String>,
+    /// Coordinator quorum bounds.
+    pub min_workers: Option<u8>,
+    /// Coordinator quorum bounds.
+    pub max_workers: Option<u8>,
+    /// The factory-created coordinator contract, when given.
+    pub contract_address: Option<String>,
+    /// The Storacha space the delegation grants access to.
+    pub space_did: Option<String>,
+    /// The UCAN delegation for the agent (identity-CID text form).
+    pub delegation: Option<String>,
+    /// The coordinator's Ensue org name.
+    pub ensue_org_name: Option<String>,
+    /// The unique deployment name, recorded before the deploy call so an
+    /// interrupted deploy can be recognised instead of repeated.
+    pub deployment_name: Option<String>,
+    /// The deployment's id (Phala CVM id, or the local agent id).
+    pub cvm_id: Option<String>,
+    /// The agent's public URL.
+    pub endpoint: Option<String>,
+    /// Where the operator sees the deployment.
+    pub dashboard_url: Option<String>,
+    /// The wallet's registry transaction.
+    pub tx_hash: Option<String>,
+    /// Why the job failed.
+    pub error: Option<String>,
+    /// Sealed at rest; see [`JobSecrets`].
+    #[serde(skip)]
+    pub secrets: JobSecrets,
+}
+
+/// What a caller supplies to start a job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Coordinator or worker.
+    pub role: Role,
+    /// Human-readable agent name.
+    pub display_name: String,
+    /// The NEAR account that signs the registry transaction.
+    pub near_account: String,
+    /// For a worker: the coordinator it joins.
+    pub coordinator_did: Option<String>,
+    /// Coordinator quorum bounds.
+    pub min_workers: Option<u8>,
+    /// Coordinator quorum bounds.
+    pub max_workers: Option<u8>,
+    /// The factory-created coordinator contract, when given.
+    pub contract_address: Option<String>,
+}
+
+impl Job {
+    /// A job in its first status.
+    pub fn new(new: NewJob, now: DateTime<Utc>) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            role: new.role,
+            status: JobStatus::GeneratingIdentity,
+            progress: None,
+            created_at: now,
+            updated_at: now,
+            display_name: new.display_name,
+            near_account: new.near_account,
+            agent_did: None,
+            coordinator_did: new.coordinator_did,
+            min_workers: new.min_workers,
+            max_workers: new.max_workers,
+            contract_address: new.contract_address,
+            space_did: None,
+            delegation: None,
+            ensue_org_name: None,
+            deployment_name: None,
+            cvm_id: None,
+            endpoint: None,
+            dashboard_url: None,
+            tx_hash: None,
+            error: None,
+            secrets: JobSecrets::default(),
+        }
+    }
+
+    /// The step text with any progress detail, e.g. `… (2m10s)`.
+    pub fn step_text(&self) -> String {
+        match &self.progress {
+            Some(progress) => format!("{} ({progress})", self.status.step()),
+            None => self.status.step().to_owned(),
+        }
+    }
+}

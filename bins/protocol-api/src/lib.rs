@@ -1,0 +1,200 @@
+//! The Delibera Protocol API server as a library: [`app`] builds the router
+//! over an [`AppState`], [`run`] serves it until a shutdown signal. `main.rs`
+//! only reads the config and composes the ports (see [`compose`]).
+
+pub mod api_types;
+pub mod auth;
+pub mod compose;
+pub mod config;
+pub mod error;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
+pub mod ports;
+pub mod registration;
+pub mod routes;
+pub mod seal;
+pub mod validation;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::middleware;
+use axum::routing::{get, post, put};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use zeroize::Zeroizing;
+
+use crate::auth::RateLimiter;
+use crate::jobs::{JobStore, Runner};
+use crate::ports::Ports;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Durable jobs.
+    pub store: JobStore,
+    /// Runs jobs in the background.
+    pub runner: Runner,
+    /// The outside services.
+    pub ports: Arc<Ports>,
+    /// Guards the signing routes; `None` disables them (403).
+    pub admin_token: Option<Arc<Zeroizing<String>>>,
+    /// Per-IP limit on provisioning.
+    pub rate_limiter: Arc<RateLimiter>,
+    /// `local` or `production`, for `GET /`.
+    pub mode_label: &'static str,
+    /// Local mode's embedded Ensue URL, for `GET /`.
+    pub ensue_url: Option<String>,
+    /// CORS origins (`*` or a list).
+    pub cors_origins: Vec<String>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+/// A time as JavaScript's `toISOString()` writes it (`2026-03-30T12:00:00.000Z`).
+pub fn iso(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The current time, as [`iso`] writes it.
+pub fn iso_now() -> String {
+    iso(chrono::Utc::now())
+}
+
+/// Health: the server is up.
+#[utoipa::path(get, path = "/", tag = "health", responses((status = 200, body = api_types::Health)))]
+pub async fn health(State(state): State<AppState>) -> axum::Json<api_types::Health> {
+    axum::Json(api_types::Health {
+        message: "Delibera Protocol API".into(),
+        status: "ok".into(),
+        timestamp: iso_now(),
+        mode: state.mode_label.into(),
+        ensue_url: state.ensue_url.clone(),
+    })
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::NotFound("no such route".into())
+}
+
+/// The span of one request: method, path (never the query) and request id.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+    )
+}
+
+/// The router.
+pub fn app(state: AppState) -> Router {
+    use routes::{agents, provision, workers};
+
+    let provisioning = Router::new()
+        .route("/api/provision/coordinator", post(provision::coordinator))
+        .route("/api/provision/worker", post(provision::worker))
+        .route(
+            "/api/provision/external-worker",
+            post(provision::external_worker),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::rate_limit,
+        ));
+
+    let admin = Router::new()
+        .route(
+            "/api/agents/{agentId}/endpoint",
+            put(agents::update_endpoint),
+        )
+        .route("/api/workers/register", post(workers::register))
+        .route(
+            "/api/workers/{workerId}",
+            axum::routing::delete(workers::remove),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
+
+    let cors = if state.cors_origins.iter().any(|origin| origin == "*") {
+        CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods(Any)
+            .allow_headers(Any)
+    } else {
+        let origins = state
+            .cors_origins
+            .iter()
+            .filter_map(|origin| origin.parse().ok())
+            .collect::<Vec<axum::http::HeaderValue>>();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods(Any)
+            .allow_headers(Any)
+    };
+
+    Router::new()
+        .route("/", get(health))
+        .route("/metrics", get(metrics::render))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/api/provision/status/{jobId}", get(provision::status))
+        .route("/api/provision/register", post(provision::register))
+        .route(
+            "/api/provision/coordinator-register",
+            post(provision::coordinator_register),
+        )
+        .route("/api/agents/endpoints", get(agents::endpoints))
+        .route("/api/agents/{agentId}/endpoint", get(agents::endpoint))
+        .route("/api/workers/registered", get(workers::registered))
+        .merge(provisioning)
+        .merge(admin)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(metrics::track))
+        // Every request gets an `x-request-id` (the caller's, or a new UUID),
+        // carried in its tracing span and echoed in the response.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish (at most 10 s).
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = drained_tx.send(());
+    };
+    let server = axum::serve(listener, service).with_graceful_shutdown(shutdown);
+    tokio::select! {
+        result = server => result,
+        () = async {
+            let _ = drained_rx.await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        } => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `protocol-api`: reads the config, composes the ports for the mode, and serves.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use protocol_api::compose::{self, Composition};
+use protocol_api::config::{Config, Mode};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("protocol_api=info,tower_http=info")),
+        )
+        .init();
+    let config = Config::parse();
+
+    let Composition { state, local_ensue } = match config.mode {
+        Mode::Local => compose::compose_local(&config).await?,
+        Mode::Production => compose::compose_production(&config).await?,
+    };
+
+    let resumed = state.runner.resume_all().await.context("resuming jobs")?;
+    state
+        .runner
+        .spawn_purger(Duration::from_secs(config.job_retention_hours * 3600));
+
+    let shutdown = delibera_coordination::shutdown_signal();
+    let listener = tokio::net::TcpListener::bind(config.bind_addr())
+        .await
+        .with_context(|| format!("binding {}", config.bind_addr()))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, mode = state.mode_label, resumed, "Delibera Protocol API listening");
+    if let Some(ensue) = &local_ensue {
+        tracing::info!(url = ensue.url(), "embedded Ensue listening");
+    }
+    if config.mode == Mode::Local && config.admin_token.is_none() {
+        tracing::info!(
+            path = %config.data_dir.join("admin-token").display(),
+            "admin token for the signing routes is in this file"
+        );
+    }
+
+    protocol_api::run(listener, state, async {
+        shutdown.await;
+        tracing::info!("shutdown signal received; finishing in-flight requests");
+    })
+    .await?;
+    if let Some(ensue) = local_ensue {
+        ensue.stop().await.context("stopping the embedded Ensue")?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

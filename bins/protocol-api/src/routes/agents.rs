@@ -1,0 +1,145 @@
+//! `/api/agents/*`: endpoint reads and updates through the registry.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use delibera_near::{AgentKind, EndpointUpdate};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::api_types::{
+    AgentEndpoint, AgentEndpointView, AgentEndpoints, EndpointUpdated, ErrorBody,
+};
+use crate::error::{ApiError, ApiJson};
+use crate::routes::registry_error;
+use crate::validation;
+
+/// Every active agent's endpoint from the registry, coordinators and workers.
+#[utoipa::path(get, path = "/api/agents/endpoints", tag = "agents",
+    responses((status = 200, body = AgentEndpoints), (status = 502, body = ErrorBody)))]
+pub async fn endpoints(State(state): State<AppState>) -> Result<Json<AgentEndpoints>, ApiError> {
+    let registry = &state.ports.registry;
+    let (coordinators, workers) = tokio::try_join!(
+        registry.list_active_coordinators(),
+        registry.list_active_workers()
+    )
+    .map_err(registry_error)?;
+    let mut agents = BTreeMap::new();
+    for coordinator in coordinators {
+        agents.insert(
+            coordinator.coordinator_did,
+            AgentEndpoint {
+                endpoint: coordinator.endpoint_url,
+                kind: "coordinator".into(),
+                cvm_id: coordinator.cvm_id,
+            },
+        );
+    }
+    for worker in workers {
+        agents.insert(
+            worker.worker_did,
+            AgentEndpoint {
+                endpoint: worker.endpoint_url,
+                kind: "worker".into(),
+                cvm_id: worker.cvm_id,
+            },
+        );
+    }
+    Ok(Json(AgentEndpoints {
+        agents,
+        timestamp: crate::iso_now(),
+    }))
+}
+
+/// One agent's endpoint from the registry.
+#[utoipa::path(get, path = "/api/agents/{agentId}/endpoint", tag = "agents",
+    params(("agentId" = String, Path, description = "The agent's DID")),
+    responses((status = 200, body = AgentEndpointView), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn endpoint(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<AgentEndpointView>, ApiError> {
+    let registry = &state.ports.registry;
+    if let Some(worker) = registry
+        .worker_by_did(&agent_id)
+        .await
+        .map_err(registry_error)?
+    {
+        return Ok(Json(AgentEndpointView {
+            agent_id,
+            endpoint: worker.endpoint_url,
+            cvm_id: worker.cvm_id,
+        }));
+    }
+    if let Some(coordinator) = registry
+        .coordinator_by_did(&agent_id)
+        .await
+        .map_err(registry_error)?
+    {
+        return Ok(Json(AgentEndpointView {
+            agent_id,
+            endpoint: coordinator.endpoint_url,
+            cvm_id: coordinator.cvm_id,
+        }));
+    }
+    Err(ApiError::NotFound(format!(
+        "agent {agent_id} is not registered"
+    )))
+}
+
+/// `PUT /api/agents/:agentId/endpoint` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointRequest {
+    endpoint: String,
+    cvm_id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// Change an agent's endpoint on the registry (signed with the server's NEAR
+/// key; a coordinator, or a new CVM id, is re-registered with its other fields kept).
+#[utoipa::path(put, path = "/api/agents/{agentId}/endpoint", tag = "agents", request_body = EndpointRequest,
+    params(("agentId" = String, Path, description = "The agent's DID")), security(("admin_token" = [])),
+    responses((status = 200, body = EndpointUpdated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, description = "a registry rule refused it", body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn update_endpoint(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    ApiJson(request): ApiJson<EndpointRequest>,
+) -> Result<Json<EndpointUpdated>, ApiError> {
+    let did = validation::did("agentId", &agent_id)?;
+    let endpoint = validation::endpoint_url(
+        "endpoint",
+        &request.endpoint,
+        state.ports.settings.allows_loopback_http(),
+    )?;
+    let kind = match request.kind.as_deref().unwrap_or("worker") {
+        "worker" => AgentKind::Worker,
+        "coordinator" => AgentKind::Coordinator,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "type must be \"worker\" or \"coordinator\", got {other:?}"
+            )));
+        }
+    };
+    let update = EndpointUpdate {
+        did: did.to_string(),
+        kind,
+        endpoint_url: endpoint.clone(),
+        cvm_id: request.cvm_id.filter(|id| !id.trim().is_empty()),
+    };
+    state
+        .ports
+        .registry
+        .update_endpoint(&update)
+        .await
+        .map_err(registry_error)?;
+    Ok(Json(EndpointUpdated {
+        success: true,
+        agent_id: did.to_string(),
+        endpoint,
+    }))
+}

@@ -1,0 +1,361 @@
+//! `/api/provision/*`: start jobs, poll them, and finish them after the wallet signs.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+use delibera_identity::Keypair;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::api_types::{
+    CoordinatorRegistered, ErrorBody, ExternalWorkerIdentity, JobStatusView, ProvisionAccepted,
+    WorkerRegistered,
+};
+use crate::error::{ApiError, ApiJson};
+use crate::jobs::{Job, JobStatus, NewJob, Role};
+use crate::validation;
+
+/// `POST /api/provision/coordinator` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CoordinatorRequest {
+    display_name: String,
+    near_account: String,
+    min_workers: Option<i64>,
+    max_workers: Option<i64>,
+    contract_address: Option<String>,
+}
+
+/// `POST /api/provision/worker` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerRequest {
+    coordinator_did: String,
+    display_name: String,
+    near_account: String,
+}
+
+/// `POST /api/provision/external-worker` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalWorkerRequest {
+    display_name: String,
+    near_account: String,
+    endpoint_url: String,
+    coordinator_did: String,
+}
+
+/// `POST /api/provision/register` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    job_id: String,
+    tx_hash: Option<String>,
+}
+
+/// `POST /api/provision/coordinator-register` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CoordinatorRegisterRequest {
+    job_id: String,
+    contract_address: Option<String>,
+    tx_hash: Option<String>,
+}
+
+fn accepted(job: &Job) -> (StatusCode, Json<ProvisionAccepted>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(ProvisionAccepted {
+            job_id: job.id,
+            status: "provisioning".into(),
+        }),
+    )
+}
+
+/// Start a coordinator provisioning job: identity, Storacha delegation, Ensue
+/// org, deployment. Poll the status route for progress.
+#[utoipa::path(post, path = "/api/provision/coordinator", tag = "provisioning", request_body = CoordinatorRequest,
+    responses((status = 202, body = ProvisionAccepted), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn coordinator(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CoordinatorRequest>,
+) -> Result<(StatusCode, Json<ProvisionAccepted>), ApiError> {
+    let display_name = validation::display_name("displayName", &request.display_name)?;
+    let near_account = validation::near_account("nearAccount", &request.near_account)?;
+    let (min_workers, max_workers) =
+        validation::worker_bounds(request.min_workers, request.max_workers)?;
+    let contract_address = request
+        .contract_address
+        .as_deref()
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| validation::near_account("contractAddress", text))
+        .transpose()?;
+    let job = Job::new(
+        NewJob {
+            role: Role::Coordinator,
+            display_name,
+            near_account,
+            coordinator_did: None,
+            min_workers: Some(min_workers),
+            max_workers: Some(max_workers),
+            contract_address,
+        },
+        Utc::now(),
+    );
+    state.store.insert(&job).await?;
+    state.runner.spawn(job.id);
+    Ok(accepted(&job))
+}
+
+/// Start a managed worker provisioning job for a registered coordinator.
+#[utoipa::path(post, path = "/api/provision/worker", tag = "provisioning", request_body = WorkerRequest,
+    responses((status = 202, body = ProvisionAccepted), (status = 400, body = ErrorBody),
+        (status = 404, description = "the coordinator is not registered", body = ErrorBody),
+        (status = 409, description = "the coordinator is inactive", body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn worker(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<WorkerRequest>,
+) -> Result<(StatusCode, Json<ProvisionAccepted>), ApiError> {
+    let coordinator_did = validation::did("coordinatorDid", &request.coordinator_did)?;
+    let display_name = validation::display_name("displayName", &request.display_name)?;
+    let near_account = validation::near_account("nearAccount", &request.near_account)?;
+    // A deploy costs money: refuse before paying for a worker whose
+    // coordinator the registry does not know.
+    let coordinator = state
+        .ports
+        .registry
+        .coordinator_by_did(coordinator_did.as_str())
+        .await
+        .map_err(crate::routes::registry_error)?;
+    match coordinator {
+        Some(record) if record.is_active => {}
+        Some(_) => {
+            return Err(ApiError::Conflict(format!(
+                "coordinator {coordinator_did} is not active"
+            )));
+        }
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "coordinator {coordinator_did} is not registered"
+            )));
+        }
+    }
+    let job = Job::new(
+        NewJob {
+            role: Role::Worker,
+            display_name,
+            near_account,
+            coordinator_did: Some(coordinator_did.to_string()),
+            min_workers: None,
+            max_workers: None,
+            contract_address: None,
+        },
+        Utc::now(),
+    );
+    state.store.insert(&job).await?;
+    state.runner.spawn(job.id);
+    Ok(accepted(&job))
+}
+
+/// A fresh identity for a self-hosted worker, returned once and never stored.
+#[utoipa::path(post, path = "/api/provision/external-worker", tag = "provisioning", request_body = ExternalWorkerRequest,
+    responses((status = 200, body = ExternalWorkerIdentity), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn external_worker(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ExternalWorkerRequest>,
+) -> Result<Json<ExternalWorkerIdentity>, ApiError> {
+    validation::display_name("displayName", &request.display_name)?;
+    validation::near_account("nearAccount", &request.near_account)?;
+    validation::endpoint_url(
+        "endpointUrl",
+        &request.endpoint_url,
+        state.ports.settings.allows_loopback_http(),
+    )?;
+    validation::did("coordinatorDid", &request.coordinator_did)?;
+    let keypair = Keypair::generate();
+    Ok(Json(ExternalWorkerIdentity {
+        worker_did: keypair.did().to_string(),
+        private_key_string: keypair.to_ucanto_string().to_string(),
+    }))
+}
+
+fn parse_job_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text.trim()).map_err(|_| ApiError::NotFound(format!("no job {text:?}")))
+}
+
+async fn load_job(state: &AppState, id: &str) -> Result<Job, ApiError> {
+    let uuid = parse_job_id(id)?;
+    state
+        .store
+        .get(uuid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id:?}")))
+}
+
+/// Poll a provisioning job. Secrets appear only at `awaiting_near_signature` and `complete`.
+#[utoipa::path(get, path = "/api/provision/status/{jobId}", tag = "provisioning",
+    params(("jobId" = String, Path, description = "The id returned when the job started")),
+    responses((status = 200, body = JobStatusView), (status = 404, body = ErrorBody)))]
+pub async fn status(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobStatusView>, ApiError> {
+    Ok(Json(status_view(&load_job(&state, &job_id).await?)))
+}
+
+/// The status document. Secrets appear only while the status reveals them.
+pub fn status_view(job: &Job) -> JobStatusView {
+    let coordinator_only =
+        |value: &Option<String>| value.clone().filter(|_| job.role == Role::Coordinator);
+    let secret = |value: &Option<String>| value.clone().filter(|_| job.status.reveals_secrets());
+    JobStatusView {
+        job_id: job.id,
+        role: job.role.as_str().into(),
+        status: job.status.as_str().into(),
+        step: job.step_text(),
+        worker_did: job.agent_did.clone(),
+        coordinator_did: job.coordinator_did.clone(),
+        display_name: job.display_name.clone(),
+        near_account: job.near_account.clone(),
+        min_workers: job.min_workers.filter(|_| job.role == Role::Coordinator),
+        max_workers: job.max_workers.filter(|_| job.role == Role::Coordinator),
+        contract_address: coordinator_only(&job.contract_address),
+        ensue_org_name: coordinator_only(&job.ensue_org_name),
+        space_did: job.space_did.clone(),
+        phala_endpoint: job.endpoint.clone(),
+        cvm_id: job.cvm_id.clone(),
+        dashboard_url: job.dashboard_url.clone(),
+        tx_hash: job.tx_hash.clone(),
+        error: job.error.clone(),
+        created_at: crate::iso(job.created_at),
+        updated_at: crate::iso(job.updated_at),
+        storacha_private_key: secret(&job.secrets.storacha_private_key),
+        storacha_delegation: secret(&job.delegation),
+        ensue_api_key: secret(&job.secrets.ensue_api_key),
+        ensue_claim_url: secret(&job.secrets.ensue_claim_url),
+        ensue_verification_code: secret(&job.secrets.ensue_verification_code),
+    }
+}
+
+/// Moves a job from `awaiting_near_signature` to `registering`, once.
+async fn begin_registration(
+    state: &AppState,
+    job_id: &str,
+    role: Role,
+    tx_hash: Option<String>,
+) -> Result<Job, ApiError> {
+    let mut job = load_job(state, job_id).await?;
+    if job.role != role {
+        let route = match job.role {
+            Role::Coordinator => "/api/provision/coordinator-register",
+            Role::Worker => "/api/provision/register",
+        };
+        return Err(ApiError::Conflict(format!(
+            "job {} provisions a {}; finish it with {route}",
+            job.id,
+            job.role.as_str()
+        )));
+    }
+    if job.status != JobStatus::AwaitingNearSignature {
+        return Err(ApiError::Conflict(format!(
+            "job {} is {}, not awaiting_near_signature",
+            job.id,
+            job.status.as_str()
+        )));
+    }
+    let tx_hash = tx_hash
+        .map(|hash| hash.trim().to_owned())
+        .filter(|hash| !hash.is_empty());
+    // Production looks the hash up on chain, so it must be one; local mode has
+    // no chain and echoes whatever the caller passed.
+    if let (Some(hash), Some(_)) = (&tx_hash, &state.ports.transactions) {
+        validation::tx_hash("txHash", hash)?;
+    }
+    job.status = JobStatus::Registering;
+    job.tx_hash = tx_hash;
+    job.updated_at = Utc::now();
+    if !state
+        .store
+        .save_if_status(&job, JobStatus::AwaitingNearSignature)
+        .await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "job {} is already being registered",
+            job.id
+        )));
+    }
+    crate::metrics::job_transition(JobStatus::AwaitingNearSignature, JobStatus::Registering);
+    Ok(job)
+}
+
+/// Ends a registration: `complete` on success; back to the wallet step on failure
+/// (the user can sign and try again), with the error returned to the caller.
+async fn finish_registration(
+    state: &AppState,
+    mut job: Job,
+    outcome: Result<(), ApiError>,
+) -> Result<Job, ApiError> {
+    job.status = match outcome {
+        Ok(()) => JobStatus::Complete,
+        Err(_) => JobStatus::AwaitingNearSignature,
+    };
+    job.updated_at = Utc::now();
+    state.store.save(&job).await?;
+    crate::metrics::job_transition(JobStatus::Registering, job.status);
+    outcome.map(|()| job)
+}
+
+/// Finish a worker job after the wallet signed the registry transaction.
+#[utoipa::path(post, path = "/api/provision/register", tag = "provisioning", request_body = RegisterRequest,
+    responses((status = 200, body = WorkerRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the job is not a worker awaiting its signature, or the registry does not show the registration", body = ErrorBody)))]
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<Json<WorkerRegistered>, ApiError> {
+    let job = begin_registration(&state, &request.job_id, Role::Worker, request.tx_hash).await?;
+    let outcome = crate::registration::complete_worker(&state, &job).await;
+    let job = finish_registration(&state, job, outcome).await?;
+    Ok(Json(WorkerRegistered {
+        status: job.status.as_str().into(),
+        worker_did: job.agent_did,
+        phala_endpoint: job.endpoint,
+        tx_hash: job.tx_hash,
+    }))
+}
+
+/// Finish a coordinator job after the wallet signed (factory deploy + registry register).
+#[utoipa::path(post, path = "/api/provision/coordinator-register", tag = "provisioning", request_body = CoordinatorRegisterRequest,
+    responses((status = 200, body = CoordinatorRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the job is not a coordinator awaiting its signature, or the registry does not show the registration", body = ErrorBody)))]
+pub async fn coordinator_register(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CoordinatorRegisterRequest>,
+) -> Result<Json<CoordinatorRegistered>, ApiError> {
+    let contract_address = request
+        .contract_address
+        .as_deref()
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| validation::near_account("contractAddress", text))
+        .transpose()?;
+    let mut job =
+        begin_registration(&state, &request.job_id, Role::Coordinator, request.tx_hash).await?;
+    if contract_address.is_some() {
+        job.contract_address = contract_address;
+    }
+    let outcome = crate::registration::complete_coordinator(&state, &job).await;
+    let job = finish_registration(&state, job, outcome).await?;
+    Ok(Json(CoordinatorRegistered {
+        status: job.status.as_str().into(),
+        coordinator_did: job.agent_did,
+        phala_endpoint: job.endpoint,
+        contract_address: job.contract_address,
+        tx_hash: job.tx_hash,
+        ensue_org_name: job.ensue_org_name,
+        ensue_claim_url: job.secrets.ensue_claim_url,
+        ensue_verification_code: job.secrets.ensue_verification_code,
+    }))
+}

@@ -1,0 +1,106 @@
+//! `/api/workers/*`: the coordinator contract's worker roster.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use delibera_near::AccountId;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::api_types::{ErrorBody, Message, Roster, RosterRegistered, RosterWorker};
+use crate::error::{ApiError, ApiJson};
+use crate::routes::registry_error;
+use crate::validation;
+
+/// The coordinator contract's worker roster, joined with registry endpoints.
+/// `registered_at` is in milliseconds (the contract stores nanoseconds).
+#[utoipa::path(get, path = "/api/workers/registered", tag = "workers",
+    responses((status = 200, body = Roster), (status = 502, body = ErrorBody)))]
+pub async fn registered(State(state): State<AppState>) -> Result<Json<Roster>, ApiError> {
+    let registry = &state.ports.registry;
+    let (roster, active) = tokio::try_join!(registry.roster(), registry.list_active_workers())
+        .map_err(registry_error)?;
+    let endpoints: HashMap<String, String> = active
+        .into_iter()
+        .map(|worker| (worker.worker_did, worker.endpoint_url))
+        .collect();
+    let active_count = roster.iter().filter(|worker| worker.active).count();
+    let workers = roster
+        .into_iter()
+        .map(|worker| RosterWorker {
+            account_id: worker
+                .account_id
+                .as_ref()
+                .unwrap_or(&worker.registered_by)
+                .to_string(),
+            endpoint_url: endpoints.get(&worker.worker_id).cloned(),
+            is_active: worker.active,
+            registered_at: worker.registered_at / 1_000_000,
+            worker_did: worker.worker_id,
+        })
+        .collect();
+    Ok(Json(Roster {
+        workers,
+        active_count,
+    }))
+}
+
+/// `POST /api/workers/register` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RosterRequest {
+    worker_id: String,
+    account_id: Option<String>,
+}
+
+/// Add a worker to the coordinator contract's roster (signed with the server's NEAR key).
+#[utoipa::path(post, path = "/api/workers/register", tag = "workers", request_body = RosterRequest, security(("admin_token" = [])),
+    responses((status = 200, body = RosterRegistered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RosterRequest>,
+) -> Result<Json<RosterRegistered>, ApiError> {
+    let worker = validation::did("workerId", &request.worker_id)?;
+    let account = request
+        .account_id
+        .as_deref()
+        .map(|text| validation::near_account("accountId", text))
+        .transpose()?
+        .map(|text| AccountId::parse(&text).map_err(ApiError::internal))
+        .transpose()?;
+    state
+        .ports
+        .registry
+        .roster_register(worker.as_str(), account.as_ref())
+        .await
+        .map_err(registry_error)?;
+    Ok(Json(RosterRegistered {
+        message: format!("Worker {worker} registered"),
+        worker_id: worker.to_string(),
+        account_id: account.map(|account| account.to_string()),
+    }))
+}
+
+/// Remove a worker from the roster (signed with the server's NEAR key).
+#[utoipa::path(delete, path = "/api/workers/{workerId}", tag = "workers", security(("admin_token" = [])),
+    params(("workerId" = String, Path, description = "The worker's DID")),
+    responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(worker_id): Path<String>,
+) -> Result<Json<Message>, ApiError> {
+    let worker = validation::did("workerId", &worker_id)?;
+    state
+        .ports
+        .registry
+        .roster_remove(worker.as_str())
+        .await
+        .map_err(registry_error)?;
+    Ok(Json(Message {
+        message: format!("Worker {worker} removed"),
+    }))
+}

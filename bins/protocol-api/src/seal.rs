@@ -1,0 +1,200 @@
+//! Sealing secrets at rest with the server key (AES-256-GCM).
+//!
+//! Layout of a sealed value: `nonce(12) ‖ ciphertext ‖ tag(16)`, with a fresh
+//! random nonce per seal. The key comes from `PROTOCOL_API_SECRET_KEY` (64 hex
+//! characters) or is generated once into `<data dir>/server-secret.key` with
+//! 0600 permissions, so a restart can still open what it sealed.
+
+use std::io::Write;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+const NONCE_LEN: usize = 12;
+const KEY_FILE: &str = "server-secret.key";
+
+/// Why a secret could not be sealed or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The configured key is not 32 bytes of hex.
+    #[error("PROTOCOL_API_SECRET_KEY must be 64 hex characters (32 bytes)")]
+    BadKey,
+    /// The key file could not be read or created.
+    #[error("server key file {path}: {source}")]
+    KeyFile {
+        /// The key file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The sealed value was tampered with or sealed under another key.
+    #[error("a sealed secret could not be opened (wrong server key or corrupted data)")]
+    Open,
+}
+
+/// Seals and opens secrets with the server key.
+#[derive(Clone)]
+pub struct SecretBox {
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBox(<key redacted>)")
+    }
+}
+
+impl SecretBox {
+    /// A box over a raw 32-byte key.
+    pub fn from_key(key: &[u8; 32]) -> Self {
+        Self {
+            cipher: Aes256Gcm::new(key.into()),
+        }
+    }
+
+    /// The configured hex key, else the key file in `data_dir`, created once.
+    pub fn open_or_create(
+        data_dir: &Path,
+        configured_hex: Option<&str>,
+    ) -> Result<Self, SealError> {
+        if let Some(hex_key) = configured_hex {
+            return Self::from_hex(hex_key);
+        }
+        let path = data_dir.join(KEY_FILE);
+        let key_file_error = |source| SealError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_hex(text.trim()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                rand::rngs::OsRng.fill_bytes(key.as_mut());
+                let hex_key = Zeroizing::new(hex::encode(key.as_ref()));
+                write_private_file(&path, hex_key.as_bytes()).map_err(key_file_error)?;
+                Ok(Self::from_key(&key))
+            }
+            Err(error) => Err(key_file_error(error)),
+        }
+    }
+
+    fn from_hex(text: &str) -> Result<Self, SealError> {
+        let bytes = Zeroizing::new(hex::decode(text).map_err(|_| SealError::BadKey)?);
+        let key: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| SealError::BadKey)?;
+        Ok(Self::from_key(key))
+    }
+
+    /// Seals `plaintext` under a fresh nonce.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ciphertext = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext)
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    /// Opens what [`SecretBox::seal`] produced.
+    pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        if sealed.len() < NONCE_LEN + 16 {
+            return Err(SealError::Open);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        self.cipher
+            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::Open)
+    }
+}
+
+/// Writes a file only its owner can read (0600 on Unix), failing if it exists.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trips_with_fresh_nonces() {
+        let secret_box = SecretBox::from_key(&[7; 32]);
+        let a = secret_box.seal(b"MgCY...");
+        let b = secret_box.seal(b"MgCY...");
+        assert_ne!(a, b, "a fresh nonce per seal");
+        assert_eq!(secret_box.open(&a).unwrap().as_slice(), b"MgCY...");
+    }
+
+    #[test]
+    fn tampered_short_or_foreign_values_do_not_open() {
+        let secret_box = SecretBox::from_key(&[7; 32]);
+        let mut sealed = secret_box.seal(b"secret");
+        *sealed.last_mut().unwrap() ^= 1;
+        assert!(matches!(secret_box.open(&sealed), Err(SealError::Open)));
+        assert!(matches!(secret_box.open(&[0; 10]), Err(SealError::Open)));
+        let other = SecretBox::from_key(&[8; 32]);
+        assert!(matches!(
+            other.open(&secret_box.seal(b"x")),
+            Err(SealError::Open)
+        ));
+    }
+
+    #[test]
+    fn key_file_is_created_once_with_owner_only_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SecretBox::open_or_create(dir.path(), None).unwrap();
+        let sealed = first.seal(b"kept across restarts");
+        let second = SecretBox::open_or_create(dir.path(), None).unwrap();
+        assert_eq!(
+            second.open(&sealed).unwrap().as_slice(),
+            b"kept across restarts"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn configured_key_must_be_32_bytes_of_hex() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            SecretBox::open_or_create(dir.path(), Some("abcd")),
+            Err(SealError::BadKey)
+        ));
+        assert!(matches!(
+            SecretBox::open_or_create(dir.path(), Some(&"zz".repeat(32))),
+            Err(SealError::BadKey)
+        ));
+        let key = "11".repeat(32);
+        let configured = SecretBox::open_or_create(dir.path(), Some(&key)).unwrap();
+        assert_eq!(
+            configured
+                .open(&SecretBox::from_key(&[0x11; 32]).seal(b"x"))
+                .unwrap()
+                .as_slice(),
+            b"x"
+        );
+    }
+}

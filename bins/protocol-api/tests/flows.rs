@@ -1,0 +1,434 @@
+//! Provisioning flows end to end through `app(state)`, over real local parts.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{Options, TestApp, TestDeployer};
+use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
+use serde_json::{Value, json};
+
+const SECRET_FIELDS: [&str; 4] = [
+    "storachaPrivateKey",
+    "ensueApiKey",
+    "ensueClaimUrl",
+    "ensueVerificationCode",
+];
+
+fn assert_no_secrets(body: &Value) {
+    for field in SECRET_FIELDS {
+        assert!(
+            body.get(field).is_none(),
+            "{field} revealed at {}: {body}",
+            body["status"]
+        );
+    }
+}
+
+async fn provision_coordinator(app: &TestApp) -> (String, Value) {
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": "My DAO Coordinator", "nearAccount": "mydao.testnet", "minWorkers": 1, "maxWorkers": 5 })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "provisioning");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    let ready = app
+        .wait_for(&job_id, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    (job_id, ready)
+}
+
+#[tokio::test]
+async fn coordinator_then_worker_reach_complete_and_secrets_wait_for_the_wallet_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+
+    // --- coordinator
+    let (job_id, ready) = provision_coordinator(&app).await;
+    assert_eq!(ready["role"], "coordinator");
+    assert_eq!(ready["step"], "Waiting for NEAR wallet signature");
+    let coordinator_did = ready["coordinatorDid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ready["workerDid"], coordinator_did,
+        "frontends read workerDid"
+    );
+    let private_key = ready["storachaPrivateKey"].as_str().unwrap();
+    let keypair = delibera_identity::Keypair::from_ucanto_str(private_key).unwrap();
+    assert_eq!(keypair.did().as_str(), coordinator_did);
+    assert!(ready["ensueApiKey"].as_str().is_some());
+    assert!(ready["ensueClaimUrl"].as_str().unwrap().starts_with("http"));
+    assert!(
+        ready["ensueOrgName"]
+            .as_str()
+            .unwrap()
+            .starts_with("delibera-my-dao-coordinator-")
+    );
+    assert!(
+        ready["phalaEndpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
+    assert_eq!(ready["cvmId"], "test-cvm-0");
+    let coordinator_env = app.deployer.last_env();
+    assert_eq!(
+        coordinator_env["ENSUE_API_KEY"],
+        ready["ensueApiKey"].as_str().unwrap()
+    );
+    assert_eq!(coordinator_env["STORACHA_AGENT_PRIVATE_KEY"], private_key);
+    assert!(coordinator_env["STORACHA_DELEGATION_PROOF"].starts_with("mAYIEA"));
+
+    let (code, done) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator-register",
+            Some(json!({ "jobId": job_id, "contractAddress": "mydao.coord-factory.agents-coordinator.testnet", "txHash": "DEF456" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{done}");
+    assert_eq!(done["status"], "complete");
+    assert_eq!(done["coordinatorDid"], coordinator_did);
+    assert_eq!(
+        done["contractAddress"],
+        "mydao.coord-factory.agents-coordinator.testnet"
+    );
+    assert_eq!(done["txHash"], "DEF456");
+    assert_eq!(done["ensueOrgName"], ready["ensueOrgName"]);
+    assert_eq!(
+        done["ensueVerificationCode"],
+        ready["ensueVerificationCode"]
+    );
+
+    // The coordinator is announced in its own Ensue org.
+    let org_memory = EnsueClient::new(
+        EnsueConfig::new(ready["ensueApiKey"].as_str().unwrap())
+            .with_base_url(app.ensue.url())
+            .unwrap(),
+    )
+    .unwrap();
+    let did: delibera_identity::Did = coordinator_did.parse().unwrap();
+    let display_key =
+        delibera_ensue::keys::agent(&did, delibera_ensue::keys::AgentField::DisplayName);
+    assert_eq!(
+        org_memory.get(&display_key).await.unwrap().as_deref(),
+        Some("My DAO Coordinator")
+    );
+
+    // --- worker for that coordinator
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/worker",
+            Some(json!({ "coordinatorDid": coordinator_did, "displayName": "Worker Alpha", "nearAccount": "alice.testnet" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let worker_job = body["jobId"].as_str().unwrap().to_owned();
+    let in_progress = app
+        .call("GET", &format!("/api/provision/status/{worker_job}"), None)
+        .await
+        .1;
+    assert_no_secrets(&in_progress);
+    let ready = app
+        .wait_for(&worker_job, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    assert_eq!(ready["role"], "worker");
+    assert_eq!(ready["coordinatorDid"], coordinator_did);
+    assert!(
+        ready["storachaPrivateKey"]
+            .as_str()
+            .unwrap()
+            .starts_with("Mg")
+    );
+    assert!(
+        ready.get("ensueApiKey").is_none(),
+        "workers get no org of their own"
+    );
+    // The worker runs with its coordinator's Ensue org key.
+    assert_eq!(
+        app.deployer.last_env()["ENSUE_API_KEY"],
+        coordinator_env["ENSUE_API_KEY"]
+    );
+    assert_eq!(app.deployer.last_env()["COORDINATOR_DID"], coordinator_did);
+
+    let (code, done) = app
+        .call(
+            "POST",
+            "/api/provision/register",
+            Some(json!({ "jobId": worker_job, "txHash": "ABC123" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{done}");
+    assert_eq!(
+        done,
+        json!({
+            "status": "complete",
+            "workerDid": ready["workerDid"],
+            "phalaEndpoint": ready["phalaEndpoint"],
+            "txHash": "ABC123",
+        })
+    );
+    let complete = app
+        .call("GET", &format!("/api/provision/status/{worker_job}"), None)
+        .await
+        .1;
+    assert_eq!(complete["status"], "complete");
+    assert!(
+        complete["storachaPrivateKey"].is_string(),
+        "secrets stay visible at complete"
+    );
+
+    // Registering twice is a conflict, not a second registration.
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/register",
+            Some(json!({ "jobId": worker_job })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+
+    // --- registry reads
+    let (code, endpoints) = app.call("GET", "/api/agents/endpoints", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(endpoints["agents"][&coordinator_did]["type"], "coordinator");
+    let worker_did = ready["workerDid"].as_str().unwrap();
+    assert_eq!(endpoints["agents"][worker_did]["type"], "worker");
+    assert_eq!(
+        endpoints["agents"][worker_did]["endpoint"],
+        ready["phalaEndpoint"]
+    );
+    assert_eq!(endpoints["agents"][worker_did]["cvmId"], ready["cvmId"]);
+    let (code, one) = app
+        .call("GET", &format!("/api/agents/{worker_did}/endpoint"), None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        one,
+        json!({ "agentId": worker_did, "endpoint": ready["phalaEndpoint"], "cvmId": ready["cvmId"] })
+    );
+}
+
+#[tokio::test]
+async fn secrets_are_absent_in_every_status_before_the_wallet_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::unhealthy();
+    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+    let (_, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": "C", "nearAccount": "c.testnet" })),
+        )
+        .await;
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    let waiting = app.wait_for(&job_id, &["waiting_for_url"]).await;
+    assert_no_secrets(&waiting);
+    assert_eq!(
+        waiting["step"].as_str().unwrap().split(" (").next(),
+        Some("Waiting for TEE container to be healthy")
+    );
+    assert!(
+        waiting["coordinatorDid"].is_string(),
+        "public facts are shown early"
+    );
+    deployer.healthy.store(true, Ordering::SeqCst);
+    let ready = app.wait_for(&job_id, &["awaiting_near_signature"]).await;
+    assert!(ready["storachaPrivateKey"].is_string());
+}
+
+#[tokio::test]
+async fn an_agent_that_never_becomes_healthy_fails_and_is_torn_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::unhealthy();
+    let options = Options {
+        health_timeout: Duration::from_millis(400),
+        ..Options::default()
+    };
+    let app = TestApp::start(dir.path(), deployer.clone(), options).await;
+    let (_, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": "C", "nearAccount": "c.testnet" })),
+        )
+        .await;
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    let failed = app
+        .wait_for(&job_id, &["failed", "awaiting_near_signature"])
+        .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["step"], "Deployment failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("never became healthy") && error.contains("torn down"),
+        "{error}"
+    );
+    assert_eq!(
+        *deployer.teardowns.lock().unwrap(),
+        vec!["test-cvm-0".to_owned()]
+    );
+    assert_no_secrets(&failed);
+    // A failed job cannot be registered.
+    let (code, _) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator-register",
+            Some(json!({ "jobId": job_id })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+}
+
+/// Kills the whole server (its runtime) while a job waits for health, starts
+/// a new one on the same data dir, and checks the job resumes without a
+/// second deployment and with its secret intact.
+#[test]
+fn a_restart_resumes_the_job_without_redeploying() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::unhealthy();
+
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (job_id, private_key_before) = first.block_on(async {
+        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        let (_, body) = app
+            .call(
+                "POST",
+                "/api/provision/coordinator",
+                Some(json!({ "displayName": "C", "nearAccount": "c.testnet" })),
+            )
+            .await;
+        let job_id = body["jobId"].as_str().unwrap().to_owned();
+        app.wait_for(&job_id, &["waiting_for_url"]).await;
+        let id = job_id.parse().unwrap();
+        let stored = app.state.store.get(id).await.unwrap().unwrap();
+        (job_id, stored.secrets.storacha_private_key.unwrap())
+    });
+    // Abandon every task of the first server, as a crash would.
+    first.shutdown_timeout(Duration::from_millis(100));
+    assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1);
+
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        let id = job_id.parse().unwrap();
+        let job = app.state.store.get(id).await.unwrap().unwrap();
+        assert_eq!(job.status.as_str(), "waiting_for_url");
+        // The CVM outlived the crash; it becomes healthy now.
+        deployer.healthy.store(true, Ordering::SeqCst);
+
+        let resumed = app.state.runner.resume_all().await.unwrap();
+        assert_eq!(resumed, 1);
+        let ready = app
+            .wait_for(&job_id, &["awaiting_near_signature", "failed"])
+            .await;
+        assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+        assert_eq!(
+            ready["storachaPrivateKey"].as_str().unwrap(),
+            private_key_before
+        );
+        assert_eq!(
+            deployer.deploys.load(Ordering::SeqCst),
+            1,
+            "no second deployment"
+        );
+    });
+}
+
+#[test]
+fn a_job_interrupted_during_its_deploy_fails_explicitly_instead_of_paying_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        // A job as a crash in the middle of `deploy` leaves it: marked, no CVM id.
+        let mut job = protocol_api::jobs::Job::new(
+            protocol_api::jobs::NewJob {
+                role: protocol_api::jobs::Role::Worker,
+                display_name: "W".into(),
+                near_account: "w.testnet".into(),
+                coordinator_did: Some(
+                    "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH".into(),
+                ),
+                min_workers: None,
+                max_workers: None,
+                contract_address: None,
+            },
+            chrono::Utc::now(),
+        );
+        job.status = protocol_api::jobs::JobStatus::DeployingPhala;
+        job.agent_did = Some("did:key:z6MkvRXNYcE7MMduynWTgeKbDaT1iijDSC8pZqXZc8rHPrf2".into());
+        job.deployment_name = Some("W (interrupted)".into());
+        app.state.store.insert(&job).await.unwrap();
+        app.state.runner.resume_all().await.unwrap();
+        let failed = app.wait_for(&job.id.to_string(), &["failed"]).await;
+        assert!(
+            failed["error"].as_str().unwrap().contains("not redeployed"),
+            "{failed}"
+        );
+        assert_eq!(deployer.deploys.load(Ordering::SeqCst), 0);
+    });
+}
+
+#[tokio::test]
+async fn a_worker_for_an_unknown_coordinator_is_refused_before_any_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/worker",
+            Some(json!({ "coordinatorDid": "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH", "displayName": "W", "nearAccount": "w.testnet" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not registered"));
+    assert_eq!(app.deployer.deploys.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn external_worker_identity_is_returned_once_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    let request = json!({
+        "displayName": "My Custom Worker",
+        "nearAccount": "bob.testnet",
+        "endpointUrl": "https://my-worker.example.com",
+        "coordinatorDid": "did:key:z6MktnLCM9uGL4j8VSMinpV13BUYwss4R1fjcq2DiLmyjF7M",
+    });
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/external-worker",
+            Some(request.clone()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let object = body.as_object().unwrap();
+    assert_eq!(object.len(), 2);
+    let keypair =
+        delibera_identity::Keypair::from_ucanto_str(body["privateKeyString"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(keypair.did().as_str(), body["workerDid"]);
+    // A second call mints a different identity: nothing was kept to hand out again.
+    let (_, again) = app
+        .call("POST", "/api/provision/external-worker", Some(request))
+        .await;
+    assert_ne!(again["workerDid"], body["workerDid"]);
+    assert!(app.state.store.resumable().await.unwrap().is_empty());
+    let db = std::fs::read(dir.path().join("jobs.sqlite")).unwrap();
+    let secret = body["privateKeyString"].as_str().unwrap();
+    assert!(
+        !db.windows(secret.len())
+            .any(|window| window == secret.as_bytes())
+    );
+}
