@@ -18,7 +18,8 @@ pub enum Mode {
 }
 
 /// The protocol-api server's configuration.
-#[derive(Debug, Clone, Parser)]
+// No `Debug`: the config holds keys and tokens, and nothing should print it whole.
+#[derive(Clone, Parser)]
 #[command(name = "protocol-api", version, about = "Delibera Protocol API server")]
 pub struct Config {
     /// Port to listen on.

@@ -1,8 +1,9 @@
 //! Every error the API answers with, mapped to HTTP in one place.
 //!
-//! The body is always `{"error": "…"}`. 4xx messages say what to fix; a 5xx
+//! The body is always `{"error": "…"}`. 4xx messages say what to fix. A 500
 //! says only that something failed (the detail goes to the log, never to the
-//! caller, because it can name internal hosts).
+//! caller). A 502 names the outside service and its error so the caller knows
+//! what to retry; those messages never carry credentials.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -32,6 +33,9 @@ pub enum ApiError {
     /// The request conflicts with the current state (e.g. a job in the wrong status).
     #[error("{0}")]
     Conflict(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// The body is larger than the server accepts.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

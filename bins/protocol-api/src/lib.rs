@@ -83,19 +83,29 @@ async fn not_found() -> error::ApiError {
     error::ApiError::NotFound("no such route".into())
 }
 
-/// The span of one request: method, path (never the query) and request id.
+/// The span of one request: method, route and request id. The route is the
+/// matched template (`/api/provision/status/{jobId}`), never the concrete
+/// path: a job id is enough to read a job's secrets, so it stays out of logs.
 fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
     let request_id = request
         .headers()
         .get("x-request-id")
         .and_then(|value| value.to_str().ok())
         .unwrap_or("-");
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", axum::extract::MatchedPath::as_str);
     tracing::info_span!(
         "request",
         method = %request.method(),
-        path = %request.uri().path(),
+        route,
         request_id,
     )
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::MethodNotAllowed
 }
 
 /// The router.
@@ -162,6 +172,7 @@ pub fn app(state: AppState) -> Router {
         .merge(provisioning)
         .merge(admin)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn(metrics::track))
         // Every request gets an `x-request-id` (the caller's, or a new UUID),

@@ -8,6 +8,16 @@ use crate::error::ApiError;
 /// Longest display name, in characters.
 pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
 
+/// Control characters, and the invisible format characters that can disguise a
+/// name (zero-width, bidirectional overrides, line/paragraph separators, BOM).
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+        || ('\u{E000}'..='\u{F8FF}').contains(&c)
+}
+
 /// A display name: 1–64 printable characters, surrounding spaces trimmed.
 pub fn display_name(field: &str, value: &str) -> Result<String, ApiError> {
     let trimmed = value.trim();
@@ -20,7 +30,7 @@ pub fn display_name(field: &str, value: &str) -> Result<String, ApiError> {
             "{field} must be at most {MAX_DISPLAY_NAME_CHARS} characters (got {count})"
         )));
     }
-    if trimmed.chars().any(char::is_control) {
+    if trimmed.chars().any(is_invisible) {
         return Err(ApiError::BadRequest(format!(
             "{field} must contain only printable characters"
         )));

@@ -70,6 +70,17 @@ async fn a_table_of_bad_inputs_gets_4xx_with_an_error_message() {
         (
             "POST",
             "/api/provision/coordinator",
+            // A right-to-left override disguising the name.
+            with(
+                &coordinator,
+                "displayName",
+                json!("My DAO\u{202E}rotanidrooC"),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/api/provision/coordinator",
             with(&coordinator, "nearAccount", json!("Bad Account")),
             StatusCode::BAD_REQUEST,
         ),
@@ -331,6 +342,11 @@ async fn malformed_json_wrong_content_type_and_oversized_bodies() {
         (code, body["error"].is_string()),
         (StatusCode::NOT_FOUND, true)
     );
+    let (code, body) = app.call("DELETE", "/api/provision/coordinator", None).await;
+    assert_eq!(
+        (code, body["error"].is_string()),
+        (StatusCode::METHOD_NOT_ALLOWED, true)
+    );
     let (code, body) = app.call("GET", "/no/such/route", None).await;
     assert_eq!(
         (code, body["error"].is_string()),
@@ -375,7 +391,25 @@ async fn signing_routes_need_the_admin_token() {
             .call_with(method, path, body.clone(), Some("wrong"))
             .await;
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{method} {path}");
+        // Another scheme carrying the right token is still refused.
+        let request = axum::http::Request::builder()
+            .method(*method)
+            .uri(*path)
+            .header("authorization", format!("Basic {}", common::ADMIN_TOKEN))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let (code, _) = app.send(request).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{method} {path} Basic");
     }
+    // The scheme name is case-insensitive.
+    let request = axum::http::Request::builder()
+        .method("DELETE")
+        .uri(&remove_path)
+        .header("authorization", format!("bearer {}", common::ADMIN_TOKEN))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let (code, body) = app.send(request).await;
+    assert_ne!(code, StatusCode::UNAUTHORIZED, "{body}");
     // With the token the roster round-trips through the local registry.
     let (code, body) = app
         .admin(

@@ -432,3 +432,43 @@ async fn external_worker_identity_is_returned_once_and_not_stored() {
             .any(|window| window == secret.as_bytes())
     );
 }
+
+#[tokio::test]
+async fn a_registration_cut_off_by_a_restart_goes_back_to_the_wallet_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    let (job_id, _) = provision_coordinator(&app).await;
+    // As a crash during `coordinator-register` leaves it.
+    let mut job = app
+        .state
+        .store
+        .get(job_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    job.status = protocol_api::jobs::JobStatus::Registering;
+    app.state.store.save(&job).await.unwrap();
+    let (code, _) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator-register",
+            Some(json!({ "jobId": job_id })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "stuck until the restart");
+
+    app.state.runner.resume_all().await.unwrap();
+    let (_, status) = app
+        .call("GET", &format!("/api/provision/status/{job_id}"), None)
+        .await;
+    assert_eq!(status["status"], "awaiting_near_signature");
+    let (code, done) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator-register",
+            Some(json!({ "jobId": job_id })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{done}");
+    assert_eq!(done["status"], "complete");
+}

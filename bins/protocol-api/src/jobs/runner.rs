@@ -47,6 +47,15 @@ impl Runner {
 
     /// Resumes every job a previous process left in a runner-owned status.
     pub async fn resume_all(&self) -> Result<usize, super::StoreError> {
+        // A registration runs inside its request; one the process did not
+        // finish goes back to the wallet step so the caller can simply retry
+        // (local registration is an upsert, production only reads).
+        for mut job in self.store.in_status(vec![JobStatus::Registering]).await? {
+            tracing::info!(job = %job.id, "registration was interrupted; back to awaiting_near_signature");
+            job.status = JobStatus::AwaitingNearSignature;
+            job.updated_at = Utc::now();
+            self.store.save(&job).await?;
+        }
         let jobs = self.store.resumable().await?;
         for job in &jobs {
             tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
@@ -163,10 +172,14 @@ impl Runner {
                 if job.cvm_id.is_some() {
                     return Ok(JobStatus::WaitingForUrl);
                 }
-                if let Some(name) = &job.deployment_name {
+                if job.deployment_name.is_some() {
                     return Err(format!(
-                        "the server stopped while deploying `{name}`; it was not redeployed to avoid \
-                         paying twice. Check the deployment dashboard, remove any leftover, and provision again"
+                        "the server stopped while deploying this {} agent; it was not redeployed to avoid \
+                         paying twice. Check the deployment dashboard for a {} CVM named after `{}`, remove \
+                         any leftover, and provision again",
+                        job.role.as_str(),
+                        job.role.as_str(),
+                        job.display_name
                     ));
                 }
                 let spec = self.agent_spec(job).await?;

@@ -167,11 +167,16 @@ impl JobStore {
 
     /// Jobs the background runner must carry on after a restart.
     pub async fn resumable(&self) -> Result<Vec<Job>, StoreError> {
-        let owned: Vec<&'static str> = JobStatus::ALL
+        let owned: Vec<JobStatus> = JobStatus::ALL
             .into_iter()
             .filter(|status| status.is_runner_owned())
-            .map(JobStatus::as_str)
             .collect();
+        self.in_status(owned).await
+    }
+
+    /// Every job in one of `statuses`, oldest change first.
+    pub async fn in_status(&self, statuses: Vec<JobStatus>) -> Result<Vec<Job>, StoreError> {
+        let owned: Vec<&'static str> = statuses.into_iter().map(JobStatus::as_str).collect();
         self.with_conn(move |conn, secrets| {
             let mut statement =
                 conn.prepare("SELECT id, status, record, secrets FROM jobs ORDER BY updated_at")?;

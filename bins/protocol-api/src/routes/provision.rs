@@ -308,6 +308,17 @@ async fn finish_registration(
     outcome.map(|()| job)
 }
 
+/// Runs a registration to its end even if the caller hangs up: the job left
+/// `awaiting_near_signature`, so it must be moved on (or back) whatever
+/// happens to the request.
+async fn detached(
+    work: impl std::future::Future<Output = Result<Job, ApiError>> + Send + 'static,
+) -> Result<Job, ApiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|error| ApiError::internal(format!("registration task failed: {error}")))?
+}
+
 /// Finish a worker job after the wallet signed the registry transaction.
 #[utoipa::path(post, path = "/api/provision/register", tag = "provisioning", request_body = RegisterRequest,
     responses((status = 200, body = WorkerRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -317,8 +328,11 @@ pub async fn register(
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<Json<WorkerRegistered>, ApiError> {
     let job = begin_registration(&state, &request.job_id, Role::Worker, request.tx_hash).await?;
-    let outcome = crate::registration::complete_worker(&state, &job).await;
-    let job = finish_registration(&state, job, outcome).await?;
+    let job = detached(async move {
+        let outcome = crate::registration::complete_worker(&state, &job).await;
+        finish_registration(&state, job, outcome).await
+    })
+    .await?;
     Ok(Json(WorkerRegistered {
         status: job.status.as_str().into(),
         worker_did: job.agent_did,
@@ -346,8 +360,11 @@ pub async fn coordinator_register(
     if contract_address.is_some() {
         job.contract_address = contract_address;
     }
-    let outcome = crate::registration::complete_coordinator(&state, &job).await;
-    let job = finish_registration(&state, job, outcome).await?;
+    let job = detached(async move {
+        let outcome = crate::registration::complete_coordinator(&state, &job).await;
+        finish_registration(&state, job, outcome).await
+    })
+    .await?;
     Ok(Json(CoordinatorRegistered {
         status: job.status.as_str().into(),
         coordinator_did: job.agent_did,
