@@ -202,9 +202,12 @@ fn coordinator_contracts(job: &Job) -> Vec<AccountId> {
     else {
         return Vec::new();
     };
+    // A factory is itself a named account (`coord-factory.….testnet`), never a
+    // top-level one such as `testnet`, which would accept any transaction.
     let factory = address
         .as_str()
         .split_once('.')
+        .filter(|(_, parent)| parent.contains('.'))
         .and_then(|(_, parent)| AccountId::parse(parent).ok());
     std::iter::once(address).chain(factory).collect()
 }
