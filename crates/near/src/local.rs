@@ -509,31 +509,14 @@ impl Registry for LocalRegistry {
             (AgentKind::Worker, Some(cvm_id)) => {
                 let current = get_worker(&self.db(), &update.did)?
                     .ok_or_else(|| panic(messages::WORKER_NOT_FOUND))?;
-                self.register_worker_as(
-                    admin,
-                    &WorkerRegistration {
-                        coordinator_did: current.coordinator_did,
-                        worker_did: current.worker_did,
-                        endpoint_url: update.endpoint_url.clone(),
-                        cvm_id: cvm_id.clone(),
-                    },
-                )
-                .map(drop)
+                self.register_worker_as(admin, &update.reregister_worker(current, cvm_id))
+                    .map(drop)
             }
-            (AgentKind::Coordinator, cvm_id) => {
+            (AgentKind::Coordinator, _) => {
                 let current = get_coordinator(&self.db(), &update.did)?
                     .ok_or_else(|| panic(messages::COORDINATOR_NOT_FOUND))?;
-                self.register_coordinator_as(
-                    admin,
-                    &CoordinatorRegistration {
-                        coordinator_did: current.coordinator_did,
-                        endpoint_url: update.endpoint_url.clone(),
-                        cvm_id: cvm_id.clone().unwrap_or(current.cvm_id),
-                        min_workers: current.min_workers,
-                        max_workers: current.max_workers,
-                    },
-                )
-                .map(drop)
+                self.register_coordinator_as(admin, &update.reregister_coordinator(current))
+                    .map(drop)
             }
         }
     }

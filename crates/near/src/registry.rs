@@ -31,6 +31,38 @@ pub struct EndpointUpdate {
     pub cvm_id: Option<String>,
 }
 
+impl EndpointUpdate {
+    /// The worker re-registration this update means for `current`: the new
+    /// endpoint and CVM id, every other field kept.
+    pub(crate) fn reregister_worker(
+        &self,
+        current: WorkerRecord,
+        cvm_id: &str,
+    ) -> WorkerRegistration {
+        WorkerRegistration {
+            coordinator_did: current.coordinator_did,
+            worker_did: current.worker_did,
+            endpoint_url: self.endpoint_url.clone(),
+            cvm_id: cvm_id.to_owned(),
+        }
+    }
+
+    /// The coordinator re-registration this update means for `current`: the
+    /// new endpoint (and CVM id, if given), every other field kept.
+    pub(crate) fn reregister_coordinator(
+        &self,
+        current: CoordinatorRecord,
+    ) -> CoordinatorRegistration {
+        CoordinatorRegistration {
+            coordinator_did: current.coordinator_did,
+            endpoint_url: self.endpoint_url.clone(),
+            cvm_id: self.cvm_id.clone().unwrap_or(current.cvm_id),
+            min_workers: current.min_workers,
+            max_workers: current.max_workers,
+        }
+    }
+}
+
 /// What the Protocol API server needs from the registry and the coordinator
 /// contract's worker roster.
 ///
@@ -156,29 +188,18 @@ impl Registry for RpcRegistry {
                     .await?
                     .ok_or_else(|| not_found(messages::WORKER_NOT_FOUND))?;
                 self.registry
-                    .register_worker(&WorkerRegistration {
-                        coordinator_did: current.coordinator_did,
-                        worker_did: current.worker_did,
-                        endpoint_url: update.endpoint_url.clone(),
-                        cvm_id: cvm_id.clone(),
-                    })
+                    .register_worker(&update.reregister_worker(current, cvm_id))
                     .await
                     .map(drop)
             }
-            (AgentKind::Coordinator, cvm_id) => {
+            (AgentKind::Coordinator, _) => {
                 let current = self
                     .registry
                     .get_coordinator_by_did(&update.did)
                     .await?
                     .ok_or_else(|| not_found(messages::COORDINATOR_NOT_FOUND))?;
                 self.registry
-                    .register_coordinator(&CoordinatorRegistration {
-                        coordinator_did: current.coordinator_did,
-                        endpoint_url: update.endpoint_url.clone(),
-                        cvm_id: cvm_id.clone().unwrap_or(current.cvm_id),
-                        min_workers: current.min_workers,
-                        max_workers: current.max_workers,
-                    })
+                    .register_coordinator(&update.reregister_coordinator(current))
                     .await
                     .map(drop)
             }
