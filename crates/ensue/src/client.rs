@@ -3,14 +3,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
 
 use crate::body::parse_response;
-use crate::error::excerpt;
+use crate::error::{excerpt, retry_after_header};
 use crate::jsonrpc::{Id, Request};
 use crate::{Dialect, EnsueConfig, Error, Memory, Result};
 
@@ -140,22 +139,11 @@ impl EnsueClient {
             .get(CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after_header(response.headers());
         let chunks = read_body(response).await?;
         if !status.is_success() {
             let body = excerpt(&String::from_utf8_lossy(&chunks.concat()));
-            let status = status.as_u16();
-            return Err(match status {
-                401 | 403 => Error::Unauthorized { status, body },
-                429 => Error::RateLimited { retry_after },
-                500..=599 => Error::Server { status, body },
-                _ => Error::UnexpectedStatus { status, body },
-            });
+            return Err(Error::from_http_status(status.as_u16(), retry_after, body));
         }
         let response = parse_response(chunks, content_type.as_deref(), &request.id).await?;
         if let Some(error) = response.error {

@@ -180,6 +180,30 @@ impl Error {
             _ => None,
         }
     }
+
+    /// The error for a non-2xx HTTP answer; `body` is already an excerpt and
+    /// `retry_after` comes from [`retry_after_header`].
+    pub(crate) fn from_http_status(
+        status: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    ) -> Self {
+        match status {
+            401 | 403 => Error::Unauthorized { status, body },
+            429 => Error::RateLimited { retry_after },
+            500..=599 => Error::Server { status, body },
+            _ => Error::UnexpectedStatus { status, body },
+        }
+    }
+}
+
+/// A `Retry-After` header in seconds (the form the service sends).
+pub(crate) fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// `Result` with this crate's [`Error`].

@@ -3,12 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::RETRY_AFTER;
 use serde::Deserialize;
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::error::excerpt;
+use crate::error::{excerpt, retry_after_header};
 use crate::{Error, Result};
 
 /// The path, relative to the base URL, of the registration endpoint.
@@ -114,22 +113,12 @@ pub async fn register_org(base_url: &str, name: &str) -> Result<OrgRegistration>
         .await
         .map_err(Error::Transport)?;
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after_header(response.headers());
     let body = Zeroizing::new(response.bytes().await.map_err(Error::Transport)?.to_vec());
     if !(200..300).contains(&status) {
         // Failure bodies carry no key, so they are safe to keep.
         let body = excerpt(&String::from_utf8_lossy(&body));
-        return Err(match status {
-            401 | 403 => Error::Unauthorized { status, body },
-            429 => Error::RateLimited { retry_after },
-            500..=599 => Error::Server { status, body },
-            _ => Error::UnexpectedStatus { status, body },
-        });
+        return Err(Error::from_http_status(status, retry_after, body));
     }
     // A success body holds the key: never quote it in an error.
     let malformed = |reason: &str| Error::Malformed {
