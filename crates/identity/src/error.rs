@@ -76,6 +76,14 @@ pub enum Error {
         /// The key type prefix found, e.g. `secp256k1`.
         key_type: String,
     },
+    /// A NEAR account id broke one of NEAR's naming rules.
+    #[error("invalid NEAR account id {account_id:?}: {rule}")]
+    InvalidAccountId {
+        /// The rejected text (account ids are public).
+        account_id: String,
+        /// The rule it broke.
+        rule: crate::AccountIdRule,
+    },
     /// The signature does not verify for this message and public key.
     #[error("signature verification failed")]
     InvalidSignature,

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod account_id;
 mod did;
 mod error;
 mod keypair;
@@ -7,6 +8,7 @@ pub mod multicodec;
 mod near;
 mod public_key;
 
+pub use account_id::{AccountId, AccountIdRule};
 pub use did::Did;
 pub use error::{Error, Result};
 pub use keypair::{Keypair, SEED_LENGTH};

@@ -9,14 +9,6 @@ use std::fmt;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A NEAR account id broke one of NEAR's naming rules.
-    #[error("invalid NEAR account id {account_id:?}: {rule}")]
-    InvalidAccountId {
-        /// The rejected text (account ids are public).
-        account_id: String,
-        /// The rule it broke.
-        rule: AccountIdRule,
-    },
     /// A caller-supplied value (block hash, amount, key…) is malformed.
     #[error("invalid {what}: {reason}")]
     InvalidInput {
@@ -25,9 +17,9 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
-    /// A key string or signature was rejected by `delibera-identity`.
-    #[error("invalid key: {0}")]
-    Key(#[from] delibera_identity::Error),
+    /// An account id, key string or signature was rejected by `delibera-identity`.
+    #[error(transparent)]
+    Identity(#[from] delibera_identity::Error),
     /// The HTTP request never produced a response (connection refused, reset, timed out…).
     #[error("NEAR RPC {endpoint} unreachable{}: {message}", if *.timed_out { " (timed out)" } else { "" })]
     Transport {
@@ -215,50 +207,6 @@ impl Error {
         Self::InvalidResponse {
             method: method.to_owned(),
             reason: reason.to_string(),
-        }
-    }
-}
-
-/// The NEAR account-id rule a rejected id broke (near-account-id 3.0 `validation.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AccountIdRule {
-    /// Shorter than 2 bytes.
-    TooShort,
-    /// Longer than 64 bytes.
-    TooLong,
-    /// A character other than `a-z`, `0-9`, `-`, `_`, `.`.
-    InvalidCharacter {
-        /// The offending character.
-        character: char,
-        /// Its byte offset.
-        at: usize,
-    },
-    /// Starts with a separator (`-`, `_`, `.`).
-    LeadingSeparator,
-    /// Ends with a separator.
-    TrailingSeparator,
-    /// Two separators in a row (`a..b`, `a-.b`).
-    AdjacentSeparators {
-        /// Byte offset of the second separator.
-        at: usize,
-    },
-}
-
-impl fmt::Display for AccountIdRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::TooShort => f.write_str("it must be at least 2 characters long"),
-            Self::TooLong => f.write_str("it must be at most 64 characters long"),
-            Self::InvalidCharacter { character, at } => write!(
-                f,
-                "character {character:?} at byte {at} is not allowed (only a-z, 0-9 and the separators - _ .)"
-            ),
-            Self::LeadingSeparator => f.write_str("it must not start with a separator"),
-            Self::TrailingSeparator => f.write_str("it must not end with a separator"),
-            Self::AdjacentSeparators { at } => {
-                write!(f, "two separators in a row at byte {at}")
-            }
         }
     }
 }

@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod account_id;
 mod contracts;
 mod error;
 mod js_json;
@@ -13,14 +12,14 @@ mod sender;
 mod serde_u64;
 mod transaction;
 
-pub use account_id::AccountId;
+pub use delibera_identity::{AccountId, AccountIdRule};
 pub use contracts::{
     CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRecord, CoordinatorRegistration,
     MAINNET_COORDINATOR_CONTRACT_ID, MAINNET_REGISTRY_CONTRACT_ID, MAINNET_RPC_URL,
     RegisteredWorker, RegistryContract, RegistryStats, TESTNET_COORDINATOR_CONTRACT_ID,
     TESTNET_REGISTRY_CONTRACT_ID, TESTNET_RPC_URL, WorkerRecord, WorkerRegistration,
 };
-pub use error::{AccountIdRule, Error, Result};
+pub use error::{Error, Result};
 pub use js_json::js_json_stringify;
 pub use local::LocalRegistry;
 pub use outcome::{ExecutionOutcome, ExecutionStatus};

@@ -99,7 +99,7 @@ pub struct ComposeFile {
 /// `POST /cvms/provision`: phase one of a deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProvisionRequest {
-    /// The CVM name (see [`CvmName`](crate::CvmName)).
+    /// The CVM name (see [`DeploymentName`](delibera_deploy::DeploymentName)).
     pub name: String,
     /// E.g. `tdx.small`.
     pub instance_type: String,
@@ -146,6 +146,15 @@ pub struct CvmUrl {
     pub instance: String,
 }
 
+/// One page of `GET /cvms/paginated`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CvmPage {
+    /// The CVMs on this page.
+    pub items: Vec<Cvm>,
+    /// How many pages there are.
+    pub pages: u32,
+}
+
 /// A CVM as any of the API versions describes it; missing fields are `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cvm {
@@ -176,7 +185,11 @@ pub struct Cvm {
 impl Cvm {
     /// Reads a CVM object of either API version. Fails only when it has no id at all.
     pub fn from_json(json: &Value) -> Option<Cvm> {
-        let text = |key: &str| non_empty_text(json.get(key));
+        // List items of the 2025-10-28 shape keep the VM's own fields under `hosted`.
+        let hosted = json.get("hosted");
+        let text = |key: &str| {
+            non_empty_text(json.get(key)).or_else(|| non_empty_text(hosted?.get(key)))
+        };
         let id = text("id").or_else(|| text("vm_uuid"))?;
         let listed = json
             .get("endpoints")
@@ -394,6 +407,37 @@ impl PhalaClient {
         cvm_of("GET /cvms/{id}", &json)
     }
 
+    /// `GET /cvms/paginated`: one page of the workspace's CVMs (pages count from 1).
+    pub async fn list_cvms(&self, page: u32, page_size: u32) -> Result<CvmPage> {
+        let operation = "GET /cvms/paginated";
+        let query = format!("page={page}&page_size={page_size}");
+        let json = self
+            .request_with_query(
+                Method::GET,
+                &["cvms", "paginated"],
+                Some(&query),
+                None,
+                Idempotent::Yes,
+            )
+            .await?;
+        let items = json
+            .get("items")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::UnexpectedResponse {
+                operation: operation.to_owned(),
+                reason: "no items list".to_owned(),
+            })?
+            .iter()
+            .filter_map(Cvm::from_json)
+            .collect();
+        let pages = json
+            .get("pages")
+            .and_then(Value::as_u64)
+            .and_then(|pages| u32::try_from(pages).ok())
+            .unwrap_or(1);
+        Ok(CvmPage { items, pages })
+    }
+
     /// `POST /cvms/{id}/start`. Sent once.
     pub async fn start(&self, cvm_id: &str) -> Result<Option<Cvm>> {
         let json = self
@@ -439,13 +483,25 @@ impl PhalaClient {
         body: Option<&Value>,
         idempotent: Idempotent,
     ) -> Result<Value> {
+        self.request_with_query(method, segments, None, body, idempotent)
+            .await
+    }
+
+    async fn request_with_query(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: Option<&str>,
+        body: Option<&Value>,
+        idempotent: Idempotent,
+    ) -> Result<Value> {
         let attempts = match idempotent {
             Idempotent::Yes => self.retry.max_attempts.max(1),
             Idempotent::No => 1,
         };
         let mut attempt = 1;
         loop {
-            match self.send_once(&method, segments, body).await {
+            match self.send_once(&method, segments, query, body).await {
                 Err(error) if attempt < attempts && error.is_retryable() => {
                     tracing::debug!(%error, attempt, "retrying Phala request");
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
@@ -460,6 +516,7 @@ impl PhalaClient {
         &self,
         method: &Method,
         segments: &[&str],
+        query: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value> {
         let operation = operation_name(method, segments);
@@ -470,6 +527,7 @@ impl PhalaClient {
             })?
             .pop_if_empty()
             .extend(segments);
+        url.set_query(query);
 
         let mut request = self
             .http
@@ -536,7 +594,7 @@ fn operation_name(method: &Method, segments: &[&str]) -> String {
         .iter()
         .enumerate()
         .map(|(index, segment)| {
-            if index == 1 && *segment != "provision" {
+            if index == 1 && !matches!(*segment, "provision" | "paginated") {
                 "{id}"
             } else {
                 segment

@@ -1,151 +1,26 @@
-//! The `Deployer` port and its Phala Cloud implementation.
+//! [`PhalaDeployer`]: the `Deployer` port on Phala Cloud.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use delibera_identity::Did;
+use delibera_deploy::{
+    AgentSpec, Deployer, Deployment, DeploymentName, DeploymentStatus, env_keys,
+    validate_env_list,
+};
 use tokio::time::Instant;
 
 use crate::client::{
     CommitRequest, ComposeFile, Cvm, DEFAULT_INSTANCE_TYPE, PhalaClient, ProvisionRequest,
 };
-use crate::compose::{AgentRole, CvmName, ImageRef, render_compose};
-use crate::env::{EnvVar, encrypt_env, env_keys, validate_env_list};
+use crate::compose::render_compose;
+use crate::env::encrypt_env;
 use crate::error::{Error, Result};
-use crate::health::{HealthGate, OnHealthProgress};
-
-/// Everything needed to deploy one agent. `Debug` never shows env values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentSpec {
-    /// Worker or coordinator.
-    pub role: AgentRole,
-    /// The human name; its slug goes into the CVM name.
-    pub display_name: String,
-    /// The container image (pin it by digest for reproducible compose hashes).
-    pub image: ImageRef,
-    /// The port the agent listens on and the gateway exposes.
-    pub port: u16,
-    /// The secrets, sealed to the TEE and passed to the container as `KEY=${KEY}`.
-    pub env: Vec<EnvVar>,
-    /// The Phala instance type, e.g. `tdx.small`.
-    pub instance_type: String,
-    /// A region to place the CVM in; Phala picks when `None`.
-    pub region: Option<String>,
-}
-
-impl AgentSpec {
-    /// A spec with the role's default image and port, `tdx.small` and no env.
-    pub fn new(role: AgentRole, display_name: impl Into<String>) -> Self {
-        AgentSpec {
-            role,
-            display_name: display_name.into(),
-            image: role.default_image(),
-            port: role.default_port(),
-            env: Vec::new(),
-            instance_type: DEFAULT_INSTANCE_TYPE.to_owned(),
-            region: None,
-        }
-    }
-
-    /// The same spec with this image.
-    pub fn with_image(mut self, image: ImageRef) -> Self {
-        self.image = image;
-        self
-    }
-
-    /// The same spec with this port.
-    pub fn with_port(mut self, port: u16) -> Self {
-        self.port = port;
-        self
-    }
-
-    /// The same spec with this env (replacing any before).
-    pub fn with_env(mut self, env: Vec<EnvVar>) -> Self {
-        self.env = env;
-        self
-    }
-}
-
-/// A deployed agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deployment {
-    /// The id to pass to [`Deployer::status`] and [`Deployer::teardown`].
-    pub cvm_id: String,
-    /// The app id (40 hex) for Phala; backend-specific otherwise.
-    pub app_id: String,
-    /// Where the agent answers (not yet known to be healthy: see [`HealthGate`]).
-    pub endpoint_url: String,
-    /// Where a human can watch it.
-    pub dashboard_url: String,
-}
-
-/// What [`Deployer::status`] reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeploymentStatus {
-    /// The deployment.
-    pub cvm_id: String,
-    /// The backend's status text, e.g. `running`, `stopped`, `starting`.
-    pub status: String,
-    /// Whether the status is `running`.
-    pub running: bool,
-    /// A listed public URL, when the backend lists one.
-    pub endpoint_url: Option<String>,
-}
-
-/// Deploys agents and removes them again; held by the server as `Arc<dyn Deployer>`.
-#[async_trait]
-pub trait Deployer: Send + Sync {
-    /// Starts the agent and returns where it will answer. Does not wait for it
-    /// to be healthy; see [`deploy_until_healthy`].
-    async fn deploy(&self, spec: &AgentSpec) -> Result<Deployment>;
-
-    /// The deployment's current status.
-    async fn status(&self, cvm_id: &str) -> Result<DeploymentStatus>;
-
-    /// Removes the deployment so it stops costing money. Removing one that is
-    /// already gone succeeds.
-    async fn teardown(&self, cvm_id: &str) -> Result<()>;
-}
-
-/// The server's deploy policy: deploy, wait until the agent is healthy and
-/// names `expected_did`, and tear the deployment down if it never gets there.
-///
-/// The health URL is the deployment's `endpoint_url`.
-pub async fn deploy_until_healthy(
-    deployer: &dyn Deployer,
-    spec: &AgentSpec,
-    gate: &HealthGate,
-    http: &reqwest::Client,
-    expected_did: &Did,
-    deadline: Duration,
-    on_progress: OnHealthProgress<'_>,
-) -> Result<Deployment> {
-    let deployment = deployer.deploy(spec).await?;
-    match gate
-        .wait(
-            http,
-            &deployment.endpoint_url,
-            expected_did,
-            deadline,
-            on_progress,
-        )
-        .await
-    {
-        Ok(_) => Ok(deployment),
-        Err(error) => {
-            if let Err(teardown_error) = deployer.teardown(&deployment.cvm_id).await {
-                tracing::warn!(cvm_id = %deployment.cvm_id, %teardown_error, "teardown after a failed health gate failed");
-            }
-            Err(error)
-        }
-    }
-}
 
 /// When [`PhalaDeployer`] calls `POST /cvms/{id}/start` after the commit.
 ///
-/// Whether a committed CVM starts by itself is not settled (the SDK and the
-/// reference imply it does; one third party says it stays `stopped`), so the
-/// default starts it only if it is seen `stopped` with nothing under way.
+/// Whether a committed CVM starts by itself is not settled (the SDK implies it
+/// does; one third party says it stays `stopped`), so the default starts it
+/// only if it is seen `stopped` with nothing under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartPolicy {
     /// Start once when a poll shows `stopped` and nothing in progress.
@@ -168,6 +43,13 @@ pub struct PhalaDeployerOptions {
     pub start_policy: StartPolicy,
     /// The dashboard URL prefix; the CVM id is appended after a `/`.
     pub dashboard_base: String,
+    /// The Phala instance type, e.g. `tdx.small`.
+    pub instance_type: String,
+    /// The gateway domain public URLs live under
+    /// (`https://{app_id}-{port}.{gateway_domain}`): with it, the agent's
+    /// public URL is known from the app id alone, before the CVM exists, and
+    /// is sealed into the agent's env. `None` seals no public URL.
+    pub gateway_domain: Option<String>,
 }
 
 impl Default for PhalaDeployerOptions {
@@ -177,16 +59,27 @@ impl Default for PhalaDeployerOptions {
             url_deadline: Duration::from_secs(300),
             start_policy: StartPolicy::default(),
             dashboard_base: DEFAULT_DASHBOARD_BASE.to_owned(),
+            instance_type: DEFAULT_INSTANCE_TYPE.to_owned(),
+            gateway_domain: Some(DEFAULT_GATEWAY_DOMAIN.to_owned()),
         }
     }
 }
 
-/// The dashboard prefix the reference reports (`…/dashboard/cvms/{cvmId}`).
+/// The dashboard prefix the Phala Cloud console uses (`…/dashboard/cvms/{cvmId}`).
 pub const DEFAULT_DASHBOARD_BASE: &str = "https://cloud.phala.network/dashboard/cvms";
 
-/// [`Deployer`] on Phala Cloud: provision → encrypt the env → commit → poll for
+/// The gateway domain of Phala Cloud's `prod5` cluster, where CVMs get their
+/// public URLs.
+pub const DEFAULT_GATEWAY_DOMAIN: &str = "dstack-pha-prod5.phala.network";
+
+/// How many CVMs one `GET /cvms/paginated` page asks for.
+const LIST_PAGE_SIZE: u32 = 100;
+
+/// [`Deployer`] on Phala Cloud: provision → seal the env → commit → poll for
 /// the public URL (starting the CVM per [`StartPolicy`]). A CVM whose URL never
-/// appears is deleted before the error is returned.
+/// appears is deleted before the error is returned. The CVM is named after
+/// `spec.name`, so [`Deployer::find`] recognises it after a crash, and a
+/// commit refused because the name exists adopts the existing CVM.
 #[derive(Debug, Clone)]
 pub struct PhalaDeployer {
     client: PhalaClient,
@@ -207,6 +100,25 @@ impl PhalaDeployer {
     /// The API client.
     pub fn client(&self) -> &PhalaClient {
         &self.client
+    }
+
+    fn deployment(&self, name: DeploymentName, cvm_id: String, endpoint_url: String) -> Deployment {
+        Deployment {
+            dashboard_url: format!(
+                "{}/{cvm_id}",
+                self.options.dashboard_base.trim_end_matches('/')
+            ),
+            id: cvm_id,
+            name,
+            endpoint_url,
+        }
+    }
+
+    /// The public URL of `port` for `app_id`, when the gateway domain is configured.
+    fn public_url(&self, app_id: &str, port: u16) -> Option<String> {
+        let domain = self.options.gateway_domain.as_deref()?;
+        let app_id = app_id.strip_prefix("0x").unwrap_or(app_id);
+        Some(format!("https://{app_id}-{port}.{domain}"))
     }
 
     /// Polls the CVM until its URL for `port` is known, starting it per policy.
@@ -252,27 +164,64 @@ impl PhalaDeployer {
             .await;
         }
     }
-}
 
-#[async_trait]
-impl Deployer for PhalaDeployer {
-    async fn deploy(&self, spec: &AgentSpec) -> Result<Deployment> {
-        validate_env_list(&spec.env)?;
-        let keys = env_keys(&spec.env);
-        let compose = render_compose(spec.role, &spec.image, spec.port, &keys)?;
-        let name = CvmName::unique(spec.role, &spec.display_name);
+    /// The endpoint of a committed CVM; a CVM we cannot reach still costs
+    /// money, so it is deleted when its URL never appears.
+    async fn endpoint_or_cleanup(&self, cvm_id: &str, port: u16) -> Result<String> {
+        match self.await_endpoint(cvm_id, port).await {
+            Ok(url) => Ok(url),
+            Err(error) => {
+                if let Err(teardown_error) = self.client.delete(cvm_id).await {
+                    tracing::warn!(%cvm_id, %teardown_error, "cleanup of a failed deploy failed");
+                }
+                Err(error)
+            }
+        }
+    }
 
+    /// The CVM named `name`, searched page by page.
+    async fn find_cvm(&self, name: &DeploymentName) -> Result<Option<Cvm>> {
+        let mut page = 1;
+        loop {
+            let listed = self.client.list_cvms(page, LIST_PAGE_SIZE).await?;
+            if let Some(cvm) = listed
+                .items
+                .into_iter()
+                .find(|cvm| cvm.name.as_deref() == Some(name.as_str()))
+            {
+                return Ok(Some(cvm));
+            }
+            if page >= listed.pages {
+                return Ok(None);
+            }
+            page += 1;
+        }
+    }
+
+    async fn deploy_spec(&self, spec: &AgentSpec) -> Result<Deployment> {
+        let port = spec.env.port;
+        let provisional_keys = env_keys(&spec.env.to_vars());
+        let mut env = spec.env.clone();
+
+        // The public URL is sealed into the env, so its name is allowed in the
+        // compose even before the app id that completes it is known.
+        let public_url_key = delibera_deploy::vars::PUBLIC_URL.to_owned();
+        let mut keys = provisional_keys;
+        if self.options.gateway_domain.is_some() && !keys.contains(&public_url_key) {
+            keys.push(public_url_key);
+        }
+        let compose = render_compose(spec.role(), &spec.image, port, &keys)?;
         let provisioned = self
             .client
             .provision(&ProvisionRequest {
-                name: name.to_string(),
-                instance_type: spec.instance_type.clone(),
+                name: spec.name.to_string(),
+                instance_type: self.options.instance_type.clone(),
                 compose_file: ComposeFile {
                     docker_compose_file: compose,
                     allowed_envs: keys.clone(),
                     name: String::new(),
                 },
-                region: spec.region.clone(),
+                region: None,
                 teepod_id: None,
             })
             .await?;
@@ -281,58 +230,88 @@ impl Deployer for PhalaDeployer {
             reason: format!("no {field} (only the PHALA KMS is supported)"),
         };
         let app_id = provisioned.app_id.ok_or_else(|| missing("app_id"))?;
-        let encrypted_env = if spec.env.is_empty() {
-            None
-        } else {
-            let pubkey = provisioned
-                .app_env_encrypt_pubkey
-                .ok_or_else(|| missing("app_env_encrypt_pubkey"))?;
-            Some(encrypt_env(&pubkey, &spec.env)?)
-        };
+        if env.public_url.is_none()
+            && let Some(url) = self.public_url(&app_id, port)
+        {
+            env.public_url = Some(url.parse().map_err(|error| Error::Config {
+                reason: format!("the gateway domain makes an invalid URL {url:?}: {error}"),
+            })?);
+        }
+        let mut vars = env.to_vars();
+        validate_env_list(&vars).map_err(|error| Error::InvalidEnv {
+            reason: error.to_string(),
+        })?;
+        // Sealed in the order the compose allows them, and nothing it does not allow.
+        if let Some(extra) = vars.iter().find(|var| !keys.contains(&var.key)) {
+            return Err(Error::InvalidEnv {
+                reason: format!("{} is not among the compose's allowed envs", extra.key),
+            });
+        }
+        vars.sort_by_key(|var| keys.iter().position(|key| *key == var.key));
+        let pubkey = provisioned
+            .app_env_encrypt_pubkey
+            .ok_or_else(|| missing("app_env_encrypt_pubkey"))?;
+        let encrypted_env = encrypt_env(&pubkey, &vars)?;
 
-        let cvm = self
+        let committed = self
             .client
             .commit(&CommitRequest {
-                app_id: app_id.clone(),
-                compose_hash: provisioned.compose_hash,
-                encrypted_env,
-                env_keys: keys,
-            })
-            .await?;
-        let cvm_id = cvm.cvm_id().to_owned();
-        tracing::info!(%cvm_id, %name, "CVM committed");
-
-        match self.await_endpoint(&cvm_id, spec.port).await {
-            Ok(endpoint_url) => Ok(Deployment {
-                dashboard_url: format!(
-                    "{}/{cvm_id}",
-                    self.options.dashboard_base.trim_end_matches('/')
-                ),
-                cvm_id,
                 app_id,
-                endpoint_url,
-            }),
-            Err(error) => {
-                // A CVM we cannot reach still costs money: remove it.
-                if let Err(teardown_error) = self.client.delete(&cvm_id).await {
-                    tracing::warn!(%cvm_id, %teardown_error, "cleanup of a failed deploy failed");
-                }
-                Err(error)
+                compose_hash: provisioned.compose_hash,
+                encrypted_env: Some(encrypted_env),
+                env_keys: env_keys(&vars),
+            })
+            .await;
+        let cvm = match committed {
+            Ok(cvm) => cvm,
+            // The name is the idempotency key: a CVM that already carries it
+            // is the one an earlier, interrupted deploy made.
+            Err(error) if error.error_code() == Some("ERR-01-004") => {
+                return match self.find_cvm(&spec.name).await? {
+                    Some(cvm) => self.adopt(&spec.name, &cvm, port).await,
+                    None => Err(error),
+                };
             }
-        }
+            Err(error) => return Err(error),
+        };
+        let cvm_id = cvm.cvm_id().to_owned();
+        tracing::info!(%cvm_id, name = %spec.name, "CVM committed");
+        let endpoint_url = self.endpoint_or_cleanup(&cvm_id, port).await?;
+        Ok(self.deployment(spec.name.clone(), cvm_id, endpoint_url))
     }
 
-    async fn status(&self, cvm_id: &str) -> Result<DeploymentStatus> {
+    async fn adopt(&self, name: &DeploymentName, cvm: &Cvm, port: u16) -> Result<Deployment> {
+        let cvm_id = cvm.cvm_id().to_owned();
+        tracing::info!(%cvm_id, %name, "adopting the CVM already deployed under this name");
+        let endpoint_url = self.endpoint_or_cleanup(&cvm_id, port).await?;
+        Ok(self.deployment(name.clone(), cvm_id, endpoint_url))
+    }
+}
+
+#[async_trait]
+impl Deployer for PhalaDeployer {
+    async fn deploy(&self, spec: &AgentSpec) -> delibera_deploy::Result<Deployment> {
+        Ok(self.deploy_spec(spec).await?)
+    }
+
+    async fn find(&self, spec: &AgentSpec) -> delibera_deploy::Result<Option<Deployment>> {
+        let Some(cvm) = self.find_cvm(&spec.name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.adopt(&spec.name, &cvm, spec.env.port).await?))
+    }
+
+    async fn status(&self, cvm_id: &str) -> delibera_deploy::Result<DeploymentStatus> {
         let cvm = self.client.get_cvm(cvm_id).await?;
         Ok(DeploymentStatus {
-            cvm_id: cvm_id.to_owned(),
+            id: cvm_id.to_owned(),
             running: cvm.is_running(),
             status: cvm.status.clone().unwrap_or_else(|| "unknown".to_owned()),
             endpoint_url: cvm.urls.first().map(|url| url.app.clone()),
         })
     }
 
-    async fn teardown(&self, cvm_id: &str) -> Result<()> {
-        self.client.delete(cvm_id).await
+    async fn teardown(&self, cvm_id: &str) -> delibera_deploy::Result<()> {
+        Ok(self.client.delete(cvm_id).await?)
     }
 }

@@ -13,6 +13,7 @@ use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use rand::RngCore;
 use rand::rngs::OsRng;
+use delibera_deploy::EnvVar;
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
@@ -22,111 +23,6 @@ use crate::error::{Error, Result};
 const KEY_LENGTH: usize = 32;
 const IV_LENGTH: usize = 12;
 const TAG_LENGTH: usize = 16;
-
-/// One environment variable for a CVM. The value is a secret: it is zeroized on
-/// drop and never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnvVar {
-    // Field order is the wire order: `{"key":…,"value":…}` like the JS object literal.
-    /// The variable name, e.g. `NEAR_ACCOUNT_ID`.
-    pub key: String,
-    /// The secret value.
-    #[serde(with = "zeroizing_string")]
-    pub value: Zeroizing<String>,
-}
-
-impl EnvVar {
-    /// A variable with this name and value.
-    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        EnvVar {
-            key: key.into(),
-            value: Zeroizing::new(value.into()),
-        }
-    }
-
-    /// Parses the JSON array `[{"key": …, "value": …}, …]` (what `delibera phala encrypt-env` reads).
-    ///
-    /// Keys must be valid env names (see [`validate_env_key`]) and unique.
-    pub fn list_from_json(json: &str) -> Result<Vec<EnvVar>> {
-        let vars: Vec<EnvVar> = serde_json::from_str(json).map_err(|error| Error::InvalidEnv {
-            // serde_json's message names the position and the expected type, never the value.
-            reason: format!(
-                "expected a JSON array of {{\"key\",\"value\"}} objects (line {}, column {})",
-                error.line(),
-                error.column()
-            ),
-        })?;
-        validate_env_list(&vars)?;
-        Ok(vars)
-    }
-}
-
-impl std::fmt::Debug for EnvVar {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnvVar")
-            .field("key", &self.key)
-            .field("value", &"<redacted>")
-            .finish()
-    }
-}
-
-mod zeroizing_string {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use zeroize::Zeroizing;
-
-    pub(super) fn serialize<S: Serializer>(
-        value: &Zeroizing<String>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(value)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Zeroizing<String>, D::Error> {
-        String::deserialize(deserializer).map(Zeroizing::new)
-    }
-}
-
-/// Checks that `key` is a POSIX-style env name: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 bytes.
-///
-/// Compose files reference every key as `${KEY}`, so this is also what keeps a
-/// key from injecting YAML.
-pub fn validate_env_key(key: &str) -> Result<()> {
-    let mut chars = key.chars();
-    let valid_start = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    let valid_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid_start && valid_rest && key.len() <= 256 {
-        Ok(())
-    } else {
-        Err(Error::InvalidEnv {
-            reason: format!(
-                "{key:?} is not an env name (letters, digits and `_`, not starting with a digit)"
-            ),
-        })
-    }
-}
-
-/// Checks every key with [`validate_env_key`] and rejects duplicates.
-pub fn validate_env_list(vars: &[EnvVar]) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    for var in vars {
-        validate_env_key(&var.key)?;
-        if !seen.insert(var.key.as_str()) {
-            return Err(Error::InvalidEnv {
-                reason: format!("{:?} appears twice", var.key),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The names of `vars`, in order: the `env_keys` / `allowed_envs` lists that go with the blob.
-pub fn env_keys(vars: &[EnvVar]) -> Vec<String> {
-    vars.iter().map(|var| var.key.clone()).collect()
-}
 
 /// The exact plaintext the JS SDK encrypts: `JSON.stringify({env: vars})`.
 ///

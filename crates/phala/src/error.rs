@@ -23,27 +23,11 @@ pub enum Error {
         /// What failed.
         reason: &'static str,
     },
-    /// An env list is malformed (bad JSON, bad or duplicate key name).
+    /// An env list is malformed (bad or duplicate key name, too large).
     #[error("invalid env: {reason}")]
     InvalidEnv {
         /// What is wrong; names the key, never the value.
         reason: String,
-    },
-    /// A CVM name breaks Phala's rules (5–63 chars, letter first, letters/digits/hyphens, no `--`).
-    #[error("invalid CVM name {name:?}: {reason}")]
-    InvalidCvmName {
-        /// The rejected name.
-        name: String,
-        /// Which rule it breaks.
-        reason: &'static str,
-    },
-    /// A container image reference or digest is malformed.
-    #[error("invalid image reference {reference:?}: {reason}")]
-    InvalidImage {
-        /// The rejected reference.
-        reference: String,
-        /// Which rule it breaks.
-        reason: &'static str,
     },
     /// Client configuration is unusable (bad base URL, missing `PHALA_API_KEY`, …).
     #[error("invalid Phala client configuration: {reason}")]
@@ -113,26 +97,17 @@ pub enum Error {
         /// How long we waited.
         elapsed: Duration,
     },
-    /// The agent never answered a healthy body naming the expected DID before the deadline.
-    #[error("{url} was not healthy after {elapsed:?}: {last_problem}")]
-    HealthTimeout {
-        /// The health URL polled.
-        url: String,
-        /// How long we waited.
-        elapsed: Duration,
-        /// Why the last probe was rejected.
-        last_problem: String,
-    },
-    /// A [`Deployer`](crate::Deployer) backend other than Phala failed (e.g. a local deployer).
-    #[error("deployer failed: {message}")]
-    Deployer {
-        /// The backend's description.
-        message: String,
-    },
 }
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for delibera_deploy::Error {
+    /// A Phala failure as the `Deployer` port reports it.
+    fn from(error: Error) -> Self {
+        delibera_deploy::Error::backend("Phala Cloud", error.is_retryable(), error)
+    }
+}
 
 /// One entry of a 422 `detail` list, or of a structured error's `details`.
 #[derive(Debug, Clone, PartialEq, Eq)]

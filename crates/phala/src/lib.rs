@@ -1,28 +1,24 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod client;
 mod compose;
 mod deployer;
 mod env;
 mod error;
-mod health;
 
 pub use client::{
-    API_VERSION_2025_10_28, API_VERSION_2026_01_21, CommitRequest, ComposeFile, Cvm, CvmUrl,
-    DEFAULT_API_VERSION, DEFAULT_BASE_URL, DEFAULT_INSTANCE_TYPE, DEFAULT_TIMEOUT, PhalaClient,
-    ProvisionRequest, Provisioned, RetryPolicy,
+    API_VERSION_2025_10_28, API_VERSION_2026_01_21, CommitRequest, ComposeFile, Cvm, CvmPage,
+    CvmUrl, DEFAULT_API_VERSION, DEFAULT_BASE_URL, DEFAULT_INSTANCE_TYPE, DEFAULT_TIMEOUT,
+    PhalaClient, ProvisionRequest, Provisioned, RetryPolicy,
 };
-pub use compose::{
-    AgentRole, CvmName, DEFAULT_COORDINATOR_IMAGE, DEFAULT_WORKER_IMAGE, DSTACK_SOCKET, ImageRef,
-    render_compose,
-};
+pub use compose::{DSTACK_SOCKET, render_compose};
 pub use deployer::{
-    AgentSpec, DEFAULT_DASHBOARD_BASE, Deployer, Deployment, DeploymentStatus, PhalaDeployer,
-    PhalaDeployerOptions, StartPolicy, deploy_until_healthy,
+    DEFAULT_DASHBOARD_BASE, DEFAULT_GATEWAY_DOMAIN, PhalaDeployer, PhalaDeployerOptions,
+    StartPolicy,
 };
-pub use env::{
-    EnvVar, decrypt_env, encrypt_env, encrypt_env_with, encryption_pubkey_hex, env_keys,
-    env_plaintext, validate_env_key, validate_env_list,
-};
+pub use env::{decrypt_env, encrypt_env, encrypt_env_with, encryption_pubkey_hex, env_plaintext};
 pub use error::{ApiError, Error, FieldError, Result};
-pub use health::{HealthGate, HealthProgress, HealthReport, OnHealthProgress, wait_healthy};
+
+// The deploy contract this crate implements, and types of its public signatures.
+pub use delibera_deploy::{self as deploy, EnvVar};

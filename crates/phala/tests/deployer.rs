@@ -1,19 +1,22 @@
-//! The `Deployer` port: `PhalaDeployer` end to end against wiremock
-//! (provision → encrypt → commit → poll → healthy), the start policy, cleanup,
-//! and the caller's teardown-on-unhealthy policy.
+//! The `Deployer` port on Phala Cloud against wiremock: provision → seal the
+//! env (with the public URL the gateway will give the CVM) → commit → poll,
+//! the start policy, cleanup, finding a deployment by name, and adopting the
+//! CVM a duplicate-name commit points at.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use delibera_identity::{Did, Keypair};
+use delibera_deploy::{
+    AgentEnv, AgentIdentity, AgentRole, AgentSpec, Deployer, Deployment, DeploymentName,
+    DeploymentStatus, vars,
+};
+use delibera_identity::{AccountId, Keypair};
 use delibera_phala::{
-    AgentRole, AgentSpec, CvmName, Deployer, Deployment, DeploymentStatus, EnvVar, Error,
-    HealthGate, HealthProgress, PhalaClient, PhalaDeployer, PhalaDeployerOptions, RetryPolicy,
-    StartPolicy, decrypt_env, deploy_until_healthy, encryption_pubkey_hex, render_compose,
+    Error, PhalaClient, PhalaDeployer, PhalaDeployerOptions, RetryPolicy, StartPolicy,
+    decrypt_env, encryption_pubkey_hex, render_compose,
 };
 use serde_json::{Value, json};
-use wiremock::matchers::{header, method, path};
+use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const API_KEY: &str = "phak_deploy_test";
@@ -21,24 +24,16 @@ const APP_ID: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
 const VM_UUID: &str = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
 const KMS_PRIVATE_KEY: [u8; 32] = [0x44; 32];
 const COMPOSE_HASH: &str = "5c1e9bd8a0ef1c3b2b7a6f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a29181716";
-
-fn agent_did() -> Did {
-    Keypair::from_seed(&[3; 32]).did()
-}
+const GATEWAY: &str = "gw.example";
 
 fn spec() -> AgentSpec {
-    AgentSpec::new(AgentRole::Worker, "Worker Alpha").with_env(vec![
-        EnvVar::new("STORACHA_AGENT_PRIVATE_KEY", "MgCY-secret"),
-        EnvVar::new("NEAR_ACCOUNT_ID", "alice.testnet"),
-    ])
-}
-
-fn fast_gate() -> HealthGate {
-    HealthGate {
-        initial_interval: Duration::from_millis(5),
-        max_interval: Duration::from_millis(20),
-        request_timeout: Duration::from_millis(500),
-    }
+    let identity = AgentIdentity::from_keypair(&Keypair::from_seed(&[3; 32]));
+    let mut env = AgentEnv::new(AgentRole::Worker, identity, "Worker Alpha", "lmn_secret_key");
+    env.owner = Some(AccountId::parse("alice.testnet").unwrap());
+    AgentSpec::new(
+        DeploymentName::derive(AgentRole::Worker, "Worker Alpha", "0f1e2d3c4b5a6978"),
+        env,
+    )
 }
 
 fn deployer(server: &MockServer, start_policy: StartPolicy) -> PhalaDeployer {
@@ -55,7 +50,8 @@ fn deployer(server: &MockServer, start_policy: StartPolicy) -> PhalaDeployer {
             url_poll_interval: Duration::from_millis(5),
             url_deadline: Duration::from_millis(300),
             start_policy,
-            dashboard_base: "https://cloud.phala.network/dashboard/cvms".to_owned(),
+            gateway_domain: Some(GATEWAY.to_owned()),
+            ..PhalaDeployerOptions::default()
         },
     )
 }
@@ -67,8 +63,7 @@ fn api(http_method: &str, api_path: &str) -> wiremock::MockBuilder {
         .and(header("X-Phala-Version", "2025-10-28"))
 }
 
-/// Mounts provision and commit answering like the API.
-async fn mount_provision_and_commit(server: &MockServer) {
+async fn mount_provision(server: &MockServer) {
     api("POST", "/cvms/provision")
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "compose_hash": COMPOSE_HASH,
@@ -79,6 +74,11 @@ async fn mount_provision_and_commit(server: &MockServer) {
         .expect(1)
         .mount(server)
         .await;
+}
+
+/// Mounts provision and commit answering like the API.
+async fn mount_provision_and_commit(server: &MockServer) {
+    mount_provision(server).await;
     api("POST", "/cvms")
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "id": 77, "name": "n", "status": "creating", "app_id": APP_ID, "vm_uuid": VM_UUID,
@@ -96,6 +96,14 @@ fn cvm(status: &str, public_urls: Value) -> ResponseTemplate {
     }))
 }
 
+/// The Phala error behind a port error.
+fn phala_error(error: delibera_deploy::Error) -> Error {
+    match error {
+        delibera_deploy::Error::Backend { source, .. } => *source.downcast::<Error>().unwrap(),
+        other => panic!("not a Phala failure: {other}"),
+    }
+}
+
 async fn body_of(server: &MockServer, http_method: &str, api_path: &str) -> Value {
     let requests: Vec<Request> = server.received_requests().await.unwrap();
     let request = requests
@@ -105,30 +113,11 @@ async fn body_of(server: &MockServer, http_method: &str, api_path: &str) -> Valu
     serde_json::from_slice(&request.body).unwrap()
 }
 
-async fn mount_healthy_agent(agent: &MockServer, did: &Did) {
-    // Not ready on the first probe, healthy after.
-    Mock::given(method("GET"))
-        .and(path("/"))
-        .respond_with(ResponseTemplate::new(502))
-        .up_to_n_times(1)
-        .expect(1)
-        .mount(agent)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "message": "Worker agent is running", "did": did.as_str(),
-        })))
-        .expect(1)
-        .mount(agent)
-        .await;
-}
-
 #[tokio::test]
-async fn provision_encrypt_commit_poll_healthy() {
+async fn provision_seal_commit_poll() {
     let phala = MockServer::start().await;
-    let agent = MockServer::start().await;
     mount_provision_and_commit(&phala).await;
+    let public_url = format!("https://{APP_ID}-3001.{GATEWAY}");
     // The URL is not listed on the first poll.
     api("GET", &format!("/cvms/{VM_UUID}"))
         .respond_with(cvm("creating", json!([])))
@@ -137,10 +126,7 @@ async fn provision_encrypt_commit_poll_healthy() {
         .mount(&phala)
         .await;
     api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm(
-            "running",
-            json!([{"app": format!("{}/", agent.uri()), "instance": ""}]),
-        ))
+        .respond_with(cvm("running", json!([{"app": public_url, "instance": ""}])))
         .expect(1)
         .mount(&phala)
         .await;
@@ -154,48 +140,31 @@ async fn provision_encrypt_commit_poll_healthy() {
         .expect(0)
         .mount(&phala)
         .await;
-    let did = agent_did();
-    mount_healthy_agent(&agent, &did).await;
 
-    let deployer = deployer(&phala, StartPolicy::IfStopped);
     let spec = spec();
-    let mut progress: Vec<HealthProgress> = Vec::new();
-    let mut record = |p: &HealthProgress| progress.push(p.clone());
-    let deployment = deploy_until_healthy(
-        &deployer,
-        &spec,
-        &fast_gate(),
-        &reqwest::Client::new(),
-        &did,
-        Duration::from_secs(5),
-        &mut record,
-    )
-    .await
-    .unwrap();
-
+    let deployment = deployer(&phala, StartPolicy::IfStopped)
+        .deploy(&spec)
+        .await
+        .unwrap();
     assert_eq!(
         deployment,
         Deployment {
-            cvm_id: VM_UUID.to_owned(),
-            app_id: APP_ID.to_owned(),
-            endpoint_url: format!("{}/", agent.uri()),
+            id: VM_UUID.to_owned(),
+            name: spec.name.clone(),
+            endpoint_url: public_url.clone(),
             dashboard_url: format!("https://cloud.phala.network/dashboard/cvms/{VM_UUID}"),
         }
     );
-    assert_eq!(progress.len(), 1);
-    assert_eq!(progress[0].attempt, 1);
-    assert_eq!(progress[0].last_problem, "HTTP 502");
 
-    // Provision: a valid unique name, the rendered compose, the secret names.
+    // Provision: the spec's deterministic name, the rendered compose, every
+    // env name the agent will get (the public URL's included).
     let provision = body_of(&phala, "POST", "/cvms/provision").await;
-    let name = provision["name"].as_str().unwrap();
-    assert!(name.starts_with("delibera-worker-worker-alpha-"), "{name}");
-    assert!(CvmName::new(name).is_ok());
-    let keys = ["STORACHA_AGENT_PRIVATE_KEY", "NEAR_ACCOUNT_ID"];
+    let mut keys: Vec<String> = spec.env.to_vars().into_iter().map(|var| var.key).collect();
+    keys.push(vars::PUBLIC_URL.to_owned());
     assert_eq!(
         provision,
         json!({
-            "name": name,
+            "name": spec.name.as_str(),
             "instance_type": "tdx.small",
             "compose_file": {
                 "docker_compose_file": render_compose(AgentRole::Worker, &spec.image, 3001, &keys).unwrap(),
@@ -205,64 +174,45 @@ async fn provision_encrypt_commit_poll_healthy() {
         })
     );
 
-    // Commit: the provisioned hash and app id, the keys in order, and an env
-    // that the KMS key decrypts back to the spec's secrets.
+    // Commit: the provisioned hash and app id, the keys in the compose's
+    // order, and an env the KMS key opens to the spec's env plus the public
+    // URL, which the agent reads back whole.
     let commit = body_of(&phala, "POST", "/cvms").await;
     assert_eq!(commit["app_id"], APP_ID);
     assert_eq!(commit["compose_hash"], COMPOSE_HASH);
     assert_eq!(commit["env_keys"], json!(keys));
     assert_eq!(commit.as_object().unwrap().len(), 4);
     let sealed = commit["encrypted_env"].as_str().unwrap();
-    assert_eq!(decrypt_env(&KMS_PRIVATE_KEY, sealed).unwrap(), spec.env);
     assert!(!sealed.contains("alice"));
+    let opened = decrypt_env(&KMS_PRIVATE_KEY, sealed).unwrap();
+    let read = AgentEnv::try_from(opened.as_slice()).unwrap();
+    let mut expected = spec.env.clone();
+    expected.public_url = Some(public_url.parse().unwrap());
+    assert_eq!(read, expected);
 }
 
 #[tokio::test]
-async fn a_health_timeout_makes_the_caller_tear_the_deployment_down() {
+async fn without_a_gateway_domain_no_public_url_is_sealed() {
     let phala = MockServer::start().await;
-    let agent = MockServer::start().await;
     mount_provision_and_commit(&phala).await;
     api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm(
-            "running",
-            json!([{"app": format!("{}/", agent.uri()), "instance": ""}]),
-        ))
-        .expect(1)
+        .respond_with(cvm("running", json!([{"app": "https://x-3001.gw.example", "instance": ""}])))
         .mount(&phala)
         .await;
-    api("DELETE", &format!("/cvms/{VM_UUID}"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(1)
-        .mount(&phala)
-        .await;
-    // Running, but someone else's agent.
-    let stranger = Keypair::from_seed(&[9; 32]).did();
-    Mock::given(method("GET"))
-        .and(path("/"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "message": "running", "did": stranger.as_str(),
-        })))
-        .mount(&agent)
-        .await;
-
-    let mut calls = 0;
-    let mut count = |_: &HealthProgress| calls += 1;
-    let error = deploy_until_healthy(
-        &deployer(&phala, StartPolicy::IfStopped),
-        &spec(),
-        &fast_gate(),
-        &reqwest::Client::new(),
-        &agent_did(),
-        Duration::from_millis(150),
-        &mut count,
-    )
-    .await
-    .unwrap_err();
-    let Error::HealthTimeout { last_problem, .. } = &error else {
-        panic!("not a health timeout: {error}");
-    };
-    assert!(last_problem.contains(stranger.as_str()), "{last_problem}");
-    assert!(calls >= 1);
+    let client = PhalaClient::new(&format!("{}/api/v1", phala.uri()), API_KEY).unwrap();
+    let deployer = PhalaDeployer::with_options(
+        client,
+        PhalaDeployerOptions {
+            gateway_domain: None,
+            url_poll_interval: Duration::from_millis(5),
+            ..PhalaDeployerOptions::default()
+        },
+    );
+    let spec = spec();
+    deployer.deploy(&spec).await.unwrap();
+    let commit = body_of(&phala, "POST", "/cvms").await;
+    let opened = decrypt_env(&KMS_PRIVATE_KEY, commit["encrypted_env"].as_str().unwrap()).unwrap();
+    assert_eq!(AgentEnv::try_from(opened.as_slice()).unwrap(), spec.env);
 }
 
 #[tokio::test]
@@ -346,6 +296,7 @@ async fn a_cvm_whose_url_never_appears_is_deleted_by_deploy() {
     let error = deployer(&phala, StartPolicy::Never)
         .deploy(&spec())
         .await
+        .map_err(phala_error)
         .unwrap_err();
     assert!(
         matches!(error, Error::NoEndpoint { ref cvm_id, .. } if cvm_id == VM_UUID),
@@ -372,6 +323,7 @@ async fn a_cvm_reporting_an_error_fails_the_deploy_and_is_deleted() {
     let error = deployer(&phala, StartPolicy::IfStopped)
         .deploy(&spec())
         .await
+        .map_err(phala_error)
         .unwrap_err();
     assert!(
         matches!(error, Error::CvmFailed { ref reason, .. } if reason == "image pull failed"),
@@ -397,20 +349,9 @@ async fn a_failed_provision_commits_and_deletes_nothing() {
     let error = deployer(&phala, StartPolicy::IfStopped)
         .deploy(&spec())
         .await
+        .map_err(phala_error)
         .unwrap_err();
     assert!(matches!(error, Error::Quota(_)), "{error}");
-}
-
-#[tokio::test]
-async fn bad_env_names_fail_before_any_call() {
-    let phala = MockServer::start().await;
-    let spec = spec().with_env(vec![EnvVar::new("BAD NAME", "x")]);
-    let error = deployer(&phala, StartPolicy::IfStopped)
-        .deploy(&spec)
-        .await
-        .unwrap_err();
-    assert!(matches!(error, Error::InvalidEnv { .. }), "{error}");
-    assert!(phala.received_requests().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -433,7 +374,7 @@ async fn status_and_teardown() {
     assert_eq!(
         deployer.status(VM_UUID).await.unwrap(),
         DeploymentStatus {
-            cvm_id: VM_UUID.to_owned(),
+            id: VM_UUID.to_owned(),
             status: "running".to_owned(),
             running: true,
             endpoint_url: Some("https://x-3001.gw.example".to_owned()),
@@ -443,82 +384,113 @@ async fn status_and_teardown() {
     deployer.teardown(VM_UUID).await.unwrap();
 }
 
-/// A deployer that records teardowns, to test the policy on the port alone.
-struct RecordingDeployer {
-    endpoint_url: String,
-    torn_down: Mutex<Vec<String>>,
-}
-
-#[async_trait]
-impl Deployer for RecordingDeployer {
-    async fn deploy(&self, _spec: &AgentSpec) -> delibera_phala::Result<Deployment> {
-        Ok(Deployment {
-            cvm_id: "local-1".to_owned(),
-            app_id: "local".to_owned(),
-            endpoint_url: self.endpoint_url.clone(),
-            dashboard_url: String::new(),
+#[tokio::test]
+async fn find_pages_through_the_list_in_both_shapes() {
+    let phala = MockServer::start().await;
+    let spec = spec();
+    let public_url = format!("https://{APP_ID}-3001.{GATEWAY}");
+    // Page 1 (2025-10-28 list shape: the VM under `hosted`) has other CVMs.
+    api("GET", "/cvms/paginated")
+        .and(query_param("page", "1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"hosted": {"id": "other-uuid", "name": "delibera-worker-other-1", "app_id": "ab"},
+                       "name": "delibera-worker-other-1", "status": "running", "public_urls": []}],
+            "total": 2, "page": 1, "page_size": 100, "pages": 2,
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    // Page 2 (2026-01-21 shape) has ours.
+    api("GET", "/cvms/paginated")
+        .and(query_param("page", "2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": "hashed", "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID,
+                       "status": "running", "gateway": {"base_domain": GATEWAY}, "endpoints": []}],
+            "total": 2, "page": 2, "page_size": 100, "pages": 2,
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "hashed", "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID,
+            "status": "running", "gateway": {"base_domain": GATEWAY}, "endpoints": [{"app": public_url, "instance": ""}],
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    let found = deployer(&phala, StartPolicy::Never).find(&spec).await.unwrap();
+    assert_eq!(
+        found,
+        Some(Deployment {
+            id: VM_UUID.to_owned(),
+            name: spec.name.clone(),
+            endpoint_url: public_url,
+            dashboard_url: format!("https://cloud.phala.network/dashboard/cvms/{VM_UUID}"),
         })
-    }
-
-    async fn status(&self, cvm_id: &str) -> delibera_phala::Result<DeploymentStatus> {
-        Err(Error::Deployer {
-            message: format!("{cvm_id}: no status"),
-        })
-    }
-
-    async fn teardown(&self, cvm_id: &str) -> delibera_phala::Result<()> {
-        self.torn_down.lock().unwrap().push(cvm_id.to_owned());
-        Ok(())
-    }
+    );
 }
 
 #[tokio::test]
-async fn the_policy_tears_down_only_unhealthy_deployments() {
-    let agent = MockServer::start().await;
-    let did = agent_did();
-    Mock::given(method("GET"))
-        .and(path("/healthy"))
+async fn find_answers_none_when_no_cvm_has_the_name() {
+    let phala = MockServer::start().await;
+    api("GET", "/cvms/paginated")
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "message": "Coordinator is RUNNING", "did": did.as_str(),
+            "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
         })))
-        .mount(&agent)
+        .expect(1)
+        .mount(&phala)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/sick"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&agent)
-        .await;
+    assert_eq!(deployer(&phala, StartPolicy::Never).find(&spec()).await.unwrap(), None);
+}
 
-    for (route, healthy) in [("healthy", true), ("sick", false)] {
-        let deployer = RecordingDeployer {
-            endpoint_url: format!("{}/{route}", agent.uri()),
-            torn_down: Mutex::new(Vec::new()),
-        };
-        let result = deploy_until_healthy(
-            &deployer,
-            &AgentSpec::new(AgentRole::Coordinator, "c"),
-            &fast_gate(),
-            &reqwest::Client::new(),
-            &did,
-            Duration::from_millis(100),
-            &mut |_: &HealthProgress| {},
-        )
+#[tokio::test]
+async fn a_commit_refused_for_a_duplicate_name_adopts_the_existing_cvm() {
+    let phala = MockServer::start().await;
+    let spec = spec();
+    mount_provision(&phala).await;
+    api("POST", "/cvms")
+        .respond_with(ResponseTemplate::new(409).set_body_json(json!({"detail": {
+            "error_code": "ERR-01-004", "message": "A CVM with this name already exists",
+        }})))
+        .expect(1)
+        .mount(&phala)
         .await;
-        assert_eq!(result.is_ok(), healthy, "{route}");
-        let torn_down = deployer.torn_down.lock().unwrap().clone();
-        let expected: Vec<String> = if healthy {
-            vec![]
-        } else {
-            vec!["local-1".to_owned()]
-        };
-        assert_eq!(torn_down, expected, "{route}");
+    api("GET", "/cvms/paginated")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
+            "total": 1, "page": 1, "page_size": 100, "pages": 1,
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(cvm("running", json!([{"app": "https://adopted-3001.gw.example", "instance": ""}])))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    let deployment = deployer(&phala, StartPolicy::Never).deploy(&spec).await.unwrap();
+    assert_eq!(deployment.id, VM_UUID);
+    assert_eq!(deployment.endpoint_url, "https://adopted-3001.gw.example");
+}
+
+#[test]
+fn errors_reach_the_port_with_their_retry_advice() {
+    let port_error: delibera_deploy::Error = Error::Timeout {
+        operation: "GET /cvms/{id}".into(),
     }
+    .into();
+    assert!(port_error.is_retryable());
+    assert!(port_error.to_string().starts_with("Phala Cloud: "), "{port_error}");
+    let refused: delibera_deploy::Error = Error::Config { reason: "x".into() }.into();
+    assert!(!refused.is_retryable());
 }
 
 #[test]
 fn agent_specs_never_debug_print_secrets() {
-    let shown = format!("{:?}", spec());
-    assert!(shown.contains("STORACHA_AGENT_PRIVATE_KEY"));
-    assert!(!shown.contains("MgCY-secret"));
-    assert!(!shown.contains("alice.testnet"));
+    let spec = spec();
+    let shown = format!("{spec:?}");
+    assert!(shown.contains("Worker Alpha"));
+    assert!(!shown.contains("lmn_secret_key"));
+    assert!(!shown.contains(spec.env.identity.private_key()));
 }

@@ -13,10 +13,9 @@ pub fn registry_error(error: delibera_near::Error) -> ApiError {
     use delibera_near::Error as Near;
     match error {
         Near::ContractPanic { message } => ApiError::Conflict(message),
-        Near::InvalidAccountId { .. } | Near::InvalidInput { .. } => {
-            ApiError::BadRequest(error.to_string())
-        }
-        Near::Storage(_) | Near::NotSigner { .. } | Near::NoSigner | Near::Key(_) => {
+        Near::Identity(delibera_identity::Error::InvalidAccountId { .. })
+        | Near::InvalidInput { .. } => ApiError::BadRequest(error.to_string()),
+        Near::Storage(_) | Near::NotSigner { .. } | Near::NoSigner | Near::Identity(_) => {
             ApiError::internal(error)
         }
         other => ApiError::Upstream(format!("NEAR registry: {other}")),

@@ -1,6 +1,5 @@
 //! Integration tests of `delibera-near`, one binary.
 
-mod account_id;
 mod contracts;
 mod local_registry;
 mod rpc;

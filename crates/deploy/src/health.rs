@@ -1,6 +1,5 @@
 //! The health gate: an agent counts as deployed only when its public URL
-//! answers a healthy body that names the expected DID. Independent of Phala, so
-//! any deployer can use it.
+//! answers a healthy body that names the expected DID, whatever deployed it.
 
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use delibera_identity::Did;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Where a wait stands, passed to the progress callback after every failed probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

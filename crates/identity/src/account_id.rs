@@ -1,11 +1,12 @@
-//! NEAR account ids, validated as near-account-id 3.0 does.
+//! NEAR account ids, validated as near-account-id 3.0 does: who owns an agent,
+//! and which contract it is registered with.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{AccountIdRule, Error, Result};
+use crate::{Error, Result};
 
 const MIN_LEN: usize = 2;
 const MAX_LEN: usize = 64;
@@ -31,6 +32,82 @@ impl AccountId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The account that created this one as a sub-account (`factory.testnet`
+    /// for `dao.factory.testnet`), or `None` for a top-level account
+    /// (`alice.testnet`'s parent `testnet` is the registrar, not an owner).
+    ///
+    /// ```
+    /// use delibera_identity::AccountId;
+    ///
+    /// # fn main() -> delibera_identity::Result<()> {
+    /// let contract = AccountId::parse("mydao.coord-factory.agents-coordinator.testnet")?;
+    /// let factory = contract.parent().unwrap();
+    /// assert_eq!(factory.as_str(), "coord-factory.agents-coordinator.testnet");
+    /// assert_eq!(AccountId::parse("alice.testnet")?.parent(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn parent(&self) -> Option<AccountId> {
+        let (_, parent) = self.0.split_once('.')?;
+        // A parent without a dot is a top-level account: every named account
+        // of the network descends from it, so it owns nothing in particular.
+        if !parent.contains('.') {
+            return None;
+        }
+        Some(AccountId(parent.to_owned()))
+    }
+
+    /// Whether this is a sub-account of `ancestor` at any depth.
+    pub fn is_sub_account_of(&self, ancestor: &AccountId) -> bool {
+        self.0
+            .strip_suffix(ancestor.as_str())
+            .is_some_and(|prefix| prefix.ends_with('.') && prefix.len() > 1)
+    }
+}
+
+/// The NEAR account-id rule a rejected id broke (near-account-id 3.0 `validation.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AccountIdRule {
+    /// Shorter than 2 bytes.
+    TooShort,
+    /// Longer than 64 bytes.
+    TooLong,
+    /// A character other than `a-z`, `0-9`, `-`, `_`, `.`.
+    InvalidCharacter {
+        /// The offending character.
+        character: char,
+        /// Its byte offset.
+        at: usize,
+    },
+    /// Starts with a separator (`-`, `_`, `.`).
+    LeadingSeparator,
+    /// Ends with a separator.
+    TrailingSeparator,
+    /// Two separators in a row (`a..b`, `a-.b`).
+    AdjacentSeparators {
+        /// Byte offset of the second separator.
+        at: usize,
+    },
+}
+
+impl fmt::Display for AccountIdRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooShort => f.write_str("it must be at least 2 characters long"),
+            Self::TooLong => f.write_str("it must be at most 64 characters long"),
+            Self::InvalidCharacter { character, at } => write!(
+                f,
+                "character {character:?} at byte {at} is not allowed (only a-z, 0-9 and the separators - _ .)"
+            ),
+            Self::LeadingSeparator => f.write_str("it must not start with a separator"),
+            Self::TrailingSeparator => f.write_str("it must not end with a separator"),
+            Self::AdjacentSeparators { at } => {
+                write!(f, "two separators in a row at byte {at}")
+            }
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use delibera_identity::{Did, Keypair};
-use delibera_phala::{Error, HealthGate, HealthProgress};
+use delibera_deploy::{Error, HealthGate, HealthProgress};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -24,7 +24,7 @@ async fn wait(
     url: &str,
     deadline: Duration,
 ) -> (
-    delibera_phala::Result<delibera_phala::HealthReport>,
+    delibera_deploy::Result<delibera_deploy::HealthReport>,
     Vec<HealthProgress>,
 ) {
     let mut progress = Vec::new();

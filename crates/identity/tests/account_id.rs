@@ -1,6 +1,6 @@
 //! NEAR account-id rules (near-account-id 3.0 `validation.rs`).
 
-use delibera_near::{AccountId, AccountIdRule, Error};
+use delibera_identity::{AccountId, AccountIdRule, Error};
 
 fn rule(text: &str) -> AccountIdRule {
     match text.parse::<AccountId>() {
@@ -113,4 +113,20 @@ fn matches_the_reference_regex_on_generated_ids() {
         }
         texts = next;
     }
+}
+
+#[test]
+fn parents_are_named_accounts_never_top_level_ones() {
+    let parse = |text: &str| text.parse::<AccountId>().unwrap();
+    let contract = parse("mydao.coord-factory.agents-coordinator.testnet");
+    assert_eq!(
+        contract.parent(),
+        Some(parse("coord-factory.agents-coordinator.testnet"))
+    );
+    assert_eq!(parse("agents-coordinator.testnet").parent(), None);
+    assert_eq!(parse("alice.testnet").parent(), None);
+    assert_eq!(parse("testnet").parent(), None);
+    assert!(contract.is_sub_account_of(&parse("agents-coordinator.testnet")));
+    assert!(!contract.is_sub_account_of(&contract));
+    assert!(!parse("xagents-coordinator.testnet").is_sub_account_of(&parse("agents-coordinator.testnet")));
 }
