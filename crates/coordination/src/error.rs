@@ -20,9 +20,6 @@ pub enum Error {
     /// Ensue (or any other `Memory`) failed.
     #[error("memory: {0}")]
     Memory(#[from] delibera_ensue::Error),
-    /// The NEAR registry failed.
-    #[error("registry: {0}")]
-    Registry(#[from] delibera_near::Error),
     /// A value stored in memory is not the JSON document its key should hold.
     #[error("malformed {what} in memory: {reason}: {text}")]
     MalformedValue {
@@ -73,16 +70,10 @@ pub enum Error {
     /// The LLM endpoint could not be reached.
     #[error("LLM transport error: {0}")]
     LlmTransport(#[source] reqwest::Error),
-    /// Configuration is missing or invalid (environment, URLs, handler choice).
+    /// Configuration is invalid (a URL, a limit).
     #[error("invalid configuration: {reason}")]
     Config {
         /// What is wrong (never a secret value).
-        reason: String,
-    },
-    /// The local deployer could not remember or recall its agents.
-    #[error("local deployment journal: {reason}")]
-    Journal {
-        /// What failed (never a secret value).
         reason: String,
     },
     /// A round was asked for with no workers.

@@ -39,13 +39,6 @@ impl std::fmt::Debug for LlmConfig {
 }
 
 impl LlmConfig {
-    /// Environment variable holding the base URL (default `https://api.openai.com/v1`).
-    pub const BASE_URL_VAR: &'static str = "LLM_BASE_URL";
-    /// Environment variable holding the model (required).
-    pub const MODEL_VAR: &'static str = "LLM_MODEL";
-    /// Environment variable holding the API key (optional, e.g. for a local server).
-    pub const API_KEY_VAR: &'static str = "LLM_API_KEY";
-
     /// A config with a 60 s timeout and no API key.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
@@ -60,24 +53,6 @@ impl LlmConfig {
     pub fn with_api_key(mut self, api_key: impl Into<String>) -> Self {
         self.api_key = Some(api_key.into());
         self
-    }
-
-    /// Reads `LLM_BASE_URL`, `LLM_MODEL` and `LLM_API_KEY`.
-    pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let non_empty = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let base_url =
-            non_empty(Self::BASE_URL_VAR).unwrap_or_else(|| "https://api.openai.com/v1".into());
-        let model = non_empty(Self::MODEL_VAR).ok_or_else(|| Error::Config {
-            reason: format!("{} is required for the LLM voter", Self::MODEL_VAR),
-        })?;
-        let mut config = Self::new(base_url, model);
-        config.api_key = non_empty(Self::API_KEY_VAR);
-        Ok(config)
     }
 }
 
@@ -101,11 +76,6 @@ impl LlmVoter {
             .build()
             .map_err(Error::LlmTransport)?;
         Ok(Self { config, http })
-    }
-
-    /// A voter configured from the environment (see [`LlmConfig::from_env`]).
-    pub fn from_env() -> Result<Self> {
-        Self::new(LlmConfig::from_env()?)
     }
 
     /// The request body sent for `task`.
@@ -246,19 +216,5 @@ mod tests {
     fn config_debug_hides_the_key() {
         let config = LlmConfig::new("http://x", "m").with_api_key("sk-secret-value");
         assert!(!format!("{config:?}").contains("sk-secret-value"));
-    }
-
-    #[test]
-    fn config_from_lookup_requires_a_model() {
-        let error = LlmConfig::from_lookup(|_| None).unwrap_err();
-        assert!(error.to_string().contains("LLM_MODEL"));
-        let config = LlmConfig::from_lookup(|name| match name {
-            "LLM_MODEL" => Some("llama3".into()),
-            "LLM_BASE_URL" => Some("http://127.0.0.1:11434/v1".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert_eq!(config.base_url, "http://127.0.0.1:11434/v1");
-        assert_eq!(config.api_key, None);
     }
 }

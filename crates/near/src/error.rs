@@ -9,6 +9,10 @@ use std::fmt;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A registration the caller expects is not (yet) on the registry, or not
+    /// as expected; the owner can fix it (sign, wait, retry).
+    #[error(transparent)]
+    Unconfirmed(#[from] crate::Unconfirmed),
     /// A caller-supplied value (block hash, amount, key…) is malformed.
     #[error("invalid {what}: {reason}")]
     InvalidInput {
@@ -124,14 +128,6 @@ pub enum Error {
         method: String,
         /// What was wrong.
         reason: String,
-    },
-    /// A signed call was asked to act as an account this client does not hold the key of.
-    #[error("cannot sign as {requested}: the configured signer is {signer}")]
-    NotSigner {
-        /// The account the call should have come from.
-        requested: String,
-        /// The account whose key is configured.
-        signer: String,
     },
     /// A change call was made on a client built for views only.
     #[error("this client has no signer: change calls need a TransactionSender")]

@@ -6,6 +6,7 @@ mod js_json;
 mod local;
 pub mod messages;
 mod outcome;
+mod registrar;
 mod registry;
 mod rpc;
 mod sender;
@@ -23,7 +24,8 @@ pub use error::{Error, Result};
 pub use js_json::js_json_stringify;
 pub use local::LocalRegistry;
 pub use outcome::{ExecutionOutcome, ExecutionStatus};
-pub use registry::{AgentKind, EndpointUpdate, Registry, RpcRegistry};
+pub use registrar::{ChainRegistrar, CoordinatorClaim, Registrar, Unconfirmed, WorkerClaim};
+pub use registry::{EndpointUpdate, Registry, RpcRegistry};
 pub use rpc::{
     AccessKeyView, BlockHeaderView, BlockReference, DEFAULT_TIMEOUT, NearRpc, TxExecutionStatus,
 };

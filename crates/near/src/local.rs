@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::registry::{AgentKind, EndpointUpdate, Registry};
+use crate::registry::{EndpointUpdate, Registry};
 use crate::{
     AccountId, CoordinatorRecord, CoordinatorRegistration, Error, RegisteredWorker, Result,
     WorkerRecord, WorkerRegistration, messages,
@@ -500,41 +500,22 @@ impl Registry for LocalRegistry {
         get_worker(&self.db(), worker_did)
     }
 
-    async fn update_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
+    async fn update_worker_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
         let admin = &self.admin;
-        match (update.kind, &update.cvm_id) {
-            (AgentKind::Worker, None) => {
-                self.update_worker_endpoint_as(admin, &update.did, &update.endpoint_url)
-            }
-            (AgentKind::Worker, Some(cvm_id)) => {
-                let current = get_worker(&self.db(), &update.did)?
-                    .ok_or_else(|| panic(messages::WORKER_NOT_FOUND))?;
-                self.register_worker_as(admin, &update.reregister_worker(current, cvm_id))
-                    .map(drop)
-            }
-            (AgentKind::Coordinator, _) => {
-                let current = get_coordinator(&self.db(), &update.did)?
-                    .ok_or_else(|| panic(messages::COORDINATOR_NOT_FOUND))?;
-                self.register_coordinator_as(admin, &update.reregister_coordinator(current))
-                    .map(drop)
-            }
-        }
+        let Some(cvm_id) = &update.cvm_id else {
+            return self.update_worker_endpoint_as(admin, &update.did, &update.endpoint_url);
+        };
+        let current =
+            get_worker(&self.db(), &update.did)?.ok_or_else(|| panic(messages::WORKER_NOT_FOUND))?;
+        self.register_worker_as(admin, &update.reregister_worker(current, cvm_id))
+            .map(drop)
     }
 
-    async fn register_coordinator(
-        &self,
-        owner: &AccountId,
-        registration: &CoordinatorRegistration,
-    ) -> Result<CoordinatorRecord> {
-        self.register_coordinator_as(owner, registration)
-    }
-
-    async fn register_worker(
-        &self,
-        owner: &AccountId,
-        registration: &WorkerRegistration,
-    ) -> Result<WorkerRecord> {
-        self.register_worker_as(owner, registration)
+    async fn update_coordinator_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
+        let current = get_coordinator(&self.db(), &update.did)?
+            .ok_or_else(|| panic(messages::COORDINATOR_NOT_FOUND))?;
+        self.register_coordinator_as(&self.admin, &update.reregister_coordinator(current))
+            .map(drop)
     }
 
     async fn roster(&self) -> Result<Vec<RegisteredWorker>> {

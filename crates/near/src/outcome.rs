@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::rpc::{find_key, invalid_nonce};
-use crate::{CryptoHash, Error, Result};
+use crate::{AccountId, CryptoHash, Error, Result};
 
 const PANIC_PREFIX: &str = "Smart contract panicked: ";
 
@@ -31,6 +31,10 @@ pub enum ExecutionStatus {
 pub struct ExecutionOutcome {
     /// The transaction hash.
     pub transaction_hash: Option<CryptoHash>,
+    /// Who signed the transaction (`transaction.signer_id`), when the node says.
+    pub signer_id: Option<AccountId>,
+    /// The account the transaction was sent to (`transaction.receiver_id`).
+    pub receiver_id: Option<AccountId>,
     /// How far the node waited (`final_execution_status`), when it says.
     pub final_execution_status: Option<String>,
     /// The final status.
@@ -74,6 +78,12 @@ impl ExecutionOutcome {
             .and_then(Value::as_str)
             .and_then(|text| CryptoHash::from_base58(text).ok())
             .or(expected_hash);
+        let account = |field: &str| {
+            raw.pointer(&format!("/transaction/{field}"))
+                .and_then(Value::as_str)
+                .and_then(|text| AccountId::parse(text).ok())
+        };
+        let (signer_id, receiver_id) = (account("signer_id"), account("receiver_id"));
         let mut logs = Vec::new();
         let outcomes = raw
             .pointer("/transaction_outcome/outcome")
@@ -92,6 +102,8 @@ impl ExecutionOutcome {
         }
         Ok(Self {
             transaction_hash,
+            signer_id,
+            receiver_id,
             final_execution_status: raw
                 .get("final_execution_status")
                 .and_then(Value::as_str)

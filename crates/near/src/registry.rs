@@ -8,23 +8,11 @@ use crate::{
     RegisteredWorker, RegistryContract, Result, WorkerRecord, WorkerRegistration,
 };
 
-/// Which kind of agent an endpoint update is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AgentKind {
-    /// A worker (the API's default).
-    #[default]
-    Worker,
-    /// A coordinator.
-    Coordinator,
-}
-
-/// `PUT /api/agents/:agentId/endpoint`.
+/// A new endpoint for a registered agent (`PUT /api/agents/:agentId/endpoint`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointUpdate {
     /// The agent's DID.
     pub did: String,
-    /// Worker or coordinator.
-    pub kind: AgentKind,
     /// The new public endpoint URL.
     pub endpoint_url: String,
     /// A new CVM id, or `None` to keep the current one.
@@ -84,33 +72,17 @@ pub trait Registry: Send + Sync {
     /// `register` check).
     async fn worker_by_did(&self, worker_did: &str) -> Result<Option<WorkerRecord>>;
 
-    /// Changes an agent's endpoint (and optionally its CVM id), acting as the
-    /// server's account (`PUT /api/agents/:id/endpoint`).
-    ///
-    /// A worker's endpoint alone goes through `update_worker_endpoint`. A new
-    /// CVM id, or any coordinator change, re-registers the record with its
-    /// other fields kept (the contract's upsert; it makes the caller the
-    /// record's `account_id`, as the contract does).
-    async fn update_endpoint(&self, update: &EndpointUpdate) -> Result<()>;
+    /// Changes a worker's endpoint (and optionally its CVM id), acting as the
+    /// server's account. The endpoint alone goes through
+    /// `update_worker_endpoint`; a new CVM id re-registers the record with its
+    /// other fields kept (the contract's upsert makes the caller the record's
+    /// `account_id`, as the contract does).
+    async fn update_worker_endpoint(&self, update: &EndpointUpdate) -> Result<()>;
 
-    /// Registers (or updates) a coordinator owned by `owner`.
-    ///
-    /// On NEAR only the signer can own what it registers, so `owner` must be
-    /// the server's account ([`Error::NotSigner`] otherwise); the local
-    /// registry registers on behalf of any user.
-    async fn register_coordinator(
-        &self,
-        owner: &AccountId,
-        registration: &CoordinatorRegistration,
-    ) -> Result<CoordinatorRecord>;
-
-    /// Registers (or updates) a worker owned by `owner` (see
-    /// [`Registry::register_coordinator`] about `owner`).
-    async fn register_worker(
-        &self,
-        owner: &AccountId,
-        registration: &WorkerRegistration,
-    ) -> Result<WorkerRecord>;
+    /// Changes a coordinator's endpoint (and optionally its CVM id), acting as
+    /// the server's account: the contract has no endpoint-only method for
+    /// coordinators, so the record is re-registered with its other fields kept.
+    async fn update_coordinator_endpoint(&self, update: &EndpointUpdate) -> Result<()>;
 
     /// The coordinator contract's whole roster (`GET /api/workers/registered`).
     async fn roster(&self) -> Result<Vec<RegisteredWorker>>;
@@ -136,17 +108,6 @@ impl RpcRegistry {
     /// A registry over these two contract clients (both need a sender for change calls).
     pub fn new(registry: RegistryContract, roster: CoordinatorContract) -> Self {
         Self { registry, roster }
-    }
-
-    fn check_owner(&self, owner: &AccountId) -> Result<()> {
-        let signer = self.registry.signer_account().ok_or(Error::NoSigner)?;
-        if signer != owner {
-            return Err(Error::NotSigner {
-                requested: owner.to_string(),
-                signer: signer.to_string(),
-            });
-        }
-        Ok(())
     }
 }
 
@@ -174,54 +135,34 @@ impl Registry for RpcRegistry {
         self.registry.get_worker_by_did(worker_did).await
     }
 
-    async fn update_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
-        match (update.kind, &update.cvm_id) {
-            (AgentKind::Worker, None) => {
-                self.registry
-                    .update_worker_endpoint(&update.did, &update.endpoint_url)
-                    .await
-            }
-            (AgentKind::Worker, Some(cvm_id)) => {
-                let current = self
-                    .registry
-                    .get_worker_by_did(&update.did)
-                    .await?
-                    .ok_or_else(|| not_found(messages::WORKER_NOT_FOUND))?;
-                self.registry
-                    .register_worker(&update.reregister_worker(current, cvm_id))
-                    .await
-                    .map(drop)
-            }
-            (AgentKind::Coordinator, _) => {
-                let current = self
-                    .registry
-                    .get_coordinator_by_did(&update.did)
-                    .await?
-                    .ok_or_else(|| not_found(messages::COORDINATOR_NOT_FOUND))?;
-                self.registry
-                    .register_coordinator(&update.reregister_coordinator(current))
-                    .await
-                    .map(drop)
-            }
-        }
+    async fn update_worker_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
+        let Some(cvm_id) = &update.cvm_id else {
+            return self
+                .registry
+                .update_worker_endpoint(&update.did, &update.endpoint_url)
+                .await;
+        };
+        let current = self
+            .registry
+            .get_worker_by_did(&update.did)
+            .await?
+            .ok_or_else(|| not_found(messages::WORKER_NOT_FOUND))?;
+        self.registry
+            .register_worker(&update.reregister_worker(current, cvm_id))
+            .await
+            .map(drop)
     }
 
-    async fn register_coordinator(
-        &self,
-        owner: &AccountId,
-        registration: &CoordinatorRegistration,
-    ) -> Result<CoordinatorRecord> {
-        self.check_owner(owner)?;
-        self.registry.register_coordinator(registration).await
-    }
-
-    async fn register_worker(
-        &self,
-        owner: &AccountId,
-        registration: &WorkerRegistration,
-    ) -> Result<WorkerRecord> {
-        self.check_owner(owner)?;
-        self.registry.register_worker(registration).await
+    async fn update_coordinator_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
+        let current = self
+            .registry
+            .get_coordinator_by_did(&update.did)
+            .await?
+            .ok_or_else(|| not_found(messages::COORDINATOR_NOT_FOUND))?;
+        self.registry
+            .register_coordinator(&update.reregister_coordinator(current))
+            .await
+            .map(drop)
     }
 
     async fn roster(&self) -> Result<Vec<RegisteredWorker>> {

@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use delibera_near::{
-    Action, AgentKind, CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRegistration,
+    Action, CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRegistration,
     EndpointUpdate, Error, FunctionCall, Registry, RegistryContract, RpcRegistry,
     TransactionSender, WorkerRegistration,
 };
@@ -412,28 +412,6 @@ fn rpc_registry(server: &MockServer) -> RpcRegistry {
 }
 
 #[tokio::test]
-async fn rpc_registry_cannot_register_for_another_owner() {
-    let server = MockServer::start().await;
-    let error = rpc_registry(&server)
-        .register_worker(
-            &account("alice.testnet"),
-            &WorkerRegistration {
-                coordinator_did: "did:key:z6MkC".into(),
-                worker_did: "did:key:z6MkW".into(),
-                endpoint_url: "https://w".into(),
-                cvm_id: String::new(),
-            },
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::NotSigner { ref requested, ref signer } if requested == "alice.testnet" && signer == "server.testnet"),
-        "{error:?}"
-    );
-    assert!(server.received_requests().await.unwrap().is_empty());
-}
-
-#[tokio::test]
 async fn rpc_registry_updates_a_worker_endpoint_in_place() {
     let server = MockServer::start().await;
     mount_signed_call(
@@ -446,9 +424,8 @@ async fn rpc_registry_updates_a_worker_endpoint_in_place() {
     )
     .await;
     rpc_registry(&server)
-        .update_endpoint(&EndpointUpdate {
+        .update_worker_endpoint(&EndpointUpdate {
             did: "did:key:z6MkWorker".into(),
-            kind: AgentKind::Worker,
             endpoint_url: "https://new.example".into(),
             cvm_id: None,
         })
@@ -484,9 +461,8 @@ async fn rpc_registry_moves_a_coordinator_by_re_registering_it() {
     )
     .await;
     rpc_registry(&server)
-        .update_endpoint(&EndpointUpdate {
+        .update_coordinator_endpoint(&EndpointUpdate {
             did: "did:key:z6MkCoordinator".into(),
-            kind: AgentKind::Coordinator,
             endpoint_url: "https://moved.example".into(),
             cvm_id: None,
         })
@@ -506,9 +482,8 @@ async fn rpc_registry_reports_a_missing_coordinator_with_the_contract_text() {
     )
     .await;
     let error = rpc_registry(&server)
-        .update_endpoint(&EndpointUpdate {
+        .update_coordinator_endpoint(&EndpointUpdate {
             did: "did:key:z6MkNobody".into(),
-            kind: AgentKind::Coordinator,
             endpoint_url: "https://x".into(),
             cvm_id: None,
         })

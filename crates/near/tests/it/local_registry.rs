@@ -1,8 +1,8 @@
 //! `LocalRegistry`: every contract rule, with the contract's message.
 
 use delibera_near::{
-    AccountId, AgentKind, CoordinatorRegistration, EndpointUpdate, Error, LocalRegistry, Registry,
-    WorkerRegistration, messages,
+    AccountId, CoordinatorClaim, CoordinatorRegistration, EndpointUpdate, Error, LocalRegistry,
+    Registrar, Registry, WorkerClaim, WorkerRegistration, messages,
 };
 
 const COORDINATOR: &str = "did:key:z6MkCoordinator1";
@@ -303,30 +303,39 @@ async fn only_the_owner_or_a_roster_coordinator_may_register_roster_workers() {
 }
 
 #[tokio::test]
-async fn the_port_acts_as_admin_and_registers_on_behalf_of_users() {
+async fn the_ports_act_as_admin_and_register_on_behalf_of_users() {
     let registry = registry();
     let port: &dyn Registry = &registry;
-    port.register_coordinator(&alice(), &coordinator(1, 3))
+    let registrar: &dyn Registrar = &registry;
+    registrar
+        .complete_coordinator(&CoordinatorClaim {
+            owner: alice(),
+            registration: coordinator(1, 3),
+            contract: None,
+            tx_hash: Some("anything: there is no chain".into()),
+        })
         .await
         .unwrap();
-    let record = port
-        .register_worker(&id("bob.testnet"), &worker())
+    let record = registrar
+        .complete_worker(&WorkerClaim {
+            owner: id("bob.testnet"),
+            registration: worker(),
+            tx_hash: None,
+        })
         .await
         .unwrap();
     assert_eq!(record.account_id, id("bob.testnet"));
     assert!(record.registered_at > 0);
 
-    port.update_endpoint(&EndpointUpdate {
+    port.update_worker_endpoint(&EndpointUpdate {
         did: WORKER.into(),
-        kind: AgentKind::Worker,
         endpoint_url: "https://new.example".into(),
         cvm_id: None,
     })
     .await
     .unwrap();
-    port.update_endpoint(&EndpointUpdate {
+    port.update_coordinator_endpoint(&EndpointUpdate {
         did: COORDINATOR.into(),
-        kind: AgentKind::Coordinator,
         endpoint_url: "https://c2.example".into(),
         cvm_id: Some("cvm-2".into()),
     })
@@ -357,9 +366,8 @@ async fn the_port_acts_as_admin_and_registers_on_behalf_of_users() {
     );
 
     let missing = port
-        .update_endpoint(&EndpointUpdate {
+        .update_worker_endpoint(&EndpointUpdate {
             did: "did:key:z6MkNobody".into(),
-            kind: AgentKind::Worker,
             endpoint_url: "https://x".into(),
             cvm_id: Some("c".into()),
         })

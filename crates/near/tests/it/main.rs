@@ -2,6 +2,7 @@
 
 mod contracts;
 mod local_registry;
+mod registrar;
 mod rpc;
 mod sender;
 mod support;

@@ -5,45 +5,86 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use delibera_deploy::{
+    AgentEnv, AgentRole, AgentSpec, Deployer, Deployment, DeploymentName, DeploymentStatus, EnvVar,
+};
 use delibera_ensue::Memory;
-use delibera_phala::{AgentSpec, Deployer, Deployment, DeploymentStatus, EnvVar};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::{Agent, AgentConfig, WorkerDirectory};
+use crate::{Agent, WorkerDirectory};
 
 /// How long teardown waits for an agent to finish its task in hand.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The backend name in the port's errors.
+const BACKEND: &str = "local agent runtime";
+
 /// An agent the local deployer started, as its journal keeps it: enough to
 /// start it again, on the same port (so its registered endpoint stays true),
 /// after the process restarts.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize)]
 pub struct LocalDeploymentRecord {
     /// The deployment id handed out by `deploy`.
-    pub cvm_id: String,
+    pub id: String,
     /// The loopback port the agent listens on.
     pub port: u16,
-    /// Worker or coordinator.
-    pub role: delibera_phala::AgentRole,
-    /// The agent's env, secrets included.
-    pub env: Vec<EnvVar>,
+    /// What was deployed, the agent's env (secrets included) among it.
+    pub spec: AgentSpec,
+}
+
+impl<'de> Deserialize<'de> for LocalDeploymentRecord {
+    /// Also reads the records of the first releases, which kept the role and
+    /// the raw env list instead of the spec.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Current {
+                id: String,
+                port: u16,
+                spec: AgentSpec,
+            },
+            FirstRelease {
+                cvm_id: String,
+                port: u16,
+                role: AgentRole,
+                env: Vec<EnvVar>,
+            },
+        }
+        match Stored::deserialize(deserializer)? {
+            Stored::Current { id, port, spec } => Ok(Self { id, port, spec }),
+            Stored::FirstRelease {
+                cvm_id,
+                port,
+                role,
+                mut env,
+            } => {
+                if !env.iter().any(|var| var.key == delibera_deploy::vars::AGENT_ROLE) {
+                    env.push(EnvVar::new(delibera_deploy::vars::AGENT_ROLE, role.as_str()));
+                }
+                let env = AgentEnv::try_from(env.as_slice()).map_err(serde::de::Error::custom)?;
+                let name = DeploymentName::derive(role, &env.display_name, &cvm_id);
+                Ok(Self {
+                    id: cvm_id,
+                    port,
+                    spec: AgentSpec::new(name, env),
+                })
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalDeploymentRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // EnvVar's Debug already hides values; list names only to stay terse.
         f.debug_struct("LocalDeploymentRecord")
-            .field("cvm_id", &self.cvm_id)
+            .field("id", &self.id)
             .field("port", &self.port)
-            .field("role", &self.role)
-            .field(
-                "env",
-                &self.env.iter().map(|var| &var.key).collect::<Vec<_>>(),
-            )
-            .finish()
+            .field("name", &self.spec.name)
+            .field("role", &self.spec.role())
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,17 +97,17 @@ pub trait DeploymentJournal: Send + Sync {
     /// Remembers (or replaces) a running agent.
     async fn save(&self, record: &LocalDeploymentRecord) -> crate::Result<()>;
     /// Forgets a torn-down agent.
-    async fn remove(&self, cvm_id: &str) -> crate::Result<()>;
+    async fn remove(&self, id: &str) -> crate::Result<()>;
     /// Every remembered agent.
     async fn load(&self) -> crate::Result<Vec<LocalDeploymentRecord>>;
 }
 
 /// Starts the agent runtime in-process on `127.0.0.1` with an ephemeral port,
-/// configured from the spec's env exactly as a CVM would be (the same
-/// [`AgentConfig::from_lookup`] contract), so local mode exercises the
-/// production agent code. `teardown` stops it. With a journal
-/// ([`LocalDeployer::with_journal`]), [`LocalDeployer::restore`] brings the
-/// agents back after a restart.
+/// configured from the spec's env exactly as a CVM would be (the agent reads
+/// the same [`AgentEnv`]), so local mode exercises the production agent code.
+/// Its public URL is its loopback address, which only local mode accepts.
+/// `teardown` stops it. With a journal ([`LocalDeployer::with_journal`]),
+/// [`LocalDeployer::restore`] brings the agents back after a restart.
 pub struct LocalDeployer {
     directory: Arc<dyn WorkerDirectory>,
     memory: Option<Arc<dyn Memory>>,
@@ -75,6 +116,7 @@ pub struct LocalDeployer {
 }
 
 struct LocalAgent {
+    name: DeploymentName,
     endpoint_url: String,
     stop: oneshot::Sender<()>,
     task: JoinHandle<crate::Result<()>>,
@@ -88,10 +130,8 @@ impl std::fmt::Debug for LocalDeployer {
     }
 }
 
-fn deployer_error(message: impl Into<String>) -> delibera_phala::Error {
-    delibera_phala::Error::Deployer {
-        message: message.into(),
-    }
+fn backend_error(error: impl Into<delibera_deploy::BoxError>) -> delibera_deploy::Error {
+    delibera_deploy::Error::backend(BACKEND, false, error)
 }
 
 impl LocalDeployer {
@@ -112,6 +152,12 @@ impl LocalDeployer {
         self
     }
 
+    /// Agents use `memory` instead of an `EnsueClient` built from their env.
+    pub fn with_memory(mut self, memory: Arc<dyn Memory>) -> Self {
+        self.memory = Some(memory);
+        self
+    }
+
     /// Starts again every agent the journal remembers, each with its old id
     /// and port; returns how many came back. An agent whose port is now taken
     /// stays down (logged), and `status` reports it unknown, as a vanished CVM.
@@ -121,7 +167,7 @@ impl LocalDeployer {
         };
         let mut restored = 0;
         for record in journal.load().await? {
-            if self.lock().contains_key(&record.cvm_id) {
+            if self.lock().contains_key(&record.id) {
                 continue;
             }
             let listener =
@@ -129,92 +175,78 @@ impl LocalDeployer {
                 {
                     Ok(listener) => listener,
                     Err(error) => {
-                        tracing::warn!(cvm_id = %record.cvm_id, port = record.port, %error,
+                        tracing::warn!(id = %record.id, port = record.port, %error,
                             "cannot restore local agent: its port is taken");
                         continue;
                     }
                 };
-            match self.start(record.cvm_id.clone(), record.role, &record.env, listener) {
+            match self.start(record.id.clone(), &record.spec, listener) {
                 Ok(_) => restored += 1,
                 Err(error) => {
-                    tracing::warn!(cvm_id = %record.cvm_id, %error, "cannot restore local agent");
+                    tracing::warn!(id = %record.id, %error, "cannot restore local agent");
                 }
             }
         }
         Ok(restored)
     }
 
-    /// Runs one agent on `listener` under the id `cvm_id`.
+    /// Runs the agent of `spec` on `listener` under the id `id`.
     fn start(
         &self,
-        cvm_id: String,
-        role: delibera_phala::AgentRole,
-        env: &[EnvVar],
+        id: String,
+        spec: &AgentSpec,
         listener: TcpListener,
-    ) -> delibera_phala::Result<Deployment> {
-        let env: HashMap<&str, &str> = env
-            .iter()
-            .map(|var| (var.key.as_str(), var.value.as_str()))
-            .collect();
-        let config = AgentConfig::from_lookup(role, |name| env.get(name).map(|v| (*v).to_owned()))
-            .map_err(|error| deployer_error(error.to_string()))?;
-        let address = listener
-            .local_addr()
-            .map_err(|error| deployer_error(error.to_string()))?;
+    ) -> delibera_deploy::Result<Deployment> {
+        let address = listener.local_addr().map_err(backend_error)?;
         let endpoint_url = format!("http://{address}");
-        let config = AgentConfig {
-            public_url: config.public_url.or_else(|| Some(endpoint_url.clone())),
-            port: address.port(),
-            ..config
-        };
-        let did = config.did.clone();
-        let mut agent = Agent::new(config)
-            .map_err(|error| deployer_error(error.to_string()))?
+        let mut env = spec.env.clone();
+        env.port = address.port();
+        env.local = true;
+        env.public_url = Some(
+            delibera_deploy::Url::parse(&endpoint_url)
+                .map_err(|error| backend_error(error.to_string()))?,
+        );
+        let mut agent = Agent::new(env)
+            .map_err(backend_error)?
             .with_directory(self.directory.clone());
         if let Some(memory) = &self.memory {
             agent = agent.with_memory(memory.clone());
         }
+        let did = agent.did().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.serve(listener, async move {
             let _ = stopped.await;
         }));
-        tracing::info!(%did, %endpoint_url, cvm_id, "local agent started");
+        tracing::info!(%did, %endpoint_url, id, "local agent started");
         self.lock().insert(
-            cvm_id.clone(),
+            id.clone(),
             LocalAgent {
+                name: spec.name.clone(),
                 endpoint_url: endpoint_url.clone(),
                 stop,
                 task,
             },
         );
         Ok(Deployment {
-            cvm_id,
-            app_id: did.to_string(),
+            id,
+            name: spec.name.clone(),
             dashboard_url: endpoint_url.clone(),
             endpoint_url,
         })
     }
 
     /// Stops an agent and waits for it (at most [`STOP_TIMEOUT`]).
-    async fn stop(&self, cvm_id: &str) -> delibera_phala::Result<()> {
-        let Some(agent) = self.lock().remove(cvm_id) else {
+    async fn stop(&self, id: &str) -> delibera_deploy::Result<()> {
+        let Some(agent) = self.lock().remove(id) else {
             return Ok(()); // Already gone.
         };
         let _ = agent.stop.send(());
         match tokio::time::timeout(STOP_TIMEOUT, agent.task).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(deployer_error(format!(
-                "agent ended with an error: {error}"
-            ))),
-            Ok(Err(join_error)) => Err(deployer_error(format!("agent task failed: {join_error}"))),
-            Err(_) => Err(deployer_error("agent did not stop in time")),
+            Ok(Ok(Err(error))) => Err(backend_error(error)),
+            Ok(Err(join_error)) => Err(backend_error(format!("agent task failed: {join_error}"))),
+            Err(_) => Err(backend_error("agent did not stop in time")),
         }
-    }
-
-    /// Agents use `memory` instead of an `EnsueClient` built from their env.
-    pub fn with_memory(mut self, memory: Arc<dyn Memory>) -> Self {
-        self.memory = Some(memory);
-        self
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, LocalAgent>> {
@@ -225,54 +257,64 @@ impl LocalDeployer {
 
 #[async_trait::async_trait]
 impl Deployer for LocalDeployer {
-    async fn deploy(&self, spec: &AgentSpec) -> delibera_phala::Result<Deployment> {
+    async fn deploy(&self, spec: &AgentSpec) -> delibera_deploy::Result<Deployment> {
+        // The name is the idempotency key here too.
+        if let Some(existing) = self.find(spec).await? {
+            return Ok(existing);
+        }
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
-            .map_err(|error| deployer_error(format!("cannot bind 127.0.0.1: {error}")))?;
-        let port = listener
-            .local_addr()
-            .map_err(|error| deployer_error(error.to_string()))?
-            .port();
-        let cvm_id = format!("local-{}", uuid::Uuid::new_v4().simple());
-        let deployment = self.start(cvm_id.clone(), spec.role, &spec.env, listener)?;
+            .map_err(backend_error)?;
+        let port = listener.local_addr().map_err(backend_error)?.port();
+        let id = format!("local-{}", uuid::Uuid::new_v4().simple());
+        let deployment = self.start(id.clone(), spec, listener)?;
         if let Some(journal) = &self.journal {
             let record = LocalDeploymentRecord {
-                cvm_id: cvm_id.clone(),
+                id: id.clone(),
                 port,
-                role: spec.role,
-                env: spec.env.clone(),
+                spec: spec.clone(),
             };
             if let Err(error) = journal.save(&record).await {
                 // An agent the journal does not know would vanish at the next
                 // restart while the registry still lists it: refuse it now.
-                let _ = self.stop(&cvm_id).await;
-                return Err(deployer_error(error.to_string()));
+                let _ = self.stop(&id).await;
+                return Err(backend_error(error));
             }
         }
         Ok(deployment)
     }
 
-    async fn status(&self, cvm_id: &str) -> delibera_phala::Result<DeploymentStatus> {
+    async fn find(&self, spec: &AgentSpec) -> delibera_deploy::Result<Option<Deployment>> {
+        Ok(self
+            .lock()
+            .iter()
+            .find(|(_, agent)| agent.name == spec.name)
+            .map(|(id, agent)| Deployment {
+                id: id.clone(),
+                name: agent.name.clone(),
+                endpoint_url: agent.endpoint_url.clone(),
+                dashboard_url: agent.endpoint_url.clone(),
+            }))
+    }
+
+    async fn status(&self, id: &str) -> delibera_deploy::Result<DeploymentStatus> {
         let agents = self.lock();
         let agent = agents
-            .get(cvm_id)
-            .ok_or_else(|| deployer_error(format!("no local deployment {cvm_id}")))?;
+            .get(id)
+            .ok_or_else(|| backend_error(format!("no local deployment {id}")))?;
         let running = !agent.task.is_finished();
         Ok(DeploymentStatus {
-            cvm_id: cvm_id.to_owned(),
+            id: id.to_owned(),
             status: if running { "running" } else { "stopped" }.to_owned(),
             running,
             endpoint_url: Some(agent.endpoint_url.clone()),
         })
     }
 
-    async fn teardown(&self, cvm_id: &str) -> delibera_phala::Result<()> {
-        let stopped = self.stop(cvm_id).await;
+    async fn teardown(&self, id: &str) -> delibera_deploy::Result<()> {
+        let stopped = self.stop(id).await;
         if let Some(journal) = &self.journal {
-            journal
-                .remove(cvm_id)
-                .await
-                .map_err(|error| deployer_error(error.to_string()))?;
+            journal.remove(id).await.map_err(backend_error)?;
         }
         stopped
     }

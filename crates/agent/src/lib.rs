@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+mod directory;
+mod error;
+mod local_deployer;
+mod runtime;
+mod shutdown;
+
+pub use directory::{RegistryWorkers, StaticWorkers, WorkerDirectory};
+pub use error::{Error, Result};
+pub use local_deployer::{DeploymentJournal, LocalDeployer, LocalDeploymentRecord};
+pub use runtime::Agent;
+pub use shutdown::shutdown_signal;
+
+// The contract an agent is configured by.
+pub use delibera_deploy::{AgentEnv, AgentRole, vars};

@@ -1,0 +1,397 @@
+//! The agent runtime: what runs inside a CVM (or in-process under the local
+//! deployer): a worker loop or a coordinator, behind a small HTTP API,
+//! configured by its [`AgentEnv`].
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use delibera_coordination::{
+    Coordinator, CoordinatorConfig, LlmConfig, LlmVoter, MAX_ROUND_DEADLINE, Proposal, RuleVoter,
+    TaskHandler, Worker, WorkerConfig,
+};
+use delibera_deploy::{AgentEnv, AgentRole, Voter, vars};
+use delibera_ensue::keys::{self, AgentField, ProposalField};
+use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
+use delibera_identity::Did;
+use delibera_near::{NearRpc, RegistryContract};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::{Error, Result, StaticWorkers, WorkerDirectory};
+
+/// A configured agent, ready to [`serve`](Agent::serve).
+pub struct Agent {
+    env: AgentEnv,
+    memory: Arc<dyn Memory>,
+    handler: Arc<dyn TaskHandler>,
+    directory: Option<Arc<dyn WorkerDirectory>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// An agent as its env describes it: Ensue at `ENSUE_URL`, the voter of
+    /// `TASK_HANDLER`, and for a coordinator its workers from
+    /// `DELIBERA_WORKERS`, or from the registry contract at `NEAR_RPC_URL`.
+    /// A coordinator with neither needs [`with_directory`](Self::with_directory).
+    pub fn new(env: AgentEnv) -> Result<Self> {
+        if env.round_deadline > MAX_ROUND_DEADLINE {
+            return Err(delibera_deploy::Error::InvalidVar {
+                name: vars::ROUND_DEADLINE_SECS,
+                reason: "must be at most one week".into(),
+            }
+            .into());
+        }
+        let ensue = EnsueConfig::new(env.ensue_api_key.as_str()).with_base_url(env.ensue_url.as_str())?;
+        let memory: Arc<dyn Memory> = Arc::new(EnsueClient::new(ensue)?);
+        let handler: Arc<dyn TaskHandler> = match &env.voter {
+            Voter::Rules => Arc::new(RuleVoter::new()),
+            Voter::Llm {
+                base_url,
+                model,
+                api_key,
+            } => {
+                let mut config = LlmConfig::new(base_url.as_str().trim_end_matches('/'), model.as_str());
+                config.api_key = api_key.as_ref().map(|key| key.to_string());
+                Arc::new(LlmVoter::new(config)?)
+            }
+        };
+        let directory: Option<Arc<dyn WorkerDirectory>> = if !env.static_workers.is_empty() {
+            Some(Arc::new(StaticWorkers(env.static_workers.clone())))
+        } else if let (Some(contract), false) =
+            (&env.registry_contract, env.near_rpc_urls.is_empty())
+        {
+            let rpc = NearRpc::new(env.near_rpc_urls.iter().map(|url| url.as_str()))?;
+            Some(Arc::new(RegistryContract::new(rpc, contract.clone())))
+        } else {
+            None
+        };
+        Ok(Self {
+            env,
+            memory,
+            handler,
+            directory,
+        })
+    }
+
+    /// Uses `memory` instead of an `EnsueClient`.
+    pub fn with_memory(mut self, memory: Arc<dyn Memory>) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// Uses `handler` instead of the configured voter.
+    pub fn with_handler(mut self, handler: Arc<dyn TaskHandler>) -> Self {
+        self.handler = handler;
+        self
+    }
+
+    /// Where a coordinator finds its workers, instead of what its env names.
+    pub fn with_directory(mut self, directory: Arc<dyn WorkerDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// The agent's DID.
+    pub fn did(&self) -> &Did {
+        self.env.did()
+    }
+
+    /// The env it runs with.
+    pub fn env(&self) -> &AgentEnv {
+        &self.env
+    }
+
+    /// Serves on `listener` until `shutdown` resolves: publishes the agent's
+    /// `display_name` (and its `endpoint`, when its env names a public URL),
+    /// runs the worker loop (workers), and answers `GET /` (and the
+    /// coordinator API for coordinators). On shutdown the worker finishes or
+    /// fails the task in hand before this returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let env = self.env;
+        // Checked before anything is published.
+        if env.role == AgentRole::Coordinator && self.directory.is_none() {
+            return Err(Error::config(format!(
+                "a coordinator needs to find its workers: set {} and {}, or {}",
+                vars::NEAR_RPC_URL,
+                vars::REGISTRY_CONTRACT,
+                vars::STATIC_WORKERS
+            )));
+        }
+        let address = listener.local_addr().map_err(Error::Serve)?;
+        let did = env.did().clone();
+        // Only the env's public URL is published: the address this process
+        // bound is reachable from nowhere else (a container, a TEE).
+        let mut published = vec![(AgentField::DisplayName, env.display_name.clone())];
+        match &env.public_url {
+            Some(url) => published.push((AgentField::Endpoint, url.as_str().trim_end_matches('/').to_owned())),
+            None => tracing::info!(%did, "no {} set; the endpoint is left to the registration", vars::PUBLIC_URL),
+        }
+        for (field, value) in published {
+            // Ensue may be briefly unavailable at boot; the agent still serves.
+            if let Err(error) = self
+                .memory
+                .upsert(&keys::agent(&did, field), &value)
+                .await
+            {
+                tracing::warn!(%error, field = field.as_str(), "could not publish agent identity");
+            }
+        }
+
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+
+        let health = Health {
+            message: format!("Delibera {} running", env.role),
+            did: did.clone(),
+            role: env.role,
+        };
+        let mut worker_loop = None;
+        let router = match (env.role, self.directory) {
+            (AgentRole::Worker, _) => {
+                let worker = Worker::new(did.clone(), self.memory.clone(), self.handler)
+                    .with_config(WorkerConfig::polling(
+                        env.poll_interval,
+                        env.poll_interval * 2 / 3,
+                    ));
+                worker_loop = Some(tokio::spawn(worker.run(wait_for_stop(stopped.clone()))));
+                health_router(health)
+            }
+            (AgentRole::Coordinator, directory) => {
+                let directory = directory.ok_or_else(|| Error::config("a coordinator needs a worker directory"))?;
+                let state = Arc::new(CoordinatorState {
+                    did: did.clone(),
+                    coordinator: Arc::new(Coordinator::with_config(
+                        self.memory.clone(),
+                        CoordinatorConfig::default(),
+                    )),
+                    memory: self.memory.clone(),
+                    directory,
+                    round_deadline: env.round_deadline,
+                    running: Mutex::new(None),
+                    last_error: Mutex::new(None),
+                });
+                coordinator_router(health, state)
+            }
+        };
+        tracing::info!(%did, role = %env.role, %address, "agent listening");
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(wait_for_stop(stopped))
+            .await;
+        if let Some(worker_loop) = worker_loop {
+            let _ = worker_loop.await;
+        }
+        served.map_err(Error::Serve)
+    }
+}
+
+#[derive(Clone)]
+struct Health {
+    message: String,
+    did: Did,
+    role: AgentRole,
+}
+
+fn health_json(health: &Health) -> Json<Value> {
+    Json(json!({"message": health.message, "did": health.did, "role": health.role}))
+}
+
+fn health_router(health: Health) -> Router {
+    Router::new().route("/", get(move || async move { health_json(&health) }))
+}
+
+struct CoordinatorState {
+    did: Did,
+    coordinator: Arc<Coordinator>,
+    memory: Arc<dyn Memory>,
+    directory: Arc<dyn WorkerDirectory>,
+    round_deadline: Duration,
+    /// The proposal of the round in progress.
+    running: Mutex<Option<String>>,
+    /// Why the last round failed, if it did.
+    last_error: Mutex<Option<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single assignment, so a poisoned lock holds a whole value.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn coordinator_router(health: Health, state: Arc<CoordinatorState>) -> Router {
+    Router::new()
+        .route("/", get(move || async move { health_json(&health) }))
+        .route("/api/coordinate", post(start_round))
+        .route("/api/coordinate/status", get(round_status))
+        .route("/api/proposals/{id}", get(proposal))
+        .with_state(state)
+}
+
+/// An error answer: `{"error": message}` with a status.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<delibera_coordination::Error> for ApiError {
+    fn from(error: delibera_coordination::Error) -> Self {
+        Error::from(error).into()
+    }
+}
+
+impl From<delibera_ensue::Error> for ApiError {
+    fn from(error: delibera_ensue::Error) -> Self {
+        Error::from(error).into()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        tracing::warn!(%error, "coordinator API call failed");
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            "shared memory or registry unavailable".into(),
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CoordinateRequest {
+    proposal_id: String,
+    title: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    parameters: Value,
+}
+
+async fn start_round(
+    State(state): State<Arc<CoordinatorState>>,
+    body: std::result::Result<Json<CoordinateRequest>, JsonRejection>,
+) -> std::result::Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(request) =
+        body.map_err(|rejection| ApiError(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    if request.proposal_id.trim().is_empty() || request.proposal_id.contains('/') {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "proposalId must be non-empty and contain no '/'".into(),
+        ));
+    }
+    {
+        let mut running = lock(&state.running);
+        if let Some(proposal_id) = running.as_ref() {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("a round is already running for proposal {proposal_id}"),
+            ));
+        }
+        *running = Some(request.proposal_id.clone());
+    }
+    let workers = match state.directory.active_workers(&state.did).await {
+        Ok(workers) if !workers.is_empty() => workers,
+        outcome => {
+            *lock(&state.running) = None;
+            return Err(match outcome {
+                Err(error) => error.into(),
+                Ok(_) => ApiError(
+                    StatusCode::CONFLICT,
+                    "no active workers are registered for this coordinator".into(),
+                ),
+            });
+        }
+    };
+    let proposal = Proposal::new(request.proposal_id.clone(), request.title)
+        .with_description(request.description)
+        .with_parameters(request.parameters);
+    let round_state = Arc::clone(&state);
+    tokio::spawn(async move {
+        let outcome = round_state
+            .coordinator
+            .run_round(&proposal, &workers, round_state.round_deadline)
+            .await;
+        *lock(&round_state.last_error) = outcome.err().map(|error| {
+            tracing::warn!(%error, proposal = %proposal.proposal_id, "round failed");
+            error.to_string()
+        });
+        *lock(&round_state.running) = None;
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"proposalId": request.proposal_id, "status": "coordinating"})),
+    ))
+}
+
+async fn round_status(
+    State(state): State<Arc<CoordinatorState>>,
+) -> std::result::Result<Json<Value>, ApiError> {
+    let keys = [keys::coordinator_status(), keys::coordinator_proposal_id()];
+    let values = state.memory.get_many(&keys).await.map_err(Error::from)?;
+    let [status_key, proposal_key] = &keys;
+    let running = lock(&state.running).clone();
+    Ok(Json(json!({
+        "status": values.get(status_key).map_or("idle", String::as_str),
+        "proposalId": running.as_ref().or(values.get(proposal_key)),
+        "running": running.is_some(),
+        "lastError": lock(&state.last_error).clone(),
+    })))
+}
+
+async fn proposal(
+    State(state): State<Arc<CoordinatorState>>,
+    Path(id): Path<String>,
+) -> std::result::Result<Json<Value>, ApiError> {
+    let status_key = keys::proposal(&id, ProposalField::Status);
+    let tally_key = keys::proposal(&id, ProposalField::Tally);
+    let values = state
+        .memory
+        .get_many(&[status_key.clone(), tally_key.clone()])
+        .await
+        .map_err(Error::from)?;
+    let Some(status) = values.get(&status_key) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("unknown proposal {id}"),
+        ));
+    };
+    let tally = match values.get(&tally_key) {
+        Some(text) => serde_json::from_str::<Value>(text).map_err(|error| {
+            tracing::warn!(proposal = %id, %error, "the stored tally is not JSON");
+            ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("the stored tally of proposal {id} is not JSON"),
+            )
+        })?,
+        None => Value::Null,
+    };
+    Ok(Json(
+        json!({"proposalId": id, "status": status, "tally": tally}),
+    ))
+}

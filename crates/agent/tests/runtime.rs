@@ -1,0 +1,435 @@
+//! The agent runtime and the local deployer: a full deliberation through
+//! in-process agents (local Ensue, local registry), what an agent publishes,
+//! idempotent deploys by name, and agents brought back after a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use delibera_agent::{
+    Agent, DeploymentJournal, LocalDeployer, LocalDeploymentRecord, RegistryWorkers,
+};
+use delibera_deploy::{
+    AgentEnv, AgentIdentity, AgentRole, AgentSpec, Deployer, DeploymentName, wait_healthy,
+};
+use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
+use delibera_ensue_local::{Config, LocalEnsue};
+use delibera_identity::{Did, Keypair};
+use delibera_near::{AccountId, CoordinatorRegistration, LocalRegistry, WorkerRegistration};
+use serde_json::{Value, json};
+
+fn key(n: u8) -> Keypair {
+    Keypair::from_seed(&[n; 32])
+}
+
+fn env(role: AgentRole, keypair: &Keypair, name: &str, ensue: &LocalEnsue) -> AgentEnv {
+    let mut env = AgentEnv::new(
+        role,
+        AgentIdentity::from_keypair(keypair),
+        name,
+        ensue.api_key().expose(),
+    );
+    env.ensue_url = ensue.url().parse().unwrap();
+    env.poll_interval = Duration::from_millis(20);
+    env.round_deadline = Duration::from_secs(20);
+    env
+}
+
+fn spec(env: AgentEnv) -> AgentSpec {
+    let name = DeploymentName::derive(env.role, &env.display_name, &env.did().as_str()[8..]);
+    AgentSpec::new(name, env)
+}
+
+fn memory(ensue: &LocalEnsue) -> Arc<dyn Memory> {
+    Arc::new(
+        EnsueClient::new(
+            EnsueConfig::new(ensue.api_key().expose())
+                .with_base_url(ensue.url())
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+fn local_registry() -> Arc<LocalRegistry> {
+    Arc::new(LocalRegistry::in_memory("alice.testnet".parse().unwrap()).unwrap())
+}
+
+async fn healthy(http: &reqwest::Client, url: &str, did: &Did) -> Value {
+    wait_healthy(http, url, did, Duration::from_secs(10), &mut |_| {})
+        .await
+        .unwrap()
+        .body
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = http.get(url).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deliberation_through_the_local_deployer() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let memory = memory(&ensue);
+    let owner: AccountId = "alice.testnet".parse().unwrap();
+    let registry = local_registry();
+    let deployer = LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())));
+    let http = reqwest::Client::new();
+
+    let coordinator_key = key(10);
+    let coordinator_did = coordinator_key.did();
+    let coordinator = deployer
+        .deploy(&spec(env(AgentRole::Coordinator, &coordinator_key, "Coord", &ensue)))
+        .await
+        .unwrap();
+    assert_eq!(
+        healthy(&http, &coordinator.endpoint_url, &coordinator_did).await,
+        json!({"message": "Delibera coordinator running", "did": coordinator_did, "role": "coordinator"})
+    );
+    registry
+        .register_coordinator_as(
+            &owner,
+            &CoordinatorRegistration {
+                coordinator_did: coordinator_did.to_string(),
+                endpoint_url: coordinator.endpoint_url.clone(),
+                cvm_id: coordinator.id.clone(),
+                min_workers: 1,
+                max_workers: 10,
+            },
+        )
+        .unwrap();
+
+    // No workers registered yet: nothing to coordinate.
+    let started = http
+        .post(format!("{}/api/coordinate", coordinator.endpoint_url))
+        .json(&json!({"proposalId": "p-1", "title": "Fund the indexer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status().as_u16(), 409);
+
+    let mut deployments = vec![coordinator.clone()];
+    for n in 1..=3u8 {
+        let keypair = key(n);
+        let mut worker_env = env(AgentRole::Worker, &keypair, &format!("Worker {n}"), &ensue);
+        worker_env.coordinator_did = Some(coordinator_did.clone());
+        let worker = deployer.deploy(&spec(worker_env)).await.unwrap();
+        let health = healthy(&http, &worker.endpoint_url, &keypair.did()).await;
+        assert_eq!(health["message"], "Delibera worker running");
+        assert_eq!(
+            deployer.status(&worker.id).await.unwrap().status,
+            "running"
+        );
+        assert_eq!(
+            memory
+                .get(&format!("agent/{}/display_name", keypair.did()))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(format!("Worker {n}").as_str())
+        );
+        assert_eq!(
+            memory
+                .get(&format!("agent/{}/endpoint", keypair.did()))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(worker.endpoint_url.as_str())
+        );
+        registry
+            .register_worker_as(
+                &owner,
+                &WorkerRegistration {
+                    coordinator_did: coordinator_did.to_string(),
+                    worker_did: keypair.did().to_string(),
+                    endpoint_url: worker.endpoint_url.clone(),
+                    cvm_id: worker.id.clone(),
+                },
+            )
+            .unwrap();
+        deployments.push(worker);
+    }
+
+    let base = &coordinator.endpoint_url;
+    let body = json!({
+        "proposalId": "p-1",
+        "title": "Fund the indexer",
+        "description": "Six months of hosting.",
+        "parameters": {"amount": 20000, "rules": {"thresholds": [{"field": "amount", "max": 10000}]}}
+    });
+    let started = http
+        .post(format!("{base}/api/coordinate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status().as_u16(), 202);
+    assert_eq!(
+        started.json::<Value>().await.unwrap(),
+        json!({"proposalId": "p-1", "status": "coordinating"})
+    );
+    let again = http
+        .post(format!("{base}/api/coordinate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+
+    let proposal = loop {
+        let (status, proposal) = get_json(&http, &format!("{base}/api/proposals/p-1")).await;
+        if status == 200 && proposal["status"] == "completed" {
+            break proposal;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let tally = &proposal["tally"];
+    assert_eq!(proposal["proposalId"], "p-1");
+    assert_eq!(
+        (tally["approved"].clone(), tally["rejected"].clone()),
+        (json!(0), json!(3))
+    );
+    assert_eq!(tally["decision"], "Rejected");
+    assert_eq!(tally["workerCount"], 3);
+    assert_eq!(tally["results"].as_array().unwrap().len(), 3);
+    assert!(
+        tally["results"][0]["reasoning"]
+            .as_str()
+            .unwrap()
+            .contains("amount 20000 exceeds max 10000")
+    );
+
+    // The status endpoint settles to idle once the round's task has finished.
+    let status = loop {
+        let (_, status) = get_json(&http, &format!("{base}/api/coordinate/status")).await;
+        if status["running"] == false {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        status,
+        json!({"status": "idle", "proposalId": "p-1", "running": false, "lastError": null})
+    );
+    let (status, missing) = get_json(&http, &format!("{base}/api/proposals/nope")).await;
+    assert_eq!(
+        (status, missing),
+        (404, json!({"error": "unknown proposal nope"}))
+    );
+    let bad = http
+        .post(format!("{base}/api/coordinate"))
+        .json(&json!({"title": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+
+    for deployment in &deployments {
+        deployer.teardown(&deployment.id).await.unwrap();
+        assert!(deployer.status(&deployment.id).await.is_err());
+        // Tearing down twice is fine.
+        deployer.teardown(&deployment.id).await.unwrap();
+    }
+    assert!(
+        http.get(base).send().await.is_err(),
+        "the coordinator stopped listening"
+    );
+    ensue.stop().await.unwrap();
+}
+
+/// A journal in memory, shared by the "before" and "after" deployers of a restart.
+#[derive(Default)]
+struct MemoryJournal(std::sync::Mutex<Vec<LocalDeploymentRecord>>);
+
+#[async_trait::async_trait]
+impl DeploymentJournal for MemoryJournal {
+    async fn save(&self, record: &LocalDeploymentRecord) -> delibera_agent::Result<()> {
+        let mut records = self.0.lock().unwrap();
+        records.retain(|kept| kept.id != record.id);
+        records.push(record.clone());
+        Ok(())
+    }
+    async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
+        self.0.lock().unwrap().retain(|kept| kept.id != id);
+        Ok(())
+    }
+    async fn load(&self) -> delibera_agent::Result<Vec<LocalDeploymentRecord>> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let registry = local_registry();
+    let journal = Arc::new(MemoryJournal::default());
+    let http = reqwest::Client::new();
+    let keypair = key(30);
+    let mut worker_env = env(AgentRole::Worker, &keypair, "W", &ensue);
+    worker_env.coordinator_did = Some(key(31).did());
+    let worker_spec = spec(worker_env);
+
+    let before = LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())))
+        .with_journal(journal.clone());
+    let deployment = before.deploy(&worker_spec).await.unwrap();
+    healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
+    let remembered = journal.load().await.unwrap();
+    assert_eq!(remembered.len(), 1);
+    assert_eq!(remembered[0].id, deployment.id);
+    assert!(!format!("{remembered:?}").contains(ensue.api_key().expose()));
+
+    // The process "dies": dropping the deployer stops its agents, the journal stays.
+    drop(before);
+    let port_free = async {
+        while std::net::TcpListener::bind(("127.0.0.1", remembered[0].port)).is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), port_free)
+        .await
+        .expect("the agent let go of its port");
+
+    let after =
+        LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
+    assert_eq!(after.restore().await.unwrap(), 1);
+    healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
+    assert!(after.status(&deployment.id).await.unwrap().running);
+    // The restored agent is found by its name, so a resumed job adopts it.
+    assert_eq!(after.find(&worker_spec).await.unwrap(), Some(deployment.clone()));
+    // Restoring twice starts nothing new.
+    assert_eq!(after.restore().await.unwrap(), 0);
+
+    after.teardown(&deployment.id).await.unwrap();
+    assert!(journal.load().await.unwrap().is_empty());
+    ensue.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploying_the_same_name_twice_returns_the_first_deployment() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let deployer = LocalDeployer::new(Arc::new(RegistryWorkers(local_registry())));
+    let mut worker_env = env(AgentRole::Worker, &key(40), "Twice", &ensue);
+    worker_env.coordinator_did = Some(key(41).did());
+    let spec = spec(worker_env);
+    assert_eq!(deployer.find(&spec).await.unwrap(), None);
+    let first = deployer.deploy(&spec).await.unwrap();
+    let second = deployer.deploy(&spec).await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(deployer.find(&spec).await.unwrap(), Some(first.clone()));
+    deployer.teardown(&first.id).await.unwrap();
+    assert_eq!(deployer.find(&spec).await.unwrap(), None);
+    ensue.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_publishes_its_endpoint_only_from_its_public_url() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let memory = memory(&ensue);
+    let http = reqwest::Client::new();
+    for (n, public_url) in [(50u8, None), (51, Some("https://agent-51.example/"))] {
+        let keypair = key(n);
+        let mut agent_env = env(AgentRole::Worker, &keypair, "Pub", &ensue);
+        agent_env.public_url = public_url.map(|url| url.parse().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(Agent::new(agent_env).unwrap().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        healthy(&http, &url, &keypair.did()).await;
+        let endpoint = memory
+            .get(&format!("agent/{}/endpoint", keypair.did()))
+            .await
+            .unwrap();
+        // Never the bound loopback address: only what the env says.
+        assert_eq!(endpoint.as_deref(), public_url.map(|url| url.trim_end_matches('/')));
+        assert_eq!(
+            memory
+                .get(&format!("agent/{}/display_name", keypair.did()))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("Pub")
+        );
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), served)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    ensue.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_coordinator_that_cannot_find_its_workers_refuses_to_start() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let agent = Agent::new(env(AgentRole::Coordinator, &key(60), "C", &ensue)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = agent
+        .serve(listener, std::future::pending())
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("NEAR_RPC_URL") && text.contains("DELIBERA_WORKERS"), "{text}");
+
+    // With the registry named in its env it builds its own directory.
+    let mut configured = env(AgentRole::Coordinator, &key(60), "C", &ensue);
+    configured.near_rpc_urls = vec!["https://rpc.testnet.near.org".parse().unwrap()];
+    configured.registry_contract = Some("registry.agents-coordinator.testnet".parse().unwrap());
+    let agent = Agent::new(configured).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(agent.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    healthy(&reqwest::Client::new(), &url, &key(60).did()).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    ensue.stop().await.unwrap();
+}
+
+#[test]
+fn a_round_deadline_beyond_a_week_is_refused_naming_the_variable() {
+    let mut agent_env = AgentEnv::new(
+        AgentRole::Coordinator,
+        AgentIdentity::from_keypair(&key(70)),
+        "C",
+        "lmn_k",
+    );
+    agent_env.round_deadline = Duration::from_secs(8 * 24 * 3600);
+    let error = Agent::new(agent_env).unwrap_err();
+    assert!(error.to_string().starts_with("ROUND_DEADLINE_SECS"), "{error}");
+}
+
+#[test]
+fn journal_records_of_the_first_release_are_still_read() {
+    let keypair = key(80);
+    let legacy = json!({
+        "cvm_id": "local-0123456789abcdef",
+        "port": 40123,
+        "role": "worker",
+        "env": [
+            {"key": "AGENT_ROLE", "value": "worker"},
+            {"key": "AGENT_DID", "value": keypair.did().as_str()},
+            {"key": "STORACHA_AGENT_PRIVATE_KEY", "value": keypair.to_ucanto_string().to_string()},
+            {"key": "ENSUE_URL", "value": "http://127.0.0.1:3006/"},
+            {"key": "ENSUE_API_KEY", "value": "lmn_old"},
+            {"key": "AGENT_DISPLAY_NAME", "value": "Old Worker"},
+            {"key": "NEAR_ACCOUNT_ID", "value": "alice.testnet"},
+        ],
+    });
+    let record: LocalDeploymentRecord = serde_json::from_value(legacy).unwrap();
+    assert_eq!(record.id, "local-0123456789abcdef");
+    assert_eq!(record.port, 40123);
+    assert_eq!(record.spec.env.did(), &keypair.did());
+    assert_eq!(record.spec.env.display_name, "Old Worker");
+    // And the current form round-trips.
+    let again: LocalDeploymentRecord =
+        serde_json::from_value(serde_json::to_value(&record).unwrap()).unwrap();
+    assert_eq!(again.spec, record.spec);
+}
