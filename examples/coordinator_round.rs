@@ -6,9 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use delibera_coordination::{Coordinator, Proposal};
-use delibera_ensue::EnsueClient;
-use delibera_identity::Did;
+use delibera::coordination::{Coordinator, Proposal};
+use delibera::deploy::{DEFAULT_ENSUE_URL, vars};
+use delibera::ensue::{EnsueClient, EnsueConfig};
+use delibera::identity::Did;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,7 +24,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(usage.into());
     }
 
-    let coordinator = Coordinator::new(Arc::new(EnsueClient::from_env()?));
+    let api_key = std::env::var(vars::ENSUE_API_KEY)?;
+    let url = std::env::var(vars::ENSUE_URL).unwrap_or_else(|_| DEFAULT_ENSUE_URL.to_owned());
+    let memory = EnsueClient::new(EnsueConfig::new(api_key).with_base_url(&url)?)?;
+    let coordinator = Coordinator::new(Arc::new(memory));
     let proposal = Proposal::new(proposal_id, title);
     // Workers poll every 3-5 s, so give them a few polls' worth of time.
     let tally = coordinator

@@ -1,21 +1,22 @@
 //! A worker with its own `TaskHandler`: rejects any proposal whose `amount`
-//! parameter exceeds a budget. Configured like a deployed agent:
-//! `STORACHA_AGENT_PRIVATE_KEY`, `ENSUE_API_KEY` (and optionally `ENSUE_URL`).
+//! parameter exceeds a budget. Configured like a deployed agent, by its env
+//! (`AGENT_ROLE=worker`, `STORACHA_AGENT_PRIVATE_KEY`, `ENSUE_API_KEY`, and
+//! optionally `ENSUE_URL`, `AGENT_PUBLIC_URL`…), and served by the agent
+//! runtime with the handler swapped in.
 //!
 //! `cargo run --example custom_worker`
 
 use std::sync::Arc;
 
-use delibera_coordination::{Ballot, Error, Result, TaskDefinition, TaskHandler, Worker};
-use delibera_ensue::EnsueClient;
-use delibera_identity::Keypair;
+use delibera::agent::{Agent, AgentEnv, shutdown_signal};
+use delibera::coordination::{Ballot, Error, Result, TaskDefinition, TaskHandler};
 
 /// Votes by one rule: the requested amount must fit the budget.
 struct BudgetGuard {
     budget: f64,
 }
 
-#[delibera_coordination::async_trait]
+#[delibera::coordination::async_trait]
 impl TaskHandler for BudgetGuard {
     async fn handle(&self, task: &TaskDefinition) -> Result<Ballot> {
         let amount = task.parameters["amount"]
@@ -31,16 +32,10 @@ impl TaskHandler for BudgetGuard {
 
 #[tokio::main]
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let key = std::env::var("STORACHA_AGENT_PRIVATE_KEY")?;
-    let did = Keypair::from_ucanto_str(key.trim())?.did();
-    let memory = Arc::new(EnsueClient::from_env()?);
-    println!("worker {did} polling; Ctrl-C to stop");
-
-    let worker = Worker::new(did, memory, Arc::new(BudgetGuard { budget: 10_000.0 }));
-    worker
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+    let env = AgentEnv::from_env()?;
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", env.port)).await?;
+    let agent = Agent::new(env)?.with_handler(Arc::new(BudgetGuard { budget: 10_000.0 }));
+    println!("worker {} polling; Ctrl-C to stop", agent.did());
+    agent.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use delibera_coordination::{
+use delibera::coordination::{
     Coordinator, CoordinatorConfig, Proposal, RuleSet, RuleVoter, Threshold, Vote, Worker,
     WorkerConfig,
 };
-use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
-use delibera_ensue_local::{Config, LocalEnsue};
-use delibera_identity::Keypair;
+use delibera::ensue::{EnsueClient, EnsueConfig, Memory};
+use delibera::ensue_local::{Config, LocalEnsue};
+use delibera::identity::Keypair;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

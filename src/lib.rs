@@ -5,7 +5,9 @@
 //! This umbrella crate re-exports the workspace's library crates so examples
 //! and applications can depend on one crate. See `docs/architecture.md`.
 
+pub use delibera_agent as agent;
 pub use delibera_coordination as coordination;
+pub use delibera_deploy as deploy;
 pub use delibera_ensue as ensue;
 pub use delibera_ensue_local as ensue_local;
 pub use delibera_identity as identity;

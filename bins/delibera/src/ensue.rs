@@ -5,9 +5,9 @@ use std::io::Read;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use delibera_deploy::vars;
 use delibera_ensue::{
-    API_KEY_ENV, CacheKey, DEFAULT_BASE_URL, Dialect, EnsueClient, EnsueConfig, Memory,
-    PRIVATE_KEY_ENV, URL_ENV,
+    CacheKey, DEFAULT_BASE_URL, Dialect, EnsueClient, EnsueConfig, Memory,
 };
 use serde_json::json;
 
@@ -57,17 +57,17 @@ pub(crate) enum EnsueCommand {
 #[derive(Args)]
 pub(crate) struct KeyArgs {
     /// The agent's private key (`Mg…`), as in `STORACHA_AGENT_PRIVATE_KEY`.
-    #[arg(long = "key", env = PRIVATE_KEY_ENV, hide_env_values = true)]
+    #[arg(long = "key", env = vars::PRIVATE_KEY, hide_env_values = true)]
     private_key: String,
 }
 
 #[derive(Args)]
 pub(crate) struct Connection {
     /// The memory service's URL.
-    #[arg(long, env = URL_ENV, default_value = DEFAULT_BASE_URL)]
+    #[arg(long, env = vars::ENSUE_URL, default_value = DEFAULT_BASE_URL)]
     url: String,
     /// The API key (`lmn_…`).
-    #[arg(long, env = API_KEY_ENV, hide_env_values = true)]
+    #[arg(long, env = vars::ENSUE_API_KEY, hide_env_values = true)]
     api_key: String,
     /// The wire dialect: `mcp` (the hosted service) or `direct` (the seed's form).
     #[arg(long, default_value = "mcp")]

@@ -43,7 +43,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     if let Some(key) = args.bootstrap_key {
         config = config.with_bootstrap_key(ApiKey::new(key).context("invalid --bootstrap-key")?);
     }
-    let shutdown = delibera_coordination::shutdown_signal();
+    let shutdown = delibera_agent::shutdown_signal();
     let server = LocalEnsue::start(config)
         .await
         .with_context(|| format!("cannot start the Ensue server on {}", args.addr))?;

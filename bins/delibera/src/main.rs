@@ -3,6 +3,8 @@
 //! Every command prints one JSON document (or raw text where a format demands
 //! it) on stdout; errors go to stderr as one line with a non-zero exit.
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -30,8 +32,7 @@ enum Command {
     #[command(subcommand)]
     Key(key::KeyCommand),
     /// Run an agent (worker or coordinator) configured by its env, as in a CVM.
-    #[command(subcommand)]
-    Agent(agent::AgentCommand),
+    Agent(agent::AgentArgs),
     /// UCAN delegations for Storacha: create and inspect (verify) proofs.
     #[command(subcommand)]
     Delegation(delegation::DelegationCommand),

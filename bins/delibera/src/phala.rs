@@ -3,9 +3,10 @@
 use std::io::Read;
 
 use anyhow::Context;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use delibera_identity::Zeroizing;
-use delibera_phala::{AgentRole, EnvVar, ImageRef, encrypt_env, render_compose};
+use delibera_deploy::{AgentRole, EnvVar, ImageRef};
+use delibera_phala::{encrypt_env, render_compose};
 
 use crate::Outcome;
 
@@ -21,8 +22,8 @@ pub(crate) enum PhalaCommand {
     },
     /// Print the docker compose file of an agent.
     Compose {
-        /// Which agent.
-        role: RoleArg,
+        /// Which agent: `worker` (port 3001) or `coordinator` (port 3000).
+        role: AgentRole,
         /// The image reference (default: the role's Delibera image).
         #[arg(long)]
         image: Option<String>,
@@ -36,24 +37,6 @@ pub(crate) enum PhalaCommand {
         #[arg(long = "env", value_name = "KEY", value_delimiter = ',')]
         env: Vec<String>,
     },
-}
-
-/// The agent role, as a command-line value.
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum RoleArg {
-    /// A worker (port 3001).
-    Worker,
-    /// A coordinator (port 3000).
-    Coordinator,
-}
-
-impl From<RoleArg> for AgentRole {
-    fn from(role: RoleArg) -> Self {
-        match role {
-            RoleArg::Worker => AgentRole::Worker,
-            RoleArg::Coordinator => AgentRole::Coordinator,
-        }
-    }
 }
 
 pub(crate) fn run(command: PhalaCommand) -> anyhow::Result<Outcome> {
@@ -73,10 +56,9 @@ pub(crate) fn run(command: PhalaCommand) -> anyhow::Result<Outcome> {
             port,
             env,
         } => {
-            let role = AgentRole::from(role);
             let mut image = match image {
                 Some(reference) => ImageRef::new(&reference)?,
-                None => role.default_image(),
+                None => ImageRef::default_for(role),
             };
             if let Some(digest) = digest {
                 image = image.pinned(&digest)?;

@@ -95,13 +95,9 @@ async fn a_worker_and_a_coordinator_process_run_a_round() {
         .unwrap();
     assert_eq!(display_name.as_deref(), Some("Worker Alpha"));
 
-    let workers = worker_key.did().to_string();
-    let (_coordinator, ready) = start(
-        "coordinator",
-        &["--workers", &workers],
-        agent_env(&coordinator_key, &ensue),
-    )
-    .await;
+    let mut env = agent_env(&coordinator_key, &ensue);
+    env.push(("DELIBERA_WORKERS", worker_key.did().to_string()));
+    let (_coordinator, ready) = start("coordinator", &[], env).await;
     let base = format!("http://127.0.0.1:{}", ready["port"]);
     let (status, health) = get(&base).await;
     assert_eq!(

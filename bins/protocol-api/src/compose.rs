@@ -1,111 +1,31 @@
 //! Building the server from its configuration: which implementation sits
-//! behind each port in local and in production mode.
+//! behind each port in local and in production mode. This is the only place
+//! that knows the mode.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use async_trait::async_trait;
-use delibera_coordination::{LocalDeployer, RegistryWorkers};
-use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
+use delibera_agent::{LocalDeployer, RegistryWorkers};
+use delibera_deploy::{Deployer, HealthGate, Url};
 use delibera_ensue_local::LocalEnsue;
+use delibera_identity::AccountId;
 use delibera_near::{
-    AccountId, CoordinatorContract, LocalRegistry, NearRpc, NearSigner, Registry, RegistryContract,
-    RpcRegistry, TransactionSender,
+    ChainRegistrar, CoordinatorContract, LocalRegistry, NearRpc, Registrar, Registry,
+    RegistryContract, RpcRegistry, TransactionSender,
 };
-use delibera_phala::{Deployer, HealthGate, ImageRef, PhalaClient, PhalaDeployer};
+use delibera_phala::{PhalaClient, PhalaDeployer, PhalaDeployerOptions};
 use delibera_storacha::{ConfiguredDelegator, Delegator, LocalSpaceDelegator};
 use zeroize::Zeroizing;
 
 use crate::AppState;
-use crate::auth::RateLimiter;
-use crate::config::{Config, Mode};
-use crate::jobs::{JobStore, Runner};
-use crate::ports::{EnsueAccess, OrgCredentials, Ports, Settings};
+use crate::config::{Config, Mode, ProductionConfig};
+use crate::ports::{AgentChain, HttpEnsue, Ports, Settings};
 use crate::seal::{SecretBox, write_private_file};
+use crate::store::Database;
 
 /// The account the local registry treats as its admin and owner of the roster.
 pub const LOCAL_SERVER_ACCOUNT: &str = "protocol-api.local";
-
-/// Ensue over HTTP at a base URL (the hosted service, or the embedded one).
-pub struct HttpEnsue {
-    base_url: String,
-}
-
-impl HttpEnsue {
-    /// Ensue at `base_url`.
-    pub fn new(base_url: impl Into<String>) -> Self {
-        Self {
-            base_url: base_url.into(),
-        }
-    }
-}
-
-#[async_trait]
-impl EnsueAccess for HttpEnsue {
-    fn base_url(&self) -> String {
-        self.base_url.clone()
-    }
-
-    async fn register_org(&self, name: &str) -> Result<OrgCredentials, String> {
-        let org = delibera_ensue::register_org(&self.base_url, name)
-            .await
-            .map_err(|error| error.to_string())?;
-        Ok(OrgCredentials {
-            api_key: Zeroizing::new(org.api_key.expose_secret().to_owned()),
-            claim_url: org.claim_url,
-            verification_code: org.verification_code,
-        })
-    }
-
-    fn memory(&self, api_key: &str) -> Arc<dyn Memory> {
-        match EnsueConfig::new(api_key)
-            .with_base_url(&self.base_url)
-            .and_then(EnsueClient::new)
-        {
-            Ok(client) => Arc::new(client),
-            // The base URL was validated at start-up, so this is unreachable in
-            // practice; an always-failing memory keeps it an error, not a panic.
-            Err(error) => Arc::new(FailingMemory(error.to_string())),
-        }
-    }
-}
-
-/// A memory whose every call fails with a fixed reason.
-struct FailingMemory(String);
-
-#[async_trait]
-impl Memory for FailingMemory {
-    async fn create(&self, _: &str, _: &str) -> delibera_ensue::Result<()> {
-        Err(self.error())
-    }
-    async fn update(&self, _: &str, _: &str) -> delibera_ensue::Result<()> {
-        Err(self.error())
-    }
-    async fn get(&self, _: &str) -> delibera_ensue::Result<Option<String>> {
-        Err(self.error())
-    }
-    async fn get_many(
-        &self,
-        _: &[String],
-    ) -> delibera_ensue::Result<std::collections::HashMap<String, String>> {
-        Err(self.error())
-    }
-    async fn list_keys(&self, _: &str) -> delibera_ensue::Result<Vec<String>> {
-        Err(self.error())
-    }
-    async fn delete(&self, _: &str) -> delibera_ensue::Result<()> {
-        Err(self.error())
-    }
-}
-
-impl FailingMemory {
-    fn error(&self) -> delibera_ensue::Error {
-        delibera_ensue::Error::Config {
-            reason: self.0.clone(),
-        }
-    }
-}
 
 /// A running server's parts: the state for [`crate::app`], and the embedded
 /// services that must live as long as it.
@@ -114,6 +34,17 @@ pub struct Composition {
     pub state: AppState,
     /// Local mode's embedded Ensue server.
     pub local_ensue: Option<LocalEnsue>,
+}
+
+/// The server `config` describes, in its mode.
+pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
+    match config.mode {
+        Mode::Local => compose_local(config).await,
+        Mode::Production => {
+            let production = ProductionConfig::from_config(config)?;
+            compose_production(config, production).await
+        }
+    }
 }
 
 /// Reads a secret from `path`, or creates it with `make` (0600) the first time.
@@ -140,41 +71,22 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
-fn state(
-    config: &Config,
-    store: JobStore,
-    ports: Ports,
-    admin_token: Option<Zeroizing<String>>,
-) -> AppState {
-    let ports = Arc::new(ports);
-    AppState {
-        runner: Runner::new(store.clone(), ports.clone()),
-        store,
-        ports,
-        admin_token: admin_token.map(Arc::new),
-        rate_limiter: Arc::new(RateLimiter::new(config.provision_rate_per_minute)),
-        mode_label: match config.mode {
-            Mode::Local => "local",
-            Mode::Production => "production",
-        },
-        ensue_url: None,
-        cors_origins: config
-            .cors_origins
-            .split(',')
-            .map(|origin| origin.trim().to_owned())
-            .collect(),
-        max_body_bytes: config.max_body_bytes,
-    }
-}
-
-fn open_store(config: &Config) -> anyhow::Result<JobStore> {
+fn open_database(config: &Config) -> anyhow::Result<Database> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let secrets = SecretBox::open_or_create(&config.data_dir, config.secret_key.as_deref())?;
-    Ok(JobStore::open(
+    Ok(Database::open(
         &config.data_dir.join("jobs.sqlite"),
         secrets,
     )?)
+}
+
+fn cors_origins(config: &Config) -> Vec<String> {
+    config
+        .cors_origins
+        .split(',')
+        .map(|origin| origin.trim().to_owned())
+        .collect()
 }
 
 /// Local mode: embedded Ensue, local registry, local Storacha space and
@@ -182,11 +94,15 @@ fn open_store(config: &Config) -> anyhow::Result<JobStore> {
 /// run are started again (their env is kept sealed in the job database), so a
 /// restart leaves every registered endpoint answering.
 pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
-    let store = open_store(config)?;
+    let database = open_database(config)?;
     let data_dir = &config.data_dir;
     let admin_token = match &config.admin_token {
         Some(token) => Zeroizing::new(token.clone()),
-        None => read_or_create_secret(&data_dir.join("admin-token"), random_token)?,
+        None => {
+            let path = data_dir.join("admin-token");
+            tracing::info!(path = %path.display(), "admin token for the signing routes is in this file");
+            read_or_create_secret(&path, random_token)?
+        }
     };
     let ensue_key = read_or_create_secret(&data_dir.join("ensue-bootstrap.key"), || {
         delibera_ensue_local::ApiKey::generate().expose().to_owned()
@@ -200,16 +116,16 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     .await
     .with_context(|| format!("starting the embedded Ensue on {}", config.ensue_local_addr))?;
     let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT)?;
-    let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::open(
+    let registry = Arc::new(LocalRegistry::open(
         data_dir.join("registry.sqlite"),
-        server_account.clone(),
+        server_account,
     )?);
     let delegator: Arc<dyn Delegator> = Arc::new(LocalSpaceDelegator::open(data_dir)?);
     // Local coordinators find their workers in the local registry, as
     // production ones do on NEAR.
     let deployer = Arc::new(
         LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())))
-            .with_journal(Arc::new(store.clone())),
+            .with_journal(Arc::new(database.deployments())),
     );
     let restored = deployer
         .restore()
@@ -218,114 +134,102 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     if restored > 0 {
         tracing::info!(restored, "local agents started again");
     }
+    let ensue_url = Url::parse(local_ensue.url()).context("the embedded Ensue's URL")?;
     let ports = Ports {
         delegator,
-        ensue: Arc::new(HttpEnsue::new(local_ensue.url())),
-        deployer: deployer.clone(),
+        ensue: Arc::new(HttpEnsue::new(ensue_url)),
+        deployer,
         health_gate: HealthGate::default(),
-        registry,
-        transactions: None,
+        registry: registry.clone(),
+        // No wallet locally: the local registry registers the agent itself.
+        registrar: registry,
         http: reqwest::Client::new(),
-        settings: Settings {
-            mode: Mode::Local,
-            ensue_api_key: ensue_key,
-            health_timeout: config.health_timeout(),
-            server_account,
-            worker_image: None,
-            coordinator_image: None,
-            registry_contracts: Vec::new(),
-        },
     };
-    let mut state = state(config, store, ports, Some(admin_token));
-    state.ensue_url = Some(local_ensue.url().to_owned());
+    let mut settings = Settings::new(ensue_key);
+    settings.health_timeout = config.health_timeout();
+    settings.allow_loopback_endpoints = true;
+    let state = AppState::builder(&database, ports, settings)
+        .admin_token(Some(admin_token))
+        .provision_rate_per_minute(config.provision_rate_per_minute)
+        .mode_label("local")
+        .embedded_ensue_url(local_ensue.url())
+        .cors_origins(cors_origins(config))
+        .max_body_bytes(config.max_body_bytes)
+        .build();
     Ok(Composition {
         state,
         local_ensue: Some(local_ensue),
     })
 }
 
-/// An optional image reference from the environment, checked at start-up.
-fn image(value: &Option<String>, name: &str) -> anyhow::Result<Option<ImageRef>> {
-    value
-        .as_deref()
-        .map(|text| ImageRef::new(text.trim()).with_context(|| name.to_owned()))
-        .transpose()
-}
-
-/// Production mode: every service from the environment. Refuses to start,
-/// naming every missing variable, rather than failing jobs later.
-pub async fn compose_production(config: &Config) -> anyhow::Result<Composition> {
-    let missing = config.missing_production_settings();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "production mode needs these environment variables: {}",
-            missing.join(", ")
-        );
-    }
-    let required = |value: &Option<String>| value.clone().unwrap_or_default();
-    let store = open_store(config)?;
-
-    let phala_url = config
-        .phala_api_url
-        .clone()
-        .unwrap_or_else(|| delibera_phala::DEFAULT_BASE_URL.to_owned());
-    let phala = PhalaClient::new(&phala_url, required(&config.phala_api_key))?;
-    let deployer: Arc<dyn Deployer> = Arc::new(PhalaDeployer::new(phala));
-
-    let rpc_urls: Vec<String> = required(&config.near_rpc_url)
-        .split(',')
-        .map(|url| url.trim().to_owned())
-        .filter(|url| !url.is_empty())
-        .collect();
-    let rpc = NearRpc::new(rpc_urls)?;
-    let server_account =
-        AccountId::parse(&required(&config.near_account_id)).context("NEAR_ACCOUNT_ID")?;
-    let signer =
-        NearSigner::from_secret_key(server_account.clone(), &required(&config.near_private_key))
-            .context("NEAR_PRIVATE_KEY")?;
-    let sender = TransactionSender::new(rpc.clone(), signer);
-    let registry_id = AccountId::parse(&required(&config.registry_contract_id))
-        .context("REGISTRY_CONTRACT_ID")?;
-    let roster_id = AccountId::parse(&required(&config.coordinator_contract_id))
-        .context("COORDINATOR_CONTRACT_ID")?;
-    let registry: Arc<dyn Registry> = Arc::new(RpcRegistry::new(
-        RegistryContract::with_sender(sender.clone(), registry_id.clone()),
-        CoordinatorContract::with_sender(sender, roster_id.clone()),
+/// Production mode: Phala Cloud, hosted Ensue, NEAR RPC and a Storacha agent,
+/// each from its setting. Agents are told the chain (RPC URLs, registry and
+/// coordinator contracts) and get the public URL the gateway gives them.
+pub async fn compose_production(
+    config: &Config,
+    production: ProductionConfig,
+) -> anyhow::Result<Composition> {
+    let database = open_database(config)?;
+    let phala = PhalaClient::new(
+        production.phala_api_url.as_str(),
+        production.phala_api_key.as_str(),
+    )
+    .context("PHALA_API_KEY / PHALA_CLOUD_API_PREFIX")?;
+    let deployer: Arc<dyn Deployer> = Arc::new(PhalaDeployer::with_options(
+        phala,
+        PhalaDeployerOptions {
+            gateway_domain: Some(production.phala_gateway_domain.clone()),
+            ..PhalaDeployerOptions::default()
+        },
     ));
 
+    let rpc = NearRpc::new(production.near_rpc_urls.iter().map(Url::as_str))
+        .context("NEAR_RPC_URL")?;
+    let sender = TransactionSender::new(rpc.clone(), production.near_signer);
+    let registry: Arc<dyn Registry> = Arc::new(RpcRegistry::new(
+        RegistryContract::with_sender(sender.clone(), production.registry_contract.clone()),
+        CoordinatorContract::with_sender(sender, production.coordinator_contract.clone()),
+    ));
+    let registrar: Arc<dyn Registrar> = Arc::new(ChainRegistrar::new(
+        registry.clone(),
+        rpc,
+        vec![
+            production.registry_contract.clone(),
+            production.coordinator_contract.clone(),
+        ],
+    ));
     let delegator: Arc<dyn Delegator> = Arc::new(
         ConfiguredDelegator::from_strings(
-            &required(&config.storacha_agent_private_key),
-            &required(&config.storacha_delegation_proof),
+            &production.storacha_agent_private_key,
+            &production.storacha_delegation_proof,
         )
         .context("STORACHA_AGENT_PRIVATE_KEY / STORACHA_DELEGATION_PROOF")?,
     );
-    let ensue_url = config
-        .ensue_url
-        .clone()
-        .unwrap_or_else(|| delibera_ensue::DEFAULT_BASE_URL.to_owned());
-    url::Url::parse(&ensue_url).context("ENSUE_URL")?;
-
     let ports = Ports {
         delegator,
-        ensue: Arc::new(HttpEnsue::new(ensue_url)),
+        ensue: Arc::new(HttpEnsue::new(production.ensue_url)),
         deployer,
         health_gate: HealthGate::default(),
         registry,
-        transactions: Some(Arc::new(rpc)),
+        registrar,
         http: reqwest::Client::new(),
-        settings: Settings {
-            mode: Mode::Production,
-            ensue_api_key: Zeroizing::new(required(&config.ensue_api_key)),
-            health_timeout: config.health_timeout(),
-            server_account,
-            worker_image: image(&config.worker_image, "WORKER_IMAGE")?,
-            coordinator_image: image(&config.coordinator_image, "COORDINATOR_IMAGE")?,
-            registry_contracts: vec![registry_id, roster_id],
-        },
     };
-    let admin_token = config.admin_token.clone().map(Zeroizing::new);
-    let state = state(config, store, ports, admin_token);
+    let mut settings = Settings::new(production.ensue_api_key);
+    settings.health_timeout = config.health_timeout();
+    settings.worker_image = production.worker_image;
+    settings.coordinator_image = production.coordinator_image;
+    settings.agent_chain = AgentChain {
+        near_rpc_urls: production.near_rpc_urls,
+        registry_contract: Some(production.registry_contract),
+        coordinator_contract: Some(production.coordinator_contract),
+    };
+    let state = AppState::builder(&database, ports, settings)
+        .admin_token(config.admin_token.clone().map(Zeroizing::new))
+        .provision_rate_per_minute(config.provision_rate_per_minute)
+        .mode_label("production")
+        .cors_origins(cors_origins(config))
+        .max_body_bytes(config.max_body_bytes)
+        .build();
     Ok(Composition {
         state,
         local_ensue: None,

@@ -1,11 +1,17 @@
 //! Server configuration: command-line flags, each also read from the
-//! environment under the names the issue fixes.
+//! environment, parsed into their types by clap; and [`ProductionConfig`],
+//! every production setting present and typed, or the names of all that are
+//! missing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use delibera_deploy::{ImageRef, Url};
+use delibera_identity::AccountId;
+use delibera_near::NearSigner;
+use zeroize::Zeroizing;
 
 /// Where the server's outside services come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,38 +70,42 @@ pub struct Config {
     /// Production: Phala Cloud API key.
     #[arg(long, env = "PHALA_API_KEY", hide_env_values = true)]
     pub phala_api_key: Option<String>,
-    /// Production: Phala Cloud API base URL.
+    /// Production: Phala Cloud API base URL (default `https://cloud-api.phala.com/api/v1`).
     #[arg(long, env = "PHALA_CLOUD_API_PREFIX")]
-    pub phala_api_url: Option<String>,
+    pub phala_api_url: Option<Url>,
+    /// Production: the gateway domain CVMs get their public URLs under
+    /// (`https://{app_id}-{port}.{domain}`), sealed into each agent's env.
+    #[arg(long, env = "PHALA_GATEWAY_DOMAIN", default_value = delibera_phala::DEFAULT_GATEWAY_DOMAIN)]
+    pub phala_gateway_domain: String,
     /// Production: the server's own Ensue API key (used for workers without a coordinator org).
     #[arg(long, env = "ENSUE_API_KEY", hide_env_values = true)]
     pub ensue_api_key: Option<String>,
-    /// Production: Ensue base URL.
+    /// Production: Ensue base URL (default the hosted service).
     #[arg(long, env = "ENSUE_URL")]
-    pub ensue_url: Option<String>,
+    pub ensue_url: Option<Url>,
     /// Production: NEAR RPC URLs, comma-separated (tried in order).
-    #[arg(long, env = "NEAR_RPC_URL")]
-    pub near_rpc_url: Option<String>,
+    #[arg(long, env = "NEAR_RPC_URL", value_delimiter = ',')]
+    pub near_rpc_url: Vec<Url>,
     /// Production: the NEAR account the server signs with.
     #[arg(long, env = "NEAR_ACCOUNT_ID")]
-    pub near_account_id: Option<String>,
+    pub near_account_id: Option<AccountId>,
     /// Production: that account's secret key (`ed25519:…`).
     #[arg(long, env = "NEAR_PRIVATE_KEY", hide_env_values = true)]
     pub near_private_key: Option<String>,
     /// Production: the registry contract.
     #[arg(long, env = "REGISTRY_CONTRACT_ID")]
-    pub registry_contract_id: Option<String>,
+    pub registry_contract_id: Option<AccountId>,
     /// Production: the coordinator contract holding the worker roster.
     #[arg(long, env = "COORDINATOR_CONTRACT_ID")]
-    pub coordinator_contract_id: Option<String>,
+    pub coordinator_contract_id: Option<AccountId>,
     /// Production: the worker container image (pin it by digest); defaults to
-    /// `delibera_phala::DEFAULT_WORKER_IMAGE`.
+    /// `delibera_deploy::DEFAULT_WORKER_IMAGE`.
     #[arg(long, env = "WORKER_IMAGE")]
-    pub worker_image: Option<String>,
+    pub worker_image: Option<ImageRef>,
     /// Production: the coordinator container image (pin it by digest); defaults
-    /// to `delibera_phala::DEFAULT_COORDINATOR_IMAGE`.
+    /// to `delibera_deploy::DEFAULT_COORDINATOR_IMAGE`.
     #[arg(long, env = "COORDINATOR_IMAGE")]
-    pub coordinator_image: Option<String>,
+    pub coordinator_image: Option<ImageRef>,
     /// Production: the Storacha agent key that issues delegations.
     #[arg(long, env = "STORACHA_AGENT_PRIVATE_KEY", hide_env_values = true)]
     pub storacha_agent_private_key: Option<String>,
@@ -120,7 +130,7 @@ impl Config {
         let required: [(&'static str, bool); 9] = [
             ("PHALA_API_KEY", self.phala_api_key.is_some()),
             ("ENSUE_API_KEY", self.ensue_api_key.is_some()),
-            ("NEAR_RPC_URL", self.near_rpc_url.is_some()),
+            ("NEAR_RPC_URL", !self.near_rpc_url.is_empty()),
             ("NEAR_ACCOUNT_ID", self.near_account_id.is_some()),
             ("NEAR_PRIVATE_KEY", self.near_private_key.is_some()),
             ("REGISTRY_CONTRACT_ID", self.registry_contract_id.is_some()),
@@ -142,6 +152,102 @@ impl Config {
             .filter(|(_, present)| !present)
             .map(|(name, _)| name)
             .collect()
+    }
+}
+
+/// Every production setting, present and typed.
+pub struct ProductionConfig {
+    /// The Phala Cloud API key.
+    pub phala_api_key: Zeroizing<String>,
+    /// The Phala Cloud API base URL.
+    pub phala_api_url: Url,
+    /// The gateway domain of CVM public URLs.
+    pub phala_gateway_domain: String,
+    /// The server's own Ensue key.
+    pub ensue_api_key: Zeroizing<String>,
+    /// The Ensue base URL.
+    pub ensue_url: Url,
+    /// NEAR RPC URLs, tried in order.
+    pub near_rpc_urls: Vec<Url>,
+    /// The server's NEAR account and key.
+    pub near_signer: NearSigner,
+    /// The registry contract.
+    pub registry_contract: AccountId,
+    /// The coordinator contract holding the roster.
+    pub coordinator_contract: AccountId,
+    /// The worker image, if not the default.
+    pub worker_image: Option<ImageRef>,
+    /// The coordinator image, if not the default.
+    pub coordinator_image: Option<ImageRef>,
+    /// The Storacha agent key that issues delegations.
+    pub storacha_agent_private_key: Zeroizing<String>,
+    /// That agent's delegation from the Storacha space.
+    pub storacha_delegation_proof: Zeroizing<String>,
+}
+
+/// Why production mode cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Settings are missing, each named by its environment variable.
+    #[error("production mode needs these environment variables: {}", .0.join(", "))]
+    Missing(Vec<&'static str>),
+    /// A setting is present but unusable.
+    #[error("{name}: {reason}")]
+    Invalid {
+        /// The environment variable.
+        name: &'static str,
+        /// What is wrong (never the value of a secret).
+        reason: String,
+    },
+}
+
+impl ProductionConfig {
+    /// The production settings of `config`, or every missing one by name.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let missing = config.missing_production_settings();
+        if !missing.is_empty() {
+            return Err(ConfigError::Missing(missing));
+        }
+        let secret = |value: &Option<String>| Zeroizing::new(value.clone().unwrap_or_default());
+        let account = |value: &Option<AccountId>, name| {
+            value.clone().ok_or(ConfigError::Missing(vec![name]))
+        };
+        let near_account = account(&config.near_account_id, "NEAR_ACCOUNT_ID")?;
+        let near_signer = NearSigner::from_secret_key(
+            near_account,
+            config.near_private_key.as_deref().unwrap_or_default(),
+        )
+        .map_err(|error| ConfigError::Invalid {
+            name: "NEAR_PRIVATE_KEY",
+            reason: error.to_string(),
+        })?;
+        let constant = |text: &str, name| {
+            Url::parse(text).map_err(|error| ConfigError::Invalid {
+                name,
+                reason: error.to_string(),
+            })
+        };
+        Ok(Self {
+            phala_api_key: secret(&config.phala_api_key),
+            phala_api_url: match &config.phala_api_url {
+                Some(url) => url.clone(),
+                None => constant(delibera_phala::DEFAULT_BASE_URL, "PHALA_CLOUD_API_PREFIX")?,
+            },
+            phala_gateway_domain: config.phala_gateway_domain.clone(),
+            ensue_api_key: secret(&config.ensue_api_key),
+            ensue_url: match &config.ensue_url {
+                Some(url) => url.clone(),
+                None => constant(delibera_ensue::DEFAULT_BASE_URL, "ENSUE_URL")?,
+            },
+            near_rpc_urls: config.near_rpc_url.clone(),
+            near_signer,
+            registry_contract: account(&config.registry_contract_id, "REGISTRY_CONTRACT_ID")?,
+            coordinator_contract: account(&config.coordinator_contract_id, "COORDINATOR_CONTRACT_ID")?,
+            worker_image: config.worker_image.clone(),
+            coordinator_image: config.coordinator_image.clone(),
+            storacha_agent_private_key: secret(&config.storacha_agent_private_key),
+            storacha_delegation_proof: secret(&config.storacha_delegation_proof),
+        })
     }
 }
 

@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::jobs::JobError;
+
 /// An API error.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -132,8 +134,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-impl From<crate::jobs::StoreError> for ApiError {
-    fn from(error: crate::jobs::StoreError) -> Self {
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
         ApiError::internal(error)
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            JobError::WrongRole { .. }
+            | JobError::NotAwaitingSignature { .. }
+            | JobError::AlreadyRegistering { .. } => ApiError::Conflict(error.to_string()),
+            JobError::Registry(error) => crate::routes::registry_error(error),
+            JobError::Ensue(error) => ApiError::Upstream(format!("Ensue: {error}")),
+            JobError::Incomplete { .. } | JobError::Store(_) | JobError::Task(_) => {
+                ApiError::internal(error)
+            }
+        }
     }
 }

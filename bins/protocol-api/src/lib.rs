@@ -2,6 +2,8 @@
 //! over an [`AppState`], [`run`] serves it until a shutdown signal. `main.rs`
 //! only reads the config and composes the ports (see [`compose`]).
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod api_types;
 pub mod auth;
 pub mod compose;
@@ -11,9 +13,9 @@ pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod ports;
-pub mod registration;
 pub mod routes;
 pub mod seal;
+pub mod store;
 pub mod validation;
 
 use std::future::Future;
@@ -29,20 +31,23 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
+// Used by `main.rs` only, which shares this package's dependencies.
+use tracing_subscriber as _;
 
 use crate::auth::RateLimiter;
-use crate::jobs::{JobStore, Runner};
-use crate::ports::Ports;
+use crate::jobs::JobMachine;
+use crate::ports::{Ports, Settings};
+use crate::store::Database;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// Durable jobs.
-    pub store: JobStore,
-    /// Runs jobs in the background.
-    pub runner: Runner,
+    /// Every job and its transitions.
+    pub jobs: JobMachine,
     /// The outside services.
     pub ports: Arc<Ports>,
+    /// What the steps and routes read.
+    pub settings: Arc<Settings>,
     /// Guards the signing routes; `None` disables them (403).
     pub admin_token: Option<Arc<Zeroizing<String>>>,
     /// Per-IP limit on provisioning.
@@ -55,6 +60,97 @@ pub struct AppState {
     pub cors_origins: Vec<String>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// A state over `database`, `ports` and `settings`; the rest has defaults
+    /// (no admin token, no rate limit, CORS open, 64 KiB bodies).
+    pub fn builder(database: &Database, ports: Ports, settings: Settings) -> AppStateBuilder {
+        AppStateBuilder {
+            database: database.clone(),
+            ports,
+            settings,
+            admin_token: None,
+            provision_rate_per_minute: 0,
+            mode_label: "local",
+            ensue_url: None,
+            cors_origins: vec!["*".to_owned()],
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Builds an [`AppState`]; shared by the composition and the tests.
+pub struct AppStateBuilder {
+    database: Database,
+    ports: Ports,
+    settings: Settings,
+    admin_token: Option<Zeroizing<String>>,
+    provision_rate_per_minute: u32,
+    mode_label: &'static str,
+    ensue_url: Option<String>,
+    cors_origins: Vec<String>,
+    max_body_bytes: usize,
+}
+
+impl AppStateBuilder {
+    /// The bearer token of the signing routes (`None` disables them).
+    pub fn admin_token(mut self, token: Option<Zeroizing<String>>) -> Self {
+        self.admin_token = token;
+        self
+    }
+
+    /// Provisioning requests allowed per client IP per minute (0: no limit).
+    pub fn provision_rate_per_minute(mut self, rate: u32) -> Self {
+        self.provision_rate_per_minute = rate;
+        self
+    }
+
+    /// What `GET /` says the mode is.
+    pub fn mode_label(mut self, label: &'static str) -> Self {
+        self.mode_label = label;
+        self
+    }
+
+    /// The embedded Ensue's URL, shown by `GET /`.
+    pub fn embedded_ensue_url(mut self, url: impl Into<String>) -> Self {
+        self.ensue_url = Some(url.into());
+        self
+    }
+
+    /// Allowed CORS origins (`*` for any).
+    pub fn cors_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_origins = origins;
+        self
+    }
+
+    /// The largest accepted request body.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The state.
+    pub fn build(self) -> AppState {
+        let ports = Arc::new(self.ports);
+        let settings = Arc::new(self.settings);
+        AppState {
+            jobs: JobMachine::new(
+                self.database.jobs(),
+                self.database.org_keys(),
+                ports.clone(),
+                settings.clone(),
+            ),
+            ports,
+            settings,
+            admin_token: self.admin_token.map(Arc::new),
+            rate_limiter: Arc::new(RateLimiter::new(self.provision_rate_per_minute)),
+            mode_label: self.mode_label,
+            ensue_url: self.ensue_url,
+            cors_origins: self.cors_origins,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
 }
 
 /// A time as JavaScript's `toISOString()` writes it (`2026-03-30T12:00:00.000Z`).

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use protocol_api::compose::{self, Composition};
-use protocol_api::config::{Config, Mode};
+use protocol_api::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -17,18 +17,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config::parse();
+    let Composition { state, local_ensue } = compose::compose(&config).await?;
 
-    let Composition { state, local_ensue } = match config.mode {
-        Mode::Local => compose::compose_local(&config).await?,
-        Mode::Production => compose::compose_production(&config).await?,
-    };
-
-    let resumed = state.runner.resume_all().await.context("resuming jobs")?;
+    let resumed = state.jobs.resume_all().await.context("resuming jobs")?;
     state
-        .runner
+        .jobs
         .spawn_purger(Duration::from_secs(config.job_retention_hours * 3600));
 
-    let shutdown = delibera_coordination::shutdown_signal();
+    let shutdown = delibera_agent::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(config.bind_addr())
         .await
         .with_context(|| format!("binding {}", config.bind_addr()))?;
@@ -36,12 +32,6 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%addr, mode = state.mode_label, resumed, "Delibera Protocol API listening");
     if let Some(ensue) = &local_ensue {
         tracing::info!(url = ensue.url(), "embedded Ensue listening");
-    }
-    if config.mode == Mode::Local && config.admin_token.is_none() {
-        tracing::info!(
-            path = %config.data_dir.join("admin-token").display(),
-            "admin token for the signing routes is in this file"
-        );
     }
 
     protocol_api::run(listener, state, async {

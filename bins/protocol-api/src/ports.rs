@@ -1,20 +1,17 @@
-//! The outside services the server composes, each behind a port, plus the
-//! settings the provisioning steps need.
+//! The outside services the server composes, each behind a port, and the
+//! settings the provisioning steps read. Nothing here knows which
+//! implementation sits behind a port; `compose.rs` chooses.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use delibera_ensue::Memory;
-use delibera_near::{
-    AccountId, CryptoHash, ExecutionOutcome, NearRpc, Registry, TxExecutionStatus,
-};
-use delibera_phala::{Deployer, EnvVar, HealthGate, ImageRef};
+use delibera_deploy::{AgentRole, Deployer, HealthGate, ImageRef, Url};
+use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
+use delibera_identity::AccountId;
+use delibera_near::{Registrar, Registry};
 use delibera_storacha::Delegator;
 use zeroize::Zeroizing;
-
-use crate::config::Mode;
-use crate::jobs::Role;
 
 /// A new Ensue org's credentials (returned once by the service).
 pub struct OrgCredentials {
@@ -30,70 +27,43 @@ pub struct OrgCredentials {
 #[async_trait]
 pub trait EnsueAccess: Send + Sync {
     /// The base URL agents are given (`ENSUE_URL`).
-    fn base_url(&self) -> String;
+    fn base_url(&self) -> &Url;
     /// Creates an org (`POST /auth/agent-register`).
-    async fn register_org(&self, name: &str) -> Result<OrgCredentials, String>;
+    async fn register_org(&self, name: &str) -> delibera_ensue::Result<OrgCredentials>;
     /// Memory as seen with `api_key`.
-    fn memory(&self, api_key: &str) -> Arc<dyn Memory>;
+    fn memory(&self, api_key: &str) -> delibera_ensue::Result<Arc<dyn Memory>>;
 }
 
-/// Looks signed transactions up on chain, so production checks the wallet's
-/// `txHash` instead of echoing it.
-#[async_trait]
-pub trait TransactionLookup: Send + Sync {
-    /// The outcome of `tx_hash`, sent by `signer` (NEAR indexes transactions by both).
-    async fn transaction(
-        &self,
-        tx_hash: &CryptoHash,
-        signer: &AccountId,
-    ) -> delibera_near::Result<ExecutionOutcome>;
+/// Ensue over HTTP at a base URL (the hosted service, or the embedded one).
+pub struct HttpEnsue {
+    base_url: Url,
 }
 
-/// The real lookup: the RPC's `tx` method, answered once the transaction executed.
-#[async_trait]
-impl TransactionLookup for NearRpc {
-    async fn transaction(
-        &self,
-        tx_hash: &CryptoHash,
-        signer: &AccountId,
-    ) -> delibera_near::Result<ExecutionOutcome> {
-        self.tx_status(tx_hash, signer, TxExecutionStatus::ExecutedOptimistic)
-            .await
+impl HttpEnsue {
+    /// Ensue at `base_url`.
+    pub fn new(base_url: Url) -> Self {
+        Self { base_url }
     }
 }
 
-/// Settings the provisioning steps and routes read.
-#[derive(Clone)]
-pub struct Settings {
-    /// Local or production.
-    pub mode: Mode,
-    /// Ensue key for workers whose coordinator has no org on this server.
-    pub ensue_api_key: Zeroizing<String>,
-    /// How long an agent may take to become healthy.
-    pub health_timeout: Duration,
-    /// The account the server signs with (and, locally, registers on behalf of users with).
-    pub server_account: AccountId,
-    /// Worker image override.
-    pub worker_image: Option<ImageRef>,
-    /// Coordinator image override.
-    pub coordinator_image: Option<ImageRef>,
-    /// The contracts a registration transaction may call (registry, coordinator
-    /// roster); empty in local mode.
-    pub registry_contracts: Vec<AccountId>,
-}
-
-impl Settings {
-    /// The image override for a role.
-    pub fn image_for(&self, role: Role) -> Option<&ImageRef> {
-        match role {
-            Role::Coordinator => self.coordinator_image.as_ref(),
-            Role::Worker => self.worker_image.as_ref(),
-        }
+#[async_trait]
+impl EnsueAccess for HttpEnsue {
+    fn base_url(&self) -> &Url {
+        &self.base_url
     }
 
-    /// Whether `http://localhost` endpoints are acceptable.
-    pub fn allows_loopback_http(&self) -> bool {
-        self.mode == Mode::Local
+    async fn register_org(&self, name: &str) -> delibera_ensue::Result<OrgCredentials> {
+        let org = delibera_ensue::register_org(self.base_url.as_str(), name).await?;
+        Ok(OrgCredentials {
+            api_key: Zeroizing::new(org.api_key.expose_secret().to_owned()),
+            claim_url: org.claim_url,
+            verification_code: org.verification_code,
+        })
+    }
+
+    fn memory(&self, api_key: &str) -> delibera_ensue::Result<Arc<dyn Memory>> {
+        let config = EnsueConfig::new(api_key).with_base_url(self.base_url.as_str())?;
+        Ok(Arc::new(EnsueClient::new(config)?))
     }
 }
 
@@ -107,72 +77,64 @@ pub struct Ports {
     pub deployer: Arc<dyn Deployer>,
     /// The health gate between deploy and the wallet step.
     pub health_gate: HealthGate,
-    /// The NEAR registry (or the local one).
+    /// The registry and the worker roster.
     pub registry: Arc<dyn Registry>,
-    /// Transaction lookup; `None` in local mode, which has no chain.
-    pub transactions: Option<Arc<dyn TransactionLookup>>,
+    /// Finishes registrations after the wallet step.
+    pub registrar: Arc<dyn Registrar>,
     /// HTTP client for health checks.
     pub http: reqwest::Client,
-    /// Settings.
-    pub settings: Settings,
 }
 
-/// The env contract between the server and the agent runtime
-/// (`delibera agent worker|coordinator` reads exactly these names).
-pub struct AgentEnv<'a> {
-    /// Coordinator or worker.
-    pub role: Role,
-    /// The agent's DID (informational; the runtime derives it from the key).
-    pub did: &'a delibera_identity::Did,
-    /// The agent's ucanto private key.
-    pub private_key: &'a str,
-    /// The agent's Storacha delegation (identity-CID form).
-    pub delegation: Option<&'a str>,
-    /// The Storacha space.
-    pub space_did: Option<&'a str>,
-    /// Ensue base URL.
-    pub ensue_url: &'a str,
-    /// Ensue API key.
-    pub ensue_api_key: &'a str,
-    /// The coordinator (workers only; a coordinator's is its own).
-    pub coordinator_did: Option<&'a str>,
-    /// Display name.
-    pub display_name: &'a str,
-    /// The NEAR account that owns the agent.
-    pub near_account: &'a str,
-    /// Coordinator quorum bounds.
-    pub min_workers: Option<u8>,
-    /// Coordinator quorum bounds.
-    pub max_workers: Option<u8>,
+/// What deployed agents are told about the chain.
+#[derive(Debug, Clone, Default)]
+pub struct AgentChain {
+    /// NEAR RPC URLs (empty: the agents need no chain, as in local mode).
+    pub near_rpc_urls: Vec<Url>,
+    /// The registry contract coordinators read their workers from.
+    pub registry_contract: Option<AccountId>,
+    /// The coordinator contract holding the roster, for coordinators without
+    /// a factory-made contract of their own.
+    pub coordinator_contract: Option<AccountId>,
 }
 
-impl AgentEnv<'_> {
-    /// The variables, secrets included (they are sealed to the TEE by the deployer).
-    pub fn to_vars(&self) -> Vec<EnvVar> {
-        let mut vars = vec![
-            EnvVar::new("AGENT_ROLE", self.role.as_str()),
-            EnvVar::new("AGENT_DID", self.did.as_str()),
-            EnvVar::new("STORACHA_AGENT_PRIVATE_KEY", self.private_key),
-            EnvVar::new("ENSUE_URL", self.ensue_url),
-            EnvVar::new("ENSUE_API_KEY", self.ensue_api_key),
-            EnvVar::new("AGENT_DISPLAY_NAME", self.display_name),
-            EnvVar::new("NEAR_ACCOUNT_ID", self.near_account),
-        ];
-        if let Some(delegation) = self.delegation {
-            vars.push(EnvVar::new("STORACHA_DELEGATION_PROOF", delegation));
+/// Settings the provisioning steps and routes read.
+#[derive(Clone)]
+pub struct Settings {
+    /// Ensue key for workers whose coordinator has no org on this server.
+    pub ensue_api_key: Zeroizing<String>,
+    /// How long an agent may take to become healthy.
+    pub health_timeout: Duration,
+    /// Worker image override.
+    pub worker_image: Option<ImageRef>,
+    /// Coordinator image override.
+    pub coordinator_image: Option<ImageRef>,
+    /// Whether `http://localhost` endpoints are acceptable (only when the
+    /// agents run on this machine).
+    pub allow_loopback_endpoints: bool,
+    /// What agents are told about the chain.
+    pub agent_chain: AgentChain,
+}
+
+impl Settings {
+    /// Settings with these defaults: a 10-minute health timeout, the default
+    /// images, https endpoints only, no chain for agents.
+    pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
+        Self {
+            ensue_api_key,
+            health_timeout: Duration::from_secs(600),
+            worker_image: None,
+            coordinator_image: None,
+            allow_loopback_endpoints: false,
+            agent_chain: AgentChain::default(),
         }
-        if let Some(space) = self.space_did {
-            vars.push(EnvVar::new("STORACHA_SPACE_DID", space));
+    }
+
+    /// The image a role's agents run.
+    pub fn image_for(&self, role: AgentRole) -> ImageRef {
+        match role {
+            AgentRole::Coordinator => self.coordinator_image.clone(),
+            AgentRole::Worker => self.worker_image.clone(),
         }
-        if let Some(coordinator) = self.coordinator_did {
-            vars.push(EnvVar::new("COORDINATOR_DID", coordinator));
-        }
-        if let Some(min) = self.min_workers {
-            vars.push(EnvVar::new("MIN_WORKERS", min.to_string()));
-        }
-        if let Some(max) = self.max_workers {
-            vars.push(EnvVar::new("MAX_WORKERS", max.to_string()));
-        }
-        vars
+        .unwrap_or_else(|| ImageRef::default_for(role))
     }
 }

@@ -1,7 +1,7 @@
 //! Input validation shared by the routes. Each check returns the message the
 //! caller sees in `{"error": …}`.
 
-use delibera_identity::Did;
+use delibera_identity::{AccountId, Did};
 
 use crate::error::ApiError;
 
@@ -47,21 +47,10 @@ pub fn did(field: &str, value: &str) -> Result<Did, ApiError> {
 }
 
 /// A NEAR account id by NEAR's rules.
-pub fn near_account(field: &str, value: &str) -> Result<String, ApiError> {
-    delibera_near::AccountId::parse(value.trim())
-        .map(|account| account.as_str().to_owned())
-        .map_err(|error| {
+pub fn near_account(field: &str, value: &str) -> Result<AccountId, ApiError> {
+    AccountId::parse(value.trim()).map_err(|error| {
             ApiError::BadRequest(format!("{field} is not a valid NEAR account id: {error}"))
         })
-}
-
-/// A NEAR transaction hash (base58 of 32 bytes), as wallets return it.
-pub fn tx_hash(field: &str, value: &str) -> Result<delibera_near::CryptoHash, ApiError> {
-    delibera_near::CryptoHash::from_base58(value.trim()).map_err(|error| {
-        ApiError::BadRequest(format!(
-            "{field} is not a NEAR transaction hash (base58 of 32 bytes): {error}"
-        ))
-    })
 }
 
 /// A public endpoint URL: `https`, or in local mode also `http` on a loopback host.
@@ -153,7 +142,7 @@ mod tests {
     #[test]
     fn accounts_and_dids() {
         assert_eq!(
-            near_account("nearAccount", "alice.testnet").unwrap(),
+            near_account("nearAccount", "alice.testnet").unwrap().as_str(),
             "alice.testnet"
         );
         assert!(near_account("nearAccount", "Alice.testnet").is_err());

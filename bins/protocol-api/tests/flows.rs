@@ -308,8 +308,7 @@ fn a_restart_resumes_the_job_without_redeploying() {
             .await;
         let job_id = body["jobId"].as_str().unwrap().to_owned();
         app.wait_for(&job_id, &["waiting_for_url"]).await;
-        let id = job_id.parse().unwrap();
-        let stored = app.state.store.get(id).await.unwrap().unwrap();
+        let stored = app.state.jobs.get(&job_id).await.unwrap();
         (job_id, stored.secrets.storacha_private_key.unwrap())
     });
     // Abandon every task of the first server, as a crash would.
@@ -319,13 +318,12 @@ fn a_restart_resumes_the_job_without_redeploying() {
     let second = tokio::runtime::Runtime::new().unwrap();
     second.block_on(async {
         let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
-        let id = job_id.parse().unwrap();
-        let job = app.state.store.get(id).await.unwrap().unwrap();
+        let job = app.state.jobs.get(&job_id).await.unwrap();
         assert_eq!(job.status.as_str(), "waiting_for_url");
         // The CVM outlived the crash; it becomes healthy now.
         deployer.healthy.store(true, Ordering::SeqCst);
 
-        let resumed = app.state.runner.resume_all().await.unwrap();
+        let resumed = app.state.jobs.resume_all().await.unwrap();
         assert_eq!(resumed, 1);
         let ready = app
             .wait_for(&job_id, &["awaiting_near_signature", "failed"])
@@ -343,21 +341,77 @@ fn a_restart_resumes_the_job_without_redeploying() {
     });
 }
 
+/// Kills the whole server inside the deploy call (the deployment exists, the
+/// server never saw the answer), restarts it on the same data dir, and checks
+/// the job finds its deployment by name and goes on: one deploy in all.
 #[test]
-fn a_job_interrupted_during_its_deploy_fails_explicitly_instead_of_paying_twice() {
+fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    deployer.hang_after_deploy.store(true, Ordering::SeqCst);
+
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let job_id = first.block_on(async {
+        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        let (_, body) = app
+            .call(
+                "POST",
+                "/api/provision/coordinator",
+                Some(json!({ "displayName": "Killed Mid Deploy", "nearAccount": "c.testnet" })),
+            )
+            .await;
+        let job_id = body["jobId"].as_str().unwrap().to_owned();
+        app.wait_for(&job_id, &["deploying_phala"]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while deployer.deploys.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the deploy never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        job_id
+    });
+    first.shutdown_timeout(Duration::from_millis(100));
+    let deployed = deployer.specs.lock().unwrap()[0].clone();
+
+    deployer.hang_after_deploy.store(false, Ordering::SeqCst);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        assert_eq!(
+            app.state.jobs.get(&job_id).await.unwrap().status.as_str(),
+            "deploying_phala"
+        );
+        assert_eq!(app.state.jobs.resume_all().await.unwrap(), 1);
+        let ready = app
+            .wait_for(&job_id, &["awaiting_near_signature", "failed"])
+            .await;
+        assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+        assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1, "no second deploy");
+        assert!(deployer.finds.load(Ordering::SeqCst) >= 2, "looked for it by name");
+        assert_eq!(ready["cvmId"], "test-cvm-0");
+        // The spec deployed is the one the job stored, name and env alike.
+        let job = app.state.jobs.get(&job_id).await.unwrap();
+        assert_eq!(job.secrets.spec.as_ref(), Some(&deployed));
+    });
+}
+
+#[test]
+fn a_job_interrupted_inside_a_deploy_of_the_first_release_fails_instead_of_paying_twice() {
     let dir = tempfile::tempdir().unwrap();
     let deployer = TestDeployer::healthy();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
-        // A job as a crash in the middle of `deploy` leaves it: marked, no CVM id.
+        // As the first release left such a job: marked before its deploy call,
+        // with a random CVM name no lookup by name can find, and no CVM id.
         let mut job = protocol_api::jobs::Job::new(
             protocol_api::jobs::NewJob {
-                role: protocol_api::jobs::Role::Worker,
+                role: delibera_deploy::AgentRole::Worker,
                 display_name: "W".into(),
-                near_account: "w.testnet".into(),
+                near_account: "w.testnet".parse().unwrap(),
                 coordinator_did: Some(
-                    "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH".into(),
+                    "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH"
+                        .parse()
+                        .unwrap(),
                 ),
                 min_workers: None,
                 max_workers: None,
@@ -366,10 +420,14 @@ fn a_job_interrupted_during_its_deploy_fails_explicitly_instead_of_paying_twice(
             chrono::Utc::now(),
         );
         job.status = protocol_api::jobs::JobStatus::DeployingPhala;
-        job.agent_did = Some("did:key:z6MkvRXNYcE7MMduynWTgeKbDaT1iijDSC8pZqXZc8rHPrf2".into());
-        job.deployment_name = Some("W (interrupted)".into());
-        app.state.store.insert(&job).await.unwrap();
-        app.state.runner.resume_all().await.unwrap();
+        job.agent_did = Some(
+            "did:key:z6MkvRXNYcE7MMduynWTgeKbDaT1iijDSC8pZqXZc8rHPrf2"
+                .parse()
+                .unwrap(),
+        );
+        job.legacy_deployment_mark = Some("W (interrupted)".into());
+        app.database.jobs().insert(&job).await.unwrap();
+        app.state.jobs.resume_all().await.unwrap();
         let failed = app.wait_for(&job.id.to_string(), &["failed"]).await;
         assert!(
             failed["error"].as_str().unwrap().contains("not redeployed"),
@@ -424,7 +482,7 @@ async fn external_worker_identity_is_returned_once_and_not_stored() {
         .call("POST", "/api/provision/external-worker", Some(request))
         .await;
     assert_ne!(again["workerDid"], body["workerDid"]);
-    assert!(app.state.store.resumable().await.unwrap().is_empty());
+    assert!(app.database.jobs().resumable().await.unwrap().is_empty());
     let db = std::fs::read(dir.path().join("jobs.sqlite")).unwrap();
     let secret = body["privateKeyString"].as_str().unwrap();
     assert!(
@@ -439,15 +497,9 @@ async fn a_registration_cut_off_by_a_restart_goes_back_to_the_wallet_step() {
     let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
     let (job_id, _) = provision_coordinator(&app).await;
     // As a crash during `coordinator-register` leaves it.
-    let mut job = app
-        .state
-        .store
-        .get(job_id.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut job = app.state.jobs.get(&job_id).await.unwrap();
     job.status = protocol_api::jobs::JobStatus::Registering;
-    app.state.store.save(&job).await.unwrap();
+    app.database.jobs().save(&job).await.unwrap();
     let (code, _) = app
         .call(
             "POST",
@@ -457,7 +509,7 @@ async fn a_registration_cut_off_by_a_restart_goes_back_to_the_wallet_step() {
         .await;
     assert_eq!(code, StatusCode::CONFLICT, "stuck until the restart");
 
-    app.state.runner.resume_all().await.unwrap();
+    app.state.jobs.resume_all().await.unwrap();
     let (_, status) = app
         .call("GET", &format!("/api/provision/status/{job_id}"), None)
         .await;

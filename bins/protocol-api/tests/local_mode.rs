@@ -38,7 +38,7 @@ fn config(data_dir: &Path, ensue_addr: SocketAddr) -> Config {
 /// Starts the server as `main` does; returns its base URL.
 async fn start(config: &Config) -> String {
     let Composition { state, local_ensue } = compose_local(config).await.unwrap();
-    state.runner.resume_all().await.unwrap();
+    state.jobs.resume_all().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

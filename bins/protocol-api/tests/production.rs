@@ -71,7 +71,7 @@ async fn worker_awaiting_signature(
     let app = TestApp::start(dir, TestDeployer::healthy(), options).await;
     let coordinator = delibera_identity::Keypair::generate().did();
     app.registry
-        .register_coordinator(
+        .register_coordinator_as(
             &AccountId::parse(COORDINATOR_OWNER).unwrap(),
             &CoordinatorRegistration {
                 coordinator_did: coordinator.to_string(),
@@ -81,7 +81,6 @@ async fn worker_awaiting_signature(
                 max_workers: 5,
             },
         )
-        .await
         .unwrap();
     let (code, body) = app
         .call(
@@ -102,7 +101,7 @@ async fn worker_awaiting_signature(
 /// What the user's wallet does on chain: `register_worker` signed by `owner`.
 async fn sign_registration(app: &TestApp, ready: &Value, owner: &str, endpoint: &str) {
     app.registry
-        .register_worker(
+        .register_worker_as(
             &AccountId::parse(owner).unwrap(),
             &WorkerRegistration {
                 coordinator_did: ready["coordinatorDid"].as_str().unwrap().into(),
@@ -111,7 +110,6 @@ async fn sign_registration(app: &TestApp, ready: &Value, owner: &str, endpoint: 
                 cvm_id: ready["cvmId"].as_str().unwrap().into(),
             },
         )
-        .await
         .unwrap();
 }
 
@@ -148,9 +146,8 @@ async fn register_before_the_wallet_signed_is_a_conflict_and_the_job_waits() {
     );
     assert_eq!(status(&app, &job_id).await, "awaiting_near_signature");
     // The server did not register on the user's behalf.
-    let did = app.state.store.get(job_id.parse().unwrap()).await.unwrap();
-    let did = did.unwrap().agent_did.unwrap();
-    assert!(app.registry.worker_by_did(&did).await.unwrap().is_none());
+    let did = app.state.jobs.get(&job_id).await.unwrap().agent_did.unwrap();
+    assert!(app.registry.worker_by_did(did.as_str()).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -313,7 +310,7 @@ async fn a_coordinator_may_show_its_factory_deploy_transaction() {
         .await;
     assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
     app.registry
-        .register_coordinator(
+        .register_coordinator_as(
             &AccountId::parse(OWNER).unwrap(),
             &CoordinatorRegistration {
                 coordinator_did: ready["coordinatorDid"].as_str().unwrap().into(),
@@ -323,7 +320,6 @@ async fn a_coordinator_may_show_its_factory_deploy_transaction() {
                 max_workers: 5,
             },
         )
-        .await
         .unwrap();
     // The wallet's first transaction deploys the DAO's contract from the factory.
     let hash = CryptoHash([7; 32]);

@@ -4,12 +4,14 @@
 mod directory;
 mod error;
 mod local_deployer;
+mod process;
 mod runtime;
 mod shutdown;
 
 pub use directory::{RegistryWorkers, StaticWorkers, WorkerDirectory};
 pub use error::{Error, Result};
 pub use local_deployer::{DeploymentJournal, LocalDeployer, LocalDeploymentRecord};
+pub use process::{env_from_process, run_from_process_env};
 pub use runtime::Agent;
 pub use shutdown::shutdown_signal;
 

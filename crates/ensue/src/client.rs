@@ -67,11 +67,6 @@ impl EnsueClient {
         })
     }
 
-    /// A client configured from `ENSUE_API_KEY` and `ENSUE_URL`.
-    pub fn from_env() -> Result<Self> {
-        Self::new(EnsueConfig::from_env()?)
-    }
-
     /// The configuration in use.
     pub fn config(&self) -> &EnsueConfig {
         &self.inner.config

@@ -12,12 +12,6 @@ use crate::{Error, Result};
 /// The hosted service's memory endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://api.ensue-network.ai/";
 
-/// The environment variable holding the API key.
-pub const API_KEY_ENV: &str = "ENSUE_API_KEY";
-
-/// The environment variable that overrides the base URL.
-pub const URL_ENV: &str = "ENSUE_URL";
-
 /// Which JSON-RPC form the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dialect {
@@ -140,26 +134,6 @@ impl EnsueConfig {
         }
     }
 
-    /// Reads `ENSUE_API_KEY` (required) and `ENSUE_URL` (optional).
-    pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// [`from_env`](Self::from_env) over any variable source (tests cannot
-    /// safely set process environment variables).
-    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let api_key = lookup(API_KEY_ENV)
-            .filter(|key| !key.trim().is_empty())
-            .ok_or_else(|| Error::Config {
-                reason: format!("{API_KEY_ENV} is not set"),
-            })?;
-        let config = Self::new(api_key.trim());
-        match lookup(URL_ENV) {
-            Some(url) if !url.trim().is_empty() => config.with_base_url(url.trim()),
-            _ => Ok(config),
-        }
-    }
-
     /// Talks to `base_url` instead of the hosted service (e.g. a local server).
     pub fn with_base_url(mut self, base_url: &str) -> Result<Self> {
         let url = Url::parse(base_url).map_err(|error| Error::Config {
@@ -237,32 +211,6 @@ mod tests {
         assert_eq!(config.base_url().as_str(), DEFAULT_BASE_URL);
         assert_eq!(config.dialect(), Dialect::Mcp);
         assert!(!format!("{config:?}").contains("lmn_secret"));
-    }
-
-    #[test]
-    fn from_env_reads_the_key_and_an_optional_url() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| *key == name)
-                    .map(|(_, value)| (*value).to_owned())
-            }
-        };
-        let config = EnsueConfig::from_lookup(env(&[(API_KEY_ENV, " lmn_1 \n")])).unwrap();
-        assert_eq!(config.api_key.as_str(), "lmn_1");
-        assert_eq!(config.base_url().as_str(), DEFAULT_BASE_URL);
-        let config = EnsueConfig::from_lookup(env(&[
-            (API_KEY_ENV, "lmn_1"),
-            (URL_ENV, "http://127.0.0.1:3006"),
-        ]))
-        .unwrap();
-        assert_eq!(config.base_url().as_str(), "http://127.0.0.1:3006/");
-        assert!(matches!(
-            EnsueConfig::from_lookup(env(&[(URL_ENV, "http://x/")])),
-            Err(Error::Config { .. })
-        ));
-        assert!(EnsueConfig::from_lookup(env(&[(API_KEY_ENV, "  ")])).is_err());
     }
 
     #[test]

@@ -21,9 +21,6 @@ use crate::{Error, Result};
 /// The prefix of every encrypted value.
 pub const ENCRYPTED_PREFIX: &str = "aes256gcm:";
 
-/// The environment variable holding the agent's private key.
-pub const PRIVATE_KEY_ENV: &str = "STORACHA_AGENT_PRIVATE_KEY";
-
 /// The HMAC message that turns key material into the AES key.
 const KDF_MESSAGE: &[u8] = b"delibera-ensue-cache-v1";
 
@@ -48,15 +45,6 @@ impl CacheKey {
     /// `STORACHA_AGENT_PRIVATE_KEY`, `MgCY…`).
     pub fn from_private_key(private_key: &str) -> Result<Self> {
         Self::from_key_material(&key_material(private_key))
-    }
-
-    /// Derives the key from `STORACHA_AGENT_PRIVATE_KEY`.
-    pub fn from_env() -> Result<Self> {
-        let private_key =
-            Zeroizing::new(std::env::var(PRIVATE_KEY_ENV).map_err(|_| Error::Config {
-                reason: format!("{PRIVATE_KEY_ENV} is not set"),
-            })?);
-        Self::from_private_key(&private_key)
     }
 
     /// Derives the key from raw key material (`keyBytes`).

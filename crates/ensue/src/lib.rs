@@ -13,9 +13,9 @@ mod memory;
 mod register;
 
 pub use client::{EnsueClient, MAX_BATCH, like_escape};
-pub use config::{API_KEY_ENV, DEFAULT_BASE_URL, Dialect, EnsueConfig, RetryPolicy, URL_ENV};
+pub use config::{DEFAULT_BASE_URL, Dialect, EnsueConfig, RetryPolicy};
 pub use crypto::{
-    CacheKey, ENCRYPTED_PREFIX, IV_LENGTH, PRIVATE_KEY_ENV, TAG_LENGTH, is_sealed, key_material,
+    CacheKey, ENCRYPTED_PREFIX, IV_LENGTH, TAG_LENGTH, is_sealed, key_material,
     node_base64_decode, node_hex_decode,
 };
 pub use encrypted::EncryptedMemory;

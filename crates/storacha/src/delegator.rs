@@ -24,10 +24,6 @@ pub const SPACE_ACCESS_ABILITIES: [&str; 6] = [
 pub const SPACE_ACCESS_LIFETIME_SECS: u64 = 365 * 24 * 60 * 60;
 /// The file, inside the data directory, holding the local space key.
 pub const LOCAL_SPACE_KEY_FILE: &str = "storacha-space.key";
-/// Environment variable holding the agent's ucanto private key (`Mg…`).
-pub const AGENT_KEY_ENV: &str = "STORACHA_AGENT_PRIVATE_KEY";
-/// Environment variable holding the agent's space proof (either text form).
-pub const DELEGATION_PROOF_ENV: &str = "STORACHA_DELEGATION_PROOF";
 
 /// Unix time in seconds, injectable so expiries can be tested.
 pub trait Clock: Send + Sync {
@@ -140,18 +136,6 @@ impl ConfiguredDelegator {
     pub fn from_strings(agent_key: &str, space_proof: &str) -> Result<Self> {
         let agent_key = Keypair::from_ucanto_str(agent_key.trim())?;
         Self::new(agent_key, Delegation::parse(space_proof)?)
-    }
-
-    /// Reads `STORACHA_AGENT_PRIVATE_KEY` and `STORACHA_DELEGATION_PROOF`.
-    pub fn from_env() -> Result<Self> {
-        let read = |name: &'static str| {
-            std::env::var(name)
-                .map(Zeroizing::new)
-                .map_err(|_| Error::MissingEnv { name })
-        };
-        let agent_key = read(AGENT_KEY_ENV)?;
-        let proof = read(DELEGATION_PROOF_ENV)?;
-        Self::from_strings(&agent_key, &proof)
     }
 
     /// Uses `clock` for expiries instead of the system clock.

@@ -179,12 +179,6 @@ pub enum Error {
         /// The claimed resource.
         with: String,
     },
-    /// A required environment variable is not set.
-    #[error("environment variable {name} is not set")]
-    MissingEnv {
-        /// The variable's name.
-        name: &'static str,
-    },
     /// A configured space proof does not fit the agent key it comes with.
     #[error("the space proof does not fit: {reason}")]
     UnusableSpaceProof {

@@ -15,7 +15,7 @@ pub use car::{Block, Car};
 pub use cid::{CAR, Cid, DAG_CBOR, IDENTITY, SHA2_256};
 pub use delegation::{Delegation, DelegationBuilder, UCAN_VERSION};
 pub use delegator::{
-    AGENT_KEY_ENV, Clock, ConfiguredDelegator, DELEGATION_PROOF_ENV, Delegator, FixedClock,
+    Clock, ConfiguredDelegator, Delegator, FixedClock,
     LOCAL_SPACE_KEY_FILE, LocalSpaceDelegator, SPACE_ACCESS_ABILITIES, SPACE_ACCESS_LIFETIME_SECS,
     SpaceDelegation, SystemClock,
 };

@@ -1,9 +1,9 @@
-//! Provisioning jobs: the model, durable storage and the background runner.
+//! Provisioning jobs: the model, and the machine that owns every transition.
 
-pub mod model;
-pub mod runner;
-pub mod store;
+mod error;
+mod machine;
+mod model;
 
-pub use model::{Job, JobSecrets, JobStatus, NewJob, Role};
-pub use runner::Runner;
-pub use store::{JobStore, StoreError};
+pub use error::JobError;
+pub use machine::{JobMachine, Registration, ensue_org_name};
+pub use model::{Job, JobSecrets, JobStatus, NewJob};

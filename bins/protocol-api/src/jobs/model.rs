@@ -1,31 +1,13 @@
-//! Provisioning jobs: roles, the seed's status values and step texts, and the
-//! record that is persisted after every transition.
+//! Provisioning jobs: the status values and step texts, and the record that is
+//! persisted after every transition.
 
 use chrono::{DateTime, Utc};
+use delibera_deploy::{AgentRole, AgentSpec};
+use delibera_identity::{AccountId, Did};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Which kind of agent a job provisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// A coordinator: gets its own Ensue org.
-    Coordinator,
-    /// A managed worker for an existing coordinator.
-    Worker,
-}
-
-impl Role {
-    /// The wire string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Coordinator => "coordinator",
-            Role::Worker => "worker",
-        }
-    }
-}
-
-/// A job's status: exactly the seed's values, in the order a job moves through them.
+/// A job's status: the API's status values, in the order a job moves through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -66,7 +48,7 @@ impl JobStatus {
         JobStatus::Failed,
     ];
 
-    /// The wire string (the seed's status value).
+    /// The wire string.
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::GeneratingIdentity => "generating_identity",
@@ -103,7 +85,8 @@ impl JobStatus {
         }
     }
 
-    /// Whether the status response may carry the job's secrets (the seed's rule).
+    /// Whether the status response may carry the job's secrets: only once the
+    /// agent is deployed and healthy, so nothing is shown for a job that fails.
     pub fn reveals_secrets(self) -> bool {
         matches!(self, JobStatus::AwaitingNearSignature | JobStatus::Complete)
     }
@@ -138,6 +121,10 @@ pub struct JobSecrets {
     pub ensue_claim_url: Option<String>,
     /// The code that proves the claim.
     pub ensue_verification_code: Option<String>,
+    /// What `preparing_phala` built, and exactly what is deployed: the
+    /// agent's env holds its keys, so the spec is kept sealed.
+    #[serde(default)]
+    pub spec: Option<AgentSpec>,
 }
 
 impl std::fmt::Debug for JobSecrets {
@@ -153,7 +140,7 @@ pub struct Job {
     /// The job id (a random v4 UUID: knowing it is what lets a caller poll it).
     pub id: Uuid,
     /// Coordinator or worker.
-    pub role: Role,
+    pub role: AgentRole,
     /// Where the job is.
     pub status: JobStatus,
     /// Progress detail shown after the step text (e.g. the wait so far).
@@ -166,26 +153,28 @@ pub struct Job {
     /// Human-readable agent name.
     pub display_name: String,
     /// The NEAR account that signs the registry transaction.
-    pub near_account: String,
+    pub near_account: AccountId,
     /// The new agent's DID (set by `generating_identity`).
-    pub agent_did: Option<String>,
+    pub agent_did: Option<Did>,
     /// For a worker: the coordinator it joins. For a coordinator: its own DID.
-    pub coordinator_did: Option<String>,
+    pub coordinator_did: Option<Did>,
     /// Coordinator quorum bounds.
     pub min_workers: Option<u8>,
     /// Coordinator quorum bounds.
     pub max_workers: Option<u8>,
     /// The factory-created coordinator contract, when given.
-    pub contract_address: Option<String>,
+    pub contract_address: Option<AccountId>,
     /// The Storacha space the delegation grants access to.
-    pub space_did: Option<String>,
+    pub space_did: Option<Did>,
     /// The UCAN delegation for the agent (identity-CID text form).
     pub delegation: Option<String>,
     /// The coordinator's Ensue org name.
     pub ensue_org_name: Option<String>,
-    /// The unique deployment name, recorded before the deploy call so an
-    /// interrupted deploy can be recognised instead of repeated.
-    pub deployment_name: Option<String>,
+    /// Set by the first release of this server before its deploy call; a
+    /// job that has it and no `cvm_id` was interrupted inside a deploy whose
+    /// deployment cannot be found by name.
+    #[serde(default, rename = "deployment_name", skip_serializing_if = "Option::is_none")]
+    pub legacy_deployment_mark: Option<String>,
     /// The deployment's id (Phala CVM id, or the local agent id).
     pub cvm_id: Option<String>,
     /// The agent's public URL.
@@ -205,19 +194,19 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     /// Coordinator or worker.
-    pub role: Role,
+    pub role: AgentRole,
     /// Human-readable agent name.
     pub display_name: String,
     /// The NEAR account that signs the registry transaction.
-    pub near_account: String,
+    pub near_account: AccountId,
     /// For a worker: the coordinator it joins.
-    pub coordinator_did: Option<String>,
+    pub coordinator_did: Option<Did>,
     /// Coordinator quorum bounds.
     pub min_workers: Option<u8>,
     /// Coordinator quorum bounds.
     pub max_workers: Option<u8>,
     /// The factory-created coordinator contract, when given.
-    pub contract_address: Option<String>,
+    pub contract_address: Option<AccountId>,
 }
 
 impl Job {
@@ -240,7 +229,7 @@ impl Job {
             space_did: None,
             delegation: None,
             ensue_org_name: None,
-            deployment_name: None,
+            legacy_deployment_mark: None,
             cvm_id: None,
             endpoint: None,
             dashboard_url: None,

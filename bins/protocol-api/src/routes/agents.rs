@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use delibera_near::{AgentKind, EndpointUpdate};
+use delibera_deploy::AgentRole;
+use delibera_near::EndpointUpdate;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -114,29 +115,27 @@ pub async fn update_endpoint(
     let endpoint = validation::endpoint_url(
         "endpoint",
         &request.endpoint,
-        state.ports.settings.allows_loopback_http(),
+        state.settings.allow_loopback_endpoints,
     )?;
-    let kind = match request.kind.as_deref().unwrap_or("worker") {
-        "worker" => AgentKind::Worker,
-        "coordinator" => AgentKind::Coordinator,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "type must be \"worker\" or \"coordinator\", got {other:?}"
-            )));
-        }
+    let role = match request.kind.as_deref() {
+        None => AgentRole::Worker,
+        Some(text) => text.parse::<AgentRole>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "type must be \"worker\" or \"coordinator\", got {text:?}"
+            ))
+        })?,
     };
     let update = EndpointUpdate {
         did: did.to_string(),
-        kind,
         endpoint_url: endpoint.clone(),
         cvm_id: request.cvm_id.filter(|id| !id.trim().is_empty()),
     };
-    state
-        .ports
-        .registry
-        .update_endpoint(&update)
-        .await
-        .map_err(registry_error)?;
+    let registry = &state.ports.registry;
+    match role {
+        AgentRole::Worker => registry.update_worker_endpoint(&update).await,
+        AgentRole::Coordinator => registry.update_coordinator_endpoint(&update).await,
+    }
+    .map_err(registry_error)?;
     Ok(Json(EndpointUpdated {
         success: true,
         agent_id: did.to_string(),

@@ -3,11 +3,10 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chrono::Utc;
+use delibera_deploy::AgentRole;
 use delibera_identity::Keypair;
 use serde::Deserialize;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::api_types::{
@@ -15,7 +14,7 @@ use crate::api_types::{
     WorkerRegistered,
 };
 use crate::error::{ApiError, ApiJson};
-use crate::jobs::{Job, JobStatus, NewJob, Role};
+use crate::jobs::{Job, NewJob, Registration};
 use crate::validation;
 
 /// `POST /api/provision/coordinator` body.
@@ -93,20 +92,18 @@ pub async fn coordinator(
         .filter(|text| !text.trim().is_empty())
         .map(|text| validation::near_account("contractAddress", text))
         .transpose()?;
-    let job = Job::new(
-        NewJob {
-            role: Role::Coordinator,
+    let job = state
+        .jobs
+        .start(NewJob {
+            role: AgentRole::Coordinator,
             display_name,
             near_account,
             coordinator_did: None,
             min_workers: Some(min_workers),
             max_workers: Some(max_workers),
             contract_address,
-        },
-        Utc::now(),
-    );
-    state.store.insert(&job).await?;
-    state.runner.spawn(job.id);
+        })
+        .await?;
     Ok(accepted(&job))
 }
 
@@ -143,20 +140,18 @@ pub async fn worker(
             )));
         }
     }
-    let job = Job::new(
-        NewJob {
-            role: Role::Worker,
+    let job = state
+        .jobs
+        .start(NewJob {
+            role: AgentRole::Worker,
             display_name,
             near_account,
-            coordinator_did: Some(coordinator_did.to_string()),
+            coordinator_did: Some(coordinator_did),
             min_workers: None,
             max_workers: None,
             contract_address: None,
-        },
-        Utc::now(),
-    );
-    state.store.insert(&job).await?;
-    state.runner.spawn(job.id);
+        })
+        .await?;
     Ok(accepted(&job))
 }
 
@@ -172,7 +167,7 @@ pub async fn external_worker(
     validation::endpoint_url(
         "endpointUrl",
         &request.endpoint_url,
-        state.ports.settings.allows_loopback_http(),
+        state.settings.allow_loopback_endpoints,
     )?;
     validation::did("coordinatorDid", &request.coordinator_did)?;
     let keypair = Keypair::generate();
@@ -180,19 +175,6 @@ pub async fn external_worker(
         worker_did: keypair.did().to_string(),
         private_key_string: keypair.to_ucanto_string().to_string(),
     }))
-}
-
-fn parse_job_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text.trim()).map_err(|_| ApiError::NotFound(format!("no job {text:?}")))
-}
-
-async fn load_job(state: &AppState, id: &str) -> Result<Job, ApiError> {
-    let uuid = parse_job_id(id)?;
-    state
-        .store
-        .get(uuid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job {id:?}")))
 }
 
 /// Poll a provisioning job. Secrets appear only at `awaiting_near_signature` and `complete`.
@@ -203,28 +185,27 @@ pub async fn status(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobStatusView>, ApiError> {
-    Ok(Json(status_view(&load_job(&state, &job_id).await?)))
+    Ok(Json(status_view(&state.jobs.get(&job_id).await?)))
 }
 
 /// The status document. Secrets appear only while the status reveals them.
 pub fn status_view(job: &Job) -> JobStatusView {
-    let coordinator_only =
-        |value: &Option<String>| value.clone().filter(|_| job.role == Role::Coordinator);
+    let coordinator_only = |value: Option<String>| value.filter(|_| job.role == AgentRole::Coordinator);
     let secret = |value: &Option<String>| value.clone().filter(|_| job.status.reveals_secrets());
     JobStatusView {
         job_id: job.id,
         role: job.role.as_str().into(),
         status: job.status.as_str().into(),
         step: job.step_text(),
-        worker_did: job.agent_did.clone(),
-        coordinator_did: job.coordinator_did.clone(),
+        worker_did: job.agent_did.as_ref().map(ToString::to_string),
+        coordinator_did: job.coordinator_did.as_ref().map(ToString::to_string),
         display_name: job.display_name.clone(),
-        near_account: job.near_account.clone(),
-        min_workers: job.min_workers.filter(|_| job.role == Role::Coordinator),
-        max_workers: job.max_workers.filter(|_| job.role == Role::Coordinator),
-        contract_address: coordinator_only(&job.contract_address),
-        ensue_org_name: coordinator_only(&job.ensue_org_name),
-        space_did: job.space_did.clone(),
+        near_account: job.near_account.to_string(),
+        min_workers: job.min_workers.filter(|_| job.role == AgentRole::Coordinator),
+        max_workers: job.max_workers.filter(|_| job.role == AgentRole::Coordinator),
+        contract_address: coordinator_only(job.contract_address.as_ref().map(ToString::to_string)),
+        ensue_org_name: coordinator_only(job.ensue_org_name.clone()),
+        space_did: job.space_did.as_ref().map(ToString::to_string),
         phala_endpoint: job.endpoint.clone(),
         cvm_id: job.cvm_id.clone(),
         dashboard_url: job.dashboard_url.clone(),
@@ -240,85 +221,6 @@ pub fn status_view(job: &Job) -> JobStatusView {
     }
 }
 
-/// Moves a job from `awaiting_near_signature` to `registering`, once.
-async fn begin_registration(
-    state: &AppState,
-    job_id: &str,
-    role: Role,
-    tx_hash: Option<String>,
-) -> Result<Job, ApiError> {
-    let mut job = load_job(state, job_id).await?;
-    if job.role != role {
-        let route = match job.role {
-            Role::Coordinator => "/api/provision/coordinator-register",
-            Role::Worker => "/api/provision/register",
-        };
-        return Err(ApiError::Conflict(format!(
-            "job {} provisions a {}; finish it with {route}",
-            job.id,
-            job.role.as_str()
-        )));
-    }
-    if job.status != JobStatus::AwaitingNearSignature {
-        return Err(ApiError::Conflict(format!(
-            "job {} is {}, not awaiting_near_signature",
-            job.id,
-            job.status.as_str()
-        )));
-    }
-    let tx_hash = tx_hash
-        .map(|hash| hash.trim().to_owned())
-        .filter(|hash| !hash.is_empty());
-    // Production looks the hash up on chain, so it must be one; local mode has
-    // no chain and echoes whatever the caller passed.
-    if let (Some(hash), Some(_)) = (&tx_hash, &state.ports.transactions) {
-        validation::tx_hash("txHash", hash)?;
-    }
-    job.status = JobStatus::Registering;
-    job.tx_hash = tx_hash;
-    job.updated_at = Utc::now();
-    if !state
-        .store
-        .save_if_status(&job, JobStatus::AwaitingNearSignature)
-        .await?
-    {
-        return Err(ApiError::Conflict(format!(
-            "job {} is already being registered",
-            job.id
-        )));
-    }
-    crate::metrics::job_transition(JobStatus::AwaitingNearSignature, JobStatus::Registering);
-    Ok(job)
-}
-
-/// Ends a registration: `complete` on success; back to the wallet step on failure
-/// (the user can sign and try again), with the error returned to the caller.
-async fn finish_registration(
-    state: &AppState,
-    mut job: Job,
-    outcome: Result<(), ApiError>,
-) -> Result<Job, ApiError> {
-    job.status = match outcome {
-        Ok(()) => JobStatus::Complete,
-        Err(_) => JobStatus::AwaitingNearSignature,
-    };
-    job.updated_at = Utc::now();
-    state.store.save(&job).await?;
-    crate::metrics::job_transition(JobStatus::Registering, job.status);
-    outcome.map(|()| job)
-}
-
-/// Runs a registration to its end even if the caller hangs up: the job left
-/// `awaiting_near_signature`, so it must be moved on (or back) whatever
-/// happens to the request.
-async fn detached(
-    work: impl std::future::Future<Output = Result<Job, ApiError>> + Send + 'static,
-) -> Result<Job, ApiError> {
-    tokio::spawn(work)
-        .await
-        .map_err(|error| ApiError::internal(format!("registration task failed: {error}")))?
-}
-
 /// Finish a worker job after the wallet signed the registry transaction.
 #[utoipa::path(post, path = "/api/provision/register", tag = "provisioning", request_body = RegisterRequest,
     responses((status = 200, body = WorkerRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -327,15 +229,17 @@ pub async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<Json<WorkerRegistered>, ApiError> {
-    let job = begin_registration(&state, &request.job_id, Role::Worker, request.tx_hash).await?;
-    let job = detached(async move {
-        let outcome = crate::registration::complete_worker(&state, &job).await;
-        finish_registration(&state, job, outcome).await
-    })
-    .await?;
+    let registration = Registration {
+        tx_hash: request.tx_hash,
+        contract_address: None,
+    };
+    let job = state
+        .jobs
+        .register(&request.job_id, AgentRole::Worker, registration)
+        .await?;
     Ok(Json(WorkerRegistered {
         status: job.status.as_str().into(),
-        worker_did: job.agent_did,
+        worker_did: job.agent_did.map(|did| did.to_string()),
         phala_endpoint: job.endpoint,
         tx_hash: job.tx_hash,
     }))
@@ -355,21 +259,19 @@ pub async fn coordinator_register(
         .filter(|text| !text.trim().is_empty())
         .map(|text| validation::near_account("contractAddress", text))
         .transpose()?;
-    let mut job =
-        begin_registration(&state, &request.job_id, Role::Coordinator, request.tx_hash).await?;
-    if contract_address.is_some() {
-        job.contract_address = contract_address;
-    }
-    let job = detached(async move {
-        let outcome = crate::registration::complete_coordinator(&state, &job).await;
-        finish_registration(&state, job, outcome).await
-    })
-    .await?;
+    let registration = Registration {
+        tx_hash: request.tx_hash,
+        contract_address,
+    };
+    let job = state
+        .jobs
+        .register(&request.job_id, AgentRole::Coordinator, registration)
+        .await?;
     Ok(Json(CoordinatorRegistered {
         status: job.status.as_str().into(),
-        coordinator_did: job.agent_did,
+        coordinator_did: job.agent_did.map(|did| did.to_string()),
         phala_endpoint: job.endpoint,
-        contract_address: job.contract_address,
+        contract_address: job.contract_address.map(|account| account.to_string()),
         tx_hash: job.tx_hash,
         ensue_org_name: job.ensue_org_name,
         ensue_claim_url: job.secrets.ensue_claim_url,

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use delibera_near::AccountId;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -68,8 +67,6 @@ pub async fn register(
         .account_id
         .as_deref()
         .map(|text| validation::near_account("accountId", text))
-        .transpose()?
-        .map(|text| AccountId::parse(&text).map_err(ApiError::internal))
         .transpose()?;
     state
         .ports

@@ -14,17 +14,16 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use delibera_deploy::{AgentSpec, Deployer, Deployment, DeploymentStatus, HealthGate};
 use delibera_ensue_local::LocalEnsue;
-use delibera_near::{AccountId, LocalRegistry, Registry};
-use delibera_phala::{AgentSpec, Deployer, Deployment, DeploymentStatus, HealthGate};
+use delibera_near::{AccountId, ChainRegistrar, LocalRegistry, Registrar};
 use delibera_storacha::LocalSpaceDelegator;
 use http_body_util::BodyExt;
-use protocol_api::compose::{HttpEnsue, LOCAL_SERVER_ACCOUNT};
-use protocol_api::config::Mode;
-use protocol_api::jobs::{JobStore, Runner};
-use protocol_api::ports::{Ports, Settings};
+use protocol_api::AppState;
+use protocol_api::compose::LOCAL_SERVER_ACCOUNT;
+use protocol_api::ports::{HttpEnsue, Ports, Settings};
 use protocol_api::seal::SecretBox;
-use protocol_api::{AppState, auth::RateLimiter};
+use protocol_api::store::Database;
 use serde_json::Value;
 use tower::ServiceExt;
 use zeroize::Zeroizing;
@@ -36,12 +35,17 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 ///
 /// The "CVMs" run on the deployer's own runtime, so like real CVMs they
 /// outlive a server that crashes (a test that kills the server's runtime).
+/// With `hang_after_deploy` set, `deploy` makes the deployment and then never
+/// returns, as a server killed inside the call would never see its answer.
 pub struct TestDeployer {
     pub healthy: Arc<AtomicBool>,
+    pub hang_after_deploy: AtomicBool,
     pub deploys: AtomicUsize,
+    pub finds: AtomicUsize,
     pub teardowns: Mutex<Vec<String>>,
     pub envs: Mutex<Vec<HashMap<String, String>>>,
-    servers: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    pub specs: Mutex<Vec<AgentSpec>>,
+    servers: Mutex<HashMap<String, (Deployment, tokio::sync::oneshot::Sender<()>)>>,
     cvms: Option<tokio::runtime::Runtime>,
 }
 
@@ -49,9 +53,12 @@ impl TestDeployer {
     fn new(healthy: bool) -> Arc<Self> {
         Arc::new(Self {
             healthy: Arc::new(AtomicBool::new(healthy)),
+            hang_after_deploy: AtomicBool::new(false),
             deploys: AtomicUsize::new(0),
+            finds: AtomicUsize::new(0),
             teardowns: Mutex::default(),
             envs: Mutex::default(),
+            specs: Mutex::default(),
             servers: Mutex::default(),
             cvms: Some(
                 tokio::runtime::Builder::new_multi_thread()
@@ -83,16 +90,18 @@ impl TestDeployer {
 
 #[async_trait]
 impl Deployer for TestDeployer {
-    async fn deploy(&self, spec: &AgentSpec) -> delibera_phala::Result<Deployment> {
+    async fn deploy(&self, spec: &AgentSpec) -> delibera_deploy::Result<Deployment> {
         let n = self.deploys.fetch_add(1, Ordering::SeqCst);
         let env: HashMap<String, String> = spec
             .env
-            .iter()
+            .to_vars()
+            .into_iter()
             .map(|var| (var.key.clone(), var.value.to_string()))
             .collect();
-        let did = env.get("AGENT_DID").cloned().unwrap_or_default();
-        let role = env.get("AGENT_ROLE").cloned().unwrap_or_default();
+        let did = spec.env.did().to_string();
+        let role = spec.env.role.to_string();
         self.envs.lock().unwrap().push(env);
+        self.specs.lock().unwrap().push(spec.clone());
         let healthy = self.healthy.clone();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -120,31 +129,48 @@ impl Deployer for TestDeployer {
                 })
                 .await;
         });
-        let cvm_id = format!("test-cvm-{n}");
-        self.servers.lock().unwrap().insert(cvm_id.clone(), stop_tx);
-        Ok(Deployment {
+        let deployment = Deployment {
+            id: format!("test-cvm-{n}"),
+            name: spec.name.clone(),
             dashboard_url: format!("{url}/dashboard"),
-            app_id: format!("app-{n}"),
-            cvm_id,
             endpoint_url: url,
-        })
+        };
+        self.servers
+            .lock()
+            .unwrap()
+            .insert(deployment.id.clone(), (deployment.clone(), stop_tx));
+        if self.hang_after_deploy.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(deployment)
     }
 
-    async fn status(&self, cvm_id: &str) -> delibera_phala::Result<DeploymentStatus> {
-        let running = self.servers.lock().unwrap().contains_key(cvm_id);
+    async fn find(&self, spec: &AgentSpec) -> delibera_deploy::Result<Option<Deployment>> {
+        self.finds.fetch_add(1, Ordering::SeqCst);
+        Ok(self
+            .servers
+            .lock()
+            .unwrap()
+            .values()
+            .find(|(deployment, _)| deployment.name == spec.name)
+            .map(|(deployment, _)| deployment.clone()))
+    }
+
+    async fn status(&self, id: &str) -> delibera_deploy::Result<DeploymentStatus> {
+        let running = self.servers.lock().unwrap().contains_key(id);
         Ok(DeploymentStatus {
-            cvm_id: cvm_id.to_owned(),
+            id: id.to_owned(),
             status: if running { "running" } else { "stopped" }.to_owned(),
             running,
             endpoint_url: None,
         })
     }
 
-    async fn teardown(&self, cvm_id: &str) -> delibera_phala::Result<()> {
-        if let Some(stop) = self.servers.lock().unwrap().remove(cvm_id) {
+    async fn teardown(&self, id: &str) -> delibera_deploy::Result<()> {
+        if let Some((_, stop)) = self.servers.lock().unwrap().remove(id) {
             let _ = stop.send(());
         }
-        self.teardowns.lock().unwrap().push(cvm_id.to_owned());
+        self.teardowns.lock().unwrap().push(id.to_owned());
         Ok(())
     }
 }
@@ -160,7 +186,9 @@ impl Drop for TestDeployer {
 
 /// A server over `data_dir`, in local mode, with the given deployer.
 pub struct TestApp {
-    pub state: AppState,
+    pub api: Api,
+    /// The same database the state uses, for tests that plant or inspect records.
+    pub database: Database,
     pub deployer: Arc<TestDeployer>,
     pub ensue: LocalEnsue,
     pub registry: Arc<LocalRegistry>,
@@ -192,7 +220,7 @@ impl Default for Options {
 impl TestApp {
     pub async fn start(data_dir: &Path, deployer: Arc<TestDeployer>, options: Options) -> Self {
         let secrets = SecretBox::from_key(&[42; 32]);
-        let store = JobStore::open(&data_dir.join("jobs.sqlite"), secrets).unwrap();
+        let database = Database::open(&data_dir.join("jobs.sqlite"), secrets).unwrap();
         let ensue_key =
             delibera_ensue_local::ApiKey::new("ensue-test-bootstrap-key-0123456789").unwrap();
         let ensue = LocalEnsue::start(
@@ -204,65 +232,71 @@ impl TestApp {
         .unwrap();
         let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT).unwrap();
         let registry = Arc::new(
-            LocalRegistry::open(data_dir.join("registry.sqlite"), server_account.clone()).unwrap(),
+            LocalRegistry::open(data_dir.join("registry.sqlite"), server_account).unwrap(),
         );
-        let (mode, transactions) = match &options.production_rpc {
-            Some(url) => (
-                Mode::Production,
-                Some(
-                    Arc::new(delibera_near::NearRpc::new([url.as_str()]).unwrap())
-                        as Arc<dyn protocol_api::ports::TransactionLookup>,
-                ),
-            ),
-            None => (Mode::Local, None),
+        // Production verifies what the wallet signed (the local registry plays
+        // the chain's state, the RPC answers `tx`); locally the registry
+        // registers the agent itself.
+        let registrar: Arc<dyn Registrar> = match &options.production_rpc {
+            Some(url) => Arc::new(ChainRegistrar::new(
+                registry.clone(),
+                delibera_near::NearRpc::new([url.as_str()]).unwrap(),
+                vec![AccountId::parse(REGISTRY_CONTRACT).unwrap()],
+            )),
+            None => registry.clone(),
         };
-        let ports = Arc::new(Ports {
+        let ports = Ports {
             delegator: Arc::new(LocalSpaceDelegator::open(data_dir).unwrap()),
-            ensue: Arc::new(HttpEnsue::new(ensue.url())),
+            ensue: Arc::new(HttpEnsue::new(ensue.url().parse().unwrap())),
             deployer: deployer.clone(),
             health_gate: HealthGate {
                 initial_interval: Duration::from_millis(20),
                 max_interval: Duration::from_millis(100),
                 request_timeout: Duration::from_secs(2),
             },
-            registry: registry.clone() as Arc<dyn Registry>,
-            transactions,
+            registry: registry.clone(),
+            registrar,
             http: reqwest::Client::new(),
-            settings: Settings {
-                mode,
-                ensue_api_key: Zeroizing::new(ensue_key.expose().to_owned()),
-                health_timeout: options.health_timeout,
-                server_account,
-                worker_image: None,
-                coordinator_image: None,
-                registry_contracts: vec![AccountId::parse(REGISTRY_CONTRACT).unwrap()],
-            },
-        });
-        let state = AppState {
-            runner: Runner::new(store.clone(), ports.clone()),
-            store,
-            ports,
-            admin_token: options
-                .admin_token
-                .map(|token| Arc::new(Zeroizing::new(token.to_owned()))),
-            rate_limiter: Arc::new(RateLimiter::new(options.rate_per_minute)),
-            mode_label: if mode == Mode::Local {
+        };
+        let mut settings = Settings::new(Zeroizing::new(ensue_key.expose().to_owned()));
+        settings.health_timeout = options.health_timeout;
+        settings.allow_loopback_endpoints = options.production_rpc.is_none();
+        let state = AppState::builder(&database, ports, settings)
+            .admin_token(options.admin_token.map(|token| Zeroizing::new(token.to_owned())))
+            .provision_rate_per_minute(options.rate_per_minute)
+            .mode_label(if options.production_rpc.is_none() {
                 "local"
             } else {
                 "production"
-            },
-            ensue_url: Some(ensue.url().to_owned()),
-            cors_origins: vec!["*".into()],
-            max_body_bytes: 16 * 1024,
-        };
+            })
+            .embedded_ensue_url(ensue.url())
+            .max_body_bytes(16 * 1024)
+            .build();
         Self {
-            state,
+            api: Api { state },
+            database,
             deployer,
             ensue,
             registry,
         }
     }
 
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// Calls into a server's router, in process.
+pub struct Api {
+    pub state: AppState,
+}
+
+impl Api {
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call_with(method, path, body, None).await
     }

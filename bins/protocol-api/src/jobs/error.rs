@@ -1,0 +1,59 @@
+//! Why a job operation was refused or failed; converted to HTTP in `error.rs`.
+
+use uuid::Uuid;
+
+use super::JobStatus;
+use crate::store::StoreError;
+use delibera_deploy::AgentRole;
+
+/// A refused or failed job operation.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// No job has this id.
+    #[error("no job {0:?}")]
+    NotFound(String),
+    /// The job provisions the other role (each role has its own registration route).
+    #[error("job {job} provisions a {role}; finish it with {route}")]
+    WrongRole {
+        /// The job.
+        job: Uuid,
+        /// The role it provisions.
+        role: AgentRole,
+        /// The route that finishes it.
+        route: &'static str,
+    },
+    /// The job is not waiting for its wallet signature.
+    #[error("job {job} is {}, not awaiting_near_signature", status.as_str())]
+    NotAwaitingSignature {
+        /// The job.
+        job: Uuid,
+        /// Where it is.
+        status: JobStatus,
+    },
+    /// Another call is registering the job right now.
+    #[error("job {job} is already being registered")]
+    AlreadyRegistering {
+        /// The job.
+        job: Uuid,
+    },
+    /// The registry refused or could not confirm the registration.
+    #[error(transparent)]
+    Registry(#[from] delibera_near::Error),
+    /// Ensue failed while the agent was announced.
+    #[error("Ensue: {0}")]
+    Ensue(#[from] delibera_ensue::Error),
+    /// A job's record lacks what its status promises (a bug, or a damaged record).
+    #[error("job {job} has no {what} at the wallet step")]
+    Incomplete {
+        /// The job.
+        job: Uuid,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A detached task ended abnormally.
+    #[error("registration task failed: {0}")]
+    Task(String),
+}

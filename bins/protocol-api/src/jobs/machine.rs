@@ -1,0 +1,564 @@
+//! Every transition of a provisioning job, in one place.
+//!
+//! The runner moves a job through its steps in the background, committing
+//! each transition before the next step starts, so a restart resumes from the
+//! last finished step. Registration moves a job out of the wallet step with a
+//! compare-and-set, so two calls cannot both register it. Routes only
+//! translate HTTP into calls of [`JobMachine`].
+//!
+//! Paid steps are idempotent by name: the deployment's name is derived from
+//! the job, and a job that finds a deployment under its name adopts it
+//! instead of paying for a second one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use delibera_deploy::{
+    AgentEnv, AgentIdentity, AgentRole, AgentSpec, DeploymentName, StorachaGrant, WorkerBounds,
+};
+use delibera_ensue::keys::{self, AgentField};
+use delibera_identity::{Did, Keypair};
+use delibera_near::{
+    CoordinatorClaim, CoordinatorRegistration, WorkerClaim, WorkerRegistration,
+};
+use uuid::Uuid;
+
+use super::error::JobError;
+use super::model::{Job, JobStatus, NewJob};
+use crate::ports::{Ports, Settings};
+use crate::store::{JobStore, OrgKeys, StoreError};
+
+/// How often, at most, health-gate progress is written to the job.
+const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the wallet step hands over: the transaction hash, and for a
+/// coordinator the contract its factory made.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// The wallet's transaction, if the caller passed one.
+    pub tx_hash: Option<String>,
+    /// A coordinator's factory-made contract, if the caller named one.
+    pub contract_address: Option<delibera_identity::AccountId>,
+}
+
+/// Owns every transition of every job.
+#[derive(Clone)]
+pub struct JobMachine {
+    jobs: JobStore,
+    org_keys: OrgKeys,
+    ports: Arc<Ports>,
+    settings: Arc<Settings>,
+}
+
+impl JobMachine {
+    /// A machine over the stores and the outside services.
+    pub fn new(jobs: JobStore, org_keys: OrgKeys, ports: Arc<Ports>, settings: Arc<Settings>) -> Self {
+        Self {
+            jobs,
+            org_keys,
+            ports,
+            settings,
+        }
+    }
+
+    /// A job by id; a text that is no job id is simply not found.
+    pub async fn get(&self, id: &str) -> Result<Job, JobError> {
+        let not_found = || JobError::NotFound(id.to_owned());
+        let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
+        self.jobs.get(uuid).await?.ok_or_else(not_found)
+    }
+
+    /// Stores a new job and starts it in the background.
+    pub async fn start(&self, new: NewJob) -> Result<Job, JobError> {
+        let job = Job::new(new, Utc::now());
+        self.jobs.insert(&job).await?;
+        self.spawn(job.id);
+        Ok(job)
+    }
+
+    /// Runs (or resumes) a job in the background.
+    pub fn spawn(&self, id: Uuid) {
+        let machine = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = machine.drive(id).await {
+                tracing::error!(job = %id, %error, "provisioning runner stopped");
+            }
+        });
+    }
+
+    /// After a restart: puts registrations the last process did not finish
+    /// back at the wallet step (the caller simply retries), and resumes every
+    /// job the runner owns. Returns how many were resumed.
+    pub async fn resume_all(&self) -> Result<usize, StoreError> {
+        for mut job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
+            tracing::info!(job = %job.id, "registration was interrupted; back to awaiting_near_signature");
+            self.commit(&mut job, JobStatus::AwaitingNearSignature).await?;
+        }
+        let jobs = self.jobs.resumable().await?;
+        for job in &jobs {
+            tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
+            self.spawn(job.id);
+        }
+        Ok(jobs.len())
+    }
+
+    /// Purges finished jobs older than `retention`, now and then every hour.
+    pub fn spawn_purger(&self, retention: Duration) {
+        let jobs = self.jobs.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let cutoff = Utc::now()
+                    - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+                match jobs.purge_finished(cutoff).await {
+                    Ok(0) => {}
+                    Ok(purged) => {
+                        tracing::info!(purged, "purged finished jobs past their retention")
+                    }
+                    Err(error) => tracing::warn!(%error, "purging finished jobs failed"),
+                }
+            }
+        });
+    }
+
+    /// Moves `job` to `to` and commits it; the one place a transition is made.
+    async fn commit(&self, job: &mut Job, to: JobStatus) -> Result<(), StoreError> {
+        let from = job.status;
+        job.status = to;
+        job.progress = None;
+        job.updated_at = Utc::now();
+        self.jobs.save(job).await?;
+        log_transition(job.id, from, to);
+        Ok(())
+    }
+
+    /// Drives one job until it waits for a person or ends.
+    pub async fn drive(&self, id: Uuid) -> Result<(), StoreError> {
+        loop {
+            let Some(mut job) = self.jobs.get(id).await? else {
+                return Ok(());
+            };
+            if !job.status.is_runner_owned() {
+                return Ok(());
+            }
+            let from = job.status;
+            match self.step(&mut job).await {
+                Ok(next) => self.commit(&mut job, next).await?,
+                Err(message) => {
+                    tracing::warn!(job = %id, step = from.as_str(), error = %message, "provisioning step failed");
+                    job.error = Some(message);
+                    self.commit(&mut job, JobStatus::Failed).await?;
+                }
+            }
+        }
+    }
+
+    /// Performs the job's current step and returns the next status. The job
+    /// may be changed along the way; errors are the text shown in its `error`.
+    async fn step(&self, job: &mut Job) -> Result<JobStatus, String> {
+        match job.status {
+            JobStatus::GeneratingIdentity => {
+                let keypair = Keypair::generate();
+                job.secrets.storacha_private_key = Some(keypair.to_ucanto_string().to_string());
+                if job.role == AgentRole::Coordinator {
+                    job.coordinator_did = Some(keypair.did());
+                }
+                job.agent_did = Some(keypair.did());
+                Ok(JobStatus::CreatingSpace)
+            }
+            JobStatus::CreatingSpace => {
+                let did = agent_did(job)?;
+                let delegation = self
+                    .ports
+                    .delegator
+                    .delegate_space_access(&did)
+                    .await
+                    .map_err(|error| format!("Storacha delegation failed: {error}"))?;
+                job.space_did = Some(delegation.space_did);
+                job.delegation = Some(delegation.proof);
+                Ok(match job.role {
+                    AgentRole::Coordinator => JobStatus::ProvisioningEnsue,
+                    AgentRole::Worker => JobStatus::PreparingPhala,
+                })
+            }
+            JobStatus::ProvisioningEnsue => {
+                let did = agent_did(job)?;
+                let org_name = ensue_org_name(&job.display_name, &did);
+                let org = self
+                    .ports
+                    .ensue
+                    .register_org(&org_name)
+                    .await
+                    .map_err(|error| format!("Ensue org registration failed: {error}"))?;
+                self.org_keys
+                    .put(did.as_str(), &org_name, &org.api_key)
+                    .await
+                    .map_err(|error| format!("could not store the Ensue org key: {error}"))?;
+                job.ensue_org_name = Some(org_name);
+                job.secrets.ensue_api_key = Some(org.api_key.to_string());
+                job.secrets.ensue_claim_url = Some(org.claim_url);
+                job.secrets.ensue_verification_code = Some(org.verification_code);
+                Ok(JobStatus::PreparingPhala)
+            }
+            JobStatus::PreparingPhala => {
+                job.secrets.spec = Some(self.agent_spec(job).await?);
+                Ok(JobStatus::DeployingPhala)
+            }
+            JobStatus::DeployingPhala => self.deploy(job).await,
+            JobStatus::WaitingForUrl => self.wait_for_health(job).await,
+            JobStatus::AwaitingNearSignature
+            | JobStatus::Registering
+            | JobStatus::Complete
+            | JobStatus::Failed => Ok(job.status),
+        }
+    }
+
+    /// Deploys the spec `preparing_phala` built, or adopts the deployment an
+    /// interrupted attempt made under the same name.
+    async fn deploy(&self, job: &mut Job) -> Result<JobStatus, String> {
+        if job.cvm_id.is_some() {
+            return Ok(JobStatus::WaitingForUrl);
+        }
+        if job.legacy_deployment_mark.is_some() {
+            return Err(format!(
+                "the server stopped while deploying this {role} agent; it was not redeployed to avoid \
+                 paying twice. Check the deployment dashboard for a {role} CVM named after `{}`, remove \
+                 any leftover, and provision again",
+                job.display_name,
+                role = job.role,
+            ));
+        }
+        let spec = self.spec_of(job).await?;
+        let deployer = &self.ports.deployer;
+        let found = deployer
+            .find(&spec)
+            .await
+            .map_err(|error| format!("looking for an earlier deployment failed: {error}"))?;
+        let deployment = match found {
+            Some(deployment) => {
+                tracing::info!(job = %job.id, id = %deployment.id, "adopting the deployment made before a restart");
+                deployment
+            }
+            None => deployer
+                .deploy(&spec)
+                .await
+                .map_err(|error| format!("deployment failed: {error}"))?,
+        };
+        job.cvm_id = Some(deployment.id);
+        job.endpoint = Some(deployment.endpoint_url);
+        job.dashboard_url = Some(deployment.dashboard_url);
+        Ok(JobStatus::WaitingForUrl)
+    }
+
+    async fn wait_for_health(&self, job: &mut Job) -> Result<JobStatus, String> {
+        let did = agent_did(job)?;
+        let endpoint = job
+            .endpoint
+            .clone()
+            .ok_or("no endpoint was recorded for the deployment")?;
+        let cvm_id = job.cvm_id.clone().ok_or("no deployment id was recorded")?;
+        // The deadline counts from when the job entered this step, across restarts.
+        let waited = (Utc::now() - job.updated_at).to_std().unwrap_or_default();
+        let remaining = self.settings.health_timeout.saturating_sub(waited);
+
+        let jobs = self.jobs.clone();
+        let mut progress_job = job.clone();
+        let mut last_save = tokio::time::Instant::now();
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let saver = tokio::spawn(async move {
+            while let Some(text) = progress_rx.recv().await {
+                if last_save.elapsed() >= PROGRESS_SAVE_INTERVAL {
+                    progress_job.progress = Some(text);
+                    // Progress only; `updated_at` keeps marking when the wait began.
+                    let _ = jobs.save(&progress_job).await;
+                    last_save = tokio::time::Instant::now();
+                }
+            }
+        });
+        let mut on_progress = move |progress: &delibera_deploy::HealthProgress| {
+            let _ = progress_tx.send(format_wait(waited + progress.elapsed));
+        };
+        let result = self
+            .ports
+            .health_gate
+            .wait(&self.ports.http, &endpoint, &did, remaining, &mut on_progress)
+            .await;
+        // Dropping the closure drops the sender, which ends the saver.
+        drop(on_progress);
+        let _ = saver.await;
+        match result {
+            Ok(_) => Ok(JobStatus::AwaitingNearSignature),
+            Err(error) => {
+                // Never ask the user to pay for a dead endpoint: tear it down.
+                let teardown = match self.ports.deployer.teardown(&cvm_id).await {
+                    Ok(()) => "the deployment was torn down".to_owned(),
+                    Err(teardown_error) => {
+                        format!("tearing the deployment down also failed: {teardown_error}")
+                    }
+                };
+                Err(format!(
+                    "the agent never became healthy at {endpoint}: {error}; {teardown}"
+                ))
+            }
+        }
+    }
+
+    /// The spec `preparing_phala` stored, or (for a job stored before specs
+    /// were kept) the same spec built again.
+    async fn spec_of(&self, job: &Job) -> Result<AgentSpec, String> {
+        match &job.secrets.spec {
+            Some(spec) => Ok(spec.clone()),
+            None => self.agent_spec(job).await,
+        }
+    }
+
+    /// The deployment spec of a job: its deterministic name, the role's
+    /// image and the agent's whole env.
+    async fn agent_spec(&self, job: &Job) -> Result<AgentSpec, String> {
+        let private_key = job
+            .secrets
+            .storacha_private_key
+            .as_deref()
+            .ok_or("the agent's key is missing")?;
+        let identity = AgentIdentity::from_ucanto(private_key)
+            .map_err(|error| format!("the stored agent key is unusable: {error}"))?;
+        let ensue_api_key = match job.role {
+            AgentRole::Coordinator => job
+                .secrets
+                .ensue_api_key
+                .clone()
+                .ok_or("the Ensue org key is missing")?,
+            AgentRole::Worker => {
+                let coordinator = job
+                    .coordinator_did
+                    .as_ref()
+                    .ok_or("the coordinator DID is missing")?;
+                // A coordinator provisioned here shares its org with its workers.
+                match self
+                    .org_keys
+                    .get(coordinator.as_str())
+                    .await
+                    .map_err(|error| error.to_string())?
+                {
+                    Some((_, key)) => key.to_string(),
+                    None => self.settings.ensue_api_key.to_string(),
+                }
+            }
+        };
+        let mut env = AgentEnv::new(job.role, identity, job.display_name.clone(), ensue_api_key);
+        env.ensue_url = self.ports.ensue.base_url().clone();
+        env.owner = Some(job.near_account.clone());
+        env.coordinator_did = job.coordinator_did.clone().filter(|_| job.role == AgentRole::Worker);
+        if let (Some(delegation), Some(space_did)) = (&job.delegation, &job.space_did) {
+            env.storacha = Some(StorachaGrant {
+                delegation: delegation.clone(),
+                space_did: space_did.clone(),
+            });
+        }
+        if let (Some(min), Some(max)) = (job.min_workers, job.max_workers) {
+            env.worker_bounds = Some(WorkerBounds { min, max });
+        }
+        let chain = &self.settings.agent_chain;
+        env.near_rpc_urls = chain.near_rpc_urls.clone();
+        env.registry_contract = chain.registry_contract.clone();
+        env.coordinator_contract = match job.role {
+            AgentRole::Coordinator => job
+                .contract_address
+                .clone()
+                .or_else(|| chain.coordinator_contract.clone()),
+            AgentRole::Worker => chain.coordinator_contract.clone(),
+        };
+        let name = DeploymentName::derive(job.role, &job.display_name, &job.id.simple().to_string());
+        Ok(AgentSpec::new(name, env).with_image(self.settings.image_for(job.role)))
+    }
+
+    /// Finishes a job after the wallet step: moves it from
+    /// `awaiting_near_signature` to `registering` (once), then to `complete`
+    /// if the registrar confirms the registration and the agent is announced,
+    /// else back to the wallet step with the reason. The work runs detached
+    /// from the caller, so a caller hanging up cannot strand the job.
+    pub async fn register(
+        &self,
+        id: &str,
+        role: AgentRole,
+        registration: Registration,
+    ) -> Result<Job, JobError> {
+        let mut job = self.get(id).await?;
+        if job.role != role {
+            return Err(JobError::WrongRole {
+                job: job.id,
+                role: job.role,
+                route: match job.role {
+                    AgentRole::Coordinator => "/api/provision/coordinator-register",
+                    AgentRole::Worker => "/api/provision/register",
+                },
+            });
+        }
+        if job.status != JobStatus::AwaitingNearSignature {
+            return Err(JobError::NotAwaitingSignature {
+                job: job.id,
+                status: job.status,
+            });
+        }
+        job.status = JobStatus::Registering;
+        job.tx_hash = registration
+            .tx_hash
+            .map(|hash| hash.trim().to_owned())
+            .filter(|hash| !hash.is_empty());
+        if registration.contract_address.is_some() {
+            job.contract_address = registration.contract_address;
+        }
+        job.updated_at = Utc::now();
+        if !self
+            .jobs
+            .save_if_status(&job, JobStatus::AwaitingNearSignature)
+            .await?
+        {
+            return Err(JobError::AlreadyRegistering { job: job.id });
+        }
+        log_transition(job.id, JobStatus::AwaitingNearSignature, JobStatus::Registering);
+
+        let machine = self.clone();
+        tokio::spawn(async move {
+            let outcome = machine.confirm_and_announce(&job).await;
+            let next = match outcome {
+                Ok(()) => JobStatus::Complete,
+                Err(_) => JobStatus::AwaitingNearSignature,
+            };
+            machine.commit(&mut job, next).await?;
+            outcome.map(|()| job)
+        })
+        .await
+        .map_err(|error| JobError::Task(error.to_string()))?
+    }
+
+    /// The registrar's word on the registration, then the agent's name and
+    /// endpoint written to Ensue for the other agents.
+    async fn confirm_and_announce(&self, job: &Job) -> Result<(), JobError> {
+        let incomplete = |what| JobError::Incomplete { job: job.id, what };
+        let did = job.agent_did.clone().ok_or_else(|| incomplete("agent DID"))?;
+        let endpoint = job.endpoint.clone().ok_or_else(|| incomplete("endpoint"))?;
+        let cvm_id = job.cvm_id.clone().ok_or_else(|| incomplete("deployment id"))?;
+        let registrar = &self.ports.registrar;
+        match job.role {
+            AgentRole::Worker => {
+                let coordinator = job
+                    .coordinator_did
+                    .as_ref()
+                    .ok_or_else(|| incomplete("coordinator DID"))?;
+                registrar
+                    .complete_worker(&WorkerClaim {
+                        owner: job.near_account.clone(),
+                        registration: WorkerRegistration {
+                            coordinator_did: coordinator.to_string(),
+                            worker_did: did.to_string(),
+                            endpoint_url: endpoint.clone(),
+                            cvm_id,
+                        },
+                        tx_hash: job.tx_hash.clone(),
+                    })
+                    .await?;
+            }
+            AgentRole::Coordinator => {
+                registrar
+                    .complete_coordinator(&CoordinatorClaim {
+                        owner: job.near_account.clone(),
+                        registration: CoordinatorRegistration {
+                            coordinator_did: did.to_string(),
+                            endpoint_url: endpoint.clone(),
+                            cvm_id,
+                            min_workers: job.min_workers.unwrap_or(1),
+                            max_workers: job.max_workers.unwrap_or(10),
+                        },
+                        contract: job.contract_address.clone(),
+                        tx_hash: job.tx_hash.clone(),
+                    })
+                    .await?;
+            }
+        }
+        let spec = self
+            .spec_of(job)
+            .await
+            .map_err(|_| incomplete("deployment spec"))?;
+        let memory = self.ports.ensue.memory(&spec.env.ensue_api_key)?;
+        memory
+            .upsert(&keys::agent(&did, AgentField::DisplayName), &job.display_name)
+            .await?;
+        memory
+            .upsert(&keys::agent(&did, AgentField::Endpoint), &endpoint)
+            .await?;
+        Ok(())
+    }
+}
+
+fn log_transition(job: Uuid, from: JobStatus, to: JobStatus) {
+    tracing::info!(%job, from = from.as_str(), to = to.as_str(), "job transition");
+    crate::metrics::job_transition(from, to);
+}
+
+fn agent_did(job: &Job) -> Result<Did, String> {
+    job.agent_did
+        .clone()
+        .ok_or_else(|| "the agent's DID is missing".to_owned())
+}
+
+/// `delibera-<slug of the display name>-<4 characters of the DID>`, within
+/// Ensue's 1–64 `[A-Za-z0-9_-]` rule.
+pub fn ensue_org_name(display_name: &str, did: &Did) -> String {
+    let mut slug = String::new();
+    for c in display_name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug: String = slug.trim_end_matches('-').chars().take(40).collect();
+    let suffix: String = did
+        .as_str()
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if slug.is_empty() {
+        format!("delibera-{suffix}")
+    } else {
+        format!("delibera-{}-{suffix}", slug.trim_end_matches('-'))
+    }
+}
+
+fn format_wait(elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs();
+    format!("{}m{:02}s", seconds / 60, seconds % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_names_follow_ensue_rules() {
+        let did: Did = "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH"
+            .parse()
+            .unwrap();
+        let name = ensue_org_name("My DAO Coordinator!", &did);
+        assert_eq!(name, "delibera-my-dao-coordinator-hyib");
+        let long = ensue_org_name(&"x".repeat(200), &did);
+        assert!(long.len() <= 64);
+        assert!(ensue_org_name("日本", &did).starts_with("delibera-"));
+        for name in [name, long] {
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            );
+        }
+    }
+
+    #[test]
+    fn waits_read_as_minutes_and_seconds() {
+        assert_eq!(format_wait(Duration::from_secs(130)), "2m10s");
+    }
+}
