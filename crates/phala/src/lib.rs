@@ -9,8 +9,8 @@ mod health;
 
 pub use client::{
     API_VERSION_2025_10_28, API_VERSION_2026_01_21, CommitRequest, ComposeFile, Cvm, CvmUrl,
-    DEFAULT_API_VERSION, DEFAULT_BASE_URL, DEFAULT_INSTANCE_TYPE, DEFAULT_TIMEOUT, PhalaClient,
-    ProvisionRequest, Provisioned, RetryPolicy,
+    DEFAULT_API_VERSION, DEFAULT_BASE_URL, DEFAULT_INSTANCE_TYPE, DEFAULT_RETRY, DEFAULT_TIMEOUT,
+    PhalaClient, ProvisionRequest, Provisioned,
 };
 pub use compose::{
     AgentRole, CvmName, DEFAULT_COORDINATOR_IMAGE, DEFAULT_WORKER_IMAGE, DSTACK_SOCKET, ImageRef,
@@ -26,3 +26,6 @@ pub use env::{
 };
 pub use error::{ApiError, Error, FieldError, Result};
 pub use health::{HealthGate, HealthProgress, HealthReport, OnHealthProgress, wait_healthy};
+
+// A dependency that appears in public signatures.
+pub use delibera_backoff;

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use delibera_identity::{Did, Keypair};
+use delibera_phala::delibera_backoff::Backoff;
 use delibera_phala::{
     AgentRole, AgentSpec, CvmName, Deployer, Deployment, DeploymentStatus, EnvVar, Error,
-    HealthGate, HealthProgress, PhalaClient, PhalaDeployer, PhalaDeployerOptions, RetryPolicy,
-    StartPolicy, decrypt_env, deploy_until_healthy, encryption_pubkey_hex, render_compose,
+    HealthGate, HealthProgress, PhalaClient, PhalaDeployer, PhalaDeployerOptions, StartPolicy,
+    decrypt_env, deploy_until_healthy, encryption_pubkey_hex, render_compose,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
@@ -44,11 +45,9 @@ fn fast_gate() -> HealthGate {
 fn deployer(server: &MockServer, start_policy: StartPolicy) -> PhalaDeployer {
     let client = PhalaClient::new(&format!("{}/api/v1", server.uri()), API_KEY)
         .unwrap()
-        .with_retry(RetryPolicy {
-            max_attempts: 2,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(2),
-        });
+        .with_retry(
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(2)).with_max_attempts(2),
+        );
     PhalaDeployer::with_options(
         client,
         PhalaDeployerOptions {
