@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod backoff;
 mod coordinator;
 mod directory;
 mod error;
@@ -9,6 +8,7 @@ mod llm;
 mod local_deployer;
 mod rules;
 mod runtime;
+mod shutdown;
 mod types;
 mod worker;
 
