@@ -5,10 +5,12 @@
 //! This umbrella crate re-exports the workspace's library crates so examples
 //! and applications can depend on one crate. See `docs/architecture.md`.
 
+pub use delibera_backoff as backoff;
 pub use delibera_coordination as coordination;
 pub use delibera_ensue as ensue;
 pub use delibera_ensue_local as ensue_local;
 pub use delibera_identity as identity;
+pub use delibera_jsonrpc as jsonrpc;
 pub use delibera_near as near;
 pub use delibera_phala as phala;
 pub use delibera_storacha as storacha;
