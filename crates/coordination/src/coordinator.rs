@@ -6,12 +6,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
+use delibera_backoff::{Backoff, Jitter};
 use delibera_ensue::Memory;
 use delibera_identity::Did;
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
-use crate::backoff::backoff_delay;
 use crate::worker::iso_now;
 use crate::{
     Error, Proposal, Result, Tally, TaskDefinition, WorkerOutcome, WorkerOutcomeStatus,
@@ -38,8 +38,18 @@ pub struct CoordinatorConfig {
     pub write_concurrency: usize,
     /// How many times a write is tried before the round fails.
     pub write_attempts: u32,
-    /// First backoff after a failed write; doubles up to 5 s.
+    /// First backoff after a failed write; doubles up to 5 s, plus up to a
+    /// quarter of random jitter.
     pub backoff_base: Duration,
+}
+
+impl CoordinatorConfig {
+    /// The backoff between the tries of a write.
+    fn write_backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_base, Duration::from_secs(5))
+            .with_max_attempts(self.write_attempts)
+            .with_jitter(Jitter::Additive { percent: 25 })
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -440,6 +450,7 @@ impl Coordinator {
     }
 
     async fn write_as(&self, key: &str, value: &str, existing: Existing) -> Result<()> {
+        let backoff = self.config.write_backoff();
         let mut attempt = 1;
         loop {
             let written = match existing {
@@ -449,17 +460,21 @@ impl Coordinator {
                     other => other,
                 },
             };
-            match written {
+            let error = match written {
                 Ok(()) => return Ok(()),
-                Err(error) if error.is_retryable() && attempt < self.config.write_attempts => {
-                    let delay =
-                        backoff_delay(self.config.backoff_base, Duration::from_secs(5), attempt);
-                    tracing::warn!(key, %error, ?delay, "write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(error) => return Err(error.into()),
-            }
+                Err(error) => error,
+            };
+            let delay = if error.is_retryable() {
+                backoff.retry_delay(attempt, None)
+            } else {
+                None
+            };
+            let Some(delay) = delay else {
+                return Err(error.into());
+            };
+            tracing::warn!(key, %error, ?delay, "write failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         }
     }
 }

@@ -1,12 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
-mod backoff;
 mod coordinator;
 mod error;
 mod handler;
 mod llm;
 mod rules;
+mod shutdown;
 mod types;
 mod worker;
 

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
+use delibera_backoff::{Backoff, Jitter, random_up_to};
 use delibera_ensue::Memory;
 use delibera_identity::Did;
 use tokio::time::Instant;
 
-use crate::backoff::{ShutdownSignal, backoff_delay, jitter};
+use crate::shutdown::ShutdownSignal;
 use crate::{Ballot, Error, Result, TaskDefinition, TaskHandler, WorkerResult};
 use delibera_ensue::keys::{self, WorkerField, WorkerStatus};
 
@@ -22,9 +23,10 @@ pub struct WorkerConfig {
     pub poll_jitter: Duration,
     /// Longest a handler may run; the task's own deadline may cut it shorter.
     pub task_timeout: Duration,
-    /// First backoff after an Ensue error; doubles up to `backoff_max`.
+    /// First backoff after an Ensue error; doubles up to `backoff_max`, plus
+    /// up to a quarter of random jitter.
     pub backoff_base: Duration,
-    /// Longest backoff between polls while Ensue keeps failing.
+    /// Longest backoff between polls while Ensue keeps failing (before jitter).
     pub backoff_max: Duration,
     /// How many times the final `result`/`status` writes are tried.
     pub write_attempts: u32,
@@ -48,6 +50,14 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The backoff after failed polls (which never give up) and between the
+    /// tries of a final write (at most `write_attempts`).
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_base, self.backoff_max)
+            .with_max_attempts(self.write_attempts)
+            .with_jitter(Jitter::Additive { percent: 25 })
+    }
+
     /// A config polling every `interval` (plus up to `jitter`), other values default.
     pub fn polling(interval: Duration, jitter: Duration) -> Self {
         Self {
@@ -145,12 +155,11 @@ impl Worker {
             let delay = match self.poll(&mut shutdown).await {
                 Ok(_) => {
                     failures = 0;
-                    self.config.poll_interval + jitter(self.config.poll_jitter)
+                    self.config.poll_interval + random_up_to(self.config.poll_jitter)
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let delay =
-                        backoff_delay(self.config.backoff_base, self.config.backoff_max, failures);
+                    let delay = self.config.backoff().delay(failures);
                     tracing::warn!(did = %self.did, %error, ?delay, "poll failed; backing off");
                     delay
                 }
@@ -328,19 +337,19 @@ impl Worker {
 
     /// Writes a final key, retrying transient failures so a finished vote is not lost.
     async fn write_with_retry(&self, key: &str, value: &str) -> Result<()> {
+        let backoff = self.config.backoff();
         let mut attempt = 1;
         loop {
-            match self.memory.upsert(key, value).await {
+            let error = match self.memory.upsert(key, value).await {
                 Ok(()) => return Ok(()),
-                Err(error) if attempt < self.config.write_attempts => {
-                    let delay =
-                        backoff_delay(self.config.backoff_base, self.config.backoff_max, attempt);
-                    tracing::warn!(did = %self.did, key, %error, ?delay, "write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(error) => return Err(error.into()),
-            }
+                Err(error) => error,
+            };
+            let Some(delay) = backoff.retry_delay(attempt, None) else {
+                return Err(error.into());
+            };
+            tracing::warn!(did = %self.did, key, %error, ?delay, "write failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         }
     }
 }

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use delibera_ensue::{Dialect, EnsueClient, EnsueConfig, Memory, RetryPolicy};
+use delibera_backoff::Backoff;
+use delibera_ensue::{Dialect, EnsueClient, EnsueConfig, Memory};
 use delibera_ensue_local::{Config, LocalEnsue};
 use tokio::task::JoinSet;
 
@@ -76,7 +77,7 @@ async fn bench(label: &str, config: Config) {
         match EnsueConfig::new(server.api_key().expose()).with_base_url(server.url()) {
             Ok(config) => config
                 .with_dialect(Dialect::Mcp)
-                .with_retry(RetryPolicy::none()),
+                .with_retry(Backoff::none()),
             Err(error) => panic!("bad server URL: {error}"),
         };
     let memory = match EnsueClient::new(client_config) {

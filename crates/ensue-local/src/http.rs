@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use delibera_jsonrpc::{ErrorObject, Id, Incoming, parse_request};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tower_http::timeout::TimeoutLayer;
@@ -17,7 +18,7 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::api_key::random_hex;
-use crate::rpc::{self, Framing, Incoming, RpcError};
+use crate::rpc::{self, Framing};
 use crate::store::{OrgId, Store};
 use crate::tools;
 
@@ -190,45 +191,42 @@ async fn rpc_call(
     let bytes = match read_body(&headers, body, state.limits.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge) => {
-            let error = RpcError::invalid_request(format!(
+            let error = ErrorObject::invalid_request(format!(
                 "the request body is larger than the limit of {} bytes",
                 state.limits.max_body_bytes
             ));
             return rpc::json_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &rpc::failure(&Value::Null, &error),
+                &rpc::failure(Id::Null, error),
             );
         }
         Err(BodyError::Unreadable) => {
-            let error = RpcError::parse("the request body could not be read");
-            return rpc::json_response(
-                StatusCode::BAD_REQUEST,
-                &rpc::failure(&Value::Null, &error),
-            );
+            let error = ErrorObject::parse_error("the request body could not be read");
+            return rpc::json_response(StatusCode::BAD_REQUEST, &rpc::failure(Id::Null, error));
         }
     };
-    let call = match rpc::parse(&bytes) {
-        Ok(Incoming::Call(call)) => call,
-        Ok(Incoming::Notification { method }) => {
-            Span::current().record("rpc.method", method.as_str());
+    let call = match parse_request(&bytes) {
+        Incoming::Call(call) => call,
+        Incoming::Notification(notification) => {
+            Span::current().record("rpc.method", notification.method.as_str());
             return StatusCode::ACCEPTED.into_response();
         }
-        Err(rejected) => {
+        Incoming::Rejected(rejected) => {
             tracing::debug!(code = rejected.error.code, message = %rejected.error.message, "rejected request");
             // Requests that could not be understood are answered as MCP
             // servers do: a 4xx with a plain JSON error body.
             return rpc::json_response(
-                rejected.error.http_status(),
-                &rpc::failure(&rejected.id, &rejected.error),
+                rpc::http_status(&rejected.error),
+                &rejected.into_response().to_value(),
             );
         }
     };
     Span::current().record("rpc.method", call.method.as_str());
     let message = match tools::dispatch(&state, org, &call.method, call.params).await {
-        Ok(result) => rpc::success(&call.id, result),
+        Ok(result) => rpc::success(call.id, result),
         Err(error) => {
             tracing::debug!(code = error.code, message = %error.message, "call failed");
-            rpc::failure(&call.id, &error)
+            rpc::failure(call.id, error)
         }
     };
     framing.respond(StatusCode::OK, &message)

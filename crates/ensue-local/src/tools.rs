@@ -3,8 +3,10 @@
 
 use serde_json::{Map, Value, json};
 
+use delibera_jsonrpc::ErrorObject;
+
 use crate::http::{AppState, Limits};
-use crate::rpc::{self, RpcError};
+use crate::rpc;
 use crate::store::{NewMemory, OrgId, Record};
 
 /// Items per batch and keys per `list_keys` page, as the hosted service allows.
@@ -77,7 +79,7 @@ pub(crate) async fn dispatch(
     org: OrgId,
     method: &str,
     params: Value,
-) -> Result<Value, RpcError> {
+) -> Result<Value, ErrorObject> {
     match method {
         "initialize" => Ok(initialize(&params)),
         "ping" => Ok(json!({})),
@@ -86,12 +88,16 @@ pub(crate) async fn dispatch(
             let mut params = object(params, "params")?;
             let name = match params.remove("name") {
                 Some(Value::String(name)) => name,
-                Some(_) => return Err(RpcError::invalid_params("`params.name` must be a string")),
-                None => return Err(RpcError::invalid_params("`params.name` is missing")),
+                Some(_) => {
+                    return Err(ErrorObject::invalid_params(
+                        "`params.name` must be a string",
+                    ));
+                }
+                None => return Err(ErrorObject::invalid_params("`params.name` is missing")),
             };
             tracing::Span::current().record("rpc.tool", name.as_str());
             let operation = Operation::from_tool(&name).ok_or_else(|| {
-                RpcError::method_not_found(format!(
+                ErrorObject::method_not_found(format!(
                     "unknown tool `{name}`: this server has create_memory, get_memory, \
                      update_memory, delete_memory and list_keys"
                 ))
@@ -105,8 +111,9 @@ pub(crate) async fn dispatch(
                 .into_result())
         }
         other => {
-            let operation = Operation::from_method(other)
-                .ok_or_else(|| RpcError::method_not_found(format!("unknown method `{other}`")))?;
+            let operation = Operation::from_method(other).ok_or_else(|| {
+                ErrorObject::method_not_found(format!("unknown method `{other}`"))
+            })?;
             let params = object(params, "params")?;
             // MCP arguments sent without the `tools/call` wrapper are served
             // too; everything else (including nothing) is read in the seed's
@@ -132,7 +139,7 @@ async fn run_mcp(
     org: OrgId,
     operation: Operation,
     args: &Map<String, Value>,
-) -> Result<Outcome, RpcError> {
+) -> Result<Outcome, ErrorObject> {
     let limits = state.limits();
     let store = state.store();
     match operation {
@@ -142,12 +149,12 @@ async fn run_mcp(
             for (index, item) in items.iter().enumerate() {
                 let path = format!("items[{index}]");
                 let Value::Object(item) = item else {
-                    return Err(RpcError::invalid_params(format!(
+                    return Err(ErrorObject::invalid_params(format!(
                         "`{path}` must be an object"
                     )));
                 };
                 if item.get("base64").and_then(Value::as_bool) == Some(true) {
-                    return Err(RpcError::invalid_params(format!(
+                    return Err(ErrorObject::invalid_params(format!(
                         "`{path}.base64`: base64 values are not supported by the local server"
                     )));
                 }
@@ -155,7 +162,7 @@ async fn run_mcp(
                     key_name: key(item, "key_name", &path)?,
                     value: value(item, &path, limits)?,
                     description: description(item, &path)?.ok_or_else(|| {
-                        RpcError::invalid_params(format!("`{path}.description` is missing"))
+                        ErrorObject::invalid_params(format!("`{path}.description` is missing"))
                     })?,
                 });
             }
@@ -263,7 +270,7 @@ async fn run_direct(
     org: OrgId,
     operation: Operation,
     params: &Map<String, Value>,
-) -> Result<Outcome, RpcError> {
+) -> Result<Outcome, ErrorObject> {
     let limits = state.limits();
     let store = state.store();
     let success = |key: &str, value: Option<&str>| {
@@ -372,21 +379,21 @@ async fn list_page(
     org: OrgId,
     args: &Map<String, Value>,
     default_limit: DefaultLimit,
-) -> Result<ListPage, RpcError> {
+) -> Result<ListPage, ErrorObject> {
     let prefix = match args.get("prefix") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(prefix)) => prefix.clone(),
-        Some(_) => return Err(RpcError::invalid_params("`prefix` must be a string")),
+        Some(_) => return Err(ErrorObject::invalid_params("`prefix` must be a string")),
     };
     if prefix.len() > MAX_KEY_BYTES {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`prefix` is longer than {MAX_KEY_BYTES} bytes"
         )));
     }
     // An odd run of trailing backslashes would escape the `%` appended below.
     let trailing_escapes = prefix.bytes().rev().take_while(|&b| b == b'\\').count();
     if trailing_escapes % 2 == 1 {
-        return Err(RpcError::invalid_params(
+        return Err(ErrorObject::invalid_params(
             "`prefix` ends with an unfinished `\\` escape",
         ));
     }
@@ -397,13 +404,13 @@ async fn list_page(
     if let Some(limit) = limit
         && !(1..=MAX_BATCH as i64).contains(&limit)
     {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`limit` must be between 1 and {MAX_BATCH}, got {limit}"
         )));
     }
     let offset = integer(args, "offset", 0)?;
     if offset < 0 {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`offset` must not be negative, got {offset}"
         )));
     }
@@ -469,17 +476,17 @@ fn already_exists(key: &str) -> String {
     format!("key already exists: {key}")
 }
 
-fn internal(error: crate::Error) -> RpcError {
+fn internal(error: crate::Error) -> ErrorObject {
     tracing::error!(%error, "storage failed");
-    RpcError::internal()
+    ErrorObject::internal_error("internal error")
 }
 
 /// `params` as an object; absent params count as an empty object.
-fn object(value: Value, path: &str) -> Result<Map<String, Value>, RpcError> {
+fn object(value: Value, path: &str) -> Result<Map<String, Value>, ErrorObject> {
     match value {
         Value::Object(map) => Ok(map),
         Value::Null => Ok(Map::new()),
-        _ => Err(RpcError::invalid_params(format!(
+        _ => Err(ErrorObject::invalid_params(format!(
             "`{path}` must be an object"
         ))),
     }
@@ -489,50 +496,50 @@ fn string<'a>(
     map: &'a Map<String, Value>,
     field: &str,
     path: &str,
-) -> Result<Option<&'a str>, RpcError> {
+) -> Result<Option<&'a str>, ErrorObject> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(RpcError::invalid_params(format!(
+        Some(_) => Err(ErrorObject::invalid_params(format!(
             "`{path}.{field}` must be a string"
         ))),
     }
 }
 
-fn key(map: &Map<String, Value>, field: &str, path: &str) -> Result<String, RpcError> {
+fn key(map: &Map<String, Value>, field: &str, path: &str) -> Result<String, ErrorObject> {
     let key = string(map, field, path)?
-        .ok_or_else(|| RpcError::invalid_params(format!("`{path}.{field}` is missing")))?;
+        .ok_or_else(|| ErrorObject::invalid_params(format!("`{path}.{field}` is missing")))?;
     check_key(key, &format!("{path}.{field}"))?;
     Ok(key.to_owned())
 }
 
-fn check_key(key: &str, path: &str) -> Result<(), RpcError> {
+fn check_key(key: &str, path: &str) -> Result<(), ErrorObject> {
     if key.is_empty() {
-        return Err(RpcError::invalid_params(format!("`{path}` is empty")));
+        return Err(ErrorObject::invalid_params(format!("`{path}` is empty")));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`{path}` is longer than {MAX_KEY_BYTES} bytes"
         )));
     }
     if key.chars().any(char::is_control) {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`{path}` contains a control character"
         )));
     }
     if key.starts_with('@') {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`{path}`: cross-organization keys (`@org/...`) are not supported by the local server"
         )));
     }
     Ok(())
 }
 
-fn value(map: &Map<String, Value>, path: &str, limits: &Limits) -> Result<String, RpcError> {
+fn value(map: &Map<String, Value>, path: &str, limits: &Limits) -> Result<String, ErrorObject> {
     let value = string(map, "value", path)?
-        .ok_or_else(|| RpcError::invalid_params(format!("`{path}.value` is missing")))?;
+        .ok_or_else(|| ErrorObject::invalid_params(format!("`{path}.value` is missing")))?;
     if value.len() > limits.max_value_bytes {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`{path}.value` is {} bytes, over the limit of {} bytes",
             value.len(),
             limits.max_value_bytes
@@ -541,12 +548,12 @@ fn value(map: &Map<String, Value>, path: &str, limits: &Limits) -> Result<String
     Ok(value.to_owned())
 }
 
-fn description(map: &Map<String, Value>, path: &str) -> Result<Option<String>, RpcError> {
+fn description(map: &Map<String, Value>, path: &str) -> Result<Option<String>, ErrorObject> {
     let description = string(map, "description", path)?;
     if let Some(description) = description
         && description.len() > MAX_DESCRIPTION_BYTES
     {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`{path}.description` is longer than {MAX_DESCRIPTION_BYTES} bytes"
         )));
     }
@@ -554,18 +561,18 @@ fn description(map: &Map<String, Value>, path: &str) -> Result<Option<String>, R
 }
 
 /// A 1–100 element array argument.
-fn batch<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a [Value], RpcError> {
+fn batch<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a [Value], ErrorObject> {
     let items = match map.get(field) {
         Some(Value::Array(items)) => items,
         Some(_) => {
-            return Err(RpcError::invalid_params(format!(
+            return Err(ErrorObject::invalid_params(format!(
                 "`{field}` must be an array"
             )));
         }
-        None => return Err(RpcError::invalid_params(format!("`{field}` is missing"))),
+        None => return Err(ErrorObject::invalid_params(format!("`{field}` is missing"))),
     };
     if items.is_empty() || items.len() > MAX_BATCH {
-        return Err(RpcError::invalid_params(format!(
+        return Err(ErrorObject::invalid_params(format!(
             "`{field}` must hold 1 to {MAX_BATCH} entries, got {}",
             items.len()
         )));
@@ -573,14 +580,14 @@ fn batch<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a [Value], Rp
     Ok(items)
 }
 
-fn key_list(map: &Map<String, Value>, field: &str) -> Result<Vec<String>, RpcError> {
+fn key_list(map: &Map<String, Value>, field: &str) -> Result<Vec<String>, ErrorObject> {
     batch(map, field)?
         .iter()
         .enumerate()
         .map(|(index, key)| {
             let path = format!("{field}[{index}]");
             let Value::String(key) = key else {
-                return Err(RpcError::invalid_params(format!(
+                return Err(ErrorObject::invalid_params(format!(
                     "`{path}` must be a string"
                 )));
             };
@@ -590,13 +597,13 @@ fn key_list(map: &Map<String, Value>, field: &str) -> Result<Vec<String>, RpcErr
         .collect()
 }
 
-fn integer(map: &Map<String, Value>, field: &str, default: i64) -> Result<i64, RpcError> {
+fn integer(map: &Map<String, Value>, field: &str, default: i64) -> Result<i64, ErrorObject> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(number)) => number
-            .as_i64()
-            .ok_or_else(|| RpcError::invalid_params(format!("`{field}` must be a whole number"))),
-        Some(_) => Err(RpcError::invalid_params(format!(
+        Some(Value::Number(number)) => number.as_i64().ok_or_else(|| {
+            ErrorObject::invalid_params(format!("`{field}` must be a whole number"))
+        }),
+        Some(_) => Err(ErrorObject::invalid_params(format!(
             "`{field}` must be a number"
         ))),
     }

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use delibera_ensue::{Dialect, EnsueClient, EnsueConfig, Error, Memory, RetryPolicy, register_org};
+use delibera_backoff::Backoff;
+use delibera_ensue::{Dialect, EnsueClient, EnsueConfig, Error, Memory, register_org};
 use delibera_ensue_local::{Config, LocalEnsue};
 use tokio::task::JoinSet;
 
@@ -15,7 +16,7 @@ fn client(server: &LocalEnsue, api_key: &str, dialect: Dialect) -> EnsueClient {
         .with_base_url(server.url())
         .unwrap()
         .with_dialect(dialect)
-        .with_retry(RetryPolicy::none());
+        .with_retry(Backoff::none());
     EnsueClient::new(config).unwrap()
 }
 

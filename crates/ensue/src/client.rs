@@ -4,13 +4,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use delibera_jsonrpc::{Id, Request, ResponsePayload, read_response};
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
 
-use crate::body::parse_response;
+use crate::config::retry_delay;
 use crate::error::{excerpt, retry_after_header};
-use crate::jsonrpc::{Id, Request};
 use crate::{Dialect, EnsueConfig, Error, Memory, Result};
 
 /// The most keys the service takes in one batch, and the largest `list_keys` page.
@@ -92,9 +92,9 @@ impl EnsueClient {
             ),
             Dialect::Direct => (tool, direct_params),
         };
-        let id = Id::Number(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = Id::from(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let request = Request::new(id, method, params);
-        let policy = &self.inner.config.retry;
+        let backoff = &self.inner.config.retry;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -102,7 +102,7 @@ impl EnsueClient {
             let delay = match &outcome {
                 // Every call here is safe to repeat: reads, whole-value
                 // updates, deletes, and creates (see `Memory::create` below).
-                Err(error) => policy.delay(attempts - 1, error),
+                Err(error) => retry_delay(backoff, attempts, error),
                 _ => None,
             };
             match delay {
@@ -135,22 +135,25 @@ impl EnsueClient {
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
         let retry_after = retry_after_header(response.headers());
-        let chunks = read_body(response).await?;
+        let body = read_body(response).await?;
         if !status.is_success() {
-            let body = excerpt(&String::from_utf8_lossy(&chunks.concat()));
+            let body = excerpt(&String::from_utf8_lossy(&body));
             return Err(Error::from_http_status(status.as_u16(), retry_after, body));
         }
-        let response = parse_response(chunks, content_type.as_deref(), &request.id).await?;
-        if let Some(error) = response.error {
-            return Err(Error::JsonRpc {
+        let response =
+            read_response(&body, content_type.as_deref(), &request.id).map_err(|error| {
+                Error::Malformed {
+                    reason: error.to_string(),
+                    body: error.body().to_owned(),
+                }
+            })?;
+        match response.payload {
+            ResponsePayload::Success(result) => Ok(result),
+            ResponsePayload::Failure(error) => Err(Error::JsonRpc {
                 code: error.code,
                 message: error.message,
-            });
+            }),
         }
-        response.result.ok_or_else(|| Error::Malformed {
-            reason: "response has neither result nor error".to_owned(),
-            body: String::new(),
-        })
     }
 
     /// Reads one batch. A batch that fails as a whole with "not found"
@@ -371,24 +374,21 @@ impl Memory for EnsueClient {
     }
 }
 
-/// Reads the body, keeping its chunk boundaries (the SSE parser is fed the
-/// chunks as they came), up to [`MAX_BODY_BYTES`].
-async fn read_body(response: reqwest::Response) -> Result<Vec<Vec<u8>>> {
+/// Reads the whole body, up to [`MAX_BODY_BYTES`].
+async fn read_body(response: reqwest::Response) -> Result<Vec<u8>> {
     let mut stream = response.bytes_stream();
-    let mut chunks = Vec::new();
-    let mut total = 0;
+    let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(Error::Transport)?;
-        total += chunk.len();
-        if total > MAX_BODY_BYTES {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(Error::Malformed {
                 reason: format!("response body larger than {MAX_BODY_BYTES} bytes"),
                 body: String::new(),
             });
         }
-        chunks.push(chunk.to_vec());
+        body.extend_from_slice(&chunk);
     }
-    Ok(chunks)
+    Ok(body)
 }
 
 /// The tool's structured result: `structuredContent`, else the JSON in

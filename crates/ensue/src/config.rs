@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use delibera_backoff::Backoff;
 use url::Url;
 use zeroize::Zeroizing;
 
@@ -54,58 +55,22 @@ impl FromStr for Dialect {
     }
 }
 
-/// When and how often failed calls are retried.
+/// The retry schedule of a new [`EnsueConfig`]: 4 attempts, 200 ms doubling
+/// up to 5 s with equal jitter; a `Retry-After` over 5 s is not waited for.
+pub const DEFAULT_RETRY: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5)).with_max_attempts(4);
+
+/// The wait before the next attempt of a call that failed with `error` after
+/// `attempts` attempts, or `None` to return the error.
 ///
 /// Only failures for which [`Error::is_retryable`] holds are retried
-/// (transport errors, 429, 5xx), and only for calls that are safe to repeat.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt (0 disables retrying).
-    pub max_retries: u32,
-    /// Delay before the first retry; doubles on each further retry.
-    pub initial_backoff: Duration,
-    /// Upper bound of a computed delay. A `Retry-After` longer than this is
-    /// not waited for: the [`Error::RateLimited`] is returned instead.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_retries: 3,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-        }
+/// (transport errors, 429, 5xx), waiting what the service asked for in
+/// `Retry-After` when it did (and giving up when that is beyond the cap).
+pub(crate) fn retry_delay(backoff: &Backoff, attempts: u32, error: &Error) -> Option<Duration> {
+    if !error.is_retryable() {
+        return None;
     }
-}
-
-impl RetryPolicy {
-    /// Never retry.
-    pub fn none() -> Self {
-        Self {
-            max_retries: 0,
-            ..Self::default()
-        }
-    }
-
-    /// The delay before retry number `retry` (0-based): exponential with
-    /// "equal jitter" (between half and all of the exponential step), or the
-    /// server's `Retry-After` when it gave one. `None` means don't retry.
-    pub fn delay(&self, retry: u32, error: &Error) -> Option<Duration> {
-        if retry >= self.max_retries || !error.is_retryable() {
-            return None;
-        }
-        if let Some(asked) = error.retry_after() {
-            return (asked <= self.max_backoff).then_some(asked);
-        }
-        let step = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(retry))
-            .min(self.max_backoff);
-        let half = step / 2;
-        let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.0..=1.0);
-        Some(half + half.mul_f64(jitter))
-    }
+    backoff.retry_delay(attempts, error.retry_after())
 }
 
 /// Everything an [`EnsueClient`](crate::EnsueClient) needs. The API key is
@@ -117,12 +82,12 @@ pub struct EnsueConfig {
     pub(crate) dialect: Dialect,
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
-    pub(crate) retry: RetryPolicy,
+    pub(crate) retry: Backoff,
 }
 
 impl EnsueConfig {
     /// The hosted service with this API key, the MCP dialect, a 15 s timeout
-    /// (the reference's) and the default retry policy.
+    /// (the reference's) and [`DEFAULT_RETRY`].
     pub fn new(api_key: impl Into<String>) -> Self {
         Self {
             base_url: default_base_url(),
@@ -130,7 +95,7 @@ impl EnsueConfig {
             dialect: Dialect::default(),
             timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
         }
     }
 
@@ -166,8 +131,10 @@ impl EnsueConfig {
         self
     }
 
-    /// The retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+    /// When failed calls are tried again ([`Backoff::none`] never retries).
+    /// Every call the client makes is safe to repeat; only retryable errors
+    /// are retried, and a `Retry-After` beyond the cap ends the retries.
+    pub fn with_retry(mut self, retry: Backoff) -> Self {
         self.retry = retry;
         self
     }
@@ -223,33 +190,40 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_is_capped_and_honours_retry_after() {
-        let policy = RetryPolicy {
-            max_retries: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-        };
+    fn only_retryable_errors_are_retried_and_retry_after_is_honoured() {
+        let backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).with_max_attempts(4);
         let server = Error::Server {
             status: 503,
             body: String::new(),
         };
-        for retry in 0..10 {
-            let step = Duration::from_millis(100)
-                .saturating_mul(2u32.pow(retry))
-                .min(Duration::from_secs(1));
-            let delay = policy.delay(retry, &server).unwrap();
-            assert!(delay >= step / 2 && delay <= step, "{retry}: {delay:?}");
+        for attempts in 1..4 {
+            let step = backoff.step(attempts);
+            let delay = retry_delay(&backoff, attempts, &server).unwrap();
+            assert!(delay >= step / 2 && delay <= step, "{attempts}: {delay:?}");
         }
-        assert_eq!(policy.delay(10, &server), None);
+        assert_eq!(retry_delay(&backoff, 4, &server), None);
         let asked = Error::RateLimited {
             retry_after: Some(Duration::from_millis(300)),
         };
-        assert_eq!(policy.delay(0, &asked), Some(Duration::from_millis(300)));
+        assert_eq!(
+            retry_delay(&backoff, 1, &asked),
+            Some(Duration::from_millis(300))
+        );
         let too_long = Error::RateLimited {
             retry_after: Some(Duration::from_secs(60)),
         };
-        assert_eq!(policy.delay(0, &too_long), None);
+        assert_eq!(retry_delay(&backoff, 1, &too_long), None);
         let not_found = Error::NotFound { key: "k".into() };
-        assert_eq!(policy.delay(0, &not_found), None);
+        assert_eq!(retry_delay(&backoff, 1, &not_found), None);
+    }
+
+    #[test]
+    fn the_default_retry_makes_four_attempts() {
+        let config = EnsueConfig::new("k");
+        assert_eq!(config.retry, DEFAULT_RETRY);
+        assert_eq!(DEFAULT_RETRY.max_attempts(), 4);
+        assert_eq!(DEFAULT_RETRY.initial(), Duration::from_millis(200));
+        assert_eq!(DEFAULT_RETRY.cap(), Duration::from_secs(5));
     }
 }

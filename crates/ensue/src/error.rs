@@ -197,13 +197,12 @@ impl Error {
     }
 }
 
-/// A `Retry-After` header in seconds (the form the service sends).
+/// A `Retry-After` header, in seconds (the form the service sends) or as an HTTP-date.
 pub(crate) fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(delibera_backoff::parse_retry_after)
 }
 
 /// `Result` with this crate's [`Error`].

@@ -1,19 +1,17 @@
 #![doc = include_str!("../README.md")]
 
-mod body;
 mod client;
 mod config;
 mod crypto;
 mod encrypted;
 mod error;
 mod in_memory;
-pub mod jsonrpc;
 pub mod keys;
 mod memory;
 mod register;
 
 pub use client::{EnsueClient, MAX_BATCH, like_escape};
-pub use config::{DEFAULT_BASE_URL, Dialect, EnsueConfig, RetryPolicy};
+pub use config::{DEFAULT_BASE_URL, DEFAULT_RETRY, Dialect, EnsueConfig};
 pub use crypto::{
     CacheKey, ENCRYPTED_PREFIX, IV_LENGTH, TAG_LENGTH, is_sealed, key_material,
     node_base64_decode, node_hex_decode,
@@ -25,5 +23,6 @@ pub use memory::Memory;
 pub use register::{ApiKey, MAX_ORG_NAME_LENGTH, OrgRegistration, register_org, validate_org_name};
 
 // Dependencies that appear in public signatures.
+pub use delibera_backoff;
 pub use reqwest;
 pub use url;

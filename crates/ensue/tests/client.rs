@@ -3,19 +3,16 @@
 
 use std::time::Duration;
 
-use delibera_ensue::{Dialect, EnsueClient, EnsueConfig, Error, Memory, RetryPolicy};
+use delibera_backoff::Backoff;
+use delibera_ensue::{Dialect, EnsueClient, EnsueConfig, Error, Memory};
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, headers, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const API_KEY: &str = "lmn_0123456789abcdef";
 
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_retries: 2,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(20),
-    }
+fn fast_retry() -> Backoff {
+    Backoff::new(Duration::from_millis(1), Duration::from_millis(20)).with_max_attempts(3)
 }
 
 fn client(server: &MockServer, dialect: Dialect) -> EnsueClient {
@@ -630,6 +627,16 @@ async fn http_429_with_a_long_retry_after_is_returned_at_once() {
 }
 
 #[tokio::test]
+async fn http_429_with_a_past_retry_after_date_is_retried_at_once() {
+    let error = error_for(
+        ResponseTemplate::new(429).insert_header("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        3,
+    )
+    .await;
+    assert_eq!(error.retry_after(), Some(Duration::ZERO));
+}
+
+#[tokio::test]
 async fn http_5xx_is_retried_then_server_error() {
     let error = error_for(ResponseTemplate::new(502).set_body_string("bad gateway"), 3).await;
     assert!(matches!(&error, Error::Server { status: 502, body } if body == "bad gateway"));
@@ -773,7 +780,7 @@ async fn no_retries_when_the_policy_says_none() {
     let config = EnsueConfig::new(API_KEY)
         .with_base_url(&server.uri())
         .unwrap()
-        .with_retry(RetryPolicy::none());
+        .with_retry(Backoff::none());
     let error = EnsueClient::new(config)
         .unwrap()
         .get("k")

@@ -7,6 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use delibera_identity::PublicKey;
+use delibera_jsonrpc::{ErrorObject, Id, Request, Response, ResponsePayload};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -387,12 +388,16 @@ impl NearRpc {
 
     /// Sends one JSON-RPC request, trying each URL in turn as `delivery` allows.
     async fn request(&self, method: &str, params: Value, delivery: Delivery) -> Result<Value> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let body =
-            json!({"jsonrpc": "2.0", "id": id.to_string(), "method": method, "params": params});
+        let id = Id::from(
+            self.inner
+                .next_id
+                .fetch_add(1, Ordering::Relaxed)
+                .to_string(),
+        );
+        let request = Request::new(id, method, params);
         let mut last_error = None;
         for endpoint in &self.inner.endpoints {
-            match self.request_once(endpoint, &body).await {
+            match self.request_once(endpoint, &request).await {
                 Ok(result) => return Ok(result),
                 Err(error) => {
                     let move_on = match delivery {
@@ -417,7 +422,7 @@ impl NearRpc {
         Err(last_error.unwrap_or_else(|| Error::invalid_response(method, "no RPC endpoint")))
     }
 
-    async fn request_once(&self, endpoint: &Endpoint, body: &Value) -> Result<Value> {
+    async fn request_once(&self, endpoint: &Endpoint, request: &Request) -> Result<Value> {
         let transport = |error: reqwest::Error| Error::Transport {
             endpoint: endpoint.origin.clone(),
             timed_out: error.is_timeout(),
@@ -428,7 +433,7 @@ impl NearRpc {
             .inner
             .http
             .post(endpoint.url.clone())
-            .json(body)
+            .json(request)
             .send()
             .await
             .map_err(transport)?;
@@ -436,14 +441,13 @@ impl NearRpc {
         let bytes = response.bytes().await.map_err(transport)?;
         // nearcore puts JSON-RPC errors on non-200 statuses too (408 timeout,
         // 400 validation, 500 internal): the body decides when it parses.
-        if let Ok(envelope) = serde_json::from_slice::<Envelope>(&bytes) {
-            if let Some(error) = envelope.error {
-                return Err(rpc_error(&error));
-            }
-            if status.is_success()
-                && let Some(result) = envelope.result
-            {
-                return Ok(result);
+        if let Ok(response) = serde_json::from_slice::<Response>(&bytes) {
+            match response.payload {
+                ResponsePayload::Failure(error) => return Err(rpc_error(&error)),
+                ResponsePayload::Success(result) if status.is_success() && !result.is_null() => {
+                    return Ok(result);
+                }
+                ResponsePayload::Success(_) => {}
             }
         }
         if !status.is_success() {
@@ -455,18 +459,10 @@ impl NearRpc {
             });
         }
         Err(Error::invalid_response(
-            body.get("method").and_then(Value::as_str).unwrap_or("?"),
+            &request.method,
             "neither `result` nor `error` in the JSON-RPC response",
         ))
     }
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    result: Option<Value>,
-    #[serde(default)]
-    error: Option<Value>,
 }
 
 /// The legacy error nearcore reports inside a successful `query` result.
@@ -515,18 +511,22 @@ fn guest_panic_message(text: &str) -> Option<String> {
 }
 
 /// Maps a JSON-RPC `error` member to a typed error, by `cause.name` first and
-/// the legacy `data` second.
-fn rpc_error(error: &Value) -> Error {
+/// the legacy `data` second (nearcore adds `name` and `cause` to the spec's members).
+fn rpc_error(error: &ErrorObject) -> Error {
     let name = error
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let cause = error
-        .pointer("/cause/name")
+        .get("cause")
+        .and_then(|cause| cause.get("name"))
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let info = error.pointer("/cause/info").unwrap_or(&Value::Null);
-    let data = error.get("data").unwrap_or(&Value::Null);
+    let info = error
+        .get("cause")
+        .and_then(|cause| cause.get("info"))
+        .unwrap_or(&Value::Null);
+    let data = error.data.as_ref().unwrap_or(&Value::Null);
     let info_str = |key: &str| {
         info.get(key)
             .and_then(Value::as_str)
@@ -564,13 +564,8 @@ fn rpc_error(error: &Value) -> Error {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .or_else(|| data.as_str().map(str::to_owned))
-                .or_else(|| {
-                    error
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .unwrap_or_else(|| error.to_string());
+                .or_else(|| (!error.message.is_empty()).then(|| error.message.clone()))
+                .unwrap_or_else(|| error.to_value().to_string());
             Error::Rpc {
                 name: name.to_owned(),
                 cause: cause.to_owned(),

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use delibera_backoff::{Backoff, Jitter, parse_retry_after};
 use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -29,49 +30,26 @@ pub const DEFAULT_INSTANCE_TYPE: &str = "tdx.small";
 /// The SDK's request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often and how patiently a safe request is repeated after a retryable error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Total tries, the first included (1 = never retry).
-    pub max_attempts: u32,
-    /// The wait before the second try; it doubles for each further try.
-    pub initial_backoff: Duration,
-    /// The longest wait between two tries.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(5),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn backoff(&self, failed_attempts: u32) -> Duration {
-        let factor = 2u32.saturating_pow(failed_attempts.saturating_sub(1));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
-    }
-}
+/// The retry schedule of a new [`PhalaClient`]: 3 attempts, 500 ms doubling
+/// up to 5 s, no jitter; a `Retry-After` over 5 s is not waited for.
+pub const DEFAULT_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5))
+    .with_max_attempts(3)
+    .with_jitter(Jitter::None);
 
 /// A client of the Phala Cloud API (`X-API-Key` auth, explicit `X-Phala-Version`).
 ///
 /// Retries: `GET`s, `POST /cvms` (the API returns the existing CVM for the same
 /// `app_id` + `compose_hash`) and `DELETE` (404 means already gone) are repeated
-/// on 5xx, 429, timeouts and connection failures. `provision`, `start` and `stop`
-/// are sent once.
+/// on 5xx, 429, timeouts and connection failures, after the wait a 429 or 503
+/// asks for in `Retry-After` (giving up when that is beyond the backoff's
+/// cap). `provision`, `start` and `stop` are sent once.
 #[derive(Clone)]
 pub struct PhalaClient {
     http: reqwest::Client,
     base_url: Url,
     api_key: HeaderValue,
     api_version: String,
-    retry: RetryPolicy,
+    retry: Backoff,
 }
 
 impl std::fmt::Debug for PhalaClient {
@@ -313,7 +291,7 @@ impl PhalaClient {
             base_url,
             api_key,
             api_version: DEFAULT_API_VERSION.to_owned(),
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
         })
     }
 
@@ -348,8 +326,9 @@ impl PhalaClient {
         Ok(self)
     }
 
-    /// Replaces the retry policy of the safe calls.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+    /// When the safe calls are tried again (default [`DEFAULT_RETRY`];
+    /// [`Backoff::none`] never retries).
+    pub fn with_retry(mut self, retry: Backoff) -> Self {
         self.retry = retry;
         self
     }
@@ -495,19 +474,28 @@ impl PhalaClient {
         body: Option<&Value>,
         idempotent: Idempotent,
     ) -> Result<Value> {
-        let attempts = match idempotent {
-            Idempotent::Yes => self.retry.max_attempts.max(1),
-            Idempotent::No => 1,
+        let backoff = match idempotent {
+            Idempotent::Yes => self.retry,
+            Idempotent::No => Backoff::none(),
         };
         let mut attempt = 1;
         loop {
-            match self.send_once(&method, segments, query, body).await {
-                Err(error) if attempt < attempts && error.is_retryable() => {
-                    tracing::debug!(%error, attempt, "retrying Phala request");
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+            let result = self.send_once(&method, segments, query, body).await;
+            let delay = match &result {
+                Err(error) if error.is_retryable() => {
+                    backoff.retry_delay(attempt, error.retry_after())
+                }
+                _ => None,
+            };
+            match delay {
+                Some(delay) => {
+                    if let Err(error) = &result {
+                        tracing::debug!(%error, attempt, ?delay, "retrying Phala request");
+                    }
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                result => return result,
+                None => return result,
             }
         }
     }
@@ -545,12 +533,24 @@ impl PhalaClient {
             .await
             .map_err(|error| transport(&operation, &error))?;
         let status = response.status();
+        let retry_after = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(parse_retry_after),
+            _ => None,
+        };
         let bytes = response
             .bytes()
             .await
             .map_err(|error| transport(&operation, &error))?;
         if !status.is_success() {
-            let error = ApiError::from_body(status.as_u16(), &bytes).into_error();
+            let mut api_error = ApiError::from_body(status.as_u16(), &bytes);
+            if let Some(wait) = retry_after {
+                api_error.set_retry_after(wait);
+            }
+            let error = api_error.into_error();
             tracing::debug!(%operation, %error, "Phala request failed");
             return Err(error);
         }

@@ -133,6 +133,9 @@ pub struct ApiError {
     pub details: Vec<FieldError>,
     /// The service's suggestions for fixing the problem.
     pub suggestions: Vec<String>,
+    /// The wait a 429 or 503 asked for in its `Retry-After` header, in whole
+    /// seconds (the header's own resolution; see [`ApiError::retry_after`]).
+    pub retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -144,6 +147,7 @@ impl ApiError {
             message: String::new(),
             details: Vec::new(),
             suggestions: Vec::new(),
+            retry_after_secs: None,
         };
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
             error.message = truncate(&String::from_utf8_lossy(body), 300);
@@ -184,6 +188,20 @@ impl ApiError {
         if let Some(suggestions) = object.get("suggestions").and_then(Value::as_array) {
             self.suggestions = suggestions.iter().map(|s| text_of(Some(s))).collect();
         }
+    }
+
+    /// Records a `Retry-After` wait, rounded up to whole seconds.
+    pub fn set_retry_after(&mut self, wait: Duration) {
+        let secs = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
+        self.retry_after_secs = Some(u32::try_from(secs).unwrap_or(u32::MAX));
+    }
+
+    /// The wait the service asked for in `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after_secs
+            .map(|secs| Duration::from_secs(u64::from(secs)))
     }
 
     /// The message, the field errors and the code in one line.
@@ -284,6 +302,11 @@ impl Error {
     /// The HTTP status, if this is an HTTP error.
     pub fn status(&self) -> Option<u16> {
         self.api_error().map(|api| api.status)
+    }
+
+    /// The wait the service asked for (`Retry-After` on a 429 or 503), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.api_error().and_then(ApiError::retry_after)
     }
 
     /// Whether the resource does not exist (404 / `ERR-03-001`).

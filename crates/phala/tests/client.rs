@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use delibera_phala::delibera_backoff::{Backoff, Jitter};
 use delibera_phala::{
     API_VERSION_2025_10_28, API_VERSION_2026_01_21, CommitRequest, ComposeFile, Error, PhalaClient,
-    ProvisionRequest, RetryPolicy,
+    ProvisionRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path};
@@ -18,11 +19,11 @@ const VM_UUID: &str = "4f8e2d1c-0b9a-4c7d-8e6f-5a4b3c2d1e0f";
 fn client(server: &MockServer) -> PhalaClient {
     PhalaClient::new(&format!("{}/api/v1", server.uri()), API_KEY)
         .unwrap()
-        .with_retry(RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-        })
+        .with_retry(
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(5))
+                .with_max_attempts(3)
+                .with_jitter(Jitter::None),
+        )
 }
 
 /// A mock that also insists on the auth and version headers.
@@ -391,6 +392,95 @@ async fn get_cvm_recovers_after_a_rate_limit() {
 }
 
 #[tokio::test]
+async fn a_retry_after_within_the_cap_is_waited_for() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    api("GET", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(200).set_body_json(cvm_v2025(json!([]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // The backoff alone would wait 1 ms; the server asked for a second.
+    let client = client(&server).with_retry(
+        Backoff::new(Duration::from_millis(1), Duration::from_secs(2))
+            .with_max_attempts(3)
+            .with_jitter(Jitter::None),
+    );
+    let started = std::time::Instant::now();
+    client.get_cvm("abc").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_cap_ends_the_retries() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/abc")
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "120")
+                .set_body_json(json!({"detail": "slow down"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server).get_cvm("abc").await.unwrap_err();
+    assert!(matches!(error, Error::RateLimited(ref api) if api.message == "slow down"));
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
+}
+
+#[tokio::test]
+async fn a_retry_after_date_in_the_past_retries_at_once() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/abc")
+        .respond_with(
+            ResponseTemplate::new(503)
+                .insert_header("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        )
+        .expect(3)
+        .mount(&server)
+        .await;
+    let error = client(&server).get_cvm("abc").await.unwrap_err();
+    assert_eq!(error.retry_after(), Some(Duration::ZERO));
+}
+
+#[test]
+fn a_retry_after_is_kept_in_whole_seconds_rounded_up() {
+    let mut api = delibera_phala::ApiError::from_body(429, b"{}");
+    assert_eq!(api.retry_after(), None);
+    api.set_retry_after(Duration::from_millis(1_500));
+    assert_eq!(api.retry_after(), Some(Duration::from_secs(2)));
+    api.set_retry_after(Duration::from_secs(3));
+    assert_eq!(api.retry_after_secs, Some(3));
+    api.set_retry_after(Duration::MAX);
+    assert_eq!(api.retry_after_secs, Some(u32::MAX));
+    assert_eq!(
+        api.into_error().retry_after(),
+        Some(Duration::from_secs(u64::from(u32::MAX)))
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_only_read_on_429_and_503() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(500).insert_header("Retry-After", "120"))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let error = client(&server).get_cvm("abc").await.unwrap_err();
+    assert_eq!(error.retry_after(), None);
+}
+
+#[tokio::test]
 async fn client_errors_are_not_retried() {
     let server = MockServer::start().await;
     api("GET", "/cvms/missing")
@@ -655,10 +745,7 @@ async fn an_unreachable_host_is_a_transport_error() {
         .port();
     let client = PhalaClient::new(&format!("http://127.0.0.1:{port}/api/v1"), API_KEY)
         .unwrap()
-        .with_retry(RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        });
+        .with_retry(Backoff::none());
     let error = client.get_cvm("abc").await.unwrap_err();
     assert!(matches!(error, Error::Transport { .. }), "{error}");
     assert!(error.is_retryable());

@@ -11,8 +11,9 @@ use delibera_deploy::{
     DeploymentStatus, vars,
 };
 use delibera_identity::{AccountId, Keypair};
+use delibera_phala::delibera_backoff::Backoff;
 use delibera_phala::{
-    Error, PhalaClient, PhalaDeployer, PhalaDeployerOptions, RetryPolicy, StartPolicy,
+    Error, PhalaClient, PhalaDeployer, PhalaDeployerOptions, StartPolicy,
     decrypt_env, encryption_pubkey_hex, render_compose,
 };
 use serde_json::{Value, json};
@@ -39,11 +40,9 @@ fn spec() -> AgentSpec {
 fn deployer(server: &MockServer, start_policy: StartPolicy) -> PhalaDeployer {
     let client = PhalaClient::new(&format!("{}/api/v1", server.uri()), API_KEY)
         .unwrap()
-        .with_retry(RetryPolicy {
-            max_attempts: 2,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(2),
-        });
+        .with_retry(
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(2)).with_max_attempts(2),
+        );
     PhalaDeployer::with_options(
         client,
         PhalaDeployerOptions {
