@@ -22,7 +22,9 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<Outcome> {
     crate::block_on(delibera_agent::run_from_process_env(
         args.role,
         |agent, address| {
-            print_json(&json!({"did": agent.did(), "role": agent.env().role, "port": address.port()}));
+            print_json(
+                &json!({"did": agent.did(), "role": agent.env().role, "port": address.port()}),
+            );
         },
     ))?;
     Ok(Outcome::Success)

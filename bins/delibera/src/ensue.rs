@@ -6,9 +6,7 @@ use std::io::Read;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use delibera_deploy::vars;
-use delibera_ensue::{
-    CacheKey, DEFAULT_BASE_URL, Dialect, EnsueClient, EnsueConfig, Memory,
-};
+use delibera_ensue::{CacheKey, DEFAULT_BASE_URL, Dialect, EnsueClient, EnsueConfig, Memory};
 use serde_json::json;
 
 use crate::{Outcome, arg_or_stdin, block_on, print_json};

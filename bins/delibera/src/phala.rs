@@ -4,8 +4,8 @@ use std::io::Read;
 
 use anyhow::Context;
 use clap::Subcommand;
-use delibera_identity::Zeroizing;
 use delibera_deploy::{AgentRole, EnvVar, ImageRef};
+use delibera_identity::Zeroizing;
 use delibera_phala::{encrypt_env, render_compose};
 
 use crate::Outcome;

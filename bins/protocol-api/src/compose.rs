@@ -183,8 +183,8 @@ pub async fn compose_production(
         },
     ));
 
-    let rpc = NearRpc::new(production.near_rpc_urls.iter().map(Url::as_str))
-        .context("NEAR_RPC_URL")?;
+    let rpc =
+        NearRpc::new(production.near_rpc_urls.iter().map(Url::as_str)).context("NEAR_RPC_URL")?;
     let sender = TransactionSender::new(rpc.clone(), production.near_signer);
     let registry: Arc<dyn Registry> = Arc::new(RpcRegistry::new(
         RegistryContract::with_sender(sender.clone(), production.registry_contract.clone()),

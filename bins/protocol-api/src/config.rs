@@ -209,9 +209,8 @@ impl ProductionConfig {
             return Err(ConfigError::Missing(missing));
         }
         let secret = |value: &Option<String>| Zeroizing::new(value.clone().unwrap_or_default());
-        let account = |value: &Option<AccountId>, name| {
-            value.clone().ok_or(ConfigError::Missing(vec![name]))
-        };
+        let account =
+            |value: &Option<AccountId>, name| value.clone().ok_or(ConfigError::Missing(vec![name]));
         let near_account = account(&config.near_account_id, "NEAR_ACCOUNT_ID")?;
         let near_signer = NearSigner::from_secret_key(
             near_account,
@@ -242,7 +241,10 @@ impl ProductionConfig {
             near_rpc_urls: config.near_rpc_url.clone(),
             near_signer,
             registry_contract: account(&config.registry_contract_id, "REGISTRY_CONTRACT_ID")?,
-            coordinator_contract: account(&config.coordinator_contract_id, "COORDINATOR_CONTRACT_ID")?,
+            coordinator_contract: account(
+                &config.coordinator_contract_id,
+                "COORDINATOR_CONTRACT_ID",
+            )?,
             worker_image: config.worker_image.clone(),
             coordinator_image: config.coordinator_image.clone(),
             storacha_agent_private_key: secret(&config.storacha_agent_private_key),

@@ -49,8 +49,8 @@ pub fn did(field: &str, value: &str) -> Result<Did, ApiError> {
 /// A NEAR account id by NEAR's rules.
 pub fn near_account(field: &str, value: &str) -> Result<AccountId, ApiError> {
     AccountId::parse(value.trim()).map_err(|error| {
-            ApiError::BadRequest(format!("{field} is not a valid NEAR account id: {error}"))
-        })
+        ApiError::BadRequest(format!("{field} is not a valid NEAR account id: {error}"))
+    })
 }
 
 /// A public endpoint URL: `https`, or in local mode also `http` on a loopback host.
@@ -142,7 +142,9 @@ mod tests {
     #[test]
     fn accounts_and_dids() {
         assert_eq!(
-            near_account("nearAccount", "alice.testnet").unwrap().as_str(),
+            near_account("nearAccount", "alice.testnet")
+                .unwrap()
+                .as_str(),
             "alice.testnet"
         );
         assert!(near_account("nearAccount", "Alice.testnet").is_err());

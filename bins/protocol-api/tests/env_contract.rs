@@ -15,7 +15,9 @@ use common::{Api, TestApp};
 use delibera_deploy::{AgentEnv, AgentRole, EnvVar, HealthGate, vars};
 use delibera_ensue_local::LocalEnsue;
 use delibera_near::{CoordinatorRegistration, LocalRegistry};
-use delibera_phala::{PhalaClient, PhalaDeployer, PhalaDeployerOptions, decrypt_env, encryption_pubkey_hex};
+use delibera_phala::{
+    PhalaClient, PhalaDeployer, PhalaDeployerOptions, decrypt_env, encryption_pubkey_hex,
+};
 use delibera_storacha::LocalSpaceDelegator;
 use protocol_api::AppState;
 use protocol_api::ports::{AgentChain, HttpEnsue, Ports, Settings};
@@ -102,9 +104,15 @@ fn check_contract(vars: &[EnvVar]) -> AgentEnv {
     let written: BTreeSet<String> = vars.iter().map(|var| var.key.clone()).collect();
     let (env, read) = read_as_the_agent(vars);
     let unread: Vec<&String> = written.difference(&read).collect();
-    assert!(unread.is_empty(), "written but never read by the agent: {unread:?}");
+    assert!(
+        unread.is_empty(),
+        "written but never read by the agent: {unread:?}"
+    );
     for name in vars::REQUIRED {
-        assert!(written.contains(name), "the agent requires {name}, the server did not write it");
+        assert!(
+            written.contains(name),
+            "the agent requires {name}, the server did not write it"
+        );
     }
     env
 }
@@ -113,7 +121,9 @@ fn check_contract(vars: &[EnvVar]) -> AgentEnv {
 async fn production_deployments_carry_the_chain_and_the_public_url_and_nothing_unread() {
     let dir = tempfile::tempdir().unwrap();
     let phala = phala_fake().await;
-    let ensue = LocalEnsue::start(delibera_ensue_local::Config::default()).await.unwrap();
+    let ensue = LocalEnsue::start(delibera_ensue_local::Config::default())
+        .await
+        .unwrap();
     let registry = Arc::new(LocalRegistry::in_memory("server.testnet".parse().unwrap()).unwrap());
     let database = Database::in_memory(SecretBox::from_key(&[3; 32])).unwrap();
     let client = PhalaClient::new(&format!("{}/api/v1", phala.uri()), "phak_test").unwrap();
@@ -157,7 +167,8 @@ async fn production_deployments_carry_the_chain_and_the_public_url_and_nothing_u
         )
         .await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    app.wait_for(body["jobId"].as_str().unwrap(), &["failed"]).await;
+    app.wait_for(body["jobId"].as_str().unwrap(), &["failed"])
+        .await;
 
     let coordinator = "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH";
     registry
@@ -180,30 +191,48 @@ async fn production_deployments_carry_the_chain_and_the_public_url_and_nothing_u
         )
         .await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    app.wait_for(body["jobId"].as_str().unwrap(), &["failed"]).await;
+    app.wait_for(body["jobId"].as_str().unwrap(), &["failed"])
+        .await;
 
     let envs = sealed_envs(&phala).await;
     assert_eq!(envs.len(), 2, "one sealed env per deployment");
     for vars in &envs {
         let env = check_contract(vars);
         assert_eq!(env.near_rpc_urls, vec![RPC.parse().unwrap()]);
-        assert_eq!(env.registry_contract.as_ref().map(|id| id.as_str()), Some(REGISTRY));
+        assert_eq!(
+            env.registry_contract.as_ref().map(|id| id.as_str()),
+            Some(REGISTRY)
+        );
         assert!(!env.local);
         assert_eq!(
-            env.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned()),
+            env.public_url
+                .as_ref()
+                .map(|url| url.as_str().trim_end_matches('/').to_owned()),
             Some(format!("https://{APP_ID}-{}.{GATEWAY}", env.port))
         );
         match env.role {
             AgentRole::Coordinator => {
-                assert_eq!(env.coordinator_contract.as_ref().map(|id| id.as_str()), Some(CONTRACT));
-                assert_eq!(env.owner.as_ref().map(|id| id.as_str()), Some("mydao.testnet"));
+                assert_eq!(
+                    env.coordinator_contract.as_ref().map(|id| id.as_str()),
+                    Some(CONTRACT)
+                );
+                assert_eq!(
+                    env.owner.as_ref().map(|id| id.as_str()),
+                    Some("mydao.testnet")
+                );
                 assert!(env.worker_bounds.is_some());
                 // It can find its workers on its own: a directory from the chain.
                 assert!(delibera_agent::Agent::new(env).is_ok());
             }
             AgentRole::Worker => {
-                assert_eq!(env.coordinator_did.as_ref().map(|did| did.as_str()), Some(coordinator));
-                assert_eq!(env.coordinator_contract.as_ref().map(|id| id.as_str()), Some(ROSTER));
+                assert_eq!(
+                    env.coordinator_did.as_ref().map(|did| did.as_str()),
+                    Some(coordinator)
+                );
+                assert_eq!(
+                    env.coordinator_contract.as_ref().map(|id| id.as_str()),
+                    Some(ROSTER)
+                );
                 assert!(env.storacha.is_some());
             }
         }
@@ -213,7 +242,12 @@ async fn production_deployments_carry_the_chain_and_the_public_url_and_nothing_u
 #[tokio::test]
 async fn local_deployments_keep_the_contract_too() {
     let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::start(dir.path(), common::TestDeployer::healthy(), common::Options::default()).await;
+    let app = TestApp::start(
+        dir.path(),
+        common::TestDeployer::healthy(),
+        common::Options::default(),
+    )
+    .await;
     let (_, body) = app
         .call(
             "POST",
@@ -221,7 +255,11 @@ async fn local_deployments_keep_the_contract_too() {
             Some(json!({"displayName": "Local", "nearAccount": "l.testnet"})),
         )
         .await;
-    app.wait_for(body["jobId"].as_str().unwrap(), &["awaiting_near_signature"]).await;
+    app.wait_for(
+        body["jobId"].as_str().unwrap(),
+        &["awaiting_near_signature"],
+    )
+    .await;
     let spec = app.deployer.specs.lock().unwrap()[0].clone();
     let env = check_contract(&spec.env.to_vars());
     assert_eq!(env, spec.env);

@@ -364,7 +364,10 @@ fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
         app.wait_for(&job_id, &["deploying_phala"]).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while deployer.deploys.load(Ordering::SeqCst) == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "the deploy never started");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the deploy never started"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         job_id
@@ -385,8 +388,15 @@ fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
             .wait_for(&job_id, &["awaiting_near_signature", "failed"])
             .await;
         assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
-        assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1, "no second deploy");
-        assert!(deployer.finds.load(Ordering::SeqCst) >= 2, "looked for it by name");
+        assert_eq!(
+            deployer.deploys.load(Ordering::SeqCst),
+            1,
+            "no second deploy"
+        );
+        assert!(
+            deployer.finds.load(Ordering::SeqCst) >= 2,
+            "looked for it by name"
+        );
         assert_eq!(ready["cvmId"], "test-cvm-0");
         // The spec deployed is the one the job stored, name and env alike.
         let job = app.state.jobs.get(&job_id).await.unwrap();

@@ -146,8 +146,21 @@ async fn register_before_the_wallet_signed_is_a_conflict_and_the_job_waits() {
     );
     assert_eq!(status(&app, &job_id).await, "awaiting_near_signature");
     // The server did not register on the user's behalf.
-    let did = app.state.jobs.get(&job_id).await.unwrap().agent_did.unwrap();
-    assert!(app.registry.worker_by_did(did.as_str()).await.unwrap().is_none());
+    let did = app
+        .state
+        .jobs
+        .get(&job_id)
+        .await
+        .unwrap()
+        .agent_did
+        .unwrap();
+    assert!(
+        app.registry
+            .worker_by_did(did.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -45,7 +45,7 @@ impl<'de> Deserialize<'de> for LocalDeploymentRecord {
             Current {
                 id: String,
                 port: u16,
-                spec: AgentSpec,
+                spec: Box<AgentSpec>,
             },
             FirstRelease {
                 cvm_id: String,
@@ -55,15 +55,25 @@ impl<'de> Deserialize<'de> for LocalDeploymentRecord {
             },
         }
         match Stored::deserialize(deserializer)? {
-            Stored::Current { id, port, spec } => Ok(Self { id, port, spec }),
+            Stored::Current { id, port, spec } => Ok(Self {
+                id,
+                port,
+                spec: *spec,
+            }),
             Stored::FirstRelease {
                 cvm_id,
                 port,
                 role,
                 mut env,
             } => {
-                if !env.iter().any(|var| var.key == delibera_deploy::vars::AGENT_ROLE) {
-                    env.push(EnvVar::new(delibera_deploy::vars::AGENT_ROLE, role.as_str()));
+                if !env
+                    .iter()
+                    .any(|var| var.key == delibera_deploy::vars::AGENT_ROLE)
+                {
+                    env.push(EnvVar::new(
+                        delibera_deploy::vars::AGENT_ROLE,
+                        role.as_str(),
+                    ));
                 }
                 let env = AgentEnv::try_from(env.as_slice()).map_err(serde::de::Error::custom)?;
                 let name = DeploymentName::derive(role, &env.display_name, &cvm_id);

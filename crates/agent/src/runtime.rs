@@ -57,7 +57,8 @@ impl Agent {
             }
             .into());
         }
-        let ensue = EnsueConfig::new(env.ensue_api_key.as_str()).with_base_url(env.ensue_url.as_str())?;
+        let ensue =
+            EnsueConfig::new(env.ensue_api_key.as_str()).with_base_url(env.ensue_url.as_str())?;
         let memory: Arc<dyn Memory> = Arc::new(EnsueClient::new(ensue)?);
         let handler: Arc<dyn TaskHandler> = match &env.voter {
             Voter::Rules => Arc::new(RuleVoter::new()),
@@ -66,7 +67,8 @@ impl Agent {
                 model,
                 api_key,
             } => {
-                let mut config = LlmConfig::new(base_url.as_str().trim_end_matches('/'), model.as_str());
+                let mut config =
+                    LlmConfig::new(base_url.as_str().trim_end_matches('/'), model.as_str());
                 config.api_key = api_key.as_ref().map(|key| key.to_string());
                 Arc::new(LlmVoter::new(config)?)
             }
@@ -143,16 +145,17 @@ impl Agent {
         // bound is reachable from nowhere else (a container, a TEE).
         let mut published = vec![(AgentField::DisplayName, env.display_name.clone())];
         match &env.public_url {
-            Some(url) => published.push((AgentField::Endpoint, url.as_str().trim_end_matches('/').to_owned())),
-            None => tracing::info!(%did, "no {} set; the endpoint is left to the registration", vars::PUBLIC_URL),
+            Some(url) => published.push((
+                AgentField::Endpoint,
+                url.as_str().trim_end_matches('/').to_owned(),
+            )),
+            None => {
+                tracing::info!(%did, "no {} set; the endpoint is left to the registration", vars::PUBLIC_URL)
+            }
         }
         for (field, value) in published {
             // Ensue may be briefly unavailable at boot; the agent still serves.
-            if let Err(error) = self
-                .memory
-                .upsert(&keys::agent(&did, field), &value)
-                .await
-            {
+            if let Err(error) = self.memory.upsert(&keys::agent(&did, field), &value).await {
                 tracing::warn!(%error, field = field.as_str(), "could not publish agent identity");
             }
         }
@@ -174,16 +177,16 @@ impl Agent {
         let mut worker_loop = None;
         let router = match (env.role, self.directory) {
             (AgentRole::Worker, _) => {
-                let worker = Worker::new(did.clone(), self.memory.clone(), self.handler)
-                    .with_config(WorkerConfig::polling(
-                        env.poll_interval,
-                        env.poll_interval * 2 / 3,
-                    ));
+                let worker =
+                    Worker::new(did.clone(), self.memory.clone(), self.handler).with_config(
+                        WorkerConfig::polling(env.poll_interval, env.poll_interval * 2 / 3),
+                    );
                 worker_loop = Some(tokio::spawn(worker.run(wait_for_stop(stopped.clone()))));
                 health_router(health)
             }
             (AgentRole::Coordinator, directory) => {
-                let directory = directory.ok_or_else(|| Error::config("a coordinator needs a worker directory"))?;
+                let directory = directory
+                    .ok_or_else(|| Error::config("a coordinator needs a worker directory"))?;
                 let state = Arc::new(CoordinatorState {
                     did: did.clone(),
                     coordinator: Arc::new(Coordinator::with_config(

@@ -78,7 +78,12 @@ async fn a_deliberation_through_the_local_deployer() {
     let coordinator_key = key(10);
     let coordinator_did = coordinator_key.did();
     let coordinator = deployer
-        .deploy(&spec(env(AgentRole::Coordinator, &coordinator_key, "Coord", &ensue)))
+        .deploy(&spec(env(
+            AgentRole::Coordinator,
+            &coordinator_key,
+            "Coord",
+            &ensue,
+        )))
         .await
         .unwrap();
     assert_eq!(
@@ -115,10 +120,7 @@ async fn a_deliberation_through_the_local_deployer() {
         let worker = deployer.deploy(&spec(worker_env)).await.unwrap();
         let health = healthy(&http, &worker.endpoint_url, &keypair.did()).await;
         assert_eq!(health["message"], "Delibera worker running");
-        assert_eq!(
-            deployer.status(&worker.id).await.unwrap().status,
-            "running"
-        );
+        assert_eq!(deployer.status(&worker.id).await.unwrap().status, "running");
         assert_eq!(
             memory
                 .get(&format!("agent/{}/display_name", keypair.did()))
@@ -294,7 +296,10 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
     healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
     assert!(after.status(&deployment.id).await.unwrap().running);
     // The restored agent is found by its name, so a resumed job adopts it.
-    assert_eq!(after.find(&worker_spec).await.unwrap(), Some(deployment.clone()));
+    assert_eq!(
+        after.find(&worker_spec).await.unwrap(),
+        Some(deployment.clone())
+    );
     // Restoring twice starts nothing new.
     assert_eq!(after.restore().await.unwrap(), 0);
 
@@ -341,7 +346,10 @@ async fn an_agent_publishes_its_endpoint_only_from_its_public_url() {
             .await
             .unwrap();
         // Never the bound loopback address: only what the env says.
-        assert_eq!(endpoint.as_deref(), public_url.map(|url| url.trim_end_matches('/')));
+        assert_eq!(
+            endpoint.as_deref(),
+            public_url.map(|url| url.trim_end_matches('/'))
+        );
         assert_eq!(
             memory
                 .get(&format!("agent/{}/display_name", keypair.did()))
@@ -370,7 +378,10 @@ async fn a_coordinator_that_cannot_find_its_workers_refuses_to_start() {
         .await
         .unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("NEAR_RPC_URL") && text.contains("DELIBERA_WORKERS"), "{text}");
+    assert!(
+        text.contains("NEAR_RPC_URL") && text.contains("DELIBERA_WORKERS"),
+        "{text}"
+    );
 
     // With the registry named in its env it builds its own directory.
     let mut configured = env(AgentRole::Coordinator, &key(60), "C", &ensue);
@@ -403,7 +414,10 @@ fn a_round_deadline_beyond_a_week_is_refused_naming_the_variable() {
     );
     agent_env.round_deadline = Duration::from_secs(8 * 24 * 3600);
     let error = Agent::new(agent_env).unwrap_err();
-    assert!(error.to_string().starts_with("ROUND_DEADLINE_SECS"), "{error}");
+    assert!(
+        error.to_string().starts_with("ROUND_DEADLINE_SECS"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -320,7 +320,10 @@ impl AgentEnv {
                 out.push(EnvVar::new(name, value));
             }
         };
-        push(vars::NEAR_ACCOUNT, self.owner.as_ref().map(AccountId::to_string));
+        push(
+            vars::NEAR_ACCOUNT,
+            self.owner.as_ref().map(AccountId::to_string),
+        );
         push(
             vars::COORDINATOR_DID,
             self.coordinator_did.as_ref().map(Did::to_string),
@@ -341,7 +344,10 @@ impl AgentEnv {
             vars::COORDINATOR_CONTRACT,
             self.coordinator_contract.as_ref().map(AccountId::to_string),
         );
-        push(vars::PUBLIC_URL, self.public_url.as_ref().map(Url::to_string));
+        push(
+            vars::PUBLIC_URL,
+            self.public_url.as_ref().map(Url::to_string),
+        );
         if let Some(bounds) = self.worker_bounds {
             push(vars::MIN_WORKERS, Some(bounds.min.to_string()));
             push(vars::MAX_WORKERS, Some(bounds.max.to_string()));
@@ -364,7 +370,10 @@ impl AgentEnv {
                 push(vars::TASK_HANDLER, Some("llm".into()));
                 push(vars::LLM_BASE_URL, Some(base_url.to_string()));
                 push(vars::LLM_MODEL, Some(model.clone()));
-                push(vars::LLM_API_KEY, api_key.as_ref().map(|key| key.to_string()));
+                push(
+                    vars::LLM_API_KEY,
+                    api_key.as_ref().map(|key| key.to_string()),
+                );
             }
         }
         push(
@@ -413,7 +422,7 @@ impl AgentEnv {
             String::new(),
         );
         env.ensue_api_key = ensue_api_key;
-        env.owner = parse_var(&var, vars::NEAR_ACCOUNT, |text| AccountId::parse(text))?;
+        env.owner = parse_var(&var, vars::NEAR_ACCOUNT, AccountId::parse)?;
         env.coordinator_did = parse_var(&var, vars::COORDINATOR_DID, str::parse::<Did>)?;
         if role == AgentRole::Coordinator
             && let Some(coordinator) = &env.coordinator_did
@@ -433,7 +442,11 @@ impl AgentEnv {
                     .map_err(|error| Error::invalid_var(vars::SPACE_DID, format!("{error}")))?,
             }),
             (None, None) => None,
-            (Some(_), None) => return Err(Error::MissingVar { name: vars::SPACE_DID }),
+            (Some(_), None) => {
+                return Err(Error::MissingVar {
+                    name: vars::SPACE_DID,
+                });
+            }
             (None, Some(_)) => {
                 return Err(Error::MissingVar {
                     name: vars::DELEGATION_PROOF,
@@ -448,15 +461,18 @@ impl AgentEnv {
                 list.split(',')
                     .map(str::trim)
                     .filter(|url| !url.is_empty())
-                    .map(|url| http_url(url).map_err(|reason| Error::invalid_var(vars::NEAR_RPC_URL, reason)))
+                    .map(|url| {
+                        http_url(url)
+                            .map_err(|reason| Error::invalid_var(vars::NEAR_RPC_URL, reason))
+                    })
                     .collect::<Result<Vec<_>>>()
             })
             .transpose()?
             .unwrap_or_default();
-        env.registry_contract =
-            parse_var(&var, vars::REGISTRY_CONTRACT, |text| AccountId::parse(text))?;
-        env.coordinator_contract =
-            parse_var(&var, vars::COORDINATOR_CONTRACT, |text| AccountId::parse(text))?;
+        env.registry_contract = parse_var(&var, vars::REGISTRY_CONTRACT, AccountId::parse)?;
+        env.coordinator_contract = parse_var(&var, vars::COORDINATOR_CONTRACT, |text| {
+            AccountId::parse(text)
+        })?;
         env.local = match var(vars::MODE).as_deref() {
             None | Some("production") => false,
             Some("local") => true,
@@ -539,8 +555,9 @@ impl AgentEnv {
                     .map(str::trim)
                     .filter(|did| !did.is_empty())
                     .map(|did| {
-                        did.parse::<Did>()
-                            .map_err(|error| Error::invalid_var(vars::STATIC_WORKERS, error.to_string()))
+                        did.parse::<Did>().map_err(|error| {
+                            Error::invalid_var(vars::STATIC_WORKERS, error.to_string())
+                        })
                     })
                     .collect::<Result<Vec<_>>>()
             })
@@ -589,27 +606,20 @@ fn constant_url(text: &'static str) -> Url {
     Url::parse(text).expect("the URL constants are valid URLs")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_url_constants_parse() {
-        for text in [DEFAULT_ENSUE_URL, DEFAULT_LLM_BASE_URL] {
-            assert_eq!(constant_url(text).as_str().trim_end_matches('/'), text.trim_end_matches('/'));
-        }
-    }
-}
-
 impl Serialize for AgentEnv {
     /// As its variable list, the same form a deployment carries.
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         self.to_vars().serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for AgentEnv {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         let vars = Vec::<EnvVar>::deserialize(deserializer)?;
         AgentEnv::try_from(vars.as_slice()).map_err(serde::de::Error::custom)
     }
@@ -625,5 +635,20 @@ impl TryFrom<&[EnvVar]> for AgentEnv {
                 .find(|var| var.key == name)
                 .map(|var| var.value.to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_constants_parse() {
+        for text in [DEFAULT_ENSUE_URL, DEFAULT_LLM_BASE_URL] {
+            assert_eq!(
+                constant_url(text).as_str().trim_end_matches('/'),
+                text.trim_end_matches('/')
+            );
+        }
     }
 }

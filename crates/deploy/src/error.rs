@@ -78,11 +78,7 @@ pub enum Error {
 
 impl Error {
     /// A backend failure.
-    pub fn backend(
-        backend: &'static str,
-        retryable: bool,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn backend(backend: &'static str, retryable: bool, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             backend,
             retryable,
@@ -92,7 +88,13 @@ impl Error {
 
     /// Whether repeating the call may succeed (a backend's transient failure).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Backend { retryable: true, .. })
+        matches!(
+            self,
+            Error::Backend {
+                retryable: true,
+                ..
+            }
+        )
     }
 
     pub(crate) fn invalid_var(name: &'static str, reason: impl Into<String>) -> Self {

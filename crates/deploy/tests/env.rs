@@ -38,7 +38,11 @@ fn full_env(role: AgentRole, voter: Voter) -> AgentEnv {
     env.registry_contract = Some(AccountId::parse("registry.agents-coordinator.testnet").unwrap());
     env.coordinator_contract =
         Some(AccountId::parse("mydao.coord-factory.agents-coordinator.testnet").unwrap());
-    env.public_url = Some("https://a1b2c3-3001.dstack-pha-prod5.phala.network/".parse().unwrap());
+    env.public_url = Some(
+        "https://a1b2c3-3001.dstack-pha-prod5.phala.network/"
+            .parse()
+            .unwrap(),
+    );
     env.port = 8080;
     env.worker_bounds = Some(WorkerBounds { min: 2, max: 7 });
     env.poll_interval = Duration::from_millis(1500);
@@ -88,7 +92,11 @@ fn the_agent_reads_every_name_the_server_can_write_and_nothing_else() {
     for role in AgentRole::ALL {
         for voter in [Voter::Rules, llm()] {
             for var in full_env(role, voter).to_vars() {
-                assert!(declared.contains(var.key.as_str()), "{} is written but not declared", var.key);
+                assert!(
+                    declared.contains(var.key.as_str()),
+                    "{} is written but not declared",
+                    var.key
+                );
                 written.insert(var.key);
             }
         }
@@ -98,7 +106,10 @@ fn the_agent_reads_every_name_the_server_can_write_and_nothing_else() {
         .filter(|name| !written.contains(**name))
         .copied()
         .collect();
-    assert!(never_written.is_empty(), "declared but never written: {never_written:?}");
+    assert!(
+        never_written.is_empty(),
+        "declared but never written: {never_written:?}"
+    );
 
     // The reader asks for exactly the declared names.
     let asked = RefCell::new(BTreeSet::new());
@@ -151,7 +162,10 @@ fn bad_values_name_the_variable_and_never_echo_a_secret() {
     for (name, value) in [
         (vars::AGENT_ROLE, "observer"),
         (vars::PRIVATE_KEY, "MgCYnot-a-key-super-secret"),
-        (vars::AGENT_DID, "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"),
+        (
+            vars::AGENT_DID,
+            "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+        ),
         (vars::NEAR_ACCOUNT, "Alice.testnet"),
         (vars::ENSUE_URL, "ftp://ensue.example"),
         (vars::NEAR_RPC_URL, "https://ok.example,not a url"),
@@ -180,7 +194,11 @@ fn bad_values_name_the_variable_and_never_echo_a_secret() {
 
 #[test]
 fn a_loopback_public_url_needs_local_mode() {
-    let local = read_with(&[(vars::PUBLIC_URL, "http://127.0.0.1:3001"), (vars::MODE, "local")]).unwrap();
+    let local = read_with(&[
+        (vars::PUBLIC_URL, "http://127.0.0.1:3001"),
+        (vars::MODE, "local"),
+    ])
+    .unwrap();
     assert!(local.local);
     assert!(read_with(&[(vars::PUBLIC_URL, "http://localhost:3001")]).is_err());
     assert!(read_with(&[(vars::PUBLIC_URL, "http://[::1]:3001")]).is_err());

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use delibera_identity::{Did, Keypair};
 use delibera_deploy::{Error, HealthGate, HealthProgress};
+use delibera_identity::{Did, Keypair};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -92,11 +92,20 @@ fn derived_names_are_deterministic_and_slug_the_display_name() {
 fn a_spec_serializes_with_its_env_as_a_variable_list_and_reads_back() {
     let identity = AgentIdentity::from_keypair(&Keypair::from_seed(&[7; 32]));
     let env = AgentEnv::new(AgentRole::Coordinator, identity, "DAO", "lmn_key");
-    let spec = AgentSpec::new(DeploymentName::derive(AgentRole::Coordinator, "DAO", "ab12"), env)
-        .with_image(ImageRef::new(&format!("ghcr.io/x/agent@{DIGEST}")).unwrap());
+    let spec = AgentSpec::new(
+        DeploymentName::derive(AgentRole::Coordinator, "DAO", "ab12"),
+        env,
+    )
+    .with_image(ImageRef::new(&format!("ghcr.io/x/agent@{DIGEST}")).unwrap());
     let json = serde_json::to_value(&spec).unwrap();
     assert_eq!(json["name"], "delibera-coordinator-dao-ab12");
-    assert!(json["env"].as_array().unwrap().iter().any(|var| var["key"] == "AGENT_ROLE" && var["value"] == "coordinator"));
+    assert!(
+        json["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|var| var["key"] == "AGENT_ROLE" && var["value"] == "coordinator")
+    );
     let back: AgentSpec = serde_json::from_value(json).unwrap();
     assert_eq!(back, spec);
     // A stored spec with a broken name is refused, not half-read.

@@ -13,8 +13,8 @@ mod register;
 pub use client::{EnsueClient, MAX_BATCH, like_escape};
 pub use config::{DEFAULT_BASE_URL, DEFAULT_RETRY, Dialect, EnsueConfig};
 pub use crypto::{
-    CacheKey, ENCRYPTED_PREFIX, IV_LENGTH, TAG_LENGTH, is_sealed, key_material,
-    node_base64_decode, node_hex_decode,
+    CacheKey, ENCRYPTED_PREFIX, IV_LENGTH, TAG_LENGTH, is_sealed, key_material, node_base64_decode,
+    node_hex_decode,
 };
 pub use encrypted::EncryptedMemory;
 pub use error::{Error, Result};

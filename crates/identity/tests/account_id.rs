@@ -128,5 +128,8 @@ fn parents_are_named_accounts_never_top_level_ones() {
     assert_eq!(parse("testnet").parent(), None);
     assert!(contract.is_sub_account_of(&parse("agents-coordinator.testnet")));
     assert!(!contract.is_sub_account_of(&contract));
-    assert!(!parse("xagents-coordinator.testnet").is_sub_account_of(&parse("agents-coordinator.testnet")));
+    assert!(
+        !parse("xagents-coordinator.testnet")
+            .is_sub_account_of(&parse("agents-coordinator.testnet"))
+    );
 }

@@ -13,13 +13,13 @@ mod sender;
 mod serde_u64;
 mod transaction;
 
-pub use delibera_identity::{AccountId, AccountIdRule};
 pub use contracts::{
     CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRecord, CoordinatorRegistration,
     MAINNET_COORDINATOR_CONTRACT_ID, MAINNET_REGISTRY_CONTRACT_ID, MAINNET_RPC_URL,
     RegisteredWorker, RegistryContract, RegistryStats, TESTNET_COORDINATOR_CONTRACT_ID,
     TESTNET_REGISTRY_CONTRACT_ID, TESTNET_RPC_URL, WorkerRecord, WorkerRegistration,
 };
+pub use delibera_identity::{AccountId, AccountIdRule};
 pub use error::{Error, Result};
 pub use js_json::js_json_stringify;
 pub use local::LocalRegistry;

@@ -505,8 +505,8 @@ impl Registry for LocalRegistry {
         let Some(cvm_id) = &update.cvm_id else {
             return self.update_worker_endpoint_as(admin, &update.did, &update.endpoint_url);
         };
-        let current =
-            get_worker(&self.db(), &update.did)?.ok_or_else(|| panic(messages::WORKER_NOT_FOUND))?;
+        let current = get_worker(&self.db(), &update.did)?
+            .ok_or_else(|| panic(messages::WORKER_NOT_FOUND))?;
         self.register_worker_as(admin, &update.reregister_worker(current, cvm_id))
             .map(drop)
     }

@@ -13,8 +13,7 @@ use async_trait::async_trait;
 
 use crate::{
     AccountId, CoordinatorRecord, CoordinatorRegistration, CryptoHash, Error, ExecutionStatus,
-    LocalRegistry, NearRpc, Registry, Result, TxExecutionStatus, WorkerRecord,
-    WorkerRegistration,
+    LocalRegistry, NearRpc, Registry, Result, TxExecutionStatus, WorkerRecord, WorkerRegistration,
 };
 
 /// What a job expects the registry to hold for a worker once its owner signed.
@@ -155,7 +154,10 @@ impl fmt::Display for Unconfirmed {
                 write!(f, "transaction {tx_hash} failed on chain: {failure}")
             }
             Unconfirmed::TransactionPending { tx_hash } => {
-                write!(f, "transaction {tx_hash} has not executed yet; try again shortly")
+                write!(
+                    f,
+                    "transaction {tx_hash} has not executed yet; try again shortly"
+                )
             }
             Unconfirmed::WrongSigner {
                 tx_hash,
@@ -282,7 +284,10 @@ impl ChainRegistrar {
                     .as_ref()
                     .map(AccountId::to_string)
                     .unwrap_or_default(),
-                accepted: accepted.iter().map(|contract| contract.to_string()).collect(),
+                accepted: accepted
+                    .iter()
+                    .map(|contract| contract.to_string())
+                    .collect(),
             }
             .into());
         }

@@ -165,9 +165,8 @@ impl Cvm {
     pub fn from_json(json: &Value) -> Option<Cvm> {
         // List items of the 2025-10-28 shape keep the VM's own fields under `hosted`.
         let hosted = json.get("hosted");
-        let text = |key: &str| {
-            non_empty_text(json.get(key)).or_else(|| non_empty_text(hosted?.get(key)))
-        };
+        let text =
+            |key: &str| non_empty_text(json.get(key)).or_else(|| non_empty_text(hosted?.get(key)));
         let id = text("id").or_else(|| text("vm_uuid"))?;
         let listed = json
             .get("endpoints")

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use delibera_deploy::{
-    AgentSpec, Deployer, Deployment, DeploymentName, DeploymentStatus, env_keys,
-    validate_env_list,
+    AgentSpec, Deployer, Deployment, DeploymentName, DeploymentStatus, env_keys, validate_env_list,
 };
 use tokio::time::Instant;
 

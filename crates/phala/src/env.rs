@@ -11,9 +11,9 @@
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
+use delibera_deploy::EnvVar;
 use rand::RngCore;
 use rand::rngs::OsRng;
-use delibera_deploy::EnvVar;
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;

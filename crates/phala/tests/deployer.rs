@@ -13,8 +13,8 @@ use delibera_deploy::{
 use delibera_identity::{AccountId, Keypair};
 use delibera_phala::delibera_backoff::Backoff;
 use delibera_phala::{
-    Error, PhalaClient, PhalaDeployer, PhalaDeployerOptions, StartPolicy,
-    decrypt_env, encryption_pubkey_hex, render_compose,
+    Error, PhalaClient, PhalaDeployer, PhalaDeployerOptions, StartPolicy, decrypt_env,
+    encryption_pubkey_hex, render_compose,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path, query_param};
@@ -29,7 +29,12 @@ const GATEWAY: &str = "gw.example";
 
 fn spec() -> AgentSpec {
     let identity = AgentIdentity::from_keypair(&Keypair::from_seed(&[3; 32]));
-    let mut env = AgentEnv::new(AgentRole::Worker, identity, "Worker Alpha", "lmn_secret_key");
+    let mut env = AgentEnv::new(
+        AgentRole::Worker,
+        identity,
+        "Worker Alpha",
+        "lmn_secret_key",
+    );
     env.owner = Some(AccountId::parse("alice.testnet").unwrap());
     AgentSpec::new(
         DeploymentName::derive(AgentRole::Worker, "Worker Alpha", "0f1e2d3c4b5a6978"),
@@ -195,7 +200,10 @@ async fn without_a_gateway_domain_no_public_url_is_sealed() {
     let phala = MockServer::start().await;
     mount_provision_and_commit(&phala).await;
     api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm("running", json!([{"app": "https://x-3001.gw.example", "instance": ""}])))
+        .respond_with(cvm(
+            "running",
+            json!([{"app": "https://x-3001.gw.example", "instance": ""}]),
+        ))
         .mount(&phala)
         .await;
     let client = PhalaClient::new(&format!("{}/api/v1", phala.uri()), API_KEY).unwrap();
@@ -418,7 +426,10 @@ async fn find_pages_through_the_list_in_both_shapes() {
         .expect(1)
         .mount(&phala)
         .await;
-    let found = deployer(&phala, StartPolicy::Never).find(&spec).await.unwrap();
+    let found = deployer(&phala, StartPolicy::Never)
+        .find(&spec)
+        .await
+        .unwrap();
     assert_eq!(
         found,
         Some(Deployment {
@@ -440,7 +451,13 @@ async fn find_answers_none_when_no_cvm_has_the_name() {
         .expect(1)
         .mount(&phala)
         .await;
-    assert_eq!(deployer(&phala, StartPolicy::Never).find(&spec()).await.unwrap(), None);
+    assert_eq!(
+        deployer(&phala, StartPolicy::Never)
+            .find(&spec())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -464,11 +481,17 @@ async fn a_commit_refused_for_a_duplicate_name_adopts_the_existing_cvm() {
         .mount(&phala)
         .await;
     api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm("running", json!([{"app": "https://adopted-3001.gw.example", "instance": ""}])))
+        .respond_with(cvm(
+            "running",
+            json!([{"app": "https://adopted-3001.gw.example", "instance": ""}]),
+        ))
         .expect(1)
         .mount(&phala)
         .await;
-    let deployment = deployer(&phala, StartPolicy::Never).deploy(&spec).await.unwrap();
+    let deployment = deployer(&phala, StartPolicy::Never)
+        .deploy(&spec)
+        .await
+        .unwrap();
     assert_eq!(deployment.id, VM_UUID);
     assert_eq!(deployment.endpoint_url, "https://adopted-3001.gw.example");
 }
@@ -480,7 +503,10 @@ fn errors_reach_the_port_with_their_retry_advice() {
     }
     .into();
     assert!(port_error.is_retryable());
-    assert!(port_error.to_string().starts_with("Phala Cloud: "), "{port_error}");
+    assert!(
+        port_error.to_string().starts_with("Phala Cloud: "),
+        "{port_error}"
+    );
     let refused: delibera_deploy::Error = Error::Config { reason: "x".into() }.into();
     assert!(!refused.is_retryable());
 }

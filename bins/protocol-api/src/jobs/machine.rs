@@ -19,9 +19,7 @@ use delibera_deploy::{
 };
 use delibera_ensue::keys::{self, AgentField};
 use delibera_identity::{Did, Keypair};
-use delibera_near::{
-    CoordinatorClaim, CoordinatorRegistration, WorkerClaim, WorkerRegistration,
-};
+use delibera_near::{CoordinatorClaim, CoordinatorRegistration, WorkerClaim, WorkerRegistration};
 use uuid::Uuid;
 
 use super::error::JobError;
@@ -53,7 +51,12 @@ pub struct JobMachine {
 
 impl JobMachine {
     /// A machine over the stores and the outside services.
-    pub fn new(jobs: JobStore, org_keys: OrgKeys, ports: Arc<Ports>, settings: Arc<Settings>) -> Self {
+    pub fn new(
+        jobs: JobStore,
+        org_keys: OrgKeys,
+        ports: Arc<Ports>,
+        settings: Arc<Settings>,
+    ) -> Self {
         Self {
             jobs,
             org_keys,
@@ -93,7 +96,8 @@ impl JobMachine {
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
         for mut job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
             tracing::info!(job = %job.id, "registration was interrupted; back to awaiting_near_signature");
-            self.commit(&mut job, JobStatus::AwaitingNearSignature).await?;
+            self.commit(&mut job, JobStatus::AwaitingNearSignature)
+                .await?;
         }
         let jobs = self.jobs.resumable().await?;
         for job in &jobs {
@@ -283,7 +287,13 @@ impl JobMachine {
         let result = self
             .ports
             .health_gate
-            .wait(&self.ports.http, &endpoint, &did, remaining, &mut on_progress)
+            .wait(
+                &self.ports.http,
+                &endpoint,
+                &did,
+                remaining,
+                &mut on_progress,
+            )
             .await;
         // Dropping the closure drops the sender, which ends the saver.
         drop(on_progress);
@@ -350,7 +360,10 @@ impl JobMachine {
         let mut env = AgentEnv::new(job.role, identity, job.display_name.clone(), ensue_api_key);
         env.ensue_url = self.ports.ensue.base_url().clone();
         env.owner = Some(job.near_account.clone());
-        env.coordinator_did = job.coordinator_did.clone().filter(|_| job.role == AgentRole::Worker);
+        env.coordinator_did = job
+            .coordinator_did
+            .clone()
+            .filter(|_| job.role == AgentRole::Worker);
         if let (Some(delegation), Some(space_did)) = (&job.delegation, &job.space_did) {
             env.storacha = Some(StorachaGrant {
                 delegation: delegation.clone(),
@@ -370,7 +383,8 @@ impl JobMachine {
                 .or_else(|| chain.coordinator_contract.clone()),
             AgentRole::Worker => chain.coordinator_contract.clone(),
         };
-        let name = DeploymentName::derive(job.role, &job.display_name, &job.id.simple().to_string());
+        let name =
+            DeploymentName::derive(job.role, &job.display_name, &job.id.simple().to_string());
         Ok(AgentSpec::new(name, env).with_image(self.settings.image_for(job.role)))
     }
 
@@ -418,7 +432,11 @@ impl JobMachine {
         {
             return Err(JobError::AlreadyRegistering { job: job.id });
         }
-        log_transition(job.id, JobStatus::AwaitingNearSignature, JobStatus::Registering);
+        log_transition(
+            job.id,
+            JobStatus::AwaitingNearSignature,
+            JobStatus::Registering,
+        );
 
         let machine = self.clone();
         tokio::spawn(async move {
@@ -438,9 +456,15 @@ impl JobMachine {
     /// endpoint written to Ensue for the other agents.
     async fn confirm_and_announce(&self, job: &Job) -> Result<(), JobError> {
         let incomplete = |what| JobError::Incomplete { job: job.id, what };
-        let did = job.agent_did.clone().ok_or_else(|| incomplete("agent DID"))?;
+        let did = job
+            .agent_did
+            .clone()
+            .ok_or_else(|| incomplete("agent DID"))?;
         let endpoint = job.endpoint.clone().ok_or_else(|| incomplete("endpoint"))?;
-        let cvm_id = job.cvm_id.clone().ok_or_else(|| incomplete("deployment id"))?;
+        let cvm_id = job
+            .cvm_id
+            .clone()
+            .ok_or_else(|| incomplete("deployment id"))?;
         let registrar = &self.ports.registrar;
         match job.role {
             AgentRole::Worker => {
@@ -484,7 +508,10 @@ impl JobMachine {
             .map_err(|_| incomplete("deployment spec"))?;
         let memory = self.ports.ensue.memory(&spec.env.ensue_api_key)?;
         memory
-            .upsert(&keys::agent(&did, AgentField::DisplayName), &job.display_name)
+            .upsert(
+                &keys::agent(&did, AgentField::DisplayName),
+                &job.display_name,
+            )
             .await?;
         memory
             .upsert(&keys::agent(&did, AgentField::Endpoint), &endpoint)

@@ -173,7 +173,11 @@ pub struct Job {
     /// Set by the first release of this server before its deploy call; a
     /// job that has it and no `cvm_id` was interrupted inside a deploy whose
     /// deployment cannot be found by name.
-    #[serde(default, rename = "deployment_name", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "deployment_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub legacy_deployment_mark: Option<String>,
     /// The deployment's id (Phala CVM id, or the local agent id).
     pub cvm_id: Option<String>,

@@ -16,9 +16,7 @@ pub fn registry_error(error: delibera_near::Error) -> ApiError {
         Near::Unconfirmed(reason) => ApiError::Conflict(reason.to_string()),
         Near::Identity(delibera_identity::Error::InvalidAccountId { .. })
         | Near::InvalidInput { .. } => ApiError::BadRequest(error.to_string()),
-        Near::Storage(_) | Near::NoSigner | Near::Identity(_) => {
-            ApiError::internal(error)
-        }
+        Near::Storage(_) | Near::NoSigner | Near::Identity(_) => ApiError::internal(error),
         other => ApiError::Upstream(format!("NEAR registry: {other}")),
     }
 }

@@ -190,7 +190,8 @@ pub async fn status(
 
 /// The status document. Secrets appear only while the status reveals them.
 pub fn status_view(job: &Job) -> JobStatusView {
-    let coordinator_only = |value: Option<String>| value.filter(|_| job.role == AgentRole::Coordinator);
+    let coordinator_only =
+        |value: Option<String>| value.filter(|_| job.role == AgentRole::Coordinator);
     let secret = |value: &Option<String>| value.clone().filter(|_| job.status.reveals_secrets());
     JobStatusView {
         job_id: job.id,
@@ -201,8 +202,12 @@ pub fn status_view(job: &Job) -> JobStatusView {
         coordinator_did: job.coordinator_did.as_ref().map(ToString::to_string),
         display_name: job.display_name.clone(),
         near_account: job.near_account.to_string(),
-        min_workers: job.min_workers.filter(|_| job.role == AgentRole::Coordinator),
-        max_workers: job.max_workers.filter(|_| job.role == AgentRole::Coordinator),
+        min_workers: job
+            .min_workers
+            .filter(|_| job.role == AgentRole::Coordinator),
+        max_workers: job
+            .max_workers
+            .filter(|_| job.role == AgentRole::Coordinator),
         contract_address: coordinator_only(job.contract_address.as_ref().map(ToString::to_string)),
         ensue_org_name: coordinator_only(job.ensue_org_name.clone()),
         space_did: job.space_did.as_ref().map(ToString::to_string),

@@ -41,7 +41,10 @@ impl DeploymentJournal for DeploymentStore {
         let id = id.to_owned();
         self.db
             .with_conn(move |conn, _| {
-                conn.execute("DELETE FROM local_deployments WHERE cvm_id = ?1", params![id])?;
+                conn.execute(
+                    "DELETE FROM local_deployments WHERE cvm_id = ?1",
+                    params![id],
+                )?;
                 Ok(())
             })
             .await

@@ -50,38 +50,40 @@ impl JobStore {
     /// whether it did. Two concurrent `register` calls cannot both win.
     pub async fn save_if_status(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError> {
         let row = Row::encode(job, &self.db.secrets)?;
-        self.db.with_conn(move |conn, _| {
-            let changed = conn.execute(
-                "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5
+        self.db
+            .with_conn(move |conn, _| {
+                let changed = conn.execute(
+                    "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5
                  WHERE id = ?1 AND status = ?6",
-                params![
-                    row.id,
-                    row.status,
-                    row.record,
-                    row.secrets,
-                    row.updated_at,
-                    expected.as_str()
-                ],
-            )?;
-            Ok(changed == 1)
-        })
-        .await
+                    params![
+                        row.id,
+                        row.status,
+                        row.record,
+                        row.secrets,
+                        row.updated_at,
+                        expected.as_str()
+                    ],
+                )?;
+                Ok(changed == 1)
+            })
+            .await
     }
 
     /// A job by id.
     pub async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        self.db.with_conn(move |conn, secrets| {
-            let row = conn
-                .query_row(
-                    "SELECT record, secrets FROM jobs WHERE id = ?1",
-                    params![id.to_string()],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
-                )
-                .optional()?;
-            row.map(|(record, sealed)| Row::decode(&id.to_string(), &record, &sealed, secrets))
-                .transpose()
-        })
-        .await
+        self.db
+            .with_conn(move |conn, secrets| {
+                let row = conn
+                    .query_row(
+                        "SELECT record, secrets FROM jobs WHERE id = ?1",
+                        params![id.to_string()],
+                        |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
+                    )
+                    .optional()?;
+                row.map(|(record, sealed)| Row::decode(&id.to_string(), &record, &sealed, secrets))
+                    .transpose()
+            })
+            .await
     }
 
     /// Jobs the background runner must carry on after a restart.
@@ -96,38 +98,40 @@ impl JobStore {
     /// Every job in one of `statuses`, oldest change first.
     pub async fn in_status(&self, statuses: Vec<JobStatus>) -> Result<Vec<Job>, StoreError> {
         let owned: Vec<&'static str> = statuses.into_iter().map(JobStatus::as_str).collect();
-        self.db.with_conn(move |conn, secrets| {
-            let mut statement =
-                conn.prepare("SELECT id, status, record, secrets FROM jobs ORDER BY updated_at")?;
-            let rows = statement.query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Vec<u8>>(3)?,
-                ))
-            })?;
-            let mut jobs = Vec::new();
-            for row in rows {
-                let (id, status, record, sealed) = row?;
-                if owned.contains(&status.as_str()) {
-                    jobs.push(Row::decode(&id, &record, &sealed, secrets)?);
+        self.db
+            .with_conn(move |conn, secrets| {
+                let mut statement = conn
+                    .prepare("SELECT id, status, record, secrets FROM jobs ORDER BY updated_at")?;
+                let rows = statement.query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Vec<u8>>(3)?,
+                    ))
+                })?;
+                let mut jobs = Vec::new();
+                for row in rows {
+                    let (id, status, record, sealed) = row?;
+                    if owned.contains(&status.as_str()) {
+                        jobs.push(Row::decode(&id, &record, &sealed, secrets)?);
+                    }
                 }
-            }
-            Ok(jobs)
-        })
-        .await
+                Ok(jobs)
+            })
+            .await
     }
 
     /// Deletes finished jobs last changed before `cutoff`; returns how many.
     pub async fn purge_finished(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.db.with_conn(move |conn, _| {
-            Ok(conn.execute(
-                "DELETE FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1",
-                params![cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)],
-            )?)
-        })
-        .await
+        self.db
+            .with_conn(move |conn, _| {
+                Ok(conn.execute(
+                    "DELETE FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1",
+                    params![cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)],
+                )?)
+            })
+            .await
     }
 }
 
@@ -234,7 +238,9 @@ mod tests {
 
     #[tokio::test]
     async fn only_runner_owned_jobs_resume_and_cas_allows_one_winner() {
-        let store = Database::in_memory(SecretBox::from_key(&[2; 32])).unwrap().jobs();
+        let store = Database::in_memory(SecretBox::from_key(&[2; 32]))
+            .unwrap()
+            .jobs();
         let mut running = new_job();
         running.status = JobStatus::WaitingForUrl;
         let mut waiting = new_job();
@@ -264,7 +270,9 @@ mod tests {
 
     #[tokio::test]
     async fn purge_removes_only_old_finished_jobs() {
-        let store = Database::in_memory(SecretBox::from_key(&[3; 32])).unwrap().jobs();
+        let store = Database::in_memory(SecretBox::from_key(&[3; 32]))
+            .unwrap()
+            .jobs();
         let mut old_done = new_job();
         old_done.status = JobStatus::Complete;
         old_done.updated_at = Utc::now() - chrono::Duration::days(30);
@@ -299,7 +307,9 @@ mod tests {
             .insert(&job)
             .await
             .unwrap();
-        let other = Database::open(&path, SecretBox::from_key(&[9; 32])).unwrap().jobs();
+        let other = Database::open(&path, SecretBox::from_key(&[9; 32]))
+            .unwrap()
+            .jobs();
         assert!(matches!(
             other.get(job.id).await,
             Err(StoreError::Seal(SealError::Open))

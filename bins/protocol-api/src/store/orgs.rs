@@ -42,24 +42,25 @@ impl OrgKeys {
         coordinator_did: &str,
     ) -> Result<Option<(String, zeroize::Zeroizing<String>)>, StoreError> {
         let did = coordinator_did.to_owned();
-        self.db.with_conn(move |conn, secrets| {
-            let row = conn
-                .query_row(
-                    "SELECT org_name, api_key FROM coordinator_orgs WHERE coordinator_did = ?1",
-                    params![did],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
-                )
-                .optional()?;
-            row.map(|(name, sealed)| {
-                let key = secrets.open(&sealed)?;
-                let key = String::from_utf8(key.to_vec()).map_err(|_| StoreError::Corrupt {
-                    id: did.clone(),
-                    reason: "coordinator org key is not UTF-8".into(),
-                })?;
-                Ok((name, zeroize::Zeroizing::new(key)))
+        self.db
+            .with_conn(move |conn, secrets| {
+                let row = conn
+                    .query_row(
+                        "SELECT org_name, api_key FROM coordinator_orgs WHERE coordinator_did = ?1",
+                        params![did],
+                        |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
+                    )
+                    .optional()?;
+                row.map(|(name, sealed)| {
+                    let key = secrets.open(&sealed)?;
+                    let key = String::from_utf8(key.to_vec()).map_err(|_| StoreError::Corrupt {
+                        id: did.clone(),
+                        reason: "coordinator org key is not UTF-8".into(),
+                    })?;
+                    Ok((name, zeroize::Zeroizing::new(key)))
+                })
+                .transpose()
             })
-            .transpose()
-        })
-        .await
+            .await
     }
 }

@@ -262,7 +262,11 @@ impl TestApp {
         settings.health_timeout = options.health_timeout;
         settings.allow_loopback_endpoints = options.production_rpc.is_none();
         let state = AppState::builder(&database, ports, settings)
-            .admin_token(options.admin_token.map(|token| Zeroizing::new(token.to_owned())))
+            .admin_token(
+                options
+                    .admin_token
+                    .map(|token| Zeroizing::new(token.to_owned())),
+            )
             .provision_rate_per_minute(options.rate_per_minute)
             .mode_label(if options.production_rpc.is_none() {
                 "local"
@@ -280,7 +284,6 @@ impl TestApp {
             registry,
         }
     }
-
 }
 
 impl std::ops::Deref for TestApp {

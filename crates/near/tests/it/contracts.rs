@@ -3,9 +3,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use delibera_near::{
-    Action, CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRegistration,
-    EndpointUpdate, Error, FunctionCall, Registry, RegistryContract, RpcRegistry,
-    TransactionSender, WorkerRegistration,
+    Action, CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRegistration, EndpointUpdate, Error,
+    FunctionCall, Registry, RegistryContract, RpcRegistry, TransactionSender, WorkerRegistration,
 };
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use delibera_near::{
-    ChainRegistrar, CoordinatorClaim, CoordinatorRegistration, CryptoHash, Error,
-    LocalRegistry, Registrar, Unconfirmed, WorkerClaim, WorkerRegistration,
+    ChainRegistrar, CoordinatorClaim, CoordinatorRegistration, CryptoHash, Error, LocalRegistry,
+    Registrar, Unconfirmed, WorkerClaim, WorkerRegistration,
 };
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -74,7 +74,10 @@ fn success() -> Value {
 }
 
 async fn mount_tx(rpc: &MockServer, hash: &CryptoHash, answer: ResponseTemplate) {
-    Mock::given(support_tx(hash)).respond_with(answer).mount(rpc).await;
+    Mock::given(support_tx(hash))
+        .respond_with(answer)
+        .mount(rpc)
+        .await;
 }
 
 fn support_tx(hash: &CryptoHash) -> Rpc {
@@ -120,41 +123,106 @@ async fn a_matching_record_completes_without_a_lookup_when_no_hash_is_given() {
 #[tokio::test]
 async fn each_record_problem_is_named() {
     let rpc = MockServer::start().await;
-    let not_yet = unconfirmed(registrar(&chain(), &rpc).complete_worker(&worker_claim(None)).await);
-    assert!(matches!(not_yet, Unconfirmed::NotRegistered { kind: "worker", .. }));
-    assert!(not_yet.to_string().contains("not on the registry yet"), "{not_yet}");
+    let not_yet = unconfirmed(
+        registrar(&chain(), &rpc)
+            .complete_worker(&worker_claim(None))
+            .await,
+    );
+    assert!(matches!(
+        not_yet,
+        Unconfirmed::NotRegistered { kind: "worker", .. }
+    ));
+    assert!(
+        not_yet.to_string().contains("not on the registry yet"),
+        "{not_yet}"
+    );
 
     let elsewhere = signed_chain(OWNER, "https://elsewhere.example");
-    let wrong_endpoint = unconfirmed(registrar(&elsewhere, &rpc).complete_worker(&worker_claim(None)).await);
-    assert!(matches!(wrong_endpoint, Unconfirmed::Mismatch { field: "endpoint", .. }), "{wrong_endpoint}");
+    let wrong_endpoint = unconfirmed(
+        registrar(&elsewhere, &rpc)
+            .complete_worker(&worker_claim(None))
+            .await,
+    );
+    assert!(
+        matches!(
+            wrong_endpoint,
+            Unconfirmed::Mismatch {
+                field: "endpoint",
+                ..
+            }
+        ),
+        "{wrong_endpoint}"
+    );
 
     let stranger = signed_chain("mallory.testnet", "https://w.example");
-    let wrong_owner = unconfirmed(registrar(&stranger, &rpc).complete_worker(&worker_claim(None)).await);
-    assert!(matches!(wrong_owner, Unconfirmed::Mismatch { field: "owner", .. }), "{wrong_owner}");
+    let wrong_owner = unconfirmed(
+        registrar(&stranger, &rpc)
+            .complete_worker(&worker_claim(None))
+            .await,
+    );
+    assert!(
+        matches!(wrong_owner, Unconfirmed::Mismatch { field: "owner", .. }),
+        "{wrong_owner}"
+    );
     assert!(wrong_owner.to_string().contains("mallory.testnet"));
 
     let chain = signed_chain(OWNER, "https://w.example");
     let mut other_coordinator = worker_claim(None);
     other_coordinator.registration.coordinator_did = "did:key:z6MkOther".into();
-    let wrong_coordinator = unconfirmed(registrar(&chain, &rpc).complete_worker(&other_coordinator).await);
-    assert!(matches!(wrong_coordinator, Unconfirmed::Mismatch { field: "coordinator", .. }));
+    let wrong_coordinator = unconfirmed(
+        registrar(&chain, &rpc)
+            .complete_worker(&other_coordinator)
+            .await,
+    );
+    assert!(matches!(
+        wrong_coordinator,
+        Unconfirmed::Mismatch {
+            field: "coordinator",
+            ..
+        }
+    ));
 
     chain.deactivate_worker_as(&account(OWNER), WORKER).unwrap();
-    let inactive = unconfirmed(registrar(&chain, &rpc).complete_worker(&worker_claim(None)).await);
-    assert!(matches!(inactive, Unconfirmed::Inactive { kind: "worker", .. }));
+    let inactive = unconfirmed(
+        registrar(&chain, &rpc)
+            .complete_worker(&worker_claim(None))
+            .await,
+    );
+    assert!(matches!(
+        inactive,
+        Unconfirmed::Inactive { kind: "worker", .. }
+    ));
 }
 
 #[tokio::test]
 async fn each_bad_transaction_is_named() {
     let rpc = MockServer::start().await;
     let chain = signed_chain(OWNER, "https://w.example");
-    let cases: [(u8, Option<Value>, fn(&Unconfirmed) -> bool); 5] = [
-        (1, None, |u| matches!(u, Unconfirmed::UnknownTransaction { .. })),
-        (2, Some(json!({"Failure": {"ActionError": {"index": 0, "kind": {"FunctionCallError": {"ExecutionError": "Smart contract panicked: no"}}}}})),
-            |u| matches!(u, Unconfirmed::TransactionFailed { failure, .. } if failure.contains("panicked: no"))),
-        (3, Some(json!("Started")), |u| matches!(u, Unconfirmed::TransactionPending { .. })),
-        (4, Some(success()), |u| matches!(u, Unconfirmed::WrongSigner { signer, .. } if signer == "mallory.testnet")),
-        (5, Some(success()), |u| matches!(u, Unconfirmed::WrongReceiver { receiver, .. } if receiver == "token.testnet")),
+    type Expected = fn(&Unconfirmed) -> bool;
+    let cases: [(u8, Option<Value>, Expected); 5] = [
+        (1, None, |u| {
+            matches!(u, Unconfirmed::UnknownTransaction { .. })
+        }),
+        (
+            2,
+            Some(
+                json!({"Failure": {"ActionError": {"index": 0, "kind": {"FunctionCallError": {"ExecutionError": "Smart contract panicked: no"}}}}}),
+            ),
+            |u| matches!(u, Unconfirmed::TransactionFailed { failure, .. } if failure.contains("panicked: no")),
+        ),
+        (3, Some(json!("Started")), |u| {
+            matches!(u, Unconfirmed::TransactionPending { .. })
+        }),
+        (
+            4,
+            Some(success()),
+            |u| matches!(u, Unconfirmed::WrongSigner { signer, .. } if signer == "mallory.testnet"),
+        ),
+        (
+            5,
+            Some(success()),
+            |u| matches!(u, Unconfirmed::WrongReceiver { receiver, .. } if receiver == "token.testnet"),
+        ),
     ];
     for (seed, status, expected) in cases {
         let hash = CryptoHash([seed; 32]);
@@ -165,10 +233,20 @@ async fn each_bad_transaction_is_named() {
         };
         let answer = match status {
             Some(status) => ok(tx(&hash, signer, receiver, status)),
-            None => err(200, handler_error("UNKNOWN_TRANSACTION", json!({"requested_transaction_hash": hash.to_base58()}))),
+            None => err(
+                200,
+                handler_error(
+                    "UNKNOWN_TRANSACTION",
+                    json!({"requested_transaction_hash": hash.to_base58()}),
+                ),
+            ),
         };
         mount_tx(&rpc, &hash, answer).await;
-        let reason = unconfirmed(registrar(&chain, &rpc).complete_worker(&worker_claim(Some(&hash))).await);
+        let reason = unconfirmed(
+            registrar(&chain, &rpc)
+                .complete_worker(&worker_claim(Some(&hash)))
+                .await,
+        );
         assert!(expected(&reason), "case {seed}: {reason}");
     }
     // A good one completes.
@@ -186,8 +264,14 @@ async fn a_malformed_hash_is_bad_input_and_an_unreachable_rpc_is_retryable() {
     let chain = signed_chain(OWNER, "https://w.example");
     let mut claim = worker_claim(None);
     claim.tx_hash = Some("ABC123...".into());
-    let error = registrar(&chain, &rpc).complete_worker(&claim).await.unwrap_err();
-    assert!(matches!(error, Error::InvalidInput { what: "txHash", .. }), "{error}");
+    let error = registrar(&chain, &rpc)
+        .complete_worker(&claim)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::InvalidInput { what: "txHash", .. }),
+        "{error}"
+    );
 
     Mock::given(wiremock::matchers::method("POST"))
         .respond_with(ResponseTemplate::new(503))
@@ -220,7 +304,9 @@ async fn a_coordinator_may_show_its_factory_transaction_but_not_a_top_level_one(
     ] {
         let hash = CryptoHash([seed; 32]);
         mount_tx(&rpc, &hash, ok(tx(&hash, OWNER, receiver, success()))).await;
-        let result = registrar(&chain, &rpc).complete_coordinator(&claim(&hash)).await;
+        let result = registrar(&chain, &rpc)
+            .complete_coordinator(&claim(&hash))
+            .await;
         assert_eq!(result.is_ok(), accepted, "{receiver}: {result:?}");
     }
 }
