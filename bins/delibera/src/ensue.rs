@@ -1,4 +1,4 @@
-//! `delibera ensue …`: seal and unseal values as the reference worker does,
+//! `delibera ensue …`: seal and unseal values as the TypeScript worker does,
 //! and read and write an Ensue memory service.
 
 use std::io::Read;
@@ -67,7 +67,7 @@ pub(crate) struct Connection {
     /// The API key (`lmn_…`).
     #[arg(long, env = vars::ENSUE_API_KEY, hide_env_values = true)]
     api_key: String,
-    /// The wire dialect: `mcp` (the hosted service) or `direct` (the seed's form).
+    /// The wire dialect: `mcp` (the hosted service) or `direct` (the plain form).
     #[arg(long, default_value = "mcp")]
     dialect: Dialect,
 }

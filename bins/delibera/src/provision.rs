@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{Outcome, block_on};
 
-/// The statuses a job moves through, in order (the seed's list).
+/// The statuses a job moves through, in order (the API's status values).
 const STEPS: [&str; 9] = [
     "generating_identity",
     "creating_space",

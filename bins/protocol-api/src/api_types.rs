@@ -1,6 +1,6 @@
 //! The JSON bodies of every route, as typed structs: the handlers return them
 //! and the OpenAPI document is generated from them, so the two cannot drift.
-//! Field names are the seed's (camelCase, except the roster's snake_case
+//! Field names are the API's (camelCase, except the roster's snake_case
 //! contract fields).
 
 use std::collections::BTreeMap;
@@ -62,7 +62,7 @@ pub struct JobStatusView {
     pub job_id: Uuid,
     /// `coordinator` or `worker`.
     pub role: String,
-    /// One of the seed's status values.
+    /// One of the status values of [`JobStatus`](crate::jobs::JobStatus).
     pub status: String,
     /// Human-readable step, with progress while waiting.
     pub step: String,

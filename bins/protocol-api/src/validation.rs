@@ -75,7 +75,7 @@ pub fn endpoint_url(
     }
 }
 
-/// `1 ≤ minWorkers ≤ maxWorkers ≤ 255`, with the seed's defaults 1 and 10.
+/// `1 ≤ minWorkers ≤ maxWorkers ≤ 255`, with the defaults 1 and 10.
 pub fn worker_bounds(min: Option<i64>, max: Option<i64>) -> Result<(u8, u8), ApiError> {
     let min = min.unwrap_or(1);
     let max = max.unwrap_or(10);

@@ -9,7 +9,7 @@ use delibera_agent::{
     Agent, DeploymentJournal, LocalDeployer, LocalDeploymentRecord, RegistryWorkers,
 };
 use delibera_deploy::{
-    AgentEnv, AgentIdentity, AgentRole, AgentSpec, Deployer, DeploymentName, wait_healthy,
+    AgentEnv, AgentIdentity, AgentRole, AgentSpec, Deployer, DeploymentName, HealthGate,
 };
 use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
 use delibera_ensue_local::{Config, LocalEnsue};
@@ -55,7 +55,8 @@ fn local_registry() -> Arc<LocalRegistry> {
 }
 
 async fn healthy(http: &reqwest::Client, url: &str, did: &Did) -> Value {
-    wait_healthy(http, url, did, Duration::from_secs(10), &mut |_| {})
+    HealthGate::default()
+        .wait(http, url, did, Duration::from_secs(10), &mut |_| {})
         .await
         .unwrap()
         .body

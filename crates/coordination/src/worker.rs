@@ -1,4 +1,4 @@
-//! The worker polling loop of the seed's "Production Polling".
+//! The worker polling loop: poll the status key, run the task, write the result.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub struct WorkerConfig {
 }
 
 impl Default for WorkerConfig {
-    /// The seed's 3–5 s polling, 2 min per task, backoff up to 1 min.
+    /// 3–5 s polling, 2 min per task, backoff up to 1 min.
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_secs(3),

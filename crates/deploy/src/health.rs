@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use delibera_backoff::{Backoff, Jitter};
 use delibera_identity::Did;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -43,7 +44,7 @@ pub struct HealthGate {
 }
 
 impl Default for HealthGate {
-    /// 2 s doubling to 15 s (the reference polls every 15 s), 10 s per probe.
+    /// 2 s doubling to 15 s (the TypeScript server polls every 15 s), 10 s per probe.
     fn default() -> Self {
         HealthGate {
             initial_interval: Duration::from_secs(2),
@@ -72,7 +73,8 @@ impl HealthGate {
         on_progress: OnHealthProgress<'_>,
     ) -> Result<HealthReport> {
         let started = Instant::now();
-        let mut interval = self.initial_interval;
+        let pauses =
+            Backoff::new(self.initial_interval, self.max_interval).with_jitter(Jitter::None);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -105,23 +107,9 @@ impl HealthGate {
                     last_problem: problem,
                 });
             }
-            tokio::time::sleep(interval.min(deadline.saturating_sub(elapsed))).await;
-            interval = interval.saturating_mul(2).min(self.max_interval);
+            tokio::time::sleep(pauses.delay(attempt).min(deadline.saturating_sub(elapsed))).await;
         }
     }
-}
-
-/// [`HealthGate::wait`] with the default polling settings.
-pub async fn wait_healthy(
-    http: &reqwest::Client,
-    url: &str,
-    expected_did: &Did,
-    deadline: Duration,
-    on_progress: OnHealthProgress<'_>,
-) -> Result<HealthReport> {
-    HealthGate::default()
-        .wait(http, url, expected_did, deadline, on_progress)
-        .await
 }
 
 /// One probe: the body when it is healthy, else why not.

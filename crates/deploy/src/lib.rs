@@ -17,7 +17,7 @@ pub use agent_env::{
 pub use deployer::Deployer;
 pub use env_var::{EnvVar, env_keys, validate_env_key, validate_env_list};
 pub use error::{BoxError, Error, Result};
-pub use health::{HealthGate, HealthProgress, HealthReport, OnHealthProgress, wait_healthy};
+pub use health::{HealthGate, HealthProgress, HealthReport, OnHealthProgress};
 pub use role::AgentRole;
 pub use spec::{
     AgentSpec, DEFAULT_COORDINATOR_IMAGE, DEFAULT_WORKER_IMAGE, Deployment, DeploymentName,

@@ -76,7 +76,7 @@ impl ImageRef {
         Ok(ImageRef(format!("{name}@{digest}")))
     }
 
-    /// Whether the reference names a digest, so a compose hash pins the exact image.
+    /// Whether the image reference names a digest, so a compose hash pins the exact image.
     pub fn is_pinned(&self) -> bool {
         self.0.contains('@')
     }

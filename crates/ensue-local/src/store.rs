@@ -27,7 +27,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
-/// The longest organisation name (the hosted service's rule, as the reference enforces it).
+/// The longest organisation name (the hosted service's rule).
 const MAX_ORG_NAME_LEN: usize = 64;
 
 const SCHEMA: &str = "

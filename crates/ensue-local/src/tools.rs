@@ -1,5 +1,5 @@
 //! The memory tools, reached two ways: MCP `tools/call` (what the hosted
-//! service speaks) and the seed's direct methods (`method` = the tool name).
+//! service speaks) and the direct methods (`method` = the tool name).
 
 use serde_json::{Map, Value, json};
 
@@ -116,7 +116,7 @@ pub(crate) async fn dispatch(
             })?;
             let params = object(params, "params")?;
             // MCP arguments sent without the `tools/call` wrapper are served
-            // too; everything else (including nothing) is read in the seed's
+            // too; everything else (including nothing) is read in the direct dialect's
             // form, so its errors name `params.key`.
             let mcp_arguments = ["items", "key_names", "key_name"]
                 .iter()
@@ -182,13 +182,8 @@ async fn run_mcp(
             Ok(batch_outcome(results))
         }
         Operation::Update => {
-            let key_name = key(args, "key_name", "arguments")?;
-            let value = value(args, "arguments", limits)?;
-            let description = description(args, "arguments")?;
-            let found = store
-                .update(org, key_name.clone(), value.clone(), description)
-                .await
-                .map_err(internal)?;
+            let (key_name, value, found) =
+                update_one(state, org, args, "key_name", "arguments").await?;
             Ok(if found {
                 Outcome::Success(json!({
                     "results": [{ "key_name": key_name, "value": value, "status": "success" }],
@@ -252,18 +247,32 @@ async fn run_mcp(
                     })
                 })
                 .collect();
-            Ok(Outcome::Success(json!({
-                "keys": keys,
-                "count": keys.len(),
-                "total": page.total,
-                "offset": page.offset,
-                "limit": page.limit,
-            })))
+            Ok(page.outcome(keys))
         }
     }
 }
 
-/// The seed's form: `{key, value}`, `{key}`, `{prefix}`; results `{key, value}`,
+/// `update_memory` of one key, whichever dialect named it: the key (under
+/// `key_field`), the new value and whether the key existed.
+async fn update_one(
+    state: &AppState,
+    org: OrgId,
+    map: &Map<String, Value>,
+    key_field: &str,
+    path: &str,
+) -> Result<(String, String, bool), ErrorObject> {
+    let key_name = key(map, key_field, path)?;
+    let value = value(map, path, state.limits())?;
+    let description = description(map, path)?;
+    let found = state
+        .store()
+        .update(org, key_name.clone(), value.clone(), description)
+        .await
+        .map_err(internal)?;
+    Ok((key_name, value, found))
+}
+
+/// The direct form: `{key, value}`, `{key}`, `{prefix}`; results `{key, value}`,
 /// keys as plain strings.
 async fn run_direct(
     state: &AppState,
@@ -304,13 +313,7 @@ async fn run_direct(
             })
         }
         Operation::Update => {
-            let key_name = key(params, "key", "params")?;
-            let value = value(params, "params", limits)?;
-            let description = description(params, "params")?;
-            let found = store
-                .update(org, key_name.clone(), value.clone(), description)
-                .await
-                .map_err(internal)?;
+            let (key_name, value, found) = update_one(state, org, params, "key", "params").await?;
             Ok(if found {
                 success(&key_name, Some(&value))
             } else {
@@ -342,14 +345,12 @@ async fn run_direct(
         }
         Operation::List => {
             let page = list_page(state, org, params, DefaultLimit::All).await?;
-            let keys: Vec<&str> = page.keys.iter().map(|k| k.key_name.as_str()).collect();
-            Ok(Outcome::Success(json!({
-                "keys": keys,
-                "count": keys.len(),
-                "total": page.total,
-                "offset": page.offset,
-                "limit": page.limit,
-            })))
+            let keys: Vec<Value> = page
+                .keys
+                .iter()
+                .map(|info| Value::String(info.key_name.clone()))
+                .collect();
+            Ok(page.outcome(keys))
         }
     }
 }
@@ -362,12 +363,26 @@ struct ListPage {
     limit: Option<i64>,
 }
 
+impl ListPage {
+    /// The `list_keys` result: `keys` (each dialect's form of this page's
+    /// keys) with the page's counts.
+    fn outcome(&self, keys: Vec<Value>) -> Outcome {
+        Outcome::Success(json!({
+            "count": keys.len(),
+            "keys": keys,
+            "total": self.total,
+            "offset": self.offset,
+            "limit": self.limit,
+        }))
+    }
+}
+
 /// How many keys a `list_keys` without `limit` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DefaultLimit {
     /// One page of [`MAX_BATCH`], as the hosted service does.
     Page,
-    /// Every match: the seed's form says "list all keys matching a prefix"
+    /// Every match: the direct form says "list all keys matching a prefix"
     /// and has no paging.
     All,
 }
@@ -429,7 +444,7 @@ async fn list_page(
 }
 
 /// A batch where every item failed is a tool error too, so that clients that
-/// only look at `isError` (like the reference) still see the failure; the
+/// only look at `isError` (like the TypeScript client) still see the failure; the
 /// per-item results stay in `structuredContent`.
 fn batch_outcome(results: Vec<Value>) -> Outcome {
     let first_error = results

@@ -192,7 +192,7 @@ impl EnsueClient {
         };
         let mut found = HashMap::new();
         for (index, item) in results(&payload)?.iter().enumerate() {
-            // The seed's single-key answer may omit the key name: it is then
+            // The direct dialect's single-key answer may omit the key name: it is then
             // the key we asked for, matched by position.
             let only = if keys.len() == 1 {
                 keys.first().cloned()
@@ -206,7 +206,7 @@ impl EnsueClient {
             if !keys.contains(&key) {
                 continue;
             }
-            // ensue-cli and the reference treat any status but success as "not there".
+            // ensue-cli and the TypeScript client treat any status but success as "not there".
             if item_outcome(item, &key).is_err() {
                 continue;
             }
@@ -450,7 +450,7 @@ fn check_items(payload: &Value, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// `key_name` (MCP) or `key` (the seed's form) of a result item.
+/// `key_name` (MCP) or `key` (the direct dialect) of a result item.
 fn item_key(item: &Value) -> Option<String> {
     item.get("key_name")
         .or_else(|| item.get("key"))
@@ -458,7 +458,7 @@ fn item_key(item: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Whether a result item succeeded. No `status` counts as success (the seed's
+/// Whether a result item succeeded. No `status` counts as success (the direct dialect's
 /// items have none); any other status is classified by its words.
 fn item_outcome(item: &Value, key: &str) -> Result<()> {
     let Some(status) = item.get("status") else {

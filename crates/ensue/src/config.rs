@@ -20,7 +20,7 @@ pub enum Dialect {
     /// the real argument names (`items`, `key_names`, `key_name`, `prefix/limit/offset`).
     #[default]
     Mcp,
-    /// The seed specification's form: `method` is the tool name and `params`
+    /// The plain form of the memory API: `method` is the tool name and `params`
     /// are `{key, value}`, `{key}` or `{prefix}`.
     Direct,
 }
@@ -87,7 +87,7 @@ pub struct EnsueConfig {
 
 impl EnsueConfig {
     /// The hosted service with this API key, the MCP dialect, a 15 s timeout
-    /// (the reference's) and [`DEFAULT_RETRY`].
+    /// (the TypeScript client's) and [`DEFAULT_RETRY`].
     pub fn new(api_key: impl Into<String>) -> Self {
         Self {
             base_url: default_base_url(),

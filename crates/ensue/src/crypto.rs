@@ -1,4 +1,4 @@
-//! Value encryption compatible with the reference worker's `local-crypto.ts`.
+//! Value encryption compatible with the TypeScript worker's `local-crypto.ts`.
 //!
 //! Stored form: `aes256gcm:` + standard padded base64 of
 //! `iv (12 bytes) ‖ AES-256-GCM ciphertext ‖ tag (16 bytes)`, no associated data.
@@ -30,7 +30,7 @@ pub const IV_LENGTH: usize = 12;
 /// Length of the GCM tag at the end of every ciphertext.
 pub const TAG_LENGTH: usize = 16;
 
-/// Below this many bytes of base64 output the reference decodes the key as hex.
+/// Below this many bytes of base64 output the TypeScript worker decodes the key as hex.
 const MIN_BASE64_KEY_BYTES: usize = 16;
 
 /// The AES-256 key that seals and unseals Ensue values. Zeroized on drop,
@@ -41,7 +41,7 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    /// Derives the key from a private-key string as the reference does (e.g.
+    /// Derives the key from a private-key string as the TypeScript worker does (e.g.
     /// `STORACHA_AGENT_PRIVATE_KEY`, `MgCY…`).
     pub fn from_private_key(private_key: &str) -> Result<Self> {
         Self::from_key_material(&key_material(private_key))
@@ -65,7 +65,7 @@ impl CacheKey {
         &self.aes_key
     }
 
-    /// Encrypts `plaintext` (the reference seals `JSON.stringify(value)`) with
+    /// Encrypts `plaintext` (the TypeScript worker seals `JSON.stringify(value)`) with
     /// a fresh random IV.
     pub fn seal(&self, plaintext: &str) -> Result<String> {
         let mut iv = [0u8; IV_LENGTH];
@@ -138,7 +138,7 @@ pub fn is_sealed(value: &str) -> bool {
     value.starts_with(ENCRYPTED_PREFIX)
 }
 
-/// The reference's `keyBytes`: Node's lenient base64 of the whole string, or
+/// The TypeScript worker's `keyBytes`: Node's lenient base64 of the whole string, or
 /// Node's lenient hex when that gives under 16 bytes.
 pub fn key_material(private_key: &str) -> Zeroizing<Vec<u8>> {
     let from_base64 = Zeroizing::new(node_base64_decode(private_key));

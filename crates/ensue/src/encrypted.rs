@@ -9,11 +9,11 @@ use crate::{Memory, Result};
 ///
 /// Reads decrypt sealed values and pass legacy plaintext values through
 /// unchanged; since every write seals, a plaintext entry becomes ciphertext
-/// the next time it is written (the reference's auto-migration). A value
+/// the next time it is written (the TypeScript worker's auto-migration). A value
 /// sealed under another key, or tampered with, is an error, never garbage.
 ///
-/// The value string is what is encrypted, byte for byte: the reference seals
-/// `JSON.stringify(value)`, so write JSON documents when the reference must
+/// The value string is what is encrypted, byte for byte: the TypeScript worker seals
+/// `JSON.stringify(value)`, so write JSON documents when a TypeScript agent must
 /// read them back.
 #[derive(Debug, Clone)]
 pub struct EncryptedMemory<M> {

@@ -2,16 +2,7 @@
 
 use std::time::Duration;
 
-/// How many characters of an offending response body an error keeps.
-pub(crate) const BODY_EXCERPT_CHARS: usize = 512;
-
-/// Keeps at most [`BODY_EXCERPT_CHARS`] characters of `text`, marking the cut.
-pub(crate) fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(BODY_EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
-        None => text.to_owned(),
-    }
-}
+pub(crate) use delibera_jsonrpc::excerpt;
 
 /// Everything that can go wrong talking to Ensue, sealing values or building keys.
 ///

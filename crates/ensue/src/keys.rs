@@ -89,7 +89,7 @@ pub enum WorkerField {
 }
 
 impl WorkerField {
-    /// Every field, in the seed's order.
+    /// Every field, in the order the key layout lists them.
     pub const ALL: [WorkerField; 4] = [
         WorkerField::Status,
         WorkerField::Result,

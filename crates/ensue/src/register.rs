@@ -85,7 +85,7 @@ struct Answer {
 /// [`DEFAULT_BASE_URL`](crate::DEFAULT_BASE_URL)). No API key is needed.
 ///
 /// Reads the answer's `api_key`, `claim_url` and `verification_code` at the
-/// top level, or nested under `agent` as the reference expects.
+/// top level, or nested under `agent` as the TypeScript server expects.
 pub async fn register_org(base_url: &str, name: &str) -> Result<OrgRegistration> {
     validate_org_name(name)?;
     let base = Url::parse(base_url).map_err(|error| Error::Config {

@@ -1,10 +1,11 @@
 //! The one error type of this crate.
 
 /// How many characters of an offending body an error keeps.
-const BODY_EXCERPT_CHARS: usize = 512;
+pub const BODY_EXCERPT_CHARS: usize = 512;
 
-/// Keeps at most [`BODY_EXCERPT_CHARS`] characters of `text`, marking the cut.
-pub(crate) fn excerpt(text: &str) -> String {
+/// Keeps at most [`BODY_EXCERPT_CHARS`] characters of `text`, marking the cut:
+/// what an error message keeps of a body it could not read.
+pub fn excerpt(text: &str) -> String {
     match text.char_indices().nth(BODY_EXCERPT_CHARS) {
         Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
         None => text.to_owned(),

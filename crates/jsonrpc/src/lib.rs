@@ -9,7 +9,7 @@ mod request;
 mod response;
 mod server;
 
-pub use error::{Error, Result};
+pub use error::{BODY_EXCERPT_CHARS, Error, Result, excerpt};
 pub use error_object::ErrorObject;
 pub use id::Id;
 pub use reader::read_response;

@@ -14,9 +14,9 @@ pub const MAINNET_REGISTRY_CONTRACT_ID: &str = "registry.agents-coordinator.near
 pub const TESTNET_COORDINATOR_CONTRACT_ID: &str = "coordinator.agents-coordinator.testnet";
 /// The coordinator contract on mainnet.
 pub const MAINNET_COORDINATOR_CONTRACT_ID: &str = "coordinator.agents-coordinator.near";
-/// The public RPC the reference uses on testnet.
+/// The public FastNEAR RPC on testnet (what the TypeScript agents use).
 pub const TESTNET_RPC_URL: &str = "https://test.rpc.fastnear.com";
-/// The public RPC the reference uses on mainnet.
+/// The public FastNEAR RPC on mainnet (what the TypeScript agents use).
 pub const MAINNET_RPC_URL: &str = "https://rpc.fastnear.com";
 
 /// Gas for the registry's and roster's change methods (30 Tgas; they only touch storage).
@@ -124,38 +124,33 @@ pub struct RegisteredWorker {
 /// The registry contract: views over RPC, change calls signed in-process.
 #[derive(Debug, Clone)]
 pub struct RegistryContract {
-    rpc: NearRpc,
-    contract_id: AccountId,
-    sender: Option<TransactionSender>,
+    contract: Contract,
 }
 
 impl RegistryContract {
     /// A view-only client.
     pub fn new(rpc: NearRpc, contract_id: AccountId) -> Self {
         Self {
-            rpc,
-            contract_id,
-            sender: None,
+            contract: Contract::new(rpc, contract_id, None),
         }
     }
 
     /// A client that can also sign change calls as `sender`'s account.
     pub fn with_sender(sender: TransactionSender, contract_id: AccountId) -> Self {
         Self {
-            rpc: sender.rpc().clone(),
-            contract_id,
-            sender: Some(sender),
+            contract: Contract::new(sender.rpc().clone(), contract_id, Some(sender)),
         }
     }
 
     /// The contract account.
     pub fn contract_id(&self) -> &AccountId {
-        &self.contract_id
+        &self.contract.id
     }
 
     /// The signer's account, if this client can sign.
     pub fn signer_account(&self) -> Option<&AccountId> {
-        self.sender
+        self.contract
+            .sender
             .as_ref()
             .map(|sender| sender.signer().account_id())
     }
@@ -262,7 +257,7 @@ impl RegistryContract {
     }
 
     async fn view<T: serde::de::DeserializeOwned>(&self, method: &str, args: Value) -> Result<T> {
-        self.rpc.view(&self.contract_id, method, &args).await
+        self.contract.view(method, args).await
     }
 
     async fn change(
@@ -271,46 +266,34 @@ impl RegistryContract {
         args: Value,
         deposit: u128,
     ) -> Result<crate::ExecutionOutcome> {
-        let sender = self.sender.as_ref().ok_or(Error::NoSigner)?;
-        sender
-            .function_call(
-                &self.contract_id,
-                FunctionCall::json(method, &args, CHANGE_CALL_GAS, deposit),
-            )
-            .await
+        self.contract.change(method, args, deposit).await
     }
 }
 
 /// A coordinator contract's worker roster.
 #[derive(Debug, Clone)]
 pub struct CoordinatorContract {
-    rpc: NearRpc,
-    contract_id: AccountId,
-    sender: Option<TransactionSender>,
+    contract: Contract,
 }
 
 impl CoordinatorContract {
     /// A view-only client.
     pub fn new(rpc: NearRpc, contract_id: AccountId) -> Self {
         Self {
-            rpc,
-            contract_id,
-            sender: None,
+            contract: Contract::new(rpc, contract_id, None),
         }
     }
 
     /// A client that can also sign change calls as `sender`'s account.
     pub fn with_sender(sender: TransactionSender, contract_id: AccountId) -> Self {
         Self {
-            rpc: sender.rpc().clone(),
-            contract_id,
-            sender: Some(sender),
+            contract: Contract::new(sender.rpc().clone(), contract_id, Some(sender)),
         }
     }
 
     /// The contract account.
     pub fn contract_id(&self) -> &AccountId {
-        &self.contract_id
+        &self.contract.id
     }
 
     /// `register_worker(worker_id, account_id?)` (the owner or a registered coordinator only).
@@ -334,27 +317,51 @@ impl CoordinatorContract {
 
     /// `get_registered_workers`: the whole roster, active or not.
     pub async fn get_registered_workers(&self) -> Result<Vec<RegisteredWorker>> {
-        self.rpc
-            .view(&self.contract_id, "get_registered_workers", &json!({}))
+        self.contract
+            .view("get_registered_workers", json!({}))
             .await
     }
 
     /// `get_worker_count`: active workers on the roster.
     pub async fn get_worker_count(&self) -> Result<u32> {
-        self.rpc
-            .view(&self.contract_id, "get_worker_count", &json!({}))
-            .await
+        self.contract.view("get_worker_count", json!({})).await
     }
 
     async fn change(&self, method: &str, args: Value) -> Result<()> {
+        self.contract.change(method, args, 0).await.map(drop)
+    }
+}
+
+/// One contract: views over RPC, and change calls when a sender can sign them.
+#[derive(Debug, Clone)]
+struct Contract {
+    rpc: NearRpc,
+    id: AccountId,
+    sender: Option<TransactionSender>,
+}
+
+impl Contract {
+    fn new(rpc: NearRpc, id: AccountId, sender: Option<TransactionSender>) -> Self {
+        Self { rpc, id, sender }
+    }
+
+    async fn view<T: serde::de::DeserializeOwned>(&self, method: &str, args: Value) -> Result<T> {
+        self.rpc.view(&self.id, method, &args).await
+    }
+
+    async fn change(
+        &self,
+        method: &str,
+        args: Value,
+        deposit: u128,
+    ) -> Result<crate::ExecutionOutcome> {
         let sender = self.sender.as_ref().ok_or(Error::NoSigner)?;
         sender
             .function_call(
-                &self.contract_id,
-                FunctionCall::json(method, &args, CHANGE_CALL_GAS, 0),
+                &self.id,
+                FunctionCall::json(method, &args, CHANGE_CALL_GAS, deposit),
             )
             .await
-            .map(drop)
     }
 }
 

@@ -21,7 +21,7 @@ pub const API_VERSION_2025_10_28: &str = "2025-10-28";
 pub const API_VERSION_2026_01_21: &str = "2026-01-21";
 /// The `X-Phala-Version` sent unless configured: `2025-10-28`, the one version
 /// both SDK generations support (so the least likely to be retired) and the
-/// shape the reference parses. Both shapes are read whatever is sent.
+/// shape the TypeScript server parses. Both shapes are read whatever is sent.
 pub const DEFAULT_API_VERSION: &str = API_VERSION_2025_10_28;
 
 /// The instance type the SDK adds when none is given.
@@ -148,7 +148,7 @@ pub struct Cvm {
     pub progress_target: Option<String>,
     /// The app id (40 hex).
     pub app_id: Option<String>,
-    /// The VM UUID, the id the reference uses.
+    /// The VM UUID, the id the TypeScript server uses.
     pub vm_uuid: Option<String>,
     /// The instance id.
     pub instance_id: Option<String>,
@@ -203,7 +203,7 @@ impl Cvm {
         })
     }
 
-    /// The id to address this CVM by: `vm_uuid`, else `id` (the reference's choice).
+    /// The id to address this CVM by: `vm_uuid`, else `id` (the TypeScript server's choice).
     pub fn cvm_id(&self) -> &str {
         self.vm_uuid.as_deref().unwrap_or(&self.id)
     }

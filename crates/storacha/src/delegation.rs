@@ -404,7 +404,7 @@ impl Delegation {
     }
 
     /// The archive as Node's `Buffer.toString('base64')` prints it (padded
-    /// standard base64): the form the reference server hands to workers.
+    /// standard base64): the form the TypeScript server hands to workers.
     pub fn to_base64(&self) -> String {
         general_purpose::STANDARD.encode(self.archive())
     }

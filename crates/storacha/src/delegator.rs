@@ -11,7 +11,7 @@ use delibera_identity::{Did, Keypair, Zeroizing};
 
 use crate::{Capability, Delegation, Error, Principal, Result};
 
-/// The abilities the reference server delegates to every new agent, in its order.
+/// The abilities the TypeScript server delegates to every new agent, in its order.
 pub const SPACE_ACCESS_ABILITIES: [&str; 6] = [
     "space/blob/add",
     "space/index/add",
@@ -20,7 +20,7 @@ pub const SPACE_ACCESS_ABILITIES: [&str; 6] = [
     "space/content/serve/*",
     "space/content/decrypt",
 ];
-/// How long an agent's delegation lasts: 365 days, as in the reference.
+/// How long an agent's delegation lasts: 365 days, as the TypeScript server grants.
 pub const SPACE_ACCESS_LIFETIME_SECS: u64 = 365 * 24 * 60 * 60;
 /// The file, inside the data directory, holding the local space key.
 pub const LOCAL_SPACE_KEY_FILE: &str = "storacha-space.key";
@@ -61,7 +61,7 @@ pub struct SpaceDelegation {
     pub space_did: Did,
     /// The `mAYIEA…` identity-CID form (what `@storacha/client/proof` parses).
     pub proof: String,
-    /// The padded base64 archive (the reference server's form).
+    /// The padded base64 archive (the TypeScript server's form).
     pub proof_base64: String,
 }
 

@@ -226,6 +226,16 @@ pub fn status_view(job: &Job) -> JobStatusView {
     }
 }
 
+/// The job once the machine has registered it (both registration routes).
+async fn registered(
+    state: &AppState,
+    job_id: &str,
+    role: AgentRole,
+    registration: Registration,
+) -> Result<Job, ApiError> {
+    Ok(state.jobs.register(job_id, role, registration).await?)
+}
+
 /// Finish a worker job after the wallet signed the registry transaction.
 #[utoipa::path(post, path = "/api/provision/register", tag = "provisioning", request_body = RegisterRequest,
     responses((status = 200, body = WorkerRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -238,10 +248,7 @@ pub async fn register(
         tx_hash: request.tx_hash,
         contract_address: None,
     };
-    let job = state
-        .jobs
-        .register(&request.job_id, AgentRole::Worker, registration)
-        .await?;
+    let job = registered(&state, &request.job_id, AgentRole::Worker, registration).await?;
     Ok(Json(WorkerRegistered {
         status: job.status.as_str().into(),
         worker_did: job.agent_did.map(|did| did.to_string()),
@@ -268,10 +275,13 @@ pub async fn coordinator_register(
         tx_hash: request.tx_hash,
         contract_address,
     };
-    let job = state
-        .jobs
-        .register(&request.job_id, AgentRole::Coordinator, registration)
-        .await?;
+    let job = registered(
+        &state,
+        &request.job_id,
+        AgentRole::Coordinator,
+        registration,
+    )
+    .await?;
     Ok(Json(CoordinatorRegistered {
         status: job.status.as_str().into(),
         coordinator_did: job.agent_did.map(|did| did.to_string()),
