@@ -1,12 +1,11 @@
 //! Every route answers malformed input with a 4xx and `{"error": "…"}`:
 //! never a 500, never a panic.
 
-mod common;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{Options, TestApp, TestDeployer};
 use serde_json::{Value, json};
+
+use crate::common::{self, Options, TestApp, TestDeployer};
 
 const DID: &str = "did:key:z6MktnLCM9uGL4j8VSMinpV13BUYwss4R1fjcq2DiLmyjF7M";
 

@@ -1,17 +1,16 @@
 //! The worker loop on its own: one poll at a time, timeouts and shutdown.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
 use delibera_coordination::{
     Error, PollOutcome, TaskDefinition, TaskHandler, Vote, Worker, WorkerConfig,
 };
 use delibera_ensue::{InMemory, Memory};
 use delibera_identity::Did;
+
+use crate::common::*;
 
 fn task(round_id: &str, deadline: Duration) -> TaskDefinition {
     TaskDefinition {

@@ -1,14 +1,13 @@
 //! Provisioning flows end to end through `app(state)`, over real local parts.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Options, TestApp, TestDeployer};
 use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
 use serde_json::{Value, json};
+
+use crate::common::{Options, TestApp, TestDeployer};
 
 const SECRET_FIELDS: [&str; 4] = [
     "storachaPrivateKey",

@@ -1,11 +1,10 @@
 //! The OpenAPI document is valid OpenAPI 3, lists every route, and every
 //! listed route is served.
 
-mod common;
-
 use axum::http::StatusCode;
-use common::{Options, TestApp, TestDeployer};
 use serde_json::Value;
+
+use crate::common::{Options, TestApp, TestDeployer};
 
 const ROUTES: [(&str, &str); 13] = [
     ("get", "/"),

@@ -1,18 +1,17 @@
 //! Coordinator rounds with real worker loops over shared memory.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use delibera_coordination::{
     Coordinator, Decision, Proposal, Tally, TaskHandler, Vote, WorkerOutcomeStatus, WorkerResult,
 };
 use delibera_ensue::{EnsueClient, EnsueConfig, InMemory, Memory};
 use delibera_ensue_local::{Config, LocalEnsue};
 use delibera_identity::Did;
+
+use crate::common::*;
 
 /// Generous: rounds end as soon as every worker answered.
 const ROUND_DEADLINE: Duration = Duration::from_secs(10);

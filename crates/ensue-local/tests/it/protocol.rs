@@ -1,12 +1,11 @@
 //! The wire protocol, spoken by hand over loopback HTTP: every tool in both
 //! dialects, the framing, the limits and every class of malformed request.
 
-mod common;
-
-use common::{create, direct, get, post_raw, rpc, rpc_error, start, tool};
 use delibera_ensue_local::{Config, Limits, LocalEnsue};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::common::{create, direct, get, post_raw, rpc, rpc_error, start, tool};
 
 fn keys_of(result: &Value) -> Vec<String> {
     result["structuredContent"]["keys"]

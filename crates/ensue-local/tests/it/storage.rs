@@ -1,14 +1,13 @@
 //! Durability across restarts and safety under concurrent writers, on a real
 //! SQLite file.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{create, get, tool, upsert};
 use delibera_ensue_local::{ApiKey, Config, DATABASE_FILE, LocalEnsue};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
+
+use crate::common::{create, get, tool, upsert};
 
 const KEYS: usize = 250;
 

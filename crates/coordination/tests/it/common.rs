@@ -1,5 +1,4 @@
 //! Shared test helpers: handlers, memory wrappers and worker spawning.
-#![allow(dead_code, unreachable_pub)] // Each test binary uses a different subset.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -3,15 +3,12 @@
 //! agent reads, it carries the chain and the public URL, and the agent needs
 //! nothing it does not get.
 
-mod common;
-
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Api, TestApp};
 use delibera_deploy::{AgentEnv, AgentRole, EnvVar, HealthGate, vars};
 use delibera_ensue_local::LocalEnsue;
 use delibera_near::{CoordinatorRegistration, LocalRegistry};
@@ -27,6 +24,8 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use zeroize::Zeroizing;
+
+use crate::common::{self, Api, TestApp};
 
 const KMS_KEY: [u8; 32] = [0x21; 32];
 const APP_ID: &str = "1f2e3d4c5b6a79880716253443526170ffeeddcc";

@@ -2,8 +2,6 @@
 //! SQLite local registry, the local Storacha space — plus a test deployer
 //! whose "agents" are real HTTP health endpoints on loopback.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

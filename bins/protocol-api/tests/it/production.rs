@@ -4,15 +4,14 @@
 //! a NEAR RPC (here a wiremock fake of the `tx` method). The local registry
 //! stands in for the chain's contract state.
 
-mod common;
-
 use axum::http::StatusCode;
 use base64::Engine;
-use common::{Options, REGISTRY_CONTRACT, TestApp, TestDeployer};
 use delibera_near::{AccountId, CoordinatorRegistration, CryptoHash, Registry, WorkerRegistration};
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::common::{Options, REGISTRY_CONTRACT, TestApp, TestDeployer};
 
 const OWNER: &str = "alice.testnet";
 const COORDINATOR_OWNER: &str = "mydao.testnet";

@@ -1,8 +1,6 @@
 //! Raw-HTTP helpers shared by the integration tests: they speak the wire
 //! protocol by hand, so the tests check the server, not a client library.
 
-#![allow(dead_code)] // Each test binary uses a different subset.
-
 use delibera_ensue_local::{Config, LocalEnsue};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

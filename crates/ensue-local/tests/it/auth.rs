@@ -1,10 +1,9 @@
 //! Bearer auth, organisation self-registration and isolation between organisations.
 
-mod common;
-
-use common::{create, get, post_raw, start, tool};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::common::{create, get, post_raw, start, tool};
 
 const PING: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 

@@ -1,0 +1,7 @@
+//! Integration tests of `delibera-coordination`, one binary.
+
+#[allow(unreachable_pub)] // `pub` helpers, used by the sibling modules only.
+mod common;
+mod llm;
+mod round;
+mod worker;

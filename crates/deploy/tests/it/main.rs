@@ -1,0 +1,6 @@
+//! Integration tests of `delibera-deploy`, one binary.
+
+mod env;
+mod env_var;
+mod health;
+mod spec;

@@ -1,0 +1,6 @@
+//! Integration tests of `delibera-ensue`, one binary.
+
+mod client;
+mod crypto;
+mod in_memory;
+mod register;
