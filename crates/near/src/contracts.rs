@@ -157,7 +157,8 @@ impl RegistryContract {
 
     /// `get_worker_by_did`.
     pub async fn get_worker_by_did(&self, worker_did: &str) -> Result<Option<WorkerRecord>> {
-        self.view("get_worker_by_did", json!({ "worker_did": worker_did }))
+        self.contract
+            .view("get_worker_by_did", json!({ "worker_did": worker_did }))
             .await
     }
 
@@ -166,11 +167,12 @@ impl RegistryContract {
         &self,
         coordinator_did: &str,
     ) -> Result<Option<CoordinatorRecord>> {
-        self.view(
-            "get_coordinator_by_did",
-            json!({ "coordinator_did": coordinator_did }),
-        )
-        .await
+        self.contract
+            .view(
+                "get_coordinator_by_did",
+                json!({ "coordinator_did": coordinator_did }),
+            )
+            .await
     }
 
     /// `get_workers_for_coordinator`: the coordinator's active workers.
@@ -178,31 +180,34 @@ impl RegistryContract {
         &self,
         coordinator_did: &str,
     ) -> Result<Vec<WorkerRecord>> {
-        self.view(
-            "get_workers_for_coordinator",
-            json!({ "coordinator_did": coordinator_did }),
-        )
-        .await
+        self.contract
+            .view(
+                "get_workers_for_coordinator",
+                json!({ "coordinator_did": coordinator_did }),
+            )
+            .await
     }
 
     /// `list_active_workers`.
     pub async fn list_active_workers(&self) -> Result<Vec<WorkerRecord>> {
-        self.view("list_active_workers", json!({})).await
+        self.contract.view("list_active_workers", json!({})).await
     }
 
     /// `list_active_coordinators`.
     pub async fn list_active_coordinators(&self) -> Result<Vec<CoordinatorRecord>> {
-        self.view("list_active_coordinators", json!({})).await
+        self.contract
+            .view("list_active_coordinators", json!({}))
+            .await
     }
 
     /// `get_stats`.
     pub async fn get_stats(&self) -> Result<RegistryStats> {
-        self.view("get_stats", json!({})).await
+        self.contract.view("get_stats", json!({})).await
     }
 
     /// `get_min_deposit`, in yoctoNEAR (the contract returns a decimal string).
     pub async fn get_min_deposit(&self) -> Result<u128> {
-        let text: String = self.view("get_min_deposit", json!({})).await?;
+        let text: String = self.contract.view("get_min_deposit", json!({})).await?;
         text.parse().map_err(|_| {
             Error::invalid_response("get_min_deposit", format!("not a yocto amount: {text:?}"))
         })
@@ -214,7 +219,8 @@ impl RegistryContract {
         registration: &CoordinatorRegistration,
     ) -> Result<CoordinatorRecord> {
         let deposit = self.get_min_deposit().await?;
-        self.change("register_coordinator", to_args(registration)?, deposit)
+        self.contract
+            .change("register_coordinator", to_args(registration)?, deposit)
             .await?
             .json()
     }
@@ -222,51 +228,42 @@ impl RegistryContract {
     /// `register_worker`, attaching `get_min_deposit`.
     pub async fn register_worker(&self, registration: &WorkerRegistration) -> Result<WorkerRecord> {
         let deposit = self.get_min_deposit().await?;
-        self.change("register_worker", to_args(registration)?, deposit)
+        self.contract
+            .change("register_worker", to_args(registration)?, deposit)
             .await?
             .json()
     }
 
     /// `update_worker_endpoint` (the worker's owner or the admin only).
     pub async fn update_worker_endpoint(&self, worker_did: &str, endpoint_url: &str) -> Result<()> {
-        self.change(
-            "update_worker_endpoint",
-            json!({ "worker_did": worker_did, "endpoint_url": endpoint_url }),
-            0,
-        )
-        .await
-        .map(drop)
+        self.contract
+            .change(
+                "update_worker_endpoint",
+                json!({ "worker_did": worker_did, "endpoint_url": endpoint_url }),
+                0,
+            )
+            .await
+            .map(drop)
     }
 
     /// `deactivate_worker` (the worker's owner or the admin only).
     pub async fn deactivate_worker(&self, worker_did: &str) -> Result<()> {
-        self.change("deactivate_worker", json!({ "worker_did": worker_did }), 0)
+        self.contract
+            .change("deactivate_worker", json!({ "worker_did": worker_did }), 0)
             .await
             .map(drop)
     }
 
     /// `deactivate_coordinator` (the coordinator's owner or the admin only).
     pub async fn deactivate_coordinator(&self, coordinator_did: &str) -> Result<()> {
-        self.change(
-            "deactivate_coordinator",
-            json!({ "coordinator_did": coordinator_did }),
-            0,
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn view<T: serde::de::DeserializeOwned>(&self, method: &str, args: Value) -> Result<T> {
-        self.contract.view(method, args).await
-    }
-
-    async fn change(
-        &self,
-        method: &str,
-        args: Value,
-        deposit: u128,
-    ) -> Result<crate::ExecutionOutcome> {
-        self.contract.change(method, args, deposit).await
+        self.contract
+            .change(
+                "deactivate_coordinator",
+                json!({ "coordinator_did": coordinator_did }),
+                0,
+            )
+            .await
+            .map(drop)
     }
 }
 
