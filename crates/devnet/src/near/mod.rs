@@ -1,0 +1,1 @@
+//! A NEAR JSON-RPC stand-in (to be written).
