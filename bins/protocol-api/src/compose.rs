@@ -178,7 +178,7 @@ pub async fn compose_production(
     let deployer: Arc<dyn Deployer> = Arc::new(PhalaDeployer::with_options(
         phala,
         PhalaDeployerOptions {
-            gateway_domain: Some(production.phala_gateway_domain.clone()),
+            public_url_template: Some(production.phala_public_url_template.clone()),
             ..PhalaDeployerOptions::default()
         },
     ));

@@ -73,10 +73,10 @@ pub struct Config {
     /// Production: Phala Cloud API base URL (default `https://cloud-api.phala.com/api/v1`).
     #[arg(long, env = "PHALA_CLOUD_API_PREFIX")]
     pub phala_api_url: Option<Url>,
-    /// Production: the gateway domain CVMs get their public URLs under
-    /// (`https://{app_id}-{port}.{domain}`), sealed into each agent's env.
-    #[arg(long, env = "PHALA_GATEWAY_DOMAIN", default_value = delibera_phala::DEFAULT_GATEWAY_DOMAIN)]
-    pub phala_gateway_domain: String,
+    /// Production: how the Phala gateway names a CVM's public URL
+    /// (`{app_id}` and `{port}` are filled in); sealed into each agent's env.
+    #[arg(long, env = "PHALA_PUBLIC_URL_TEMPLATE", default_value = delibera_phala::DEFAULT_PUBLIC_URL_TEMPLATE)]
+    pub phala_public_url_template: String,
     /// Production: the server's own Ensue API key (used for workers without a coordinator org).
     #[arg(long, env = "ENSUE_API_KEY", hide_env_values = true)]
     pub ensue_api_key: Option<String>,
@@ -161,8 +161,8 @@ pub struct ProductionConfig {
     pub phala_api_key: Zeroizing<String>,
     /// The Phala Cloud API base URL.
     pub phala_api_url: Url,
-    /// The gateway domain of CVM public URLs.
-    pub phala_gateway_domain: String,
+    /// How the gateway names a CVM's public URL.
+    pub phala_public_url_template: String,
     /// The server's own Ensue key.
     pub ensue_api_key: Zeroizing<String>,
     /// The Ensue base URL.
@@ -232,7 +232,7 @@ impl ProductionConfig {
                 Some(url) => url.clone(),
                 None => constant(delibera_phala::DEFAULT_BASE_URL, "PHALA_CLOUD_API_PREFIX")?,
             },
-            phala_gateway_domain: config.phala_gateway_domain.clone(),
+            phala_public_url_template: config.phala_public_url_template.clone(),
             ensue_api_key: secret(&config.ensue_api_key),
             ensue_url: match &config.ensue_url {
                 Some(url) => url.clone(),

@@ -44,11 +44,11 @@ pub struct PhalaDeployerOptions {
     pub dashboard_base: String,
     /// The Phala instance type, e.g. `tdx.small`.
     pub instance_type: String,
-    /// The gateway domain public URLs live under
-    /// (`https://{app_id}-{port}.{gateway_domain}`): with it, the agent's
-    /// public URL is known from the app id alone, before the CVM exists, and
-    /// is sealed into the agent's env. `None` seals no public URL.
-    pub gateway_domain: Option<String>,
+    /// How the gateway makes a CVM's public URL from its app id and port
+    /// (`{app_id}` and `{port}` are filled in): with it, the agent's public
+    /// URL is known once provision returns the app id, before the CVM
+    /// exists, and is sealed into the agent's env. `None` seals no public URL.
+    pub public_url_template: Option<String>,
 }
 
 impl Default for PhalaDeployerOptions {
@@ -59,7 +59,7 @@ impl Default for PhalaDeployerOptions {
             start_policy: StartPolicy::default(),
             dashboard_base: DEFAULT_DASHBOARD_BASE.to_owned(),
             instance_type: DEFAULT_INSTANCE_TYPE.to_owned(),
-            gateway_domain: Some(DEFAULT_GATEWAY_DOMAIN.to_owned()),
+            public_url_template: Some(DEFAULT_PUBLIC_URL_TEMPLATE.to_owned()),
         }
     }
 }
@@ -67,9 +67,9 @@ impl Default for PhalaDeployerOptions {
 /// The dashboard prefix the Phala Cloud console uses (`…/dashboard/cvms/{cvmId}`).
 pub const DEFAULT_DASHBOARD_BASE: &str = "https://cloud.phala.network/dashboard/cvms";
 
-/// The gateway domain of Phala Cloud's `prod5` cluster, where CVMs get their
-/// public URLs.
-pub const DEFAULT_GATEWAY_DOMAIN: &str = "dstack-pha-prod5.phala.network";
+/// The public URLs of Phala Cloud's `prod5` cluster's gateway.
+pub const DEFAULT_PUBLIC_URL_TEMPLATE: &str =
+    "https://{app_id}-{port}.dstack-pha-prod5.phala.network";
 
 /// How many CVMs one `GET /cvms/paginated` page asks for.
 const LIST_PAGE_SIZE: u32 = 100;
@@ -113,11 +113,15 @@ impl PhalaDeployer {
         }
     }
 
-    /// The public URL of `port` for `app_id`, when the gateway domain is configured.
+    /// The public URL of `port` for `app_id`, when a template is configured.
     fn public_url(&self, app_id: &str, port: u16) -> Option<String> {
-        let domain = self.options.gateway_domain.as_deref()?;
+        let template = self.options.public_url_template.as_deref()?;
         let app_id = app_id.strip_prefix("0x").unwrap_or(app_id);
-        Some(format!("https://{app_id}-{port}.{domain}"))
+        Some(
+            template
+                .replace("{app_id}", app_id)
+                .replace("{port}", &port.to_string()),
+        )
     }
 
     /// Polls the CVM until its URL for `port` is known, starting it per policy.
@@ -206,7 +210,7 @@ impl PhalaDeployer {
         // compose even before the app id that completes it is known.
         let public_url_key = delibera_deploy::vars::PUBLIC_URL.to_owned();
         let mut keys = provisional_keys;
-        if self.options.gateway_domain.is_some() && !keys.contains(&public_url_key) {
+        if self.options.public_url_template.is_some() && !keys.contains(&public_url_key) {
             keys.push(public_url_key);
         }
         let compose = render_compose(spec.role(), &spec.image, port, &keys)?;
@@ -232,9 +236,13 @@ impl PhalaDeployer {
         if env.public_url.is_none()
             && let Some(url) = self.public_url(&app_id, port)
         {
-            env.public_url = Some(url.parse().map_err(|error| Error::Config {
-                reason: format!("the gateway domain makes an invalid URL {url:?}: {error}"),
-            })?);
+            let url: delibera_deploy::Url = url.parse().map_err(|error| Error::Config {
+                reason: format!("the public URL template makes an invalid URL {url:?}: {error}"),
+            })?;
+            // A gateway on this machine (a rehearsal) is reachable only from
+            // it: the agent may publish such a URL only in local mode.
+            env.local = delibera_deploy::is_loopback(&url);
+            env.public_url = Some(url);
         }
         let mut vars = env.to_vars();
         validate_env_list(&vars).map_err(|error| Error::InvalidEnv {

@@ -132,7 +132,7 @@ async fn production_deployments_carry_the_chain_and_the_public_url_and_nothing_u
         deployer: Arc::new(PhalaDeployer::with_options(
             client,
             PhalaDeployerOptions {
-                gateway_domain: Some(GATEWAY.into()),
+                public_url_template: Some(format!("https://{{app_id}}-{{port}}.{GATEWAY}")),
                 url_poll_interval: Duration::from_millis(5),
                 ..PhalaDeployerOptions::default()
             },

@@ -54,7 +54,7 @@ fn deployer(server: &MockServer, start_policy: StartPolicy) -> PhalaDeployer {
             url_poll_interval: Duration::from_millis(5),
             url_deadline: Duration::from_millis(300),
             start_policy,
-            gateway_domain: Some(GATEWAY.to_owned()),
+            public_url_template: Some(format!("https://{{app_id}}-{{port}}.{GATEWAY}")),
             ..PhalaDeployerOptions::default()
         },
     )
@@ -196,7 +196,7 @@ async fn provision_seal_commit_poll() {
 }
 
 #[tokio::test]
-async fn without_a_gateway_domain_no_public_url_is_sealed() {
+async fn without_a_template_no_public_url_is_sealed() {
     let phala = MockServer::start().await;
     mount_provision_and_commit(&phala).await;
     api("GET", &format!("/cvms/{VM_UUID}"))
@@ -210,7 +210,7 @@ async fn without_a_gateway_domain_no_public_url_is_sealed() {
     let deployer = PhalaDeployer::with_options(
         client,
         PhalaDeployerOptions {
-            gateway_domain: None,
+            public_url_template: None,
             url_poll_interval: Duration::from_millis(5),
             ..PhalaDeployerOptions::default()
         },
@@ -518,4 +518,38 @@ fn agent_specs_never_debug_print_secrets() {
     assert!(shown.contains("Worker Alpha"));
     assert!(!shown.contains("lmn_secret_key"));
     assert!(!shown.contains(spec.env.identity.private_key()));
+}
+
+#[tokio::test]
+async fn a_gateway_on_this_machine_seals_local_mode_with_its_url() {
+    let phala = MockServer::start().await;
+    mount_provision_and_commit(&phala).await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(cvm(
+            "running",
+            json!([{"app": "http://127.0.0.1:9/gw/x-3001", "instance": ""}]),
+        ))
+        .mount(&phala)
+        .await;
+    let client = PhalaClient::new(&format!("{}/api/v1", phala.uri()), API_KEY).unwrap();
+    let deployer = PhalaDeployer::with_options(
+        client,
+        PhalaDeployerOptions {
+            public_url_template: Some("http://127.0.0.1:9/gw/{app_id}-{port}".into()),
+            url_poll_interval: Duration::from_millis(5),
+            ..PhalaDeployerOptions::default()
+        },
+    );
+    deployer.deploy(&spec()).await.unwrap();
+    let commit = body_of(&phala, "POST", "/cvms").await;
+    let opened = decrypt_env(&KMS_PRIVATE_KEY, commit["encrypted_env"].as_str().unwrap()).unwrap();
+    let env = AgentEnv::try_from(opened.as_slice()).unwrap();
+    assert!(
+        env.local,
+        "a loopback gateway means a rehearsal on this machine"
+    );
+    assert_eq!(
+        env.public_url.unwrap().as_str(),
+        format!("http://127.0.0.1:9/gw/{APP_ID}-3001")
+    );
 }
