@@ -3,5 +3,6 @@
 
 mod error;
 pub mod near;
+pub mod phala;
 
 pub use error::{Error, Result};

@@ -71,6 +71,9 @@ pub const DEFAULT_DASHBOARD_BASE: &str = "https://cloud.phala.network/dashboard/
 pub const DEFAULT_PUBLIC_URL_TEMPLATE: &str =
     "https://{app_id}-{port}.dstack-pha-prod5.phala.network";
 
+/// The error code of a name another CVM already carries.
+const DUPLICATE_NAME: &str = "ERR-01-004";
+
 /// How many CVMs one `GET /cvms/paginated` page asks for.
 const LIST_PAGE_SIZE: u32 = 100;
 
@@ -227,7 +230,14 @@ impl PhalaDeployer {
                 region: None,
                 teepod_id: None,
             })
-            .await?;
+            .await;
+        let provisioned = match provisioned {
+            Ok(provisioned) => provisioned,
+            Err(error) if error.error_code() == Some(DUPLICATE_NAME) => {
+                return self.adopt_named(spec, error).await;
+            }
+            Err(error) => return Err(error),
+        };
         let missing = |field: &str| Error::UnexpectedResponse {
             operation: "POST /cvms/provision".to_owned(),
             reason: format!("no {field} (only the PHALA KMS is supported)"),
@@ -271,13 +281,8 @@ impl PhalaDeployer {
             .await;
         let cvm = match committed {
             Ok(cvm) => cvm,
-            // The name is the idempotency key: a CVM that already carries it
-            // is the one an earlier, interrupted deploy made.
-            Err(error) if error.error_code() == Some("ERR-01-004") => {
-                return match self.find_cvm(&spec.name).await? {
-                    Some(cvm) => self.adopt(&spec.name, &cvm, port).await,
-                    None => Err(error),
-                };
+            Err(error) if error.error_code() == Some(DUPLICATE_NAME) => {
+                return self.adopt_named(spec, error).await;
             }
             Err(error) => return Err(error),
         };
@@ -285,6 +290,16 @@ impl PhalaDeployer {
         tracing::info!(%cvm_id, name = %spec.name, "CVM committed");
         let endpoint_url = self.endpoint_or_cleanup(&cvm_id, port).await?;
         Ok(self.deployment(spec.name.clone(), cvm_id, endpoint_url))
+    }
+
+    /// The name is the idempotency key: a CVM that already carries it (the
+    /// preflight or the commit says so) is the one an earlier, interrupted
+    /// deploy made.
+    async fn adopt_named(&self, spec: &AgentSpec, refusal: Error) -> Result<Deployment> {
+        match self.find_cvm(&spec.name).await? {
+            Some(cvm) => self.adopt(&spec.name, &cvm, spec.env.port).await,
+            None => Err(refusal),
+        }
     }
 
     async fn adopt(&self, name: &DeploymentName, cvm: &Cvm, port: u16) -> Result<Deployment> {

@@ -553,3 +553,41 @@ async fn a_gateway_on_this_machine_seals_local_mode_with_its_url() {
         format!("http://127.0.0.1:9/gw/{APP_ID}-3001")
     );
 }
+
+#[tokio::test]
+async fn a_preflight_refusing_a_duplicate_name_adopts_the_existing_cvm() {
+    let phala = MockServer::start().await;
+    let spec = spec();
+    api("POST", "/cvms/provision")
+        .respond_with(ResponseTemplate::new(409).set_body_json(json!({"detail": {
+            "error_code": "ERR-01-004", "message": "DUPLICATE_CVM_NAME",
+        }})))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    api("POST", "/cvms")
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&phala)
+        .await;
+    api("GET", "/cvms/paginated")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
+            "total": 1, "page": 1, "page_size": 100, "pages": 1,
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(cvm(
+            "running",
+            json!([{"app": "https://adopted-3001.gw.example", "instance": ""}]),
+        ))
+        .mount(&phala)
+        .await;
+    let deployment = deployer(&phala, StartPolicy::Never)
+        .deploy(&spec)
+        .await
+        .unwrap();
+    assert_eq!(deployment.id, VM_UUID);
+}

@@ -1,0 +1,3 @@
+//! Integration tests of `delibera-devnet`, one binary.
+
+mod phala;
