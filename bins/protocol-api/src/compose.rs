@@ -11,8 +11,8 @@ use delibera_deploy::{Deployer, HealthGate, Url};
 use delibera_ensue_local::LocalEnsue;
 use delibera_identity::AccountId;
 use delibera_near::{
-    ChainRegistrar, CoordinatorContract, LocalRegistry, NearRpc, Registrar, Registry,
-    RegistryContract, RpcRegistry, TransactionSender,
+    BlockReference, ChainRegistrar, CoordinatorContract, LocalRegistry, NearRpc, Registrar,
+    Registry, RegistryContract, RpcRegistry, TransactionSender,
 };
 use delibera_phala::{PhalaClient, PhalaDeployer, PhalaDeployerOptions};
 use delibera_storacha::{ConfiguredDelegator, Delegator, LocalSpaceDelegator};
@@ -190,8 +190,15 @@ pub async fn compose_production(
         RegistryContract::with_sender(sender.clone(), production.registry_contract.clone()),
         CoordinatorContract::with_sender(sender, production.coordinator_contract.clone()),
     ));
+    // Registrations are checked against the state the wallet's transaction
+    // reached (optimistic), not the final state a block or two behind it.
+    let registry_as_the_wallet_left_it: Arc<dyn Registry> = Arc::new(RpcRegistry::new(
+        RegistryContract::new(rpc.clone(), production.registry_contract.clone())
+            .reading_at(BlockReference::Optimistic),
+        CoordinatorContract::new(rpc.clone(), production.coordinator_contract.clone()),
+    ));
     let registrar: Arc<dyn Registrar> = Arc::new(ChainRegistrar::new(
-        registry.clone(),
+        registry_as_the_wallet_left_it,
         rpc,
         vec![
             production.registry_contract.clone(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use delibera_backoff::Backoff;
 use delibera_deploy::{AgentRole, Deployer, HealthGate, ImageRef, Url};
 use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
 use delibera_identity::AccountId;
@@ -113,11 +114,14 @@ pub struct Settings {
     pub allow_loopback_endpoints: bool,
     /// What agents are told about the chain.
     pub agent_chain: AgentChain,
+    /// The pauses between attempts to announce a registered agent in Ensue.
+    pub announce_retry: Backoff,
 }
 
 impl Settings {
     /// Settings with these defaults: a 10-minute health timeout, the default
-    /// images, https endpoints only, no chain for agents.
+    /// images, https endpoints only, no chain for agents, announcements
+    /// retried every 5 s growing to 5 min.
     pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
         Self {
             ensue_api_key,
@@ -126,6 +130,7 @@ impl Settings {
             coordinator_image: None,
             allow_loopback_endpoints: false,
             agent_chain: AgentChain::default(),
+            announce_retry: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
         }
     }
 

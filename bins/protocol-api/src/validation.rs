@@ -5,8 +5,11 @@ use delibera_identity::{AccountId, Did};
 
 use crate::error::ApiError;
 
-/// Longest display name, in characters.
-pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+/// Longest display name, in characters. Every place a name reaches (the CVM
+/// name, the Ensue org name) takes a slug of it cut to fit, so the bound only
+/// keeps abuse out: a coordinator's owner has signed the factory transaction
+/// before this name arrives, and must not be refused for a long one.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 256;
 
 /// Control characters, and the invisible format characters that can disguise a
 /// name (zero-width, bidirectional overrides, line/paragraph separators, BOM).
@@ -18,7 +21,7 @@ fn is_invisible(c: char) -> bool {
         || ('\u{E000}'..='\u{F8FF}').contains(&c)
 }
 
-/// A display name: 1–64 printable characters, surrounding spaces trimmed.
+/// A display name: 1–256 printable characters, surrounding spaces trimmed.
 pub fn display_name(field: &str, value: &str) -> Result<String, ApiError> {
     let trimmed = value.trim();
     let count = trimmed.chars().count();
@@ -108,8 +111,8 @@ mod tests {
             "Worker Alpha"
         );
         assert!(display_name("displayName", " ").is_err());
-        assert!(display_name("displayName", &"é".repeat(64)).is_ok());
-        assert!(display_name("displayName", &"é".repeat(65)).is_err());
+        assert!(display_name("displayName", &"é".repeat(MAX_DISPLAY_NAME_CHARS)).is_ok());
+        assert!(display_name("displayName", &"é".repeat(MAX_DISPLAY_NAME_CHARS + 1)).is_err());
         assert!(display_name("displayName", "bad\u{7}name").is_err());
     }
 

@@ -23,6 +23,12 @@ pub enum Error {
         /// The key that was written.
         key: String,
     },
+    /// `agent-register` answered 409: an organization with this name exists.
+    #[error("an organization named {name} already exists")]
+    OrgNameTaken {
+        /// The name asked for.
+        name: String,
+    },
     /// HTTP 401 or 403: a bad, expired or not-yet-claimed API key.
     #[error("unauthorized (HTTP {status}): {body}")]
     Unauthorized {

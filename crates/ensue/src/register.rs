@@ -115,6 +115,11 @@ pub async fn register_org(base_url: &str, name: &str) -> Result<OrgRegistration>
     let status = response.status().as_u16();
     let retry_after = retry_after_header(response.headers());
     let body = Zeroizing::new(response.bytes().await.map_err(Error::Transport)?.to_vec());
+    if status == 409 {
+        return Err(Error::OrgNameTaken {
+            name: name.to_owned(),
+        });
+    }
     if !(200..300).contains(&status) {
         // Failure bodies carry no key, so they are safe to keep.
         let body = excerpt(&String::from_utf8_lossy(&body));

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{AccountId, Error, FunctionCall, NearRpc, Result, TransactionSender};
+use crate::{AccountId, BlockReference, Error, FunctionCall, NearRpc, Result, TransactionSender};
 
 /// The registry contract on testnet.
 pub const TESTNET_REGISTRY_CONTRACT_ID: &str = "registry.agents-coordinator.testnet";
@@ -145,6 +145,13 @@ impl RegistryContract {
     /// The contract account.
     pub fn contract_id(&self) -> &AccountId {
         &self.contract.id
+    }
+
+    /// The same client, its views reading `block` instead of the latest
+    /// final block (e.g. `Optimistic`, to see a transaction that just executed).
+    pub fn reading_at(mut self, block: BlockReference) -> Self {
+        self.contract.block = block;
+        self
     }
 
     /// The signer's account, if this client can sign.
@@ -335,15 +342,21 @@ struct Contract {
     rpc: NearRpc,
     id: AccountId,
     sender: Option<TransactionSender>,
+    block: BlockReference,
 }
 
 impl Contract {
     fn new(rpc: NearRpc, id: AccountId, sender: Option<TransactionSender>) -> Self {
-        Self { rpc, id, sender }
+        Self {
+            rpc,
+            id,
+            sender,
+            block: BlockReference::Final,
+        }
     }
 
     async fn view<T: serde::de::DeserializeOwned>(&self, method: &str, args: Value) -> Result<T> {
-        self.rpc.view(&self.id, method, &args).await
+        self.rpc.view_at(&self.id, method, &args, &self.block).await
     }
 
     async fn change(

@@ -24,7 +24,9 @@ pub use error::{Error, Result};
 pub use js_json::js_json_stringify;
 pub use local::LocalRegistry;
 pub use outcome::{ExecutionOutcome, ExecutionStatus};
-pub use registrar::{ChainRegistrar, CoordinatorClaim, Registrar, Unconfirmed, WorkerClaim};
+pub use registrar::{
+    ChainRegistrar, CoordinatorClaim, DEFAULT_SETTLE_TIME, Registrar, Unconfirmed, WorkerClaim,
+};
 pub use registry::{EndpointUpdate, Registry, RpcRegistry};
 pub use rpc::{
     AccessKeyView, BlockHeaderView, BlockReference, DEFAULT_TIMEOUT, NearRpc, TxExecutionStatus,

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -202,7 +203,16 @@ pub struct ChainRegistrar {
     registry: Arc<dyn Registry>,
     rpc: NearRpc,
     contracts: Vec<AccountId>,
+    settle_time: Duration,
 }
+
+/// How long a record that is not (yet) as expected is read again before the
+/// answer stands: a wallet reports a transaction once it executed, and an RPC
+/// node may show the change a block or two later.
+pub const DEFAULT_SETTLE_TIME: Duration = Duration::from_secs(5);
+
+/// The pause between two reads of a record that has not settled.
+const SETTLE_POLL: Duration = Duration::from_millis(250);
 
 impl fmt::Debug for ChainRegistrar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -216,11 +226,42 @@ impl fmt::Debug for ChainRegistrar {
 impl ChainRegistrar {
     /// Reads records from `registry`, looks transactions up at `rpc`, and
     /// accepts transactions to `contracts` (the registry and the roster).
+    ///
+    /// Read the registry at the state a wallet's transaction reaches first
+    /// (`RegistryContract::reading_at(BlockReference::Optimistic)`), so a
+    /// registration that just executed is seen at once.
     pub fn new(registry: Arc<dyn Registry>, rpc: NearRpc, contracts: Vec<AccountId>) -> Self {
         Self {
             registry,
             rpc,
             contracts,
+            settle_time: DEFAULT_SETTLE_TIME,
+        }
+    }
+
+    /// Reads a record that is not as expected again for up to `settle_time`
+    /// (default [`DEFAULT_SETTLE_TIME`]) before refusing.
+    pub fn with_settle_time(mut self, settle_time: Duration) -> Self {
+        self.settle_time = settle_time;
+        self
+    }
+
+    /// Runs `check` until it passes, fails for a reason that will not change
+    /// by waiting, or the settle time is over.
+    async fn settled<T, F, Fut>(&self, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let started = tokio::time::Instant::now();
+        loop {
+            match check().await {
+                Err(Error::Unconfirmed(reason)) if started.elapsed() < self.settle_time => {
+                    tracing::debug!(%reason, "registry record not settled yet; reading again");
+                    tokio::time::sleep(SETTLE_POLL).await;
+                }
+                outcome => return outcome,
+            }
         }
     }
 
@@ -336,30 +377,33 @@ impl Registrar for ChainRegistrar {
         let expected = &claim.registration;
         self.verify_transaction(claim.tx_hash.as_deref(), &claim.owner, &[])
             .await?;
-        let record = self
-            .registry
-            .worker_by_did(&expected.worker_did)
-            .await?
-            .ok_or_else(|| Unconfirmed::NotRegistered {
-                kind: "worker",
-                did: expected.worker_did.clone(),
-            })?;
-        check_record(
-            "worker",
-            &expected.worker_did,
-            (&claim.owner, &expected.endpoint_url),
-            (record.is_active, &record.account_id, &record.endpoint_url),
-        )?;
-        if record.coordinator_did != expected.coordinator_did {
-            return Err(Unconfirmed::Mismatch {
-                did: expected.worker_did.clone(),
-                field: "coordinator",
-                expected: expected.coordinator_did.clone(),
-                found: record.coordinator_did,
+        self.settled(|| async {
+            let record = self
+                .registry
+                .worker_by_did(&expected.worker_did)
+                .await?
+                .ok_or_else(|| Unconfirmed::NotRegistered {
+                    kind: "worker",
+                    did: expected.worker_did.clone(),
+                })?;
+            check_record(
+                "worker",
+                &expected.worker_did,
+                (&claim.owner, &expected.endpoint_url),
+                (record.is_active, &record.account_id, &record.endpoint_url),
+            )?;
+            if record.coordinator_did != expected.coordinator_did {
+                return Err(Unconfirmed::Mismatch {
+                    did: expected.worker_did.clone(),
+                    field: "coordinator",
+                    expected: expected.coordinator_did.clone(),
+                    found: record.coordinator_did,
+                }
+                .into());
             }
-            .into());
-        }
-        Ok(record)
+            Ok(record)
+        })
+        .await
     }
 
     async fn complete_coordinator(&self, claim: &CoordinatorClaim) -> Result<CoordinatorRecord> {
@@ -378,20 +422,23 @@ impl Registrar for ChainRegistrar {
             &factory_and_contract,
         )
         .await?;
-        let record = self
-            .registry
-            .coordinator_by_did(&expected.coordinator_did)
-            .await?
-            .ok_or_else(|| Unconfirmed::NotRegistered {
-                kind: "coordinator",
-                did: expected.coordinator_did.clone(),
-            })?;
-        check_record(
-            "coordinator",
-            &expected.coordinator_did,
-            (&claim.owner, &expected.endpoint_url),
-            (record.is_active, &record.account_id, &record.endpoint_url),
-        )?;
-        Ok(record)
+        self.settled(|| async {
+            let record = self
+                .registry
+                .coordinator_by_did(&expected.coordinator_did)
+                .await?
+                .ok_or_else(|| Unconfirmed::NotRegistered {
+                    kind: "coordinator",
+                    did: expected.coordinator_did.clone(),
+                })?;
+            check_record(
+                "coordinator",
+                &expected.coordinator_did,
+                (&claim.owner, &expected.endpoint_url),
+                (record.is_active, &record.account_id, &record.endpoint_url),
+            )?;
+            Ok(record)
+        })
+        .await
     }
 }

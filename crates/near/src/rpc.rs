@@ -250,13 +250,20 @@ impl NearRpc {
         method_name: &str,
         args: &Value,
     ) -> Result<T> {
+        self.view_at(contract_id, method_name, args, &BlockReference::Final)
+            .await
+    }
+
+    /// [`NearRpc::view`] of the state at `block`.
+    pub async fn view_at<T: DeserializeOwned>(
+        &self,
+        contract_id: &AccountId,
+        method_name: &str,
+        args: &Value,
+        block: &BlockReference,
+    ) -> Result<T> {
         let bytes = self
-            .call_function(
-                contract_id,
-                method_name,
-                args.to_string().as_bytes(),
-                &BlockReference::Final,
-            )
+            .call_function(contract_id, method_name, args.to_string().as_bytes(), block)
             .await?;
         serde_json::from_slice(&bytes).map_err(|error| {
             Error::invalid_response(

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use delibera_backoff::Backoff;
 use delibera_deploy::{
     AgentEnv, AgentIdentity, AgentRole, AgentSpec, DeploymentName, StorachaGrant, WorkerBounds,
 };
@@ -26,6 +27,9 @@ use super::error::JobError;
 use super::model::{Job, JobStatus, NewJob};
 use crate::ports::{Ports, Settings};
 use crate::store::{JobStore, OrgKeys, StoreError};
+
+/// How many names a coordinator's Ensue org registration tries.
+const MAX_ORG_ATTEMPTS: u32 = 5;
 
 /// How often, at most, health-gate progress is written to the job.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -98,6 +102,11 @@ impl JobMachine {
             tracing::info!(job = %job.id, "registration was interrupted; back to awaiting_near_signature");
             self.commit(&mut job, JobStatus::AwaitingNearSignature)
                 .await?;
+        }
+        for job in self.jobs.in_status(vec![JobStatus::Complete]).await? {
+            if job.announce_pending {
+                self.spawn_announcer(job.id);
+            }
         }
         let jobs = self.jobs.resumable().await?;
         for job in &jobs {
@@ -187,25 +196,7 @@ impl JobMachine {
                     AgentRole::Worker => JobStatus::PreparingPhala,
                 })
             }
-            JobStatus::ProvisioningEnsue => {
-                let did = agent_did(job)?;
-                let org_name = ensue_org_name(&job.display_name, &did);
-                let org = self
-                    .ports
-                    .ensue
-                    .register_org(&org_name)
-                    .await
-                    .map_err(|error| format!("Ensue org registration failed: {error}"))?;
-                self.org_keys
-                    .put(did.as_str(), &org_name, &org.api_key)
-                    .await
-                    .map_err(|error| format!("could not store the Ensue org key: {error}"))?;
-                job.ensue_org_name = Some(org_name);
-                job.secrets.ensue_api_key = Some(org.api_key.to_string());
-                job.secrets.ensue_claim_url = Some(org.claim_url);
-                job.secrets.ensue_verification_code = Some(org.verification_code);
-                Ok(JobStatus::PreparingPhala)
-            }
+            JobStatus::ProvisioningEnsue => self.provision_ensue(job).await,
             JobStatus::PreparingPhala => {
                 job.secrets.spec = Some(self.agent_spec(job).await?);
                 Ok(JobStatus::DeployingPhala)
@@ -216,6 +207,53 @@ impl JobMachine {
             | JobStatus::Registering
             | JobStatus::Complete
             | JobStatus::Failed => Ok(job.status),
+        }
+    }
+
+    /// Registers the coordinator's Ensue org. The service hands a new org's
+    /// key out once, so an attempt whose answer was lost leaves an org nobody
+    /// can use: each attempt is counted in the job before it is made, and a
+    /// later one (after a restart, a transient failure or a name already
+    /// taken) registers under the next name.
+    async fn provision_ensue(&self, job: &mut Job) -> Result<JobStatus, String> {
+        let did = agent_did(job)?;
+        let base = ensue_org_name(&job.display_name, &did);
+        let pauses = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            job.ensue_org_attempts += 1;
+            let attempt = job.ensue_org_attempts;
+            let org_name = match attempt {
+                1 => base.clone(),
+                n => format!("{base}-{n}"),
+            };
+            self.jobs
+                .save(job)
+                .await
+                .map_err(|error| format!("could not record the Ensue org attempt: {error}"))?;
+            match self.ports.ensue.register_org(&org_name).await {
+                Ok(org) => {
+                    self.org_keys
+                        .put(did.as_str(), &org_name, &org.api_key)
+                        .await
+                        .map_err(|error| format!("could not store the Ensue org key: {error}"))?;
+                    job.ensue_org_name = Some(org_name);
+                    job.secrets.ensue_api_key = Some(org.api_key.to_string());
+                    job.secrets.ensue_claim_url = Some(org.claim_url);
+                    job.secrets.ensue_verification_code = Some(org.verification_code);
+                    return Ok(JobStatus::PreparingPhala);
+                }
+                Err(error)
+                    if attempt < MAX_ORG_ATTEMPTS
+                        && (error.is_retryable()
+                            || matches!(error, delibera_ensue::Error::OrgNameTaken { .. })) =>
+                {
+                    tracing::info!(job = %job.id, attempt, %error, "Ensue org registration will be tried again under a new name");
+                    if error.is_retryable() {
+                        tokio::time::sleep(pauses.delay(attempt)).await;
+                    }
+                }
+                Err(error) => return Err(format!("Ensue org registration failed: {error}")),
+            }
         }
     }
 
@@ -440,21 +478,71 @@ impl JobMachine {
 
         let machine = self.clone();
         tokio::spawn(async move {
-            let outcome = machine.confirm_and_announce(&job).await;
-            let next = match outcome {
-                Ok(()) => JobStatus::Complete,
-                Err(_) => JobStatus::AwaitingNearSignature,
-            };
-            machine.commit(&mut job, next).await?;
-            outcome.map(|()| job)
+            if let Err(error) = machine.confirm(&job).await {
+                machine
+                    .commit(&mut job, JobStatus::AwaitingNearSignature)
+                    .await?;
+                return Err(error);
+            }
+            // The registration stands whatever Ensue says: a new coordinator's
+            // org refuses its key until a person claims it, which happens
+            // after this answer. Announcing is retried in the background.
+            if let Err(error) = machine.announce(&job).await {
+                tracing::info!(job = %job.id, %error, "the agent is not announced in Ensue yet; retrying in the background");
+                job.announce_pending = true;
+            }
+            machine.commit(&mut job, JobStatus::Complete).await?;
+            if job.announce_pending {
+                machine.spawn_announcer(job.id);
+            }
+            Ok(job)
         })
         .await
         .map_err(|error| JobError::Task(error.to_string()))?
     }
 
-    /// The registrar's word on the registration, then the agent's name and
-    /// endpoint written to Ensue for the other agents.
-    async fn confirm_and_announce(&self, job: &Job) -> Result<(), JobError> {
+    /// Retries announcing a complete job's agent until it lands (or the job
+    /// is purged); what a restart resumes too.
+    fn spawn_announcer(&self, id: Uuid) {
+        let machine = self.clone();
+        tokio::spawn(async move {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                tokio::time::sleep(machine.settings.announce_retry.delay(attempt)).await;
+                let mut job = match machine.jobs.get(id).await {
+                    Ok(Some(job)) if job.status == JobStatus::Complete && job.announce_pending => {
+                        job
+                    }
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::warn!(job = %id, %error, "cannot read a job to announce");
+                        continue;
+                    }
+                };
+                match machine.announce(&job).await {
+                    Ok(()) => {
+                        job.announce_pending = false;
+                        match machine.jobs.save(&job).await {
+                            Ok(()) => {
+                                tracing::info!(job = %id, attempt, "agent announced in Ensue");
+                                return;
+                            }
+                            Err(error) => {
+                                tracing::warn!(job = %id, %error, "cannot record an announcement")
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(job = %id, attempt, %error, "the agent is still not announced")
+                    }
+                }
+            }
+        });
+    }
+
+    /// The registrar's word on the registration.
+    async fn confirm(&self, job: &Job) -> Result<(), JobError> {
         let incomplete = |what| JobError::Incomplete { job: job.id, what };
         let did = job
             .agent_did
@@ -502,6 +590,18 @@ impl JobMachine {
                     .await?;
             }
         }
+        Ok(())
+    }
+
+    /// The agent's name and endpoint written to Ensue, under the key its
+    /// env holds, for the other agents of its org.
+    async fn announce(&self, job: &Job) -> Result<(), JobError> {
+        let incomplete = |what| JobError::Incomplete { job: job.id, what };
+        let did = job
+            .agent_did
+            .clone()
+            .ok_or_else(|| incomplete("agent DID"))?;
+        let endpoint = job.endpoint.clone().ok_or_else(|| incomplete("endpoint"))?;
         let spec = self
             .spec_of(job)
             .await

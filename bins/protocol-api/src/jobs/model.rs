@@ -170,6 +170,11 @@ pub struct Job {
     pub delegation: Option<String>,
     /// The coordinator's Ensue org name.
     pub ensue_org_name: Option<String>,
+    /// Org registrations begun, counted before each call: a registration
+    /// whose answer was lost (a crash, a dropped connection) may still have
+    /// made its org, whose key is then gone, so the next one takes a new name.
+    #[serde(default)]
+    pub ensue_org_attempts: u32,
     /// Set by the first release of this server before its deploy call; a
     /// job that has it and no `cvm_id` was interrupted inside a deploy whose
     /// deployment cannot be found by name.
@@ -187,6 +192,10 @@ pub struct Job {
     pub dashboard_url: Option<String>,
     /// The wallet's registry transaction.
     pub tx_hash: Option<String>,
+    /// A complete job whose agent is not yet announced in Ensue (its org is
+    /// not claimed yet, or Ensue was down); the machine keeps retrying.
+    #[serde(default)]
+    pub announce_pending: bool,
     /// Why the job failed.
     pub error: Option<String>,
     /// Sealed at rest; see [`JobSecrets`].
@@ -233,11 +242,13 @@ impl Job {
             space_did: None,
             delegation: None,
             ensue_org_name: None,
+            ensue_org_attempts: 0,
             legacy_deployment_mark: None,
             cvm_id: None,
             endpoint: None,
             dashboard_url: None,
             tx_hash: None,
+            announce_pending: false,
             error: None,
             secrets: JobSecrets::default(),
         }

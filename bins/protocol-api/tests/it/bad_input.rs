@@ -32,7 +32,7 @@ async fn a_table_of_bad_inputs_gets_4xx_with_an_error_message() {
     let external = json!({ "displayName": "E", "nearAccount": "e.testnet", "endpointUrl": "https://e.example", "coordinatorDid": DID });
     let endpoint = json!({ "endpoint": "https://new.example", "cvmId": "x", "type": "worker" });
     let roster = json!({ "workerId": DID, "accountId": "alice.testnet" });
-    let long_name = json!("x".repeat(65));
+    let long_name = json!("x".repeat(protocol_api::validation::MAX_DISPLAY_NAME_CHARS + 1));
     let agent_endpoint = format!("/api/agents/{DID}/endpoint");
 
     let cases: Vec<(&str, &str, Value, StatusCode)> = vec![

@@ -19,7 +19,7 @@ use delibera_storacha::LocalSpaceDelegator;
 use http_body_util::BodyExt;
 use protocol_api::AppState;
 use protocol_api::compose::LOCAL_SERVER_ACCOUNT;
-use protocol_api::ports::{HttpEnsue, Ports, Settings};
+use protocol_api::ports::{EnsueAccess, HttpEnsue, Ports, Settings};
 use protocol_api::seal::SecretBox;
 use protocol_api::store::Database;
 use serde_json::Value;
@@ -199,7 +199,16 @@ pub struct Options {
     /// Production mode: registration verifies the registry record (the local
     /// registry stands in for the chain) and looks `txHash` up at this NEAR RPC.
     pub production_rpc: Option<String>,
+    /// Wraps the Ensue port, to make Ensue misbehave.
+    pub wrap_ensue: Option<EnsueWrapper>,
+    /// Configures the embedded Ensue server.
+    pub ensue_config: fn(delibera_ensue_local::Config) -> delibera_ensue_local::Config,
+    /// The pauses between attempts to announce an agent.
+    pub announce_retry: delibera_backoff::Backoff,
 }
+
+/// Wraps the Ensue port of a test server.
+pub type EnsueWrapper = Box<dyn Fn(Arc<dyn EnsueAccess>) -> Arc<dyn EnsueAccess> + Send + Sync>;
 
 /// The registry contract a production test's transactions must reach.
 pub const REGISTRY_CONTRACT: &str = "registry.delibera.testnet";
@@ -211,6 +220,12 @@ impl Default for Options {
             admin_token: Some(ADMIN_TOKEN),
             rate_per_minute: 0,
             production_rpc: None,
+            wrap_ensue: None,
+            ensue_config: |config| config,
+            announce_retry: delibera_backoff::Backoff::new(
+                Duration::from_millis(20),
+                Duration::from_millis(100),
+            ),
         }
     }
 }
@@ -221,11 +236,11 @@ impl TestApp {
         let database = Database::open(&data_dir.join("jobs.sqlite"), secrets).unwrap();
         let ensue_key =
             delibera_ensue_local::ApiKey::new("ensue-test-bootstrap-key-0123456789").unwrap();
-        let ensue = LocalEnsue::start(
+        let ensue = LocalEnsue::start((options.ensue_config)(
             delibera_ensue_local::Config::default()
                 .with_data_dir(data_dir.join("ensue"))
                 .with_bootstrap_key(ensue_key.clone()),
-        )
+        ))
         .await
         .unwrap();
         let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT).unwrap();
@@ -236,16 +251,26 @@ impl TestApp {
         // the chain's state, the RPC answers `tx`); locally the registry
         // registers the agent itself.
         let registrar: Arc<dyn Registrar> = match &options.production_rpc {
-            Some(url) => Arc::new(ChainRegistrar::new(
-                registry.clone(),
-                delibera_near::NearRpc::new([url.as_str()]).unwrap(),
-                vec![AccountId::parse(REGISTRY_CONTRACT).unwrap()],
-            )),
+            Some(url) => Arc::new(
+                ChainRegistrar::new(
+                    registry.clone(),
+                    delibera_near::NearRpc::new([url.as_str()]).unwrap(),
+                    vec![AccountId::parse(REGISTRY_CONTRACT).unwrap()],
+                )
+                .with_settle_time(Duration::ZERO),
+            ),
             None => registry.clone(),
         };
         let ports = Ports {
             delegator: Arc::new(LocalSpaceDelegator::open(data_dir).unwrap()),
-            ensue: Arc::new(HttpEnsue::new(ensue.url().parse().unwrap())),
+            ensue: {
+                let http: Arc<dyn EnsueAccess> =
+                    Arc::new(HttpEnsue::new(ensue.url().parse().unwrap()));
+                match &options.wrap_ensue {
+                    Some(wrap) => wrap(http),
+                    None => http,
+                }
+            },
             deployer: deployer.clone(),
             health_gate: HealthGate {
                 initial_interval: Duration::from_millis(20),
@@ -259,6 +284,7 @@ impl TestApp {
         let mut settings = Settings::new(Zeroizing::new(ensue_key.expose().to_owned()));
         settings.health_timeout = options.health_timeout;
         settings.allow_loopback_endpoints = options.production_rpc.is_none();
+        settings.announce_retry = options.announce_retry;
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options

@@ -533,3 +533,108 @@ async fn a_registration_cut_off_by_a_restart_goes_back_to_the_wallet_step() {
     assert_eq!(code, StatusCode::OK, "{done}");
     assert_eq!(done["status"], "complete");
 }
+
+/// The frontend has the owner sign the factory transaction before it sends
+/// the coordinator's name, and sets no limit on it: a long name must not be
+/// refused after the owner has paid.
+#[tokio::test]
+async fn a_long_coordinator_name_is_accepted_and_provisioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    let name =
+        "The Very Long Name Of A Decentralised Autonomous Organisation Coordinator For Grants 2026";
+    assert!(name.chars().count() > 64);
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": name, "nearAccount": "dao.testnet", "contractAddress": "dao.coord-factory.agents-coordinator.testnet" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let ready = app
+        .wait_for(
+            body["jobId"].as_str().unwrap(),
+            &["awaiting_near_signature", "failed"],
+        )
+        .await;
+    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    assert_eq!(ready["displayName"], name);
+    assert!(ready["ensueOrgName"].as_str().unwrap().len() <= 64);
+}
+
+/// An Ensue port whose first org registration is made but its answer lost,
+/// as a crash or a dropped connection right after the call would leave it.
+struct LosesFirstAnswer {
+    inner: std::sync::Arc<dyn protocol_api::ports::EnsueAccess>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl protocol_api::ports::EnsueAccess for LosesFirstAnswer {
+    fn base_url(&self) -> &delibera_deploy::Url {
+        self.inner.base_url()
+    }
+
+    async fn register_org(
+        &self,
+        name: &str,
+    ) -> delibera_ensue::Result<protocol_api::ports::OrgCredentials> {
+        let org = self.inner.register_org(name).await?;
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(delibera_ensue::Error::Server {
+                status: 504,
+                body: "gateway timeout".into(),
+            });
+        }
+        Ok(org)
+    }
+
+    fn memory(
+        &self,
+        api_key: &str,
+    ) -> delibera_ensue::Result<std::sync::Arc<dyn delibera_ensue::Memory>> {
+        self.inner.memory(api_key)
+    }
+}
+
+#[tokio::test]
+async fn an_ensue_org_whose_answer_was_lost_is_registered_again_under_a_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        wrap_ensue: Some(Box::new(|inner| {
+            std::sync::Arc::new(LosesFirstAnswer {
+                inner,
+                calls: Default::default(),
+            })
+        })),
+        ..Options::default()
+    };
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": "Lost Answer", "nearAccount": "c.testnet" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let ready = app
+        .wait_for(
+            body["jobId"].as_str().unwrap(),
+            &["awaiting_near_signature", "failed"],
+        )
+        .await;
+    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    // The first name's org exists, but its key was never seen: the job
+    // registered a second org and uses that one's key.
+    let org = ready["ensueOrgName"].as_str().unwrap();
+    assert!(org.ends_with("-2"), "{org}");
+    let job = app
+        .state
+        .jobs
+        .get(body["jobId"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(job.ensue_org_attempts, 2);
+}

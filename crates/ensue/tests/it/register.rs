@@ -94,7 +94,7 @@ async fn an_answer_without_a_key_is_malformed_and_quotes_nothing() {
 }
 
 #[tokio::test]
-async fn a_taken_name_is_an_unexpected_status_with_the_body() {
+async fn a_taken_name_is_named_so_a_caller_can_pick_another() {
     let server = server_answering(
         ResponseTemplate::new(409).set_body_string("{\"error\":\"name taken\"}"),
         1,
@@ -104,7 +104,8 @@ async fn a_taken_name_is_an_unexpected_status_with_the_body() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::UnexpectedStatus { status: 409, body } if body.contains("name taken"))
+        matches!(&error, Error::OrgNameTaken { name } if name == "delibera-coord-abc123"),
+        "{error}"
     );
 }
 

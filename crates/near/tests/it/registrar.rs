@@ -2,6 +2,7 @@
 //! (the local registry plays the contract's state, wiremock the `tx` method).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use delibera_near::{
@@ -57,6 +58,7 @@ fn registrar(chain: &Arc<LocalRegistry>, rpc: &MockServer) -> ChainRegistrar {
         client(rpc),
         vec![account(REGISTRY_ID), account(ROSTER_ID)],
     )
+    .with_settle_time(Duration::ZERO)
 }
 
 fn tx(hash: &CryptoHash, signer: &str, receiver: &str, status: Value) -> Value {
@@ -309,4 +311,40 @@ async fn a_coordinator_may_show_its_factory_transaction_but_not_a_top_level_one(
             .await;
         assert_eq!(result.is_ok(), accepted, "{receiver}: {result:?}");
     }
+}
+
+#[tokio::test]
+async fn a_record_that_shows_up_within_the_settle_time_completes() {
+    let rpc = MockServer::start().await;
+    let chain = signed_chain(OWNER, "https://w.example");
+    let mut claim = worker_claim(None);
+    claim.registration.endpoint_url = "https://moved.example".into();
+    // The node shows the new endpoint a moment after the wallet returned.
+    let later = chain.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        later
+            .update_worker_endpoint_as(&account(OWNER), WORKER, "https://moved.example")
+            .unwrap();
+    });
+    let settling = ChainRegistrar::new(chain.clone(), client(&rpc), vec![account(REGISTRY_ID)])
+        .with_settle_time(Duration::from_secs(5));
+    let record = tokio::time::timeout(Duration::from_secs(10), settling.complete_worker(&claim))
+        .await
+        .expect("settled within its time")
+        .unwrap();
+    assert_eq!(record.endpoint_url, "https://moved.example");
+    // Past the settle time, the refusal stands.
+    let mut never = worker_claim(None);
+    never.registration.endpoint_url = "https://never.example".into();
+    let quick = ChainRegistrar::new(chain, client(&rpc), vec![account(REGISTRY_ID)])
+        .with_settle_time(Duration::from_millis(300));
+    let refused = unconfirmed(quick.complete_worker(&never).await);
+    assert!(matches!(
+        refused,
+        Unconfirmed::Mismatch {
+            field: "endpoint",
+            ..
+        }
+    ));
 }
