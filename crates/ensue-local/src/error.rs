@@ -4,8 +4,9 @@
 ///
 /// Protocol-level failures (bad JSON-RPC, unknown tool, missing key) are not
 /// errors of this type: they are answered to the client on the wire. This type
-/// covers starting, stopping and provisioning the server. Messages never
-/// contain API keys.
+/// covers starting, stopping and provisioning the server, and claiming
+/// organisations. Messages never contain API keys, claim tokens or
+/// verification codes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -43,18 +44,32 @@ pub enum Error {
         /// What is wrong with it (the key itself is never shown).
         reason: &'static str,
     },
+    /// No organisation has this claim token.
+    #[error("unknown claim token")]
+    UnknownClaimToken,
+    /// The verification code is not the one of this claim token.
+    #[error("wrong verification code for organization {org:?}")]
+    WrongVerificationCode {
+        /// The organisation the token belongs to (names are not secret).
+        org: String,
+    },
     /// A blocking storage task panicked or was cancelled.
     #[error("a storage task did not finish: {0}")]
     TaskFailed(#[from] tokio::task::JoinError),
 }
 
 impl Error {
-    /// Whether the caller's input was at fault (a bad name or key), as opposed
+    /// Whether the caller's input was at fault (a bad name, key, claim token
+    /// or verification code), as opposed
     /// to the machine (storage, I/O).
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
-            Error::InvalidOrgName { .. } | Error::OrgNameTaken { .. } | Error::InvalidApiKey { .. }
+            Error::InvalidOrgName { .. }
+                | Error::OrgNameTaken { .. }
+                | Error::InvalidApiKey { .. }
+                | Error::UnknownClaimToken
+                | Error::WrongVerificationCode { .. }
         )
     }
 

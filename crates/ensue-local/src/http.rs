@@ -17,7 +17,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-use crate::api_key::random_hex;
+use crate::claim::{self, ClaimPolicy, ClaimTicket};
 use crate::rpc::{self, Framing};
 use crate::store::{OrgId, Store};
 use crate::tools;
@@ -26,8 +26,9 @@ use crate::tools;
 /// graceful shutdown.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The largest `POST /auth/agent-register` body (it holds one short name).
-const MAX_REGISTER_BODY_BYTES: usize = 4 * 1024;
+/// The largest `POST /auth/agent-register` or `POST /claim` body (they hold
+/// a short name, or a token and a code).
+pub(crate) const MAX_FORM_BODY_BYTES: usize = 4 * 1024;
 
 /// Size limits, enforced with clear errors rather than dropped connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +57,13 @@ impl Default for Limits {
     }
 }
 
-/// What every request handler shares: the store, the limits and the
-/// server's own URL (for `claim_url`).
+/// What every request handler shares: the store, the limits, the claim
+/// policy and the server's own URL (for `claim_url`).
 #[derive(Clone, Debug)]
 pub struct AppState {
     store: Store,
     limits: Limits,
+    claim_policy: ClaimPolicy,
     public_url: Option<Arc<str>>,
 }
 
@@ -71,6 +73,7 @@ impl AppState {
         Self {
             store,
             limits: Limits::default(),
+            claim_policy: ClaimPolicy::default(),
             public_url: None,
         }
     }
@@ -79,6 +82,18 @@ impl AppState {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Whether registered organisations must be claimed before their keys
+    /// work (default [`ClaimPolicy::Immediate`]).
+    pub fn with_claim_policy(mut self, policy: ClaimPolicy) -> Self {
+        self.claim_policy = policy;
+        self
+    }
+
+    /// The claim policy in force.
+    pub fn claim_policy(&self) -> ClaimPolicy {
+        self.claim_policy
     }
 
     /// The URL clients reach this server at, e.g. `http://127.0.0.1:3006/`.
@@ -102,7 +117,7 @@ impl AppState {
     }
 
     /// An absolute URL on this server for `path_and_query`.
-    fn link(&self, path_and_query: &str) -> String {
+    pub(crate) fn link(&self, path_and_query: &str) -> String {
         let base = self.public_url.as_deref().unwrap_or("http://localhost/");
         format!("{}/{path_and_query}", base.trim_end_matches('/'))
     }
@@ -116,7 +131,9 @@ struct Org(OrgId);
 ///
 /// - `POST /`: JSON-RPC, MCP `tools/call` or the direct methods (bearer auth);
 /// - `POST /auth/agent-register`: create an organisation and its API key;
-/// - `GET /claim`: the page `claim_url` points at (nothing to do locally);
+/// - `GET /claim`: the page `claim_url` points at; under
+///   [`ClaimPolicy::RequireClaim`] a form, and `POST /claim` claims the
+///   organisation; under [`ClaimPolicy::Immediate`] there is nothing to claim;
 /// - `GET /healthz`: `{"status":"ok"}` while the store answers.
 pub fn app(state: AppState) -> Router {
     let memory =
@@ -126,10 +143,14 @@ pub fn app(state: AppState) -> Router {
                 state.clone(),
                 require_api_key,
             ));
+    let claim = match state.claim_policy {
+        ClaimPolicy::Immediate => get(claim::nothing_to_claim),
+        ClaimPolicy::RequireClaim => get(claim::page).post(claim::submit),
+    };
     Router::new()
         .merge(memory)
         .route("/auth/agent-register", post(agent_register))
-        .route("/claim", get(claim))
+        .route("/claim", claim)
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
@@ -163,6 +184,18 @@ async fn require_api_key(
     match state.store.org_for_token(token).await {
         Ok(Some(org)) => {
             Span::current().record("org", org);
+            if state.claim_policy == ClaimPolicy::RequireClaim {
+                match state.store.unclaimed_org_name(org).await {
+                    Ok(None) => {}
+                    Ok(Some(name)) => {
+                        return unauthorized_with(&claim::not_claimed_body(&state, &name));
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "claim lookup failed");
+                        return server_error();
+                    }
+                }
+            }
             request.extensions_mut().insert(Org(org));
             next.run(request).await
         }
@@ -232,13 +265,17 @@ async fn rpc_call(
     framing.respond(StatusCode::OK, &message)
 }
 
-enum BodyError {
+pub(crate) enum BodyError {
     TooLarge,
     Unreadable,
 }
 
 /// Reads at most `limit` bytes, refusing early when `Content-Length` says more.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -262,10 +299,12 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
 ///
 /// The answer carries `api_key`, `claim_url` and `verification_code` both at
 /// the top level and under `agent`, the two shapes clients of the hosted
-/// service read. Unlike the hosted service, the key works at once: there is
-/// no claim step.
+/// service read, and a `status`. Under [`ClaimPolicy::Immediate`] the key
+/// works at once (`"active"`; the claim URL and code lead nowhere); under
+/// [`ClaimPolicy::RequireClaim`] it is refused until the organisation is
+/// claimed with them (`"unclaimed"`).
 async fn agent_register(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match read_body(&headers, body, MAX_REGISTER_BODY_BYTES).await {
+    let bytes = match read_body(&headers, body, MAX_FORM_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge) => {
             return error_json(
@@ -289,18 +328,25 @@ async fn agent_register(State(state): State<AppState>, headers: HeaderMap, body:
             "the body must be JSON of the form {\"name\": \"<organization name>\"}",
         );
     };
-    match state.store.register_org(&name).await {
-        Ok(api_key) => {
-            let claim_url = state.link(&format!("claim?token={}", random_hex(16)));
-            let verification_code = random_hex(4);
-            tracing::info!(org = %name, "registered organization");
+    let registered = match state.claim_policy {
+        // Nothing to claim: a ticket of the hosted form that leads nowhere.
+        ClaimPolicy::Immediate => (state.store.register_org(&name).await)
+            .map(|api_key| (api_key, ClaimTicket::generate(), "active")),
+        ClaimPolicy::RequireClaim => (state.store.register_unclaimed_org(&name).await)
+            .map(|(api_key, ticket)| (api_key, ticket, "unclaimed")),
+    };
+    match registered {
+        Ok((api_key, ticket, status)) => {
+            let claim_url = state.link(&format!("claim?token={}", ticket.token()));
+            let verification_code = ticket.verification_code();
+            tracing::info!(org = %name, status, "registered organization");
             rpc::json_response(
                 StatusCode::OK,
                 &json!({
                     "api_key": api_key.expose(),
                     "claim_url": claim_url,
                     "verification_code": verification_code,
-                    "status": "active",
+                    "status": status,
                     "agent": {
                         "name": name,
                         "api_key": api_key.expose(),
@@ -323,16 +369,6 @@ async fn agent_register(State(state): State<AppState>, headers: HeaderMap, body:
     }
 }
 
-async fn claim() -> Response {
-    rpc::json_response(
-        StatusCode::OK,
-        &json!({
-            "status": "active",
-            "message": "delibera-ensue-local activates keys when they are registered: there is nothing to claim",
-        }),
-    )
-}
-
 async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => rpc::json_response(StatusCode::OK, &json!({ "status": "ok" })),
@@ -351,7 +387,12 @@ async fn not_found() -> Response {
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response = error_json(StatusCode::UNAUTHORIZED, message);
+    unauthorized_with(&json!({ "error": message }))
+}
+
+/// HTTP 401 with `body`, and the `WWW-Authenticate` challenge.
+fn unauthorized_with(body: &Value) -> Response {
+    let mut response = rpc::json_response(StatusCode::UNAUTHORIZED, body);
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -362,6 +403,7 @@ fn server_error() -> Response {
     error_json(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
-fn error_json(status: StatusCode, message: &str) -> Response {
+/// `{"error": message}` with `status`.
+pub(crate) fn error_json(status: StatusCode, message: &str) -> Response {
     rpc::json_response(status, &json!({ "error": message }))
 }

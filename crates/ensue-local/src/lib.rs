@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod api_key;
+mod claim;
 mod error;
 mod http;
 mod rpc;
@@ -9,6 +10,7 @@ mod store;
 mod tools;
 
 pub use api_key::ApiKey;
+pub use claim::{ClaimPolicy, ClaimStatus, ClaimTicket, Claimed};
 pub use error::{Error, Result};
 pub use http::{AppState, Limits, app};
 pub use server::{BOOTSTRAP_ORG, Config, DATABASE_FILE, LocalEnsue, run};

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::http::{AppState, Limits, app};
-use crate::{ApiKey, Error, Result, Store};
+use crate::{ApiKey, ClaimPolicy, Error, Result, Store};
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "ensue-local.sqlite3";
@@ -20,8 +20,9 @@ pub const BOOTSTRAP_ORG: &str = "local";
 
 /// How to start a [`LocalEnsue`].
 ///
-/// The default listens on `127.0.0.1:0` (a free port), keeps data in memory
-/// and generates a bootstrap key.
+/// The default listens on `127.0.0.1:0` (a free port), keeps data in memory,
+/// generates a bootstrap key and activates registered keys at once
+/// ([`ClaimPolicy::Immediate`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
@@ -33,6 +34,8 @@ pub struct Config {
     pub bootstrap_key: Option<ApiKey>,
     /// Body and value size limits.
     pub limits: Limits,
+    /// Whether registered organisations must be claimed before their keys work.
+    pub claim_policy: ClaimPolicy,
 }
 
 impl Default for Config {
@@ -42,6 +45,7 @@ impl Default for Config {
             data_dir: None,
             bootstrap_key: None,
             limits: Limits::default(),
+            claim_policy: ClaimPolicy::default(),
         }
     }
 }
@@ -68,6 +72,13 @@ impl Config {
     /// Replaces the size limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Chooses whether registered organisations must be claimed before their
+    /// keys work; [`ClaimPolicy::RequireClaim`] rehearses the hosted service.
+    pub fn with_claim_policy(mut self, policy: ClaimPolicy) -> Self {
+        self.claim_policy = policy;
         self
     }
 }
@@ -134,6 +145,7 @@ impl LocalEnsue {
         let url = url_of(addr);
         let state = AppState::new(store.clone())
             .with_limits(config.limits)
+            .with_claim_policy(config.claim_policy)
             .with_public_url(url.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(listener, state, async move {

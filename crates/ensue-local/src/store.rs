@@ -1,11 +1,11 @@
-//! SQLite persistence: organisations, API key digests and memories.
+//! SQLite persistence: organisations, API key digests, claims and memories.
 //!
 //! Every call runs on tokio's blocking pool, never on the async workers. Writes
 //! go through one connection behind a mutex (SQLite allows one writer at a
 //! time anyway); reads of a file database use a small pool of extra
 //! connections, which WAL lets run beside the writer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,13 +13,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::api_key::{ApiKey, digest_of};
+use crate::claim::{ClaimStatus, ClaimTicket, Claimed, code_digest};
 use crate::{Error, Result};
 
 /// The row id of an organisation.
 pub(crate) type OrgId = i64;
 
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +31,8 @@ const MAX_IDLE_READERS: usize = 8;
 /// The longest organisation name (the hosted service's rule).
 const MAX_ORG_NAME_LEN: usize = 64;
 
-const SCHEMA: &str = "
+/// Version 0 (an empty file) to 1: organisations, keys and memories.
+const SCHEMA_V1: &str = "
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS orgs (
     id INTEGER PRIMARY KEY,
@@ -55,14 +57,33 @@ PRAGMA user_version = 1;
 COMMIT;
 ";
 
+/// Version 1 to 2: claims. An organisation with no row here, or with
+/// `claimed_at` set, is claimed; one whose row has `claimed_at` NULL waits
+/// for a human. Token and code are kept as SHA-256 digests only.
+const SCHEMA_V2: &str = "
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS org_claims (
+    org_id INTEGER PRIMARY KEY REFERENCES orgs(id),
+    token_sha256 BLOB NOT NULL UNIQUE,
+    code_sha256 BLOB NOT NULL,
+    claimed_at INTEGER
+);
+PRAGMA user_version = 2;
+COMMIT;
+";
+
+/// The migrations, in order: entry `i` takes version `i` to `i + 1`. Each is
+/// idempotent, so two servers opening one old file at once both succeed.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2];
+
 /// The durable home of every organisation, API key and memory.
 ///
 /// Cheap to clone (all clones share the connections). [`Store::open`] keeps
 /// everything in one SQLite file in WAL mode with `synchronous = FULL`: WAL
 /// lets reads run beside the writer, and FULL syncs the log on every commit,
 /// so a write the server has acknowledged survives a crash *and* a power loss
-/// (NORMAL would only guarantee the former). API keys are stored as SHA-256
-/// digests, never in clear.
+/// (NORMAL would only guarantee the former). API keys, claim tokens and
+/// verification codes are stored as SHA-256 digests, never in clear.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -74,6 +95,10 @@ struct Inner {
     readers: Option<Readers>,
     /// Key digest → organisation. Keys are never revoked, so entries never go stale.
     key_cache: RwLock<HashMap<[u8; 32], OrgId>>,
+    /// Organisations known to be claimed. A claim is never undone, so
+    /// entries never go stale; unclaimed ones are looked up every time, so a
+    /// claim made through another server on the same file is seen at once.
+    claimed_cache: RwLock<HashSet<OrgId>>,
     path: Option<PathBuf>,
 }
 
@@ -153,6 +178,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 readers,
                 key_cache: RwLock::new(HashMap::new()),
+                claimed_cache: RwLock::new(HashSet::new()),
                 path,
             }),
         }
@@ -163,15 +189,42 @@ impl Store {
         self.inner.path.as_deref()
     }
 
-    /// Creates the organisation `name` with a fresh API key, and returns the key.
+    /// Creates the organisation `name` with a fresh API key, and returns the
+    /// key. The key works at once: the organisation needs no claim.
     ///
     /// [`Error::InvalidOrgName`] unless the name is 1–64 characters of
     /// `[A-Za-z0-9_-]`; [`Error::OrgNameTaken`] if it exists.
     pub async fn register_org(&self, name: &str) -> Result<ApiKey> {
+        let key = ApiKey::generate();
+        self.insert_org(name, &key, None).await?;
+        Ok(key)
+    }
+
+    /// Creates the organisation `name` with a fresh API key that a server
+    /// under [`ClaimPolicy::RequireClaim`](crate::ClaimPolicy::RequireClaim)
+    /// refuses until the organisation is claimed with the returned ticket
+    /// (over HTTP, or with [`Store::claim_org`]).
+    ///
+    /// The same errors as [`Store::register_org`].
+    pub async fn register_unclaimed_org(&self, name: &str) -> Result<(ApiKey, ClaimTicket)> {
+        let key = ApiKey::generate();
+        let ticket = ClaimTicket::generate();
+        self.insert_org(name, &key, Some(&ticket)).await?;
+        Ok((key, ticket))
+    }
+
+    /// Inserts an organisation, its key and, when given, its pending claim, in
+    /// one transaction.
+    async fn insert_org(
+        &self,
+        name: &str,
+        key: &ApiKey,
+        claim: Option<&ClaimTicket>,
+    ) -> Result<()> {
         validate_org_name(name)?;
         let name = name.to_owned();
-        let key = ApiKey::generate();
         let digest = key.digest();
+        let claim = claim.map(|ticket| (ticket.token_digest(), ticket.code_digest()));
         self.write(move |conn| {
             let now = now_secs();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -190,16 +243,24 @@ impl Store {
                 "INSERT INTO api_keys (key_sha256, org_id, created_at) VALUES (?1, ?2, ?3)",
                 params![digest.as_slice(), org, now],
             )?;
+            if let Some((token, code)) = claim {
+                tx.execute(
+                    "INSERT INTO org_claims (org_id, token_sha256, code_sha256) VALUES (?1, ?2, ?3)",
+                    params![org, token.as_slice(), code.as_slice()],
+                )?;
+            }
             tx.commit()?;
             Ok(())
         })
-        .await?;
-        Ok(key)
+        .await
     }
 
     /// Lets `key` act for the organisation `org_name`, creating the
     /// organisation if it does not exist. A key already in use keeps the
     /// organisation it has.
+    ///
+    /// A key configured this way is the operator's word, so the organisation
+    /// counts as claimed from now on (the bootstrap organisation always is).
     pub async fn add_key(&self, org_name: &str, key: &ApiKey) -> Result<()> {
         validate_org_name(org_name)?;
         let name = org_name.to_owned();
@@ -219,6 +280,10 @@ impl Store {
                 "INSERT INTO api_keys (key_sha256, org_id, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key_sha256) DO NOTHING",
                 params![digest.as_slice(), org, now],
+            )?;
+            tx.execute(
+                "UPDATE org_claims SET claimed_at = ?2 WHERE org_id = ?1 AND claimed_at IS NULL",
+                params![org, now],
             )?;
             tx.commit()?;
             Ok(())
@@ -248,6 +313,120 @@ impl Store {
                 .insert(digest, org);
         }
         Ok(org)
+    }
+
+    /// The name of organisation `org` while it waits to be claimed; `None`
+    /// once it is claimed (or never needed a claim).
+    pub(crate) async fn unclaimed_org_name(&self, org: OrgId) -> Result<Option<String>> {
+        let cached = self
+            .inner
+            .claimed_cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&org);
+        if cached {
+            return Ok(None);
+        }
+        let name = self
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT o.name FROM org_claims c JOIN orgs o ON o.id = c.org_id
+                     WHERE c.org_id = ?1 AND c.claimed_at IS NULL",
+                )?
+                .query_row([org], |row| row.get::<_, String>(0))
+                .optional()
+                .map_err(Error::from)
+            })
+            .await?;
+        if name.is_none() {
+            self.inner
+                .claimed_cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(org);
+        }
+        Ok(name)
+    }
+
+    /// The organisation the claim token `token` belongs to, and whether it
+    /// is claimed; `None` for a token no organisation has.
+    pub async fn claim_status(&self, token: &str) -> Result<Option<ClaimStatus>> {
+        let digest = digest_of(token);
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT o.name, c.claimed_at IS NOT NULL FROM org_claims c
+                 JOIN orgs o ON o.id = c.org_id WHERE c.token_sha256 = ?1",
+            )?
+            .query_row([digest.as_slice()], |row| {
+                Ok(ClaimStatus {
+                    org: row.get(0)?,
+                    claimed: row.get(1)?,
+                })
+            })
+            .optional()
+            .map_err(Error::from)
+        })
+        .await
+    }
+
+    /// Claims the organisation of claim token `token`, if `verification_code`
+    /// is its code (ASCII case and surrounding whitespace are ignored).
+    ///
+    /// Claiming again with the right code succeeds again, with
+    /// [`Claimed::already_claimed`] set. [`Error::UnknownClaimToken`] when no
+    /// organisation has the token; [`Error::WrongVerificationCode`] when the
+    /// code does not match, claimed or not.
+    pub async fn claim_org(&self, token: &str, verification_code: &str) -> Result<Claimed> {
+        let token_digest = digest_of(token);
+        let code = code_digest(token, verification_code);
+        let claimed = self
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let found = tx
+                    .query_row(
+                        "SELECT c.org_id, o.name, c.code_sha256, c.claimed_at IS NOT NULL
+                         FROM org_claims c JOIN orgs o ON o.id = c.org_id
+                         WHERE c.token_sha256 = ?1",
+                        [token_digest.as_slice()],
+                        |row| {
+                            Ok((
+                                row.get::<_, OrgId>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, Vec<u8>>(2)?,
+                                row.get::<_, bool>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()?;
+                let Some((org, name, stored_code, already_claimed)) = found else {
+                    return Err(Error::UnknownClaimToken);
+                };
+                if stored_code != code {
+                    return Err(Error::WrongVerificationCode { org: name });
+                }
+                if !already_claimed {
+                    tx.execute(
+                        "UPDATE org_claims SET claimed_at = ?2 WHERE org_id = ?1",
+                        params![org, now_secs()],
+                    )?;
+                }
+                tx.commit()?;
+                Ok((
+                    org,
+                    Claimed {
+                        org: name,
+                        already_claimed,
+                    },
+                ))
+            })
+            .await?;
+        let (org, claimed) = claimed;
+        self.inner
+            .claimed_cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(org);
+        Ok(claimed)
     }
 
     fn cached_org(&self, digest: &[u8; 32]) -> Option<OrgId> {
@@ -489,15 +668,17 @@ fn configure(conn: &Connection) -> Result<()> {
 
 fn migrate(conn: &Connection) -> Result<()> {
     let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    match found {
-        0 => conn.execute_batch(SCHEMA)?,
-        SCHEMA_VERSION => {}
-        found => {
-            return Err(Error::UnsupportedSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
+    let Some(pending) = usize::try_from(found)
+        .ok()
+        .and_then(|version| MIGRATIONS.get(version..))
+    else {
+        return Err(Error::UnsupportedSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    };
+    for migration in pending {
+        conn.execute_batch(migration)?;
     }
     Ok(())
 }
@@ -599,6 +780,103 @@ mod tests {
             let error = store.register_org(bad).await.unwrap_err();
             assert!(matches!(error, Error::InvalidOrgName { .. }), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn claims_need_the_token_and_its_code_and_are_idempotent() {
+        let store = Store::in_memory().unwrap();
+        let (key, ticket) = store.register_unclaimed_org("team-c").await.unwrap();
+        let org = store.org_for_token(key.expose()).await.unwrap().unwrap();
+        assert_eq!(
+            store.unclaimed_org_name(org).await.unwrap().as_deref(),
+            Some("team-c")
+        );
+        let status = store.claim_status(ticket.token()).await.unwrap().unwrap();
+        assert_eq!((status.org.as_str(), status.claimed), ("team-c", false));
+        assert_eq!(store.claim_status("nope").await.unwrap(), None);
+
+        let unknown = store
+            .claim_org("nope", ticket.verification_code())
+            .await
+            .unwrap_err();
+        assert!(matches!(unknown, Error::UnknownClaimToken), "{unknown}");
+        let wrong = store.claim_org(ticket.token(), "00000000").await;
+        assert!(
+            matches!(&wrong, Err(Error::WrongVerificationCode { org }) if org == "team-c"),
+            "{wrong:?}"
+        );
+        assert!(store.unclaimed_org_name(org).await.unwrap().is_some());
+
+        let typed = format!(" {} ", ticket.verification_code().to_uppercase());
+        let claimed = store.claim_org(ticket.token(), &typed).await.unwrap();
+        assert_eq!(
+            (claimed.org.as_str(), claimed.already_claimed),
+            ("team-c", false)
+        );
+        assert_eq!(store.unclaimed_org_name(org).await.unwrap(), None);
+        let again = store
+            .claim_org(ticket.token(), ticket.verification_code())
+            .await
+            .unwrap();
+        assert!(again.already_claimed);
+        assert!(
+            store
+                .claim_status(ticket.token())
+                .await
+                .unwrap()
+                .unwrap()
+                .claimed
+        );
+        // The right token with a wrong code stays refused after the claim.
+        assert!(store.claim_org(ticket.token(), "x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_registration_for_claim_leaves_an_org_unclaimed() {
+        let store = Store::in_memory().unwrap();
+        let active = org(&store, "active").await;
+        assert_eq!(store.unclaimed_org_name(active).await.unwrap(), None);
+
+        // A configured key is the operator's word: it claims the organisation.
+        let (key, _ticket) = store.register_unclaimed_org("pending").await.unwrap();
+        let pending = store.org_for_token(key.expose()).await.unwrap().unwrap();
+        store
+            .add_key("pending", &ApiKey::new("lmn_configured").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(store.unclaimed_org_name(pending).await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute("INSERT INTO orgs (name, created_at) VALUES ('old', 1)", [])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let claims: i64 = conn
+            .query_row("SELECT COUNT(*) FROM org_claims", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(claims, 0);
+
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let newer = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(newer, Error::UnsupportedSchema { found: 3, .. }),
+            "{newer}"
+        );
     }
 
     #[tokio::test]

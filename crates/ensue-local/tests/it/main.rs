@@ -1,6 +1,7 @@
 //! Integration tests of `delibera-ensue-local`, one binary.
 
 mod auth;
+mod claims;
 mod client;
 mod common;
 mod observability;
