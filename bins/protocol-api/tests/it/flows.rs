@@ -638,3 +638,69 @@ async fn an_ensue_org_whose_answer_was_lost_is_registered_again_under_a_new_name
         .unwrap();
     assert_eq!(job.ensue_org_attempts, 2);
 }
+
+/// Hosted Ensue refuses a new org's key until a person claims the org, and
+/// the owner only sees where to claim it once registration succeeded: so
+/// registration must stand without Ensue, and the agent is announced later.
+#[tokio::test]
+async fn a_coordinator_of_an_unclaimed_org_registers_and_is_announced_once_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        ensue_config: |config| {
+            config.with_claim_policy(delibera_ensue_local::ClaimPolicy::RequireClaim)
+        },
+        ..Options::default()
+    };
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;
+    let (job_id, _) = provision_coordinator(&app).await;
+    let (code, done) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator-register",
+            Some(json!({ "jobId": job_id })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{done}");
+    assert_eq!(done["status"], "complete");
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert!(
+        job.announce_pending,
+        "Ensue refused the unclaimed org's key"
+    );
+
+    // The owner claims the org with what the answer showed them.
+    let claimed = reqwest::Client::new()
+        .post(done["ensueClaimUrl"].as_str().unwrap())
+        .json(&json!({ "verification_code": done["ensueVerificationCode"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claimed.status().as_u16(), 200);
+
+    // The announcement lands in the background.
+    let memory = app
+        .state
+        .ports
+        .ensue
+        .memory(job.secrets.ensue_api_key.as_deref().unwrap())
+        .unwrap();
+    let did = job.agent_did.clone().unwrap();
+    let key = format!("agent/{did}/endpoint");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(endpoint)) = memory.get(&key).await {
+            assert_eq!(Some(endpoint.as_str()), job.endpoint.as_deref());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never announced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.state.jobs.get(&job_id).await.unwrap().announce_pending {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job still says pending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
