@@ -1,0 +1,4 @@
+//! Integration tests of `delibera-devnet`, one binary.
+
+mod near;
+mod support;
