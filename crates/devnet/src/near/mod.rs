@@ -326,6 +326,7 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> HttpRes
         }
     };
     let id = request.id;
+    tracing::debug!(method = %request.method, "NEAR devnet request");
     match rpc::handle(&shared, &request.method, request.params).await {
         Ok(result) => axum::Json(Response::success(id, result)).into_response(),
         Err(failure) => {
