@@ -977,7 +977,7 @@ impl Chain {
     ) -> Result<std::result::Result<(), Value>> {
         let tx = signed.transaction();
         match self.block_by_hash(&tx.block_hash)? {
-            Some(block) if self.head.height - block.height <= TX_VALIDITY_PERIOD => {}
+            Some(block) if self.head.height.saturating_sub(block.height) <= TX_VALIDITY_PERIOD => {}
             _ => return Ok(Err(json!("Expired"))),
         }
         if signed.verify_signature().is_err() {
