@@ -410,3 +410,84 @@ proptest! {
         prop_assert!(decoded.verify_signature().is_ok());
     }
 }
+
+#[test]
+fn every_action_near_api_js_encodes_decodes_and_reencodes() {
+    let path = format!(
+        "{}/tests/fixtures/near-tx-actions.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let vector: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let wire = BASE64
+        .decode(vector["signedTransactionBase64"].as_str().unwrap())
+        .unwrap();
+    let signed = SignedTransaction::from_borsh(&wire).unwrap();
+    signed.verify_signature().unwrap();
+    assert_eq!(
+        signed.hash().to_base58(),
+        vector["hashBase58"].as_str().unwrap()
+    );
+    assert_eq!(signed.to_borsh(), wire);
+    let transaction = signed.transaction();
+    assert_eq!(
+        transaction.public_key.to_near_string(),
+        vector["publicKey"].as_str().unwrap()
+    );
+    assert_eq!(transaction.nonce, 77);
+    let other =
+        delibera_identity::PublicKey::from_near_str(vector["otherPublicKey"].as_str().unwrap())
+            .unwrap();
+    let function_call_key = |allowance, method_names: &[&str]| Action::AddKey {
+        public_key: other,
+        access_key: AccessKey {
+            nonce: 0,
+            permission: AccessKeyPermission::FunctionCall {
+                allowance,
+                receiver_id: "registry.devnet".into(),
+                method_names: method_names.iter().map(|name| name.to_string()).collect(),
+            },
+        },
+    };
+    assert_eq!(
+        transaction.actions,
+        vec![
+            Action::CreateAccount,
+            Action::DeployContract {
+                code: vec![0, 97, 115, 109]
+            },
+            Action::Transfer { deposit: 5 },
+            Action::Stake {
+                stake: 7,
+                public_key: other
+            },
+            Action::AddKey {
+                public_key: other,
+                access_key: AccessKey {
+                    nonce: 0,
+                    permission: AccessKeyPermission::FullAccess
+                },
+            },
+            function_call_key(
+                Some(250_000_000_000_000_000_000_000),
+                &["register_worker", "register_coordinator"]
+            ),
+            function_call_key(None, &[]),
+            Action::DeleteKey { public_key: other },
+            Action::DeleteAccount {
+                beneficiary_id: "beneficiary.testnet".parse().unwrap()
+            },
+            Action::DeployGlobalContract {
+                code: vec![1, 2, 3],
+                deploy_mode: GlobalContractDeployMode::AccountId
+            },
+            Action::UseGlobalContract {
+                contract_identifier: GlobalContractIdentifier::AccountId(
+                    "global.testnet".parse().unwrap()
+                )
+            },
+            Action::UseGlobalContract {
+                contract_identifier: GlobalContractIdentifier::CodeHash(CryptoHash([0x11; 32]))
+            },
+        ]
+    );
+}
