@@ -16,6 +16,21 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The NEAR devnet's contract state (a `LocalRegistry`) failed.
+    #[error("NEAR devnet contract state: {0}")]
+    Near(#[from] delibera_near::Error),
+    /// The faucet was asked for an account that already exists.
+    #[error("NEAR account {account_id} already exists")]
+    AccountExists {
+        /// The account that was asked for.
+        account_id: String,
+    },
+    /// A background task of a stand-in stopped abnormally.
+    #[error("devnet task failed: {reason}")]
+    Task {
+        /// What happened to it.
+        reason: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

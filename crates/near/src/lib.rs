@@ -32,4 +32,8 @@ pub use rpc::{
     AccessKeyView, BlockHeaderView, BlockReference, DEFAULT_TIMEOUT, NearRpc, TxExecutionStatus,
 };
 pub use sender::{NearSigner, TransactionSender};
-pub use transaction::{Action, CryptoHash, FunctionCall, SignedTransaction, Transaction};
+pub use transaction::{
+    AccessKey, AccessKeyPermission, Action, CryptoHash, DelegateAction, FunctionCall,
+    GlobalContractDeployMode, GlobalContractIdentifier, SignedDelegateAction, SignedTransaction,
+    Transaction,
+};

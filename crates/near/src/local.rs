@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::registry::{EndpointUpdate, Registry};
 use crate::{
-    AccountId, CoordinatorRecord, CoordinatorRegistration, Error, RegisteredWorker, Result,
-    WorkerRecord, WorkerRegistration, messages,
+    AccountId, CoordinatorRecord, CoordinatorRegistration, Error, RegisteredWorker, RegistryStats,
+    Result, WorkerRecord, WorkerRegistration, messages,
 };
 
 const SCHEMA: &str = "
@@ -199,6 +199,19 @@ impl LocalRegistry {
         caller: &AccountId,
         registration: &CoordinatorRegistration,
     ) -> Result<CoordinatorRecord> {
+        self.register_coordinator_at(caller, registration, now_nanos())
+    }
+
+    /// [`register_coordinator_as`](Self::register_coordinator_as) in a block
+    /// whose timestamp is `block_timestamp` (nanoseconds): the record's
+    /// `registered_at`, as on chain. Replaying a call with its block's
+    /// timestamp gives the same record.
+    pub fn register_coordinator_at(
+        &self,
+        caller: &AccountId,
+        registration: &CoordinatorRegistration,
+        block_timestamp: u64,
+    ) -> Result<CoordinatorRecord> {
         if !registration.coordinator_did.starts_with("did:") {
             return Err(panic(messages::COORDINATOR_DID_PREFIX));
         }
@@ -222,7 +235,7 @@ impl LocalRegistry {
             cvm_id: registration.cvm_id.clone(),
             min_workers: registration.min_workers,
             max_workers: registration.max_workers,
-            registered_at: now_nanos(),
+            registered_at: block_timestamp,
             is_active: true,
         };
         // ON CONFLICT keeps the row (and its place in listings), as the
@@ -251,6 +264,17 @@ impl LocalRegistry {
         caller: &AccountId,
         registration: &WorkerRegistration,
     ) -> Result<WorkerRecord> {
+        self.register_worker_at(caller, registration, now_nanos())
+    }
+
+    /// [`register_worker_as`](Self::register_worker_as) in a block whose
+    /// timestamp is `block_timestamp` (nanoseconds).
+    pub fn register_worker_at(
+        &self,
+        caller: &AccountId,
+        registration: &WorkerRegistration,
+        block_timestamp: u64,
+    ) -> Result<WorkerRecord> {
         if !registration.coordinator_did.starts_with("did:") {
             return Err(panic(messages::COORDINATOR_DID_PREFIX));
         }
@@ -275,7 +299,7 @@ impl LocalRegistry {
             worker_did: registration.worker_did.clone(),
             endpoint_url: registration.endpoint_url.clone(),
             cvm_id: registration.cvm_id.clone(),
-            registered_at: now_nanos(),
+            registered_at: block_timestamp,
             is_active: true,
         };
         db.execute(
@@ -383,6 +407,18 @@ impl LocalRegistry {
         worker_id: &str,
         account_id: Option<&AccountId>,
     ) -> Result<()> {
+        self.roster_register_at(caller, worker_id, account_id, now_nanos())
+    }
+
+    /// [`roster_register_as`](Self::roster_register_as) in a block whose
+    /// timestamp is `block_timestamp` (nanoseconds).
+    pub fn roster_register_at(
+        &self,
+        caller: &AccountId,
+        worker_id: &str,
+        account_id: Option<&AccountId>,
+        block_timestamp: u64,
+    ) -> Result<()> {
         let db = self.db();
         let coordinator: Option<String> = db
             .query_row(
@@ -402,7 +438,7 @@ impl LocalRegistry {
             params![
                 worker_id,
                 account_id.map(AccountId::as_str),
-                to_sql_nanos(now_nanos()),
+                to_sql_nanos(block_timestamp),
                 caller.as_str(),
             ],
         )?;
@@ -434,7 +470,33 @@ impl LocalRegistry {
             })?)
     }
 
-    fn list_coordinators(&self) -> Result<Vec<CoordinatorRecord>> {
+    /// `get_coordinator_by_did`, without the async [`Registry`] detour.
+    pub fn coordinator(&self, coordinator_did: &str) -> Result<Option<CoordinatorRecord>> {
+        get_coordinator(&self.db(), coordinator_did)
+    }
+
+    /// `get_worker_by_did`, without the async [`Registry`] detour.
+    pub fn worker(&self, worker_did: &str) -> Result<Option<WorkerRecord>> {
+        get_worker(&self.db(), worker_did)
+    }
+
+    /// `get_stats`: coordinators and workers ever registered, and those active.
+    pub fn stats(&self) -> Result<RegistryStats> {
+        let db = self.db();
+        let count = |sql: &str| -> Result<u64> {
+            let count: i64 = db.query_row(sql, [], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or_default())
+        };
+        Ok(RegistryStats {
+            total_coordinators: count("SELECT COUNT(*) FROM coordinators")?,
+            active_coordinators: count("SELECT COUNT(*) FROM coordinators WHERE is_active = 1")?,
+            total_workers: count("SELECT COUNT(*) FROM workers")?,
+            active_workers: count("SELECT COUNT(*) FROM workers WHERE is_active = 1")?,
+        })
+    }
+
+    /// `list_active_coordinators`, in registration order.
+    pub fn list_coordinators(&self) -> Result<Vec<CoordinatorRecord>> {
         let db = self.db();
         let mut statement = db.prepare(&format!(
             "SELECT {COORDINATOR_COLUMNS} FROM coordinators WHERE is_active = 1 ORDER BY rowid"
@@ -443,7 +505,8 @@ impl LocalRegistry {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+    /// `list_active_workers`, in registration order.
+    pub fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
         let db = self.db();
         let mut statement = db.prepare(&format!(
             "SELECT {WORKER_COLUMNS} FROM workers WHERE is_active = 1 ORDER BY rowid"
@@ -452,7 +515,8 @@ impl LocalRegistry {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn list_roster(&self) -> Result<Vec<RegisteredWorker>> {
+    /// Roster `get_registered_workers`: the whole roster, active or not.
+    pub fn list_roster(&self) -> Result<Vec<RegisteredWorker>> {
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT worker_id, account_id, registered_at, registered_by, active FROM roster ORDER BY rowid",

@@ -1,3 +1,6 @@
 //! Integration tests of `delibera-devnet`, one binary.
 
+mod devnet;
+mod near;
 mod phala;
+mod support;

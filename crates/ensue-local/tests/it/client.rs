@@ -192,7 +192,7 @@ async fn registered_orgs_are_isolated() {
             .await
             .unwrap_err();
         assert!(
-            matches!(taken, Error::UnexpectedStatus { status: 409, .. }),
+            matches!(taken, Error::OrgNameTaken { .. }),
             "{taken}"
         );
         server.stop().await.unwrap();

@@ -413,3 +413,51 @@ async fn the_database_file_survives_reopening() {
         Some(alice())
     );
 }
+
+#[test]
+fn a_block_timestamp_makes_a_replay_give_the_same_records_and_stats_count() {
+    let replays = [registry(), registry()];
+    for registry in &replays {
+        registry
+            .register_coordinator_at(&alice(), &coordinator(1, 5), 1_000)
+            .unwrap();
+        registry
+            .register_worker_at(&alice(), &worker(), 2_000)
+            .unwrap();
+        registry
+            .roster_register_at(&admin(), WORKER, Some(&alice()), 3_000)
+            .unwrap();
+    }
+    let [first, second] = &replays;
+    assert_eq!(
+        first.list_coordinators().unwrap(),
+        second.list_coordinators().unwrap()
+    );
+    assert_eq!(
+        first.list_workers().unwrap(),
+        second.list_workers().unwrap()
+    );
+    assert_eq!(first.list_roster().unwrap(), second.list_roster().unwrap());
+    assert_eq!(
+        first
+            .coordinator(COORDINATOR)
+            .unwrap()
+            .unwrap()
+            .registered_at,
+        1_000
+    );
+    assert_eq!(first.worker(WORKER).unwrap().unwrap().registered_at, 2_000);
+    assert_eq!(first.list_roster().unwrap()[0].registered_at, 3_000);
+
+    first.deactivate_worker_as(&alice(), WORKER).unwrap();
+    let stats = first.stats().unwrap();
+    assert_eq!(
+        (
+            stats.total_coordinators,
+            stats.active_coordinators,
+            stats.total_workers,
+            stats.active_workers
+        ),
+        (1, 1, 1, 0)
+    );
+}

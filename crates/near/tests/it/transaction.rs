@@ -3,7 +3,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use delibera_identity::Keypair;
-use delibera_near::{AccountId, Action, CryptoHash, FunctionCall, NearSigner, Transaction};
+use delibera_near::{
+    AccessKey, AccessKeyPermission, AccountId, Action, CryptoHash, DelegateAction, FunctionCall,
+    GlobalContractDeployMode, GlobalContractIdentifier, NearSigner, SignedDelegateAction,
+    SignedTransaction, Transaction,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -163,4 +167,327 @@ proptest! {
         prop_assert_eq!(full[borsh.len()], 0);
         prop_assert_eq!(&full[borsh.len() + 1..], &signed.signature().as_bytes()[..]);
     }
+}
+
+#[test]
+fn every_vector_decodes_to_its_spec_and_back() {
+    for vector in vectors() {
+        let name = vector["name"].as_str().unwrap();
+        let spec = &vector["spec"];
+        let wire = BASE64
+            .decode(vector["signedTransactionBase64"].as_str().unwrap())
+            .unwrap();
+        let signed = SignedTransaction::from_borsh(&wire).unwrap();
+        let transaction = signed.transaction();
+        assert_eq!(
+            transaction.signer_id,
+            spec["signerId"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            transaction.public_key.to_near_string(),
+            vector["publicKey"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(transaction.nonce, number::<u64>(&spec["nonce"]), "{name}");
+        assert_eq!(
+            transaction.receiver_id,
+            spec["receiverId"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            transaction.block_hash.to_base58(),
+            spec["blockHash"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(transaction.actions, actions(spec), "{name}");
+        assert_eq!(
+            signed.hash().to_base58(),
+            vector["hashBase58"].as_str().unwrap(),
+            "{name}"
+        );
+        signed.verify_signature().unwrap();
+        assert_eq!(signed.to_borsh(), wire, "{name}: re-encoding");
+        let from_text =
+            SignedTransaction::from_base64(vector["signedTransactionBase64"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(from_text, signed, "{name}");
+
+        let unsigned = hex::decode(vector["transactionBorshHex"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            &Transaction::from_borsh(&unsigned).unwrap(),
+            transaction,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn trailing_truncated_and_unknown_bytes_are_refused() {
+    let vector = &vectors()[0];
+    let wire = BASE64
+        .decode(vector["signedTransactionBase64"].as_str().unwrap())
+        .unwrap();
+    let mut trailing = wire.clone();
+    trailing.push(0);
+    let error = SignedTransaction::from_borsh(&trailing).unwrap_err();
+    assert!(error.to_string().contains("1 trailing bytes"), "{error}");
+    for cut in [0, 1, 10, wire.len() - 1] {
+        assert!(
+            SignedTransaction::from_borsh(&wire[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let unsigned = hex::decode(vector["transactionBorshHex"].as_str().unwrap()).unwrap();
+    assert!(
+        Transaction::from_borsh(&wire).is_err(),
+        "a signature is trailing bytes"
+    );
+
+    // The only action's tag sits right after the action count.
+    let transaction = Transaction::from_borsh(&unsigned).unwrap();
+    let tag_at = unsigned.len() - borsh_of_actions(&transaction.actions).len() + 4;
+    let mut unknown = unsigned.clone();
+    unknown[tag_at] = 42;
+    let error = Transaction::from_borsh(&unknown).unwrap_err();
+    assert!(
+        error.to_string().contains("unknown action tag 42"),
+        "{error}"
+    );
+
+    let mut secp = wire.clone();
+    secp[unsigned.len()] = 1;
+    let error = SignedTransaction::from_borsh(&secp).unwrap_err();
+    assert!(error.to_string().contains("secp256k1"), "{error}");
+}
+
+/// The borsh of `actions` alone (count and items), by difference.
+fn borsh_of_actions(actions: &[Action]) -> Vec<u8> {
+    let with = sample_transaction(actions.to_vec()).to_borsh().unwrap();
+    let without = sample_transaction(Vec::new()).to_borsh().unwrap();
+    let mut out = (actions.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&with[without.len()..]);
+    out
+}
+
+fn sample_transaction(actions: Vec<Action>) -> Transaction {
+    Transaction {
+        signer_id: "a.testnet".parse().unwrap(),
+        public_key: Keypair::from_seed(&[1; 32]).public_key(),
+        nonce: 1,
+        receiver_id: "b.testnet".parse().unwrap(),
+        block_hash: CryptoHash([0; 32]),
+        actions,
+    }
+}
+
+fn account_strategy() -> impl Strategy<Value = AccountId> {
+    "[a-z0-9]{2,10}(\\.[a-z0-9]{1,10}){0,2}".prop_map(|text| text.parse().unwrap())
+}
+
+fn key_strategy() -> impl Strategy<Value = delibera_identity::PublicKey> {
+    any::<[u8; 32]>().prop_map(|seed| Keypair::from_seed(&seed).public_key())
+}
+
+fn simple_action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        Just(Action::CreateAccount),
+        proptest::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|code| Action::DeployContract { code }),
+        (
+            "[a-z_]{0,20}",
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u64>(),
+            any::<u128>()
+        )
+            .prop_map(|(method_name, args, gas, deposit)| Action::FunctionCall(
+                FunctionCall {
+                    method_name,
+                    args,
+                    gas,
+                    deposit
+                }
+            )),
+        any::<u128>().prop_map(|deposit| Action::Transfer { deposit }),
+        (any::<u128>(), key_strategy())
+            .prop_map(|(stake, public_key)| Action::Stake { stake, public_key }),
+        (
+            key_strategy(),
+            any::<u64>(),
+            proptest::option::of((
+                proptest::option::of(any::<u128>()),
+                "[a-z.]{0,20}",
+                proptest::collection::vec("[a-z_]{0,10}", 0..4)
+            ))
+        )
+            .prop_map(|(public_key, nonce, function_call)| Action::AddKey {
+                public_key,
+                access_key: AccessKey {
+                    nonce,
+                    permission: match function_call {
+                        None => AccessKeyPermission::FullAccess,
+                        Some((allowance, receiver_id, method_names)) => {
+                            AccessKeyPermission::FunctionCall {
+                                allowance,
+                                receiver_id,
+                                method_names,
+                            }
+                        }
+                    },
+                },
+            }),
+        key_strategy().prop_map(|public_key| Action::DeleteKey { public_key }),
+        account_strategy().prop_map(|beneficiary_id| Action::DeleteAccount { beneficiary_id }),
+        (proptest::collection::vec(any::<u8>(), 0..64), any::<bool>()).prop_map(
+            |(code, by_account)| {
+                Action::DeployGlobalContract {
+                    code,
+                    deploy_mode: if by_account {
+                        GlobalContractDeployMode::AccountId
+                    } else {
+                        GlobalContractDeployMode::CodeHash
+                    },
+                }
+            }
+        ),
+        any::<[u8; 32]>().prop_map(|hash| Action::UseGlobalContract {
+            contract_identifier: GlobalContractIdentifier::CodeHash(CryptoHash(hash))
+        }),
+        account_strategy().prop_map(|account| Action::UseGlobalContract {
+            contract_identifier: GlobalContractIdentifier::AccountId(account)
+        }),
+    ]
+}
+
+fn any_action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => simple_action(),
+        1 => (
+            account_strategy(),
+            account_strategy(),
+            proptest::collection::vec(simple_action(), 0..3),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(sender_id, receiver_id, actions, nonce, max_block_height, seed)| {
+                let keypair = Keypair::from_seed(&seed);
+                Action::Delegate(Box::new(SignedDelegateAction {
+                    delegate_action: DelegateAction {
+                        sender_id,
+                        receiver_id,
+                        actions,
+                        nonce,
+                        max_block_height,
+                        public_key: keypair.public_key(),
+                    },
+                    signature: keypair.sign(b"delegate"),
+                }))
+            }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn decoding_inverts_encoding(
+        seed in any::<[u8; 32]>(),
+        signer_id in account_strategy(),
+        receiver_id in account_strategy(),
+        nonce in any::<u64>(),
+        block in any::<[u8; 32]>(),
+        actions in proptest::collection::vec(any_action(), 0..5),
+    ) {
+        let keypair = Keypair::from_seed(&seed);
+        let signed = NearSigner::new(signer_id, keypair)
+            .sign(receiver_id, nonce, CryptoHash(block), actions)
+            .unwrap();
+        let borsh = signed.transaction().to_borsh().unwrap();
+        prop_assert_eq!(&Transaction::from_borsh(&borsh).unwrap(), signed.transaction());
+        let wire = signed.to_borsh();
+        let decoded = SignedTransaction::from_borsh(&wire).unwrap();
+        prop_assert_eq!(&decoded, &signed);
+        prop_assert_eq!(decoded.to_borsh(), wire);
+        prop_assert!(decoded.verify_signature().is_ok());
+    }
+}
+
+#[test]
+fn every_action_near_api_js_encodes_decodes_and_reencodes() {
+    let path = format!(
+        "{}/tests/fixtures/near-tx-actions.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let vector: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let wire = BASE64
+        .decode(vector["signedTransactionBase64"].as_str().unwrap())
+        .unwrap();
+    let signed = SignedTransaction::from_borsh(&wire).unwrap();
+    signed.verify_signature().unwrap();
+    assert_eq!(
+        signed.hash().to_base58(),
+        vector["hashBase58"].as_str().unwrap()
+    );
+    assert_eq!(signed.to_borsh(), wire);
+    let transaction = signed.transaction();
+    assert_eq!(
+        transaction.public_key.to_near_string(),
+        vector["publicKey"].as_str().unwrap()
+    );
+    assert_eq!(transaction.nonce, 77);
+    let other =
+        delibera_identity::PublicKey::from_near_str(vector["otherPublicKey"].as_str().unwrap())
+            .unwrap();
+    let function_call_key = |allowance, method_names: &[&str]| Action::AddKey {
+        public_key: other,
+        access_key: AccessKey {
+            nonce: 0,
+            permission: AccessKeyPermission::FunctionCall {
+                allowance,
+                receiver_id: "registry.devnet".into(),
+                method_names: method_names.iter().map(|name| name.to_string()).collect(),
+            },
+        },
+    };
+    assert_eq!(
+        transaction.actions,
+        vec![
+            Action::CreateAccount,
+            Action::DeployContract {
+                code: vec![0, 97, 115, 109]
+            },
+            Action::Transfer { deposit: 5 },
+            Action::Stake {
+                stake: 7,
+                public_key: other
+            },
+            Action::AddKey {
+                public_key: other,
+                access_key: AccessKey {
+                    nonce: 0,
+                    permission: AccessKeyPermission::FullAccess
+                },
+            },
+            function_call_key(
+                Some(250_000_000_000_000_000_000_000),
+                &["register_worker", "register_coordinator"]
+            ),
+            function_call_key(None, &[]),
+            Action::DeleteKey { public_key: other },
+            Action::DeleteAccount {
+                beneficiary_id: "beneficiary.testnet".parse().unwrap()
+            },
+            Action::DeployGlobalContract {
+                code: vec![1, 2, 3],
+                deploy_mode: GlobalContractDeployMode::AccountId
+            },
+            Action::UseGlobalContract {
+                contract_identifier: GlobalContractIdentifier::AccountId(
+                    "global.testnet".parse().unwrap()
+                )
+            },
+            Action::UseGlobalContract {
+                contract_identifier: GlobalContractIdentifier::CodeHash(CryptoHash([0x11; 32]))
+            },
+        ]
+    );
 }
