@@ -186,19 +186,16 @@ pub async fn compose_production(
     let rpc =
         NearRpc::new(production.near_rpc_urls.iter().map(Url::as_str)).context("NEAR_RPC_URL")?;
     let sender = TransactionSender::new(rpc.clone(), production.near_signer);
+    // The registry is read at the state a wallet's transaction reaches first
+    // (optimistic), not the final state a block or two behind it: a user who
+    // just registered a coordinator goes on to provision its workers at once.
     let registry: Arc<dyn Registry> = Arc::new(RpcRegistry::new(
-        RegistryContract::with_sender(sender.clone(), production.registry_contract.clone()),
+        RegistryContract::with_sender(sender.clone(), production.registry_contract.clone())
+            .reading_at(BlockReference::Optimistic),
         CoordinatorContract::with_sender(sender, production.coordinator_contract.clone()),
     ));
-    // Registrations are checked against the state the wallet's transaction
-    // reached (optimistic), not the final state a block or two behind it.
-    let registry_as_the_wallet_left_it: Arc<dyn Registry> = Arc::new(RpcRegistry::new(
-        RegistryContract::new(rpc.clone(), production.registry_contract.clone())
-            .reading_at(BlockReference::Optimistic),
-        CoordinatorContract::new(rpc.clone(), production.coordinator_contract.clone()),
-    ));
     let registrar: Arc<dyn Registrar> = Arc::new(ChainRegistrar::new(
-        registry_as_the_wallet_left_it,
+        registry.clone(),
         rpc,
         vec![
             production.registry_contract.clone(),

@@ -138,12 +138,15 @@ impl TransactionSender {
     ) -> Result<ExecutionOutcome> {
         let mut nonce_retried = false;
         loop {
+            // The nonce as the latest executed transaction left it: read at
+            // `final`, a second transaction sent within a block or two of the
+            // first would reuse its nonce.
             let key = self
                 .rpc
                 .view_access_key(
                     self.signer.account_id(),
                     &self.signer.public_key(),
-                    &BlockReference::Final,
+                    &BlockReference::Optimistic,
                 )
                 .await?;
             let nonce = key.nonce.checked_add(1).ok_or_else(|| {

@@ -229,7 +229,7 @@ async fn a_structured_unknown_access_key_is_typed() {
         .view_access_key(
             signer().account_id(),
             &signer().public_key(),
-            &BlockReference::Final,
+            &BlockReference::Optimistic,
         )
         .await
         .unwrap_err();
@@ -286,7 +286,7 @@ async fn view_access_key_sends_the_key_and_reads_nonce_and_block_hash() {
         .view_access_key(
             signer().account_id(),
             &signer().public_key(),
-            &BlockReference::Final,
+            &BlockReference::Optimistic,
         )
         .await
         .unwrap();
@@ -312,7 +312,7 @@ async fn a_missing_access_key_in_legacy_form_is_typed() {
         .view_access_key(
             signer().account_id(),
             &signer().public_key(),
-            &BlockReference::Final,
+            &BlockReference::Optimistic,
         )
         .await
         .unwrap_err();

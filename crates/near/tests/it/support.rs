@@ -93,7 +93,7 @@ pub(crate) fn account(text: &str) -> AccountId {
 pub(crate) fn access_key_params() -> Value {
     json!({
         "request_type": "view_access_key",
-        "finality": "final",
+        "finality": "optimistic",
         "account_id": "server.testnet",
         "public_key": signer().public_key().to_near_string(),
     })
