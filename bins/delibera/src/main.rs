@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod delegation;
+mod devnet;
 mod ensue;
 mod ensue_serve;
 mod key;
@@ -48,6 +49,9 @@ enum Command {
     /// Provision a coordinator or worker through a running protocol-api.
     #[command(subcommand)]
     Provision(provision::ProvisionCommand),
+    /// Stand-ins for Phala Cloud, NEAR and hosted Ensue: rehearse production here.
+    #[command(subcommand)]
+    Devnet(devnet::DevnetCommand),
 }
 
 /// What a command asks `main` to do once it finished without an error.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Phala(command) => phala::run(command),
         Command::Near(command) => near::run(command),
         Command::Provision(command) => provision::run(command),
+        Command::Devnet(command) => devnet::run(command),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 mod agent;
 mod delegation;
+mod devnet;
 mod ensue;
 mod ensue_serve;
 mod key;

@@ -1,0 +1,81 @@
+//! `delibera devnet up` and `delibera devnet account create` as real processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use assert_cmd::cargo::cargo_bin;
+use serde_json::Value;
+
+/// A child process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_writes_the_env_file_and_the_faucet_makes_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("devnet.env");
+    let mut child = Command::new(cargo_bin("delibera"))
+        .args([
+            "devnet",
+            "up",
+            "--port-base",
+            "0",
+            "--block-ms",
+            "50",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .arg("--env-file")
+        .arg(&env_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _running = Running(child);
+    let line = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            line
+        }),
+    )
+    .await
+    .expect("the devnet started")
+    .unwrap();
+    let ready: Value = serde_json::from_str(&line).unwrap();
+    let near = ready["near"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    assert!(text.contains("DELIBERA_MODE=production\n"), "{text}");
+    assert!(text.contains(&format!("NEAR_RPC_URL={near}\n")), "{text}");
+    assert!(text.contains("DEVNET_USER_PRIVATE_KEY=ed25519:"), "{text}");
+
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(cargo_bin("delibera"))
+            .args(["devnet", "account", "create", "bob.devnet", "--rpc", &near])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let account: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(account["accountId"], "bob.devnet");
+    assert!(
+        account["privateKey"]
+            .as_str()
+            .unwrap()
+            .starts_with("ed25519:")
+    );
+}
