@@ -9,6 +9,7 @@ pub use delibera_agent as agent;
 pub use delibera_backoff as backoff;
 pub use delibera_coordination as coordination;
 pub use delibera_deploy as deploy;
+pub use delibera_devnet as devnet;
 pub use delibera_ensue as ensue;
 pub use delibera_ensue_local as ensue_local;
 pub use delibera_identity as identity;
