@@ -6,7 +6,8 @@
 //! - `POST /api/v1/cvms/provision` → compose hash, app id, env-encryption key
 //! - `POST /api/v1/cvms` (commit, with the encrypted env) → the CVM
 //! - `GET /api/v1/cvms/paginated`, `GET /api/v1/cvms/{id}`, in the shape the
-//!   `X-Phala-Version` header asks for (`2025-10-28` or `2026-01-21`)
+//!   `X-Phala-Version` header asks for (`2025-10-28` or `2026-01-21`), and
+//!   the older unpaginated `GET /api/v1/cvms` (a bare array of the same items)
 //! - `POST /api/v1/cvms/{id}/start|stop`, `DELETE /api/v1/cvms/{id}`
 //! - `/gateway/{app_id}-{port}/…` → the CVM's agent
 //!
@@ -290,7 +291,7 @@ async fn serve_never_healthy(listener: TcpListener, stopped: oneshot::Receiver<(
 fn router(inner: Arc<Inner>) -> Router {
     let api = Router::new()
         .route("/cvms/provision", post(provision))
-        .route("/cvms", post(commit))
+        .route("/cvms", post(commit).get(list_all))
         .route("/cvms/paginated", get(list))
         .route("/cvms/{id}", get(read).delete(delete))
         .route("/cvms/{id}/start", post(start))
@@ -598,6 +599,20 @@ async fn list(
         "page_size": page_size,
         "pages": pages,
     })))
+}
+
+/// `GET /cvms`: the list before pagination existed, still answered by the
+/// service and read by older clients: every item, as a bare array.
+async fn list_all(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+) -> std::result::Result<Json<Value>, ApiError> {
+    let cvms = inner.store.cvms()?;
+    Ok(Json(Value::Array(
+        cvms.iter()
+            .map(|cvm| list_item(&inner, cvm, version(&headers)))
+            .collect(),
+    )))
 }
 
 async fn read(

@@ -110,6 +110,23 @@ async fn a_deploy_boots_the_sealed_agent_behind_the_gateway_and_survives_a_resta
     // Deploying the same name again adopts it instead of making a second CVM.
     assert_eq!(deployer.deploy(&spec).await.unwrap().id, deployment.id);
     assert_eq!(phala.cvm_names().unwrap().len(), 1);
+    // Older clients list with the unpaginated `GET /cvms`: the same items, as an array.
+    let listed = |path: &'static str| {
+        let url = format!("{}{path}", phala.api_url());
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .header("X-API-Key", API_KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let page = listed("/cvms/paginated").await;
+    assert_eq!(page["total"], 1);
+    assert_eq!(listed("/cvms").await, page["items"]);
 
     // A restart on the same state boots the CVM again.
     phala.stop().await.unwrap();

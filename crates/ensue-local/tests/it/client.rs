@@ -191,10 +191,7 @@ async fn registered_orgs_are_isolated() {
         let taken = register_org(server.url(), "delibera-coord-test")
             .await
             .unwrap_err();
-        assert!(
-            matches!(taken, Error::OrgNameTaken { .. }),
-            "{taken}"
-        );
+        assert!(matches!(taken, Error::OrgNameTaken { .. }), "{taken}");
         server.stop().await.unwrap();
     }
 }
