@@ -223,12 +223,20 @@ impl EnsueClient {
         Ok(Some(found))
     }
 
-    async fn list_page(&self, prefix: &str, offset: usize) -> Result<Vec<String>> {
+    /// One `list_keys` page from `offset`. The direct dialect asks for the
+    /// first page as the seed's `{prefix}` and adds `offset` only for later
+    /// pages, which a server says exist through `has_more`.
+    async fn list_page(&self, prefix: &str, offset: usize) -> Result<ListedPage> {
+        let direct = if offset == 0 {
+            json!({ "prefix": prefix })
+        } else {
+            json!({ "prefix": prefix, "offset": offset })
+        };
         let (payload, _) = self
             .call_tool(
                 tool::LIST,
                 json!({ "prefix": like_escape(prefix), "limit": MAX_BATCH, "offset": offset }),
-                json!({ "prefix": prefix }),
+                direct,
             )
             .await;
         let payload = payload?;
@@ -239,13 +247,20 @@ impl EnsueClient {
                 reason: "list_keys result has no `keys` array".to_owned(),
                 body: excerpt(&payload.to_string()),
             })?;
-        Ok(keys
-            .iter()
-            .filter_map(|item| match item {
-                Value::String(key) => Some(key.clone()),
-                other => item_key(other),
-            })
-            .collect())
+        Ok(ListedPage {
+            keys: keys
+                .iter()
+                .filter_map(|item| match item {
+                    Value::String(key) => Some(key.clone()),
+                    other => item_key(other),
+                })
+                .collect(),
+            has_more: payload.get("has_more").and_then(Value::as_bool),
+            next_offset: payload
+                .get("next_offset")
+                .and_then(Value::as_u64)
+                .and_then(|next| usize::try_from(next).ok()),
+        })
     }
 
     async fn delete_chunk(&self, keys: &[String]) -> Result<()> {
@@ -343,24 +358,31 @@ impl Memory for EnsueClient {
         let mut keys = Vec::new();
         let mut seen = HashSet::new();
         let mut offset = 0;
-        match self.dialect() {
-            Dialect::Direct => keys = self.list_page(prefix, 0).await?,
-            Dialect::Mcp => loop {
-                let page = self.list_page(prefix, offset).await?;
-                offset += page.len();
-                let full = page.len() >= MAX_BATCH;
-                let before = seen.len();
-                for key in page {
-                    if seen.insert(key.clone()) {
-                        keys.push(key);
-                    }
+        loop {
+            let page = self.list_page(prefix, offset).await?;
+            let received = page.keys.len();
+            let before = seen.len();
+            for key in page.keys {
+                if seen.insert(key.clone()) {
+                    keys.push(key);
                 }
-                // A short page is the last; a page with nothing new means the
-                // server ignores `offset`, and asking again would loop forever.
-                if !full || seen.len() == before {
-                    break;
-                }
-            },
+            }
+            // A server that says whether more follow is believed; otherwise
+            // a full MCP page means "ask again" (the hosted service pages by
+            // 100), and a direct answer is everything.
+            let more = page.has_more.unwrap_or(match self.dialect() {
+                Dialect::Mcp => received >= MAX_BATCH,
+                Dialect::Direct => false,
+            });
+            // A page with nothing new means the server ignores `offset`, and
+            // asking again would loop forever.
+            if !more || seen.len() == before {
+                break;
+            }
+            offset = page
+                .next_offset
+                .filter(|&next| next > offset)
+                .unwrap_or(offset + received);
         }
         // The server matches with LIKE; keep exactly the literal prefix.
         keys.retain(|key| key.starts_with(prefix));
@@ -372,6 +394,15 @@ impl Memory for EnsueClient {
     async fn delete(&self, key: &str) -> Result<()> {
         self.delete_chunk(&[key.to_owned()]).await
     }
+}
+
+/// One page of a `list_keys` answer.
+struct ListedPage {
+    keys: Vec<String>,
+    /// The server's `has_more`, when it sends one.
+    has_more: Option<bool>,
+    /// The server's `next_offset`, when it sends one.
+    next_offset: Option<usize>,
 }
 
 /// Reads the whole body, up to [`MAX_BODY_BYTES`].
@@ -491,6 +522,10 @@ fn item_outcome(item: &Value, key: &str) -> Result<()> {
         Some(Reading::AlreadyExists) => Err(Error::AlreadyExists {
             key: key.to_owned(),
         }),
+        Some(Reading::QuotaExceeded) => Err(Error::QuotaExceeded {
+            key: key.to_owned(),
+            message: excerpt(&message),
+        }),
         None => Err(Error::ItemFailed {
             key: key.to_owned(),
             status,
@@ -503,6 +538,7 @@ fn item_outcome(item: &Value, key: &str) -> Result<()> {
 enum Reading {
     NotFound,
     AlreadyExists,
+    QuotaExceeded,
 }
 
 impl Reading {
@@ -525,8 +561,11 @@ impl Reading {
             "no such",
             "missing",
         ];
-        // "does not exist" contains "exist", so look for missing first.
-        if MISSING.iter().any(|words| text.contains(words)) {
+        // A quota message may name keys that exist; it is read first.
+        // "does not exist" contains "exist", so missing comes before exists.
+        if text.contains("quota") {
+            Some(Reading::QuotaExceeded)
+        } else if MISSING.iter().any(|words| text.contains(words)) {
             Some(Reading::NotFound)
         } else if EXISTS.iter().any(|words| text.contains(words)) {
             Some(Reading::AlreadyExists)
@@ -536,8 +575,9 @@ impl Reading {
     }
 }
 
-/// Turns a JSON-RPC or tool error that says "not found" / "already exists"
-/// into [`Error::NotFound`] / [`Error::AlreadyExists`] for `key`.
+/// Turns a JSON-RPC or tool error that says "not found" / "already exists" /
+/// "quota" into [`Error::NotFound`] / [`Error::AlreadyExists`] /
+/// [`Error::QuotaExceeded`] for `key`.
 fn classify_error(error: Error, key: &str) -> Error {
     let text = match &error {
         Error::JsonRpc { message, .. } | Error::Tool { message } => message,
@@ -549,6 +589,10 @@ fn classify_error(error: Error, key: &str) -> Error {
         },
         Some(Reading::AlreadyExists) => Error::AlreadyExists {
             key: key.to_owned(),
+        },
+        Some(Reading::QuotaExceeded) => Error::QuotaExceeded {
+            key: key.to_owned(),
+            message: excerpt(text),
         },
         None => error,
     }
@@ -600,7 +644,11 @@ mod tests {
                 "{text}"
             );
         }
-        assert!(Reading::of("quota exceeded").is_none());
+        assert!(matches!(
+            Reading::of("organization quota exceeded: it already holds 10 keys"),
+            Some(Reading::QuotaExceeded)
+        ));
+        assert!(Reading::of("internal error").is_none());
     }
 
     #[test]
@@ -622,7 +670,14 @@ mod tests {
             .is_already_exists()
         );
         assert!(matches!(
-            item_outcome(&json!({"status": "error", "error": "quota"}), key),
+            item_outcome(
+                &json!({"status": "quota_exceeded", "error": "over the limit"}),
+                key
+            ),
+            Err(Error::QuotaExceeded { .. })
+        ));
+        assert!(matches!(
+            item_outcome(&json!({"status": "error", "error": "disk on fire"}), key),
             Err(Error::ItemFailed { .. })
         ));
     }

@@ -23,6 +23,15 @@ pub enum Error {
         /// The key that was written.
         key: String,
     },
+    /// The organisation's storage quota (keys or bytes) would be exceeded by
+    /// this write; the service's message says which and what to do.
+    #[error("quota exceeded writing {key}: {message}")]
+    QuotaExceeded {
+        /// The key that was written.
+        key: String,
+        /// The service's explanation, truncated.
+        message: String,
+    },
     /// `agent-register` answered 409: an organization with this name exists.
     #[error("an organization named {name} already exists")]
     OrgNameTaken {
@@ -163,6 +172,11 @@ impl Error {
     /// Whether this is [`Error::AlreadyExists`].
     pub fn is_already_exists(&self) -> bool {
         matches!(self, Error::AlreadyExists { .. })
+    }
+
+    /// Whether this is [`Error::QuotaExceeded`].
+    pub fn is_quota_exceeded(&self) -> bool {
+        matches!(self, Error::QuotaExceeded { .. })
     }
 
     /// Whether this is [`Error::Unauthorized`].

@@ -664,8 +664,8 @@ async fn json_rpc_errors_keep_code_and_message() {
 
 #[tokio::test]
 async fn tool_errors_keep_their_text() {
-    let error = error_for(tool_error(1, "quota exceeded"), 1).await;
-    assert!(matches!(&error, Error::Tool { message } if message == "quota exceeded"));
+    let error = error_for(tool_error(1, "the service is busy"), 1).await;
+    assert!(matches!(&error, Error::Tool { message } if message == "the service is busy"));
 }
 
 #[tokio::test]

@@ -3,4 +3,5 @@
 mod client;
 mod crypto;
 mod in_memory;
+mod paging_and_quotas;
 mod register;
