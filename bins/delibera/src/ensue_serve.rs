@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use delibera_ensue_local::{ApiKey, BOOTSTRAP_ORG, Config, LocalEnsue};
+use delibera_ensue_local::{
+    ApiKey, BOOTSTRAP_ORG, Config, DEFAULT_MAX_BYTES_PER_ORG, DEFAULT_MAX_KEYS_PER_ORG, Limits,
+    LocalEnsue, RegistrationLimit,
+};
 use serde_json::json;
 
 use crate::{Outcome, print_json};
@@ -28,6 +31,21 @@ pub(crate) struct ServeArgs {
         hide_env_values = true
     )]
     bootstrap_key: Option<String>,
+    /// The most keys one organization may hold (0: no limit).
+    #[arg(long, value_name = "N", env = "ENSUE_LOCAL_MAX_KEYS_PER_ORG", default_value_t = DEFAULT_MAX_KEYS_PER_ORG)]
+    max_keys_per_org: u64,
+    /// The most bytes (key names, values, descriptions) one organization may store (0: no limit).
+    #[arg(long, value_name = "N", env = "ENSUE_LOCAL_MAX_BYTES_PER_ORG", default_value_t = DEFAULT_MAX_BYTES_PER_ORG)]
+    max_bytes_per_org: u64,
+    /// Organizations `POST /auth/agent-register` may create per minute, from
+    /// all callers together (0: no limit).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ENSUE_LOCAL_REGISTRATIONS_PER_MINUTE",
+        default_value_t = 60
+    )]
+    registrations_per_minute: u32,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
@@ -35,7 +53,12 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
-    let mut config = Config::default().with_addr(args.addr);
+    let mut config = Config::default()
+        .with_addr(args.addr)
+        .with_limits(
+            Limits::default().with_org_quota(args.max_keys_per_org, args.max_bytes_per_org),
+        )
+        .with_registration_limit(RegistrationLimit::global(args.registrations_per_minute));
     if let Some(dir) = &args.data_dir {
         config = config.with_data_dir(dir);
     }

@@ -1,11 +1,12 @@
 //! The HTTP surface: routes, bearer auth, body limits and tracing.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,8 +19,9 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::claim::{self, ClaimPolicy, ClaimTicket};
+use crate::registration::{RegistrationLimit, RegistrationLimiter};
 use crate::rpc::{self, Framing};
-use crate::store::{OrgId, Store};
+use crate::store::{OrgId, OrgQuota, Store};
 use crate::tools;
 
 /// How long one request may take, so a stalled client cannot hold up a
@@ -30,7 +32,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// a short name, or a token and a code).
 pub(crate) const MAX_FORM_BODY_BYTES: usize = 4 * 1024;
 
-/// Size limits, enforced with clear errors rather than dropped connections.
+/// The default [`Limits::max_keys_per_org`].
+pub const DEFAULT_MAX_KEYS_PER_ORG: u64 = 10_000;
+
+/// The default [`Limits::max_bytes_per_org`] (64 MiB).
+pub const DEFAULT_MAX_BYTES_PER_ORG: u64 = 64 * 1024 * 1024;
+
+/// Size limits and per-organisation quotas, enforced with clear errors
+/// rather than dropped connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
@@ -38,44 +47,78 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// The largest stored value, in UTF-8 bytes; larger ones get error -32602.
     pub max_value_bytes: usize,
+    /// The most keys one organisation may hold; 0 for no limit. A create
+    /// beyond it fails with status `quota_exceeded`.
+    pub max_keys_per_org: u64,
+    /// The most bytes (key names, values and descriptions, in UTF-8) one
+    /// organisation may store; 0 for no limit. A write beyond it fails with
+    /// status `quota_exceeded`.
+    pub max_bytes_per_org: u64,
 }
 
 impl Limits {
-    /// Limits with the given body and value sizes.
+    /// Limits with the given body and value sizes, and the default quotas.
     pub fn new(max_body_bytes: usize, max_value_bytes: usize) -> Self {
         Self {
             max_body_bytes,
             max_value_bytes,
+            max_keys_per_org: DEFAULT_MAX_KEYS_PER_ORG,
+            max_bytes_per_org: DEFAULT_MAX_BYTES_PER_ORG,
+        }
+    }
+
+    /// Replaces the per-organisation quotas (0 lifts one).
+    pub fn with_org_quota(mut self, max_keys: u64, max_bytes: u64) -> Self {
+        self.max_keys_per_org = max_keys;
+        self.max_bytes_per_org = max_bytes;
+        self
+    }
+
+    pub(crate) fn org_quota(&self) -> OrgQuota {
+        OrgQuota {
+            max_keys: self.max_keys_per_org,
+            max_bytes: self.max_bytes_per_org,
         }
     }
 }
 
 impl Default for Limits {
-    /// 8 MiB bodies (a full batch of large values fits), 1 MiB values.
+    /// 8 MiB bodies (a full batch of large values fits), 1 MiB values, and
+    /// per organisation [`DEFAULT_MAX_KEYS_PER_ORG`] keys and
+    /// [`DEFAULT_MAX_BYTES_PER_ORG`] bytes: room for hundreds of deliberation
+    /// rounds, while one runaway organisation cannot fill a developer's disk.
     fn default() -> Self {
         Self::new(8 * 1024 * 1024, 1024 * 1024)
     }
 }
 
 /// What every request handler shares: the store, the limits, the claim
-/// policy and the server's own URL (for `claim_url`).
+/// policy, the registration limit and the server's own URL (for `claim_url`).
 #[derive(Clone, Debug)]
 pub struct AppState {
     store: Store,
     limits: Limits,
     claim_policy: ClaimPolicy,
+    registrations: Arc<RegistrationLimiter>,
     public_url: Option<Arc<str>>,
 }
 
 impl AppState {
-    /// State over `store`, with default [`Limits`].
+    /// State over `store`, with default [`Limits`] and [`RegistrationLimit`].
     pub fn new(store: Store) -> Self {
         Self {
             store,
             limits: Limits::default(),
             claim_policy: ClaimPolicy::default(),
+            registrations: Arc::new(RegistrationLimiter::new(RegistrationLimit::default())),
             public_url: None,
         }
+    }
+
+    /// Replaces the limit on `POST /auth/agent-register`.
+    pub fn with_registration_limit(mut self, limit: RegistrationLimit) -> Self {
+        self.registrations = Arc::new(RegistrationLimiter::new(limit));
+        self
     }
 
     /// Replaces the size limits.
@@ -303,7 +346,17 @@ pub(crate) async fn read_body(
 /// works at once (`"active"`; the claim URL and code lead nowhere); under
 /// [`ClaimPolicy::RequireClaim`] it is refused until the organisation is
 /// claimed with them (`"unclaimed"`).
-async fn agent_register(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn agent_register(State(state): State<AppState>, request: Request) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    if let Err(retry_after) = state.registrations.check(client) {
+        tracing::warn!(client = ?client, "organization registration refused: rate limit reached");
+        return too_many_registrations(retry_after);
+    }
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let bytes = match read_body(&headers, body, MAX_FORM_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge) => {
@@ -396,6 +449,19 @@ fn unauthorized_with(body: &Value) -> Response {
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// HTTP 429 with `Retry-After` (whole seconds) and the `{"error"}` body.
+fn too_many_registrations(retry_after: Duration) -> Response {
+    let seconds = retry_after.as_secs();
+    let mut response = error_json(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("too many organization registrations; retry in {seconds} s"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     response
 }
 

@@ -4,6 +4,7 @@ mod api_key;
 mod claim;
 mod error;
 mod http;
+mod registration;
 mod rpc;
 mod server;
 mod store;
@@ -12,7 +13,8 @@ mod tools;
 pub use api_key::ApiKey;
 pub use claim::{ClaimPolicy, ClaimStatus, ClaimTicket, Claimed};
 pub use error::{Error, Result};
-pub use http::{AppState, Limits, app};
+pub use http::{AppState, DEFAULT_MAX_BYTES_PER_ORG, DEFAULT_MAX_KEYS_PER_ORG, Limits, app};
+pub use registration::{RegistrationLimit, RegistrationScope};
 pub use server::{BOOTSTRAP_ORG, Config, DATABASE_FILE, LocalEnsue, run};
 pub use store::Store;
 

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::http::{AppState, Limits, app};
-use crate::{ApiKey, ClaimPolicy, Error, Result, Store};
+use crate::{ApiKey, ClaimPolicy, Error, RegistrationLimit, Result, Store};
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "ensue-local.sqlite3";
@@ -21,8 +21,9 @@ pub const BOOTSTRAP_ORG: &str = "local";
 /// How to start a [`LocalEnsue`].
 ///
 /// The default listens on `127.0.0.1:0` (a free port), keeps data in memory,
-/// generates a bootstrap key and activates registered keys at once
-/// ([`ClaimPolicy::Immediate`]).
+/// generates a bootstrap key, activates registered keys at once
+/// ([`ClaimPolicy::Immediate`]), and applies the default [`Limits`] (quotas
+/// included) and [`RegistrationLimit`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
@@ -32,10 +33,12 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// The key that acts for [`BOOTSTRAP_ORG`]; `None` generates one.
     pub bootstrap_key: Option<ApiKey>,
-    /// Body and value size limits.
+    /// Body and value size limits, and per-organisation quotas.
     pub limits: Limits,
     /// Whether registered organisations must be claimed before their keys work.
     pub claim_policy: ClaimPolicy,
+    /// How fast `POST /auth/agent-register` may create organisations.
+    pub registration_limit: RegistrationLimit,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             bootstrap_key: None,
             limits: Limits::default(),
             claim_policy: ClaimPolicy::default(),
+            registration_limit: RegistrationLimit::default(),
         }
     }
 }
@@ -69,9 +73,15 @@ impl Config {
         self
     }
 
-    /// Replaces the size limits.
+    /// Replaces the size limits and quotas.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Replaces the limit on organisation registrations.
+    pub fn with_registration_limit(mut self, limit: RegistrationLimit) -> Self {
+        self.registration_limit = limit;
         self
     }
 
@@ -146,6 +156,7 @@ impl LocalEnsue {
         let state = AppState::new(store.clone())
             .with_limits(config.limits)
             .with_claim_policy(config.claim_policy)
+            .with_registration_limit(config.registration_limit)
             .with_public_url(url.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(listener, state, async move {

@@ -20,7 +20,7 @@ use crate::{Error, Result};
 pub(crate) type OrgId = i64;
 
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,9 +72,50 @@ PRAGMA user_version = 2;
 COMMIT;
 ";
 
+/// Version 2 to 3: each organisation's usage (keys, and bytes of key names,
+/// values and descriptions), for the quotas. Triggers keep it in step with
+/// `memories` on every write path, so a quota check is one row read rather
+/// than a scan; the migration counts what an older file already holds.
+const SCHEMA_V3: &str = "
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS org_usage (
+    org_id INTEGER PRIMARY KEY REFERENCES orgs(id),
+    key_count INTEGER NOT NULL DEFAULT 0,
+    stored_bytes INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR REPLACE INTO org_usage (org_id, key_count, stored_bytes)
+    SELECT org_id, COUNT(*),
+        SUM(length(CAST(key_name AS BLOB)) + length(CAST(value AS BLOB))
+            + length(CAST(description AS BLOB)))
+    FROM memories GROUP BY org_id;
+CREATE TRIGGER IF NOT EXISTS memories_usage_insert AFTER INSERT ON memories BEGIN
+    INSERT OR IGNORE INTO org_usage (org_id) VALUES (NEW.org_id);
+    UPDATE org_usage SET key_count = key_count + 1,
+        stored_bytes = stored_bytes + length(CAST(NEW.key_name AS BLOB))
+            + length(CAST(NEW.value AS BLOB)) + length(CAST(NEW.description AS BLOB))
+    WHERE org_id = NEW.org_id;
+END;
+CREATE TRIGGER IF NOT EXISTS memories_usage_update AFTER UPDATE ON memories BEGIN
+    UPDATE org_usage SET stored_bytes = stored_bytes
+        - length(CAST(OLD.key_name AS BLOB)) - length(CAST(OLD.value AS BLOB))
+        - length(CAST(OLD.description AS BLOB))
+        + length(CAST(NEW.key_name AS BLOB)) + length(CAST(NEW.value AS BLOB))
+        + length(CAST(NEW.description AS BLOB))
+    WHERE org_id = NEW.org_id;
+END;
+CREATE TRIGGER IF NOT EXISTS memories_usage_delete AFTER DELETE ON memories BEGIN
+    UPDATE org_usage SET key_count = key_count - 1,
+        stored_bytes = stored_bytes - length(CAST(OLD.key_name AS BLOB))
+            - length(CAST(OLD.value AS BLOB)) - length(CAST(OLD.description AS BLOB))
+    WHERE org_id = OLD.org_id;
+END;
+PRAGMA user_version = 3;
+COMMIT;
+";
+
 /// The migrations, in order: entry `i` takes version `i` to `i + 1`. Each is
 /// idempotent, so two servers opening one old file at once both succeed.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// The durable home of every organisation, API key and memory.
 ///
@@ -113,6 +154,70 @@ pub(crate) struct NewMemory {
     pub(crate) key_name: String,
     pub(crate) value: String,
     pub(crate) description: String,
+}
+
+impl NewMemory {
+    /// What it adds to its organisation's stored bytes.
+    fn stored_bytes(&self) -> u64 {
+        stored_bytes(&self.key_name, &self.value, &self.description)
+    }
+}
+
+/// The bytes a memory counts against its organisation's quota: its key name,
+/// value and description, in UTF-8.
+fn stored_bytes(key_name: &str, value: &str, description: &str) -> u64 {
+    (key_name.len() + value.len() + description.len()) as u64
+}
+
+/// How much one organisation may store; `0` leaves a dimension unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OrgQuota {
+    pub(crate) max_keys: u64,
+    pub(crate) max_bytes: u64,
+}
+
+impl OrgQuota {
+    /// The quota a write would break if the organisation then held `keys`
+    /// keys and `bytes` bytes.
+    fn exceeded_by(&self, keys: u64, bytes: u64) -> Option<QuotaExceeded> {
+        if self.max_keys != 0 && keys > self.max_keys {
+            Some(QuotaExceeded::Keys {
+                limit: self.max_keys,
+            })
+        } else if self.max_bytes != 0 && bytes > self.max_bytes {
+            Some(QuotaExceeded::Bytes {
+                limit: self.max_bytes,
+                would_be: bytes,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// Which of an organisation's quotas a write would break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QuotaExceeded {
+    /// The organisation already holds `limit` keys.
+    Keys { limit: u64 },
+    /// The write would take the organisation's stored bytes to `would_be`.
+    Bytes { limit: u64, would_be: u64 },
+}
+
+/// What became of one item of a create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreateOutcome {
+    Created,
+    AlreadyExists,
+    OverQuota(QuotaExceeded),
+}
+
+/// What became of an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpdateOutcome {
+    Updated,
+    NotFound,
+    OverQuota(QuotaExceeded),
 }
 
 /// A stored memory, as `get_memory` returns it.
@@ -447,21 +552,44 @@ impl Store {
         .await
     }
 
-    /// Creates each item unless its key exists; `true` per item created.
+    /// Creates each item unless its key exists or the organisation's quota
+    /// would be broken; one outcome per item.
     ///
-    /// One transaction: a key repeated within the batch is created once.
-    pub(crate) async fn create_many(&self, org: OrgId, items: Vec<NewMemory>) -> Result<Vec<bool>> {
+    /// One transaction: a key repeated within the batch is created once, and
+    /// the quota is checked against the usage the transaction sees, so
+    /// concurrent writers cannot overshoot it together.
+    pub(crate) async fn create_many(
+        &self,
+        org: OrgId,
+        items: Vec<NewMemory>,
+        quota: OrgQuota,
+    ) -> Result<Vec<CreateOutcome>> {
         self.write(move |conn| {
             let now = now_secs();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut created = Vec::with_capacity(items.len());
+            let (mut keys, mut bytes) = usage(&tx, org)?;
+            let mut outcomes = Vec::with_capacity(items.len());
             {
                 // No OR REPLACE: the primary key makes create-if-absent atomic.
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO memories (org_id, key_name, value, description, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                 )?;
+                let mut exists = tx.prepare_cached(
+                    "SELECT 1 FROM memories WHERE org_id = ?1 AND key_name = ?2",
+                )?;
                 for item in &items {
+                    // An existing key is reported as such even when the
+                    // organisation is full: that answer does not depend on room.
+                    if exists.exists(params![org, item.key_name])? {
+                        outcomes.push(CreateOutcome::AlreadyExists);
+                        continue;
+                    }
+                    let item_bytes = item.stored_bytes();
+                    if let Some(exceeded) = quota.exceeded_by(keys + 1, bytes + item_bytes) {
+                        outcomes.push(CreateOutcome::OverQuota(exceeded));
+                        continue;
+                    }
                     match insert.execute(params![
                         org,
                         item.key_name,
@@ -469,38 +597,77 @@ impl Store {
                         item.description,
                         now
                     ]) {
-                        Ok(_) => created.push(true),
-                        Err(error) if is_primary_key_violation(&error) => created.push(false),
+                        Ok(_) => {
+                            keys += 1;
+                            bytes += item_bytes;
+                            outcomes.push(CreateOutcome::Created);
+                        }
+                        Err(error) if is_primary_key_violation(&error) => {
+                            outcomes.push(CreateOutcome::AlreadyExists);
+                        }
                         Err(error) => return Err(error.into()),
                     }
                 }
             }
             tx.commit()?;
-            Ok(created)
+            Ok(outcomes)
         })
         .await
     }
 
     /// Replaces the value (and the description, when given) of an existing
-    /// key; `false` when the key does not exist.
+    /// key, unless the organisation's byte quota would be broken.
     pub(crate) async fn update(
         &self,
         org: OrgId,
         key_name: String,
         value: String,
         description: Option<String>,
-    ) -> Result<bool> {
+        quota: OrgQuota,
+    ) -> Result<UpdateOutcome> {
         self.write(move |conn| {
-            let changed = conn
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<(String, i64)> = tx
                 .prepare_cached(
-                    "UPDATE memories
-                     SET value = ?3, description = COALESCE(?4, description), updated_at = ?5
-                     WHERE org_id = ?1 AND key_name = ?2",
+                    "SELECT description, length(CAST(key_name AS BLOB))
+                         + length(CAST(value AS BLOB)) + length(CAST(description AS BLOB))
+                     FROM memories WHERE org_id = ?1 AND key_name = ?2",
                 )?
-                .execute(params![org, key_name, value, description, now_secs()])?;
-            Ok(changed == 1)
+                .query_row(params![org, key_name], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let Some((current_description, old_bytes)) = current else {
+                return Ok(UpdateOutcome::NotFound);
+            };
+            let old_bytes = u64::try_from(old_bytes).unwrap_or(0);
+            let new_bytes = stored_bytes(
+                &key_name,
+                &value,
+                description.as_deref().unwrap_or(&current_description),
+            );
+            let (keys, bytes) = usage(&tx, org)?;
+            // Shrinking is always allowed, so an organisation over a lowered
+            // quota can still make room.
+            if new_bytes > old_bytes
+                && let Some(exceeded) = quota.exceeded_by(keys, bytes + new_bytes - old_bytes)
+            {
+                return Ok(UpdateOutcome::OverQuota(exceeded));
+            }
+            tx.prepare_cached(
+                "UPDATE memories
+                 SET value = ?3, description = COALESCE(?4, description), updated_at = ?5
+                 WHERE org_id = ?1 AND key_name = ?2",
+            )?
+            .execute(params![org, key_name, value, description, now_secs()])?;
+            tx.commit()?;
+            Ok(UpdateOutcome::Updated)
         })
         .await
+    }
+
+    /// How many keys and stored bytes organisation `org` holds.
+    #[cfg(test)]
+    pub(crate) async fn org_usage(&self, org: OrgId) -> Result<(u64, u64)> {
+        self.read(move |conn| usage(conn, org)).await
     }
 
     /// Reads each key; `None` for the missing ones.
@@ -683,6 +850,19 @@ fn migrate(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Organisation `org`'s key count and stored bytes, as the triggers keep them.
+fn usage(conn: &Connection, org: OrgId) -> Result<(u64, u64)> {
+    let row: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT key_count, stored_bytes FROM org_usage WHERE org_id = ?1")?
+        .query_row([org], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (keys, bytes) = row.unwrap_or((0, 0));
+    Ok((
+        u64::try_from(keys).unwrap_or(0),
+        u64::try_from(bytes).unwrap_or(0),
+    ))
+}
+
 /// Checks the hosted service's organisation name rule.
 pub(crate) fn validate_org_name(name: &str) -> Result<()> {
     let valid = (1..=MAX_ORG_NAME_LEN).contains(&name.len())
@@ -729,6 +909,11 @@ mod tests {
         }
     }
 
+    const UNLIMITED: OrgQuota = OrgQuota {
+        max_keys: 0,
+        max_bytes: 0,
+    };
+
     async fn org(store: &Store, name: &str) -> OrgId {
         let key = store.register_org(name).await.unwrap();
         store.org_for_token(key.expose()).await.unwrap().unwrap()
@@ -739,10 +924,21 @@ mod tests {
         let store = Store::in_memory().unwrap();
         let org = org(&store, "a").await;
         let created = store
-            .create_many(org, vec![item("k", "1"), item("k", "2"), item("j", "3")])
+            .create_many(
+                org,
+                vec![item("k", "1"), item("k", "2"), item("j", "3")],
+                UNLIMITED,
+            )
             .await
             .unwrap();
-        assert_eq!(created, [true, false, true]);
+        assert_eq!(
+            created,
+            [
+                CreateOutcome::Created,
+                CreateOutcome::AlreadyExists,
+                CreateOutcome::Created
+            ]
+        );
         let records = store.get_many(org, vec!["k".into()]).await.unwrap();
         assert_eq!(records[0].as_ref().map(|r| r.value.as_str()), Some("1"));
     }
@@ -755,6 +951,7 @@ mod tests {
             .create_many(
                 org,
                 vec![item("a_b/1", ""), item("axb/2", ""), item("A_b/3", "")],
+                UNLIMITED,
             )
             .await
             .unwrap();
@@ -768,6 +965,67 @@ mod tests {
         assert_eq!(names(wildcard), ["a_b/1", "axb/2"]);
         let escaped = store.list(org, "a\\_b%".into(), 100, 0).await.unwrap();
         assert_eq!(names(escaped), ["a_b/1"]);
+    }
+
+    #[tokio::test]
+    async fn usage_follows_every_write_and_quotas_hold() {
+        let store = Store::in_memory().unwrap();
+        let org = org(&store, "a").await;
+        let other = self::org(&store, "b").await;
+        let quota = OrgQuota {
+            max_keys: 2,
+            max_bytes: 20,
+        };
+        // "k1" + "12345" = 7 bytes; "k2" + "1234567890" = 12 bytes.
+        let created = store
+            .create_many(
+                org,
+                vec![item("k1", "12345"), item("k2", "1234567890")],
+                quota,
+            )
+            .await
+            .unwrap();
+        assert_eq!(created, [CreateOutcome::Created, CreateOutcome::Created]);
+        assert_eq!(store.org_usage(org).await.unwrap(), (2, 19));
+        let third = store
+            .create_many(org, vec![item("k3", ""), item("k1", "x")], quota)
+            .await
+            .unwrap();
+        assert_eq!(
+            third,
+            [
+                CreateOutcome::OverQuota(QuotaExceeded::Keys { limit: 2 }),
+                CreateOutcome::AlreadyExists
+            ]
+        );
+        let grown = store
+            .update(org, "k1".into(), "1234567".into(), None, quota)
+            .await
+            .unwrap();
+        assert_eq!(
+            grown,
+            UpdateOutcome::OverQuota(QuotaExceeded::Bytes {
+                limit: 20,
+                would_be: 21
+            })
+        );
+        let shrunk = store
+            .update(org, "k2".into(), "1".into(), Some("d".into()), quota)
+            .await
+            .unwrap();
+        assert_eq!(shrunk, UpdateOutcome::Updated);
+        assert_eq!(store.org_usage(org).await.unwrap(), (2, 11));
+        assert_eq!(
+            store
+                .update(org, "nope".into(), "v".into(), None, quota)
+                .await
+                .unwrap(),
+            UpdateOutcome::NotFound
+        );
+        store.delete_many(org, vec!["k1".into()]).await.unwrap();
+        assert_eq!(store.org_usage(org).await.unwrap(), (1, 4));
+        // Another organisation's usage is its own.
+        assert_eq!(store.org_usage(other).await.unwrap(), (0, 0));
     }
 
     #[tokio::test]
@@ -856,8 +1114,20 @@ mod tests {
             conn.execute_batch(SCHEMA_V1).unwrap();
             conn.execute("INSERT INTO orgs (name, created_at) VALUES ('old', 1)", [])
                 .unwrap();
+            conn.execute(
+                "INSERT INTO memories VALUES (1, 'k', 'value', 'd', 1, 1), (1, 'é', '', '', 1, 1)",
+                [],
+            )
+            .unwrap();
         }
         let store = Store::open(&path).unwrap();
+        // What the file held before the usage table existed is counted.
+        let usage = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(store.org_usage(1))
+            .unwrap();
+        assert_eq!(usage, (2, 7 + 2));
         drop(store);
         let conn = Connection::open(&path).unwrap();
         let version: i64 = conn
@@ -874,7 +1144,7 @@ mod tests {
         drop(conn);
         let newer = Store::open(&path).unwrap_err();
         assert!(
-            matches!(newer, Error::UnsupportedSchema { found: 3, .. }),
+            matches!(newer, Error::UnsupportedSchema { found: 4, .. }),
             "{newer}"
         );
     }

@@ -7,7 +7,7 @@ use delibera_jsonrpc::ErrorObject;
 
 use crate::http::{AppState, Limits};
 use crate::rpc;
-use crate::store::{NewMemory, OrgId, Record};
+use crate::store::{CreateOutcome, NewMemory, OrgId, QuotaExceeded, Record, UpdateOutcome};
 
 /// Items per batch and keys per `list_keys` page, as the hosted service allows.
 pub(crate) const MAX_BATCH: usize = 100;
@@ -167,35 +167,42 @@ async fn run_mcp(
                 });
             }
             let keys: Vec<String> = memories.iter().map(|m| m.key_name.clone()).collect();
-            let created = store.create_many(org, memories).await.map_err(internal)?;
+            let created = store
+                .create_many(org, memories, limits.org_quota())
+                .await
+                .map_err(internal)?;
             let results = keys
                 .into_iter()
                 .zip(created)
-                .map(|(key_name, created)| {
-                    if created {
-                        json!({ "key_name": key_name, "status": "success" })
-                    } else {
+                .map(|(key_name, created)| match created {
+                    CreateOutcome::Created => json!({ "key_name": key_name, "status": "success" }),
+                    CreateOutcome::AlreadyExists => {
                         item_failure(&key_name, "already_exists", &already_exists(&key_name))
+                    }
+                    CreateOutcome::OverQuota(exceeded) => {
+                        item_failure(&key_name, QUOTA_EXCEEDED, &quota_exceeded(exceeded))
                     }
                 })
                 .collect();
             Ok(batch_outcome(results))
         }
         Operation::Update => {
-            let (key_name, value, found) =
+            let (key_name, value, updated) =
                 update_one(state, org, args, "key_name", "arguments").await?;
-            Ok(if found {
-                Outcome::Success(json!({
-                    "results": [{ "key_name": key_name, "value": value, "status": "success" }],
-                }))
-            } else {
-                let message = not_found(&key_name);
-                Outcome::Failure {
-                    structured: Some(json!({
-                        "results": [item_failure(&key_name, "not_found", &message)],
-                    })),
-                    message,
+            let (status, message) = match updated {
+                UpdateOutcome::Updated => {
+                    return Ok(Outcome::Success(json!({
+                        "results": [{ "key_name": key_name, "value": value, "status": "success" }],
+                    })));
                 }
+                UpdateOutcome::NotFound => ("not_found", not_found(&key_name)),
+                UpdateOutcome::OverQuota(exceeded) => (QUOTA_EXCEEDED, quota_exceeded(exceeded)),
+            };
+            Ok(Outcome::Failure {
+                structured: Some(json!({
+                    "results": [item_failure(&key_name, status, &message)],
+                })),
+                message,
             })
         }
         Operation::Get => {
@@ -233,7 +240,7 @@ async fn run_mcp(
             Ok(batch_outcome(results))
         }
         Operation::List => {
-            let page = list_page(state, org, args, DefaultLimit::Page).await?;
+            let page = list_page(state, org, args).await?;
             let keys: Vec<Value> = page
                 .keys
                 .iter()
@@ -253,23 +260,29 @@ async fn run_mcp(
 }
 
 /// `update_memory` of one key, whichever dialect named it: the key (under
-/// `key_field`), the new value and whether the key existed.
+/// `key_field`), the new value and what became of the update.
 async fn update_one(
     state: &AppState,
     org: OrgId,
     map: &Map<String, Value>,
     key_field: &str,
     path: &str,
-) -> Result<(String, String, bool), ErrorObject> {
+) -> Result<(String, String, UpdateOutcome), ErrorObject> {
     let key_name = key(map, key_field, path)?;
     let value = value(map, path, state.limits())?;
     let description = description(map, path)?;
-    let found = state
+    let updated = state
         .store()
-        .update(org, key_name.clone(), value.clone(), description)
+        .update(
+            org,
+            key_name.clone(),
+            value.clone(),
+            description,
+            state.limits().org_quota(),
+        )
         .await
         .map_err(internal)?;
-    Ok((key_name, value, found))
+    Ok((key_name, value, updated))
 }
 
 /// The direct form: `{key, value}`, `{key}`, `{prefix}`; results `{key, value}`,
@@ -303,21 +316,22 @@ async fn run_direct(
                 description: description(params, "params")?.unwrap_or_default(),
             };
             let created = store
-                .create_many(org, vec![memory])
+                .create_many(org, vec![memory], limits.org_quota())
                 .await
                 .map_err(internal)?;
-            Ok(if created.first() == Some(&true) {
-                success(&key_name, Some(&value))
-            } else {
-                failure(already_exists(&key_name))
+            Ok(match created.first() {
+                Some(CreateOutcome::Created) => success(&key_name, Some(&value)),
+                Some(CreateOutcome::OverQuota(exceeded)) => failure(quota_exceeded(*exceeded)),
+                Some(CreateOutcome::AlreadyExists) | None => failure(already_exists(&key_name)),
             })
         }
         Operation::Update => {
-            let (key_name, value, found) = update_one(state, org, params, "key", "params").await?;
-            Ok(if found {
-                success(&key_name, Some(&value))
-            } else {
-                failure(not_found(&key_name))
+            let (key_name, value, updated) =
+                update_one(state, org, params, "key", "params").await?;
+            Ok(match updated {
+                UpdateOutcome::Updated => success(&key_name, Some(&value)),
+                UpdateOutcome::NotFound => failure(not_found(&key_name)),
+                UpdateOutcome::OverQuota(exceeded) => failure(quota_exceeded(exceeded)),
             })
         }
         Operation::Get => {
@@ -344,7 +358,7 @@ async fn run_direct(
             })
         }
         Operation::List => {
-            let page = list_page(state, org, params, DefaultLimit::All).await?;
+            let page = list_page(state, org, params).await?;
             let keys: Vec<Value> = page
                 .keys
                 .iter()
@@ -359,41 +373,36 @@ struct ListPage {
     keys: Vec<crate::store::KeyInfo>,
     total: i64,
     offset: i64,
-    /// `None` when every match was returned.
-    limit: Option<i64>,
+    limit: i64,
 }
 
 impl ListPage {
     /// The `list_keys` result: `keys` (each dialect's form of this page's
-    /// keys) with the page's counts.
+    /// keys) with the page's counts, and where the next page starts.
     fn outcome(&self, keys: Vec<Value>) -> Outcome {
+        let next_offset = self.offset + keys.len() as i64;
+        let has_more = next_offset < self.total;
         Outcome::Success(json!({
             "count": keys.len(),
             "keys": keys,
             "total": self.total,
             "offset": self.offset,
             "limit": self.limit,
+            "has_more": has_more,
+            "next_offset": has_more.then_some(next_offset),
         }))
     }
 }
 
-/// How many keys a `list_keys` without `limit` returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DefaultLimit {
-    /// One page of [`MAX_BATCH`], as the hosted service does.
-    Page,
-    /// Every match: the direct form says "list all keys matching a prefix"
-    /// and has no paging.
-    All,
-}
-
 /// `prefix` (a SQL LIKE prefix: `%` and `_` are wildcards unless escaped with
-/// `\`), `limit` 1–100, `offset` (default 0).
+/// `\`), `limit` (default and at most [`MAX_BATCH`], the hosted service's
+/// page size: a larger one gets a full page and `has_more`), `offset`
+/// (default 0). Both dialects page the same way, so no call returns more than
+/// one page however many keys match.
 async fn list_page(
     state: &AppState,
     org: OrgId,
     args: &Map<String, Value>,
-    default_limit: DefaultLimit,
 ) -> Result<ListPage, ErrorObject> {
     let prefix = match args.get("prefix") {
         None | Some(Value::Null) => String::new(),
@@ -412,17 +421,13 @@ async fn list_page(
             "`prefix` ends with an unfinished `\\` escape",
         ));
     }
-    let limit = match (args.get("limit"), default_limit) {
-        (None | Some(Value::Null), DefaultLimit::All) => None,
-        _ => Some(integer(args, "limit", MAX_BATCH as i64)?),
-    };
-    if let Some(limit) = limit
-        && !(1..=MAX_BATCH as i64).contains(&limit)
-    {
+    let limit = integer(args, "limit", MAX_BATCH as i64)?;
+    if limit < 1 {
         return Err(ErrorObject::invalid_params(format!(
-            "`limit` must be between 1 and {MAX_BATCH}, got {limit}"
+            "`limit` must be at least 1, got {limit}"
         )));
     }
+    let limit = limit.min(MAX_BATCH as i64);
     let offset = integer(args, "offset", 0)?;
     if offset < 0 {
         return Err(ErrorObject::invalid_params(format!(
@@ -431,8 +436,7 @@ async fn list_page(
     }
     let page = state
         .store()
-        // SQLite reads a negative LIMIT as "no limit".
-        .list(org, format!("{prefix}%"), limit.unwrap_or(-1), offset)
+        .list(org, format!("{prefix}%"), limit, offset)
         .await
         .map_err(internal)?;
     Ok(ListPage {
@@ -489,6 +493,24 @@ fn not_found(key: &str) -> String {
 
 fn already_exists(key: &str) -> String {
     format!("key already exists: {key}")
+}
+
+/// The item `status` of a write refused by an organisation quota.
+const QUOTA_EXCEEDED: &str = "quota_exceeded";
+
+/// Says which quota a write would break and what to do; starts with
+/// "organization quota exceeded" so clients can tell it apart.
+fn quota_exceeded(exceeded: QuotaExceeded) -> String {
+    match exceeded {
+        QuotaExceeded::Keys { limit } => format!(
+            "organization quota exceeded: it already holds {limit} keys, the most allowed; \
+             delete keys to make room"
+        ),
+        QuotaExceeded::Bytes { limit, would_be } => format!(
+            "organization quota exceeded: this write would store {would_be} bytes, over the \
+             limit of {limit} bytes; delete or shrink values to make room"
+        ),
+    }
 }
 
 fn internal(error: crate::Error) -> ErrorObject {

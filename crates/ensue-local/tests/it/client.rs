@@ -96,7 +96,7 @@ async fn list_keys_pages_and_takes_prefixes_literally() {
     for dialect in DIALECTS {
         let server = start().await;
         let memory = client(&server, server.api_key().expose(), dialect);
-        // 230 keys: the MCP client pages (100 + 100 + 30); the direct form lists at once.
+        // 230 keys: the server answers at most 100 per call, so both dialects page.
         let mut expected = Vec::new();
         for i in 0..230 {
             let key = format!("agent/w_{i:03}/endpoint");

@@ -5,5 +5,6 @@ mod claims;
 mod client;
 mod common;
 mod observability;
+mod policy;
 mod protocol;
 mod storage;

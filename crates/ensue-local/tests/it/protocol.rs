@@ -478,11 +478,8 @@ async fn batch_page_and_value_limits_are_clear_errors() {
         "`key_names` must hold 1 to 100 entries, got 101"
     );
 
-    let error = call("list_keys", json!({ "limit": 101 })).await;
-    assert_eq!(
-        error["message"],
-        "`limit` must be between 1 and 100, got 101"
-    );
+    let error = call("list_keys", json!({ "limit": 0 })).await;
+    assert_eq!(error["message"], "`limit` must be at least 1, got 0");
 
     let error = call("list_keys", json!({ "offset": -1 })).await;
     assert_eq!(error["code"], -32602);
@@ -681,7 +678,7 @@ async fn health_and_unknown_routes() {
 }
 
 #[tokio::test]
-async fn direct_list_keys_returns_every_match_without_limit() {
+async fn direct_list_keys_pages_as_mcp_does() {
     let server = start().await;
     let key = server.api_key().expose();
     let items: Vec<Value> = (0..100)
@@ -690,8 +687,24 @@ async fn direct_list_keys_returns_every_match_without_limit() {
     tool(&server, key, "create_memory", json!({ "items": items })).await;
     create(&server, key, "d/100", "v").await;
 
-    let all = direct(&server, key, "list_keys", json!({ "prefix": "d/" })).await;
-    assert_eq!(keys_of(&all).len(), 101);
+    // Without a limit the direct form gets one page, and says where the next starts.
+    let first = direct(&server, key, "list_keys", json!({ "prefix": "d/" })).await;
+    assert_eq!(keys_of(&first).len(), 100);
+    let page = &first["structuredContent"];
+    assert_eq!(
+        (&page["total"], &page["has_more"], &page["next_offset"]),
+        (&json!(101), &json!(true), &json!(100))
+    );
+    let rest = direct(
+        &server,
+        key,
+        "list_keys",
+        json!({ "prefix": "d/", "offset": 100 }),
+    )
+    .await;
+    assert_eq!(keys_of(&rest), ["d/100"]);
+    assert_eq!(rest["structuredContent"]["has_more"], false);
+    assert_eq!(rest["structuredContent"]["next_offset"], Value::Null);
     let paged = direct(
         &server,
         key,

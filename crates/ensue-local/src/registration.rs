@@ -1,0 +1,147 @@
+//! The rate limit on `POST /auth/agent-register`: every registration makes an
+//! organisation that lives in the data directory for good, so their pace is
+//! bounded.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The window a [`RegistrationLimit`] counts in.
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Client addresses remembered before finished windows are forgotten.
+const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+/// Whose registrations a [`RegistrationLimit`] counts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RegistrationScope {
+    /// All callers share one budget (the default: a local server's callers
+    /// are all on one machine anyway).
+    #[default]
+    Global,
+    /// Each client IP address has a budget of its own. The address comes
+    /// from axum's `ConnectInfo<SocketAddr>`, so the router must be served
+    /// with `into_make_service_with_connect_info::<SocketAddr>()`; requests
+    /// without it share one budget, as under [`RegistrationScope::Global`].
+    PerClientIp,
+}
+
+/// How many organisations `POST /auth/agent-register` creates per minute;
+/// the next caller gets HTTP 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegistrationLimit {
+    /// Registrations accepted per minute (counted in fixed one-minute
+    /// windows); 0 accepts any number.
+    pub per_minute: u32,
+    /// Whose registrations count together.
+    pub scope: RegistrationScope,
+}
+
+impl RegistrationLimit {
+    /// `per_minute` registrations per minute, from all callers together.
+    pub fn global(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            scope: RegistrationScope::Global,
+        }
+    }
+
+    /// `per_minute` registrations per minute from each client IP address.
+    pub fn per_client_ip(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            scope: RegistrationScope::PerClientIp,
+        }
+    }
+
+    /// No limit at all.
+    pub fn unlimited() -> Self {
+        Self::global(0)
+    }
+}
+
+impl Default for RegistrationLimit {
+    /// 60 per minute from all callers: far more than a local Protocol API
+    /// asks for (one per coordinator it provisions), far less than a script
+    /// filling the disk with organisations.
+    fn default() -> Self {
+        Self::global(60)
+    }
+}
+
+/// Counts registrations in fixed one-minute windows per budget.
+#[derive(Debug)]
+pub(crate) struct RegistrationLimiter {
+    limit: RegistrationLimit,
+    windows: Mutex<HashMap<Option<IpAddr>, (Instant, u32)>>,
+}
+
+impl RegistrationLimiter {
+    pub(crate) fn new(limit: RegistrationLimit) -> Self {
+        Self {
+            limit,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one registration from `client`; `Err(retry_after)` when its
+    /// budget for this window is spent.
+    pub(crate) fn check(&self, client: Option<IpAddr>) -> Result<(), Duration> {
+        if self.limit.per_minute == 0 {
+            return Ok(());
+        }
+        let budget = match self.limit.scope {
+            RegistrationScope::Global => None,
+            RegistrationScope::PerClientIp => client,
+        };
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        if windows.len() > MAX_TRACKED_CLIENTS {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        }
+        let (start, count) = windows.entry(budget).or_insert((now, 0));
+        if now.duration_since(*start) >= WINDOW {
+            *start = now;
+            *count = 0;
+        }
+        if *count >= self.limit.per_minute {
+            let left = WINDOW.saturating_sub(now.duration_since(*start));
+            // Whole seconds, rounded up, so a client that waits as told gets in.
+            let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(Duration::from_secs(seconds.max(1)));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_follow_the_scope() {
+        let a = Some(IpAddr::from([10, 0, 0, 1]));
+        let b = Some(IpAddr::from([10, 0, 0, 2]));
+
+        let per_ip = RegistrationLimiter::new(RegistrationLimit::per_client_ip(2));
+        assert!(per_ip.check(a).is_ok());
+        assert!(per_ip.check(a).is_ok());
+        let wait = per_ip.check(a).unwrap_err();
+        assert!(
+            (Duration::from_secs(1)..=WINDOW).contains(&wait),
+            "{wait:?}"
+        );
+        assert!(per_ip.check(b).is_ok());
+
+        let global = RegistrationLimiter::new(RegistrationLimit::global(1));
+        assert!(global.check(a).is_ok());
+        assert!(global.check(b).is_err());
+
+        let unlimited = RegistrationLimiter::new(RegistrationLimit::unlimited());
+        assert!((0..1000).all(|_| unlimited.check(a).is_ok()));
+    }
+}
