@@ -2,6 +2,9 @@
 //! caller sees in `{"error": …}`.
 
 use delibera_identity::{AccountId, Did};
+use unicode_properties::{
+    GeneralCategory, GeneralCategoryGroup, UnicodeEmoji, UnicodeGeneralCategory,
+};
 
 use crate::error::ApiError;
 
@@ -11,20 +14,142 @@ use crate::error::ApiError;
 /// before this name arrives, and must not be refused for a long one.
 pub const MAX_DISPLAY_NAME_CHARS: usize = 256;
 
-/// Control characters, and the invisible format characters that can disguise a
-/// name (zero-width, bidirectional overrides, line/paragraph separators, BOM).
-fn is_invisible(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
-        || ('\u{E000}'..='\u{F8FF}').contains(&c)
+/// The most combining marks allowed in a row. Real writing stacks at most
+/// three on one letter (Vietnamese tones, Tibetan stacks, Indic vowel signs);
+/// longer runs only pile marks up over the neighbouring lines.
+pub const MAX_COMBINING_MARKS_IN_A_ROW: usize = 4;
+
+const ZERO_WIDTH_NON_JOINER: char = '\u{200C}';
+const ZERO_WIDTH_JOINER: char = '\u{200D}';
+
+/// Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties):
+/// characters a renderer shows as nothing at all, such as zero-width spaces,
+/// bidirectional controls, Hangul fillers, tags and variation selectors.
+const DEFAULT_IGNORABLE: [(char, char); 17] = [
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFF8}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+/// Characters with a width that still show nothing: the braille blank
+/// pattern and the object replacement character.
+const BLANK: [char; 2] = ['\u{2800}', '\u{FFFC}'];
+
+fn is_default_ignorable(c: char) -> bool {
+    DEFAULT_IGNORABLE
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
 }
 
-/// A display name: 1–256 printable characters, surrounding spaces trimmed.
+/// Variation selectors, which choose how the character before them is drawn
+/// (U+FE0F asks for the emoji form), and Mongolian free variation selectors.
+fn is_variation_selector(c: char) -> bool {
+    matches!(c,
+        '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}'
+        | '\u{180B}'..='\u{180D}' | '\u{180F}')
+}
+
+fn is_mark(c: char) -> bool {
+    c.general_category_group() == GeneralCategoryGroup::Mark
+}
+
+/// A letter, a digit or an emoji: what makes a name readable.
+fn is_readable(c: char) -> bool {
+    matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Letter | GeneralCategoryGroup::Number
+    ) || (c.general_category() == GeneralCategory::OtherSymbol && c.is_emoji_char())
+}
+
+/// What a joiner may stand between: anything visible, or a variation
+/// selector (an emoji drawn as emoji just before the joiner, as in ❤️‍🔥).
+fn is_joinable(c: char) -> bool {
+    !c.is_whitespace()
+        && c != ZERO_WIDTH_JOINER
+        && c != ZERO_WIDTH_NON_JOINER
+        && (is_variation_selector(c) || !is_default_ignorable(c))
+}
+
+/// Why the character at `index` may not stand in a display name; `None`
+/// when it may.
+fn refusal(chars: &[char], index: usize) -> Option<String> {
+    let c = chars[index];
+    let before = index.checked_sub(1).map(|i| chars[i]);
+    let after = chars.get(index + 1).copied();
+    let code = format!("U+{:04X}", u32::from(c));
+    // ZWJ and ZWNJ shape emoji sequences and Arabic, Persian and Indic
+    // words, but only between two visible characters.
+    if c == ZERO_WIDTH_JOINER || c == ZERO_WIDTH_NON_JOINER {
+        let joins = before.is_some_and(is_joinable) && after.is_some_and(is_joinable);
+        return (!joins).then(|| {
+            format!(
+                "has a zero-width joiner ({code}) that joins nothing: it may only stand \
+                 between two visible characters"
+            )
+        });
+    }
+    if is_variation_selector(c) {
+        let modifies_something = before.is_some_and(|before| {
+            !before.is_whitespace() && !is_mark(before) && !is_default_ignorable(before)
+        });
+        return (!modifies_something).then(|| {
+            format!("has a variation selector ({code}) that follows no character it could modify")
+        });
+    }
+    let kind = match c.general_category() {
+        GeneralCategory::Control => Some("a control character"),
+        GeneralCategory::Format => Some("an invisible formatting character"),
+        GeneralCategory::PrivateUse => Some("a private-use character"),
+        GeneralCategory::Unassigned | GeneralCategory::Surrogate => {
+            Some("a character Unicode has not assigned")
+        }
+        GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {
+            Some("a line or paragraph separator")
+        }
+        _ if is_default_ignorable(c) || BLANK.contains(&c) => Some("an invisible character"),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        return Some(format!("contains {kind} ({code})"));
+    }
+    if index == 0 && is_mark(c) {
+        return Some(format!(
+            "begins with a combining mark ({code}), which has no letter to sit on"
+        ));
+    }
+    None
+}
+
+/// A display name: 1–256 characters, surrounding spaces trimmed, that a
+/// person can see and read.
+///
+/// Refused: control, formatting, private-use and unassigned characters, and
+/// invisible ones (zero-width spaces, bidirectional overrides, Hangul
+/// fillers, tag characters, the braille blank); more than
+/// [`MAX_COMBINING_MARKS_IN_A_ROW`] combining marks in a row, or one at the
+/// start; a name with no letter, digit or emoji. Kept: every script,
+/// combining accents, emoji with their variation selectors, skin tones and
+/// ZWJ sequences, and ZWJ/ZWNJ between two visible characters (Persian,
+/// Indic). Tag characters are refused even inside emoji subdivision flags,
+/// because they can carry hidden text.
 pub fn display_name(field: &str, value: &str) -> Result<String, ApiError> {
     let trimmed = value.trim();
-    let count = trimmed.chars().count();
+    let chars: Vec<char> = trimmed.chars().collect();
+    let count = chars.len();
     if count == 0 {
         return Err(ApiError::BadRequest(format!("{field} must not be empty")));
     }
@@ -33,9 +158,21 @@ pub fn display_name(field: &str, value: &str) -> Result<String, ApiError> {
             "{field} must be at most {MAX_DISPLAY_NAME_CHARS} characters (got {count})"
         )));
     }
-    if trimmed.chars().any(is_invisible) {
+    let mut marks_in_a_row = 0;
+    for (index, &c) in chars.iter().enumerate() {
+        if let Some(reason) = refusal(&chars, index) {
+            return Err(ApiError::BadRequest(format!("{field} {reason}")));
+        }
+        marks_in_a_row = if is_mark(c) { marks_in_a_row + 1 } else { 0 };
+        if marks_in_a_row > MAX_COMBINING_MARKS_IN_A_ROW {
+            return Err(ApiError::BadRequest(format!(
+                "{field} stacks more than {MAX_COMBINING_MARKS_IN_A_ROW} combining marks in a row"
+            )));
+        }
+    }
+    if !chars.iter().copied().any(is_readable) {
         return Err(ApiError::BadRequest(format!(
-            "{field} must contain only printable characters"
+            "{field} must contain at least one visible letter, digit or emoji"
         )));
     }
     Ok(trimmed.to_owned())
