@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use delibera_ensue_local::{
-    ApiKey, BOOTSTRAP_ORG, Config, DEFAULT_MAX_BYTES_PER_ORG, DEFAULT_MAX_KEYS_PER_ORG, Limits,
-    LocalEnsue, RegistrationLimit,
+    ApiKey, BOOTSTRAP_ORG, Config, DEFAULT_MAX_BYTES_PER_ORG, DEFAULT_MAX_KEYS_PER_ORG,
+    DEFAULT_REGISTRATIONS_PER_MINUTE, Limits, LocalEnsue, RegistrationLimit,
 };
 use serde_json::json;
 
@@ -43,7 +43,7 @@ pub(crate) struct ServeArgs {
         long,
         value_name = "N",
         env = "ENSUE_LOCAL_REGISTRATIONS_PER_MINUTE",
-        default_value_t = 60
+        default_value_t = DEFAULT_REGISTRATIONS_PER_MINUTE
     )]
     registrations_per_minute: u32,
 }

@@ -19,7 +19,7 @@ use delibera_storacha::{ConfiguredDelegator, Delegator, LocalSpaceDelegator};
 use zeroize::Zeroizing;
 
 use crate::AppState;
-use crate::config::{Config, Mode, ProductionConfig};
+use crate::config::{Config, CorsPolicy, Mode, ProductionConfig};
 use crate::ports::{AgentChain, HttpEnsue, Ports, Settings};
 use crate::seal::{SecretBox, write_private_file};
 use crate::store::Database;
@@ -81,12 +81,24 @@ fn open_database(config: &Config) -> anyhow::Result<Database> {
     )?)
 }
 
-fn cors_origins(config: &Config) -> Vec<String> {
-    config
-        .cors_origins
-        .split(',')
-        .map(|origin| origin.trim().to_owned())
-        .collect()
+/// The CORS policy `CORS_ORIGINS` asks for, refusing a contradictory one
+/// before anything is opened or started.
+fn cors_policy(config: &Config) -> anyhow::Result<CorsPolicy> {
+    let policy = CorsPolicy::from_setting(config.cors_origins.as_deref(), config.mode)?;
+    match (&policy, config.mode) {
+        (CorsPolicy::AnyOrigin, Mode::Production) => tracing::warn!(
+            "CORS_ORIGINS=* lets any web page call this API from its visitors' browsers; \
+             list the frontend's origin instead"
+        ),
+        (CorsPolicy::SameOriginOnly, Mode::Production) if config.cors_origins.is_none() => {
+            tracing::warn!(
+                "no cross-origin access: a browser frontend on another origin cannot call \
+                 this API until CORS_ORIGINS names its origin"
+            )
+        }
+        _ => tracing::info!(cors = ?policy, "CORS policy"),
+    }
+    Ok(policy)
 }
 
 /// Local mode: embedded Ensue, local registry, local Storacha space and
@@ -94,6 +106,7 @@ fn cors_origins(config: &Config) -> Vec<String> {
 /// run are started again (their env is kept sealed in the job database), so a
 /// restart leaves every registered endpoint answering.
 pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
+    let cors = cors_policy(config)?;
     let database = open_database(config)?;
     let data_dir = &config.data_dir;
     let admin_token = match &config.admin_token {
@@ -111,7 +124,14 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         delibera_ensue_local::Config::default()
             .with_addr(config.ensue_local_addr)
             .with_data_dir(data_dir.join("ensue"))
-            .with_bootstrap_key(delibera_ensue_local::ApiKey::new(ensue_key.as_str())?),
+            .with_bootstrap_key(delibera_ensue_local::ApiKey::new(ensue_key.as_str())?)
+            .with_limits(delibera_ensue_local::Limits::default().with_org_quota(
+                config.ensue_local_max_keys_per_org,
+                config.ensue_local_max_bytes_per_org,
+            ))
+            .with_registration_limit(delibera_ensue_local::RegistrationLimit::global(
+                config.ensue_local_registrations_per_minute,
+            )),
     )
     .await
     .with_context(|| format!("starting the embedded Ensue on {}", config.ensue_local_addr))?;
@@ -153,7 +173,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         .provision_rate_per_minute(config.provision_rate_per_minute)
         .mode_label("local")
         .embedded_ensue_url(local_ensue.url())
-        .cors_origins(cors_origins(config))
+        .cors(cors)
         .max_body_bytes(config.max_body_bytes)
         .build();
     Ok(Composition {
@@ -169,6 +189,7 @@ pub async fn compose_production(
     config: &Config,
     production: ProductionConfig,
 ) -> anyhow::Result<Composition> {
+    let cors = cors_policy(config)?;
     let database = open_database(config)?;
     let phala = PhalaClient::new(
         production.phala_api_url.as_str(),
@@ -231,7 +252,7 @@ pub async fn compose_production(
         .admin_token(config.admin_token.clone().map(Zeroizing::new))
         .provision_rate_per_minute(config.provision_rate_per_minute)
         .mode_label("production")
-        .cors_origins(cors_origins(config))
+        .cors(cors)
         .max_body_bytes(config.max_body_bytes)
         .build();
     Ok(Composition {

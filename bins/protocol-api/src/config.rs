@@ -57,15 +57,26 @@ pub struct Config {
     /// Finished jobs are purged after this many hours.
     #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 168)]
     pub job_retention_hours: u64,
-    /// Allowed CORS origins, comma-separated; `*` allows any (the default).
-    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
-    pub cors_origins: String,
+    /// Web origins allowed to call the API from a browser, comma-separated
+    /// (e.g. the frontend's `https://app.example.com`); `*` allows any, `none`
+    /// none. Unset: any in local mode, none in production.
+    #[arg(long, env = "CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
     /// Provisioning requests allowed per client IP per minute.
     #[arg(long, env = "PROVISION_RATE_PER_MINUTE", default_value_t = 10)]
     pub provision_rate_per_minute: u32,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Local mode: the most keys one organization may hold in the embedded Ensue (0: no limit).
+    #[arg(long, env = "ENSUE_LOCAL_MAX_KEYS_PER_ORG", default_value_t = delibera_ensue_local::DEFAULT_MAX_KEYS_PER_ORG)]
+    pub ensue_local_max_keys_per_org: u64,
+    /// Local mode: the most bytes one organization may store in the embedded Ensue (0: no limit).
+    #[arg(long, env = "ENSUE_LOCAL_MAX_BYTES_PER_ORG", default_value_t = delibera_ensue_local::DEFAULT_MAX_BYTES_PER_ORG)]
+    pub ensue_local_max_bytes_per_org: u64,
+    /// Local mode: organizations the embedded Ensue registers per minute, all callers together (0: no limit).
+    #[arg(long, env = "ENSUE_LOCAL_REGISTRATIONS_PER_MINUTE", default_value_t = delibera_ensue_local::DEFAULT_REGISTRATIONS_PER_MINUTE)]
+    pub ensue_local_registrations_per_minute: u32,
 
     /// Production: Phala Cloud API key.
     #[arg(long, env = "PHALA_API_KEY", hide_env_values = true)]
@@ -152,6 +163,108 @@ impl Config {
             .filter(|(_, present)| !present)
             .map(|(name, _)| name)
             .collect()
+    }
+}
+
+/// Which web origins may call the API from a browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsPolicy {
+    /// Any origin (`Access-Control-Allow-Origin: *`).
+    AnyOrigin,
+    /// Only these origins, each `scheme://host[:port]` exactly as a browser
+    /// sends it in `Origin`.
+    Origins(Vec<String>),
+    /// No cross-origin access: browsers let only pages of this server's own
+    /// origin read its answers.
+    SameOriginOnly,
+}
+
+impl CorsPolicy {
+    /// The policy `CORS_ORIGINS` (`setting`) asks for in `mode`.
+    ///
+    /// Unset, local mode is open to any origin (a developer's frontend on
+    /// another port) and production is closed: any web page could otherwise
+    /// start paid deployments from its visitors' browsers. `*` opens it,
+    /// `none` closes it, and otherwise it is a comma-separated list of
+    /// origins. A setting that contradicts itself (`*` or `none` beside
+    /// origins), holds an empty entry, or names something that is not a bare
+    /// origin (a path, a trailing slash, upper case, a default port) is
+    /// refused, saying what to write instead, rather than silently matching
+    /// nothing.
+    pub fn from_setting(setting: Option<&str>, mode: Mode) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            name: "CORS_ORIGINS",
+            reason,
+        };
+        let Some(setting) = setting else {
+            return Ok(match mode {
+                Mode::Local => CorsPolicy::AnyOrigin,
+                Mode::Production => CorsPolicy::SameOriginOnly,
+            });
+        };
+        if setting.trim().is_empty() {
+            return Err(invalid(
+                "is empty: set it to the frontend's origin (e.g. https://app.example.com), \
+                 `*` for any origin, or `none` for no cross-origin access"
+                    .into(),
+            ));
+        }
+        let entries: Vec<&str> = setting.split(',').map(str::trim).collect();
+        if entries.iter().any(|entry| entry.is_empty()) {
+            return Err(invalid(format!(
+                "{setting:?} has an empty entry: separate origins with single commas"
+            )));
+        }
+        let keyword = |word: &str| entries.iter().any(|entry| entry.eq_ignore_ascii_case(word));
+        match (keyword("*"), keyword("none")) {
+            (true, true) => {
+                return Err(invalid(
+                    "asks for both `*` (any origin) and `none` (no origin): choose one".into(),
+                ));
+            }
+            (true, false) if entries.len() == 1 => return Ok(CorsPolicy::AnyOrigin),
+            (false, true) if entries.len() == 1 => return Ok(CorsPolicy::SameOriginOnly),
+            (true, false) => {
+                return Err(invalid(format!(
+                    "{setting:?} mixes `*` (any origin) with a list of origins: use `*` alone, \
+                     or list only the origins to allow"
+                )));
+            }
+            (false, true) => {
+                return Err(invalid(format!(
+                    "{setting:?} mixes `none` (no origin) with a list of origins: use `none` \
+                     alone, or list only the origins to allow"
+                )));
+            }
+            (false, false) => {}
+        }
+        let mut origins = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let origin = Url::parse(entry)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https"))
+                .map(|url| url.origin().ascii_serialization())
+                .filter(|origin| origin != "null");
+            match origin {
+                Some(origin) if origin == entry => {
+                    if !origins.contains(&origin) {
+                        origins.push(origin);
+                    }
+                }
+                Some(origin) => {
+                    return Err(invalid(format!(
+                        "{entry:?} is not an origin as browsers send it: write {origin:?} \
+                         (scheme, host and port only, lower case, no trailing slash)"
+                    )));
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "{entry:?} is not an origin: write it as https://host[:port]"
+                    )));
+                }
+            }
+        }
+        Ok(CorsPolicy::Origins(origins))
     }
 }
 

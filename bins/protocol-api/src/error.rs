@@ -6,9 +6,11 @@
 //! what to retry; those messages never carry credentials.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -120,6 +122,50 @@ impl From<JsonRejection> for ApiError {
             other => ApiError::BadRequest(other.body_text()),
         }
     }
+}
+
+/// The largest error body [`json_error_bodies`] reads to keep its text.
+const MAX_REWRITTEN_ERROR_BYTES: usize = 4 * 1024;
+
+/// Middleware: every error response leaves as `{"error": "…"}`. The routes'
+/// own errors already do; this catches the rest, such as axum's extractor
+/// rejections (a path segment that is not UTF-8) and the plain-text answers
+/// of tower layers. A 4xx keeps its text, which says what to fix; a 5xx says
+/// only its status, so no internal detail leaks.
+pub async fn json_error_bodies(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = if status.is_client_error() {
+        axum::body::to_bytes(body, MAX_REWRITTEN_ERROR_BYTES)
+            .await
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+            .map(|text| text.trim().to_owned())
+            .filter(|text| !text.is_empty())
+    } else {
+        None
+    };
+    let message = text.unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_ascii_lowercase()
+    });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
 }
 
 /// `axum::Json` whose rejections use the API's error envelope.

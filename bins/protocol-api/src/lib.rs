@@ -26,6 +26,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::middleware;
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -35,6 +36,7 @@ use zeroize::Zeroizing;
 use tracing_subscriber as _;
 
 use crate::auth::RateLimiter;
+use crate::config::CorsPolicy;
 use crate::jobs::JobMachine;
 use crate::ports::{Ports, Settings};
 use crate::store::Database;
@@ -56,15 +58,15 @@ pub struct AppState {
     pub mode_label: &'static str,
     /// Local mode's embedded Ensue URL, for `GET /`.
     pub ensue_url: Option<String>,
-    /// CORS origins (`*` or a list).
-    pub cors_origins: Vec<String>,
+    /// Which web origins may call the API from a browser.
+    pub cors: CorsPolicy,
     /// Largest accepted body.
     pub max_body_bytes: usize,
 }
 
 impl AppState {
     /// A state over `database`, `ports` and `settings`; the rest has defaults
-    /// (no admin token, no rate limit, CORS open, 64 KiB bodies).
+    /// (no admin token, no rate limit, no cross-origin access, 64 KiB bodies).
     pub fn builder(database: &Database, ports: Ports, settings: Settings) -> AppStateBuilder {
         AppStateBuilder {
             database: database.clone(),
@@ -74,7 +76,7 @@ impl AppState {
             provision_rate_per_minute: 0,
             mode_label: "local",
             ensue_url: None,
-            cors_origins: vec!["*".to_owned()],
+            cors: CorsPolicy::SameOriginOnly,
             max_body_bytes: 64 * 1024,
         }
     }
@@ -89,7 +91,7 @@ pub struct AppStateBuilder {
     provision_rate_per_minute: u32,
     mode_label: &'static str,
     ensue_url: Option<String>,
-    cors_origins: Vec<String>,
+    cors: CorsPolicy,
     max_body_bytes: usize,
 }
 
@@ -118,9 +120,9 @@ impl AppStateBuilder {
         self
     }
 
-    /// Allowed CORS origins (`*` for any).
-    pub fn cors_origins(mut self, origins: Vec<String>) -> Self {
-        self.cors_origins = origins;
+    /// Which web origins may call the API from a browser.
+    pub fn cors(mut self, policy: CorsPolicy) -> Self {
+        self.cors = policy;
         self
     }
 
@@ -147,7 +149,7 @@ impl AppStateBuilder {
             rate_limiter: Arc::new(RateLimiter::new(self.provision_rate_per_minute)),
             mode_label: self.mode_label,
             ensue_url: self.ensue_url,
-            cors_origins: self.cors_origins,
+            cors: self.cors,
             max_body_bytes: self.max_body_bytes,
         }
     }
@@ -204,6 +206,37 @@ async fn method_not_allowed() -> error::ApiError {
     error::ApiError::MethodNotAllowed
 }
 
+/// Middleware: `Cache-Control: no-store` on every response. Job statuses,
+/// registrations and external-worker identities carry keys, tokens, claim
+/// URLs and codes, and nothing this server answers gains from being cached.
+async fn no_store(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// The CORS answers for `policy`. Without an allowed origin the layer still
+/// answers preflights, with no `Access-Control-Allow-Origin`, so browsers
+/// refuse every cross-origin call.
+fn cors_layer(policy: &CorsPolicy) -> CorsLayer {
+    let allowed = match policy {
+        CorsPolicy::AnyOrigin => AllowOrigin::any(),
+        CorsPolicy::Origins(origins) => AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| axum::http::HeaderValue::from_str(origin).ok()),
+        ),
+        CorsPolicy::SameOriginOnly => return CorsLayer::new(),
+    };
+    CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods(Any)
+        .allow_headers(Any)
+}
+
 /// The router.
 pub fn app(state: AppState) -> Router {
     use routes::{agents, provision, workers};
@@ -235,22 +268,7 @@ pub fn app(state: AppState) -> Router {
             auth::require_admin,
         ));
 
-    let cors = if state.cors_origins.iter().any(|origin| origin == "*") {
-        CorsLayer::new()
-            .allow_origin(Any)
-            .allow_methods(Any)
-            .allow_headers(Any)
-    } else {
-        let origins = state
-            .cors_origins
-            .iter()
-            .filter_map(|origin| origin.parse().ok())
-            .collect::<Vec<axum::http::HeaderValue>>();
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
-            .allow_methods(Any)
-            .allow_headers(Any)
-    };
+    let cors = cors_layer(&state.cors);
 
     Router::new()
         .route("/", get(health))
@@ -276,6 +294,8 @@ pub fn app(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::from_fn(error::json_error_bodies))
+        .layer(middleware::from_fn(no_store))
         .layer(cors)
         .with_state(state)
 }

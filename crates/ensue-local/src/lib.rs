@@ -14,7 +14,7 @@ pub use api_key::ApiKey;
 pub use claim::{ClaimPolicy, ClaimStatus, ClaimTicket, Claimed};
 pub use error::{Error, Result};
 pub use http::{AppState, DEFAULT_MAX_BYTES_PER_ORG, DEFAULT_MAX_KEYS_PER_ORG, Limits, app};
-pub use registration::{RegistrationLimit, RegistrationScope};
+pub use registration::{DEFAULT_REGISTRATIONS_PER_MINUTE, RegistrationLimit, RegistrationScope};
 pub use server::{BOOTSTRAP_ORG, Config, DATABASE_FILE, LocalEnsue, run};
 pub use store::Store;
 

@@ -7,6 +7,11 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// The default [`RegistrationLimit::per_minute`]: far more than a local
+/// Protocol API asks for (one per coordinator it provisions), far less than a
+/// script filling the disk with organisations.
+pub const DEFAULT_REGISTRATIONS_PER_MINUTE: u32 = 60;
+
 /// The window a [`RegistrationLimit`] counts in.
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -64,11 +69,9 @@ impl RegistrationLimit {
 }
 
 impl Default for RegistrationLimit {
-    /// 60 per minute from all callers: far more than a local Protocol API
-    /// asks for (one per coordinator it provisions), far less than a script
-    /// filling the disk with organisations.
+    /// [`DEFAULT_REGISTRATIONS_PER_MINUTE`] from all callers together.
     fn default() -> Self {
-        Self::global(60)
+        Self::global(DEFAULT_REGISTRATIONS_PER_MINUTE)
     }
 }
 

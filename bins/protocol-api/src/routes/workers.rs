@@ -82,18 +82,33 @@ pub async fn register(
 }
 
 /// Remove a worker from the roster (signed with the server's NEAR key).
+/// A worker that is not on the roster is 404, and nothing is signed.
 #[utoipa::path(delete, path = "/api/workers/{workerId}", tag = "workers", security(("admin_token" = [])),
     params(("workerId" = String, Path, description = "The worker's DID")),
     responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, description = "the worker is not on the roster", body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
     Path(worker_id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
     let worker = validation::did("workerId", &worker_id)?;
-    state
-        .ports
-        .registry
+    let registry = &state.ports.registry;
+    // The contract's remove_worker succeeds on an absent worker, so the
+    // roster is read first: removing nobody is the caller's mistake, and
+    // should not cost a signed transaction.
+    let on_roster = registry
+        .roster()
+        .await
+        .map_err(registry_error)?
+        .iter()
+        .any(|entry| entry.worker_id == worker.as_str());
+    if !on_roster {
+        return Err(ApiError::NotFound(format!(
+            "worker {worker} is not on the roster"
+        )));
+    }
+    registry
         .roster_remove(worker.as_str())
         .await
         .map_err(registry_error)?;

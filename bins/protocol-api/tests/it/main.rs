@@ -8,4 +8,5 @@ mod env_contract;
 mod flows;
 mod local_mode;
 mod openapi;
+mod policy;
 mod production;
