@@ -103,7 +103,7 @@ impl std::fmt::Debug for LocalDeploymentRecord {
 #[derive(Debug, Clone)]
 pub enum JournalEntry {
     /// A readable entry.
-    Record(LocalDeploymentRecord),
+    Record(Box<LocalDeploymentRecord>),
     /// An entry that cannot be decoded (damaged, or sealed under another key).
     Unreadable {
         /// The deployment id it is stored under.
@@ -245,7 +245,7 @@ impl LocalDeployer {
                 continue;
             }
             let record = match entry {
-                JournalEntry::Record(record) => record,
+                JournalEntry::Record(record) => *record,
                 JournalEntry::Unreadable { id, reason } => {
                     report.lost.push(LostAgent {
                         id,

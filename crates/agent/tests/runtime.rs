@@ -280,7 +280,7 @@ impl DeploymentJournal for MemoryJournal {
         Ok(self
             .records()
             .into_iter()
-            .map(JournalEntry::Record)
+            .map(|record| JournalEntry::Record(Box::new(record)))
             .collect())
     }
 }
@@ -325,7 +325,7 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
     let after =
         LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
     let report = after.restore(|_, _| true).await.unwrap();
-    assert_eq!(report.restored, [deployment.id.clone()]);
+    assert_eq!(report.restored, std::slice::from_ref(&deployment.id));
     healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
     assert!(after.status(&deployment.id).await.unwrap().running);
     // The restored agent is found by its name, so a resumed job adopts it.
@@ -510,7 +510,7 @@ impl DeploymentJournal for PlantedJournal {
         self.0
             .lock()
             .unwrap()
-            .push(JournalEntry::Record(record.clone()));
+            .push(JournalEntry::Record(Box::new(record.clone())));
         Ok(())
     }
     async fn remove(&self, id: &str) -> delibera_agent::Result<()> {

@@ -256,7 +256,9 @@ impl Store {
         match self.insert_org(name, key, None).await {
             Ok(()) => Ok(true),
             // Another registration with the same key may have won the race.
-            Err(Error::OrgNameTaken { .. }) if self.org_for_token(key.expose()).await?.is_some() => {
+            Err(Error::OrgNameTaken { .. })
+                if self.org_for_token(key.expose()).await?.is_some() =>
+            {
                 Ok(false)
             }
             Err(error) => Err(error),

@@ -501,13 +501,14 @@ async fn external_worker_identity_is_returned_once_and_not_stored() {
 }
 
 #[tokio::test]
-async fn a_registration_cut_off_by_a_restart_goes_back_to_the_wallet_step() {
+async fn a_registration_cut_off_by_a_restart_finishes_on_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
-    let (job_id, _) = provision_coordinator(&app).await;
+    let (job_id, ready) = provision_coordinator(&app).await;
     // As a crash during `coordinator-register` leaves it.
     let mut job = app.state.jobs.get(&job_id).await.unwrap();
     job.status = protocol_api::jobs::JobStatus::Registering;
+    job.tx_hash = Some("DEF456".into());
     app.database.jobs().save(&job).await.unwrap();
     let (code, _) = app
         .call(
@@ -519,19 +520,17 @@ async fn a_registration_cut_off_by_a_restart_goes_back_to_the_wallet_step() {
     assert_eq!(code, StatusCode::CONFLICT, "stuck until the restart");
 
     app.state.jobs.resume_all().await.unwrap();
-    let (_, status) = app
-        .call("GET", &format!("/api/provision/status/{job_id}"), None)
-        .await;
-    assert_eq!(status["status"], "awaiting_near_signature");
-    let (code, done) = app
-        .call(
-            "POST",
-            "/api/provision/coordinator-register",
-            Some(json!({ "jobId": job_id })),
-        )
-        .await;
-    assert_eq!(code, StatusCode::OK, "{done}");
-    assert_eq!(done["status"], "complete");
+    let done = app.wait_for(&job_id, &["complete", "awaiting_near_signature"]).await;
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(done["txHash"], "DEF456");
+    let record = delibera_near::Registry::coordinator_by_did(
+        app.registry.as_ref(),
+        ready["coordinatorDid"].as_str().unwrap(),
+    )
+    .await
+    .unwrap()
+    .expect("registered");
+    assert_eq!(Some(record.endpoint_url.as_str()), ready["phalaEndpoint"].as_str());
 }
 
 /// The frontend has the owner sign the factory transaction before it sends
@@ -576,11 +575,16 @@ impl protocol_api::ports::EnsueAccess for LosesFirstAnswer {
         self.inner.base_url()
     }
 
+    fn choose_org_credentials(&self) -> Option<protocol_api::ports::OrgCredentials> {
+        self.inner.choose_org_credentials()
+    }
+
     async fn register_org(
         &self,
         name: &str,
+        chosen: Option<&protocol_api::ports::OrgCredentials>,
     ) -> delibera_ensue::Result<protocol_api::ports::OrgCredentials> {
-        let org = self.inner.register_org(name).await?;
+        let org = self.inner.register_org(name, chosen).await?;
         if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
             return Err(delibera_ensue::Error::Server {
                 status: 504,

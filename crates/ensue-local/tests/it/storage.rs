@@ -235,15 +235,30 @@ async fn registering_again_with_the_same_key_adopts_the_org_and_survives_a_resta
 
     let server = start_in(dir.path(), &bootstrap).await;
     let store = server.store();
-    assert!(store.register_org_with_key("team-a", &chosen).await.unwrap());
+    assert!(
+        store
+            .register_org_with_key("team-a", &chosen)
+            .await
+            .unwrap()
+    );
     create(&server, chosen.expose(), "note", "kept").await;
     // The caller lost the first answer and registers again: same org, data kept.
-    assert!(!store.register_org_with_key("team-a", &chosen).await.unwrap());
+    assert!(
+        !store
+            .register_org_with_key("team-a", &chosen)
+            .await
+            .unwrap()
+    );
     server.stop().await.unwrap();
 
     let server = start_in(dir.path(), &bootstrap).await;
     let store = server.store();
-    assert!(!store.register_org_with_key("team-a", &chosen).await.unwrap());
+    assert!(
+        !store
+            .register_org_with_key("team-a", &chosen)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         get(&server, chosen.expose(), "note").await.as_deref(),
         Some("kept")
