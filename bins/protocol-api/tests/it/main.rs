@@ -6,5 +6,7 @@ mod common;
 mod env_contract;
 mod flows;
 mod local_mode;
+mod local_restarts;
 mod openapi;
 mod production;
+mod restarts;

@@ -373,7 +373,13 @@ async fn a_registration_cut_off_by_a_kill_finishes_from_the_registry_on_start_up
     let dir = tempfile::tempdir().unwrap();
     let rpc = MockServer::start().await;
     let (app, signed_job, signed) = worker_awaiting_signature(dir.path(), &rpc).await;
-    sign_registration(&app, &signed, OWNER, signed["phalaEndpoint"].as_str().unwrap()).await;
+    sign_registration(
+        &app,
+        &signed,
+        OWNER,
+        signed["phalaEndpoint"].as_str().unwrap(),
+    )
+    .await;
     // A second worker of the same coordinator whose owner never signed.
     let (code, body) = app
         .call(
@@ -384,7 +390,8 @@ async fn a_registration_cut_off_by_a_kill_finishes_from_the_registry_on_start_up
         .await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
     let unsigned_job = body["jobId"].as_str().unwrap().to_owned();
-    app.wait_for(&unsigned_job, &["awaiting_near_signature"]).await;
+    app.wait_for(&unsigned_job, &["awaiting_near_signature"])
+        .await;
     // As a kill inside `register` leaves both.
     for id in [&signed_job, &unsigned_job] {
         let mut job = app.state.jobs.get(id).await.unwrap();
