@@ -233,25 +233,16 @@ impl JobMachine {
         let Some(mut job) = owner else {
             return Ok(());
         };
-        let teardown = |machine: &Self| {
-            let deployer = machine.ports.deployer.clone();
-            let id = id.to_owned();
-            async move {
-                if let Err(error) = deployer.teardown(&id).await {
-                    tracing::warn!(deployment = %id, %error, "could not tear down a lost deployment");
-                }
-            }
-        };
         match job.status {
             JobStatus::Complete => {
                 tracing::warn!(job = %job.id, deployment = id, reason,
                     "the registered agent of a complete job could not be started again; a later restart will try again");
             }
-            JobStatus::Failed => teardown(self).await,
+            JobStatus::Failed => self.tear_down_lost(id).await,
             JobStatus::DeployingPhala if job.cvm_id.is_none() => {
                 tracing::warn!(job = %job.id, deployment = id, reason,
                     "a deployment the job had not recorded could not be started again; it is replaced");
-                teardown(self).await;
+                self.tear_down_lost(id).await;
             }
             from => {
                 tracing::warn!(job = %job.id, deployment = id, reason, status = from.as_str(),
@@ -260,10 +251,17 @@ impl JobMachine {
                     "the agent could not be started again after the server restarted: {reason}"
                 ));
                 self.commit(&mut job, JobStatus::Failed).await?;
-                teardown(self).await;
+                self.tear_down_lost(id).await;
             }
         }
         Ok(())
+    }
+
+    /// Removes what is left of a deployment that could not be brought back.
+    async fn tear_down_lost(&self, id: &str) {
+        if let Err(error) = self.ports.deployer.teardown(id).await {
+            tracing::warn!(deployment = %id, %error, "could not tear down a lost deployment");
+        }
     }
 
     /// Purges finished jobs older than `retention`, now and then every hour.
@@ -324,7 +322,7 @@ impl JobMachine {
             }
         }
         for job in self.jobs.in_status(vec![JobStatus::Failed]).await? {
-            if job.deployment_teardown_pending && !self.tear_down(job).await? {
+            if job.deployment_teardown_pending && !self.tear_down_expired(job).await? {
                 next = next.min(TEARDOWN_RETRY);
             }
         }
@@ -349,13 +347,13 @@ impl JobMachine {
         }
         log_transition(job.id, JobStatus::AwaitingNearSignature, JobStatus::Failed);
         tracing::info!(job = %job.id, "job expired at the wallet step; tearing its deployment down");
-        self.tear_down(job).await?;
+        self.tear_down_expired(job).await?;
         Ok(())
     }
 
-    /// Tears down a failed job's deployment and records it; returns whether
-    /// it is done (a failed teardown is tried again later).
-    async fn tear_down(&self, mut job: Job) -> Result<bool, StoreError> {
+    /// Tears down an expired job's deployment and records it; returns
+    /// whether it is done (a failed teardown is tried again later).
+    async fn tear_down_expired(&self, mut job: Job) -> Result<bool, StoreError> {
         if let Some(id) = &job.cvm_id
             && let Err(error) = self.ports.deployer.teardown(id).await
         {

@@ -279,7 +279,7 @@ async fn registered(
 /// Finish a worker job after the wallet signed the registry transaction.
 #[utoipa::path(post, path = "/api/provision/register", tag = "provisioning", request_body = RegisterRequest,
     responses((status = 200, body = WorkerRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the job is not a worker awaiting its signature, or the registry does not show the registration", body = ErrorBody)))]
+        (status = 409, description = "the job is not a worker awaiting its signature, the registry does not show the registration, or the agent does not answer its health check", body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterRequest>,
@@ -300,7 +300,7 @@ pub async fn register(
 /// Finish a coordinator job after the wallet signed (factory deploy + registry register).
 #[utoipa::path(post, path = "/api/provision/coordinator-register", tag = "provisioning", request_body = CoordinatorRegisterRequest,
     responses((status = 200, body = CoordinatorRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the job is not a coordinator awaiting its signature, or the registry does not show the registration", body = ErrorBody)))]
+        (status = 409, description = "the job is not a coordinator awaiting its signature, the registry does not show the registration, or the agent does not answer its health check", body = ErrorBody)))]
 pub async fn coordinator_register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CoordinatorRegisterRequest>,
