@@ -2,11 +2,13 @@
 //! behind each port in local and in production mode. This is the only place
 //! that knows the mode.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use delibera_agent::{LocalDeployer, RegistryWorkers};
+use delibera_agent::{DeploymentJournal, JournalEntry, LocalDeployer, LostAgent, RegistryWorkers};
 use delibera_deploy::{Deployer, HealthGate, Url};
 use delibera_ensue_local::LocalEnsue;
 use delibera_identity::AccountId;
@@ -20,7 +22,8 @@ use zeroize::Zeroizing;
 
 use crate::AppState;
 use crate::config::{Config, CorsPolicy, Mode, ProductionConfig};
-use crate::ports::{AgentChain, HttpEnsue, Ports, Settings};
+use crate::jobs::{Job, JobStatus};
+use crate::ports::{AgentChain, EmbeddedEnsue, HttpEnsue, Ports, Settings};
 use crate::seal::{SecretBox, write_private_file};
 use crate::store::Database;
 
@@ -120,6 +123,21 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     let ensue_key = read_or_create_secret(&data_dir.join("ensue-bootstrap.key"), || {
         delibera_ensue_local::ApiKey::generate().expose().to_owned()
     })?;
+    let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT)?;
+    let registry = Arc::new(LocalRegistry::open(
+        data_dir.join("registry.sqlite"),
+        server_account,
+    )?);
+    let delegator: Arc<dyn Delegator> = Arc::new(LocalSpaceDelegator::open(data_dir)?);
+    // Local coordinators find their workers in the local registry, as
+    // production ones do on NEAR.
+    let deployer = Arc::new(
+        LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())))
+            .with_journal(Arc::new(database.deployments())),
+    );
+    // The agents come back first, on their journaled ports (their registered
+    // endpoints), so the embedded Ensue can never be given one of them.
+    let lost_agents = restore_local_agents(&database, &deployer, config.ensue_local_addr).await?;
     let local_ensue = LocalEnsue::start(
         delibera_ensue_local::Config::default()
             .with_addr(config.ensue_local_addr)
@@ -135,29 +153,12 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     )
     .await
     .with_context(|| format!("starting the embedded Ensue on {}", config.ensue_local_addr))?;
-    let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT)?;
-    let registry = Arc::new(LocalRegistry::open(
-        data_dir.join("registry.sqlite"),
-        server_account,
-    )?);
-    let delegator: Arc<dyn Delegator> = Arc::new(LocalSpaceDelegator::open(data_dir)?);
-    // Local coordinators find their workers in the local registry, as
-    // production ones do on NEAR.
-    let deployer = Arc::new(
-        LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())))
-            .with_journal(Arc::new(database.deployments())),
-    );
-    let restored = deployer
-        .restore()
-        .await
-        .context("restarting the local agents")?;
-    if restored > 0 {
-        tracing::info!(restored, "local agents started again");
-    }
     let ensue_url = Url::parse(local_ensue.url()).context("the embedded Ensue's URL")?;
     let ports = Ports {
         delegator,
-        ensue: Arc::new(HttpEnsue::new(ensue_url)),
+        // Orgs are made in the embedded store under credentials the job
+        // keeps first, so a registration cut off by a crash is adopted.
+        ensue: Arc::new(EmbeddedEnsue::new(ensue_url, local_ensue.store().clone())),
         deployer,
         health_gate: HealthGate::default(),
         registry: registry.clone(),
@@ -167,6 +168,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     };
     let mut settings = Settings::new(ensue_key);
     settings.health_timeout = config.health_timeout();
+    settings.job_expiry = config.job_expiry;
     settings.allow_loopback_endpoints = true;
     let state = AppState::builder(&database, ports, settings)
         .admin_token(Some(admin_token))
@@ -176,10 +178,81 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         .cors(cors)
         .max_body_bytes(config.max_body_bytes)
         .build();
+    for lost in lost_agents {
+        state
+            .jobs
+            .fail_lost_deployment(&lost.id, lost.name.as_ref(), &lost.reason)
+            .await
+            .context("failing the job of a local agent that could not be restarted")?;
+    }
     Ok(Composition {
         state,
         local_ensue: Some(local_ensue),
     })
+}
+
+/// Starts again the journaled local agents whose job is alive (not failed,
+/// not purged), and removes the others: an agent journaled just before its
+/// job recorded it, whose job then failed or vanished, must not run forever.
+/// Returns the owned agents that could not be started, for their jobs to
+/// fail. Refuses an Ensue address on the port a restored agent keeps.
+async fn restore_local_agents(
+    database: &Database,
+    deployer: &LocalDeployer,
+    ensue_addr: SocketAddr,
+) -> anyhow::Result<Vec<LostAgent>> {
+    let jobs = database
+        .jobs()
+        .in_status(JobStatus::ALL.to_vec())
+        .await
+        .context("reading the jobs that own local agents")?;
+    let live: Vec<&Job> = jobs
+        .iter()
+        .filter(|job| job.status != JobStatus::Failed)
+        .collect();
+    let journaled_ports: HashMap<String, u16> = database
+        .deployments()
+        .load()
+        .await
+        .context("reading the local agents' journal")?
+        .into_iter()
+        .filter_map(|entry| match entry {
+            JournalEntry::Record(record) => Some((record.id, record.port)),
+            JournalEntry::Unreadable { .. } => None,
+        })
+        .collect();
+    let report = deployer
+        .restore(|id, name| {
+            live.iter().any(|job| {
+                job.cvm_id.as_deref() == Some(id)
+                    || name.is_some_and(|name| *name == job.deployment_name())
+            })
+        })
+        .await
+        .context("restarting the local agents")?;
+    for id in &report.removed {
+        tracing::warn!(deployment = %id, "removed a journaled local agent that no live job owns");
+    }
+    if !report.restored.is_empty() {
+        tracing::info!(
+            restored = report.restored.len(),
+            "local agents started again"
+        );
+    }
+    if let Some(id) = report
+        .restored
+        .iter()
+        .find(|id| journaled_ports.get(*id) == Some(&ensue_addr.port()))
+    {
+        anyhow::bail!(
+            "ENSUE_LOCAL_ADDR {ensue_addr} is on the port local agent {id} keeps (its registered \
+             endpoint); choose another port for the embedded Ensue, or 0 for a free one"
+        );
+    }
+    for lost in &report.lost {
+        tracing::warn!(deployment = %lost.id, reason = %lost.reason, "a local agent could not be started again");
+    }
+    Ok(report.lost)
 }
 
 /// Production mode: Phala Cloud, hosted Ensue, NEAR RPC and a Storacha agent,
@@ -241,6 +314,7 @@ pub async fn compose_production(
     };
     let mut settings = Settings::new(production.ensue_api_key);
     settings.health_timeout = config.health_timeout();
+    settings.job_expiry = config.job_expiry;
     settings.worker_image = production.worker_image;
     settings.coordinator_image = production.coordinator_image;
     settings.agent_chain = AgentChain {

@@ -54,6 +54,12 @@ pub struct Config {
     /// its deployment is torn down.
     #[arg(long, env = "HEALTH_TIMEOUT_SECS", default_value_t = 600)]
     pub health_timeout_secs: u64,
+    /// How long a job may wait at `awaiting_near_signature` for its wallet
+    /// signature before it expires: it fails, saying so, and its deployment
+    /// (local agent or CVM) is torn down. A number and a unit (`24h`, `90m`,
+    /// `30s`, `2d`; a bare number is seconds).
+    #[arg(long, env = "JOB_EXPIRY", default_value = "24h", value_parser = parse_duration)]
+    pub job_expiry: Duration,
     /// Finished jobs are purged after this many hours.
     #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 168)]
     pub job_retention_hours: u64,
@@ -268,6 +274,50 @@ impl CorsPolicy {
     }
 }
 
+/// Parses `24h`, `90m`, `30s`, `2d` or a bare number of seconds; at least
+/// one second.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 24h, 90m, 30s or 2d"))?;
+    let unit_secs = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use s, m, h or d"
+            ));
+        }
+    };
+    let seconds = number
+        .checked_mul(unit_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))?;
+    if seconds == 0 {
+        return Err("the duration must be at least one second".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// A duration as [`parse_duration`] reads it, in its largest whole unit
+/// (`24h`, `90m`, `45s`).
+pub fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0 => format!("{}ms", duration.as_millis()),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Every production setting, present and typed.
 pub struct ProductionConfig {
     /// The Phala Cloud API key.
@@ -377,6 +427,41 @@ mod tests {
         assert_eq!(config.mode, Mode::Local);
         assert_eq!(config.ensue_local_addr.to_string(), "127.0.0.1:3006");
         assert_eq!(config.missing_production_settings().len(), 9);
+    }
+
+    #[test]
+    fn durations_read_and_print_in_whole_units() {
+        for (text, seconds) in [
+            ("24h", 86_400),
+            ("90m", 5400),
+            ("30s", 30),
+            ("2d", 172_800),
+            ("45", 45),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "h",
+            "0",
+            "0h",
+            "5w",
+            "-1s",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
+        let config = Config::try_parse_from(["protocol-api", "--job-expiry", "90m"]).unwrap();
+        assert_eq!(config.job_expiry, Duration::from_secs(5400));
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub enum ApiError {
     /// The request conflicts with the current state (e.g. a job in the wrong status).
     #[error("{0}")]
     Conflict(String),
+    /// The request is well-formed but cannot be processed as sent (an
+    /// idempotency key reused for a different request).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The route exists but not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
@@ -69,6 +73,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -192,7 +197,9 @@ impl From<JobError> for ApiError {
             JobError::NotFound(_) => ApiError::NotFound(error.to_string()),
             JobError::WrongRole { .. }
             | JobError::NotAwaitingSignature { .. }
-            | JobError::AlreadyRegistering { .. } => ApiError::Conflict(error.to_string()),
+            | JobError::AlreadyRegistering { .. }
+            | JobError::AgentUnhealthy { .. } => ApiError::Conflict(error.to_string()),
+            JobError::IdempotencyKeyReused => ApiError::Unprocessable(error.to_string()),
             JobError::Registry(error) => crate::routes::registry_error(error),
             JobError::Ensue(error) => ApiError::Upstream(format!("Ensue: {error}")),
             JobError::Incomplete { .. } | JobError::Store(_) | JobError::Task(_) => {

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderName;
 use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post, put};
@@ -235,6 +236,11 @@ fn cors_layer(policy: &CorsPolicy) -> CorsLayer {
         .allow_origin(allowed)
         .allow_methods(Any)
         .allow_headers(Any)
+        // A browser script may read only the response headers listed here.
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("idempotent-replayed"),
+        ])
 }
 
 /// The router.

@@ -15,6 +15,7 @@ use delibera_storacha::Delegator;
 use zeroize::Zeroizing;
 
 /// A new Ensue org's credentials (returned once by the service).
+#[derive(Clone)]
 pub struct OrgCredentials {
     /// The org's API key.
     pub api_key: Zeroizing<String>,
@@ -24,13 +25,39 @@ pub struct OrgCredentials {
     pub verification_code: String,
 }
 
+impl std::fmt::Debug for OrgCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OrgCredentials(<redacted>)")
+    }
+}
+
 /// Ensue as the server uses it: creating orgs, and memory access under a key.
 #[async_trait]
 pub trait EnsueAccess: Send + Sync {
     /// The base URL agents are given (`ENSUE_URL`).
     fn base_url(&self) -> &Url;
-    /// Creates an org (`POST /auth/agent-register`).
-    async fn register_org(&self, name: &str) -> delibera_ensue::Result<OrgCredentials>;
+
+    /// Credentials for a new org, when this Ensue lets the server choose
+    /// them before the org exists. A job keeps them before registering, so a
+    /// registration whose answer was lost (a crash, a dropped connection) is
+    /// repeated under the same name and adopts the org it made. `None` (the
+    /// default) when the service issues the key itself, as hosted Ensue
+    /// does: a lost answer then leaves an org nobody holds the key of.
+    fn choose_org_credentials(&self) -> Option<OrgCredentials> {
+        None
+    }
+
+    /// Creates the org `name` (`POST /auth/agent-register` on a service).
+    /// With `chosen` credentials (from [`choose_org_credentials`](Self::choose_org_credentials)),
+    /// an org of that name that already answers to them was made by an
+    /// earlier attempt and is adopted; any other holder of the name is
+    /// [`delibera_ensue::Error::OrgNameTaken`].
+    async fn register_org(
+        &self,
+        name: &str,
+        chosen: Option<&OrgCredentials>,
+    ) -> delibera_ensue::Result<OrgCredentials>;
+
     /// Memory as seen with `api_key`.
     fn memory(&self, api_key: &str) -> delibera_ensue::Result<Arc<dyn Memory>>;
 }
@@ -53,7 +80,18 @@ impl EnsueAccess for HttpEnsue {
         &self.base_url
     }
 
-    async fn register_org(&self, name: &str) -> delibera_ensue::Result<OrgCredentials> {
+    async fn register_org(
+        &self,
+        name: &str,
+        chosen: Option<&OrgCredentials>,
+    ) -> delibera_ensue::Result<OrgCredentials> {
+        if chosen.is_some() {
+            return Err(delibera_ensue::Error::Config {
+                reason:
+                    "an Ensue service issues org keys itself; chosen credentials cannot be used"
+                        .into(),
+            });
+        }
         let org = delibera_ensue::register_org(self.base_url.as_str(), name).await?;
         Ok(OrgCredentials {
             api_key: Zeroizing::new(org.api_key.expose_secret().to_owned()),
@@ -65,6 +103,85 @@ impl EnsueAccess for HttpEnsue {
     fn memory(&self, api_key: &str) -> delibera_ensue::Result<Arc<dyn Memory>> {
         let config = EnsueConfig::new(api_key).with_base_url(self.base_url.as_str())?;
         Ok(Arc::new(EnsueClient::new(config)?))
+    }
+}
+
+/// The Ensue server embedded in this process (local mode): orgs are created
+/// in its store directly, under credentials the server chooses, so a
+/// repeated registration adopts the org instead of leaking it. Memory goes
+/// over HTTP, as the agents reach it.
+pub struct EmbeddedEnsue {
+    http: HttpEnsue,
+    store: delibera_ensue_local::Store,
+}
+
+impl EmbeddedEnsue {
+    /// The embedded server at `base_url`, whose store is `store`. Its claim
+    /// policy must activate keys at once (local mode's), as the orgs made
+    /// here need no claim.
+    pub fn new(base_url: Url, store: delibera_ensue_local::Store) -> Self {
+        Self {
+            http: HttpEnsue::new(base_url),
+            store,
+        }
+    }
+}
+
+#[async_trait]
+impl EnsueAccess for EmbeddedEnsue {
+    fn base_url(&self) -> &Url {
+        self.http.base_url()
+    }
+
+    fn choose_org_credentials(&self) -> Option<OrgCredentials> {
+        let api_key = delibera_ensue_local::ApiKey::generate();
+        // Keys work at once here; the ticket has the hosted service's shape
+        // and leads to the page saying there is nothing to claim.
+        let ticket = delibera_ensue_local::ClaimTicket::generate();
+        Some(OrgCredentials {
+            api_key: Zeroizing::new(api_key.expose().to_owned()),
+            claim_url: format!("{}claim?token={}", self.base_url(), ticket.token()),
+            verification_code: ticket.verification_code().to_owned(),
+        })
+    }
+
+    async fn register_org(
+        &self,
+        name: &str,
+        chosen: Option<&OrgCredentials>,
+    ) -> delibera_ensue::Result<OrgCredentials> {
+        let Some(chosen) = chosen else {
+            return self.http.register_org(name, None).await;
+        };
+        let key = delibera_ensue_local::ApiKey::new(chosen.api_key.as_str()).map_err(|error| {
+            delibera_ensue::Error::Config {
+                reason: format!("the chosen org key is unusable: {error}"),
+            }
+        })?;
+        match self.store.register_org_with_key(name, &key).await {
+            Ok(created) => {
+                if !created {
+                    tracing::info!(org = name, "adopted the Ensue org an earlier attempt made");
+                }
+                Ok(chosen.clone())
+            }
+            Err(delibera_ensue_local::Error::OrgNameTaken { name }) => {
+                Err(delibera_ensue::Error::OrgNameTaken { name })
+            }
+            Err(delibera_ensue_local::Error::InvalidOrgName { .. }) => {
+                Err(delibera_ensue::Error::InvalidOrgName {
+                    name: name.to_owned(),
+                })
+            }
+            Err(error) => Err(delibera_ensue::Error::Server {
+                status: 500,
+                body: format!("the embedded Ensue store failed: {error}"),
+            }),
+        }
+    }
+
+    fn memory(&self, api_key: &str) -> delibera_ensue::Result<Arc<dyn Memory>> {
+        self.http.memory(api_key)
     }
 }
 
@@ -98,6 +215,9 @@ pub struct AgentChain {
     pub coordinator_contract: Option<AccountId>,
 }
 
+/// How long a job waits for its wallet signature before it expires.
+pub const DEFAULT_JOB_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
 /// Settings the provisioning steps and routes read.
 #[derive(Clone)]
 pub struct Settings {
@@ -116,12 +236,19 @@ pub struct Settings {
     pub agent_chain: AgentChain,
     /// The pauses between attempts to announce a registered agent in Ensue.
     pub announce_retry: Backoff,
+    /// How long a job may wait at `awaiting_near_signature` before it
+    /// expires: it fails and its deployment is torn down.
+    pub job_expiry: Duration,
+    /// How long `register` keeps probing an agent that does not answer its
+    /// health check before refusing to complete its job.
+    pub registration_health_wait: Duration,
 }
 
 impl Settings {
     /// Settings with these defaults: a 10-minute health timeout, the default
     /// images, https endpoints only, no chain for agents, announcements
-    /// retried every 5 s growing to 5 min.
+    /// retried every 5 s growing to 5 min, jobs expiring after 24 h at the
+    /// wallet step, and 5 s for an agent to prove healthy at registration.
     pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
         Self {
             ensue_api_key,
@@ -131,6 +258,8 @@ impl Settings {
             allow_loopback_endpoints: false,
             agent_chain: AgentChain::default(),
             announce_retry: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+            job_expiry: DEFAULT_JOB_EXPIRY,
+            registration_health_wait: Duration::from_secs(5),
         }
     }
 

@@ -98,6 +98,31 @@ impl std::fmt::Debug for LocalDeploymentRecord {
     }
 }
 
+/// One entry of a [`DeploymentJournal`]: a remembered agent, or the id of
+/// one whose entry can no longer be read.
+#[derive(Debug, Clone)]
+pub enum JournalEntry {
+    /// A readable entry.
+    Record(Box<LocalDeploymentRecord>),
+    /// An entry that cannot be decoded (damaged, or sealed under another key).
+    Unreadable {
+        /// The deployment id it is stored under.
+        id: String,
+        /// Why it cannot be read (never a secret value).
+        reason: String,
+    },
+}
+
+impl JournalEntry {
+    /// The deployment id.
+    pub fn id(&self) -> &str {
+        match self {
+            JournalEntry::Record(record) => &record.id,
+            JournalEntry::Unreadable { id, .. } => id,
+        }
+    }
+}
+
 /// Where a [`LocalDeployer`] remembers its running agents. A Phala CVM
 /// outlives the server that deployed it; in-process agents come back through
 /// this journal instead. Records hold the agents' keys, so an implementation
@@ -108,8 +133,34 @@ pub trait DeploymentJournal: Send + Sync {
     async fn save(&self, record: &LocalDeploymentRecord) -> crate::Result<()>;
     /// Forgets a torn-down agent.
     async fn remove(&self, id: &str) -> crate::Result<()>;
-    /// Every remembered agent.
-    async fn load(&self) -> crate::Result<Vec<LocalDeploymentRecord>>;
+    /// Every remembered agent; an entry that cannot be decoded is reported
+    /// as [`JournalEntry::Unreadable`] rather than failing the whole load.
+    async fn load(&self) -> crate::Result<Vec<JournalEntry>>;
+}
+
+/// What [`LocalDeployer::restore`] did with each journal entry.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// Agents started again, by deployment id.
+    pub restored: Vec<String>,
+    /// Entries no owner claimed (orphans), removed from the journal without
+    /// being started.
+    pub removed: Vec<String>,
+    /// Owned agents that could not be started again; they stay journaled,
+    /// for the owner to decide.
+    pub lost: Vec<LostAgent>,
+}
+
+/// An owned agent that could not be started again.
+#[derive(Debug, Clone)]
+pub struct LostAgent {
+    /// Its deployment id.
+    pub id: String,
+    /// Its deployment name, when its entry could be read.
+    pub name: Option<DeploymentName>,
+    /// Why it could not be started (never a secret value).
+    pub reason: String,
 }
 
 /// Starts the agent runtime in-process on `127.0.0.1` with an ephemeral port,
@@ -168,36 +219,68 @@ impl LocalDeployer {
         self
     }
 
-    /// Starts again every agent the journal remembers, each with its old id
-    /// and port; returns how many came back. An agent whose port is now taken
-    /// stays down (logged), and `status` reports it unknown, as a vanished CVM.
-    pub async fn restore(&self) -> crate::Result<usize> {
+    /// Starts again every journaled agent that `owned` claims (by deployment
+    /// id and, when its entry is readable, name), each with its old id and
+    /// port, and removes the others from the journal without starting them:
+    /// an agent journaled just before its owner recorded it, whose owner is
+    /// gone, must not run forever. An owned agent that cannot be started (its
+    /// port is taken, its entry is unreadable) is reported as lost and left
+    /// in the journal; `status` reports it unknown, as a vanished CVM.
+    pub async fn restore(
+        &self,
+        owned: impl Fn(&str, Option<&DeploymentName>) -> bool,
+    ) -> crate::Result<RestoreReport> {
+        let mut report = RestoreReport::default();
         let Some(journal) = &self.journal else {
-            return Ok(0);
+            return Ok(report);
         };
-        let mut restored = 0;
-        for record in journal.load().await? {
+        for entry in journal.load().await? {
+            let name = match &entry {
+                JournalEntry::Record(record) => Some(&record.spec.name),
+                JournalEntry::Unreadable { .. } => None,
+            };
+            if !owned(entry.id(), name) {
+                journal.remove(entry.id()).await?;
+                report.removed.push(entry.id().to_owned());
+                continue;
+            }
+            let record = match entry {
+                JournalEntry::Record(record) => *record,
+                JournalEntry::Unreadable { id, reason } => {
+                    report.lost.push(LostAgent {
+                        id,
+                        name: None,
+                        reason: format!("its journal entry cannot be read: {reason}"),
+                    });
+                    continue;
+                }
+            };
             if self.lock().contains_key(&record.id) {
                 continue;
             }
+            let lost = |reason: String| LostAgent {
+                id: record.id.clone(),
+                name: Some(record.spec.name.clone()),
+                reason,
+            };
             let listener =
                 match TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, record.port))).await
                 {
                     Ok(listener) => listener,
                     Err(error) => {
-                        tracing::warn!(id = %record.id, port = record.port, %error,
-                            "cannot restore local agent: its port is taken");
+                        report.lost.push(lost(format!(
+                            "its port {} cannot be bound: {error}",
+                            record.port
+                        )));
                         continue;
                     }
                 };
             match self.start(record.id.clone(), &record.spec, listener) {
-                Ok(_) => restored += 1,
-                Err(error) => {
-                    tracing::warn!(id = %record.id, %error, "cannot restore local agent");
-                }
+                Ok(_) => report.restored.push(record.id.clone()),
+                Err(error) => report.lost.push(lost(error.to_string())),
             }
         }
-        Ok(restored)
+        Ok(report)
     }
 
     /// Runs the agent of `spec` on `listener` under the id `id`.

@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use delibera_backoff::Backoff;
 use delibera_coordination::{
     Coordinator, CoordinatorConfig, LlmConfig, LlmVoter, MAX_ROUND_DEADLINE, Proposal, RuleVoter,
     TaskHandler, Worker, WorkerConfig,
@@ -153,13 +154,6 @@ impl Agent {
                 tracing::info!(%did, "no {} set; the endpoint is left to the registration", vars::PUBLIC_URL)
             }
         }
-        for (field, value) in published {
-            // Ensue may be briefly unavailable at boot; the agent still serves.
-            if let Err(error) = self.memory.upsert(&keys::agent(&did, field), &value).await {
-                tracing::warn!(%error, field = field.as_str(), "could not publish agent identity");
-            }
-        }
-
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -168,6 +162,15 @@ impl Agent {
         let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
+        // Published beside serving, never before it: Ensue may be unreachable
+        // at boot (a restarted local server starts its agents before its
+        // embedded Ensue), and the health check must answer at once.
+        tokio::spawn(publish_identity(
+            self.memory.clone(),
+            did.clone(),
+            published,
+            wait_for_stop(stopped.clone()),
+        ));
 
         let health = Health {
             message: format!("Delibera {} running", env.role),
@@ -210,6 +213,42 @@ impl Agent {
             let _ = worker_loop.await;
         }
         served.map_err(Error::Serve)
+    }
+}
+
+/// Writes the agent's identity fields to Ensue, retrying until they land or
+/// the agent stops (an unclaimed hosted org refuses its key until a person
+/// claims it).
+async fn publish_identity(
+    memory: Arc<dyn Memory>,
+    did: Did,
+    fields: Vec<(AgentField, String)>,
+    stopped: impl Future<Output = ()>,
+) {
+    let pauses = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let publish = async {
+        for attempt in 1.. {
+            let mut failure = None;
+            for (field, value) in &fields {
+                if let Err(error) = memory.upsert(&keys::agent(&did, *field), value).await {
+                    failure = Some((field.as_str(), error));
+                    break;
+                }
+            }
+            let Some((field, error)) = failure else {
+                return;
+            };
+            if attempt == 1 {
+                tracing::warn!(%did, %error, field, "could not publish agent identity yet; retrying");
+            } else {
+                tracing::debug!(%did, %error, field, attempt, "could not publish agent identity");
+            }
+            tokio::time::sleep(pauses.delay(attempt)).await;
+        }
+    };
+    tokio::select! {
+        () = publish => {}
+        () = stopped => {}
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use delibera_agent::{
-    Agent, DeploymentJournal, LocalDeployer, LocalDeploymentRecord, RegistryWorkers,
+    Agent, DeploymentJournal, JournalEntry, LocalDeployer, LocalDeploymentRecord, RegistryWorkers,
 };
 use delibera_deploy::{
     AgentEnv, AgentIdentity, AgentRole, AgentSpec, Deployer, DeploymentName, HealthGate,
@@ -60,6 +60,34 @@ async fn healthy(http: &reqwest::Client, url: &str, did: &Did) -> Value {
         .await
         .unwrap()
         .body
+}
+
+/// An agent's `display_name` and `endpoint` once it has published both
+/// (it publishes beside serving, so a healthy agent may not have yet).
+async fn published(
+    memory: &Arc<dyn Memory>,
+    did: &Did,
+) -> std::collections::HashMap<String, String> {
+    let fields = ["display_name", "endpoint"];
+    let keys: Vec<String> = fields
+        .iter()
+        .map(|field| format!("agent/{did}/{field}"))
+        .collect();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let found = memory.get_many(&keys).await.unwrap();
+            if found.len() == keys.len() {
+                return fields
+                    .iter()
+                    .zip(&keys)
+                    .map(|(field, key)| (field.to_string(), found[key].clone()))
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the agent published its identity")
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
@@ -122,20 +150,13 @@ async fn a_deliberation_through_the_local_deployer() {
         let health = healthy(&http, &worker.endpoint_url, &keypair.did()).await;
         assert_eq!(health["message"], "Delibera worker running");
         assert_eq!(deployer.status(&worker.id).await.unwrap().status, "running");
+        let identity = published(&memory, &keypair.did()).await;
         assert_eq!(
-            memory
-                .get(&format!("agent/{}/display_name", keypair.did()))
-                .await
-                .unwrap()
-                .as_deref(),
+            identity.get("display_name").map(String::as_str),
             Some(format!("Worker {n}").as_str())
         );
         assert_eq!(
-            memory
-                .get(&format!("agent/{}/endpoint", keypair.did()))
-                .await
-                .unwrap()
-                .as_deref(),
+            identity.get("endpoint").map(String::as_str),
             Some(worker.endpoint_url.as_str())
         );
         registry
@@ -255,8 +276,18 @@ impl DeploymentJournal for MemoryJournal {
         self.0.lock().unwrap().retain(|kept| kept.id != id);
         Ok(())
     }
-    async fn load(&self) -> delibera_agent::Result<Vec<LocalDeploymentRecord>> {
-        Ok(self.0.lock().unwrap().clone())
+    async fn load(&self) -> delibera_agent::Result<Vec<JournalEntry>> {
+        Ok(self
+            .records()
+            .into_iter()
+            .map(|record| JournalEntry::Record(Box::new(record)))
+            .collect())
+    }
+}
+
+impl MemoryJournal {
+    fn records(&self) -> Vec<LocalDeploymentRecord> {
+        self.0.lock().unwrap().clone()
     }
 }
 
@@ -275,7 +306,7 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
         .with_journal(journal.clone());
     let deployment = before.deploy(&worker_spec).await.unwrap();
     healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
-    let remembered = journal.load().await.unwrap();
+    let remembered = journal.records();
     assert_eq!(remembered.len(), 1);
     assert_eq!(remembered[0].id, deployment.id);
     assert!(!format!("{remembered:?}").contains(ensue.api_key().expose()));
@@ -293,7 +324,8 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
 
     let after =
         LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
-    assert_eq!(after.restore().await.unwrap(), 1);
+    let report = after.restore(|_, _| true).await.unwrap();
+    assert_eq!(report.restored, std::slice::from_ref(&deployment.id));
     healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
     assert!(after.status(&deployment.id).await.unwrap().running);
     // The restored agent is found by its name, so a resumed job adopts it.
@@ -302,10 +334,17 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
         Some(deployment.clone())
     );
     // Restoring twice starts nothing new.
-    assert_eq!(after.restore().await.unwrap(), 0);
+    assert!(
+        after
+            .restore(|_, _| true)
+            .await
+            .unwrap()
+            .restored
+            .is_empty()
+    );
 
     after.teardown(&deployment.id).await.unwrap();
-    assert!(journal.load().await.unwrap().is_empty());
+    assert!(journal.records().is_empty());
     ensue.stop().await.unwrap();
 }
 
@@ -342,6 +381,18 @@ async fn an_agent_publishes_its_endpoint_only_from_its_public_url() {
             let _ = stopped.await;
         }));
         healthy(&http, &url, &keypair.did()).await;
+        // The identity is published beside serving: wait for what is expected.
+        let mut expected = vec![format!("agent/{}/display_name", keypair.did())];
+        if public_url.is_some() {
+            expected.push(format!("agent/{}/endpoint", keypair.did()));
+        }
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while memory.get_many(&expected).await.unwrap().len() < expected.len() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the agent published its identity");
         let endpoint = memory
             .get(&format!("agent/{}/endpoint", keypair.did()))
             .await
@@ -447,4 +498,204 @@ fn journal_records_of_the_first_release_are_still_read() {
     let again: LocalDeploymentRecord =
         serde_json::from_value(serde_json::to_value(&record).unwrap()).unwrap();
     assert_eq!(again.spec, record.spec);
+}
+
+/// A journal holding whatever entries a test plants, unreadable ones included.
+#[derive(Default)]
+struct PlantedJournal(std::sync::Mutex<Vec<JournalEntry>>);
+
+#[async_trait::async_trait]
+impl DeploymentJournal for PlantedJournal {
+    async fn save(&self, record: &LocalDeploymentRecord) -> delibera_agent::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(JournalEntry::Record(Box::new(record.clone())));
+        Ok(())
+    }
+    async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
+        self.0.lock().unwrap().retain(|entry| entry.id() != id);
+        Ok(())
+    }
+    async fn load(&self) -> delibera_agent::Result<Vec<JournalEntry>> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_starts_owned_agents_removes_orphans_and_reports_the_lost() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let http = reqwest::Client::new();
+    let record = |n: u8, port: u16| {
+        let mut worker_env = env(AgentRole::Worker, &key(n), &format!("W{n}"), &ensue);
+        worker_env.coordinator_did = Some(key(99).did());
+        LocalDeploymentRecord {
+            id: format!("local-{n}"),
+            port,
+            spec: spec(worker_env),
+        }
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let owned = record(90, free_port());
+    let port_taken = record(91, taken.local_addr().unwrap().port());
+    let orphan = record(92, free_port());
+    let journal = Arc::new(PlantedJournal::default());
+    for planted in [&owned, &port_taken, &orphan] {
+        journal.save(planted).await.unwrap();
+    }
+    for id in ["local-damaged-owned", "local-damaged-orphan"] {
+        journal.0.lock().unwrap().push(JournalEntry::Unreadable {
+            id: id.to_owned(),
+            reason: "bad seal".to_owned(),
+        });
+    }
+
+    let deployer = LocalDeployer::new(Arc::new(RegistryWorkers(local_registry())))
+        .with_journal(journal.clone());
+    let report = deployer
+        .restore(|id, _| id != "local-92" && id != "local-damaged-orphan")
+        .await
+        .unwrap();
+
+    assert_eq!(report.restored, ["local-90"]);
+    assert_eq!(report.removed, ["local-92", "local-damaged-orphan"]);
+    let lost: Vec<(&str, Option<&DeploymentName>)> = report
+        .lost
+        .iter()
+        .map(|lost| (lost.id.as_str(), lost.name.as_ref()))
+        .collect();
+    assert_eq!(
+        lost,
+        [
+            ("local-91", Some(&port_taken.spec.name)),
+            ("local-damaged-owned", None)
+        ]
+    );
+    assert!(
+        report.lost[0].reason.contains("cannot be bound"),
+        "{report:?}"
+    );
+    assert!(
+        report.lost[1].reason.contains("cannot be read"),
+        "{report:?}"
+    );
+    // The orphans are gone from the journal and never ran; the lost stay
+    // journaled for their owner to decide.
+    let kept: Vec<String> = journal
+        .load()
+        .await
+        .unwrap()
+        .iter()
+        .map(|entry| entry.id().to_owned())
+        .collect();
+    assert_eq!(kept, ["local-90", "local-91", "local-damaged-owned"]);
+    assert!(
+        http.get(format!("http://127.0.0.1:{}/", orphan.port))
+            .send()
+            .await
+            .is_err(),
+        "the orphan was not started"
+    );
+    healthy(
+        &http,
+        &format!("http://127.0.0.1:{}", owned.port),
+        &key(90).did(),
+    )
+    .await;
+    deployer.teardown("local-90").await.unwrap();
+    drop(taken);
+    ensue.stop().await.unwrap();
+}
+
+/// A listener that accepts connections and never answers: an Ensue that hangs.
+async fn hanging_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_answers_its_health_check_while_ensue_hangs() {
+    let (hanging_url, hanging) = hanging_server().await;
+    let keypair = key(95);
+    let mut agent_env = AgentEnv::new(
+        AgentRole::Worker,
+        AgentIdentity::from_keypair(&keypair),
+        "Early",
+        "lmn_unused",
+    );
+    agent_env.ensue_url = hanging_url.parse().unwrap();
+    agent_env.public_url = Some("https://early.example/".parse().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(
+        Agent::new(agent_env)
+            .unwrap()
+            .serve(listener, std::future::pending()),
+    );
+    // Publishing its identity would block for a minute (4 attempts of 15 s);
+    // the health check does not wait for it.
+    healthy(&reqwest::Client::new(), &url, &keypair.did()).await;
+    // Its worker loop is stuck on the hanging Ensue too; no graceful stop.
+    served.abort();
+    hanging.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_publishes_its_identity_once_ensue_comes_up() {
+    let port = free_port();
+    let bootstrap = delibera_ensue_local::ApiKey::new("lmn_late_ensue_key").unwrap();
+    let keypair = key(96);
+    let mut agent_env = AgentEnv::new(
+        AgentRole::Worker,
+        AgentIdentity::from_keypair(&keypair),
+        "Late",
+        bootstrap.expose(),
+    );
+    agent_env.ensue_url = format!("http://127.0.0.1:{port}/").parse().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(Agent::new(agent_env).unwrap().serve(listener, async {
+        let _ = stopped.await;
+    }));
+    healthy(&reqwest::Client::new(), &url, &keypair.did()).await;
+
+    let ensue = LocalEnsue::start(
+        Config::default()
+            .with_addr(([127, 0, 0, 1], port).into())
+            .with_bootstrap_key(bootstrap),
+    )
+    .await
+    .unwrap();
+    let memory = memory(&ensue);
+    let name_key = format!("agent/{}/display_name", keypair.did());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while memory.get(&name_key).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the agent published its name once Ensue answered");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    ensue.stop().await.unwrap();
 }

@@ -65,7 +65,7 @@ pub struct ClaimTicket {
 
 impl ClaimTicket {
     /// A fresh random token (32 hex digits) and code (8 hex digits).
-    pub(crate) fn generate() -> Self {
+    pub fn generate() -> Self {
         ClaimTicket {
             token: random_hex(TOKEN_BYTES),
             verification_code: random_hex(CODE_BYTES),

@@ -318,6 +318,70 @@ impl Store {
         Ok((key, ticket))
     }
 
+    /// Creates the organisation `name` with `key` as its key, or, when an
+    /// organisation of that name exists and `key` already acts for it,
+    /// leaves it as it is. Returns whether it was created now.
+    ///
+    /// A caller that chooses the key before registering can register again
+    /// after losing the first answer (a crash, a dropped connection) and
+    /// adopt the organisation it made, instead of leaving it behind and
+    /// taking a new name. The key works at once, as with
+    /// [`Store::register_org`].
+    ///
+    /// [`Error::OrgNameTaken`] when the name belongs to an organisation
+    /// `key` does not act for; [`Error::InvalidOrgName`] as for
+    /// [`Store::register_org`].
+    pub async fn register_org_with_key(&self, name: &str, key: &ApiKey) -> Result<bool> {
+        validate_org_name(name)?;
+        let owned_name = name.to_owned();
+        let digest = key.digest();
+        let adopted = self
+            .read(move |conn| {
+                let org: Option<OrgId> = conn
+                    .prepare_cached("SELECT id FROM orgs WHERE name = ?1")?
+                    .query_row([&owned_name], |row| row.get(0))
+                    .optional()?;
+                let Some(org) = org else {
+                    return Ok(false);
+                };
+                let keyed: Option<OrgId> = conn
+                    .prepare_cached("SELECT org_id FROM api_keys WHERE key_sha256 = ?1")?
+                    .query_row([digest.as_slice()], |row| row.get(0))
+                    .optional()?;
+                if keyed == Some(org) {
+                    Ok(true)
+                } else {
+                    Err(Error::OrgNameTaken { name: owned_name })
+                }
+            })
+            .await?;
+        if adopted {
+            return Ok(false);
+        }
+        match self.insert_org(name, key, None).await {
+            Ok(()) => Ok(true),
+            // Another registration with the same key may have won the race.
+            Err(Error::OrgNameTaken { .. })
+                if self.org_for_token(key.expose()).await?.is_some() =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The name of every organisation, in name order (the bootstrap one
+    /// included).
+    pub async fn org_names(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT name FROM orgs ORDER BY name")?
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(Error::from)
+        })
+        .await
+    }
+
     /// Inserts an organisation, its key and, when given, its pending claim, in
     /// one transaction.
     async fn insert_org(

@@ -89,11 +89,19 @@ async fn a_worker_and_a_coordinator_process_run_a_round() {
             .unwrap(),
     )
     .unwrap();
-    let display_name = memory
-        .get(&format!("agent/{}/display_name", worker_key.did()))
-        .await
-        .unwrap();
-    assert_eq!(display_name.as_deref(), Some("Worker Alpha"));
+    // The agent publishes its name beside serving, so it may land just after.
+    let name_key = format!("agent/{}/display_name", worker_key.did());
+    let display_name = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(name) = memory.get(&name_key).await.unwrap() {
+                return name;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the worker published its name");
+    assert_eq!(display_name, "Worker Alpha");
 
     let mut env = agent_env(&coordinator_key, &ensue);
     env.push(("DELIBERA_WORKERS", worker_key.did().to_string()));

@@ -36,6 +36,22 @@ pub enum JobError {
         /// The job.
         job: Uuid,
     },
+    /// An idempotency key already started a job, for a different request.
+    #[error(
+        "this Idempotency-Key was already used for a different request; send a new key with a new request"
+    )]
+    IdempotencyKeyReused,
+    /// The agent does not answer its health check, so it is not registered.
+    #[error(
+        "job {job}: the agent does not answer its health check, so it was not registered ({reason}); \
+         the job stays at awaiting_near_signature"
+    )]
+    AgentUnhealthy {
+        /// The job.
+        job: Uuid,
+        /// What the health check saw.
+        reason: String,
+    },
     /// The registry refused or could not confirm the registration.
     #[error(transparent)]
     Registry(#[from] delibera_near::Error),

@@ -6,9 +6,11 @@
 //! compare-and-set, so two calls cannot both register it. Routes only
 //! translate HTTP into calls of [`JobMachine`].
 //!
-//! Paid steps are idempotent by name: the deployment's name is derived from
-//! the job, and a job that finds a deployment under its name adopts it
-//! instead of paying for a second one.
+//! Every outside side effect is keyed by a name derived from the job and
+//! adopted when a resumed step finds it (the deployment by its name, the
+//! embedded Ensue org by the credentials chosen before creating it), and the
+//! job's record is written before and after each one, so a kill at any
+//! instant neither fails the job nor leaks what the step made.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,18 +23,32 @@ use delibera_deploy::{
 use delibera_ensue::keys::{self, AgentField};
 use delibera_identity::{Did, Keypair};
 use delibera_near::{CoordinatorClaim, CoordinatorRegistration, WorkerClaim, WorkerRegistration};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::error::JobError;
-use super::model::{Job, JobStatus, NewJob};
-use crate::ports::{Ports, Settings};
-use crate::store::{JobStore, OrgKeys, StoreError};
+use super::model::{IdempotencyKey, Job, JobStatus, NewJob};
+use crate::ports::{OrgCredentials, Ports, Settings};
+use crate::store::{JobStore, OrgKeys, Started, StoreError};
 
 /// How many names a coordinator's Ensue org registration tries.
 const MAX_ORG_ATTEMPTS: u32 = 5;
 
 /// How often, at most, health-gate progress is written to the job.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often, at most, an interrupted teardown of an expired job's
+/// deployment is tried again.
+const TEARDOWN_RETRY: Duration = Duration::from_secs(60);
+
+/// A job [`JobMachine::start`] returns.
+#[derive(Debug)]
+pub struct StartedJob {
+    /// The job.
+    pub job: Job,
+    /// Whether an earlier request with the same idempotency key started it.
+    pub replayed: bool,
+}
 
 /// What the wallet step hands over: the transaction hash, and for a
 /// coordinator the contract its factory made.
@@ -76,12 +92,76 @@ impl JobMachine {
         self.jobs.get(uuid).await?.ok_or_else(not_found)
     }
 
-    /// Stores a new job and starts it in the background.
-    pub async fn start(&self, new: NewJob) -> Result<Job, JobError> {
-        let job = Job::new(new, Utc::now());
-        self.jobs.insert(&job).await?;
-        self.spawn(job.id);
-        Ok(job)
+    /// Stores a new job and starts it in the background. Under an
+    /// idempotency key, a retry of the same request gets the job the first
+    /// one started (stored with the key in one transaction, so a job exists
+    /// only with its key), and another request under the key is refused.
+    pub async fn start(
+        &self,
+        new: NewJob,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<StartedJob, JobError> {
+        let job = Job::new(new.clone(), Utc::now());
+        let Some(key) = idempotency_key else {
+            self.jobs.insert(&job).await?;
+            self.spawn(job.id);
+            return Ok(StartedJob {
+                job,
+                replayed: false,
+            });
+        };
+        match self
+            .jobs
+            .insert_idempotent(&job, key.digest(), new.fingerprint())
+            .await?
+        {
+            Started::New => {
+                self.spawn(job.id);
+                Ok(StartedJob {
+                    job,
+                    replayed: false,
+                })
+            }
+            Started::Earlier {
+                job_id,
+                same_request,
+            } => self.earlier(job_id, same_request).await,
+        }
+    }
+
+    /// The job an earlier request with this idempotency key started, if
+    /// any: a retry that can skip the checks a new job needs.
+    pub async fn replay(
+        &self,
+        idempotency_key: &IdempotencyKey,
+        new: &NewJob,
+    ) -> Result<Option<StartedJob>, JobError> {
+        match self
+            .jobs
+            .started_under_key(idempotency_key.digest(), new.fingerprint())
+            .await?
+        {
+            None | Some(Started::New) => Ok(None),
+            Some(Started::Earlier {
+                job_id,
+                same_request,
+            }) => self.earlier(job_id, same_request).await.map(Some),
+        }
+    }
+
+    async fn earlier(&self, job_id: Uuid, same_request: bool) -> Result<StartedJob, JobError> {
+        if !same_request {
+            return Err(JobError::IdempotencyKeyReused);
+        }
+        let job = self
+            .jobs
+            .get(job_id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        Ok(StartedJob {
+            job,
+            replayed: true,
+        })
     }
 
     /// Runs (or resumes) a job in the background.
@@ -94,14 +174,27 @@ impl JobMachine {
         });
     }
 
-    /// After a restart: puts registrations the last process did not finish
-    /// back at the wallet step (the caller simply retries), and resumes every
-    /// job the runner owns. Returns how many were resumed.
+    /// After a restart: finishes the registrations the last process did not
+    /// (from the registry's state: the registrar confirms what the wallet
+    /// signed, or the job goes back to the wallet step), resumes every job
+    /// the runner owns and every pending announcement, and starts the expiry
+    /// sweeper. Returns how many jobs were resumed.
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
-        for mut job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
-            tracing::info!(job = %job.id, "registration was interrupted; back to awaiting_near_signature");
-            self.commit(&mut job, JobStatus::AwaitingNearSignature)
-                .await?;
+        for job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
+            tracing::info!(job = %job.id, "registration was interrupted; finishing it");
+            let id = job.id;
+            let registration = self.spawn_registration(job);
+            tokio::spawn(async move {
+                match registration.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::info!(job = %id, %error, "the interrupted registration did not complete; back at the wallet step")
+                    }
+                    Err(error) => {
+                        tracing::warn!(job = %id, %error, "the interrupted registration's task failed")
+                    }
+                }
+            });
         }
         for job in self.jobs.in_status(vec![JobStatus::Complete]).await? {
             if job.announce_pending {
@@ -113,7 +206,62 @@ impl JobMachine {
             tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
             self.spawn(job.id);
         }
+        self.spawn_expiry_sweeper();
         Ok(jobs.len())
+    }
+
+    /// After a restart: the deployer could not bring back the deployment
+    /// `id` (named `name`, when known). A job still before the wallet step
+    /// that never recorded it simply deploys again; any other unfinished
+    /// job whose deployment it is fails, saying why, and the deployment is
+    /// torn down. A complete job keeps it (a later restart may succeed).
+    pub async fn fail_lost_deployment(
+        &self,
+        id: &str,
+        name: Option<&DeploymentName>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let owner = self
+            .jobs
+            .in_status(JobStatus::ALL.to_vec())
+            .await?
+            .into_iter()
+            .find(|job| {
+                job.cvm_id.as_deref() == Some(id)
+                    || name.is_some_and(|name| *name == job.deployment_name())
+            });
+        let Some(mut job) = owner else {
+            return Ok(());
+        };
+        match job.status {
+            JobStatus::Complete => {
+                tracing::warn!(job = %job.id, deployment = id, reason,
+                    "the registered agent of a complete job could not be started again; a later restart will try again");
+            }
+            JobStatus::Failed => self.tear_down_lost(id).await,
+            JobStatus::DeployingPhala if job.cvm_id.is_none() => {
+                tracing::warn!(job = %job.id, deployment = id, reason,
+                    "a deployment the job had not recorded could not be started again; it is replaced");
+                self.tear_down_lost(id).await;
+            }
+            from => {
+                tracing::warn!(job = %job.id, deployment = id, reason, status = from.as_str(),
+                    "the job's agent could not be started again; the job fails");
+                job.error = Some(format!(
+                    "the agent could not be started again after the server restarted: {reason}"
+                ));
+                self.commit(&mut job, JobStatus::Failed).await?;
+                self.tear_down_lost(id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what is left of a deployment that could not be brought back.
+    async fn tear_down_lost(&self, id: &str) {
+        if let Err(error) = self.ports.deployer.teardown(id).await {
+            tracing::warn!(deployment = %id, %error, "could not tear down a lost deployment");
+        }
     }
 
     /// Purges finished jobs older than `retention`, now and then every hour.
@@ -134,6 +282,89 @@ impl JobMachine {
                 }
             }
         });
+    }
+
+    /// Expires jobs left at the wallet step for longer than
+    /// [`Settings::job_expiry`], now and whenever the next one falls due,
+    /// and finishes teardowns a restart interrupted.
+    pub fn spawn_expiry_sweeper(&self) {
+        let machine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = match machine.expire_due().await {
+                    Ok(next) => next,
+                    Err(error) => {
+                        tracing::warn!(%error, "expiring jobs failed; trying again later");
+                        TEARDOWN_RETRY
+                    }
+                };
+                tokio::time::sleep(next).await;
+            }
+        });
+    }
+
+    /// Expires every job due now and retries every unfinished teardown;
+    /// returns how long until the next sweep is needed.
+    pub async fn expire_due(&self) -> Result<Duration, StoreError> {
+        let expiry = self.settings.job_expiry;
+        let now = Utc::now();
+        // A job reaching the wallet step later falls due no sooner than this.
+        let mut next = expiry;
+        for job in self
+            .jobs
+            .in_status(vec![JobStatus::AwaitingNearSignature])
+            .await?
+        {
+            let waited = (now - job.updated_at).to_std().unwrap_or_default();
+            match expiry.checked_sub(waited).filter(|left| !left.is_zero()) {
+                Some(left) => next = next.min(left),
+                None => self.expire(job).await?,
+            }
+        }
+        for job in self.jobs.in_status(vec![JobStatus::Failed]).await? {
+            if job.deployment_teardown_pending && !self.tear_down_expired(job).await? {
+                next = next.min(TEARDOWN_RETRY);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Fails a job nobody registered in time and tears its deployment down
+    /// (the job says so first, so a restart in between finishes the teardown).
+    async fn expire(&self, mut job: Job) -> Result<(), StoreError> {
+        job.status = JobStatus::Failed;
+        job.progress = None;
+        job.error = Some(expiry_message(self.settings.job_expiry, false));
+        job.deployment_teardown_pending = true;
+        job.updated_at = Utc::now();
+        // A registration that started meanwhile wins.
+        if !self
+            .jobs
+            .save_if_status(&job, JobStatus::AwaitingNearSignature)
+            .await?
+        {
+            return Ok(());
+        }
+        log_transition(job.id, JobStatus::AwaitingNearSignature, JobStatus::Failed);
+        tracing::info!(job = %job.id, "job expired at the wallet step; tearing its deployment down");
+        self.tear_down_expired(job).await?;
+        Ok(())
+    }
+
+    /// Tears down an expired job's deployment and records it; returns
+    /// whether it is done (a failed teardown is tried again later).
+    async fn tear_down_expired(&self, mut job: Job) -> Result<bool, StoreError> {
+        if let Some(id) = &job.cvm_id
+            && let Err(error) = self.ports.deployer.teardown(id).await
+        {
+            tracing::warn!(job = %job.id, deployment = %id, %error, "tearing down an expired job's deployment failed; will try again");
+            return Ok(false);
+        }
+        job.deployment_teardown_pending = false;
+        job.error = Some(expiry_message(self.settings.job_expiry, true));
+        self.jobs.save(&job).await?;
+        tracing::info!(job = %job.id, "an expired job's deployment was torn down");
+        Ok(true)
     }
 
     /// Moves `job` to `to` and commits it; the one place a transition is made.
@@ -210,47 +441,69 @@ impl JobMachine {
         }
     }
 
-    /// Registers the coordinator's Ensue org. The service hands a new org's
-    /// key out once, so an attempt whose answer was lost leaves an org nobody
-    /// can use: each attempt is counted in the job before it is made, and a
-    /// later one (after a restart, a transient failure or a name already
-    /// taken) registers under the next name.
+    /// Registers the coordinator's Ensue org, under a name derived from the
+    /// job. Where the server may choose the org's credentials (the embedded
+    /// Ensue), it keeps them in the job before the first call, and a call
+    /// repeated after a crash or a transient failure adopts the org the
+    /// earlier one made. Where the service issues the key (hosted Ensue), it
+    /// is shown once, so an attempt whose answer was lost leaves an org
+    /// nobody can use: each attempt is counted in the job before it is made,
+    /// and a later one registers under the next name.
     async fn provision_ensue(&self, job: &mut Job) -> Result<JobStatus, String> {
         let did = agent_did(job)?;
         let base = ensue_org_name(&job.display_name, &did);
         let pauses = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        // Credentials kept by an earlier run of this step: its org, if it
+        // made one, answers to them, so the same name is registered again.
+        let mut same_name = job.ensue_org_attempts > 0 && chosen_org_credentials(job).is_some();
+        let mut round = 0;
         loop {
-            job.ensue_org_attempts += 1;
+            round += 1;
+            if !same_name {
+                job.ensue_org_attempts += 1;
+                if chosen_org_credentials(job).is_none()
+                    && let Some(chosen) = self.ports.ensue.choose_org_credentials()
+                {
+                    keep_org_credentials(job, chosen);
+                }
+                self.jobs
+                    .save(job)
+                    .await
+                    .map_err(|error| format!("could not record the Ensue org attempt: {error}"))?;
+            }
             let attempt = job.ensue_org_attempts;
             let org_name = match attempt {
                 1 => base.clone(),
                 n => format!("{base}-{n}"),
             };
-            self.jobs
-                .save(job)
+            let chosen = chosen_org_credentials(job);
+            match self
+                .ports
+                .ensue
+                .register_org(&org_name, chosen.as_ref())
                 .await
-                .map_err(|error| format!("could not record the Ensue org attempt: {error}"))?;
-            match self.ports.ensue.register_org(&org_name).await {
+            {
                 Ok(org) => {
                     self.org_keys
                         .put(did.as_str(), &org_name, &org.api_key)
                         .await
                         .map_err(|error| format!("could not store the Ensue org key: {error}"))?;
                     job.ensue_org_name = Some(org_name);
-                    job.secrets.ensue_api_key = Some(org.api_key.to_string());
-                    job.secrets.ensue_claim_url = Some(org.claim_url);
-                    job.secrets.ensue_verification_code = Some(org.verification_code);
+                    keep_org_credentials(job, org);
                     return Ok(JobStatus::PreparingPhala);
                 }
+                Err(delibera_ensue::Error::OrgNameTaken { .. }) if attempt < MAX_ORG_ATTEMPTS => {
+                    tracing::info!(job = %job.id, attempt, org = %org_name, "the Ensue org name is taken; trying the next one");
+                    same_name = false;
+                }
                 Err(error)
-                    if attempt < MAX_ORG_ATTEMPTS
-                        && (error.is_retryable()
-                            || matches!(error, delibera_ensue::Error::OrgNameTaken { .. })) =>
+                    if error.is_retryable()
+                        && round < MAX_ORG_ATTEMPTS
+                        && (chosen.is_some() || attempt < MAX_ORG_ATTEMPTS) =>
                 {
-                    tracing::info!(job = %job.id, attempt, %error, "Ensue org registration will be tried again under a new name");
-                    if error.is_retryable() {
-                        tokio::time::sleep(pauses.delay(attempt)).await;
-                    }
+                    tracing::info!(job = %job.id, attempt, %error, "Ensue org registration will be tried again");
+                    same_name = chosen.is_some();
+                    tokio::time::sleep(pauses.delay(round)).await;
                 }
                 Err(error) => return Err(format!("Ensue org registration failed: {error}")),
             }
@@ -421,9 +674,10 @@ impl JobMachine {
                 .or_else(|| chain.coordinator_contract.clone()),
             AgentRole::Worker => chain.coordinator_contract.clone(),
         };
-        let name =
-            DeploymentName::derive(job.role, &job.display_name, &job.id.simple().to_string());
-        Ok(AgentSpec::new(name, env).with_image(self.settings.image_for(job.role)))
+        Ok(
+            AgentSpec::new(job.deployment_name(), env)
+                .with_image(self.settings.image_for(job.role)),
+        )
     }
 
     /// Finishes a job after the wallet step: moves it from
@@ -468,7 +722,18 @@ impl JobMachine {
             .save_if_status(&job, JobStatus::AwaitingNearSignature)
             .await?
         {
-            return Err(JobError::AlreadyRegistering { job: job.id });
+            // Another registration, or the expiry sweeper, moved it first.
+            return Err(
+                match self.jobs.get(job.id).await?.map(|stored| stored.status) {
+                    Some(JobStatus::Registering) | None => {
+                        JobError::AlreadyRegistering { job: job.id }
+                    }
+                    Some(status) => JobError::NotAwaitingSignature {
+                        job: job.id,
+                        status,
+                    },
+                },
+            );
         }
         log_transition(
             job.id,
@@ -476,9 +741,23 @@ impl JobMachine {
             JobStatus::Registering,
         );
 
+        self.spawn_registration(job)
+            .await
+            .map_err(|error| JobError::Task(error.to_string()))?
+    }
+
+    /// Finishes a job in `registering`, detached from whoever asked: the
+    /// agent must answer its health check, then the registrar must confirm
+    /// the registration; the job is then `complete` (announced in Ensue now
+    /// or in the background), or back at the wallet step with the reason.
+    fn spawn_registration(&self, mut job: Job) -> JoinHandle<Result<Job, JobError>> {
         let machine = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = machine.confirm(&job).await {
+            let confirmed = match machine.check_health(&job).await {
+                Ok(()) => machine.confirm(&job).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = confirmed {
                 machine
                     .commit(&mut job, JobStatus::AwaitingNearSignature)
                     .await?;
@@ -497,8 +776,32 @@ impl JobMachine {
             }
             Ok(job)
         })
-        .await
-        .map_err(|error| JobError::Task(error.to_string()))?
+    }
+
+    /// Refuses to register an agent that does not answer its health check
+    /// (a dead agent must never become a complete job).
+    async fn check_health(&self, job: &Job) -> Result<(), JobError> {
+        let incomplete = |what| JobError::Incomplete { job: job.id, what };
+        let did = job
+            .agent_did
+            .clone()
+            .ok_or_else(|| incomplete("agent DID"))?;
+        let endpoint = job.endpoint.clone().ok_or_else(|| incomplete("endpoint"))?;
+        self.ports
+            .health_gate
+            .wait(
+                &self.ports.http,
+                &endpoint,
+                &did,
+                self.settings.registration_health_wait,
+                &mut |_| {},
+            )
+            .await
+            .map(|_| ())
+            .map_err(|error| JobError::AgentUnhealthy {
+                job: job.id,
+                reason: error.to_string(),
+            })
     }
 
     /// Retries announcing a complete job's agent until it lands (or the job
@@ -625,6 +928,30 @@ fn log_transition(job: Uuid, from: JobStatus, to: JobStatus) {
     crate::metrics::job_transition(from, to);
 }
 
+/// The org credentials a job chose before its org exists (see
+/// [`EnsueAccess::choose_org_credentials`](crate::ports::EnsueAccess::choose_org_credentials)).
+fn chosen_org_credentials(job: &Job) -> Option<OrgCredentials> {
+    let secrets = &job.secrets;
+    match (
+        &secrets.ensue_api_key,
+        &secrets.ensue_claim_url,
+        &secrets.ensue_verification_code,
+    ) {
+        (Some(api_key), Some(claim_url), Some(verification_code)) => Some(OrgCredentials {
+            api_key: zeroize::Zeroizing::new(api_key.clone()),
+            claim_url: claim_url.clone(),
+            verification_code: verification_code.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn keep_org_credentials(job: &mut Job, org: OrgCredentials) {
+    job.secrets.ensue_api_key = Some(org.api_key.to_string());
+    job.secrets.ensue_claim_url = Some(org.claim_url);
+    job.secrets.ensue_verification_code = Some(org.verification_code);
+}
+
 fn agent_did(job: &Job) -> Result<Did, String> {
     job.agent_did
         .clone()
@@ -655,6 +982,20 @@ pub fn ensue_org_name(display_name: &str, did: &Did) -> String {
     } else {
         format!("delibera-{}-{suffix}", slug.trim_end_matches('-'))
     }
+}
+
+/// The `error` of an expired job, before and after its teardown.
+fn expiry_message(expiry: Duration, torn_down: bool) -> String {
+    let deployment = if torn_down {
+        "its deployment was torn down"
+    } else {
+        "its deployment is being torn down"
+    };
+    format!(
+        "expired: the agent was not registered within {} of becoming ready (awaiting_near_signature), \
+         so {deployment}; provision again to start over",
+        crate::config::format_duration(expiry)
+    )
 }
 
 fn format_wait(elapsed: Duration) -> String {

@@ -5,5 +5,5 @@ mod machine;
 mod model;
 
 pub use error::JobError;
-pub use machine::{JobMachine, Registration, ensue_org_name};
-pub use model::{Job, JobSecrets, JobStatus, NewJob};
+pub use machine::{JobMachine, Registration, StartedJob, ensue_org_name};
+pub use model::{IdempotencyKey, Job, JobSecrets, JobStatus, NewJob};

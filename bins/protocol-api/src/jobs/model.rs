@@ -2,7 +2,7 @@
 //! persisted after every transition.
 
 use chrono::{DateTime, Utc};
-use delibera_deploy::{AgentRole, AgentSpec};
+use delibera_deploy::{AgentRole, AgentSpec, DeploymentName};
 use delibera_identity::{AccountId, Did};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -115,7 +115,10 @@ impl JobStatus {
 pub struct JobSecrets {
     /// The agent's ucanto private key (`STORACHA_AGENT_PRIVATE_KEY`).
     pub storacha_private_key: Option<String>,
-    /// The coordinator's Ensue org API key.
+    /// The coordinator's Ensue org API key. When the Ensue lets the server
+    /// choose a new org's credentials (the embedded one), these three are
+    /// chosen and kept before the org exists, so a registration whose
+    /// answer was lost can be repeated and adopts the same org.
     pub ensue_api_key: Option<String>,
     /// Where the org owner claims the Ensue org.
     pub ensue_claim_url: Option<String>,
@@ -186,6 +189,11 @@ pub struct Job {
     pub legacy_deployment_mark: Option<String>,
     /// The deployment's id (Phala CVM id, or the local agent id).
     pub cvm_id: Option<String>,
+    /// A failed job whose deployment still has to be torn down (set with
+    /// the failure, cleared once the teardown succeeded), so a restart in
+    /// between finishes the teardown instead of leaving the agent running.
+    #[serde(default)]
+    pub deployment_teardown_pending: bool,
     /// The agent's public URL.
     pub endpoint: Option<String>,
     /// Where the operator sees the deployment.
@@ -204,7 +212,7 @@ pub struct Job {
 }
 
 /// What a caller supplies to start a job.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct NewJob {
     /// Coordinator or worker.
     pub role: AgentRole,
@@ -220,6 +228,59 @@ pub struct NewJob {
     pub max_workers: Option<u8>,
     /// The factory-created coordinator contract, when given.
     pub contract_address: Option<AccountId>,
+}
+
+impl NewJob {
+    /// A digest of the request, to tell a retry (same digest) from a
+    /// different request under the same idempotency key.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        // The validated fields, so a retry that spells the same request
+        // differently (spacing, field order) is still the same request.
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        sha2::Sha256::digest(canonical).into()
+    }
+}
+
+/// The `Idempotency-Key` a client sends with a provisioning request: a retry
+/// with the same key (and the same request) gets the same job back.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Shortest accepted key: it names a job whose id unlocks secrets, so a
+    /// guessable key must not be accepted (a random UUID is the expected form).
+    pub const MIN_LEN: usize = 16;
+    /// Longest accepted key.
+    pub const MAX_LEN: usize = 255;
+
+    /// A key of 16–255 visible ASCII characters, or why not.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let length = text.len();
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&length) {
+            return Err(format!(
+                "Idempotency-Key must be {}–{} characters (a random UUID is a good key); got {length}",
+                Self::MIN_LEN,
+                Self::MAX_LEN
+            ));
+        }
+        if !text.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err("Idempotency-Key must be visible ASCII characters only".into());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// What the store keeps: a digest, so the key itself is never stored.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.0.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdempotencyKey(<redacted>)")
+    }
 }
 
 impl Job {
@@ -245,6 +306,7 @@ impl Job {
             ensue_org_attempts: 0,
             legacy_deployment_mark: None,
             cvm_id: None,
+            deployment_teardown_pending: false,
             endpoint: None,
             dashboard_url: None,
             tx_hash: None,
@@ -252,6 +314,13 @@ impl Job {
             error: None,
             secrets: JobSecrets::default(),
         }
+    }
+
+    /// The name its deployment is made under, derived from the job (so it
+    /// is the deploy's idempotency key, and names the job's agent in a
+    /// deployer's listing or journal).
+    pub fn deployment_name(&self) -> DeploymentName {
+        DeploymentName::derive(self.role, &self.display_name, &self.id.simple().to_string())
     }
 
     /// The step text with any progress detail, e.g. `… (2m10s)`.

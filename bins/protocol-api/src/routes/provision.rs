@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use delibera_deploy::AgentRole;
 use delibera_identity::Keypair;
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use crate::api_types::{
     WorkerRegistered,
 };
 use crate::error::{ApiError, ApiJson};
-use crate::jobs::{Job, NewJob, Registration};
+use crate::jobs::{IdempotencyKey, Job, NewJob, Registration, StartedJob};
 use crate::validation;
 
 /// `POST /api/provision/coordinator` body.
@@ -64,24 +64,57 @@ pub struct CoordinatorRegisterRequest {
     tx_hash: Option<String>,
 }
 
-fn accepted(job: &Job) -> (StatusCode, Json<ProvisionAccepted>) {
+/// The header a client sends so that a retried provisioning request gets
+/// the job the first one started.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Set on the answer to a retry that got the job an earlier request started.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// What both provisioning routes answer: 202 with the job id.
+type Accepted = (StatusCode, HeaderMap, Json<ProvisionAccepted>);
+
+fn accepted(started: &StartedJob) -> Accepted {
+    let mut headers = HeaderMap::new();
+    if started.replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
     (
         StatusCode::ACCEPTED,
+        headers,
         Json(ProvisionAccepted {
-            job_id: job.id,
+            job_id: started.job.id,
             status: "provisioning".into(),
         }),
     )
 }
 
+/// The request's `Idempotency-Key`, if it sent one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::BadRequest("Idempotency-Key must be visible ASCII characters only".into())
+    })?;
+    IdempotencyKey::parse(text)
+        .map(Some)
+        .map_err(ApiError::BadRequest)
+}
+
 /// Start a coordinator provisioning job: identity, Storacha delegation, Ensue
-/// org, deployment. Poll the status route for progress.
+/// org, deployment. Poll the status route for progress. With an
+/// `Idempotency-Key`, a retry of the same request gets the same job.
 #[utoipa::path(post, path = "/api/provision/coordinator", tag = "provisioning", request_body = CoordinatorRequest,
-    responses((status = 202, body = ProvisionAccepted), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "16–255 visible ASCII characters (a random UUID): a retry of the same request with the same key gets the same job, marked `Idempotent-Replayed: true`; kept as long as the job")),
+    responses((status = 202, body = ProvisionAccepted), (status = 400, body = ErrorBody),
+        (status = 422, description = "the Idempotency-Key was used for a different request", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn coordinator(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<CoordinatorRequest>,
-) -> Result<(StatusCode, Json<ProvisionAccepted>), ApiError> {
+) -> Result<Accepted, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let display_name = validation::display_name("displayName", &request.display_name)?;
     let near_account = validation::near_account("nearAccount", &request.near_account)?;
     let (min_workers, max_workers) =
@@ -92,33 +125,51 @@ pub async fn coordinator(
         .filter(|text| !text.trim().is_empty())
         .map(|text| validation::near_account("contractAddress", text))
         .transpose()?;
-    let job = state
-        .jobs
-        .start(NewJob {
-            role: AgentRole::Coordinator,
-            display_name,
-            near_account,
-            coordinator_did: None,
-            min_workers: Some(min_workers),
-            max_workers: Some(max_workers),
-            contract_address,
-        })
-        .await?;
-    Ok(accepted(&job))
+    let new = NewJob {
+        role: AgentRole::Coordinator,
+        display_name,
+        near_account,
+        coordinator_did: None,
+        min_workers: Some(min_workers),
+        max_workers: Some(max_workers),
+        contract_address,
+    };
+    let started = state.jobs.start(new, idempotency_key.as_ref()).await?;
+    Ok(accepted(&started))
 }
 
 /// Start a managed worker provisioning job for a registered coordinator.
+/// With an `Idempotency-Key`, a retry of the same request gets the same job.
 #[utoipa::path(post, path = "/api/provision/worker", tag = "provisioning", request_body = WorkerRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "16–255 visible ASCII characters (a random UUID): a retry of the same request with the same key gets the same job, marked `Idempotent-Replayed: true`; kept as long as the job")),
     responses((status = 202, body = ProvisionAccepted), (status = 400, body = ErrorBody),
         (status = 404, description = "the coordinator is not registered", body = ErrorBody),
-        (status = 409, description = "the coordinator is inactive", body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 409, description = "the coordinator is inactive", body = ErrorBody),
+        (status = 422, description = "the Idempotency-Key was used for a different request", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn worker(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<WorkerRequest>,
-) -> Result<(StatusCode, Json<ProvisionAccepted>), ApiError> {
+) -> Result<Accepted, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let coordinator_did = validation::did("coordinatorDid", &request.coordinator_did)?;
     let display_name = validation::display_name("displayName", &request.display_name)?;
     let near_account = validation::near_account("nearAccount", &request.near_account)?;
+    let new = NewJob {
+        role: AgentRole::Worker,
+        display_name,
+        near_account,
+        coordinator_did: Some(coordinator_did.clone()),
+        min_workers: None,
+        max_workers: None,
+        contract_address: None,
+    };
+    // A retry gets its job even if the coordinator changed since.
+    if let Some(key) = &idempotency_key
+        && let Some(started) = state.jobs.replay(key, &new).await?
+    {
+        return Ok(accepted(&started));
+    }
     // A deploy costs money: refuse before paying for a worker whose
     // coordinator the registry does not know.
     let coordinator = state
@@ -140,19 +191,8 @@ pub async fn worker(
             )));
         }
     }
-    let job = state
-        .jobs
-        .start(NewJob {
-            role: AgentRole::Worker,
-            display_name,
-            near_account,
-            coordinator_did: Some(coordinator_did),
-            min_workers: None,
-            max_workers: None,
-            contract_address: None,
-        })
-        .await?;
-    Ok(accepted(&job))
+    let started = state.jobs.start(new, idempotency_key.as_ref()).await?;
+    Ok(accepted(&started))
 }
 
 /// A fresh identity for a self-hosted worker, returned once and never stored.
@@ -239,7 +279,7 @@ async fn registered(
 /// Finish a worker job after the wallet signed the registry transaction.
 #[utoipa::path(post, path = "/api/provision/register", tag = "provisioning", request_body = RegisterRequest,
     responses((status = 200, body = WorkerRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the job is not a worker awaiting its signature, or the registry does not show the registration", body = ErrorBody)))]
+        (status = 409, description = "the job is not a worker awaiting its signature, the registry does not show the registration, or the agent does not answer its health check", body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterRequest>,
@@ -260,7 +300,7 @@ pub async fn register(
 /// Finish a coordinator job after the wallet signed (factory deploy + registry register).
 #[utoipa::path(post, path = "/api/provision/coordinator-register", tag = "provisioning", request_body = CoordinatorRegisterRequest,
     responses((status = 200, body = CoordinatorRegistered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the job is not a coordinator awaiting its signature, or the registry does not show the registration", body = ErrorBody)))]
+        (status = 409, description = "the job is not a coordinator awaiting its signature, the registry does not show the registration, or the agent does not answer its health check", body = ErrorBody)))]
 pub async fn coordinator_register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CoordinatorRegisterRequest>,

@@ -2,10 +2,10 @@
 //! (sealed, like every secret: their env holds their keys) so a restarted
 //! server starts them again on their registered endpoints.
 
-use delibera_agent::{DeploymentJournal, LocalDeploymentRecord};
+use delibera_agent::{DeploymentJournal, JournalEntry, LocalDeploymentRecord};
 use rusqlite::params;
 
-use super::{Database, StoreError};
+use super::Database;
 
 /// The `local_deployments` table.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ impl DeploymentJournal for DeploymentStore {
             .map_err(journal_error)
     }
 
-    async fn load(&self) -> delibera_agent::Result<Vec<LocalDeploymentRecord>> {
+    async fn load(&self) -> delibera_agent::Result<Vec<JournalEntry>> {
         self.db
             .with_conn(|conn, secrets| {
                 let mut statement = conn.prepare("SELECT cvm_id, record FROM local_deployments")?;
@@ -60,15 +60,32 @@ impl DeploymentJournal for DeploymentStore {
                         Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                rows.into_iter()
+                // One damaged entry is that agent's problem, not the journal's.
+                Ok(rows
+                    .into_iter()
                     .map(|(id, sealed)| {
-                        let json = secrets.open(&sealed)?;
-                        serde_json::from_slice(&json).map_err(|error| StoreError::Corrupt {
-                            id,
-                            reason: error.to_string(),
-                        })
+                        let decoded = secrets
+                            .open(&sealed)
+                            .map_err(|error| error.to_string())
+                            .and_then(|json| {
+                                serde_json::from_slice::<LocalDeploymentRecord>(&json)
+                                    .map_err(|error| {
+                                        // serde's own message may quote a value, and
+                                        // values here are keys: say only where.
+                                        format!(
+                                            "not a deployment record ({:?} error at line {}, column {})",
+                                            error.classify(),
+                                            error.line(),
+                                            error.column()
+                                        )
+                                    })
+                            });
+                        match decoded {
+                            Ok(record) => JournalEntry::Record(Box::new(record)),
+                            Err(reason) => JournalEntry::Unreadable { id, reason },
+                        }
                     })
-                    .collect()
+                    .collect())
             })
             .await
             .map_err(journal_error)

@@ -2,7 +2,7 @@
 //! its secrets sealed beside them.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::{Database, StoreError};
@@ -31,6 +31,51 @@ impl JobStore {
             Ok(())
         })
         .await
+    }
+
+    /// Stores a new job under an idempotency key (a digest) in one
+    /// transaction, unless the key already names a job: then nothing is
+    /// stored and that job's id is returned, with whether it was started by
+    /// the same request (`request`, a digest).
+    pub async fn insert_idempotent(
+        &self,
+        job: &Job,
+        key: [u8; 32],
+        request: [u8; 32],
+    ) -> Result<Started, StoreError> {
+        let row = Row::encode(job, &self.db.secrets)?;
+        self.db
+            .with_conn(move |conn, _| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if let Some(started) = started_under(&tx, &key, &request)? {
+                    return Ok(started);
+                }
+                tx.execute(
+                    "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![row.id, row.status, row.record, row.secrets, row.updated_at],
+                )?;
+                // REPLACE: a key whose job was purged names a new job now.
+                tx.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys (key_sha256, job_id, request_sha256)
+                     VALUES (?1, ?2, ?3)",
+                    params![key.as_slice(), row.id, request.as_slice()],
+                )?;
+                tx.commit()?;
+                Ok(Started::New)
+            })
+            .await
+    }
+
+    /// The job an idempotency key (a digest) started, if any, and whether
+    /// the same request (a digest) started it.
+    pub async fn started_under_key(
+        &self,
+        key: [u8; 32],
+        request: [u8; 32],
+    ) -> Result<Option<Started>, StoreError> {
+        self.db
+            .with_conn(move |conn, _| started_under(conn, &key, &request))
+            .await
     }
 
     /// Replaces a job's stored state.
@@ -122,17 +167,68 @@ impl JobStore {
             .await
     }
 
-    /// Deletes finished jobs last changed before `cutoff`; returns how many.
+    /// Deletes finished jobs last changed before `cutoff`, and the
+    /// idempotency keys they were started under; returns how many jobs.
     pub async fn purge_finished(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         self.db
             .with_conn(move |conn, _| {
-                Ok(conn.execute(
+                let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "DELETE FROM idempotency_keys WHERE job_id IN (
+                        SELECT id FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1)",
+                    params![cutoff],
+                )?;
+                let purged = tx.execute(
                     "DELETE FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1",
-                    params![cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)],
-                )?)
+                    params![cutoff],
+                )?;
+                tx.commit()?;
+                Ok(purged)
             })
             .await
     }
+}
+
+/// What an idempotency key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Nothing yet: the job was stored now.
+    New,
+    /// The job an earlier request started under the key.
+    Earlier {
+        /// That job.
+        job_id: Uuid,
+        /// Whether that request was the same as this one.
+        same_request: bool,
+    },
+}
+
+fn started_under(
+    conn: &rusqlite::Connection,
+    key: &[u8; 32],
+    request: &[u8; 32],
+) -> Result<Option<Started>, StoreError> {
+    let found = conn
+        .query_row(
+            "SELECT k.job_id, k.request_sha256 FROM idempotency_keys k
+             JOIN jobs j ON j.id = k.job_id WHERE k.key_sha256 = ?1",
+            params![key.as_slice()],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?;
+    found
+        .map(|(id, stored_request)| {
+            let job_id = Uuid::parse_str(&id).map_err(|error| StoreError::Corrupt {
+                id: id.clone(),
+                reason: error.to_string(),
+            })?;
+            Ok(Started::Earlier {
+                job_id,
+                same_request: stored_request.as_slice() == request.as_slice(),
+            })
+        })
+        .transpose()
 }
 
 struct Row {

@@ -1,6 +1,7 @@
 //! Durable state in one SQLite file, split by what it holds: the provisioning
-//! jobs ([`JobStore`]), the coordinators' Ensue org keys ([`OrgKeys`]) and the
-//! local deployer's journal ([`DeploymentStore`]).
+//! jobs and the idempotency keys they were started under ([`JobStore`]), the
+//! coordinators' Ensue org keys ([`OrgKeys`]) and the local deployer's
+//! journal ([`DeploymentStore`]).
 //!
 //! Every write is committed (WAL with `synchronous=FULL`, so fsynced) before
 //! anyone can read it, because the status route reads from here, never from
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use deployments::DeploymentStore;
-pub use jobs::JobStore;
+pub use jobs::{JobStore, Started};
 pub use orgs::OrgKeys;
 
 use crate::seal::{SealError, SecretBox};
@@ -82,7 +83,13 @@ impl Database {
             CREATE TABLE IF NOT EXISTS local_deployments (
                 cvm_id TEXT PRIMARY KEY,
                 record BLOB NOT NULL
-            );",
+            );
+            CREATE TABLE IF NOT EXISTS idempotency_keys (
+                key_sha256 BLOB PRIMARY KEY,
+                job_id TEXT NOT NULL,
+                request_sha256 BLOB NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS idempotency_keys_job ON idempotency_keys(job_id);",
         )?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),

@@ -19,7 +19,7 @@ use delibera_storacha::LocalSpaceDelegator;
 use http_body_util::BodyExt;
 use protocol_api::AppState;
 use protocol_api::compose::LOCAL_SERVER_ACCOUNT;
-use protocol_api::ports::{EnsueAccess, HttpEnsue, Ports, Settings};
+use protocol_api::ports::{EmbeddedEnsue, EnsueAccess, HttpEnsue, Ports, Settings};
 use protocol_api::seal::SecretBox;
 use protocol_api::store::Database;
 use serde_json::Value;
@@ -205,6 +205,11 @@ pub struct Options {
     pub ensue_config: fn(delibera_ensue_local::Config) -> delibera_ensue_local::Config,
     /// The pauses between attempts to announce an agent.
     pub announce_retry: delibera_backoff::Backoff,
+    /// How long a job may wait for its wallet signature.
+    pub job_expiry: Duration,
+    /// Registers orgs as local mode does (in the embedded store, adopting a
+    /// repeat) instead of over HTTP as with hosted Ensue.
+    pub embedded_org_registration: bool,
 }
 
 /// Wraps the Ensue port of a test server.
@@ -226,6 +231,8 @@ impl Default for Options {
                 Duration::from_millis(20),
                 Duration::from_millis(100),
             ),
+            job_expiry: protocol_api::ports::DEFAULT_JOB_EXPIRY,
+            embedded_org_registration: false,
         }
     }
 }
@@ -264,11 +271,15 @@ impl TestApp {
         let ports = Ports {
             delegator: Arc::new(LocalSpaceDelegator::open(data_dir).unwrap()),
             ensue: {
-                let http: Arc<dyn EnsueAccess> =
-                    Arc::new(HttpEnsue::new(ensue.url().parse().unwrap()));
+                let url = ensue.url().parse().unwrap();
+                let access: Arc<dyn EnsueAccess> = if options.embedded_org_registration {
+                    Arc::new(EmbeddedEnsue::new(url, ensue.store().clone()))
+                } else {
+                    Arc::new(HttpEnsue::new(url))
+                };
                 match &options.wrap_ensue {
-                    Some(wrap) => wrap(http),
-                    None => http,
+                    Some(wrap) => wrap(access),
+                    None => access,
                 }
             },
             deployer: deployer.clone(),
@@ -285,6 +296,8 @@ impl TestApp {
         settings.health_timeout = options.health_timeout;
         settings.allow_loopback_endpoints = options.production_rpc.is_none();
         settings.announce_retry = options.announce_retry;
+        settings.job_expiry = options.job_expiry;
+        settings.registration_health_wait = Duration::from_millis(300);
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options
@@ -359,14 +372,41 @@ impl Api {
     }
 
     pub async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let (status, _, json) = self.send_full(request).await;
+        (status, json)
+    }
+
+    /// A JSON POST with extra headers; answers the status, headers and body.
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send_full(request.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+
+    async fn send_full(
+        &self,
+        request: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let response = protocol_api::app(self.state.clone())
             .oneshot(request)
             .await
             .unwrap();
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, json)
+        (status, headers, json)
     }
 
     /// Polls a job until its status is one of `statuses` (or panics after 20 s).
@@ -386,5 +426,54 @@ impl Api {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// An Ensue port whose first org registration is made but its answer lost,
+/// as a crash or a dropped connection right after the call would leave it.
+pub struct LosesFirstAnswer {
+    inner: Arc<dyn EnsueAccess>,
+    calls: AtomicUsize,
+}
+
+impl LosesFirstAnswer {
+    pub fn wrap(inner: Arc<dyn EnsueAccess>) -> Arc<dyn EnsueAccess> {
+        Arc::new(Self {
+            inner,
+            calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl protocol_api::ports::EnsueAccess for LosesFirstAnswer {
+    fn base_url(&self) -> &delibera_deploy::Url {
+        self.inner.base_url()
+    }
+
+    fn choose_org_credentials(&self) -> Option<protocol_api::ports::OrgCredentials> {
+        self.inner.choose_org_credentials()
+    }
+
+    async fn register_org(
+        &self,
+        name: &str,
+        chosen: Option<&protocol_api::ports::OrgCredentials>,
+    ) -> delibera_ensue::Result<protocol_api::ports::OrgCredentials> {
+        let org = self.inner.register_org(name, chosen).await?;
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(delibera_ensue::Error::Server {
+                status: 504,
+                body: "gateway timeout".into(),
+            });
+        }
+        Ok(org)
+    }
+
+    fn memory(
+        &self,
+        api_key: &str,
+    ) -> delibera_ensue::Result<std::sync::Arc<dyn delibera_ensue::Memory>> {
+        self.inner.memory(api_key)
     }
 }

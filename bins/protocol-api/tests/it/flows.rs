@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
 use serde_json::{Value, json};
 
-use crate::common::{Options, TestApp, TestDeployer};
+use crate::common::{LosesFirstAnswer, Options, TestApp, TestDeployer};
 
 const SECRET_FIELDS: [&str; 4] = [
     "storachaPrivateKey",
@@ -501,13 +501,14 @@ async fn external_worker_identity_is_returned_once_and_not_stored() {
 }
 
 #[tokio::test]
-async fn a_registration_cut_off_by_a_restart_goes_back_to_the_wallet_step() {
+async fn a_registration_cut_off_by_a_restart_finishes_on_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
-    let (job_id, _) = provision_coordinator(&app).await;
+    let (job_id, ready) = provision_coordinator(&app).await;
     // As a crash during `coordinator-register` leaves it.
     let mut job = app.state.jobs.get(&job_id).await.unwrap();
     job.status = protocol_api::jobs::JobStatus::Registering;
+    job.tx_hash = Some("DEF456".into());
     app.database.jobs().save(&job).await.unwrap();
     let (code, _) = app
         .call(
@@ -519,19 +520,22 @@ async fn a_registration_cut_off_by_a_restart_goes_back_to_the_wallet_step() {
     assert_eq!(code, StatusCode::CONFLICT, "stuck until the restart");
 
     app.state.jobs.resume_all().await.unwrap();
-    let (_, status) = app
-        .call("GET", &format!("/api/provision/status/{job_id}"), None)
+    let done = app
+        .wait_for(&job_id, &["complete", "awaiting_near_signature"])
         .await;
-    assert_eq!(status["status"], "awaiting_near_signature");
-    let (code, done) = app
-        .call(
-            "POST",
-            "/api/provision/coordinator-register",
-            Some(json!({ "jobId": job_id })),
-        )
-        .await;
-    assert_eq!(code, StatusCode::OK, "{done}");
-    assert_eq!(done["status"], "complete");
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(done["txHash"], "DEF456");
+    let record = delibera_near::Registry::coordinator_by_did(
+        app.registry.as_ref(),
+        ready["coordinatorDid"].as_str().unwrap(),
+    )
+    .await
+    .unwrap()
+    .expect("registered");
+    assert_eq!(
+        Some(record.endpoint_url.as_str()),
+        ready["phalaEndpoint"].as_str()
+    );
 }
 
 /// The frontend has the owner sign the factory transaction before it sends
@@ -563,51 +567,11 @@ async fn a_long_coordinator_name_is_accepted_and_provisioned() {
     assert!(ready["ensueOrgName"].as_str().unwrap().len() <= 64);
 }
 
-/// An Ensue port whose first org registration is made but its answer lost,
-/// as a crash or a dropped connection right after the call would leave it.
-struct LosesFirstAnswer {
-    inner: std::sync::Arc<dyn protocol_api::ports::EnsueAccess>,
-    calls: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl protocol_api::ports::EnsueAccess for LosesFirstAnswer {
-    fn base_url(&self) -> &delibera_deploy::Url {
-        self.inner.base_url()
-    }
-
-    async fn register_org(
-        &self,
-        name: &str,
-    ) -> delibera_ensue::Result<protocol_api::ports::OrgCredentials> {
-        let org = self.inner.register_org(name).await?;
-        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            return Err(delibera_ensue::Error::Server {
-                status: 504,
-                body: "gateway timeout".into(),
-            });
-        }
-        Ok(org)
-    }
-
-    fn memory(
-        &self,
-        api_key: &str,
-    ) -> delibera_ensue::Result<std::sync::Arc<dyn delibera_ensue::Memory>> {
-        self.inner.memory(api_key)
-    }
-}
-
 #[tokio::test]
 async fn an_ensue_org_whose_answer_was_lost_is_registered_again_under_a_new_name() {
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
-        wrap_ensue: Some(Box::new(|inner| {
-            std::sync::Arc::new(LosesFirstAnswer {
-                inner,
-                calls: Default::default(),
-            })
-        })),
+        wrap_ensue: Some(Box::new(LosesFirstAnswer::wrap)),
         ..Options::default()
     };
     let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;

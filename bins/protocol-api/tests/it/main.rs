@@ -6,7 +6,13 @@ mod common;
 mod display_names;
 mod env_contract;
 mod flows;
+#[allow(unreachable_pub)] // `pub` for `benches/kill_loop.rs`, which shares it.
+mod kill_loop;
 mod local_mode;
+mod local_restarts;
 mod openapi;
 mod policy;
+#[allow(unreachable_pub)] // `pub` helpers, used by the sibling modules only.
+mod process;
 mod production;
+mod restarts;

@@ -522,6 +522,18 @@ async fn browsers_get_cross_origin_access_only_as_the_policy_says() {
             expected,
             "{policy:?} read from {origin}"
         );
+        if expected.is_some() {
+            // Scripts may read the request id and whether a retry was replayed.
+            let exposed = answer
+                .headers
+                .get("access-control-expose-headers")
+                .map(|value| value.to_str().unwrap().to_owned());
+            assert_eq!(
+                exposed.as_deref(),
+                Some("x-request-id,idempotent-replayed"),
+                "{policy:?} read from {origin}"
+            );
+        }
     }
 }
 

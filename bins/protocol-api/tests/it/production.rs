@@ -364,3 +364,48 @@ async fn a_coordinator_may_show_its_factory_deploy_transaction() {
         "mydao.coord-factory.agents-coordinator.testnet"
     );
 }
+
+/// A kill after the wallet signed, while the job was `registering`: on
+/// start-up the registration finishes from what the registry shows, and
+/// goes back to the wallet step when it shows nothing.
+#[tokio::test]
+async fn a_registration_cut_off_by_a_kill_finishes_from_the_registry_on_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let rpc = MockServer::start().await;
+    let (app, signed_job, signed) = worker_awaiting_signature(dir.path(), &rpc).await;
+    sign_registration(
+        &app,
+        &signed,
+        OWNER,
+        signed["phalaEndpoint"].as_str().unwrap(),
+    )
+    .await;
+    // A second worker of the same coordinator whose owner never signed.
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/worker",
+            Some(json!({ "coordinatorDid": signed["coordinatorDid"], "displayName": "Worker Beta", "nearAccount": OWNER })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let unsigned_job = body["jobId"].as_str().unwrap().to_owned();
+    app.wait_for(&unsigned_job, &["awaiting_near_signature"])
+        .await;
+    // As a kill inside `register` leaves both.
+    for id in [&signed_job, &unsigned_job] {
+        let mut job = app.state.jobs.get(id).await.unwrap();
+        job.status = protocol_api::jobs::JobStatus::Registering;
+        app.database.jobs().save(&job).await.unwrap();
+    }
+
+    app.state.jobs.resume_all().await.unwrap();
+    let done = app
+        .wait_for(&signed_job, &["complete", "awaiting_near_signature"])
+        .await;
+    assert_eq!(done["status"], "complete", "{done}");
+    let back = app
+        .wait_for(&unsigned_job, &["complete", "awaiting_near_signature"])
+        .await;
+    assert_eq!(back["status"], "awaiting_near_signature", "{back}");
+}

@@ -226,3 +226,52 @@ async fn two_stores_on_one_file_still_create_atomically() {
     Arc::into_inner(first).unwrap().stop().await.unwrap();
     Arc::into_inner(second).unwrap().stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn registering_again_with_the_same_key_adopts_the_org_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = ApiKey::new("lmn_adoption_test").unwrap();
+    let chosen = ApiKey::generate();
+
+    let server = start_in(dir.path(), &bootstrap).await;
+    let store = server.store();
+    assert!(
+        store
+            .register_org_with_key("team-a", &chosen)
+            .await
+            .unwrap()
+    );
+    create(&server, chosen.expose(), "note", "kept").await;
+    // The caller lost the first answer and registers again: same org, data kept.
+    assert!(
+        !store
+            .register_org_with_key("team-a", &chosen)
+            .await
+            .unwrap()
+    );
+    server.stop().await.unwrap();
+
+    let server = start_in(dir.path(), &bootstrap).await;
+    let store = server.store();
+    assert!(
+        !store
+            .register_org_with_key("team-a", &chosen)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        get(&server, chosen.expose(), "note").await.as_deref(),
+        Some("kept")
+    );
+    // A key the org does not answer to cannot take it over.
+    let stranger = ApiKey::generate();
+    assert!(matches!(
+        store.register_org_with_key("team-a", &stranger).await,
+        Err(delibera_ensue_local::Error::OrgNameTaken { name }) if name == "team-a"
+    ));
+    assert_eq!(
+        store.org_names().await.unwrap(),
+        [delibera_ensue_local::BOOTSTRAP_ORG, "team-a"]
+    );
+    server.stop().await.unwrap();
+}
