@@ -15,6 +15,9 @@ const DIR_MODE: u32 = 0o700;
 /// The mode of a data file: owner read and write only.
 #[cfg(unix)]
 const FILE_MODE: u32 = 0o600;
+/// The sticky bit: set on shared directories such as `/tmp`.
+#[cfg(unix)]
+const STICKY: u32 = 0o1000;
 
 /// The files SQLite keeps beside a database, which hold its pages too.
 const SQLITE_COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
@@ -29,7 +32,9 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 }
 
 /// Creates `path` (and its missing parents) owner-only, or tightens an
-/// existing directory that others may read.
+/// existing directory that others may read. A shared directory (one with
+/// the sticky bit, such as `/tmp`) is left as it is, with a warning: it is
+/// not a data dir of its own.
 pub fn private_dir(path: &Path) -> Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -42,7 +47,19 @@ pub fn private_dir(path: &Path) -> Result<()> {
         .create(path)
         .map_err(io_error("create the directory", path))?;
     #[cfg(unix)]
-    tighten(path, DIR_MODE)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map_err(io_error("inspect", path))?
+            .permissions()
+            .mode();
+        if mode & STICKY != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:04o}", mode & 0o7777),
+                "a shared directory is used as a data dir; its permissions are left as they are");
+            return Ok(());
+        }
+        tighten(path, DIR_MODE)?;
+    }
     Ok(())
 }
 
@@ -103,13 +120,18 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
         .map_err(io_error("write", path))
 }
 
-/// Gets `path` ready for SQLite to open: its directory owner-only, the
-/// database and its companion files (`-wal`, `-shm`, `-journal`) tightened,
-/// and a missing database created empty and owner-only, because SQLite
-/// creates files with the process's default mode and gives its companion
-/// files the database's mode.
+/// Gets `path` ready for SQLite to open: a missing directory created
+/// owner-only (an existing one is the caller's to judge, with
+/// [`private_dir`]), the database and its companion files (`-wal`, `-shm`,
+/// `-journal`) tightened, and a missing database created empty and
+/// owner-only, because SQLite creates files with the process's default mode
+/// and gives its companion files the database's mode.
 pub fn prepare_sqlite_file(path: &Path) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        && !parent.exists()
+    {
         private_dir(parent)?;
     }
     tighten_file(path)?;

@@ -67,7 +67,35 @@ fn looser_modes_are_tightened_and_tighter_ones_kept() {
     }
     assert_eq!(mode(&dir.join("read-only.key")), 0o400);
     assert!(!dir.join("missing.key").exists());
-    assert_eq!(std::fs::read(&db).unwrap(), b"x", "an existing database is kept");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"x",
+        "an existing database is kept"
+    );
+}
+
+#[test]
+fn shared_directories_and_existing_parents_are_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    set_mode(&shared, 0o1777);
+    private_dir(&shared).unwrap();
+    assert_eq!(
+        std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
+
+    let parent = tmp.path().join("parent");
+    std::fs::create_dir(&parent).unwrap();
+    set_mode(&parent, 0o755);
+    prepare_sqlite_file(&parent.join("db.sqlite")).unwrap();
+    assert_eq!(
+        mode(&parent),
+        0o755,
+        "an existing directory is the caller's"
+    );
+    assert_eq!(mode(&parent.join("db.sqlite")), 0o600);
 }
 
 #[test]
@@ -84,7 +112,10 @@ fn an_unwritable_directory_is_named_with_its_cause() {
     let error = check_writable(&missing).unwrap_err();
     assert!(matches!(error, Error::NotWritable { .. }));
     let message = error.to_string();
-    assert!(message.contains(&missing.display().to_string()), "{message}");
+    assert!(
+        message.contains(&missing.display().to_string()),
+        "{message}"
+    );
     assert!(message.contains("No such file or directory"), "{message}");
 
     // A file where a directory should be fails the same way, for any user.
