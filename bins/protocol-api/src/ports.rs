@@ -116,12 +116,16 @@ pub struct Settings {
     pub agent_chain: AgentChain,
     /// The pauses between attempts to announce a registered agent in Ensue.
     pub announce_retry: Backoff,
+    /// The pauses while the job database cannot be written (a full disk):
+    /// the runner waits them out and goes on by itself once space returns.
+    pub storage_retry: Backoff,
 }
 
 impl Settings {
     /// Settings with these defaults: a 10-minute health timeout, the default
     /// images, https endpoints only, no chain for agents, announcements
-    /// retried every 5 s growing to 5 min.
+    /// retried every 5 s growing to 5 min, a full disk retried every 1 s
+    /// growing to 1 min.
     pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
         Self {
             ensue_api_key,
@@ -131,6 +135,7 @@ impl Settings {
             allow_loopback_endpoints: false,
             agent_chain: AgentChain::default(),
             announce_retry: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+            storage_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
         }
     }
 

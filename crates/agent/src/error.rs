@@ -35,6 +35,15 @@ pub enum Error {
         /// What failed (never a secret value).
         reason: String,
     },
+    /// One journal entry cannot be read back (damaged, or sealed under
+    /// another key); the journal's other entries are unaffected.
+    #[error("local deployment {id}: its journal entry cannot be read: {reason}")]
+    UnreadableJournalEntry {
+        /// The deployment id the entry is stored under.
+        id: String,
+        /// What is wrong with it (never a secret value).
+        reason: String,
+    },
 }
 
 impl Error {

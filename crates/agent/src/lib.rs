@@ -10,7 +10,9 @@ mod shutdown;
 
 pub use directory::{RegistryWorkers, StaticWorkers, WorkerDirectory};
 pub use error::{Error, Result};
-pub use local_deployer::{DeploymentJournal, LocalDeployer, LocalDeploymentRecord};
+pub use local_deployer::{
+    DeploymentJournal, LocalDeployer, LocalDeploymentRecord, RestoreReport, UnrestoredAgent,
+};
 pub use process::{env_from_process, run_from_process_env};
 pub use runtime::Agent;
 pub use shutdown::shutdown_signal;

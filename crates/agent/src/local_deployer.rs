@@ -108,8 +108,29 @@ pub trait DeploymentJournal: Send + Sync {
     async fn save(&self, record: &LocalDeploymentRecord) -> crate::Result<()>;
     /// Forgets a torn-down agent.
     async fn remove(&self, id: &str) -> crate::Result<()>;
-    /// Every remembered agent.
-    async fn load(&self) -> crate::Result<Vec<LocalDeploymentRecord>>;
+    /// Every remembered agent. An entry that cannot be read is an
+    /// [`Error::UnreadableJournalEntry`](crate::Error::UnreadableJournalEntry)
+    /// of its own, so one damaged entry does not hide the others; the outer
+    /// error is for a journal that cannot be read at all.
+    async fn load(&self) -> crate::Result<Vec<crate::Result<LocalDeploymentRecord>>>;
+}
+
+/// What [`LocalDeployer::restore`] did with the journaled agents.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// The agents started again, by deployment id.
+    pub restored: Vec<String>,
+    /// The agents that stay down, each with the reason (also logged as a warning).
+    pub not_restored: Vec<UnrestoredAgent>,
+}
+
+/// A journaled agent [`LocalDeployer::restore`] could not start again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnrestoredAgent {
+    /// The deployment id (what the job that deployed it holds).
+    pub id: String,
+    /// Why it stays down.
+    pub reason: String,
 }
 
 /// Starts the agent runtime in-process on `127.0.0.1` with an ephemeral port,
@@ -169,14 +190,29 @@ impl LocalDeployer {
     }
 
     /// Starts again every agent the journal remembers, each with its old id
-    /// and port; returns how many came back. An agent whose port is now taken
-    /// stays down (logged), and `status` reports it unknown, as a vanished CVM.
-    pub async fn restore(&self) -> crate::Result<usize> {
+    /// and port. An agent whose entry cannot be read, whose port is now
+    /// taken or that fails to start stays down: it is logged as a warning
+    /// and listed in the report, and `status` reports it unknown, as a
+    /// vanished CVM.
+    pub async fn restore(&self) -> crate::Result<RestoreReport> {
+        let mut report = RestoreReport::default();
         let Some(journal) = &self.journal else {
-            return Ok(0);
+            return Ok(report);
         };
-        let mut restored = 0;
-        for record in journal.load().await? {
+        let mut stays_down = |id: String, reason: String| {
+            tracing::warn!(%id, %reason, "cannot restore local agent");
+            report.not_restored.push(UnrestoredAgent { id, reason });
+        };
+        let mut started = Vec::new();
+        for entry in journal.load().await? {
+            let record = match entry {
+                Ok(record) => record,
+                Err(crate::Error::UnreadableJournalEntry { id, reason }) => {
+                    stays_down(id, format!("its journal entry cannot be read: {reason}"));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if self.lock().contains_key(&record.id) {
                 continue;
             }
@@ -185,19 +221,20 @@ impl LocalDeployer {
                 {
                     Ok(listener) => listener,
                     Err(error) => {
-                        tracing::warn!(id = %record.id, port = record.port, %error,
-                            "cannot restore local agent: its port is taken");
+                        stays_down(
+                            record.id,
+                            format!("its port {} is taken: {error}", record.port),
+                        );
                         continue;
                     }
                 };
             match self.start(record.id.clone(), &record.spec, listener) {
-                Ok(_) => restored += 1,
-                Err(error) => {
-                    tracing::warn!(id = %record.id, %error, "cannot restore local agent");
-                }
+                Ok(_) => started.push(record.id),
+                Err(error) => stays_down(record.id, error.to_string()),
             }
         }
-        Ok(restored)
+        report.restored = started;
+        Ok(report)
     }
 
     /// Runs the agent of `spec` on `listener` under the id `id`.

@@ -239,9 +239,19 @@ async fn a_deliberation_through_the_local_deployer() {
     ensue.stop().await.unwrap();
 }
 
-/// A journal in memory, shared by the "before" and "after" deployers of a restart.
+/// A journal in memory, shared by the "before" and "after" deployers of a
+/// restart; the ids in its second field read back as damaged entries.
 #[derive(Default)]
-struct MemoryJournal(std::sync::Mutex<Vec<LocalDeploymentRecord>>);
+struct MemoryJournal(
+    std::sync::Mutex<Vec<LocalDeploymentRecord>>,
+    std::sync::Mutex<Vec<String>>,
+);
+
+impl MemoryJournal {
+    fn records(&self) -> Vec<LocalDeploymentRecord> {
+        self.0.lock().unwrap().clone()
+    }
+}
 
 #[async_trait::async_trait]
 impl DeploymentJournal for MemoryJournal {
@@ -255,8 +265,24 @@ impl DeploymentJournal for MemoryJournal {
         self.0.lock().unwrap().retain(|kept| kept.id != id);
         Ok(())
     }
-    async fn load(&self) -> delibera_agent::Result<Vec<LocalDeploymentRecord>> {
-        Ok(self.0.lock().unwrap().clone())
+    async fn load(
+        &self,
+    ) -> delibera_agent::Result<Vec<delibera_agent::Result<LocalDeploymentRecord>>> {
+        let damaged = self.1.lock().unwrap().clone();
+        Ok(self
+            .records()
+            .into_iter()
+            .map(|record| {
+                if damaged.contains(&record.id) {
+                    Err(delibera_agent::Error::UnreadableJournalEntry {
+                        id: record.id,
+                        reason: "its sealed record does not open".into(),
+                    })
+                } else {
+                    Ok(record)
+                }
+            })
+            .collect())
     }
 }
 
@@ -275,7 +301,7 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
         .with_journal(journal.clone());
     let deployment = before.deploy(&worker_spec).await.unwrap();
     healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
-    let remembered = journal.load().await.unwrap();
+    let remembered = journal.records();
     assert_eq!(remembered.len(), 1);
     assert_eq!(remembered[0].id, deployment.id);
     assert!(!format!("{remembered:?}").contains(ensue.api_key().expose()));
@@ -293,7 +319,9 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
 
     let after =
         LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
-    assert_eq!(after.restore().await.unwrap(), 1);
+    let report = after.restore().await.unwrap();
+    assert_eq!(report.restored, [deployment.id.clone()]);
+    assert!(report.not_restored.is_empty());
     healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
     assert!(after.status(&deployment.id).await.unwrap().running);
     // The restored agent is found by its name, so a resumed job adopts it.
@@ -302,10 +330,54 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
         Some(deployment.clone())
     );
     // Restoring twice starts nothing new.
-    assert_eq!(after.restore().await.unwrap(), 0);
+    assert!(after.restore().await.unwrap().restored.is_empty());
 
     after.teardown(&deployment.id).await.unwrap();
-    assert!(journal.load().await.unwrap().is_empty());
+    assert!(journal.records().is_empty());
+    ensue.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_journal_entry_keeps_only_its_agent_down() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let registry = local_registry();
+    let journal = Arc::new(MemoryJournal::default());
+    let http = reqwest::Client::new();
+    let before = LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())))
+        .with_journal(journal.clone());
+    let mut deployments = Vec::new();
+    for (seed, name) in [(50, "Damaged"), (52, "Intact")] {
+        let mut worker_env = env(AgentRole::Worker, &key(seed), name, &ensue);
+        worker_env.coordinator_did = Some(key(seed + 1).did());
+        deployments.push(before.deploy(&spec(worker_env)).await.unwrap());
+    }
+    let ports: Vec<u16> = journal.records().iter().map(|record| record.port).collect();
+    drop(before);
+    let ports_free = async {
+        while ports
+            .iter()
+            .any(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), ports_free)
+        .await
+        .expect("the agents let go of their ports");
+    journal.1.lock().unwrap().push(deployments[0].id.clone());
+
+    let after =
+        LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
+    let report = after.restore().await.unwrap();
+    assert_eq!(report.restored, [deployments[1].id.clone()]);
+    assert_eq!(report.not_restored.len(), 1);
+    assert_eq!(report.not_restored[0].id, deployments[0].id);
+    assert_eq!(
+        report.not_restored[0].reason,
+        "its journal entry cannot be read: its sealed record does not open"
+    );
+    healthy(&http, &deployments[1].endpoint_url, &key(52).did()).await;
+    assert!(after.status(&deployments[0].id).await.is_err());
     ensue.stop().await.unwrap();
 }
 

@@ -93,7 +93,7 @@ fn tighten(path: &Path, mode: u32) -> Result<()> {
         path = %path.display(),
         from = format!("{current:04o}"),
         to = format!("{tightened:04o}"),
-        "tightened the permissions of a data file: only its owner may read it"
+        "tightened the permissions of a data path to owner-only"
     );
     Ok(())
 }

@@ -192,7 +192,10 @@ impl LocalSpaceDelegator {
         };
         delibera_data_dir::private_dir(data_dir)?;
         let recorded = match fs::read_to_string(&did_path) {
-            Ok(text) => Some(text.trim().to_owned()),
+            Ok(text) => {
+                delibera_data_dir::tighten_file(&did_path)?;
+                Some(text.trim().to_owned())
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(error) => return Err(io_error(&did_path)(error)),
         };

@@ -5,7 +5,7 @@
 use delibera_agent::{DeploymentJournal, LocalDeploymentRecord};
 use rusqlite::params;
 
-use super::{Database, StoreError};
+use super::Database;
 
 /// The `local_deployments` table.
 #[derive(Clone)]
@@ -26,7 +26,7 @@ impl DeploymentJournal for DeploymentStore {
         let sealed = self.db.secrets.seal(&json);
         let id = record.id.clone();
         self.db
-            .with_conn(move |conn, _| {
+            .write(move |conn, _| {
                 conn.execute(
                     "INSERT OR REPLACE INTO local_deployments (cvm_id, record) VALUES (?1, ?2)",
                     params![id, sealed],
@@ -40,7 +40,7 @@ impl DeploymentJournal for DeploymentStore {
     async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
         let id = id.to_owned();
         self.db
-            .with_conn(move |conn, _| {
+            .write(move |conn, _| {
                 conn.execute(
                     "DELETE FROM local_deployments WHERE cvm_id = ?1",
                     params![id],
@@ -51,7 +51,9 @@ impl DeploymentJournal for DeploymentStore {
             .map_err(journal_error)
     }
 
-    async fn load(&self) -> delibera_agent::Result<Vec<LocalDeploymentRecord>> {
+    async fn load(
+        &self,
+    ) -> delibera_agent::Result<Vec<delibera_agent::Result<LocalDeploymentRecord>>> {
         self.db
             .with_conn(|conn, secrets| {
                 let mut statement = conn.prepare("SELECT cvm_id, record FROM local_deployments")?;
@@ -60,15 +62,27 @@ impl DeploymentJournal for DeploymentStore {
                         Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                rows.into_iter()
+                Ok(rows
+                    .into_iter()
                     .map(|(id, sealed)| {
-                        let json = secrets.open(&sealed)?;
-                        serde_json::from_slice(&json).map_err(|error| StoreError::Corrupt {
-                            id,
-                            reason: error.to_string(),
+                        let unreadable =
+                            |reason: String| delibera_agent::Error::UnreadableJournalEntry {
+                                id: id.clone(),
+                                reason,
+                            };
+                        let json = secrets
+                            .open(&sealed)
+                            .map_err(|_| unreadable("its sealed record does not open".into()))?;
+                        // serde's message could quote the agent's keys; say only where.
+                        serde_json::from_slice(&json).map_err(|error| {
+                            unreadable(format!(
+                                "its record does not parse (line {}, column {})",
+                                error.line(),
+                                error.column()
+                            ))
                         })
                     })
-                    .collect()
+                    .collect())
             })
             .await
             .map_err(journal_error)

@@ -205,6 +205,8 @@ pub struct Options {
     pub ensue_config: fn(delibera_ensue_local::Config) -> delibera_ensue_local::Config,
     /// The pauses between attempts to announce an agent.
     pub announce_retry: delibera_backoff::Backoff,
+    /// The pauses while the store cannot be written.
+    pub storage_retry: delibera_backoff::Backoff,
 }
 
 /// Wraps the Ensue port of a test server.
@@ -223,6 +225,10 @@ impl Default for Options {
             wrap_ensue: None,
             ensue_config: |config| config,
             announce_retry: delibera_backoff::Backoff::new(
+                Duration::from_millis(20),
+                Duration::from_millis(100),
+            ),
+            storage_retry: delibera_backoff::Backoff::new(
                 Duration::from_millis(20),
                 Duration::from_millis(100),
             ),
@@ -285,6 +291,7 @@ impl TestApp {
         settings.health_timeout = options.health_timeout;
         settings.allow_loopback_endpoints = options.production_rpc.is_none();
         settings.announce_retry = options.announce_retry;
+        settings.storage_retry = options.storage_retry;
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options

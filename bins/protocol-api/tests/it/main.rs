@@ -8,3 +8,4 @@ mod flows;
 mod local_mode;
 mod openapi;
 mod production;
+mod storage;
