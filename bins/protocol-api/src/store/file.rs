@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Database, StoreError};
+use super::{Database, StoreError, WorkError};
 use crate::seal::SecretBox;
 
 /// Marks a SQLite file as this server's database (`PRAGMA application_id`).
@@ -76,10 +76,7 @@ impl DatabaseFile {
         delibera_data_dir::private_dir(&dir)?;
         delibera_data_dir::check_writable(&dir)?;
         if !path.exists() {
-            create(path, &dir).map_err(|error| match error {
-                WorkOrIo::Sqlite(error) => StoreError::sqlite(&shown, error),
-                WorkOrIo::Store(error) => error,
-            })?;
+            create(path, &dir).map_err(|error| error.at(&shown))?;
         }
         delibera_data_dir::prepare_sqlite_file(path)?;
         check_header(path, &shown)?;
@@ -187,26 +184,9 @@ fn opens_some_sealed_value(conn: &Connection, secrets: &SecretBox) -> rusqlite::
     Ok(!any)
 }
 
-enum WorkOrIo {
-    Sqlite(rusqlite::Error),
-    Store(StoreError),
-}
-
-impl From<rusqlite::Error> for WorkOrIo {
-    fn from(error: rusqlite::Error) -> Self {
-        WorkOrIo::Sqlite(error)
-    }
-}
-
-impl From<delibera_data_dir::Error> for WorkOrIo {
-    fn from(error: delibera_data_dir::Error) -> Self {
-        WorkOrIo::Store(error.into())
-    }
-}
-
 /// Makes the database beside `path` and renames it into place, so a crash
 /// leaves either no database or a whole one, never an empty file.
-fn create(path: &Path, dir: &Path) -> Result<(), WorkOrIo> {
+fn create(path: &Path, dir: &Path) -> Result<(), WorkError> {
     let building = with_suffix(path, ".creating");
     for leftover in ["", "-journal", "-wal", "-shm"] {
         match std::fs::remove_file(with_suffix(&building, leftover)) {
@@ -231,12 +211,13 @@ fn create(path: &Path, dir: &Path) -> Result<(), WorkOrIo> {
     Ok(())
 }
 
-fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> WorkOrIo {
-    WorkOrIo::Store(StoreError::DataDir(delibera_data_dir::Error::Io {
+fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> WorkError {
+    delibera_data_dir::Error::Io {
         action,
         path: path.to_path_buf(),
         source,
-    }))
+    }
+    .into()
 }
 
 fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
@@ -255,33 +236,25 @@ fn check_header(path: &Path, shown: &str) -> Result<(), StoreError> {
         path: shown.to_owned(),
         reason,
     };
-    let mut header = [0u8; 100];
-    let mut file = std::fs::File::open(path).map_err(|source| {
+    let file = std::fs::File::open(path).map_err(|source| {
         StoreError::DataDir(delibera_data_dir::Error::Io {
             action: "read",
             path: path.to_path_buf(),
             source,
         })
     })?;
-    let read = read_up_to(&mut file, &mut header).map_err(|error| damaged(error.to_string()))?;
-    match read {
+    // The header is the first 100 bytes.
+    let mut header = Vec::with_capacity(100);
+    file.take(100)
+        .read_to_end(&mut header)
+        .map_err(|error| damaged(error.to_string()))?;
+    match header.len() {
         0 => Err(damaged("the file is empty (0 bytes)".into())),
-        n if n < header.len() || !header.starts_with(SQLITE_HEADER) => Err(damaged(
+        n if n < 100 || !header.starts_with(SQLITE_HEADER) => Err(damaged(
             "it is not a SQLite database (its header is missing or wrong)".into(),
         )),
         _ => Ok(()),
     }
-}
-
-fn read_up_to(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 /// Checks the file's integrity and that it is this server's database with
@@ -362,4 +335,106 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema the releases before versioning wrote.
+    const UNVERSIONED_SCHEMA: &str = "
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, record TEXT NOT NULL,
+            secrets BLOB NOT NULL, updated_at TEXT NOT NULL);
+        CREATE INDEX jobs_status ON jobs(status);
+        CREATE TABLE coordinator_orgs (coordinator_did TEXT PRIMARY KEY, org_name TEXT NOT NULL,
+            api_key BLOB NOT NULL);
+        CREATE TABLE local_deployments (cvm_id TEXT PRIMARY KEY, record BLOB NOT NULL);";
+
+    fn reason(result: Result<DatabaseFile, StoreError>) -> String {
+        match result {
+            Err(StoreError::Damaged { reason, .. }) => reason,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    #[test]
+    fn a_database_of_an_earlier_release_is_adopted_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        let key = SecretBox::from_key(&[5; 32]);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(UNVERSIONED_SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO coordinator_orgs VALUES ('did:key:z6Mk', 'org', ?1)",
+                params![key.seal(b"org key")],
+            )
+            .unwrap();
+        }
+        // A key that opens none of its secrets is refused, and stores no key check.
+        let wrong = DatabaseFile::open(&path)
+            .unwrap()
+            .unlock(SecretBox::from_key(&[6; 32]));
+        assert!(matches!(wrong, Err(StoreError::WrongKey { .. })));
+
+        let database = Database::open(&path, key.clone()).unwrap();
+        drop(database);
+        let conn = Connection::open(&path).unwrap();
+        let stamp: (i32, i32) = conn
+            .query_row(
+                "SELECT (SELECT application_id FROM pragma_application_id),
+                        (SELECT user_version FROM pragma_user_version)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(stamp, (APPLICATION_ID, SCHEMA_VERSION));
+        Database::open(&path, key).unwrap();
+    }
+
+    #[test]
+    fn foreign_headerless_and_incomplete_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+
+        std::fs::write(&path, b"{\"jobs\": []}").unwrap();
+        assert!(reason(DatabaseFile::open(&path)).contains("not a SQLite database"));
+
+        std::fs::remove_file(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA application_id = 42; CREATE TABLE other (x);")
+            .unwrap();
+        assert!(reason(DatabaseFile::open(&path)).contains("not a protocol-api database"));
+
+        std::fs::remove_file(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE jobs (id TEXT PRIMARY KEY);")
+            .unwrap();
+        assert_eq!(
+            reason(DatabaseFile::open(&path)),
+            "its `coordinator_orgs` table is missing"
+        );
+
+        std::fs::remove_file(&path).unwrap();
+        DatabaseFile::open(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1))
+            .unwrap();
+        assert!(reason(DatabaseFile::open(&path)).contains("a newer release may have written it"));
+    }
+
+    #[test]
+    fn a_database_is_never_left_half_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        // What a crash while creating leaves behind is cleared away.
+        std::fs::write(with_suffix(&path, ".creating"), b"").unwrap();
+        DatabaseFile::open(&path).unwrap();
+        assert!(!with_suffix(&path, ".creating").exists());
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    }
 }

@@ -148,6 +148,22 @@ impl From<SealError> for WorkError {
     }
 }
 
+impl From<delibera_data_dir::Error> for WorkError {
+    fn from(error: delibera_data_dir::Error) -> Self {
+        WorkError::Store(StoreError::DataDir(error))
+    }
+}
+
+impl WorkError {
+    /// The store's error, SQLite's classified for the database at `path`.
+    fn at(self, path: &str) -> StoreError {
+        match self {
+            WorkError::Sqlite(error) => StoreError::sqlite(path, error),
+            WorkError::Store(error) => error,
+        }
+    }
+}
+
 /// The database and the key that seals its secrets.
 #[derive(Clone)]
 pub struct Database {
@@ -224,10 +240,7 @@ impl Database {
             // A panic while holding the lock poisons it; the connection itself is
             // still consistent (SQLite rolls back the open transaction), so go on.
             let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut guard, &secrets).map_err(|error| match error {
-                WorkError::Sqlite(error) => StoreError::sqlite(&path, error),
-                WorkError::Store(error) => error,
-            })
+            work(&mut guard, &secrets).map_err(|error| error.at(&path))
         })
         .await
         .map_err(|_| StoreError::Cancelled)?
