@@ -169,7 +169,13 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
             .with_bootstrap_key(delibera_ensue_local::ApiKey::new(ensue_key.as_str())?),
     )
     .await
-    .with_context(|| format!("starting the embedded Ensue on {}", config.ensue_local_addr))?;
+    .with_context(|| {
+        format!(
+            "starting the embedded Ensue on {} with its data in {}",
+            config.ensue_local_addr,
+            data_dir.join("ensue").display()
+        )
+    })?;
     let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT)?;
     let registry_path = data_dir.join("registry.sqlite");
     let registry = Arc::new(

@@ -320,7 +320,7 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
     let after =
         LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
     let report = after.restore().await.unwrap();
-    assert_eq!(report.restored, [deployment.id.clone()]);
+    assert_eq!(report.restored, std::slice::from_ref(&deployment.id));
     assert!(report.not_restored.is_empty());
     healthy(&http, &deployment.endpoint_url, &keypair.did()).await;
     assert!(after.status(&deployment.id).await.unwrap().running);
@@ -369,7 +369,7 @@ async fn an_unreadable_journal_entry_keeps_only_its_agent_down() {
     let after =
         LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
     let report = after.restore().await.unwrap();
-    assert_eq!(report.restored, [deployments[1].id.clone()]);
+    assert_eq!(report.restored, std::slice::from_ref(&deployments[1].id));
     assert_eq!(report.not_restored.len(), 1);
     assert_eq!(report.not_restored[0].id, deployments[0].id);
     assert_eq!(
