@@ -8,6 +8,7 @@
 pub use delibera_agent as agent;
 pub use delibera_backoff as backoff;
 pub use delibera_coordination as coordination;
+pub use delibera_data_dir as data_dir;
 pub use delibera_deploy as deploy;
 pub use delibera_devnet as devnet;
 pub use delibera_ensue as ensue;

@@ -24,8 +24,8 @@ use crate::AppState;
 use crate::config::{Config, CorsPolicy, Mode, ProductionConfig};
 use crate::jobs::{Job, JobStatus};
 use crate::ports::{AgentChain, EmbeddedEnsue, HttpEnsue, Ports, Settings};
-use crate::seal::{SecretBox, write_private_file};
-use crate::store::Database;
+use crate::seal::SecretBox;
+use crate::store::{Database, DatabaseFile};
 
 /// The account the local registry treats as its admin and owner of the roster.
 pub const LOCAL_SERVER_ACCOUNT: &str = "protocol-api.local";
@@ -50,17 +50,29 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
     }
 }
 
-/// Reads a secret from `path`, or creates it with `make` (0600) the first time.
+/// Reads a secret from `path`, or creates it with `make` (0600) the first
+/// time. An empty file is refused: it was damaged, and a secret made anew in
+/// its place would silently replace the one in use.
 fn read_or_create_secret(
     path: &Path,
     make: impl FnOnce() -> String,
 ) -> anyhow::Result<Zeroizing<String>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Zeroizing::new(text.trim().to_owned())),
+        Ok(text) => {
+            let text = Zeroizing::new(text);
+            delibera_data_dir::tighten_file(path)?;
+            let secret = text.trim();
+            if secret.is_empty() {
+                anyhow::bail!(
+                    "{} is empty: write the secret back into it, or delete the file to have a new one made",
+                    path.display()
+                );
+            }
+            Ok(Zeroizing::new(secret.to_owned()))
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let secret = Zeroizing::new(make());
-            write_private_file(path, secret.as_bytes())
-                .with_context(|| format!("creating {}", path.display()))?;
+            delibera_data_dir::write_private_file(path, secret.as_bytes())?;
             Ok(secret)
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
@@ -74,14 +86,57 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
-fn open_database(config: &Config) -> anyhow::Result<Database> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
-    let secrets = SecretBox::open_or_create(&config.data_dir, config.secret_key.as_deref())?;
-    Ok(Database::open(
-        &config.data_dir.join("jobs.sqlite"),
-        secrets,
-    )?)
+/// The job database's file name in the data dir.
+pub const DATABASE_FILE: &str = "jobs.sqlite";
+
+/// What a data dir holds once a server has run in it, besides the database.
+const STATE_FILES: [&str; 7] = [
+    "server-secret.key",
+    "admin-token",
+    "ensue-bootstrap.key",
+    "registry.sqlite",
+    "storacha-space.key",
+    "storacha-space.did",
+    "ensue",
+];
+
+/// The job database in the data dir, and the key that seals its secrets.
+/// The data dir is made owner-only and must be writable; the database must
+/// be whole; a missing key file is made anew only while nothing is sealed;
+/// jobs whose records cannot be read are failed, so they stop nothing else.
+async fn open_database(config: &Config) -> anyhow::Result<Database> {
+    let data_dir = &config.data_dir;
+    delibera_data_dir::private_dir(data_dir)?;
+    delibera_data_dir::check_writable(data_dir)?;
+    let path = data_dir.join(DATABASE_FILE);
+    if !path.exists() {
+        let state: Vec<&str> = STATE_FILES
+            .into_iter()
+            .filter(|name| data_dir.join(name).exists())
+            .collect();
+        if !state.is_empty() {
+            anyhow::bail!(
+                "the data dir {} holds {} but no job database {}: it was deleted or moved. Restore \
+                 it, or move the data dir away to start with no jobs",
+                data_dir.display(),
+                state.join(", "),
+                path.display()
+            );
+        }
+    }
+    let file = DatabaseFile::open(&path)?;
+    let sealed_data = file.holds_sealed_data()?.then(|| file.path().to_owned());
+    let secrets = SecretBox::open_or_create(
+        data_dir,
+        config.secret_key.as_deref(),
+        sealed_data.as_deref(),
+    )?;
+    let database = file.unlock(secrets)?;
+    for job in database.jobs().fail_unreadable().await? {
+        tracing::warn!(job = %job.id, reason = %job.reason,
+            "a job's stored record cannot be read: the job is marked failed and will not resume");
+    }
+    Ok(database)
 }
 
 /// The CORS policy `CORS_ORIGINS` asks for, refusing a contradictory one
@@ -110,7 +165,7 @@ fn cors_policy(config: &Config) -> anyhow::Result<CorsPolicy> {
 /// restart leaves every registered endpoint answering.
 pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     let cors = cors_policy(config)?;
-    let database = open_database(config)?;
+    let database = open_database(config).await?;
     let data_dir = &config.data_dir;
     let admin_token = match &config.admin_token {
         Some(token) => Zeroizing::new(token.clone()),
@@ -124,10 +179,11 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         delibera_ensue_local::ApiKey::generate().expose().to_owned()
     })?;
     let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT)?;
-    let registry = Arc::new(LocalRegistry::open(
-        data_dir.join("registry.sqlite"),
-        server_account,
-    )?);
+    let registry_path = data_dir.join("registry.sqlite");
+    let registry = Arc::new(
+        LocalRegistry::open(&registry_path, server_account)
+            .with_context(|| format!("opening the local registry {}", registry_path.display()))?,
+    );
     let delegator: Arc<dyn Delegator> = Arc::new(LocalSpaceDelegator::open(data_dir)?);
     // Local coordinators find their workers in the local registry, as
     // production ones do on NEAR.
@@ -152,7 +208,13 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
             )),
     )
     .await
-    .with_context(|| format!("starting the embedded Ensue on {}", config.ensue_local_addr))?;
+    .with_context(|| {
+        format!(
+            "starting the embedded Ensue on {} with its data in {}",
+            config.ensue_local_addr,
+            data_dir.join("ensue").display()
+        )
+    })?;
     let ensue_url = Url::parse(local_ensue.url()).context("the embedded Ensue's URL")?;
     let ports = Ports {
         delegator,
@@ -201,15 +263,17 @@ async fn restore_local_agents(
     deployer: &LocalDeployer,
     ensue_addr: SocketAddr,
 ) -> anyhow::Result<Vec<LostAgent>> {
-    let jobs = database
+    // Failed jobs own nothing; a job whose record cannot be read was marked
+    // failed when the database was opened, so it is never read here.
+    let live_statuses = JobStatus::ALL
+        .into_iter()
+        .filter(|status| *status != JobStatus::Failed)
+        .collect();
+    let live: Vec<Job> = database
         .jobs()
-        .in_status(JobStatus::ALL.to_vec())
+        .in_status(live_statuses)
         .await
         .context("reading the jobs that own local agents")?;
-    let live: Vec<&Job> = jobs
-        .iter()
-        .filter(|job| job.status != JobStatus::Failed)
-        .collect();
     let journaled_ports: HashMap<String, u16> = database
         .deployments()
         .load()
@@ -263,7 +327,7 @@ pub async fn compose_production(
     production: ProductionConfig,
 ) -> anyhow::Result<Composition> {
     let cors = cors_policy(config)?;
-    let database = open_database(config)?;
+    let database = open_database(config).await?;
     let phala = PhalaClient::new(
         production.phala_api_url.as_str(),
         production.phala_api_key.as_str(),

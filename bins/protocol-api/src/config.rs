@@ -41,8 +41,9 @@ pub struct Config {
     #[arg(long, env = "DELIBERA_MODE", value_enum, default_value_t = Mode::Local)]
     pub mode: Mode,
     /// Bearer token for the routes that sign with the server's NEAR key. In
-    /// local mode one is generated into the data dir when unset.
-    #[arg(long, env = "PROTOCOL_API_ADMIN_TOKEN", hide_env_values = true)]
+    /// local mode one is generated into the data dir when unset; an empty
+    /// token is refused (it would lock those routes for everyone).
+    #[arg(long, env = "PROTOCOL_API_ADMIN_TOKEN", hide_env_values = true, value_parser = admin_token)]
     pub admin_token: Option<String>,
     /// 64 hex characters sealing secrets at rest; generated into the data dir when unset.
     #[arg(long, env = "PROTOCOL_API_SECRET_KEY", hide_env_values = true)]
@@ -129,6 +130,19 @@ pub struct Config {
     /// Production: the agent's delegation from the Storacha space.
     #[arg(long, env = "STORACHA_DELEGATION_PROOF", hide_env_values = true)]
     pub storacha_delegation_proof: Option<String>,
+}
+
+/// Parses `PROTOCOL_API_ADMIN_TOKEN`: anything but blank.
+fn admin_token(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "the admin token is empty: set PROTOCOL_API_ADMIN_TOKEN to a secret, or \
+             unset it (local mode then makes one in the data dir; production mode then \
+             disables the signing routes)"
+                .into(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 impl Config {
@@ -462,6 +476,20 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
         let config = Config::try_parse_from(["protocol-api", "--job-expiry", "90m"]).unwrap();
         assert_eq!(config.job_expiry, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn an_empty_admin_token_is_refused_with_what_to_do() {
+        for blank in ["", "  "] {
+            let refused = Config::try_parse_from(["protocol-api", "--admin-token", blank])
+                .err()
+                .expect("a blank admin token is refused");
+            let message = refused.to_string();
+            assert!(message.contains("the admin token is empty"), "{message}");
+            assert!(message.contains("PROTOCOL_API_ADMIN_TOKEN"), "{message}");
+        }
+        let config = Config::try_parse_from(["protocol-api", "--admin-token", "s3cret"]).unwrap();
+        assert_eq!(config.admin_token.as_deref(), Some("s3cret"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! The body is always `{"error": "…"}`. 4xx messages say what to fix. A 500
 //! says only that something failed (the detail goes to the log, never to the
 //! caller). A 502 names the outside service and its error so the caller knows
-//! what to retry; those messages never carry credentials.
+//! what to retry; those messages never carry credentials. A full disk is a
+//! 503 with `Retry-After`: nothing is lost, the caller only has to come back.
 
 use axum::Json;
 use axum::body::Body;
@@ -16,6 +17,10 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::jobs::JobError;
+use crate::store::StoreError;
+
+/// What a 503 for a full disk tells the caller to wait, in seconds.
+pub const STORAGE_RETRY_AFTER_SECS: u64 = 30;
 
 /// An API error.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,20 @@ pub enum ApiError {
     /// An outside service (registry, Ensue, Phala) failed.
     #[error("upstream service failed: {0}")]
     Upstream(String),
+    /// The server cannot store anything until its disk has space again.
+    #[error("the server cannot store new work right now; retry in {retry_after_secs} s")]
+    StorageFull {
+        /// Seconds the caller should wait.
+        retry_after_secs: u64,
+    },
+    /// A stored record cannot be read; the detail is logged only.
+    #[error("the stored record of {id} is damaged and cannot be read; the server's log says why")]
+    DamagedRecord {
+        /// What the record is of (a job id, a DID).
+        id: String,
+        /// What is wrong with it (logged, not shown).
+        detail: String,
+    },
     /// A bug or an unexpected local failure; the detail is logged only.
     #[error("internal error")]
     Internal(String),
@@ -79,13 +98,24 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::StorageFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DamagedRecord { .. } | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
     /// An internal error from anything displayable (logged, not shown).
     pub fn internal(error: impl std::fmt::Display) -> Self {
         ApiError::Internal(error.to_string())
+    }
+
+    /// A full disk: the caller is told to come back in
+    /// [`STORAGE_RETRY_AFTER_SECS`].
+    pub fn storage_full() -> Self {
+        ApiError::StorageFull {
+            retry_after_secs: STORAGE_RETRY_AFTER_SECS,
+        }
     }
 }
 
@@ -94,11 +124,15 @@ impl IntoResponse for ApiError {
         let status = self.status_code();
         match &self {
             ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::DamagedRecord { id, detail } => {
+                tracing::error!(record = %id, %detail, "a stored record is damaged")
+            }
             ApiError::Upstream(detail) => tracing::warn!(%detail, "upstream error"),
             _ => tracing::debug!(%status, error = %self, "request rejected"),
         }
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self
+        if let ApiError::RateLimited { retry_after_secs }
+        | ApiError::StorageFull { retry_after_secs } = self
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -185,9 +219,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(error: crate::store::StoreError) -> Self {
-        ApiError::internal(error)
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Full { .. } => {
+                tracing::warn!(%error, "a write was refused: the disk is full");
+                ApiError::storage_full()
+            }
+            StoreError::Corrupt { id, reason } => ApiError::DamagedRecord { id, detail: reason },
+            other => ApiError::internal(other),
+        }
     }
 }
 
@@ -202,9 +243,8 @@ impl From<JobError> for ApiError {
             JobError::IdempotencyKeyReused => ApiError::Unprocessable(error.to_string()),
             JobError::Registry(error) => crate::routes::registry_error(error),
             JobError::Ensue(error) => ApiError::Upstream(format!("Ensue: {error}")),
-            JobError::Incomplete { .. } | JobError::Store(_) | JobError::Task(_) => {
-                ApiError::internal(error)
-            }
+            JobError::Store(error) => error.into(),
+            JobError::Incomplete { .. } | JobError::Task(_) => ApiError::internal(error),
         }
     }
 }

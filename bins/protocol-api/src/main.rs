@@ -10,10 +10,13 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Warnings from every crate are shown by default: an agent that could
+    // not be restored or a data file whose permissions were tightened is
+    // reported by the library that found it.
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("protocol_api=info,tower_http=info")),
+                .unwrap_or_else(|_| EnvFilter::new("warn,protocol_api=info,tower_http=info")),
         )
         .init();
     let config = Config::parse();

@@ -242,13 +242,17 @@ pub struct Settings {
     /// How long `register` keeps probing an agent that does not answer its
     /// health check before refusing to complete its job.
     pub registration_health_wait: Duration,
+    /// The pauses while the job database cannot be written (a full disk):
+    /// the runner waits them out and goes on by itself once space returns.
+    pub storage_retry: Backoff,
 }
 
 impl Settings {
     /// Settings with these defaults: a 10-minute health timeout, the default
     /// images, https endpoints only, no chain for agents, announcements
-    /// retried every 5 s growing to 5 min, jobs expiring after 24 h at the
-    /// wallet step, and 5 s for an agent to prove healthy at registration.
+    /// retried every 5 s growing to 5 min, a full disk retried every 1 s
+    /// growing to 1 min, jobs expiring after 24 h at the wallet step, and 5 s
+    /// for an agent to prove healthy at registration.
     pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
         Self {
             ensue_api_key,
@@ -260,6 +264,7 @@ impl Settings {
             announce_retry: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
             job_expiry: DEFAULT_JOB_EXPIRY,
             registration_health_wait: Duration::from_secs(5),
+            storage_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
         }
     }
 

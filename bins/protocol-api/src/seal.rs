@@ -3,9 +3,10 @@
 //! Layout of a sealed value: `nonce(12) ‖ ciphertext ‖ tag(16)`, with a fresh
 //! random nonce per seal. The key comes from `PROTOCOL_API_SECRET_KEY` (64 hex
 //! characters) or is generated once into `<data dir>/server-secret.key` with
-//! 0600 permissions, so a restart can still open what it sealed.
+//! 0600 permissions, so a restart can still open what it sealed. A key file
+//! that has gone missing while sealed data exists is never made anew: a new
+//! key could open none of it.
 
-use std::io::Write;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit};
@@ -29,6 +30,30 @@ pub enum SealError {
         path: String,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The key file could not be written or its permissions tightened.
+    #[error(transparent)]
+    DataDir(#[from] delibera_data_dir::Error),
+    /// The key file exists but does not hold a key.
+    #[error(
+        "server key file {path} does not hold 64 hex characters: it is damaged; restore it from \
+         a backup, or set PROTOCOL_API_SECRET_KEY to the key that sealed the stored secrets"
+    )]
+    KeyFileDamaged {
+        /// The key file.
+        path: String,
+    },
+    /// The key file is missing, but secrets sealed with it are stored.
+    #[error(
+        "server key file {path} is missing, but {sealed_data} holds secrets sealed with it; \
+         restore the file, or set PROTOCOL_API_SECRET_KEY to the key that sealed them (a new \
+         key could open none of them)"
+    )]
+    KeyFileMissing {
+        /// The key file.
+        path: String,
+        /// What holds the sealed secrets.
+        sealed_data: String,
     },
     /// The sealed value was tampered with or sealed under another key.
     #[error("a sealed secret could not be opened (wrong server key or corrupted data)")]
@@ -55,26 +80,40 @@ impl SecretBox {
         }
     }
 
-    /// The configured hex key, else the key file in `data_dir`, created once.
+    /// The configured hex key, else the key file in `data_dir`. A missing
+    /// key file is created with a new key, unless `sealed_data` names what
+    /// already holds secrets sealed with the old one: then it is refused.
     pub fn open_or_create(
         data_dir: &Path,
         configured_hex: Option<&str>,
+        sealed_data: Option<&str>,
     ) -> Result<Self, SealError> {
         if let Some(hex_key) = configured_hex {
             return Self::from_hex(hex_key);
         }
         let path = data_dir.join(KEY_FILE);
+        let shown = || path.display().to_string();
         let key_file_error = |source| SealError::KeyFile {
-            path: path.display().to_string(),
+            path: shown(),
             source,
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => Self::from_hex(text.trim()),
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                delibera_data_dir::tighten_file(&path)?;
+                Self::from_hex(text.trim()).map_err(|_| SealError::KeyFileDamaged { path: shown() })
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(sealed_data) = sealed_data {
+                    return Err(SealError::KeyFileMissing {
+                        path: shown(),
+                        sealed_data: sealed_data.to_owned(),
+                    });
+                }
                 let mut key = Zeroizing::new([0u8; 32]);
                 rand::rngs::OsRng.fill_bytes(key.as_mut());
                 let hex_key = Zeroizing::new(hex::encode(key.as_ref()));
-                write_private_file(&path, hex_key.as_bytes()).map_err(key_file_error)?;
+                delibera_data_dir::write_private_file(&path, hex_key.as_bytes())?;
                 Ok(Self::from_key(&key))
             }
             Err(error) => Err(key_file_error(error)),
@@ -114,20 +153,6 @@ impl SecretBox {
     }
 }
 
-/// Writes a file only its owner can read (0600 on Unix), failing if it exists.
-pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,9 +183,9 @@ mod tests {
     #[test]
     fn key_file_is_created_once_with_owner_only_permissions() {
         let dir = tempfile::tempdir().unwrap();
-        let first = SecretBox::open_or_create(dir.path(), None).unwrap();
+        let first = SecretBox::open_or_create(dir.path(), None, None).unwrap();
         let sealed = first.seal(b"kept across restarts");
-        let second = SecretBox::open_or_create(dir.path(), None).unwrap();
+        let second = SecretBox::open_or_create(dir.path(), None, None).unwrap();
         assert_eq!(
             second.open(&sealed).unwrap().as_slice(),
             b"kept across restarts"
@@ -180,21 +205,45 @@ mod tests {
     fn configured_key_must_be_32_bytes_of_hex() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            SecretBox::open_or_create(dir.path(), Some("abcd")),
+            SecretBox::open_or_create(dir.path(), Some("abcd"), None),
             Err(SealError::BadKey)
         ));
         assert!(matches!(
-            SecretBox::open_or_create(dir.path(), Some(&"zz".repeat(32))),
+            SecretBox::open_or_create(dir.path(), Some(&"zz".repeat(32)), None),
             Err(SealError::BadKey)
         ));
         let key = "11".repeat(32);
-        let configured = SecretBox::open_or_create(dir.path(), Some(&key)).unwrap();
+        let configured = SecretBox::open_or_create(dir.path(), Some(&key), None).unwrap();
         assert_eq!(
             configured
                 .open(&SecretBox::from_key(&[0x11; 32]).seal(b"x"))
                 .unwrap()
                 .as_slice(),
             b"x"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_file_is_not_made_anew_over_sealed_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE).display().to_string();
+        let refused =
+            SecretBox::open_or_create(dir.path(), None, Some("/data/jobs.sqlite")).unwrap_err();
+        assert!(
+            matches!(&refused, SealError::KeyFileMissing { path: p, sealed_data } if *p == path && sealed_data == "/data/jobs.sqlite"),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains(&path), "{refused}");
+        assert!(
+            !dir.path().join(KEY_FILE).exists(),
+            "no new key was written"
+        );
+
+        std::fs::write(dir.path().join(KEY_FILE), b"").unwrap();
+        let damaged = SecretBox::open_or_create(dir.path(), None, None).unwrap_err();
+        assert!(
+            matches!(&damaged, SealError::KeyFileDamaged { path: p } if *p == path),
+            "{damaged:?}"
         );
     }
 }

@@ -108,7 +108,9 @@ impl Devnet {
     /// Starts the three stand-ins; the first start in `data_dir` creates the
     /// accounts, keys and Storacha space the settings name.
     pub async fn start(config: DevnetConfig) -> Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)?;
+        // The devnet keeps keys (the profile, the space key) and stand-ins'
+        // state: its directory is its owner's only.
+        delibera_data_dir::private_dir(&config.data_dir)?;
         let profile_path = config.data_dir.join("devnet.json");
         let existing = read_profile(&profile_path)?;
         let phala_api_key = existing
@@ -329,15 +331,5 @@ fn read_profile(path: &Path) -> Result<Option<Profile>> {
 
 /// Writes a new file only its owner can read.
 fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    Ok(file.sync_all()?)
+    Ok(delibera_data_dir::write_private_file(path, contents)?)
 }

@@ -10,6 +10,9 @@ pub enum Error {
     /// A socket could not be bound or served.
     #[error("devnet I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The devnet's data directory or a state file could not be made owner-only.
+    #[error(transparent)]
+    DataDir(#[from] delibera_data_dir::Error),
     /// The configuration cannot work.
     #[error("devnet configuration: {reason}")]
     Config {

@@ -16,6 +16,9 @@ pub enum Error {
     /// Creating the data directory, binding the listener or serving failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The data directory or the store's file could not be made owner-only.
+    #[error(transparent)]
+    DataDir(#[from] delibera_data_dir::Error),
     /// The database file was written by a newer version of this crate.
     #[error("unsupported database schema version {found}: this build knows version {supported}")]
     UnsupportedSchema {

@@ -144,7 +144,12 @@ impl LocalEnsue {
     pub async fn start(config: Config) -> Result<LocalEnsue> {
         let store = match config.data_dir {
             Some(dir) => {
-                tokio::task::spawn_blocking(move || Store::open(dir.join(DATABASE_FILE))).await??
+                tokio::task::spawn_blocking(move || {
+                    // The store holds values in the clear: its directory is the owner's only.
+                    delibera_data_dir::private_dir(&dir)?;
+                    Store::open(dir.join(DATABASE_FILE))
+                })
+                .await??
             }
             None => Store::in_memory()?,
         };

@@ -247,12 +247,11 @@ pub(crate) struct Page {
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite file at `path`, and its parent directory.
+    /// Opens (creating if needed) the SQLite file at `path`, and its parent
+    /// directory, owner-only: the store holds values in the clear.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
+        delibera_data_dir::prepare_sqlite_file(&path)?;
         let writer = Connection::open(&path)?;
         configure(&writer)?;
         let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;

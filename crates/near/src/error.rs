@@ -135,6 +135,9 @@ pub enum Error {
     /// The local registry's SQLite store failed.
     #[error("local registry storage: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// The local registry's file could not be created or made owner-only.
+    #[error(transparent)]
+    DataDir(#[from] delibera_data_dir::Error),
 }
 
 impl Error {

@@ -158,8 +158,11 @@ fn roster_row(row: &Row<'_>) -> rusqlite::Result<RegisteredWorker> {
 }
 
 impl LocalRegistry {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`, owner-only (0600; a looser
+    /// existing file is tightened).
     pub fn open(path: impl AsRef<Path>, admin: AccountId) -> Result<Self> {
+        let path = path.as_ref();
+        delibera_data_dir::prepare_sqlite_file(path)?;
         Self::with_connection(Connection::open(path)?, admin)
     }
 

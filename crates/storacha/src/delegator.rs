@@ -1,7 +1,6 @@
 //! The `Delegator` port: giving a coordinator or worker access to a Storacha space.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,6 +23,9 @@ pub const SPACE_ACCESS_ABILITIES: [&str; 6] = [
 pub const SPACE_ACCESS_LIFETIME_SECS: u64 = 365 * 24 * 60 * 60;
 /// The file, inside the data directory, holding the local space key.
 pub const LOCAL_SPACE_KEY_FILE: &str = "storacha-space.key";
+/// The file, beside the key, recording the local space's DID: proof that a
+/// space exists here, so a lost key is reported instead of replaced.
+pub const LOCAL_SPACE_DID_FILE: &str = "storacha-space.did";
 
 /// Unix time in seconds, injectable so expiries can be tested.
 pub trait Clock: Send + Sync {
@@ -176,31 +178,62 @@ pub struct LocalSpaceDelegator {
 
 impl LocalSpaceDelegator {
     /// Loads `data_dir/storacha-space.key`, creating it (mode 0600, a ucanto
-    /// private key string) with a fresh key on first use.
+    /// private key string) with a fresh key on first use, and records the
+    /// space's DID beside it (`storacha-space.did`). A key that is missing
+    /// while the DID file shows a space existed is refused, never replaced:
+    /// the delegations already handed out name that space.
     pub fn open(data_dir: impl AsRef<Path>) -> Result<Self> {
         let data_dir = data_dir.as_ref();
-        let path = data_dir.join(LOCAL_SPACE_KEY_FILE);
+        let key_path = data_dir.join(LOCAL_SPACE_KEY_FILE);
+        let did_path = data_dir.join(LOCAL_SPACE_DID_FILE);
         let io_error = |path: &PathBuf| {
             let path = path.clone();
             move |source| Error::Io { path, source }
         };
-        fs::create_dir_all(data_dir).map_err(io_error(&data_dir.to_path_buf()))?;
-        let space_key = match create_private_file(&path) {
-            Ok(mut file) => {
-                let key = Keypair::generate();
-                let text = key.to_ucanto_string();
-                file.write_all(text.as_bytes())
-                    .and_then(|()| file.write_all(b"\n"))
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_error(&path))?;
-                key
+        delibera_data_dir::private_dir(data_dir)?;
+        let recorded = match fs::read_to_string(&did_path) {
+            Ok(text) => {
+                delibera_data_dir::tighten_file(&did_path)?;
+                Some(text.trim().to_owned())
             }
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                let text = Zeroizing::new(fs::read_to_string(&path).map_err(io_error(&path))?);
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(io_error(&did_path)(error)),
+        };
+        let space_key = match fs::read_to_string(&key_path) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                delibera_data_dir::tighten_file(&key_path)?;
                 Keypair::from_ucanto_str(text.trim())?
             }
-            Err(error) => return Err(io_error(&path)(error)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(space_did) = recorded {
+                    return Err(Error::SpaceKeyMissing {
+                        path: key_path,
+                        space_did,
+                    });
+                }
+                let key = Keypair::generate();
+                let text = Zeroizing::new(format!("{}\n", key.to_ucanto_string().as_str()));
+                delibera_data_dir::write_private_file(&key_path, text.as_bytes())?;
+                key
+            }
+            Err(error) => return Err(io_error(&key_path)(error)),
         };
+        let space_did = space_key.did();
+        match recorded {
+            Some(recorded) if recorded != space_did.as_str() => {
+                return Err(Error::SpaceKeyMismatch {
+                    path: key_path,
+                    recorded,
+                    found: space_did.to_string(),
+                });
+            }
+            Some(_) => {}
+            None => delibera_data_dir::write_private_file(
+                &did_path,
+                format!("{space_did}\n").as_bytes(),
+            )?,
+        }
         Ok(Self {
             space_key,
             clock: Arc::new(SystemClock),
@@ -230,22 +263,4 @@ impl Delegator for LocalSpaceDelegator {
                 .sign(&self.space_key)?;
         Ok(SpaceDelegation::new(space, &delegation))
     }
-}
-
-#[cfg(unix)]
-fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
 }

@@ -193,6 +193,36 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The local space's directory or files could not be made owner-only.
+    #[error(transparent)]
+    DataDir(#[from] delibera_data_dir::Error),
+    /// The local space key is missing, but a space was made here before.
+    #[error(
+        "the local space key {} is missing, but this data dir made space {space_did}: restore \
+         the file (a new key would make a new space, and the delegations already handed out \
+         name the old one)",
+        path.display()
+    )]
+    SpaceKeyMissing {
+        /// The key file.
+        path: PathBuf,
+        /// The space the data dir recorded.
+        space_did: String,
+    },
+    /// The local space key is not the key of the space the data dir recorded.
+    #[error(
+        "the local space key {} is of space {found}, but this data dir made space {recorded}: \
+         restore the original key file",
+        path.display()
+    )]
+    SpaceKeyMismatch {
+        /// The key file.
+        path: PathBuf,
+        /// The space the data dir recorded.
+        recorded: String,
+        /// The space of the key found.
+        found: String,
+    },
 }
 
 impl Error {

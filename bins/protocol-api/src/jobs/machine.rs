@@ -167,11 +167,34 @@ impl JobMachine {
     /// Runs (or resumes) a job in the background.
     pub fn spawn(&self, id: Uuid) {
         let machine = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = machine.drive(id).await {
-                tracing::error!(job = %id, %error, "provisioning runner stopped");
+        tokio::spawn(async move { machine.drive_through_storage_outages(id).await });
+    }
+
+    /// Drives a job; while its store cannot be written (a full disk), waits
+    /// as `Settings::storage_retry` says and drives it again from its last
+    /// committed step, so the job goes on by itself once space returns.
+    async fn drive_through_storage_outages(&self, id: Uuid) {
+        let mut outage_retries = 0;
+        loop {
+            match self.drive(id).await {
+                Ok(()) => break,
+                Err(error) if error.is_transient() => {
+                    outage_retries += 1;
+                    if outage_retries == 1 {
+                        tracing::warn!(job = %id, %error,
+                            "the job waits for its store: it goes on once the store can be written again");
+                    }
+                    tokio::time::sleep(self.settings.storage_retry.delay(outage_retries)).await;
+                }
+                Err(error) => {
+                    tracing::error!(job = %id, %error, "provisioning runner stopped");
+                    return;
+                }
             }
-        });
+        }
+        if outage_retries > 0 {
+            tracing::info!(job = %id, outage_retries, "the store took writes again; the job went on");
+        }
     }
 
     /// After a restart: finishes the registrations the last process did not
@@ -376,6 +399,28 @@ impl JobMachine {
         self.jobs.save(job).await?;
         log_transition(job.id, from, to);
         Ok(())
+    }
+
+    /// [`Self::commit`], waiting out a full disk: for a transition that
+    /// records work already done outside (a registration), which a full
+    /// disk must not strand.
+    async fn commit_when_writable(&self, job: &mut Job, to: JobStatus) -> Result<(), StoreError> {
+        let from = job.status;
+        let mut retries = 0;
+        loop {
+            job.status = from;
+            match self.commit(job, to).await {
+                Err(error) if error.is_transient() => {
+                    retries += 1;
+                    if retries == 1 {
+                        tracing::warn!(job = %job.id, %error, to = to.as_str(),
+                            "the transition waits for its store: it is saved once the store can be written again");
+                    }
+                    tokio::time::sleep(self.settings.storage_retry.delay(retries)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Drives one job until it waits for a person or ends.
@@ -759,7 +804,7 @@ impl JobMachine {
             };
             if let Err(error) = confirmed {
                 machine
-                    .commit(&mut job, JobStatus::AwaitingNearSignature)
+                    .commit_when_writable(&mut job, JobStatus::AwaitingNearSignature)
                     .await?;
                 return Err(error);
             }
@@ -770,7 +815,9 @@ impl JobMachine {
                 tracing::info!(job = %job.id, %error, "the agent is not announced in Ensue yet; retrying in the background");
                 job.announce_pending = true;
             }
-            machine.commit(&mut job, JobStatus::Complete).await?;
+            machine
+                .commit_when_writable(&mut job, JobStatus::Complete)
+                .await?;
             if job.announce_pending {
                 machine.spawn_announcer(job.id);
             }

@@ -26,7 +26,7 @@ impl DeploymentJournal for DeploymentStore {
         let sealed = self.db.secrets.seal(&json);
         let id = record.id.clone();
         self.db
-            .with_conn(move |conn, _| {
+            .write(move |conn, _| {
                 conn.execute(
                     "INSERT OR REPLACE INTO local_deployments (cvm_id, record) VALUES (?1, ?2)",
                     params![id, sealed],
@@ -40,7 +40,7 @@ impl DeploymentJournal for DeploymentStore {
     async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
         let id = id.to_owned();
         self.db
-            .with_conn(move |conn, _| {
+            .write(move |conn, _| {
                 conn.execute(
                     "DELETE FROM local_deployments WHERE cvm_id = ?1",
                     params![id],

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::{Database, StoreError};
+use super::{Database, StoreError, WorkError};
 use crate::jobs::{Job, JobSecrets, JobStatus};
 use crate::seal::SecretBox;
 
@@ -13,6 +13,15 @@ use crate::seal::SecretBox;
 #[derive(Clone)]
 pub struct JobStore {
     db: Database,
+}
+
+/// An unfinished job whose stored record could not be read, now marked failed.
+#[derive(Debug, Clone)]
+pub struct UnreadableJob {
+    /// The job id.
+    pub id: String,
+    /// What could not be read (never a secret value).
+    pub reason: String,
 }
 
 impl JobStore {
@@ -23,7 +32,7 @@ impl JobStore {
     /// Stores a new job.
     pub async fn insert(&self, job: &Job) -> Result<(), StoreError> {
         let row = Row::encode(job, &self.db.secrets)?;
-        self.db.with_conn(move |conn, _| {
+        self.db.write(move |conn, _| {
             conn.execute(
                 "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![row.id, row.status, row.record, row.secrets, row.updated_at],
@@ -45,7 +54,7 @@ impl JobStore {
     ) -> Result<Started, StoreError> {
         let row = Row::encode(job, &self.db.secrets)?;
         self.db
-            .with_conn(move |conn, _| {
+            .write(move |conn, _| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 if let Some(started) = started_under(&tx, &key, &request)? {
                     return Ok(started);
@@ -81,14 +90,12 @@ impl JobStore {
     /// Replaces a job's stored state.
     pub async fn save(&self, job: &Job) -> Result<(), StoreError> {
         let row = Row::encode(job, &self.db.secrets)?;
-        self.db.with_conn(move |conn, _| {
-            conn.execute(
-                "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5 WHERE id = ?1",
-                params![row.id, row.status, row.record, row.secrets, row.updated_at],
-            )?;
-            Ok(())
-        })
-        .await
+        self.db
+            .write(move |conn, _| {
+                row.update(conn)?;
+                Ok(())
+            })
+            .await
     }
 
     /// Saves `job` only if the stored status is still `expected`; returns
@@ -96,7 +103,7 @@ impl JobStore {
     pub async fn save_if_status(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError> {
         let row = Row::encode(job, &self.db.secrets)?;
         self.db
-            .with_conn(move |conn, _| {
+            .write(move |conn, _| {
                 let changed = conn.execute(
                     "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5
                  WHERE id = ?1 AND status = ?6",
@@ -125,8 +132,9 @@ impl JobStore {
                         |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
                     )
                     .optional()?;
-                row.map(|(record, sealed)| Row::decode(&id.to_string(), &record, &sealed, secrets))
-                    .transpose()
+                Ok(row
+                    .map(|(record, sealed)| Row::decode(&id.to_string(), &record, &sealed, secrets))
+                    .transpose()?)
             })
             .await
     }
@@ -167,12 +175,62 @@ impl JobStore {
             .await
     }
 
+    /// Marks `failed` every unfinished job whose stored record cannot be
+    /// read, so one damaged record neither stops start-up nor comes back at
+    /// every start; returns them. A job whose fields still read but whose
+    /// sealed secrets do not keeps its fields and gets the reason as its
+    /// error (the secrets are lost either way, and a failed job never shows
+    /// them). A job whose fields do not read gets only its status column
+    /// changed, and reading it stays an error that names it.
+    pub async fn fail_unreadable(&self) -> Result<Vec<UnreadableJob>, StoreError> {
+        self.db
+            .write(|conn, secrets| {
+                let transaction = conn.transaction()?;
+                let rows: Vec<(String, String, Vec<u8>)> = transaction
+                    .prepare("SELECT id, record, secrets FROM jobs WHERE status != 'failed'")?
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                    .collect::<Result<_, _>>()?;
+                let now = Utc::now();
+                let mut unreadable = Vec::new();
+                for (id, record, sealed) in rows {
+                    let reason = match Row::decode(&id, &record, &sealed, secrets) {
+                        Ok(_) => continue,
+                        Err(StoreError::Corrupt { reason, .. }) => reason,
+                        Err(other) => other.to_string(),
+                    };
+                    match serde_json::from_str::<Job>(&record) {
+                        Ok(mut job) => {
+                            job.status = JobStatus::Failed;
+                            job.progress = None;
+                            job.updated_at = now;
+                            job.error = Some(format!(
+                                "the server cannot read this job's stored secrets ({reason}), so it \
+                                 cannot go on; provision the agent again"
+                            ));
+                            job.secrets = JobSecrets::default();
+                            Row::encode(&job, secrets)?.update(&transaction)?;
+                        }
+                        Err(_) => {
+                            transaction.execute(
+                                "UPDATE jobs SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                                params![id, JobStatus::Failed.as_str(), timestamp(now)],
+                            )?;
+                        }
+                    }
+                    unreadable.push(UnreadableJob { id, reason });
+                }
+                transaction.commit()?;
+                Ok(unreadable)
+            })
+            .await
+    }
+
     /// Deletes finished jobs last changed before `cutoff`, and the
     /// idempotency keys they were started under; returns how many jobs.
     pub async fn purge_finished(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         self.db
-            .with_conn(move |conn, _| {
-                let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            .write(move |conn, _| {
+                let cutoff = timestamp(cutoff);
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.execute(
                     "DELETE FROM idempotency_keys WHERE job_id IN (
@@ -208,7 +266,7 @@ fn started_under(
     conn: &rusqlite::Connection,
     key: &[u8; 32],
     request: &[u8; 32],
-) -> Result<Option<Started>, StoreError> {
+) -> Result<Option<Started>, WorkError> {
     let found = conn
         .query_row(
             "SELECT k.job_id, k.request_sha256 FROM idempotency_keys k
@@ -219,9 +277,11 @@ fn started_under(
         .optional()?;
     found
         .map(|(id, stored_request)| {
-            let job_id = Uuid::parse_str(&id).map_err(|error| StoreError::Corrupt {
-                id: id.clone(),
-                reason: error.to_string(),
+            let job_id = Uuid::parse_str(&id).map_err(|error| {
+                WorkError::Store(StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: error.to_string(),
+                })
             })?;
             Ok(Started::Earlier {
                 job_id,
@@ -229,6 +289,11 @@ fn started_under(
             })
         })
         .transpose()
+}
+
+/// Fixed-width UTC text, so SQL string comparison orders by time.
+fn timestamp(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 struct Row {
@@ -252,26 +317,49 @@ impl Row {
             status: job.status.as_str(),
             record,
             secrets: secret_box.seal(&secrets),
-            // Fixed-width UTC text so SQL string comparison orders by time.
-            updated_at: job
-                .updated_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            updated_at: timestamp(job.updated_at),
         })
     }
 
+    fn update(&self, conn: &rusqlite::Connection) -> Result<(), WorkError> {
+        conn.execute(
+            "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5 WHERE id = ?1",
+            params![
+                self.id,
+                self.status,
+                self.record,
+                self.secrets,
+                self.updated_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The job stored in a row; every failure is [`StoreError::Corrupt`]
+    /// naming the job.
     fn decode(
         id: &str,
         record: &str,
         sealed: &[u8],
         secret_box: &SecretBox,
     ) -> Result<Job, StoreError> {
-        let corrupt = |error: serde_json::Error| StoreError::Corrupt {
+        let corrupt = |reason: String| StoreError::Corrupt {
             id: id.to_owned(),
-            reason: error.to_string(),
+            reason,
         };
-        let mut job: Job = serde_json::from_str(record).map_err(corrupt)?;
-        let opened = secret_box.open(sealed)?;
-        job.secrets = serde_json::from_slice::<JobSecrets>(&opened).map_err(corrupt)?;
+        let mut job: Job = serde_json::from_str(record)
+            .map_err(|error| corrupt(format!("its record does not parse: {error}")))?;
+        let opened = secret_box
+            .open(sealed)
+            .map_err(|_| corrupt("its sealed secrets do not open".into()))?;
+        // serde's message could quote a secret; say only where it failed.
+        job.secrets = serde_json::from_slice::<JobSecrets>(&opened).map_err(|error| {
+            corrupt(format!(
+                "its secrets do not parse (line {}, column {})",
+                error.line(),
+                error.column()
+            ))
+        })?;
         Ok(job)
     }
 }
@@ -280,7 +368,6 @@ impl Row {
 mod tests {
     use super::*;
     use crate::jobs::NewJob;
-    use crate::seal::SealError;
     use delibera_deploy::AgentRole;
 
     fn new_job() -> Job {
@@ -393,22 +480,76 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_secret_sealed_under_another_key_is_an_error_not_garbage() {
+    async fn sqlite_full_is_a_transient_full_disk_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.sqlite");
-        let job = new_job();
+        let database = Database::open(&path, SecretBox::from_key(&[4; 32])).unwrap();
+        // SQLite's own page limit fails a growing write exactly as a full disk does.
+        database
+            .with_conn(|conn, _| {
+                let pages: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+                conn.pragma_update(None, "max_page_count", pages)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mut job = new_job();
+        job.delegation = Some("x".repeat(64 * 1024));
+        let error = database.jobs().insert(&job).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Full { path: shown } if *shown == path.display().to_string()),
+            "{error:?}"
+        );
+        assert!(error.is_transient());
+        assert!(
+            !StoreError::Corrupt {
+                id: "x".into(),
+                reason: "y".into()
+            }
+            .is_transient()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_database_refuses_a_key_that_did_not_seal_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
         Database::open(&path, SecretBox::from_key(&[1; 32]))
             .unwrap()
             .jobs()
-            .insert(&job)
+            .insert(&new_job())
             .await
             .unwrap();
-        let other = Database::open(&path, SecretBox::from_key(&[9; 32]))
-            .unwrap()
-            .jobs();
-        assert!(matches!(
-            other.get(job.id).await,
-            Err(StoreError::Seal(SealError::Open))
-        ));
+        let refused = Database::open(&path, SecretBox::from_key(&[9; 32])).err();
+        assert!(
+            matches!(&refused, Some(StoreError::WrongKey { path: shown }) if *shown == path.display().to_string()),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_sealed_under_another_key_is_an_error_naming_the_job() {
+        let database = Database::in_memory(SecretBox::from_key(&[1; 32])).unwrap();
+        let job = new_job();
+        database.jobs().insert(&job).await.unwrap();
+        let foreign = SecretBox::from_key(&[9; 32]).seal(b"{}");
+        let id = job.id.to_string();
+        database
+            .write(move |conn, _| {
+                conn.execute(
+                    "UPDATE jobs SET secrets = ?2 WHERE id = ?1",
+                    params![id, foreign],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        match database.jobs().get(job.id).await {
+            Err(StoreError::Corrupt { id, reason }) => {
+                assert_eq!(id, job.id.to_string());
+                assert_eq!(reason, "its sealed secrets do not open");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Database, StoreError};
+use super::{Database, StoreError, WorkError};
 
 /// Coordinator DID → Ensue org name and API key (sealed).
 #[derive(Clone)]
@@ -26,7 +26,7 @@ impl OrgKeys {
     ) -> Result<(), StoreError> {
         let sealed = self.db.secrets.seal(api_key.as_bytes());
         let (did, name) = (coordinator_did.to_owned(), org_name.to_owned());
-        self.db.with_conn(move |conn, _| {
+        self.db.write(move |conn, _| {
             conn.execute(
                 "INSERT OR REPLACE INTO coordinator_orgs (coordinator_did, org_name, api_key) VALUES (?1, ?2, ?3)",
                 params![did, name, sealed],
@@ -51,12 +51,16 @@ impl OrgKeys {
                         |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
                     )
                     .optional()?;
-                row.map(|(name, sealed)| {
-                    let key = secrets.open(&sealed)?;
-                    let key = String::from_utf8(key.to_vec()).map_err(|_| StoreError::Corrupt {
+                row.map(|(name, sealed)| -> Result<_, WorkError> {
+                    let corrupt = |reason: &str| StoreError::Corrupt {
                         id: did.clone(),
-                        reason: "coordinator org key is not UTF-8".into(),
-                    })?;
+                        reason: reason.into(),
+                    };
+                    let key = secrets
+                        .open(&sealed)
+                        .map_err(|_| corrupt("its sealed coordinator org key does not open"))?;
+                    let key = String::from_utf8(key.to_vec())
+                        .map_err(|_| corrupt("its coordinator org key is not UTF-8"))?;
                     Ok((name, zeroize::Zeroizing::new(key)))
                 })
                 .transpose()

@@ -210,6 +210,8 @@ pub struct Options {
     /// Registers orgs as local mode does (in the embedded store, adopting a
     /// repeat) instead of over HTTP as with hosted Ensue.
     pub embedded_org_registration: bool,
+    /// The pauses while the store cannot be written.
+    pub storage_retry: delibera_backoff::Backoff,
 }
 
 /// Wraps the Ensue port of a test server.
@@ -233,6 +235,10 @@ impl Default for Options {
             ),
             job_expiry: protocol_api::ports::DEFAULT_JOB_EXPIRY,
             embedded_org_registration: false,
+            storage_retry: delibera_backoff::Backoff::new(
+                Duration::from_millis(20),
+                Duration::from_millis(100),
+            ),
         }
     }
 }
@@ -298,6 +304,7 @@ impl TestApp {
         settings.announce_retry = options.announce_retry;
         settings.job_expiry = options.job_expiry;
         settings.registration_health_wait = Duration::from_millis(300);
+        settings.storage_retry = options.storage_retry;
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options

@@ -37,7 +37,7 @@ fn config(data_dir: &Path, ensue_addr: SocketAddr) -> Config {
 }
 
 fn database(data_dir: &Path) -> Database {
-    let secrets = SecretBox::open_or_create(data_dir, Some(SECRET_KEY)).unwrap();
+    let secrets = SecretBox::open_or_create(data_dir, Some(SECRET_KEY), None).unwrap();
     Database::open(&data_dir.join("jobs.sqlite"), secrets).unwrap()
 }
 

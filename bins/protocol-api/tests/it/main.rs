@@ -16,3 +16,4 @@ mod policy;
 mod process;
 mod production;
 mod restarts;
+mod storage;

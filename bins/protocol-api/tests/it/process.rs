@@ -118,7 +118,7 @@ impl ServerProcess {
 
     /// The server's database, opened beside it (or after it was killed).
     pub fn database(&self) -> Database {
-        let secrets = SecretBox::open_or_create(&self.data_dir, Some(SECRET_KEY)).unwrap();
+        let secrets = SecretBox::open_or_create(&self.data_dir, Some(SECRET_KEY), None).unwrap();
         Database::open(&self.data_dir.join("jobs.sqlite"), secrets).unwrap()
     }
 

@@ -384,8 +384,10 @@ fn is_direct_sub_account(child: &AccountId, parent: &AccountId) -> bool {
 impl Chain {
     /// Opens (or makes, with its genesis) the chain in `dir`.
     pub(crate) fn open(dir: &Path, config: ChainConfig, now: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let db = Connection::open(dir.join("near.sqlite"))?;
+        delibera_data_dir::private_dir(dir)?;
+        let path = dir.join("near.sqlite");
+        delibera_data_dir::prepare_sqlite_file(&path)?;
+        let db = Connection::open(path)?;
         db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         db.execute_batch(SCHEMA)?;
         let placeholder = Block::new(0, CryptoHash([0; 32]), now);

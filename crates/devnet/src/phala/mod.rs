@@ -89,7 +89,7 @@ impl PhalaDevnet {
     /// Serves on `listener` and boots again every CVM that was running
     /// before (its env is still sealed in the store, as a real CVM's would be).
     pub async fn start(listener: TcpListener, config: PhalaDevnetConfig) -> Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)?;
+        delibera_data_dir::private_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join("phala.sqlite"))?;
         let address = listener.local_addr()?;
         let inner = Arc::new(Inner {

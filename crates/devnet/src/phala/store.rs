@@ -62,6 +62,7 @@ fn cvm_row(row: &Row<'_>) -> rusqlite::Result<Cvm> {
 
 impl Store {
     pub(crate) fn open(path: &Path) -> Result<Self> {
+        delibera_data_dir::prepare_sqlite_file(path)?;
         let db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.execute_batch(

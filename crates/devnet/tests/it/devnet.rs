@@ -66,7 +66,7 @@ async fn the_settings_name_every_production_variable_and_survive_a_restart() {
     .await
     .unwrap();
 
-    // The env file holds the same, owner-readable only.
+    // The env file holds the same, owner-readable only, as is all its state.
     let file = dir.path().join("devnet.env");
     devnet.write_env_file(&file).unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
@@ -74,8 +74,26 @@ async fn the_settings_name_every_production_variable_and_survive_a_restart() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |path: &str| {
+            std::fs::metadata(dir.path().join(path))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        for owner_only_dir in ["", "phala", "near", "ensue", "storacha"] {
+            assert_eq!(mode(owner_only_dir), 0o700, "{owner_only_dir}");
+        }
+        for owner_only_file in [
+            "devnet.env",
+            "devnet.json",
+            "phala/phala.sqlite",
+            "near/near.sqlite",
+            "ensue/ensue-local.sqlite3",
+            "storacha/storacha-space.key",
+        ] {
+            assert_eq!(mode(owner_only_file), 0o600, "{owner_only_file}");
+        }
     }
 
     // A restart on the same directory hands out the same keys.

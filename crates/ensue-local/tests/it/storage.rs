@@ -25,6 +25,37 @@ async fn start_in(dir: &std::path::Path, key: &ApiKey) -> LocalEnsue {
     .unwrap()
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn the_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("ensue");
+    let key = ApiKey::new("lmn_permissions_test").unwrap();
+    let server = start_in(&dir, &key).await;
+    create(&server, key.expose(), "in-the-clear", "value").await;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(DATABASE_FILE)), 0o600);
+    let wal = dir.join(format!("{DATABASE_FILE}-wal"));
+    assert_eq!(
+        mode(&wal),
+        0o600,
+        "SQLite gives its WAL the database's mode"
+    );
+    server.stop().await.unwrap();
+
+    // What an earlier release left readable is tightened on start.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let database = dir.join(DATABASE_FILE);
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = start_in(&dir, &key).await;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&database), 0o600);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn acknowledged_writes_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -414,6 +414,27 @@ async fn the_database_file_survives_reopening() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn the_database_file_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("registry.sqlite");
+    let registry = LocalRegistry::open(&path, admin()).unwrap();
+    registry
+        .register_coordinator_as(&alice(), &coordinator(1, 5))
+        .unwrap();
+    drop(registry);
+    assert_eq!(mode(&path), 0o600);
+
+    // A file left readable by an earlier release is tightened on open.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    LocalRegistry::open(&path, admin()).unwrap();
+    assert_eq!(mode(&path), 0o600);
+}
+
 #[test]
 fn a_block_timestamp_makes_a_replay_give_the_same_records_and_stats_count() {
     let replays = [registry(), registry()];

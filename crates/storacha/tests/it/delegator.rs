@@ -5,8 +5,8 @@ use std::sync::Arc;
 use delibera_identity::{Did, Keypair};
 use delibera_storacha::{
     Capability, ConfiguredDelegator, Delegation, Delegator, Error, FixedClock,
-    LOCAL_SPACE_KEY_FILE, LocalSpaceDelegator, Principal, SPACE_ACCESS_ABILITIES,
-    SPACE_ACCESS_LIFETIME_SECS,
+    LOCAL_SPACE_DID_FILE, LOCAL_SPACE_KEY_FILE, LocalSpaceDelegator, Principal,
+    SPACE_ACCESS_ABILITIES, SPACE_ACCESS_LIFETIME_SECS,
 };
 
 const NOW: u64 = 1_800_000_000;
@@ -161,6 +161,57 @@ async fn local_space_delegator_creates_its_key_once_and_self_issues() {
     assert_eq!(delegation.issuer().as_str(), first.space_did().as_str());
     assert!(delegation.proof_links().is_empty());
     assert_grants_space_access(&delegation, &first.space_did(), &worker());
+}
+
+#[test]
+fn a_lost_space_key_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = LocalSpaceDelegator::open(dir.path()).unwrap().space_did();
+    let recorded = std::fs::read_to_string(dir.path().join(LOCAL_SPACE_DID_FILE)).unwrap();
+    assert_eq!(recorded.trim(), space.as_str());
+
+    let key_path = dir.path().join(LOCAL_SPACE_KEY_FILE);
+    let original = std::fs::read(&key_path).unwrap();
+    std::fs::remove_file(&key_path).unwrap();
+    let error = LocalSpaceDelegator::open(dir.path()).err().unwrap();
+    assert!(
+        matches!(&error, Error::SpaceKeyMissing { path, space_did } if *path == key_path && space_did == space.as_str()),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&key_path.display().to_string()),
+        "{message}"
+    );
+    assert!(!key_path.exists(), "no new space key was made");
+
+    // Another space's key in its place is refused too.
+    let other = Keypair::generate();
+    std::fs::write(&key_path, other.to_ucanto_string().as_str()).unwrap();
+    let error = LocalSpaceDelegator::open(dir.path()).err().unwrap();
+    assert!(matches!(error, Error::SpaceKeyMismatch { .. }), "{error}");
+
+    // The original key opens the space again.
+    std::fs::write(&key_path, original).unwrap();
+    assert_eq!(
+        LocalSpaceDelegator::open(dir.path()).unwrap().space_did(),
+        space
+    );
+}
+
+#[test]
+fn a_space_key_from_before_the_did_file_gets_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Keypair::generate();
+    std::fs::write(
+        dir.path().join(LOCAL_SPACE_KEY_FILE),
+        format!("{}\n", key.to_ucanto_string().as_str()),
+    )
+    .unwrap();
+    let space = LocalSpaceDelegator::open(dir.path()).unwrap().space_did();
+    assert_eq!(space, key.did());
+    let recorded = std::fs::read_to_string(dir.path().join(LOCAL_SPACE_DID_FILE)).unwrap();
+    assert_eq!(recorded.trim(), key.did().as_str());
 }
 
 #[test]

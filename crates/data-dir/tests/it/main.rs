@@ -1,0 +1,3 @@
+//! Integration tests of `delibera-data-dir`.
+
+mod modes;
