@@ -216,7 +216,12 @@ mod tests {
     fn zero_limits_are_refused() {
         assert!(Edges::default().validate().is_ok());
         let zero = Edges::default().with_idle_timeout(Duration::ZERO);
-        assert!(zero.validate().unwrap_err().to_string().contains("idle timeout"));
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("idle timeout")
+        );
         let none = Edges::default().with_max_connections(Some(0));
         assert!(none.validate().is_err());
     }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -98,6 +98,11 @@ impl Server {
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
         });
+        {
+            let mut servers = servers();
+            servers.retain(|server| server.strong_count() > 0);
+            servers.push(Arc::downgrade(&shared));
+        }
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut at_capacity_warning = Throttle::default();
@@ -109,8 +114,12 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        if shared.is_full(&capacity) {
-                            if shared.shed_longest_waiting() {
+                        if let Some(full) = shared.full(&capacity) {
+                            let made_room = match full {
+                                Full::Server => shared.shed_longest_waiting(),
+                                Full::Process => shed_longest_waiting_in_process(),
+                            };
+                            if made_room {
                                 at_capacity_warning.warn(|suppressed| tracing::warn!(
                                     %addr, connection_cap = capacity.server, suppressed,
                                     "connection cap reached: closing the longest-waiting idle connection"
@@ -136,7 +145,7 @@ impl Server {
                         accept_warning.warn(|suppressed| tracing::warn!(
                             %addr, %error, suppressed, "accepting a connection failed"
                         ));
-                        shared.shed_longest_waiting();
+                        shed_longest_waiting_in_process();
                         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     }
                 },
@@ -144,12 +153,11 @@ impl Server {
             }
         }
         drop(listener);
+        servers().retain(|server| !std::ptr::eq(server.as_ptr(), Arc::as_ptr(&shared)));
         let _ = stop.send(true);
         let grace = shared.edges.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(
                 %addr,
@@ -160,6 +168,14 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// A cap that is reached.
+enum Full {
+    /// This server's own.
+    Server,
+    /// The process's, shared by all its servers.
+    Process,
 }
 
 /// What every connection task of one server shares.
@@ -180,9 +196,15 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn is_full(&self, capacity: &Capacity) -> bool {
-        self.active.load(Ordering::SeqCst) >= capacity.server
-            || OPEN_CONNECTIONS.load(Ordering::SeqCst) >= capacity.process
+    /// Which cap, if any, a new connection would exceed.
+    fn full(&self, capacity: &Capacity) -> Option<Full> {
+        if self.active.load(Ordering::SeqCst) >= capacity.server {
+            Some(Full::Server)
+        } else if OPEN_CONNECTIONS.load(Ordering::SeqCst) >= capacity.process {
+            Some(Full::Process)
+        } else {
+            None
+        }
     }
 
     fn register(self: &Arc<Self>) -> Registration {
@@ -205,29 +227,59 @@ impl Shared {
         OPEN_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Asks the connection that has waited longest with nothing in flight
-    /// (an idle keep-alive, or a client that never finished its head) to
-    /// close. False if every connection is busy.
-    fn shed_longest_waiting(&self) -> bool {
-        let connections = self.connections();
-        let longest = connections
-            .values()
-            .filter(|tracker| !tracker.is_shed())
-            .filter_map(|tracker| tracker.waiting_since().map(|since| (since, tracker)))
-            .min_by_key(|(since, _)| *since);
-        match longest {
-            Some((_, tracker)) => {
-                // A connection asked to close no longer counts against the
-                // caps: its slot is as good as free, and counting it until its
-                // task ends would shed a second connection for the same one.
-                if tracker.request_shed() {
-                    self.release();
-                }
-                true
-            }
-            None => false,
-        }
+    /// The connection that has waited longest with nothing in flight (an
+    /// idle keep-alive, or a client that never finished its head).
+    fn longest_waiting(&self) -> Option<(Instant, u64)> {
+        self.connections()
+            .iter()
+            .filter(|(_, tracker)| !tracker.is_shed())
+            .filter_map(|(id, tracker)| tracker.waiting_since().map(|since| (since, *id)))
+            .min()
     }
+
+    /// Asks connection `id` to close, if it is still open and waiting.
+    fn shed(&self, id: u64) -> bool {
+        let connections = self.connections();
+        let Some(tracker) = connections.get(&id) else {
+            return false;
+        };
+        if tracker.waiting_since().is_none() || !tracker.request_shed() {
+            return false;
+        }
+        // A connection asked to close no longer counts against the caps:
+        // its slot is as good as free, and counting it until its task ends
+        // would shed a second connection for the same newcomer.
+        self.release();
+        true
+    }
+
+    /// Asks this server's longest-waiting connection to close; false if
+    /// every connection is busy.
+    fn shed_longest_waiting(&self) -> bool {
+        self.longest_waiting().is_some_and(|(_, id)| self.shed(id))
+    }
+}
+
+/// Every running [`Server`] of the process, so that the process-wide cap
+/// can make room in whichever server holds the longest-waiting connection.
+static SERVERS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+fn servers() -> MutexGuard<'static, Vec<Weak<Shared>>> {
+    SERVERS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Asks the process's longest-waiting connection, in any server, to close.
+fn shed_longest_waiting_in_process() -> bool {
+    let running: Vec<Arc<Shared>> = servers().iter().filter_map(Weak::upgrade).collect();
+    running
+        .iter()
+        .filter_map(|server| {
+            server
+                .longest_waiting()
+                .map(|(since, id)| (since, server, id))
+        })
+        .min_by_key(|(since, _, _)| *since)
+        .is_some_and(|(_, server, id)| server.shed(id))
 }
 
 /// A connection's place in the caps, given back when its task ends.
@@ -319,8 +371,8 @@ async fn handle(
     }
     let timed_out = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + edges.body_read_timeout;
-    let mut request = request
-        .map(|body| Body::new(DeadlineBody::new(body, deadline, timed_out.clone())));
+    let mut request =
+        request.map(|body| Body::new(DeadlineBody::new(body, deadline, timed_out.clone())));
     request.extensions_mut().insert(ConnectInfo(remote));
     let response = match shared.router.clone().oneshot(request).await {
         Ok(response) => response,

@@ -49,7 +49,9 @@ pub fn router() -> TestRouter {
         .route("/", routing::get(|| async { "ok" }))
         .route(
             "/peer",
-            routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+            routing::get(
+                |ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() },
+            ),
         )
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
@@ -110,7 +112,10 @@ pub async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> RawResponse
             }
             let mut chunk = [0u8; 4096];
             let read = stream.read(&mut chunk).await.unwrap();
-            assert!(read > 0, "the connection closed before a response: {buffer:?}");
+            assert!(
+                read > 0,
+                "the connection closed before a response: {buffer:?}"
+            );
             buffer.extend_from_slice(&chunk[..read]);
         };
         let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
