@@ -111,7 +111,8 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         delibera_ensue_local::Config::default()
             .with_addr(config.ensue_local_addr)
             .with_data_dir(data_dir.join("ensue"))
-            .with_bootstrap_key(delibera_ensue_local::ApiKey::new(ensue_key.as_str())?),
+            .with_bootstrap_key(delibera_ensue_local::ApiKey::new(ensue_key.as_str())?)
+            .with_edges(config.edges()),
     )
     .await
     .with_context(|| format!("starting the embedded Ensue on {}", config.ensue_local_addr))?;
@@ -125,7 +126,8 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     // production ones do on NEAR.
     let deployer = Arc::new(
         LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())))
-            .with_journal(Arc::new(database.deployments())),
+            .with_journal(Arc::new(database.deployments()))
+            .with_edges(config.edges()),
     );
     let restored = deployer
         .restore()
@@ -155,6 +157,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         .embedded_ensue_url(local_ensue.url())
         .cors_origins(cors_origins(config))
         .max_body_bytes(config.max_body_bytes)
+        .edges(config.api_edges())
         .build();
     Ok(Composition {
         state,
@@ -233,6 +236,7 @@ pub async fn compose_production(
         .mode_label("production")
         .cors_origins(cors_origins(config))
         .max_body_bytes(config.max_body_bytes)
+        .edges(config.api_edges())
         .build();
     Ok(Composition {
         state,

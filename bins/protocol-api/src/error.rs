@@ -41,6 +41,17 @@ pub enum ApiError {
     /// The body is larger than the server accepts.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body did not arrive within the body-read timeout.
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// Every connection slot is busy; the client should retry shortly.
+    #[error("{message}")]
+    Overloaded {
+        /// What to tell the client.
+        message: String,
+        /// Seconds until a retry is worth it.
+        retry_after_secs: u64,
+    },
     /// The body is not `application/json`.
     #[error("expected a JSON body with Content-Type: application/json")]
     UnsupportedMediaType,
@@ -69,6 +80,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -91,7 +104,10 @@ impl IntoResponse for ApiError {
             _ => tracing::debug!(%status, error = %self, "request rejected"),
         }
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self
+        if let ApiError::RateLimited { retry_after_secs }
+        | ApiError::Overloaded {
+            retry_after_secs, ..
+        } = self
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -120,6 +136,26 @@ impl From<JsonRejection> for ApiError {
             other => ApiError::BadRequest(other.body_text()),
         }
     }
+}
+
+impl From<delibera_serve::Rejection> for ApiError {
+    fn from(rejection: delibera_serve::Rejection) -> Self {
+        use delibera_serve::Rejection;
+        match rejection {
+            Rejection::BodyTooLarge { .. } => ApiError::PayloadTooLarge,
+            Rejection::BodyTimeout { .. } => ApiError::BodyTimeout(rejection.to_string()),
+            other => ApiError::Overloaded {
+                retry_after_secs: other.retry_after_secs().unwrap_or(1),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// What the HTTP server's edge answers by itself (an early 413, a body
+/// timeout, the connection cap), in the API's error envelope.
+pub fn edge_rejection(rejection: delibera_serve::Rejection) -> Response {
+    ApiError::from(rejection).into_response()
 }
 
 /// `axum::Json` whose rejections use the API's error envelope.

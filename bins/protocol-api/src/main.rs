@@ -11,10 +11,9 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("protocol_api=info,tower_http=info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("protocol_api=info,tower_http=info,delibera_serve=info")
+        }))
         .init();
     let config = Config::parse();
     let Composition { state, local_ensue } = compose::compose(&config).await?;

@@ -16,6 +16,9 @@ pub enum Error {
     /// Creating the data directory, binding the listener or serving failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The HTTP server could not start (an unusable edge setting).
+    #[error("HTTP server: {0}")]
+    Serve(#[from] delibera_serve::Error),
     /// The database file was written by a newer version of this crate.
     #[error("unsupported database schema version {found}: this build knows version {supported}")]
     UnsupportedSchema {

@@ -3,6 +3,7 @@
 mod bad_input;
 #[allow(unreachable_pub)] // `pub` helpers, used by the sibling modules only.
 mod common;
+mod edges;
 mod env_contract;
 mod flows;
 mod local_mode;
