@@ -110,8 +110,11 @@ impl Server {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                // Shutdown first; then finished connections are reaped before
+                // more are accepted, so a flood cannot pile up finished tasks.
                 biased;
                 () = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
                         if let Some(full) = shared.full(&capacity) {
@@ -149,7 +152,6 @@ impl Server {
                         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     }
                 },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
         drop(listener);
