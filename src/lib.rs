@@ -17,4 +17,5 @@ pub use delibera_identity as identity;
 pub use delibera_jsonrpc as jsonrpc;
 pub use delibera_near as near;
 pub use delibera_phala as phala;
+pub use delibera_serve as serve;
 pub use delibera_storacha as storacha;

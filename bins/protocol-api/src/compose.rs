@@ -189,7 +189,8 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     // production ones do on NEAR.
     let deployer = Arc::new(
         LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())))
-            .with_journal(Arc::new(database.deployments())),
+            .with_journal(Arc::new(database.deployments()))
+            .with_edges(config.edges()),
     );
     // The agents come back first, on their journaled ports (their registered
     // endpoints), so the embedded Ensue can never be given one of them.
@@ -205,7 +206,8 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
             ))
             .with_registration_limit(delibera_ensue_local::RegistrationLimit::global(
                 config.ensue_local_registrations_per_minute,
-            )),
+            ))
+            .with_edges(config.edges()),
     )
     .await
     .with_context(|| {
@@ -239,6 +241,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         .embedded_ensue_url(local_ensue.url())
         .cors(cors)
         .max_body_bytes(config.max_body_bytes)
+        .edges(config.api_edges())
         .build();
     for lost in lost_agents {
         state
@@ -392,6 +395,7 @@ pub async fn compose_production(
         .mode_label("production")
         .cors(cors)
         .max_body_bytes(config.max_body_bytes)
+        .edges(config.api_edges())
         .build();
     Ok(Composition {
         state,

@@ -72,7 +72,8 @@ pub struct Config {
     /// Provisioning requests allowed per client IP per minute.
     #[arg(long, env = "PROVISION_RATE_PER_MINUTE", default_value_t = 10)]
     pub provision_rate_per_minute: u32,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes; a larger declared
+    /// `Content-Length` is refused (413) before the body is read.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
     /// Local mode: the most keys one organization may hold in the embedded Ensue (0: no limit).
@@ -84,6 +85,26 @@ pub struct Config {
     /// Local mode: organizations the embedded Ensue registers per minute, all callers together (0: no limit).
     #[arg(long, env = "ENSUE_LOCAL_REGISTRATIONS_PER_MINUTE", default_value_t = delibera_ensue_local::DEFAULT_REGISTRATIONS_PER_MINUTE)]
     pub ensue_local_registrations_per_minute: u32,
+    /// Seconds a client may take to send a request's head, from connecting
+    /// or from its first byte after an idle pause (applies to every HTTP
+    /// server of this process: the API, the embedded Ensue, local agents).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a keep-alive connection may stay idle between requests.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body (408 after that).
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_secs: u64,
+    /// Connection cap of the API server; 0 derives it from the
+    /// file-descriptor limit less FD_RESERVE (logged at start-up). Every
+    /// server of the process stays under that limit together.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// File descriptors the connection caps leave free for database files,
+    /// outgoing HTTP and listeners.
+    #[arg(long, env = "FD_RESERVE", default_value_t = delibera_serve::DEFAULT_FD_RESERVE)]
+    pub fd_reserve: u64,
 
     /// Production: Phala Cloud API key.
     #[arg(long, env = "PHALA_API_KEY", hide_env_values = true)]
@@ -154,6 +175,22 @@ impl Config {
     /// The health-gate deadline.
     pub fn health_timeout(&self) -> Duration {
         Duration::from_secs(self.health_timeout_secs)
+    }
+
+    /// The edges of every HTTP server this process runs (the API's own
+    /// connection cap, `MAX_CONNECTIONS`, is added by [`Config::api_edges`]).
+    pub fn edges(&self) -> delibera_serve::Edges {
+        delibera_serve::Edges::default()
+            .with_header_read_timeout(Duration::from_secs(self.header_read_timeout_secs))
+            .with_idle_timeout(Duration::from_secs(self.idle_timeout_secs))
+            .with_body_read_timeout(Duration::from_secs(self.body_read_timeout_secs))
+            .with_fd_reserve(self.fd_reserve)
+    }
+
+    /// The API server's edges: [`Config::edges`] with `MAX_CONNECTIONS`.
+    pub fn api_edges(&self) -> delibera_serve::Edges {
+        self.edges()
+            .with_max_connections((self.max_connections > 0).then_some(self.max_connections))
     }
 
     /// The production settings that are missing, by environment variable name.
@@ -441,6 +478,35 @@ mod tests {
         assert_eq!(config.mode, Mode::Local);
         assert_eq!(config.ensue_local_addr.to_string(), "127.0.0.1:3006");
         assert_eq!(config.missing_production_settings().len(), 9);
+        assert_eq!(config.api_edges(), delibera_serve::Edges::default());
+    }
+
+    #[test]
+    fn edge_settings_reach_the_edges() {
+        let config = Config::try_parse_from([
+            "protocol-api",
+            "--header-read-timeout-secs",
+            "3",
+            "--idle-timeout-secs",
+            "4",
+            "--body-read-timeout-secs",
+            "5",
+            "--max-connections",
+            "100",
+            "--fd-reserve",
+            "50",
+        ])
+        .unwrap();
+        let edges = config.api_edges();
+        assert_eq!(edges.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(edges.idle_timeout, Duration::from_secs(4));
+        assert_eq!(edges.body_read_timeout, Duration::from_secs(5));
+        assert_eq!(edges.max_connections, Some(100));
+        assert_eq!(edges.fd_reserve, 50);
+        // The cap is the API's; the embedded servers share only the limits.
+        assert_eq!(config.edges().max_connections, None);
+        let zero = Config::try_parse_from(["protocol-api", "--idle-timeout-secs", "0"]);
+        assert!(zero.is_err());
     }
 
     #[test]

@@ -52,6 +52,17 @@ pub enum ApiError {
     /// The body is larger than the server accepts.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body did not arrive within the body-read timeout.
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// Every connection slot is busy; the client should retry shortly.
+    #[error("{message}")]
+    Overloaded {
+        /// What to tell the client.
+        message: String,
+        /// Seconds until a retry is worth it.
+        retry_after_secs: u64,
+    },
     /// The body is not `application/json`.
     #[error("expected a JSON body with Content-Type: application/json")]
     UnsupportedMediaType,
@@ -95,6 +106,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -132,7 +145,10 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
         if let ApiError::RateLimited { retry_after_secs }
-        | ApiError::StorageFull { retry_after_secs } = self
+        | ApiError::StorageFull { retry_after_secs }
+        | ApiError::Overloaded {
+            retry_after_secs, ..
+        } = self
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -205,6 +221,26 @@ pub async fn json_error_bodies(request: Request, next: Next) -> Response {
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
+}
+
+impl From<delibera_serve::Rejection> for ApiError {
+    fn from(rejection: delibera_serve::Rejection) -> Self {
+        use delibera_serve::Rejection;
+        match rejection {
+            Rejection::BodyTooLarge { .. } => ApiError::PayloadTooLarge,
+            Rejection::BodyTimeout { .. } => ApiError::BodyTimeout(rejection.to_string()),
+            other => ApiError::Overloaded {
+                retry_after_secs: other.retry_after_secs().unwrap_or(1),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// What the HTTP server's edge answers by itself (an early 413, a body
+/// timeout, the connection cap), in the API's error envelope.
+pub fn edge_rejection(rejection: delibera_serve::Rejection) -> Response {
+    ApiError::from(rejection).into_response()
 }
 
 /// `axum::Json` whose rejections use the API's error envelope.

@@ -19,9 +19,7 @@ pub mod store;
 pub mod validation;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -63,11 +61,14 @@ pub struct AppState {
     pub cors: CorsPolicy,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Timeouts and the connection cap [`run`] serves with.
+    pub edges: delibera_serve::Edges,
 }
 
 impl AppState {
     /// A state over `database`, `ports` and `settings`; the rest has defaults
-    /// (no admin token, no rate limit, no cross-origin access, 64 KiB bodies).
+    /// (no admin token, no rate limit, no cross-origin access, 64 KiB bodies,
+    /// the default [`Edges`](delibera_serve::Edges)).
     pub fn builder(database: &Database, ports: Ports, settings: Settings) -> AppStateBuilder {
         AppStateBuilder {
             database: database.clone(),
@@ -79,6 +80,7 @@ impl AppState {
             ensue_url: None,
             cors: CorsPolicy::SameOriginOnly,
             max_body_bytes: 64 * 1024,
+            edges: delibera_serve::Edges::default(),
         }
     }
 }
@@ -94,6 +96,7 @@ pub struct AppStateBuilder {
     ensue_url: Option<String>,
     cors: CorsPolicy,
     max_body_bytes: usize,
+    edges: delibera_serve::Edges,
 }
 
 impl AppStateBuilder {
@@ -133,6 +136,13 @@ impl AppStateBuilder {
         self
     }
 
+    /// Timeouts and the connection cap of the HTTP server ([`run`] adds
+    /// the body limit).
+    pub fn edges(mut self, edges: delibera_serve::Edges) -> Self {
+        self.edges = edges;
+        self
+    }
+
     /// The state.
     pub fn build(self) -> AppState {
         let ports = Arc::new(self.ports);
@@ -152,6 +162,7 @@ impl AppStateBuilder {
             ensue_url: self.ensue_url,
             cors: self.cors,
             max_body_bytes: self.max_body_bytes,
+            edges: self.edges,
         }
     }
 }
@@ -197,7 +208,7 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         .map_or("unmatched", axum::extract::MatchedPath::as_str);
     tracing::info_span!(
         "request",
-        method = %request.method(),
+        method = metrics::method_label(request.method()),
         route,
         request_id,
     )
@@ -306,28 +317,23 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish (at most 10 s).
+/// Serves `app(state)` on `listener` with `state.edges` until `shutdown`
+/// resolves, then lets in-flight requests finish (within the edges'
+/// shutdown grace). A body declared larger than `state.max_body_bytes` is
+/// refused before it is read.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        let _ = drained_tx.send(());
-    };
-    let server = axum::serve(listener, service).with_graceful_shutdown(shutdown);
-    tokio::select! {
-        result = server => result,
-        () = async {
-            let _ = drained_rx.await;
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        } => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
-            Ok(())
-        }
-    }
+    let edges = state
+        .edges
+        .clone()
+        .with_max_body_bytes(Some(state.max_body_bytes));
+    delibera_serve::Server::new(app(state))
+        .with_edges(edges)
+        .with_rejection_response(error::edge_rejection)
+        .run(listener, shutdown)
+        .await?;
+    Ok(())
 }

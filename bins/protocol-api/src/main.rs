@@ -14,10 +14,9 @@ async fn main() -> anyhow::Result<()> {
     // not be restored or a data file whose permissions were tightened is
     // reported by the library that found it.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("warn,protocol_api=info,tower_http=info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("warn,protocol_api=info,tower_http=info,delibera_serve=info")
+        }))
         .init();
     let config = Config::parse();
     let Composition { state, local_ensue } = compose::compose(&config).await?;

@@ -17,5 +17,8 @@ pub use process::{env_from_process, run_from_process_env};
 pub use runtime::Agent;
 pub use shutdown::shutdown_signal;
 
+// The HTTP edges an agent serves with.
+pub use delibera_serve::Edges;
+
 // The contract an agent is configured by.
 pub use delibera_deploy::{AgentEnv, AgentRole, vars};

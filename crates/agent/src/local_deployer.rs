@@ -9,6 +9,7 @@ use delibera_deploy::{
     AgentEnv, AgentRole, AgentSpec, Deployer, Deployment, DeploymentName, DeploymentStatus, EnvVar,
 };
 use delibera_ensue::Memory;
+use delibera_serve::Edges;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -173,6 +174,7 @@ pub struct LocalDeployer {
     directory: Arc<dyn WorkerDirectory>,
     memory: Option<Arc<dyn Memory>>,
     journal: Option<Arc<dyn DeploymentJournal>>,
+    edges: Edges,
     agents: Mutex<HashMap<String, LocalAgent>>,
 }
 
@@ -203,8 +205,15 @@ impl LocalDeployer {
             directory,
             memory: None,
             journal: None,
+            edges: Edges::default(),
             agents: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Serves the agents' HTTP with `edges` instead of the default [`Edges`].
+    pub fn with_edges(mut self, edges: Edges) -> Self {
+        self.edges = edges;
+        self
     }
 
     /// Remembers every started agent in `journal`, for [`LocalDeployer::restore`].
@@ -301,7 +310,8 @@ impl LocalDeployer {
         );
         let mut agent = Agent::new(env)
             .map_err(backend_error)?
-            .with_directory(self.directory.clone());
+            .with_directory(self.directory.clone())
+            .with_edges(self.edges.clone());
         if let Some(memory) = &self.memory {
             agent = agent.with_memory(memory.clone());
         }

@@ -22,6 +22,7 @@ use delibera_ensue::keys::{self, AgentField, ProposalField};
 use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
 use delibera_identity::Did;
 use delibera_near::{NearRpc, RegistryContract};
+use delibera_serve::{Edges, Server};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -35,6 +36,7 @@ pub struct Agent {
     memory: Arc<dyn Memory>,
     handler: Arc<dyn TaskHandler>,
     directory: Option<Arc<dyn WorkerDirectory>>,
+    edges: Edges,
 }
 
 impl std::fmt::Debug for Agent {
@@ -89,6 +91,7 @@ impl Agent {
             memory,
             handler,
             directory,
+            edges: Edges::default(),
         })
     }
 
@@ -107,6 +110,13 @@ impl Agent {
     /// Where a coordinator finds its workers, instead of what its env names.
     pub fn with_directory(mut self, directory: Arc<dyn WorkerDirectory>) -> Self {
         self.directory = Some(directory);
+        self
+    }
+
+    /// Serves HTTP with `edges` (timeouts, connection cap) instead of the
+    /// default [`Edges`].
+    pub fn with_edges(mut self, edges: Edges) -> Self {
+        self.edges = edges;
         self
     }
 
@@ -206,13 +216,14 @@ impl Agent {
             }
         };
         tracing::info!(%did, role = %env.role, %address, "agent listening");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(wait_for_stop(stopped))
+        let served = Server::new(router)
+            .with_edges(self.edges)
+            .run(listener, wait_for_stop(stopped))
             .await;
         if let Some(worker_loop) = worker_loop {
             let _ = worker_loop.await;
         }
-        served.map_err(Error::Serve)
+        served.map_err(|error| Error::Serve(error.into()))
     }
 }
 

@@ -699,3 +699,71 @@ async fn an_agent_publishes_its_identity_once_ensue_comes_up() {
         .unwrap();
     ensue.stop().await.unwrap();
 }
+
+/// Waits until the server closes `stream`, discarding what it sends first.
+async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut chunk = [0u8; 1024];
+        while let Ok(read) = stream.read(&mut chunk).await {
+            if read == 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the agent closed the connection");
+}
+
+#[tokio::test]
+async fn an_agent_closes_a_client_trickling_its_head_and_keeps_answering() {
+    use tokio::io::AsyncWriteExt;
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let keypair = key(80);
+    let header_timeout = Duration::from_millis(400);
+    let agent = Agent::new(env(AgentRole::Worker, &keypair, "Edge", &ensue))
+        .unwrap()
+        .with_memory(memory(&ensue))
+        .with_edges(delibera_agent::Edges::default().with_header_read_timeout(header_timeout));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(agent.serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let (mut reader, mut writer) = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap()
+        .into_split();
+    let started = tokio::time::Instant::now();
+    let slowloris = tokio::spawn(async move {
+        if writer
+            .write_all(b"GET / HTTP/1.1\r\nx-slow: ")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while writer.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    closed_by_server(&mut reader).await;
+    assert!(started.elapsed() >= header_timeout);
+    slowloris.abort();
+    healthy(
+        &reqwest::Client::new(),
+        &format!("http://{addr}"),
+        &keypair.did(),
+    )
+    .await;
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    ensue.stop().await.unwrap();
+}

@@ -19,6 +19,9 @@ pub enum Error {
     /// The data directory or the store's file could not be made owner-only.
     #[error(transparent)]
     DataDir(#[from] delibera_data_dir::Error),
+    /// The HTTP server could not start (an unusable edge setting).
+    #[error("HTTP server: {0}")]
+    Serve(#[from] delibera_serve::Error),
     /// The database file was written by a newer version of this crate.
     #[error("unsupported database schema version {found}: this build knows version {supported}")]
     UnsupportedSchema {

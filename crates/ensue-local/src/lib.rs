@@ -19,3 +19,4 @@ pub use server::{BOOTSTRAP_ORG, Config, DATABASE_FILE, LocalEnsue, run};
 pub use store::Store;
 
 pub use axum;
+pub use delibera_serve::Edges;

@@ -5,12 +5,13 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
+use delibera_serve::{Edges, Server};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::http::{AppState, Limits, app};
-use crate::{ApiKey, ClaimPolicy, Error, RegistrationLimit, Result, Store};
+use crate::{ApiKey, ClaimPolicy, RegistrationLimit, Result, Store};
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "ensue-local.sqlite3";
@@ -22,8 +23,8 @@ pub const BOOTSTRAP_ORG: &str = "local";
 ///
 /// The default listens on `127.0.0.1:0` (a free port), keeps data in memory,
 /// generates a bootstrap key, activates registered keys at once
-/// ([`ClaimPolicy::Immediate`]), and applies the default [`Limits`] (quotas
-/// included) and [`RegistrationLimit`].
+/// ([`ClaimPolicy::Immediate`]), applies the default [`Limits`] (quotas
+/// included) and [`RegistrationLimit`], and serves with the default [`Edges`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
@@ -39,6 +40,8 @@ pub struct Config {
     pub claim_policy: ClaimPolicy,
     /// How fast `POST /auth/agent-register` may create organisations.
     pub registration_limit: RegistrationLimit,
+    /// Header-read, idle and body-read timeouts and the connection cap.
+    pub edges: Edges,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             limits: Limits::default(),
             claim_policy: ClaimPolicy::default(),
             registration_limit: RegistrationLimit::default(),
+            edges: Edges::default(),
         }
     }
 }
@@ -91,11 +95,17 @@ impl Config {
         self.claim_policy = policy;
         self
     }
+
+    /// Replaces the HTTP server's timeouts and connection cap.
+    pub fn with_edges(mut self, edges: Edges) -> Self {
+        self.edges = edges;
+        self
+    }
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes, then finishes
-/// the requests in flight.
-pub async fn run<F>(listener: TcpListener, state: AppState, shutdown: F) -> std::io::Result<()>
+/// Serves [`app`] on `listener` with `edges` until `shutdown` completes,
+/// then finishes the requests in flight (within the edges' shutdown grace).
+pub async fn run<F>(listener: TcpListener, state: AppState, edges: Edges, shutdown: F) -> Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -106,9 +116,11 @@ where
         state.with_public_url(url_of(addr))
     };
     tracing::info!(%addr, "ensue-local listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    Server::new(app(state))
+        .with_edges(edges)
+        .run(listener, shutdown)
+        .await?;
+    Ok(())
 }
 
 /// A server running in this process, for tests, local mode and the CLI.
@@ -135,7 +147,7 @@ pub struct LocalEnsue {
     api_key: ApiKey,
     store: Store,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<Result<()>>,
 }
 
 impl LocalEnsue {
@@ -164,7 +176,7 @@ impl LocalEnsue {
             .with_registration_limit(config.registration_limit)
             .with_public_url(url.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(listener, state, async move {
+        let task = tokio::spawn(run(listener, state, config.edges, async move {
             // A dropped sender stops the server as well.
             let _ = stopped.await;
         }));
@@ -204,7 +216,7 @@ impl LocalEnsue {
             // The server may already have stopped on its own; nothing to signal then.
             let _ = stop.send(());
         }
-        (&mut self.task).await?.map_err(Error::Io)
+        (&mut self.task).await?
     }
 }
 

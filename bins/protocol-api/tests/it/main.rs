@@ -4,6 +4,7 @@ mod bad_input;
 #[allow(unreachable_pub)] // `pub` helpers, used by the sibling modules only.
 mod common;
 mod display_names;
+mod edges;
 mod env_contract;
 mod flows;
 #[allow(unreachable_pub)] // `pub` for `benches/kill_loop.rs`, which shares it.

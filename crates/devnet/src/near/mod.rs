@@ -206,11 +206,12 @@ impl NearDevnet {
             .with_state(shared.clone());
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
+            delibera_serve::Server::new(app)
+                .run(listener, async {
                     let _ = shutdown_signal.await;
                 })
                 .await
+                .map_err(std::io::Error::from)
         });
         tracing::info!(%addr, "NEAR devnet serving JSON-RPC");
         Ok(Self {

@@ -109,11 +109,12 @@ impl PhalaDevnet {
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(inner.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
+            delibera_serve::Server::new(app)
+                .run(listener, async {
                     let _ = stopped.await;
                 })
                 .await
+                .map_err(std::io::Error::from)
         });
         Ok(Self {
             inner,
@@ -281,8 +282,8 @@ async fn serve_never_healthy(listener: TcpListener, stopped: oneshot::Receiver<(
             Json(json!({"message": "starting"})),
         )
     });
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
+    let _ = delibera_serve::Server::new(app)
+        .run(listener, async {
             let _ = stopped.await;
         })
         .await;

@@ -4,6 +4,7 @@ mod auth;
 mod claims;
 mod client;
 mod common;
+mod edges;
 mod observability;
 mod policy;
 mod protocol;

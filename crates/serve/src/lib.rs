@@ -1,0 +1,17 @@
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+#![doc = include_str!("../README.md")]
+
+mod body;
+mod connection;
+mod edges;
+mod error;
+mod rejection;
+mod server;
+
+pub use edges::{
+    CONNECTIONS_WITHOUT_FD_LIMIT, Capacity, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_FD_RESERVE,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, Edges,
+};
+pub use error::{Error, Result};
+pub use rejection::{Rejection, json_rejection};
+pub use server::Server;
