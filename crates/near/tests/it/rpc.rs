@@ -331,7 +331,8 @@ async fn send_tx_posts_base64_and_wait_until_and_reads_the_outcome() {
 #[tokio::test]
 async fn every_transaction_failure_is_classified() {
     let data = json!({"TxExecutionError": {"InvalidTxError": {"NotEnoughBalance": {"signer_id": "a", "balance": "1", "cost": "2"}}}});
-    let cases: [(&str, ResponseTemplate, fn(&Error) -> bool); 5] = [
+    type Expected = fn(&Error) -> bool;
+    let cases: [(&str, ResponseTemplate, Expected); 5] = [
         (
             "a failure status: the panic message",
             ok(panic_outcome("Only worker owner or admin can deactivate")),
