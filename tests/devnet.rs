@@ -63,6 +63,8 @@ impl Server {
                 "--nocapture",
                 "--test-threads=1",
             ])
+            // Only the devnet's settings: nothing the developer exported.
+            .env_clear()
             .env(SERVER_ENV, "1")
             .env("DATA_DIR", data_dir)
             .env("RUST_LOG", "protocol_api=info")
@@ -400,5 +402,8 @@ async fn the_production_flow_runs_end_to_end_on_devnet() {
             .contains(&doomed_name.to_string())
     );
     server.kill();
-    devnet.stop().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), devnet.stop())
+        .await
+        .expect("the devnet stopped")
+        .unwrap();
 }

@@ -17,6 +17,42 @@ use delibera_identity::{Did, Keypair};
 use delibera_near::{AccountId, CoordinatorRegistration, LocalRegistry, WorkerRegistration};
 use serde_json::{Value, json};
 
+/// Every wait in these tests gives up after this long, so a broken behaviour
+/// fails with a message instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, or fails naming `what` once [`DEADLINE`] has passed.
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {DEADLINE:?}"))
+}
+
+/// Polls `poll` every 20 ms until it returns a value, or fails naming `what`.
+async fn until<T, F, Fut>(what: &str, mut poll: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    within(what, async {
+        loop {
+            if let Some(value) = poll().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// An HTTP client whose every request gives up after [`DEADLINE`].
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .unwrap()
+}
+
 fn key(n: u8) -> Keypair {
     Keypair::from_seed(&[n; 32])
 }
@@ -97,12 +133,17 @@ async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deliberation_through_the_local_deployer() {
-    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
     let memory = memory(&ensue);
     let owner: AccountId = "alice.testnet".parse().unwrap();
     let registry = local_registry();
     let deployer = LocalDeployer::new(Arc::new(RegistryWorkers(registry.clone())));
-    let http = reqwest::Client::new();
+    let http = http();
 
     let coordinator_key = key(10);
     let coordinator_did = coordinator_key.did();
@@ -199,13 +240,11 @@ async fn a_deliberation_through_the_local_deployer() {
         .unwrap();
     assert_eq!(again.status().as_u16(), 409);
 
-    let proposal = loop {
+    let proposal = until("the round to complete", || async {
         let (status, proposal) = get_json(&http, &format!("{base}/api/proposals/p-1")).await;
-        if status == 200 && proposal["status"] == "completed" {
-            break proposal;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        (status == 200 && proposal["status"] == "completed").then_some(proposal)
+    })
+    .await;
     let tally = &proposal["tally"];
     assert_eq!(proposal["proposalId"], "p-1");
     assert_eq!(
@@ -223,13 +262,11 @@ async fn a_deliberation_through_the_local_deployer() {
     );
 
     // The status endpoint settles to idle once the round's task has finished.
-    let status = loop {
+    let status = until("the coordinator to settle to idle", || async {
         let (_, status) = get_json(&http, &format!("{base}/api/coordinate/status")).await;
-        if status["running"] == false {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        (status["running"] == false).then_some(status)
+    })
+    .await;
     assert_eq!(
         status,
         json!({"status": "idle", "proposalId": "p-1", "running": false, "lastError": null})
@@ -257,7 +294,9 @@ async fn a_deliberation_through_the_local_deployer() {
         http.get(base).send().await.is_err(),
         "the coordinator stopped listening"
     );
-    ensue.stop().await.unwrap();
+    within("the local Ensue to stop", ensue.stop())
+        .await
+        .unwrap();
 }
 
 /// A journal in memory, shared by the "before" and "after" deployers of a restart.
@@ -293,10 +332,15 @@ impl MemoryJournal {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
-    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
     let registry = local_registry();
     let journal = Arc::new(MemoryJournal::default());
-    let http = reqwest::Client::new();
+    let http = http();
     let keypair = key(30);
     let mut worker_env = env(AgentRole::Worker, &keypair, "W", &ensue);
     worker_env.coordinator_did = Some(key(31).did());
@@ -313,14 +357,12 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
 
     // The process "dies": dropping the deployer stops its agents, the journal stays.
     drop(before);
-    let port_free = async {
-        while std::net::TcpListener::bind(("127.0.0.1", remembered[0].port)).is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), port_free)
-        .await
-        .expect("the agent let go of its port");
+    until("the agent to let go of its port", || async {
+        std::net::TcpListener::bind(("127.0.0.1", remembered[0].port))
+            .ok()
+            .map(drop)
+    })
+    .await;
 
     let after =
         LocalDeployer::new(Arc::new(RegistryWorkers(registry))).with_journal(journal.clone());
@@ -345,12 +387,19 @@ async fn a_restarted_deployer_brings_its_agents_back_on_the_same_endpoint() {
 
     after.teardown(&deployment.id).await.unwrap();
     assert!(journal.records().is_empty());
-    ensue.stop().await.unwrap();
+    within("the local Ensue to stop", ensue.stop())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploying_the_same_name_twice_returns_the_first_deployment() {
-    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
     let deployer = LocalDeployer::new(Arc::new(RegistryWorkers(local_registry())));
     let mut worker_env = env(AgentRole::Worker, &key(40), "Twice", &ensue);
     worker_env.coordinator_did = Some(key(41).did());
@@ -362,14 +411,21 @@ async fn deploying_the_same_name_twice_returns_the_first_deployment() {
     assert_eq!(deployer.find(&spec).await.unwrap(), Some(first.clone()));
     deployer.teardown(&first.id).await.unwrap();
     assert_eq!(deployer.find(&spec).await.unwrap(), None);
-    ensue.stop().await.unwrap();
+    within("the local Ensue to stop", ensue.stop())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_publishes_its_endpoint_only_from_its_public_url() {
-    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
     let memory = memory(&ensue);
-    let http = reqwest::Client::new();
+    let http = http();
     for (n, public_url) in [(50u8, None), (51, Some("https://agent-51.example/"))] {
         let keypair = key(n);
         let mut agent_env = env(AgentRole::Worker, &keypair, "Pub", &ensue);
@@ -411,24 +467,29 @@ async fn an_agent_publishes_its_endpoint_only_from_its_public_url() {
             Some("Pub")
         );
         stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(20), served)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        within("the agent to stop", served).await.unwrap().unwrap();
     }
-    ensue.stop().await.unwrap();
+    within("the local Ensue to stop", ensue.stop())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_coordinator_that_cannot_find_its_workers_refuses_to_start() {
-    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
     let agent = Agent::new(env(AgentRole::Coordinator, &key(60), "C", &ensue)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let error = agent
-        .serve(listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let error = within(
+        "the refusal to start",
+        agent.serve(listener, std::future::pending()),
+    )
+    .await
+    .unwrap_err();
     let text = error.to_string();
     assert!(
         text.contains("NEAR_RPC_URL") && text.contains("DELIBERA_WORKERS"),
@@ -446,14 +507,12 @@ async fn a_coordinator_that_cannot_find_its_workers_refuses_to_start() {
     let served = tokio::spawn(agent.serve(listener, async {
         let _ = stopped.await;
     }));
-    healthy(&reqwest::Client::new(), &url, &key(60).did()).await;
+    healthy(&http(), &url, &key(60).did()).await;
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(20), served)
+    within("the agent to stop", served).await.unwrap().unwrap();
+    within("the local Ensue to stop", ensue.stop())
         .await
-        .unwrap()
-        .unwrap()
         .unwrap();
-    ensue.stop().await.unwrap();
 }
 
 #[test]

@@ -1,6 +1,5 @@
 //! `delibera agent worker|coordinator` as real processes against a local Ensue.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -9,6 +8,8 @@ use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
 use delibera_ensue_local::{Config, LocalEnsue};
 use delibera_identity::Keypair;
 use serde_json::{Value, json};
+
+use crate::support::{Finish, delibera, first_line, http, within};
 
 /// A child process killed when dropped, so a failing test leaves nothing behind.
 struct Running(Child);
@@ -23,7 +24,7 @@ impl Drop for Running {
 /// Starts `delibera agent <role> [args]` with `env` and returns it with the
 /// JSON line it prints once listening.
 async fn start(role: &str, args: &[&str], env: Vec<(&str, String)>) -> (Running, Value) {
-    let mut child = Command::new(cargo_bin("delibera"))
+    let child = Command::new(cargo_bin("delibera"))
         .arg("agent")
         .arg(role)
         .args(args)
@@ -33,16 +34,16 @@ async fn start(role: &str, args: &[&str], env: Vec<(&str, String)>) -> (Running,
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
+    let mut running = Running(child);
+    // Off the runtime: the agent talks to the local Ensue served on it.
+    let (running, line) = tokio::task::spawn_blocking(move || {
+        let line = first_line(&mut running.0);
+        (running, line)
     })
     .await
     .unwrap();
-    (running, serde_json::from_str(&line).unwrap())
+    let ready = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line:?}"));
+    (running, ready)
 }
 
 fn agent_env(keypair: &Keypair, ensue: &LocalEnsue) -> Vec<(&'static str, String)> {
@@ -59,13 +60,18 @@ fn agent_env(keypair: &Keypair, ensue: &LocalEnsue) -> Vec<(&'static str, String
 }
 
 async fn get(url: &str) -> (u16, Value) {
-    let response = reqwest::get(url).await.unwrap();
+    let response = http().get(url).send().await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_and_a_coordinator_process_run_a_round() {
-    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
     let worker_key = Keypair::from_seed(&[1; 32]);
     let coordinator_key = Keypair::from_seed(&[2; 32]);
 
@@ -113,20 +119,23 @@ async fn a_worker_and_a_coordinator_process_run_a_round() {
         (200, json!("Delibera coordinator running"))
     );
 
-    let started = reqwest::Client::new()
+    let started = http()
         .post(format!("{base}/api/coordinate"))
         .json(&json!({"proposalId": "p-cli", "title": "Fund the indexer", "parameters": {"amount": 1}}))
         .send()
         .await
         .unwrap();
     assert_eq!(started.status().as_u16(), 202);
-    let proposal = loop {
-        let (status, proposal) = get(&format!("{base}/api/proposals/p-cli")).await;
-        if status == 200 && proposal["status"] == "completed" {
-            break proposal;
+    let proposal = within("the round to complete", async {
+        loop {
+            let (status, proposal) = get(&format!("{base}/api/proposals/p-cli")).await;
+            if status == 200 && proposal["status"] == "completed" {
+                return proposal;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(proposal["tally"]["approved"], 1);
     assert_eq!(proposal["tally"]["decision"], "Approved");
     assert_eq!(
@@ -137,11 +146,7 @@ async fn a_worker_and_a_coordinator_process_run_a_round() {
 
 #[test]
 fn a_missing_key_is_a_one_line_error_naming_the_variable() {
-    let output = Command::new(cargo_bin("delibera"))
-        .args(["agent", "worker"])
-        .env_clear()
-        .output()
-        .unwrap();
+    let output = delibera().args(["agent", "worker"]).finish();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(

@@ -1,8 +1,9 @@
 //! `delibera delegation …` end to end, through the built binary, against the
 //! shared UCAN vectors (produced by @ucanto/core itself).
 
-use assert_cmd::Command;
 use serde_json::Value;
+
+use crate::support::{Finish, delibera};
 
 const SPACE_KEY: &str =
     "MgCYBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAe0Biojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=";
@@ -13,10 +14,6 @@ const COORDINATOR_DID: &str = "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o
 const WORKER_DID: &str = "did:key:z6MkvRXNYcE7MMduynWTgeKbDaT1iijDSC8pZqXZc8rHPrf2";
 /// Inside every vector's validity window.
 const NOW: &str = "1800000000";
-
-fn delibera() -> Command {
-    Command::cargo_bin("delibera").unwrap()
-}
 
 fn fixture() -> Value {
     let text = std::fs::read_to_string(concat!(
@@ -42,8 +39,7 @@ fn create(args: &[&str]) -> String {
     let output = delibera()
         .args(["delegation", "create"])
         .args(args)
-        .output()
-        .unwrap();
+        .finish();
     stdout_line(&output)
 }
 
@@ -108,8 +104,7 @@ fn inspect_prints_the_chain_and_exits_0_when_it_verifies() {
     let output = delibera()
         .args(["delegation", "inspect", "--now", NOW])
         .arg(vector["identityCid"].as_str().unwrap())
-        .output()
-        .unwrap();
+        .finish();
     let report: Value = serde_json::from_str(&stdout_line(&output)).unwrap();
     let capability = |can: &str| serde_json::json!({ "can": can, "with": SPACE_DID });
     assert_eq!(
@@ -146,8 +141,7 @@ fn inspect_shows_caveats_and_reads_stdin() {
     let output = delibera()
         .args(["delegation", "inspect", "-", "--now", NOW])
         .write_stdin(format!("{}\n", vector["archiveBase64"].as_str().unwrap()))
-        .output()
-        .unwrap();
+        .finish();
     let report: Value = serde_json::from_str(&stdout_line(&output)).unwrap();
     assert_eq!(report["ok"], true);
     assert_eq!(report["expiration"], Value::Null);
@@ -163,8 +157,7 @@ fn inspect_exits_1_with_the_errors_when_a_check_fails() {
     let proof = fixture["vectors"][1]["identityCid"].as_str().unwrap();
     let output = delibera()
         .args(["delegation", "inspect", proof, "--now", "2000000001"])
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["ok"], false);
@@ -190,7 +183,7 @@ fn inspect_exits_1_with_the_errors_when_a_check_fails() {
 #[test]
 fn a_fresh_space_coordinator_worker_chain_made_by_the_cli_verifies() {
     let new_key = || -> (String, String) {
-        let output = delibera().args(["key", "new"]).output().unwrap();
+        let output = delibera().args(["key", "new"]).finish();
         let json: Value = serde_json::from_str(&stdout_line(&output)).unwrap();
         (
             json["privateKey"].as_str().unwrap().to_owned(),
@@ -230,8 +223,7 @@ fn a_fresh_space_coordinator_worker_chain_made_by_the_cli_verifies() {
     ]);
     let output = delibera()
         .args(["delegation", "inspect", &to_worker, "--now", NOW])
-        .output()
-        .unwrap();
+        .finish();
     let report: Value = serde_json::from_str(&stdout_line(&output)).unwrap();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["proofs"][0]["issuer"], space_did.as_str());
@@ -251,8 +243,7 @@ fn a_fresh_space_coordinator_worker_chain_made_by_the_cli_verifies() {
     ]);
     let output = delibera()
         .args(["delegation", "inspect", &escalated, "--now", NOW])
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(
@@ -311,7 +302,7 @@ fn bad_input_is_one_line_on_stderr_with_exit_2_and_keys_are_not_echoed() {
         &["delegation", "inspect", "mAYIEAnot-a-proof"],
     ];
     for args in cases {
-        let output = delibera().args(args).output().unwrap();
+        let output = delibera().args(args).finish();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(output.stdout.is_empty(), "{args:?}");
         let stderr = String::from_utf8(output.stderr).unwrap();

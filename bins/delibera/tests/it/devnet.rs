@@ -1,10 +1,11 @@
 //! `delibera devnet up` and `delibera devnet account create` as real processes.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use assert_cmd::cargo::cargo_bin;
 use serde_json::Value;
+
+use crate::support::{Finish, delibera, first_line};
 
 /// A child process killed when dropped.
 struct Running(Child);
@@ -20,7 +21,7 @@ impl Drop for Running {
 async fn up_writes_the_env_file_and_the_faucet_makes_accounts() {
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("devnet.env");
-    let mut child = Command::new(cargo_bin("delibera"))
+    let child = Command::new(cargo_bin("delibera"))
         .args([
             "devnet",
             "up",
@@ -33,22 +34,17 @@ async fn up_writes_the_env_file_and_the_faucet_makes_accounts() {
         .arg(dir.path().join("state"))
         .arg("--env-file")
         .arg(&env_file)
+        .env_clear()
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _running = Running(child);
-    let line = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).unwrap();
-            line
-        }),
-    )
+    let mut running = Running(child);
+    let (_running, line) = tokio::task::spawn_blocking(move || {
+        let line = first_line(&mut running.0);
+        (running, line)
+    })
     .await
-    .expect("the devnet started")
     .unwrap();
     let ready: Value = serde_json::from_str(&line).unwrap();
     let near = ready["near"].as_str().unwrap().to_owned();
@@ -58,10 +54,9 @@ async fn up_writes_the_env_file_and_the_faucet_makes_accounts() {
     assert!(text.contains("DEVNET_USER_PRIVATE_KEY=ed25519:"), "{text}");
 
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(cargo_bin("delibera"))
+        delibera()
             .args(["devnet", "account", "create", "bob.devnet", "--rpc", &near])
-            .output()
-            .unwrap()
+            .finish()
     })
     .await
     .unwrap();

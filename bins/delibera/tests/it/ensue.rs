@@ -1,9 +1,10 @@
 //! `delibera ensue …` end to end, through the built binary.
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::{Finish, delibera};
 
 /// Vector `simple-object` of the reference's ensue-crypto vectors.
 const PRIVATE_KEY: &str =
@@ -15,14 +16,6 @@ const OTHER_KEY: &str =
     "MgCYCAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAu0BgTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5Q=";
 const API_KEY: &str = "lmn_feedface";
 
-fn delibera() -> Command {
-    let mut command = Command::cargo_bin("delibera").unwrap();
-    for variable in ["STORACHA_AGENT_PRIVATE_KEY", "ENSUE_API_KEY", "ENSUE_URL"] {
-        command.env_remove(variable);
-    }
-    command
-}
-
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
@@ -32,8 +25,7 @@ fn unseal_reads_the_reference_ciphertext() {
     let output = delibera()
         .args(["ensue", "unseal", "--key", PRIVATE_KEY])
         .write_stdin(format!("{SEALED}\n"))
-        .output()
-        .unwrap();
+        .finish();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(stdout(&output), format!("{PLAINTEXT}\n"));
 }
@@ -46,8 +38,7 @@ fn seal_then_unseal_round_trips_with_a_fresh_iv_each_time() {
             .args(["ensue", "seal"])
             .env("STORACHA_AGENT_PRIVATE_KEY", PRIVATE_KEY)
             .write_stdin(value)
-            .output()
-            .unwrap();
+            .finish();
         assert!(output.status.success(), "{output:?}");
         stdout(&output).trim().to_owned()
     };
@@ -58,8 +49,7 @@ fn seal_then_unseal_round_trips_with_a_fresh_iv_each_time() {
         let output = delibera()
             .args(["ensue", "unseal", "--key", PRIVATE_KEY])
             .write_stdin(sealed)
-            .output()
-            .unwrap();
+            .finish();
         assert_eq!(stdout(&output).trim(), value);
     }
 }
@@ -69,8 +59,7 @@ fn seal_refuses_text_that_is_not_json() {
     let output = delibera()
         .args(["ensue", "seal", "--key", PRIVATE_KEY])
         .write_stdin("not json")
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a JSON value"));
 }
@@ -80,8 +69,7 @@ fn unseal_with_the_wrong_key_fails_without_echoing_secrets() {
     let output = delibera()
         .args(["ensue", "unseal", "--key", OTHER_KEY])
         .write_stdin(SEALED)
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("wrong key or tampered"), "{stderr}");
@@ -121,8 +109,7 @@ fn run_against(server: &MockServer, args: &[&str], stdin: &str) -> std::process:
         .env("ENSUE_URL", server.uri())
         .env("ENSUE_API_KEY", API_KEY)
         .write_stdin(stdin)
-        .output()
-        .unwrap()
+        .finish()
 }
 
 #[tokio::test(flavor = "multi_thread")]

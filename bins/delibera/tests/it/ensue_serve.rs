@@ -1,11 +1,12 @@
 //! `delibera ensue serve` end to end: the startup line, SIGTERM, and a crash
 //! (SIGKILL) followed by a restart on the same data directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
+
+use crate::support::{exit_of, first_line, http};
 
 /// A running `delibera ensue serve`, killed when dropped.
 struct Served {
@@ -15,22 +16,21 @@ struct Served {
 
 impl Served {
     fn start(extra: &[&str]) -> Served {
-        let mut child = Command::new(assert_cmd::cargo::cargo_bin("delibera"))
+        let child = Command::new(assert_cmd::cargo::cargo_bin("delibera"))
             .args(["ensue", "serve", "--addr", "127.0.0.1:0"])
             .args(extra)
-            .env_remove("ENSUE_LOCAL_ADDR")
-            .env_remove("ENSUE_LOCAL_DATA_DIR")
-            .env_remove("ENSUE_LOCAL_BOOTSTRAP_KEY")
+            .env_clear()
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line:?}"));
-        Served { child, ready }
+        let mut served = Served {
+            child,
+            ready: Value::Null,
+        };
+        let line = first_line(&mut served.child);
+        served.ready = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line:?}"));
+        served
     }
 
     fn url(&self) -> &str {
@@ -76,7 +76,7 @@ fn call(url: &str, api_key: &str, request: &Value) -> Value {
         .build()
         .unwrap();
     let body = runtime.block_on(async {
-        reqwest::Client::new()
+        http()
             .post(url)
             .bearer_auth(api_key)
             .json(request)
@@ -138,7 +138,7 @@ fn sigterm_stops_the_server_cleanly() {
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(served.child.wait().unwrap().success());
+    assert!(exit_of(&mut served.child).success());
 }
 
 #[test]

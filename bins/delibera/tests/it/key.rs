@@ -1,15 +1,12 @@
 //! `delibera key …` end to end, through the built binary.
 
-use assert_cmd::Command;
 use serde_json::Value;
+
+use crate::support::{Finish, delibera};
 
 const COORDINATOR_KEY: &str =
     "MgCYCAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAu0BgTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5Q=";
 const COORDINATOR_DID: &str = "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH";
-
-fn delibera() -> Command {
-    Command::cargo_bin("delibera").unwrap()
-}
 
 fn json_stdout(output: &std::process::Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
@@ -17,7 +14,7 @@ fn json_stdout(output: &std::process::Output) -> Value {
 
 #[test]
 fn key_new_prints_exactly_did_and_private_key() {
-    let output = delibera().args(["key", "new"]).output().unwrap();
+    let output = delibera().args(["key", "new"]).finish();
     assert!(output.status.success());
     let json = json_stdout(&output);
     let object = json.as_object().unwrap();
@@ -28,19 +25,13 @@ fn key_new_prints_exactly_did_and_private_key() {
     let private_key = json["privateKey"].as_str().unwrap();
     assert!(private_key.starts_with("Mg") && private_key.len() == 93);
     // The printed key names the printed DID.
-    let again = delibera()
-        .args(["key", "did", private_key])
-        .output()
-        .unwrap();
+    let again = delibera().args(["key", "did", private_key]).finish();
     assert_eq!(json_stdout(&again)["did"], json["did"]);
 }
 
 #[test]
 fn key_did_reads_an_argument_or_stdin() {
-    let output = delibera()
-        .args(["key", "did", COORDINATOR_KEY])
-        .output()
-        .unwrap();
+    let output = delibera().args(["key", "did", COORDINATOR_KEY]).finish();
     assert!(output.status.success());
     assert_eq!(
         json_stdout(&output),
@@ -50,8 +41,7 @@ fn key_did_reads_an_argument_or_stdin() {
     let output = delibera()
         .args(["key", "did", "-"])
         .write_stdin(format!("{COORDINATOR_KEY}\n"))
-        .output()
-        .unwrap();
+        .finish();
     assert!(output.status.success());
     assert_eq!(json_stdout(&output)["did"], COORDINATOR_DID);
 }
@@ -60,8 +50,7 @@ fn key_did_reads_an_argument_or_stdin() {
 fn sign_then_verify_and_a_tampered_signature_exits_1() {
     let output = delibera()
         .args(["key", "sign", COORDINATOR_KEY, "68656c6c6f"])
-        .output()
-        .unwrap();
+        .finish();
     assert!(output.status.success());
     let signature = json_stdout(&output)["signature"]
         .as_str()
@@ -71,15 +60,13 @@ fn sign_then_verify_and_a_tampered_signature_exits_1() {
 
     let output = delibera()
         .args(["key", "verify", COORDINATOR_DID, "68656c6c6f", &signature])
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(json_stdout(&output), serde_json::json!({ "ok": true }));
 
     let output = delibera()
         .args(["key", "verify", COORDINATOR_DID, "68656c6c6e", &signature])
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(json_stdout(&output), serde_json::json!({ "ok": false }));
 }
@@ -93,7 +80,7 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
         &["key", "verify", COORDINATOR_DID, "00", "abcd"],
     ];
     for args in cases {
-        let output = delibera().args(args).output().unwrap();
+        let output = delibera().args(args).finish();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(output.stdout.is_empty(), "{args:?}");
         let stderr = String::from_utf8(output.stderr).unwrap();
@@ -106,7 +93,7 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
 fn a_rejected_private_key_is_not_echoed() {
     let mut bad = COORDINATOR_KEY.to_owned();
     bad.replace_range(60..61, "A");
-    let output = delibera().args(["key", "did", &bad]).output().unwrap();
+    let output = delibera().args(["key", "did", &bad]).finish();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("does not match its seed"), "{stderr}");

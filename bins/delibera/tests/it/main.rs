@@ -9,3 +9,4 @@ mod key;
 mod near;
 mod phala;
 mod provision;
+mod support;

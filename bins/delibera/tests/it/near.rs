@@ -2,10 +2,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::sync::mpsc;
 use std::thread;
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
+
+use crate::support::{DEADLINE, Finish, delibera};
 
 // The `function-call-json-args` and `function-call-large-nonce-deposit`
 // vectors of ../shared/vectors/near-tx.json (near-api-js 7.2.0).
@@ -15,10 +17,6 @@ const HASH_1: &str = "EeDT9sxgj6RR25jjixcZHDjbVeHye8fpyC2e9ux2iG69";
 const SECRET_2: &str = "ed25519:3L3RY5sT8K4kyEnqhizwaqxLEbcYvpGrGPNEYRwtbCSdSvvMAJawwEEPE3NhshFbVUqmvDV74Ct4vo7MEu7yxJX";
 const SIGNED_2: &str = "GQAAAHdvcmtlci0xLmNvb3JkaW5hdG9yLm5lYXIAgTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5RO8zCmS5u2AQ0AAABjb250cmFjdC5uZWFyq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6sBAAAAAg8AAAByZWdpc3Rlcl93b3JrZXJbAAAAeyJkaWQiOiJkaWQ6a2V5Ono2TWtqY2hoZlVzRDZtbXZuaThtQ2RYSHcyMTZYcm05YlFlMm1CSDFQNVJEalZKRyIsIm5vdGUiOiLDvG7Dr2PDtmTDqSDinJMifQDAbjHZEAEAAAAAoe3MzhvC0wAAAAAAAACSO2YXhN01XCgxOKARTh3/w8NVySuNMmZkS4yVU2AUfjknuqKtlNUUA583gC4heKRx3SFlNUfIYj9tAC9YTLEB";
 const HASH_2: &str = "3e2LsKiSfQ7zWVLXGV9x9U1d9G5bQQ7yLwEbrTNj6Hvy";
-
-fn delibera() -> Command {
-    Command::cargo_bin("delibera").unwrap()
-}
 
 fn json_stdout(output: &std::process::Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
@@ -53,7 +51,7 @@ fn sign_args<'a>(secret: &'a str, args: &'a str) -> Vec<&'a str> {
 fn sign_function_call_reproduces_the_near_api_js_vector() {
     // Pretty-printed on purpose: the args are re-encoded as JSON.stringify would.
     let args = r#"{ "proposal_id": 7, "result_cid": "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi" }"#;
-    let output = delibera().args(sign_args(SECRET_1, args)).output().unwrap();
+    let output = delibera().args(sign_args(SECRET_1, args)).finish();
     assert!(
         output.status.success(),
         "{}",
@@ -91,8 +89,7 @@ fn sign_function_call_handles_unicode_a_big_nonce_and_a_deposit() {
             "CZ8YUVdk7znjrUmnb5n7kgySk9yRAsQDYmyCxzfSky9t",
         ])
         .write_stdin(format!("{SECRET_2}\n"))
-        .output()
-        .unwrap();
+        .finish();
     assert!(
         output.status.success(),
         "{}",
@@ -108,7 +105,7 @@ fn sign_function_call_handles_unicode_a_big_nonce_and_a_deposit() {
 fn bad_input_exits_2_without_echoing_the_secret() {
     let mut args = sign_args(SECRET_1, "{}");
     args[3] = "Coordinator.testnet";
-    let output = delibera().args(&args).output().unwrap();
+    let output = delibera().args(&args).finish();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid signer account"), "{stderr}");
@@ -117,26 +114,22 @@ fn bad_input_exits_2_without_echoing_the_secret() {
         "{stderr}"
     );
 
-    let output = delibera()
-        .args(sign_args("ed25519:1111", "{}"))
-        .output()
-        .unwrap();
+    let output = delibera().args(sign_args("ed25519:1111", "{}")).finish();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid secret key"));
 
-    let output = delibera()
-        .args(sign_args(SECRET_1, "{nope"))
-        .output()
-        .unwrap();
+    let output = delibera().args(sign_args(SECRET_1, "{nope")).finish();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid --args"));
 }
 
-/// Serves one HTTP request with `response_body`, handing back the request body.
-fn one_shot_server(response_body: String) -> (String, thread::JoinHandle<String>) {
+/// Serves one HTTP request with `response_body`; the request body comes
+/// back through the receiver.
+fn one_shot_server(response_body: String) -> (String, mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let handle = thread::spawn(move || {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut length = 0;
@@ -160,9 +153,16 @@ fn one_shot_server(response_body: String) -> (String, thread::JoinHandle<String>
             response_body
         )
         .unwrap();
-        String::from_utf8(body).unwrap()
+        let _ = sender.send(String::from_utf8(body).unwrap());
     });
-    (url, handle)
+    (url, receiver)
+}
+
+/// The request the one-shot server received; fails after [`DEADLINE`].
+fn received(server: &mpsc::Receiver<String>) -> String {
+    server
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|_| panic!("the one-shot server got no request within {DEADLINE:?}"))
 }
 
 #[test]
@@ -180,8 +180,7 @@ fn view_sends_a_final_call_function_query_and_prints_the_result() {
             "get_stats",
             r#"{"a": 1}"#,
         ])
-        .output()
-        .unwrap();
+        .finish();
     assert!(
         output.status.success(),
         "{}",
@@ -189,7 +188,7 @@ fn view_sends_a_final_call_function_query_and_prints_the_result() {
     );
     assert_eq!(json_stdout(&output), json!({"total_workers": 3}));
 
-    let request: Value = serde_json::from_str(&server.join().unwrap()).unwrap();
+    let request: Value = serde_json::from_str(&received(&server)).unwrap();
     assert_eq!(request["method"], "query");
     assert_eq!(
         request["params"],
@@ -218,9 +217,8 @@ fn view_reports_a_contract_panic() {
             "registry.testnet",
             "get_worker_by_did",
         ])
-        .output()
-        .unwrap();
-    server.join().unwrap();
+        .finish();
+    received(&server);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

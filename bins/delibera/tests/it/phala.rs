@@ -1,15 +1,12 @@
 //! `delibera phala …` end to end, through the built binary.
 
-use assert_cmd::Command;
 use delibera_phala::{EnvVar, decrypt_env, encryption_pubkey_hex};
+
+use crate::support::{Finish, delibera};
 
 /// The `single-var` case of the shared phala-env vectors.
 const KMS_PRIVATE_KEY: [u8; 32] = [0x11; 32];
 const PUBKEY: &str = "7b4e909bbe7ffe44c465a220037d608ee35897d31ef972f07f74892cb0f73f13";
-
-fn delibera() -> Command {
-    Command::cargo_bin("delibera").unwrap()
-}
 
 #[test]
 fn encrypt_env_output_decrypts_with_the_kms_key() {
@@ -19,8 +16,7 @@ fn encrypt_env_output_decrypts_with_the_kms_key() {
         let output = delibera()
             .args(["phala", "encrypt-env", "--pubkey", &pubkey])
             .write_stdin(stdin)
-            .output()
-            .unwrap();
+            .finish();
         assert!(output.status.success(), "{output:?}");
         let stdout = String::from_utf8(output.stdout).unwrap();
         let hex_blob = stdout.strip_suffix('\n').unwrap();
@@ -44,8 +40,7 @@ fn encrypt_env_rejects_bad_keys_and_bad_input_without_echoing_values() {
     let output = delibera()
         .args(["phala", "encrypt-env", "--pubkey", "abcd"])
         .write_stdin(r#"[{"key":"A","value":"hunter2"}]"#)
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("public key"), "{stderr}");
@@ -53,8 +48,7 @@ fn encrypt_env_rejects_bad_keys_and_bad_input_without_echoing_values() {
     let output = delibera()
         .args(["phala", "encrypt-env", "--pubkey", PUBKEY])
         .write_stdin(r#"[{"key":"NOT VALID","value":"hunter2"}]"#)
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("NOT VALID"), "{stderr}");
@@ -66,8 +60,7 @@ fn encrypt_env_rejects_bad_keys_and_bad_input_without_echoing_values() {
 fn compose_worker_defaults() {
     let output = delibera()
         .args(["phala", "compose", "worker", "--env", "NEAR_ACCOUNT_ID"])
-        .output()
-        .unwrap();
+        .finish();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
@@ -103,8 +96,7 @@ fn compose_coordinator_with_a_pinned_image_and_secrets() {
             "--env",
             "NEAR_ACCOUNT_ID",
         ])
-        .output()
-        .unwrap();
+        .finish();
     assert!(output.status.success(), "{output:?}");
     let yaml = String::from_utf8(output.stdout).unwrap();
     assert!(yaml.starts_with("services:\n  coordinator:\n"));
@@ -123,8 +115,7 @@ fn compose_coordinator_with_a_pinned_image_and_secrets() {
 fn compose_rejects_a_bad_digest() {
     let output = delibera()
         .args(["phala", "compose", "worker", "--digest", "latest"])
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(output.status.code(), Some(2));
     assert!(output.stdout.is_empty());
 }

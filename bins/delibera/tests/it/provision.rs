@@ -1,9 +1,10 @@
 //! `delibera provision … --wait` against a scripted protocol-api (wiremock).
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::{Finish, delibera};
 
 const JOB: &str = "a1b2c3d4-e5f6-4890-abcd-ef1234567890";
 
@@ -43,8 +44,7 @@ async fn server(final_status: Value) -> MockServer {
 }
 
 fn provision(api: &str) -> std::process::Output {
-    Command::cargo_bin("delibera")
-        .unwrap()
+    delibera()
         .args([
             "provision",
             "coordinator",
@@ -58,8 +58,7 @@ fn provision(api: &str) -> std::process::Output {
             "--api",
             api,
         ])
-        .output()
-        .unwrap()
+        .finish()
 }
 
 #[tokio::test(flavor = "multi_thread")]

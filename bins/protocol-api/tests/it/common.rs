@@ -28,6 +28,39 @@ use zeroize::Zeroizing;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// Every wait in these tests gives up after this long, so a broken behaviour
+/// fails with a message instead of hanging.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, or fails naming `what` once [`DEADLINE`] has passed.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {DEADLINE:?}"))
+}
+
+/// Polls `condition` every 10 ms until it holds, or fails naming `what`.
+pub async fn until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(what, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// An HTTP client whose every request gives up after [`DEADLINE`].
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .unwrap()
+}
+
 /// A deployer whose agents are loopback HTTP servers answering the health
 /// check with the DID from their env (or 503 while `healthy` is false).
 ///
@@ -212,6 +245,8 @@ pub struct Options {
     pub embedded_org_registration: bool,
     /// The pauses while the store cannot be written.
     pub storage_retry: delibera_backoff::Backoff,
+    /// Gates that hold a job at the step of each port (all open by default).
+    pub holds: Holds,
 }
 
 /// Wraps the Ensue port of a test server.
@@ -239,6 +274,7 @@ impl Default for Options {
                 Duration::from_millis(20),
                 Duration::from_millis(100),
             ),
+            holds: Holds::open(),
         }
     }
 }
@@ -249,11 +285,14 @@ impl TestApp {
         let database = Database::open(&data_dir.join("jobs.sqlite"), secrets).unwrap();
         let ensue_key =
             delibera_ensue_local::ApiKey::new("ensue-test-bootstrap-key-0123456789").unwrap();
-        let ensue = LocalEnsue::start((options.ensue_config)(
-            delibera_ensue_local::Config::default()
-                .with_data_dir(data_dir.join("ensue"))
-                .with_bootstrap_key(ensue_key.clone()),
-        ))
+        let ensue = within(
+            "the embedded Ensue to start",
+            LocalEnsue::start((options.ensue_config)(
+                delibera_ensue_local::Config::default()
+                    .with_data_dir(data_dir.join("ensue"))
+                    .with_bootstrap_key(ensue_key.clone()),
+            )),
+        )
         .await
         .unwrap();
         let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT).unwrap();
@@ -274,8 +313,12 @@ impl TestApp {
             ),
             None => registry.clone(),
         };
+        let holds = &options.holds;
         let ports = Ports {
-            delegator: Arc::new(LocalSpaceDelegator::open(data_dir).unwrap()),
+            delegator: Arc::new(Held {
+                inner: LocalSpaceDelegator::open(data_dir).unwrap(),
+                gate: holds.space.clone(),
+            }),
             ensue: {
                 let url = ensue.url().parse().unwrap();
                 let access: Arc<dyn EnsueAccess> = if options.embedded_org_registration {
@@ -283,19 +326,29 @@ impl TestApp {
                 } else {
                     Arc::new(HttpEnsue::new(url))
                 };
-                match &options.wrap_ensue {
+                let ensue = match &options.wrap_ensue {
                     Some(wrap) => wrap(access),
                     None => access,
-                }
+                };
+                Arc::new(Held {
+                    inner: ensue,
+                    gate: holds.ensue.clone(),
+                })
             },
-            deployer: deployer.clone(),
+            deployer: Arc::new(Held {
+                inner: deployer.clone(),
+                gate: holds.deploy.clone(),
+            }),
             health_gate: HealthGate {
                 initial_interval: Duration::from_millis(20),
                 max_interval: Duration::from_millis(100),
                 request_timeout: Duration::from_secs(2),
             },
             registry: registry.clone(),
-            registrar,
+            registrar: Arc::new(Held {
+                inner: registrar,
+                gate: holds.registration.clone(),
+            }),
             http: reqwest::Client::new(),
         };
         let mut settings = Settings::new(Zeroizing::new(ensue_key.expose().to_owned()));
@@ -339,6 +392,7 @@ impl std::ops::Deref for TestApp {
 }
 
 /// Calls into a server's router, in process.
+#[derive(Clone)]
 pub struct Api {
     pub state: AppState,
 }
@@ -405,34 +459,45 @@ impl Api {
         &self,
         request: Request<Body>,
     ) -> (StatusCode, axum::http::HeaderMap, Value) {
-        let response = protocol_api::app(self.state.clone())
-            .oneshot(request)
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, headers, json)
+        let what = format!("{} {}", request.method(), request.uri());
+        within(&what, async {
+            let response = protocol_api::app(self.state.clone())
+                .oneshot(request)
+                .await
+                .unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (status, headers, json)
+        })
+        .await
     }
 
-    /// Polls a job until its status is one of `statuses` (or panics after 20 s).
+    /// Polls a job until its status is one of `statuses`, or fails with the
+    /// last status seen once [`DEADLINE`] has passed.
     pub async fn wait_for(&self, job_id: &str, statuses: &[&str]) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let (code, body) = self
-                .call("GET", &format!("/api/provision/status/{job_id}"), None)
-                .await;
-            assert_eq!(code, StatusCode::OK, "{body}");
-            if statuses.contains(&body["status"].as_str().unwrap_or_default()) {
-                return body;
+        let last = std::sync::Mutex::new(Value::Null);
+        let reached = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let (code, body) = self
+                    .call("GET", &format!("/api/provision/status/{job_id}"), None)
+                    .await;
+                assert_eq!(code, StatusCode::OK, "{body}");
+                if statuses.contains(&body["status"].as_str().unwrap_or_default()) {
+                    return body;
+                }
+                *last.lock().unwrap() = body;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job stuck at {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
+        reached.unwrap_or_else(|_| {
+            panic!(
+                "job {job_id} never reached {statuses:?} within {DEADLINE:?}; last seen: {}",
+                last.lock().unwrap()
+            )
+        })
     }
 }
 
@@ -483,4 +548,228 @@ impl protocol_api::ports::EnsueAccess for LosesFirstAnswer {
     ) -> delibera_ensue::Result<std::sync::Arc<dyn delibera_ensue::Memory>> {
         self.inner.memory(api_key)
     }
+}
+
+/// Where a held port call goes, once the test decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateState {
+    /// The call waits.
+    Closed,
+    /// The call goes through.
+    Open,
+    /// The call fails (only the deployer has a failure to give).
+    Failing,
+}
+
+/// Holds port calls until the test decides where they go.
+#[derive(Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<GateState>>);
+
+impl Gate {
+    pub fn new(state: GateState) -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(state).0))
+    }
+
+    pub fn set(&self, state: GateState) {
+        self.0.send_replace(state);
+    }
+
+    /// Waits while the gate is closed; true when the call may go through.
+    pub async fn pass(&self) -> bool {
+        let mut state = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while waiting.
+        let decided = *state
+            .wait_for(|state| *state != GateState::Closed)
+            .await
+            .unwrap();
+        decided == GateState::Open
+    }
+}
+
+/// One gate per port a job waits on: Storacha (`creating_space`), Ensue
+/// (`provisioning_ensue`), the deployer (`deploying_phala`) and the
+/// registrar (`registering`).
+#[derive(Clone)]
+pub struct Holds {
+    pub space: Gate,
+    pub ensue: Gate,
+    pub deploy: Gate,
+    pub registration: Gate,
+}
+
+impl Holds {
+    fn with(state: GateState) -> Self {
+        Self {
+            space: Gate::new(state),
+            ensue: Gate::new(state),
+            deploy: Gate::new(state),
+            registration: Gate::new(state),
+        }
+    }
+
+    pub fn open() -> Self {
+        Self::with(GateState::Open)
+    }
+
+    pub fn closed() -> Self {
+        Self::with(GateState::Closed)
+    }
+}
+
+/// A port whose calls wait at `gate` first.
+struct Held<P> {
+    inner: P,
+    gate: Gate,
+}
+
+#[async_trait]
+impl<P: std::ops::Deref<Target = dyn EnsueAccess> + Send + Sync> EnsueAccess for Held<P> {
+    fn base_url(&self) -> &delibera_deploy::Url {
+        self.inner.base_url()
+    }
+
+    fn choose_org_credentials(&self) -> Option<protocol_api::ports::OrgCredentials> {
+        self.inner.choose_org_credentials()
+    }
+
+    async fn register_org(
+        &self,
+        name: &str,
+        chosen: Option<&protocol_api::ports::OrgCredentials>,
+    ) -> delibera_ensue::Result<protocol_api::ports::OrgCredentials> {
+        self.gate.pass().await;
+        self.inner.register_org(name, chosen).await
+    }
+
+    fn memory(&self, api_key: &str) -> delibera_ensue::Result<Arc<dyn delibera_ensue::Memory>> {
+        self.inner.memory(api_key)
+    }
+}
+
+#[async_trait]
+impl delibera_storacha::Delegator for Held<LocalSpaceDelegator> {
+    async fn delegate_space_access(
+        &self,
+        agent: &delibera_identity::Did,
+    ) -> delibera_storacha::Result<delibera_storacha::SpaceDelegation> {
+        self.gate.pass().await;
+        self.inner.delegate_space_access(agent).await
+    }
+}
+
+#[async_trait]
+impl Deployer for Held<Arc<TestDeployer>> {
+    async fn deploy(&self, spec: &AgentSpec) -> delibera_deploy::Result<Deployment> {
+        if !self.gate.pass().await {
+            return Err(delibera_deploy::Error::backend(
+                "test deployer",
+                false,
+                "no capacity left",
+            ));
+        }
+        self.inner.deploy(spec).await
+    }
+
+    async fn find(&self, spec: &AgentSpec) -> delibera_deploy::Result<Option<Deployment>> {
+        self.inner.find(spec).await
+    }
+
+    async fn status(&self, id: &str) -> delibera_deploy::Result<DeploymentStatus> {
+        self.inner.status(id).await
+    }
+
+    async fn teardown(&self, id: &str) -> delibera_deploy::Result<()> {
+        self.inner.teardown(id).await
+    }
+}
+
+#[async_trait]
+impl Registrar for Held<Arc<dyn Registrar>> {
+    async fn complete_worker(
+        &self,
+        claim: &delibera_near::WorkerClaim,
+    ) -> delibera_near::Result<delibera_near::WorkerRecord> {
+        self.gate.pass().await;
+        self.inner.complete_worker(claim).await
+    }
+
+    async fn complete_coordinator(
+        &self,
+        claim: &delibera_near::CoordinatorClaim,
+    ) -> delibera_near::Result<delibera_near::CoordinatorRecord> {
+        self.gate.pass().await;
+        self.inner.complete_coordinator(claim).await
+    }
+}
+
+/// Set in a test binary re-run by [`in_clean_env`]: it is the child.
+const CLEAN_ENV_CHILD: &str = "PROTOCOL_API_TEST_IN_CLEAN_ENV";
+
+/// Runs the calling test again in a child process whose environment holds
+/// nothing but `vars`, and checks that it passed there. Configuration is read
+/// from the process environment (clap's `env = …`), so a test of what a
+/// config parses to must not depend on what the developer exported.
+///
+/// Returns true in the child, which then runs the test's body, and false in
+/// the parent once the child passed.
+pub fn in_clean_env(vars: &[(&str, &str)]) -> bool {
+    if std::env::var_os(CLEAN_ENV_CHILD).is_some() {
+        return true;
+    }
+    // libtest runs each test on a thread named after it.
+    let test = std::thread::current()
+        .name()
+        .expect("called from a test thread")
+        .to_owned();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env_clear()
+        .env(CLEAN_ENV_CHILD, "1")
+        .envs(vars.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child's own waits have deadlines; this one only catches a hang.
+    let (status, stdout, stderr) = wait_with_output(child, &test, 3 * DEADLINE);
+    assert!(
+        status.success() && stdout.contains(&format!("test {test} ... ok")),
+        "{test} in a clean environment: {status}\n{stdout}\n{stderr}"
+    );
+    false
+}
+
+/// Waits for `child` and its output, killing it and failing once `deadline`
+/// has passed.
+pub fn wait_with_output(
+    mut child: std::process::Child,
+    what: &str,
+    deadline: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    fn drain(mut from: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = from.read_to_string(&mut text);
+            text
+        })
+    }
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what}: still running after {deadline:?}\n{}\n{}",
+                stdout.join().unwrap(),
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, stdout.join().unwrap(), stderr.join().unwrap())
 }

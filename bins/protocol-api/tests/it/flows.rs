@@ -5,16 +5,102 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
+use protocol_api::jobs::{Job, JobStatus};
 use serde_json::{Value, json};
 
-use crate::common::{LosesFirstAnswer, Options, TestApp, TestDeployer};
+use crate::common::{
+    GateState, Holds, LosesFirstAnswer, Options, TestApp, TestDeployer, http, until, within,
+};
 
-const SECRET_FIELDS: [&str; 4] = [
+/// Every secret field of the status response.
+const SECRET_FIELDS: [&str; 5] = [
     "storachaPrivateKey",
+    "storachaDelegation",
     "ensueApiKey",
     "ensueClaimUrl",
     "ensueVerificationCode",
 ];
+
+/// Every other field of the status response: shown in every status.
+const PUBLIC_FIELDS: [&str; 20] = [
+    "jobId",
+    "role",
+    "status",
+    "step",
+    "workerDid",
+    "coordinatorDid",
+    "displayName",
+    "nearAccount",
+    "minWorkers",
+    "maxWorkers",
+    "contractAddress",
+    "ensueOrgName",
+    "spaceDid",
+    "phalaEndpoint",
+    "cvmId",
+    "dashboardUrl",
+    "txHash",
+    "error",
+    "createdAt",
+    "updatedAt",
+];
+
+/// The seed's rule: secrets are revealed once a job reaches
+/// `awaiting_near_signature` or `complete`, and in no other status.
+const REVEALS_SECRETS: [(&str, bool); 10] = [
+    ("generating_identity", false),
+    ("creating_space", false),
+    ("provisioning_ensue", false),
+    ("preparing_phala", false),
+    ("deploying_phala", false),
+    ("waiting_for_url", false),
+    ("awaiting_near_signature", true),
+    ("registering", false),
+    ("complete", true),
+    ("failed", false),
+];
+
+fn reveals_secrets(status: &str) -> bool {
+    REVEALS_SECRETS
+        .iter()
+        .find(|(name, _)| *name == status)
+        .unwrap_or_else(|| panic!("{status} is missing from REVEALS_SECRETS"))
+        .1
+}
+
+/// The job's stored secrets, by the status-response field that shows each.
+fn stored_secrets(job: &Job) -> [(&'static str, Option<String>); 5] {
+    [
+        (
+            "storachaPrivateKey",
+            job.secrets.storacha_private_key.clone(),
+        ),
+        ("storachaDelegation", job.delegation.clone()),
+        ("ensueApiKey", job.secrets.ensue_api_key.clone()),
+        ("ensueClaimUrl", job.secrets.ensue_claim_url.clone()),
+        (
+            "ensueVerificationCode",
+            job.secrets.ensue_verification_code.clone(),
+        ),
+    ]
+}
+
+/// `body`, the status response for `job`, shows every secret the job holds
+/// exactly when its status reveals secrets, and never one it does not hold.
+fn assert_secret_rule(job: &Job, body: &Value) {
+    let status = body["status"].as_str().unwrap();
+    assert_eq!(status, job.status.as_str(), "{body}");
+    let revealed = reveals_secrets(status);
+    for (field, stored) in stored_secrets(job) {
+        let expected = stored.filter(|_| revealed).map(Value::String);
+        assert_eq!(
+            body.get(field).cloned(),
+            expected,
+            "{field} at {status} ({} job)",
+            job.role
+        );
+    }
+}
 
 fn assert_no_secrets(body: &Value) {
     for field in SECRET_FIELDS {
@@ -24,6 +110,22 @@ fn assert_no_secrets(body: &Value) {
             body["status"]
         );
     }
+}
+
+/// The status response for `job_id` at `status`: the job already holds
+/// `held` (so hiding them means something), and none is shown.
+async fn secrets_hidden_at(app: &TestApp, job_id: &str, status: &str, held: &[&str]) -> Value {
+    let body = app.wait_for(job_id, &[status]).await;
+    let job = app.state.jobs.get(job_id).await.unwrap();
+    let holding: Vec<&str> = stored_secrets(&job)
+        .into_iter()
+        .filter(|(_, value)| value.is_some())
+        .map(|(field, _)| field)
+        .collect();
+    assert_eq!(holding, held, "secrets the job holds at {status}");
+    assert_secret_rule(&job, &body);
+    assert_no_secrets(&body);
+    body
 }
 
 async fn provision_coordinator(app: &TestApp) -> (String, Value) {
@@ -130,11 +232,6 @@ async fn coordinator_then_worker_reach_complete_and_secrets_wait_for_the_wallet_
         .await;
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
     let worker_job = body["jobId"].as_str().unwrap().to_owned();
-    let in_progress = app
-        .call("GET", &format!("/api/provision/status/{worker_job}"), None)
-        .await
-        .1;
-    assert_no_secrets(&in_progress);
     let ready = app
         .wait_for(&worker_job, &["awaiting_near_signature", "failed"])
         .await;
@@ -216,21 +313,37 @@ async fn coordinator_then_worker_reach_complete_and_secrets_wait_for_the_wallet_
     );
 }
 
+/// A real coordinator job held at every step a port can hold it: secrets the
+/// job already holds stay hidden until `awaiting_near_signature`, show there
+/// and at `complete`, and hide again while registering and once failed.
 #[tokio::test]
-async fn secrets_are_absent_in_every_status_before_the_wallet_step() {
+async fn a_job_held_at_each_step_shows_its_secrets_only_at_the_wallet_step_and_when_complete() {
     let dir = tempfile::tempdir().unwrap();
     let deployer = TestDeployer::unhealthy();
-    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
-    let (_, body) = app
+    let holds = Holds::closed();
+    let options = Options {
+        holds: holds.clone(),
+        ..Options::default()
+    };
+    let app = TestApp::start(dir.path(), deployer.clone(), options).await;
+    let (code, body) = app
         .call(
             "POST",
             "/api/provision/coordinator",
             Some(json!({ "displayName": "C", "nearAccount": "c.testnet" })),
         )
         .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
     let job_id = body["jobId"].as_str().unwrap().to_owned();
-    let waiting = app.wait_for(&job_id, &["waiting_for_url"]).await;
-    assert_no_secrets(&waiting);
+
+    secrets_hidden_at(&app, &job_id, "creating_space", &["storachaPrivateKey"]).await;
+    holds.space.set(GateState::Open);
+    let key_and_grant = ["storachaPrivateKey", "storachaDelegation"];
+    secrets_hidden_at(&app, &job_id, "provisioning_ensue", &key_and_grant).await;
+    holds.ensue.set(GateState::Open);
+    secrets_hidden_at(&app, &job_id, "deploying_phala", &SECRET_FIELDS).await;
+    holds.deploy.set(GateState::Open);
+    let waiting = secrets_hidden_at(&app, &job_id, "waiting_for_url", &SECRET_FIELDS).await;
     assert_eq!(
         waiting["step"].as_str().unwrap().split(" (").next(),
         Some("Waiting for TEE container to be healthy")
@@ -239,9 +352,139 @@ async fn secrets_are_absent_in_every_status_before_the_wallet_step() {
         waiting["coordinatorDid"].is_string(),
         "public facts are shown early"
     );
+
     deployer.healthy.store(true, Ordering::SeqCst);
     let ready = app.wait_for(&job_id, &["awaiting_near_signature"]).await;
-    assert!(ready["storachaPrivateKey"].is_string());
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert_secret_rule(&job, &ready);
+    for field in SECRET_FIELDS {
+        assert!(ready[field].is_string(), "{field} shown at the wallet step");
+    }
+
+    let registration = tokio::spawn({
+        let api = app.api.clone();
+        let job_id = job_id.clone();
+        async move {
+            api.call(
+                "POST",
+                "/api/provision/coordinator-register",
+                Some(json!({ "jobId": job_id })),
+            )
+            .await
+        }
+    });
+    secrets_hidden_at(&app, &job_id, "registering", &SECRET_FIELDS).await;
+    holds.registration.set(GateState::Open);
+    let (code, done) = within("the registration", registration).await.unwrap();
+    assert_eq!(code, StatusCode::OK, "{done}");
+    let complete = app.wait_for(&job_id, &["complete"]).await;
+    assert_secret_rule(&app.state.jobs.get(&job_id).await.unwrap(), &complete);
+    assert!(complete["storachaDelegation"].is_string());
+
+    // A second job fails at its deploy, holding every secret by then.
+    holds.deploy.set(GateState::Failing);
+    let (_, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": "D", "nearAccount": "d.testnet" })),
+        )
+        .await;
+    let doomed = body["jobId"].as_str().unwrap();
+    let failed = secrets_hidden_at(&app, doomed, "failed", &SECRET_FIELDS).await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no capacity left"),
+        "{failed}"
+    );
+}
+
+/// Every status × every secret field, for both roles, on jobs stored with
+/// all their secrets: the status route shows them exactly where the seed
+/// says, including the statuses no real job can be held in.
+#[tokio::test]
+async fn the_secret_rule_holds_for_every_status_and_every_secret_field() {
+    let statuses: Vec<&str> = JobStatus::ALL
+        .iter()
+        .map(|status| status.as_str())
+        .collect();
+    let ruled: Vec<&str> = REVEALS_SECRETS.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses, ruled, "the rule names every status, in order");
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    // The status response has exactly these fields: a new one must be sorted
+    // into public or secret here.
+    let (_, doc) = app.call("GET", "/api/openapi.json", None).await;
+    let mut documented: Vec<&str> = doc["components"]["schemas"]["JobStatusView"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    documented.sort_unstable();
+    let mut known: Vec<&str> = PUBLIC_FIELDS
+        .iter()
+        .chain(&SECRET_FIELDS)
+        .copied()
+        .collect();
+    known.sort_unstable();
+    assert_eq!(documented, known);
+
+    for role in [
+        delibera_deploy::AgentRole::Coordinator,
+        delibera_deploy::AgentRole::Worker,
+    ] {
+        for status in JobStatus::ALL {
+            let job = stored_job_with_secrets(role, status);
+            app.database.jobs().insert(&job).await.unwrap();
+            let (code, body) = app
+                .call("GET", &format!("/api/provision/status/{}", job.id), None)
+                .await;
+            assert_eq!(code, StatusCode::OK, "{body}");
+            assert_secret_rule(&job, &body);
+        }
+    }
+}
+
+/// A job in `status` holding every secret its role has: a coordinator all
+/// five, a worker its key and delegation (its Ensue key is its coordinator's).
+fn stored_job_with_secrets(role: delibera_deploy::AgentRole, status: JobStatus) -> Job {
+    use delibera_deploy::AgentRole;
+    let keypair = delibera_identity::Keypair::generate();
+    let mut job = Job::new(
+        protocol_api::jobs::NewJob {
+            role,
+            display_name: format!("{role} at {}", status.as_str()),
+            near_account: "alice.testnet".parse().unwrap(),
+            coordinator_did: (role == AgentRole::Worker).then(|| {
+                "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH"
+                    .parse()
+                    .unwrap()
+            }),
+            min_workers: None,
+            max_workers: None,
+            contract_address: None,
+        },
+        chrono::Utc::now(),
+    );
+    job.status = status;
+    job.agent_did = Some(keypair.did());
+    if role == AgentRole::Coordinator {
+        job.coordinator_did = Some(keypair.did());
+        job.ensue_org_name = Some("delibera-org".into());
+        job.secrets.ensue_api_key = Some("lmn_org_key_0123456789".into());
+        job.secrets.ensue_claim_url = Some("http://127.0.0.1:3006/claim?token=t".into());
+        job.secrets.ensue_verification_code = Some("V3R1FY".into());
+    }
+    job.secrets.storacha_private_key = Some(keypair.to_ucanto_string().to_string());
+    job.space_did = Some(delibera_identity::Keypair::generate().did());
+    job.delegation = Some("mAYIEAstored-delegation".into());
+    job.cvm_id = Some("cvm-1".into());
+    job.endpoint = Some("http://127.0.0.1:1".into());
+    job
 }
 
 #[tokio::test]
@@ -361,14 +604,10 @@ fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
             .await;
         let job_id = body["jobId"].as_str().unwrap().to_owned();
         app.wait_for(&job_id, &["deploying_phala"]).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while deployer.deploys.load(Ordering::SeqCst) == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the deploy never started"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until("the deploy to start", || async {
+            deployer.deploys.load(Ordering::SeqCst) > 0
+        })
+        .await;
         job_id
     });
     first.shutdown_timeout(Duration::from_millis(100));
@@ -633,7 +872,7 @@ async fn a_coordinator_of_an_unclaimed_org_registers_and_is_announced_once_claim
     );
 
     // The owner claims the org with what the answer showed them.
-    let claimed = reqwest::Client::new()
+    let claimed = http()
         .post(done["ensueClaimUrl"].as_str().unwrap())
         .json(&json!({ "verification_code": done["ensueVerificationCode"] }))
         .send()
@@ -650,21 +889,16 @@ async fn a_coordinator_of_an_unclaimed_org_registers_and_is_announced_once_claim
         .unwrap();
     let did = job.agent_did.clone().unwrap();
     let key = format!("agent/{did}/endpoint");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(endpoint)) = memory.get(&key).await {
-            assert_eq!(Some(endpoint.as_str()), job.endpoint.as_deref());
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never announced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while app.state.jobs.get(&job_id).await.unwrap().announce_pending {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the job still says pending"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the agent to be announced", || async {
+        matches!(memory.get(&key).await, Ok(Some(_)))
+    })
+    .await;
+    assert_eq!(
+        memory.get(&key).await.unwrap().as_deref(),
+        job.endpoint.as_deref()
+    );
+    until("the job to stop saying the announce is pending", || async {
+        !app.state.jobs.get(&job_id).await.unwrap().announce_pending
+    })
+    .await;
 }

@@ -13,6 +13,8 @@ use protocol_api::compose::{Composition, compose_local};
 use protocol_api::config::Config;
 use serde_json::{Value, json};
 
+use crate::common::{http, in_clean_env, within};
+
 /// What the first run leaves for the second to check.
 struct Provisioned {
     coordinator_did: String,
@@ -37,8 +39,11 @@ fn config(data_dir: &Path, ensue_addr: SocketAddr) -> Config {
 
 /// Starts the server as `main` does; returns its base URL.
 async fn start(config: &Config) -> String {
-    let Composition { state, local_ensue } = compose_local(config).await.unwrap();
-    state.jobs.resume_all().await.unwrap();
+    let Composition { state, local_ensue } =
+        within("composing", compose_local(config)).await.unwrap();
+    within("resuming the jobs", state.jobs.resume_all())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -114,7 +119,7 @@ async fn deliberate(http: &reqwest::Client, coordinator_url: &str, proposal_id: 
 
 async fn first_run(config: &Config) -> Provisioned {
     let api = start(config).await;
-    let http = reqwest::Client::new();
+    let http = http();
 
     let response = http.get(format!("{api}/")).send().await.unwrap();
     assert!(response.headers().contains_key("x-request-id"));
@@ -206,7 +211,7 @@ async fn first_run(config: &Config) -> Provisioned {
 
 async fn second_run(config: &Config, before: &Provisioned) {
     let api = start(config).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let (_, endpoints) = call(&http, "GET", &format!("{api}/api/agents/endpoints"), None).await;
     assert_eq!(
         endpoints["agents"].as_object().unwrap().len(),
@@ -234,6 +239,10 @@ fn free_port() -> SocketAddr {
 
 #[test]
 fn the_walkthrough_works_and_survives_a_crash() {
+    // The config is parsed as `main` parses it: from the environment too.
+    if !in_clean_env(&[]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     // A fixed Ensue address across both runs: the agents' env points at it.
     let config = config(dir.path(), free_port());

@@ -1,8 +1,10 @@
 //! Integration tests of `protocol-api`, one binary.
 
 mod bad_input;
+mod binary;
 #[allow(unreachable_pub)] // `pub` helpers, used by the sibling modules only.
 mod common;
+mod config;
 mod display_names;
 mod edges;
 mod env_contract;

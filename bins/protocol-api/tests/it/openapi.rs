@@ -64,21 +64,98 @@ async fn the_document_lists_every_route_with_schemas_and_each_is_served() {
         "bearer"
     );
 
-    // Each documented route exists in the router (the fallback answers "no such route").
+    // Each documented route is served: called with an empty body it answers
+    // exactly this (never the fallback's `no such route`). The worker is
+    // registered first, so removing it has one answer.
+    let (code, body) = app
+        .admin(
+            "POST",
+            "/api/workers/register",
+            Some(serde_json::json!({ "workerId": DID, "accountId": "alice.testnet" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
     for (method, path) in ROUTES {
         let concrete = path
-            .replace("{jobId}", "00000000-0000-4000-8000-000000000000")
-            .replace(
-                "{agentId}",
-                "did:key:z6MktnLCM9uGL4j8VSMinpV13BUYwss4R1fjcq2DiLmyjF7M",
-            )
-            .replace(
-                "{workerId}",
-                "did:key:z6MktnLCM9uGL4j8VSMinpV13BUYwss4R1fjcq2DiLmyjF7M",
-            );
+            .replace("{jobId}", JOB_ID)
+            .replace("{agentId}", DID)
+            .replace("{workerId}", DID);
         let body = (method != "get" && method != "delete").then(|| serde_json::json!({}));
-        let (_, response) = app.admin(&method.to_uppercase(), &concrete, body).await;
-        assert_ne!(response["error"], "no such route", "{method} {path}");
+        let (code, response) = app.admin(&method.to_uppercase(), &concrete, body).await;
+        let (expected_code, expected) = served(method, path);
+        assert_eq!(code, expected_code, "{method} {path}: {response}");
+        match expected {
+            Answer::Exactly(expected) => assert_eq!(response, expected, "{method} {path}"),
+            Answer::Fields(fields) => {
+                let mut keys: Vec<&str> = response
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{method} {path}: {response}"))
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                keys.sort_unstable();
+                assert_eq!(keys, fields, "{method} {path}: {response}");
+            }
+        }
+    }
+}
+
+const DID: &str = "did:key:z6MktnLCM9uGL4j8VSMinpV13BUYwss4R1fjcq2DiLmyjF7M";
+const JOB_ID: &str = "00000000-0000-4000-8000-000000000000";
+
+/// What a route answers to an empty call.
+enum Answer {
+    /// Exactly this JSON.
+    Exactly(Value),
+    /// A JSON object with exactly these fields (sorted).
+    Fields(&'static [&'static str]),
+}
+
+fn error(message: String) -> Answer {
+    Answer::Exactly(serde_json::json!({ "error": message }))
+}
+
+/// The answer of each documented route to an empty call (`{}` as the body
+/// of those that take one, the admin token, unknown ids).
+fn served(method: &str, path: &str) -> (StatusCode, Answer) {
+    let missing = |field: &str| {
+        error(format!(
+            "invalid request body: Failed to deserialize the JSON body into the target type: \
+             missing field `{field}` at line 1 column 2"
+        ))
+    };
+    match (method, path) {
+        ("get", "/") => (
+            StatusCode::OK,
+            Answer::Fields(&["ensueUrl", "message", "mode", "status", "timestamp"]),
+        ),
+        ("post", "/api/provision/coordinator" | "/api/provision/external-worker") => {
+            (StatusCode::BAD_REQUEST, missing("displayName"))
+        }
+        ("post", "/api/provision/worker") => (StatusCode::BAD_REQUEST, missing("coordinatorDid")),
+        ("get", "/api/provision/status/{jobId}") => {
+            (StatusCode::NOT_FOUND, error(format!("no job \"{JOB_ID}\"")))
+        }
+        ("post", "/api/provision/register" | "/api/provision/coordinator-register") => {
+            (StatusCode::BAD_REQUEST, missing("jobId"))
+        }
+        ("get", "/api/agents/endpoints") => {
+            (StatusCode::OK, Answer::Fields(&["agents", "timestamp"]))
+        }
+        ("get", "/api/agents/{agentId}/endpoint") => (
+            StatusCode::NOT_FOUND,
+            error(format!("agent {DID} is not registered")),
+        ),
+        ("put", "/api/agents/{agentId}/endpoint") => (StatusCode::BAD_REQUEST, missing("endpoint")),
+        ("get", "/api/workers/registered") => {
+            (StatusCode::OK, Answer::Fields(&["activeCount", "workers"]))
+        }
+        ("post", "/api/workers/register") => (StatusCode::BAD_REQUEST, missing("workerId")),
+        ("delete", "/api/workers/{workerId}") => (
+            StatusCode::OK,
+            Answer::Exactly(serde_json::json!({ "message": format!("Worker {DID} removed") })),
+        ),
+        _ => panic!("no expected answer for {method} {path}"),
     }
 }
 

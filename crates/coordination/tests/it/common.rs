@@ -1,6 +1,7 @@
 //! Shared test helpers: handlers, memory wrappers and worker spawning.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,8 +12,66 @@ use delibera_coordination::{
 };
 use delibera_ensue::Memory;
 use delibera_identity::{Did, Keypair};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+/// Every wait in these tests gives up after this long, so a broken behaviour
+/// fails with a message instead of hanging.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, or fails naming `what` once [`DEADLINE`] has passed.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {DEADLINE:?}"))
+}
+
+/// Polls `condition` every 5 ms until it holds, or fails naming `what`.
+pub async fn until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// A one-way gate: closed until [`Gate::open`], then open for good.
+#[derive(Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Gate {
+    pub fn closed() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once the gate is open (never, if nobody opens it).
+    pub async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while waiting.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+/// Approves once its gate opens: a handler whose finishing is an event the
+/// test decides, not a race against a timer.
+pub struct AfterGate(pub Gate);
+
+#[async_trait::async_trait]
+impl TaskHandler for AfterGate {
+    async fn handle(&self, _task: &TaskDefinition) -> Result<Ballot> {
+        self.0.passed().await;
+        Ok(Ballot::approve("the gate opened"))
+    }
+}
 
 /// A deterministic DID for worker `n`.
 pub fn did(n: u8) -> Did {
@@ -104,7 +163,7 @@ impl RunningWorker {
     /// Signals shutdown and waits for the loop to end.
     pub async fn stop(self) {
         let _ = self.stop.send(());
-        self.task.await.unwrap();
+        within("the worker loop to stop", self.task).await.unwrap();
     }
 }
 
@@ -115,10 +174,23 @@ pub fn spawn_worker(
     handler: Arc<dyn TaskHandler>,
     config: WorkerConfig,
 ) -> RunningWorker {
+    spawn_worker_noticing_shutdown(did, memory, handler, config, || {})
+}
+
+/// Starts a worker loop whose shutdown signal calls `noticed` at the moment
+/// the loop sees it, so a test can act on "the worker knows" as an event.
+pub fn spawn_worker_noticing_shutdown(
+    did: Did,
+    memory: Arc<dyn Memory>,
+    handler: Arc<dyn TaskHandler>,
+    config: WorkerConfig,
+    noticed: impl FnOnce() + Send + 'static,
+) -> RunningWorker {
     let (stop, stopped) = oneshot::channel::<()>();
     let worker = Worker::new(did, memory, handler).with_config(config);
     let task = tokio::spawn(worker.run(async move {
         let _ = stopped.await;
+        noticed();
     }));
     RunningWorker { stop, task }
 }
@@ -220,6 +292,138 @@ impl<M: Memory> Memory for DropsWrite<M> {
         self.inner.list_keys(prefix).await
     }
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// The coordinator's view of `inner` for rounds with a silent worker: each
+/// sweep of the workers' statuses first waits until every worker of
+/// `answering` has finished in `inner`. So their answers are always in the
+/// tally however slowly the machine runs them, while the silent worker keeps
+/// the round open until its deadline: the outcome is decided by events.
+pub struct SweepsAfterAnswers<M> {
+    pub inner: M,
+    pub answering: Vec<Did>,
+}
+
+impl<M: Memory> SweepsAfterAnswers<M> {
+    async fn all_answered(&self) -> bool {
+        for did in &self.answering {
+            let status = self
+                .inner
+                .get(&format!("coordination/tasks/{did}/status"))
+                .await
+                .ok()
+                .flatten();
+            if !matches!(status.as_deref(), Some("completed" | "failed")) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[async_trait::async_trait]
+impl<M: Memory> Memory for SweepsAfterAnswers<M> {
+    async fn create(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.inner.update(key, value).await
+    }
+    async fn get(&self, key: &str) -> delibera_ensue::Result<Option<String>> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> delibera_ensue::Result<HashMap<String, String>> {
+        let sweeps_statuses = keys
+            .iter()
+            .any(|key| key.starts_with("coordination/tasks/") && key.ends_with("/status"));
+        if sweeps_statuses {
+            until("the answering workers to finish", || self.all_answered()).await;
+        }
+        self.inner.get_many(keys).await
+    }
+    async fn list_keys(&self, prefix: &str) -> delibera_ensue::Result<Vec<String>> {
+        self.inner.list_keys(prefix).await
+    }
+    async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A worker's view of `inner` in which each round's deadline is [`DEADLINE`]
+/// later than the coordinator set it: a worker that only gets to the task
+/// after a short round deadline (a loaded machine) still answers it, instead
+/// of failing it as timed out. Everything else passes through.
+pub struct LateDeadline<M> {
+    pub inner: M,
+}
+
+#[async_trait::async_trait]
+impl<M: Memory> Memory for LateDeadline<M> {
+    async fn create(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.inner.update(key, value).await
+    }
+    async fn get(&self, key: &str) -> delibera_ensue::Result<Option<String>> {
+        let value = self.inner.get(key).await?;
+        if key != "coordination/config/task_definition" {
+            return Ok(value);
+        }
+        Ok(
+            value.map(|text| match serde_json::from_str::<TaskDefinition>(&text) {
+                Ok(mut task) => {
+                    task.deadline += chrono::Duration::from_std(DEADLINE).unwrap();
+                    serde_json::to_string(&task).unwrap()
+                }
+                Err(_) => text,
+            }),
+        )
+    }
+    async fn get_many(&self, keys: &[String]) -> delibera_ensue::Result<HashMap<String, String>> {
+        self.inner.get_many(keys).await
+    }
+    async fn list_keys(&self, prefix: &str) -> delibera_ensue::Result<Vec<String>> {
+        self.inner.list_keys(prefix).await
+    }
+    async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// Every call waits until `gate` opens, then passes through: holds whoever
+/// uses it (a coordinator mid-round) for as long as the test decides.
+pub struct HeldUntil<M> {
+    pub inner: M,
+    pub gate: Gate,
+}
+
+#[async_trait::async_trait]
+impl<M: Memory> Memory for HeldUntil<M> {
+    async fn create(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.gate.passed().await;
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.gate.passed().await;
+        self.inner.update(key, value).await
+    }
+    async fn get(&self, key: &str) -> delibera_ensue::Result<Option<String>> {
+        self.gate.passed().await;
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> delibera_ensue::Result<HashMap<String, String>> {
+        self.gate.passed().await;
+        self.inner.get_many(keys).await
+    }
+    async fn list_keys(&self, prefix: &str) -> delibera_ensue::Result<Vec<String>> {
+        self.gate.passed().await;
+        self.inner.list_keys(prefix).await
+    }
+    async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+        self.gate.passed().await;
         self.inner.delete(key).await
     }
 }

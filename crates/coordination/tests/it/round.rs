@@ -14,11 +14,28 @@ use delibera_identity::Did;
 use crate::common::*;
 
 /// Generous: rounds end as soon as every worker answered.
-const ROUND_DEADLINE: Duration = Duration::from_secs(10);
+const ROUND_DEADLINE: Duration = Duration::from_secs(30);
 
-/// For rounds with a silent worker, which always last this long: long enough
-/// for the live workers to answer on a loaded machine.
-const SILENT_DEADLINE: Duration = Duration::from_millis(1500);
+/// For rounds with a silent worker, which always last this long. Nothing in
+/// their tallies depends on it: the coordinator's sweeps wait for the live
+/// workers' answers ([`SweepsAfterAnswers`]) and the live workers get the
+/// task whatever time it is ([`LateDeadline`]).
+const SILENT_DEADLINE: Duration = Duration::from_millis(200);
+
+/// A round of `coordinator` over `workers`, under the test deadline.
+async fn round(
+    coordinator: &Coordinator,
+    proposal: &Proposal,
+    workers: &[Did],
+    deadline: Duration,
+) -> Tally {
+    within(
+        &format!("the round of {}", proposal.proposal_id),
+        coordinator.run_round(proposal, workers, deadline),
+    )
+    .await
+    .unwrap()
+}
 
 /// The keys of the seed's tables a finished round must leave, spelled as the
 /// seed spells them (this is the spec check, so no key builder is used).
@@ -87,10 +104,7 @@ async fn five_workers_write_the_seed_keys(memory: Arc<dyn Memory>) {
     let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
     let proposal = Proposal::new("prop-7", "Fund the indexer").with_description("12 months");
 
-    let tally = coordinator
-        .run_round(&proposal, &dids, ROUND_DEADLINE)
-        .await
-        .unwrap();
+    let tally = round(&coordinator, &proposal, &dids, ROUND_DEADLINE).await;
     for worker in workers {
         worker.stop().await;
     }
@@ -173,10 +187,13 @@ async fn failing_worker_is_listed_as_abstained_with_its_error(memory: Arc<dyn Me
         })
         .collect();
     let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
-    let tally = coordinator
-        .run_round(&Proposal::new("p-fail", "t"), &dids, ROUND_DEADLINE)
-        .await
-        .unwrap();
+    let tally = round(
+        &coordinator,
+        &Proposal::new("p-fail", "t"),
+        &dids,
+        ROUND_DEADLINE,
+    )
+    .await;
     for worker in workers {
         worker.stop().await;
     }
@@ -207,25 +224,45 @@ async fn failing_worker_is_listed_as_abstained_with_its_error(memory: Arc<dyn Me
     );
 }
 
+/// The coordinator's and the live workers' views of `memory` for a round in
+/// which only `answering` answer.
+fn silent_round_views(
+    memory: &Arc<dyn Memory>,
+    answering: &[Did],
+) -> (Coordinator, Arc<dyn Memory>) {
+    let coordinator_view: Arc<dyn Memory> = Arc::new(SweepsAfterAnswers {
+        inner: memory.clone(),
+        answering: answering.to_vec(),
+    });
+    let coordinator = Coordinator::with_config(coordinator_view, fast_coordinator_config());
+    let workers_view: Arc<dyn Memory> = Arc::new(LateDeadline {
+        inner: memory.clone(),
+    });
+    (coordinator, workers_view)
+}
+
 async fn silent_worker_is_abstained_after_the_deadline(memory: Arc<dyn Memory>) {
     let dids: Vec<Did> = (1..=3).map(did).collect();
+    let (coordinator, workers_view) = silent_round_views(&memory, &dids[..2]);
     // The third worker never runs.
     let workers: Vec<_> = dids[..2]
         .iter()
         .map(|did| {
             spawn_worker(
                 did.clone(),
-                memory.clone(),
+                workers_view.clone(),
                 Arc::new(Fixed(Vote::Rejected)),
                 fast_worker_config(),
             )
         })
         .collect();
-    let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
-    let tally = coordinator
-        .run_round(&Proposal::new("p-silent", "t"), &dids, SILENT_DEADLINE)
-        .await
-        .unwrap();
+    let tally = round(
+        &coordinator,
+        &Proposal::new("p-silent", "t"),
+        &dids,
+        SILENT_DEADLINE,
+    )
+    .await;
     for worker in workers {
         worker.stop().await;
     }
@@ -251,18 +288,15 @@ async fn silent_worker_is_abstained_after_the_deadline(memory: Arc<dyn Memory>) 
 
 async fn explicit_quorum_not_reached_gives_no_quorum(memory: Arc<dyn Memory>) {
     let dids: Vec<Did> = (1..=3).map(did).collect();
+    let (coordinator, workers_view) = silent_round_views(&memory, &dids[..1]);
     let worker = spawn_worker(
         dids[0].clone(),
-        memory.clone(),
+        workers_view,
         Arc::new(Fixed(Vote::Approved)),
         fast_worker_config(),
     );
-    let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
     let proposal = Proposal::new("p-quorum", "t").with_quorum(2);
-    let tally = coordinator
-        .run_round(&proposal, &dids, SILENT_DEADLINE)
-        .await
-        .unwrap();
+    let tally = round(&coordinator, &proposal, &dids, SILENT_DEADLINE).await;
     worker.stop().await;
     assert_eq!((tally.approved, tally.abstained, tally.quorum), (1, 2, 2));
     assert_eq!(tally.decision, Decision::NoQuorum);
@@ -286,10 +320,13 @@ async fn handler_panic_is_failed_and_the_worker_keeps_polling(memory: Arc<dyn Me
     ];
     let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
     for proposal in ["p-panic-1", "p-panic-2"] {
-        let tally = coordinator
-            .run_round(&Proposal::new(proposal, "t"), &dids, ROUND_DEADLINE)
-            .await
-            .unwrap();
+        let tally = round(
+            &coordinator,
+            &Proposal::new(proposal, "t"),
+            &dids,
+            ROUND_DEADLINE,
+        )
+        .await;
         let panicked = tally
             .workers
             .iter()
@@ -324,10 +361,13 @@ async fn ensue_500s_for_a_while_are_survived(backend: Arc<dyn Memory>) {
         })
         .collect();
     let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
-    let tally = coordinator
-        .run_round(&Proposal::new("p-flaky", "t"), &dids, ROUND_DEADLINE)
-        .await
-        .unwrap();
+    let tally = round(
+        &coordinator,
+        &Proposal::new("p-flaky", "t"),
+        &dids,
+        ROUND_DEADLINE,
+    )
+    .await;
     for worker in workers {
         worker.stop().await;
     }
@@ -358,14 +398,20 @@ async fn two_consecutive_rounds_use_fresh_results(memory: Arc<dyn Memory>) {
         })
         .collect();
     let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
-    let first = coordinator
-        .run_round(&Proposal::new("p-1", "Burn fees"), &dids, ROUND_DEADLINE)
-        .await
-        .unwrap();
-    let second = coordinator
-        .run_round(&Proposal::new("p-2", "Mint rewards"), &dids, ROUND_DEADLINE)
-        .await
-        .unwrap();
+    let first = round(
+        &coordinator,
+        &Proposal::new("p-1", "Burn fees"),
+        &dids,
+        ROUND_DEADLINE,
+    )
+    .await;
+    let second = round(
+        &coordinator,
+        &Proposal::new("p-2", "Mint rewards"),
+        &dids,
+        ROUND_DEADLINE,
+    )
+    .await;
     for worker in workers {
         worker.stop().await;
     }
@@ -420,17 +466,20 @@ async fn a_result_from_an_earlier_round_is_never_counted(store: Arc<dyn Memory>)
         value: "pending".into(),
     });
     let dids = vec![did(1), stale.clone()];
+    let (coordinator, workers_view) = silent_round_views(&memory, &dids[..1]);
     let worker = spawn_worker(
         dids[0].clone(),
-        memory.clone(),
+        workers_view,
         Arc::new(Fixed(Vote::Approved)),
         fast_worker_config(),
     );
-    let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
-    let tally = coordinator
-        .run_round(&Proposal::new("p-1", "t"), &dids, SILENT_DEADLINE)
-        .await
-        .unwrap();
+    let tally = round(
+        &coordinator,
+        &Proposal::new("p-1", "t"),
+        &dids,
+        SILENT_DEADLINE,
+    )
+    .await;
     worker.stop().await;
 
     assert_eq!((tally.approved, tally.rejected, tally.abstained), (1, 0, 1));
@@ -445,7 +494,12 @@ async fn a_result_from_an_earlier_round_is_never_counted(store: Arc<dyn Memory>)
 
 /// A local Ensue server on 127.0.0.1:0 and a real `EnsueClient` for it.
 async fn local_ensue() -> (LocalEnsue, Arc<dyn Memory>) {
-    let server = LocalEnsue::start(Config::default()).await.unwrap();
+    let server = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
     let config = EnsueConfig::new(server.api_key().expose())
         .with_base_url(server.url())
         .unwrap();
@@ -466,7 +520,9 @@ macro_rules! on_both_backends {
             async fn local_ensue_server() {
                 let (server, memory) = super::local_ensue().await;
                 super::$scenario(memory).await;
-                server.stop().await.unwrap();
+                super::within("the local Ensue to stop", server.stop())
+                    .await
+                    .unwrap();
             }
         }
     )+};
@@ -485,9 +541,13 @@ on_both_backends!(
 
 #[tokio::test]
 async fn a_second_round_while_one_runs_is_refused() {
-    let memory: Arc<dyn Memory> = Arc::new(InMemory::new());
+    // The first round is held at its first write until the second one was tried.
+    let gate = Gate::closed();
+    let memory: Arc<dyn Memory> = Arc::new(HeldUntil {
+        inner: InMemory::new(),
+        gate: gate.clone(),
+    });
     let coordinator = Arc::new(Coordinator::with_config(memory, fast_coordinator_config()));
-    // No worker answers, so the first round lasts its whole deadline.
     let first = tokio::spawn({
         let coordinator = coordinator.clone();
         async move {
@@ -496,28 +556,36 @@ async fn a_second_round_while_one_runs_is_refused() {
                 .await
         }
     });
-    while !coordinator.is_busy() {
-        tokio::task::yield_now().await;
-    }
-    let refused = coordinator
-        .run_round(&Proposal::new("p-2", "t"), &[did(1)], SILENT_DEADLINE)
-        .await
-        .unwrap_err();
+    until("the first round to start", || async {
+        coordinator.is_busy()
+    })
+    .await;
+    let refused = within(
+        "the refusal",
+        coordinator.run_round(&Proposal::new("p-2", "t"), &[did(1)], SILENT_DEADLINE),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&refused, delibera_coordination::Error::RoundInProgress { proposal_id } if proposal_id == "p-1"),
         "{refused}"
     );
-    assert_eq!(first.await.unwrap().unwrap().abstained, 1);
+    gate.open();
+    // Nobody answers, so the first round ends at its deadline.
+    let first = within("the first round", first).await.unwrap().unwrap();
+    assert_eq!((first.proposal_id.as_str(), first.abstained), ("p-1", 1));
     assert!(!coordinator.is_busy());
 }
 
 #[tokio::test]
 async fn a_round_without_workers_is_an_error() {
     let coordinator = Coordinator::new(Arc::new(InMemory::new()));
-    let error = coordinator
-        .run_round(&Proposal::new("p", "t"), &[], ROUND_DEADLINE)
-        .await
-        .unwrap_err();
+    let error = within(
+        "the refusal",
+        coordinator.run_round(&Proposal::new("p", "t"), &[], ROUND_DEADLINE),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(error, delibera_coordination::Error::NoWorkers),
         "{error}"
@@ -535,10 +603,13 @@ async fn an_unbounded_deadline_is_capped_not_a_panic() {
         fast_worker_config(),
     );
     let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
-    let tally = coordinator
-        .run_round(&Proposal::new("p", "t"), &[did(1)], Duration::MAX)
-        .await
-        .unwrap();
+    let tally = round(
+        &coordinator,
+        &Proposal::new("p", "t"),
+        &[did(1)],
+        Duration::MAX,
+    )
+    .await;
     worker.stop().await;
     assert_eq!(tally.approved, 1);
     let task: delibera_coordination::TaskDefinition =

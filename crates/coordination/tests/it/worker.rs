@@ -130,14 +130,11 @@ async fn a_handler_over_its_timeout_is_failed() {
         task_timeout: Duration::from_millis(30),
         ..fast_worker_config()
     };
-    let mut worker = worker(
-        &memory,
-        Arc::new(Slow::new(Duration::from_secs(30))),
-        config,
-    );
+    // A handler that never finishes: only the timeout can end it.
+    let mut worker = worker(&memory, Arc::new(AfterGate(Gate::closed())), config);
     assign(&memory, &did(1), &task("r", Duration::from_secs(60))).await;
 
-    let outcome = worker.poll_once().await.unwrap();
+    let outcome = within("the poll", worker.poll_once()).await.unwrap();
     let expected = Error::HandlerTimeout { after_ms: 30 }.to_string();
     assert_eq!(
         outcome,
@@ -160,15 +157,18 @@ async fn the_task_deadline_caps_the_handler_time() {
     let memory = InMemory::new();
     let mut worker = worker(
         &memory,
-        Arc::new(Slow::new(Duration::from_secs(30))),
+        Arc::new(AfterGate(Gate::closed())),
         fast_worker_config(),
     );
     // The round's deadline has already passed.
     assign(&memory, &did(1), &task("late", Duration::ZERO)).await;
-    let outcome = worker.poll_once().await.unwrap();
-    assert!(
-        matches!(&outcome, PollOutcome::Failed { error, .. } if error.contains("timed out")),
-        "{outcome:?}"
+    let outcome = within("the poll", worker.poll_once()).await.unwrap();
+    assert_eq!(
+        outcome,
+        PollOutcome::Failed {
+            round_id: Some("late".into()),
+            error: Error::HandlerTimeout { after_ms: 0 }.to_string()
+        }
     );
 }
 
@@ -199,23 +199,31 @@ async fn a_malformed_task_definition_is_failed() {
     );
 }
 
-/// Runs a slow task, signals shutdown while it runs, and returns the final status.
-async fn shut_down_during_a_task(grace: Duration) -> (Option<String>, Option<String>) {
+/// Starts a worker with `grace` whose handler is held by `gate` (and calls
+/// `noticed` when the loop sees the shutdown), assigns it a round, signals
+/// shutdown once the handler runs, and returns the final status and error.
+async fn shut_down_during_a_task(
+    grace: Duration,
+    gate: Gate,
+    noticed: impl FnOnce() + Send + 'static,
+) -> (Option<String>, Option<String>) {
     let memory = InMemory::new();
     let config = WorkerConfig {
         shutdown_grace: grace,
         ..fast_worker_config()
     };
-    let running = spawn_worker(
+    let running = spawn_worker_noticing_shutdown(
         did(1),
         Arc::new(memory.clone()),
-        Arc::new(Slow::new(Duration::from_millis(200))),
+        Arc::new(AfterGate(gate)),
         config,
+        noticed,
     );
     assign(&memory, &did(1), &task("r", Duration::from_secs(60))).await;
-    while read(&memory, &did(1), "status").await.as_deref() != Some("processing") {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("the handler to start", || async {
+        read(&memory, &did(1), "status").await.as_deref() == Some("processing")
+    })
+    .await;
     running.stop().await;
     (
         read(&memory, &did(1), "status").await,
@@ -225,13 +233,19 @@ async fn shut_down_during_a_task(grace: Duration) -> (Option<String>, Option<Str
 
 #[tokio::test]
 async fn shutdown_lets_the_task_in_hand_finish_within_the_grace() {
-    let (status, error) = shut_down_during_a_task(Duration::from_secs(10)).await;
+    // The handler finishes only once the loop has seen the shutdown: the
+    // answer can only be written by the grace path.
+    let gate = Gate::closed();
+    let opener = gate.clone();
+    let (status, error) = shut_down_during_a_task(DEADLINE, gate, move || opener.open()).await;
     assert_eq!((status.as_deref(), error), (Some("completed"), None));
 }
 
 #[tokio::test]
 async fn shutdown_fails_the_task_in_hand_after_the_grace() {
-    let (status, error) = shut_down_during_a_task(Duration::from_millis(10)).await;
+    // The handler never finishes, so only the grace running out ends it.
+    let (status, error) =
+        shut_down_during_a_task(Duration::from_millis(10), Gate::closed(), || {}).await;
     assert_eq!(status.as_deref(), Some("failed"));
     assert_eq!(error, Some(Error::ShutDown.to_string()));
 }
@@ -247,31 +261,40 @@ async fn the_loop_backs_off_on_ensue_errors_and_then_runs_the_task() {
         Arc::new(Fixed(Vote::Rejected)),
         fast_worker_config(),
     );
-    while read(&store, &did(1), "status").await.as_deref() != Some("completed") {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("the task to be completed", || async {
+        read(&store, &did(1), "status").await.as_deref() == Some("completed")
+    })
+    .await;
     running.stop().await;
     assert_eq!(flaky.served.load(Ordering::SeqCst), 5);
 }
 
-/// Publishes a new round once the slow handler is running.
+/// Publishes a new round while the handler runs (it finishes only then).
 #[tokio::test]
 async fn an_answer_to_a_round_superseded_while_running_is_dropped() {
     let memory = InMemory::new();
-    let handler = Arc::new(Slow::new(Duration::from_millis(100)));
-    let mut worker = worker(&memory, handler, fast_worker_config());
+    let gate = Gate::closed();
+    let mut worker = worker(
+        &memory,
+        Arc::new(AfterGate(gate.clone())),
+        fast_worker_config(),
+    );
     assign(&memory, &did(1), &task("old", Duration::from_secs(60))).await;
     let publisher = tokio::spawn({
         let memory = memory.clone();
         async move {
-            while read(&memory, &did(1), "status").await.as_deref() != Some("processing") {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            until("the old round's handler to start", || async {
+                read(&memory, &did(1), "status").await.as_deref() == Some("processing")
+            })
+            .await;
             assign(&memory, &did(1), &task("new", Duration::from_secs(60))).await;
+            gate.open();
         }
     });
-    let outcome = worker.poll_once().await.unwrap();
-    publisher.await.unwrap();
+    let outcome = within("the old round's poll", worker.poll_once())
+        .await
+        .unwrap();
+    within("the publisher", publisher).await.unwrap();
     assert_eq!(
         outcome,
         PollOutcome::Superseded {
@@ -283,7 +306,10 @@ async fn an_answer_to_a_round_superseded_while_running_is_dropped() {
         read(&memory, &did(1), "status").await.as_deref(),
         Some("pending")
     );
-    let PollOutcome::Completed(result) = worker.poll_once().await.unwrap() else {
+    let PollOutcome::Completed(result) = within("the new round's poll", worker.poll_once())
+        .await
+        .unwrap()
+    else {
         panic!("the new round runs");
     };
     assert_eq!(result.round_id, "new");

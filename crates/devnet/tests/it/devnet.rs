@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use delibera_devnet::{Devnet, DevnetConfig, accounts};
 
+use crate::support::within;
+
 fn config(dir: &std::path::Path) -> DevnetConfig {
     let mut config = DevnetConfig::new(dir, 0);
     config.boot_delay = Duration::from_millis(50);
@@ -98,11 +100,11 @@ async fn the_settings_name_every_production_variable_and_survive_a_restart() {
 
     // A restart on the same directory hands out the same keys.
     let user_key = devnet.user().private_key.to_string();
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
     let again = Devnet::start(config(dir.path())).await.unwrap();
     let env_again: HashMap<&str, String> = again.env().into_iter().collect();
     assert_eq!(again.user().private_key.as_str(), user_key);
     assert_eq!(env_again["PHALA_API_KEY"], env["PHALA_API_KEY"]);
     assert_eq!(env_again["ENSUE_API_KEY"], env["ENSUE_API_KEY"]);
-    again.stop().await.unwrap();
+    within(again.stop()).await.unwrap();
 }

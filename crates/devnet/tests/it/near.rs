@@ -127,7 +127,7 @@ async fn a_user_registers_and_the_chain_registrar_verifies_by_tx_and_views() {
         1
     );
     assert_eq!(within(views.list_active_workers()).await.unwrap().len(), 1);
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -188,7 +188,7 @@ async fn final_views_lag_two_blocks_behind_optimistic() {
 
     wait_for_height(&devnet, height + 2).await;
     assert!(view(BlockReference::Final).await.is_object());
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn stale_and_replayed_nonces_are_invalid_nonce() {
         matches!(replayed, Error::InvalidNonce { tx_nonce, ak_nonce } if tx_nonce == key.nonce + 1 && ak_nonce == key.nonce + 1),
         "{replayed}"
     );
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -355,7 +355,7 @@ async fn unknown_keys_missing_signers_and_bad_signatures_get_nearcore_errors() {
         details(error),
         json!({"TxExecutionError": {"InvalidTxError": "Expired"}})
     );
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -433,7 +433,7 @@ async fn contract_panics_carry_the_contract_message() {
             .await
             .unwrap_err();
     assert!(matches!(view, Error::UnknownAccount { .. }), "{view}");
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -493,7 +493,7 @@ async fn the_factory_creates_a_roster_owned_by_the_caller() {
         error.panic_message(),
         Some(messages::only_owner("alice.devnet", "bob.devnet").as_str())
     );
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -511,7 +511,7 @@ async fn the_admin_owns_the_configured_roster() {
         .unwrap();
     within(roster.remove_worker(WORKER_DID)).await.unwrap();
     assert_eq!(within(roster.get_worker_count()).await.unwrap(), 0);
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -537,7 +537,7 @@ async fn a_restart_on_the_same_directory_keeps_the_chain() {
     .await
     .unwrap()
     .nonce;
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 
     let devnet = start(config(&dir, 20)).await;
     assert!(devnet.height() >= height);
@@ -564,7 +564,7 @@ async fn a_restart_on_the_same_directory_keeps_the_chain() {
     within(RegistryContract::with_sender(sender, registry_id()).register_worker(&worker()))
         .await
         .unwrap();
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -605,7 +605,7 @@ async fn the_faucet_works_over_rpc() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(invalid["error"]["cause"]["name"], "PARSE_ERROR");
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -716,7 +716,7 @@ async fn wire_shapes_match_nearcore() {
     let (status_code, nope) = raw(&devnet, "no_such_method", json!({})).await;
     assert_eq!(status_code, 400);
     assert_eq!(nope["error"]["cause"]["name"], "METHOD_NOT_FOUND");
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -796,5 +796,5 @@ async fn legacy_broadcast_methods_and_function_call_keys() {
     let (_, committed) = raw(&devnet, "broadcast_tx_commit", json!([allowed.to_base64()])).await;
     assert!(committed["result"].get("final_execution_status").is_none());
     assert!(committed["result"]["status"]["SuccessValue"].is_string());
-    devnet.stop().await.unwrap();
+    within(devnet.stop()).await.unwrap();
 }

@@ -14,6 +14,8 @@ use delibera_phala::{PhalaClient, PhalaDeployer, PhalaDeployerOptions, StartPoli
 use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
+use crate::support::{http, within};
+
 const API_KEY: &str = "phak_devnet_test";
 
 async fn start(dir: &std::path::Path, port: u16) -> PhalaDevnet {
@@ -61,19 +63,13 @@ fn worker_spec(ensue: &LocalEnsue, seed: u8, image: Option<&str>) -> (AgentSpec,
     (spec, keypair)
 }
 
-async fn healthy(url: &str, keypair: &Keypair, within: Duration) -> Result<(), String> {
+async fn healthy(url: &str, keypair: &Keypair, deadline: Duration) -> Result<(), String> {
     HealthGate {
         initial_interval: Duration::from_millis(20),
         max_interval: Duration::from_millis(100),
         request_timeout: Duration::from_secs(2),
     }
-    .wait(
-        &reqwest::Client::new(),
-        url,
-        &keypair.did(),
-        within,
-        &mut |_| {},
-    )
+    .wait(&http(), url, &keypair.did(), deadline, &mut |_| {})
     .await
     .map(drop)
     .map_err(|error| error.to_string())
@@ -114,7 +110,7 @@ async fn a_deploy_boots_the_sealed_agent_behind_the_gateway_and_survives_a_resta
     let listed = |path: &'static str| {
         let url = format!("{}{path}", phala.api_url());
         async move {
-            let response = reqwest::Client::new()
+            let response = http()
                 .get(url)
                 .header("X-API-Key", API_KEY)
                 .send()
@@ -129,7 +125,7 @@ async fn a_deploy_boots_the_sealed_agent_behind_the_gateway_and_survives_a_resta
     assert_eq!(listed("/cvms").await, page["items"]);
 
     // A restart on the same state boots the CVM again.
-    phala.stop().await.unwrap();
+    within(phala.stop()).await.unwrap();
     let phala = start(dir.path(), port).await;
     healthy(&deployment.endpoint_url, &keypair, Duration::from_secs(10))
         .await
@@ -137,10 +133,10 @@ async fn a_deploy_boots_the_sealed_agent_behind_the_gateway_and_survives_a_resta
 
     deployer.teardown(&deployment.id).await.unwrap();
     assert_eq!(deployer.find(&spec).await.unwrap(), None);
-    let gone = reqwest::get(&deployment.endpoint_url).await.unwrap();
+    let gone = http().get(&deployment.endpoint_url).send().await.unwrap();
     assert_eq!(gone.status().as_u16(), 502);
-    phala.stop().await.unwrap();
-    ensue.stop().await.unwrap();
+    within(phala.stop()).await.unwrap();
+    within(ensue.stop()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,8 +155,8 @@ async fn the_never_healthy_image_never_passes_the_health_gate() {
     )
     .await;
     assert!(refused.unwrap_err().contains("HTTP 503"));
-    phala.stop().await.unwrap();
-    ensue.stop().await.unwrap();
+    within(phala.stop()).await.unwrap();
+    within(ensue.stop()).await.unwrap();
 }
 
 #[tokio::test]
@@ -174,5 +170,5 @@ async fn a_wrong_api_key_is_refused_with_401() {
         matches!(error, delibera_phala::Error::Unauthorized(_)),
         "{error}"
     );
-    phala.stop().await.unwrap();
+    within(phala.stop()).await.unwrap();
 }

@@ -35,7 +35,15 @@ pub(crate) async fn devnet() -> (NearDevnet, TempDir) {
 pub(crate) async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, future)
         .await
-        .expect("the devnet did not answer in time")
+        .unwrap_or_else(|_| panic!("not done within {DEADLINE:?}"))
+}
+
+/// An HTTP client whose every request gives up after [`DEADLINE`].
+pub(crate) fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .unwrap()
 }
 
 pub(crate) fn rpc(devnet: &NearDevnet) -> NearRpc {

@@ -3,12 +3,12 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{create, get, post_raw, start, tool};
+use crate::common::{create, get, http, post_raw, start, stop, tool};
 
 const PING: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 
 async fn register(url: &str, body: &str) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
+    let response = http()
         .post(format!("{url}auth/agent-register"))
         .header("content-type", "application/json")
         .body(body.to_owned())
@@ -36,7 +36,7 @@ async fn requests_without_a_valid_bearer_key_get_401() {
     assert_eq!(unknown.message(), json!({ "error": "invalid API key" }));
     assert!(!unknown.body.contains("lmn_0000"));
 
-    let basic = reqwest::Client::new()
+    let basic = http()
         .post(server.url())
         .header("authorization", format!("Basic {valid}"))
         .body(PING.to_vec())
@@ -52,7 +52,7 @@ async fn requests_without_a_valid_bearer_key_get_401() {
 
     let ok = post_raw(server.url(), Some(&valid), None, PING.to_vec()).await;
     assert_eq!(ok.status, StatusCode::OK);
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -79,10 +79,10 @@ async fn agent_register_returns_a_key_that_works_at_once() {
     let created = create(&server, api_key, "agent/x/display_name", "X").await;
     assert_eq!(created["isError"], false);
 
-    let claim = reqwest::get(claim_url).await.unwrap();
+    let claim = http().get(claim_url).send().await.unwrap();
     assert_eq!(claim.status(), StatusCode::OK);
     assert_eq!(claim.json::<Value>().await.unwrap()["status"], "active");
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -114,7 +114,7 @@ async fn agent_register_rejects_bad_and_duplicate_names() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{malformed}");
         assert!(body["error"].is_string());
     }
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -165,15 +165,17 @@ async fn each_org_sees_only_its_own_keys() {
         get(&server, &org_b, "shared/name").await.as_deref(),
         Some("from B")
     );
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
 async fn healthz_needs_no_key() {
     let server = start().await;
-    let response = reqwest::get(format!("{}healthz", server.url()))
+    let response = http()
+        .get(format!("{}healthz", server.url()))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    server.stop().await.unwrap();
+    stop(server).await;
 }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use delibera_backoff::Backoff;
 use delibera_ensue::{Dialect, EnsueClient, EnsueConfig, Error, Memory, register_org};
-use delibera_ensue_local::{Config, LocalEnsue};
+use delibera_ensue_local::LocalEnsue;
 use tokio::task::JoinSet;
+
+use crate::common::{start, stop};
 
 const DIALECTS: [Dialect; 2] = [Dialect::Mcp, Dialect::Direct];
 
@@ -18,10 +20,6 @@ fn client(server: &LocalEnsue, api_key: &str, dialect: Dialect) -> EnsueClient {
         .with_dialect(dialect)
         .with_retry(Backoff::none());
     EnsueClient::new(config).unwrap()
-}
-
-async fn start() -> LocalEnsue {
-    LocalEnsue::start(Config::default()).await.unwrap()
 }
 
 #[tokio::test]
@@ -87,7 +85,7 @@ async fn every_memory_operation_in_both_dialects() {
         assert_eq!(memory.get(status).await.unwrap(), None);
         // Deleting a missing key is fine for the port.
         memory.delete(status).await.unwrap();
-        server.stop().await.unwrap();
+        stop(server).await;
     }
 }
 
@@ -117,7 +115,7 @@ async fn list_keys_pages_and_takes_prefixes_literally() {
         assert_eq!(listed, expected, "{dialect}");
         let listed = memory.list_keys("agent/w%").await.unwrap();
         assert_eq!(listed, ["agent/w%/endpoint"], "{dialect}");
-        server.stop().await.unwrap();
+        stop(server).await;
     }
 }
 
@@ -137,7 +135,7 @@ async fn get_many_beyond_one_batch() {
         assert_eq!(found.len(), 75, "{dialect}");
         assert_eq!(found["batch/148"], "value of batch/148");
         assert!(!found.contains_key("batch/149"));
-        server.stop().await.unwrap();
+        stop(server).await;
     }
 }
 
@@ -192,7 +190,7 @@ async fn registered_orgs_are_isolated() {
             .await
             .unwrap_err();
         assert!(matches!(taken, Error::OrgNameTaken { .. }), "{taken}");
-        server.stop().await.unwrap();
+        stop(server).await;
     }
 }
 
@@ -218,7 +216,7 @@ async fn a_bad_key_is_unauthorized_for_every_operation() {
             );
             assert!(!error.is_retryable());
         }
-        server.stop().await.unwrap();
+        stop(server).await;
     }
 }
 
@@ -259,6 +257,6 @@ async fn racing_creates_through_the_client_have_one_winner() {
         for task in 0..32 {
             assert_eq!(values[&format!("upsert/{task:02}")], format!("v{task}"));
         }
-        server.stop().await.unwrap();
+        stop(server).await;
     }
 }

@@ -1,13 +1,41 @@
 //! Raw-HTTP helpers shared by the integration tests: they speak the wire
 //! protocol by hand, so the tests check the server, not a client library.
 
+use std::time::Duration;
+
 use delibera_ensue_local::{Config, LocalEnsue};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// Every wait in these tests gives up after this long, so a broken behaviour
+/// fails with a message instead of hanging.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, or fails naming `what` once [`DEADLINE`] has passed.
+pub(crate) async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {DEADLINE:?}"))
+}
+
+/// An HTTP client whose every request gives up after [`DEADLINE`].
+pub(crate) fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .unwrap()
+}
+
 /// A server on a free loopback port, in memory.
 pub(crate) async fn start() -> LocalEnsue {
-    LocalEnsue::start(Config::default()).await.unwrap()
+    within("the server to start", LocalEnsue::start(Config::default()))
+        .await
+        .unwrap()
+}
+
+/// Stops `server` gracefully, under the deadline.
+pub(crate) async fn stop(server: LocalEnsue) {
+    within("the server to stop", server.stop()).await.unwrap();
 }
 
 /// A raw HTTP answer.
@@ -46,7 +74,7 @@ pub(crate) async fn post_raw(
     accept: Option<&str>,
     body: Vec<u8>,
 ) -> Answer {
-    let mut request = reqwest::Client::new()
+    let mut request = http()
         .post(url)
         .header("content-type", "application/json")
         .body(body);

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use crate::common::{create, post_raw, start};
+use crate::common::{create, http, post_raw, start, stop};
 
 /// Collects everything the subscriber writes.
 #[derive(Clone, Default)]
@@ -68,7 +68,7 @@ async fn requests_are_traced_without_secrets() {
     let bootstrap = server.api_key().expose().to_owned();
     create(&server, &bootstrap, "agent/w1/secret", "the-stored-value").await;
 
-    let registered = reqwest::Client::new()
+    let registered = http()
         .post(format!("{}auth/agent-register", server.url()))
         .body(r#"{"name":"traced-org"}"#)
         .send()
@@ -93,7 +93,7 @@ async fn requests_are_traced_without_secrets() {
     )
     .await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
-    server.stop().await.unwrap();
+    stop(server).await;
 
     let logs = capture.text();
     let ours = logs

@@ -5,7 +5,7 @@ use delibera_ensue_local::{Config, Limits, LocalEnsue};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{create, direct, get, post_raw, rpc, rpc_error, start, tool};
+use crate::common::{create, direct, get, http, post_raw, rpc, rpc_error, start, stop, tool};
 
 fn keys_of(result: &Value) -> Vec<String> {
     result["structuredContent"]["keys"]
@@ -112,7 +112,7 @@ async fn mcp_tools_create_get_update_list_delete() {
         get(&server, key, "coordination/tasks/w1/status").await,
         None
     );
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -172,7 +172,7 @@ async fn direct_methods_in_the_seed_form() {
         missing["content"][0]["text"],
         format!("key not found: {status_key}")
     );
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -189,7 +189,7 @@ async fn direct_method_names_also_take_mcp_arguments() {
     assert_eq!(created["structuredContent"]["results"][0]["key_name"], "a");
     let read = direct(&server, key, "get_memory", json!({ "key_names": ["a"] })).await;
     assert_eq!(read["structuredContent"]["results"][0]["value"], "1");
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -222,7 +222,7 @@ async fn direct_failures_are_tool_errors() {
             "{method}"
         );
     }
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -297,7 +297,7 @@ async fn mcp_failures_per_item_and_as_tool_errors() {
         delete["structuredContent"]["results"][0]["status"],
         "not_found"
     );
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -324,7 +324,7 @@ async fn sse_by_default_and_json_when_only_json_is_accepted() {
         answer.message(),
         json!({ "jsonrpc": "2.0", "id": "req-1", "result": {} })
     );
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -370,7 +370,7 @@ async fn mcp_handshake_methods_and_notifications() {
             "update_memory"
         ]
     );
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -387,7 +387,9 @@ async fn list_keys_pages_with_offset_in_key_order() {
 
     let mut seen = Vec::new();
     let mut offset = 0;
-    loop {
+    // Three pages of keys and an empty one; a server that never ends the
+    // listing fails here instead of looping.
+    for _ in 0..4 {
         let page = tool(
             &server,
             key,
@@ -410,7 +412,7 @@ async fn list_keys_pages_with_offset_in_key_order() {
     let everything = tool(&server, key, "list_keys", json!({})).await;
     assert_eq!(everything["structuredContent"]["count"], 100);
     assert_eq!(everything["structuredContent"]["total"], 256);
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -441,7 +443,7 @@ async fn list_prefixes_match_like_sql_with_escapes() {
     )
     .await;
     assert_eq!(unfinished["code"], -32602);
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -499,7 +501,7 @@ async fn batch_page_and_value_limits_are_clear_errors() {
     // Exactly at the limit is fine.
     let fits = create(&server, key, "k", &"x".repeat(1000)).await;
     assert_eq!(fits["isError"], false);
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -573,7 +575,7 @@ async fn bad_arguments_are_invalid_params() {
     }
     let error = rpc_error(&server, key, "tools/call", json!("get_memory")).await;
     assert_eq!(error["message"], "`params` must be an object");
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 /// Every malformed class, answered with the right code; the server answers a
@@ -620,7 +622,7 @@ async fn malformed_burst_then_a_valid_call() {
     let created = create(&server, key, "still/up", "yes").await;
     assert_eq!(created["isError"], false);
     assert_eq!(get(&server, key, "still/up").await.as_deref(), Some("yes"));
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -630,7 +632,7 @@ async fn oversized_body_without_content_length_is_refused_too() {
         .unwrap();
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..8).map(|_| Ok(vec![b' '; 512])).collect();
-    let response = reqwest::Client::new()
+    let response = http()
         .post(server.url())
         .bearer_auth(server.api_key().expose())
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
@@ -642,13 +644,13 @@ async fn oversized_body_without_content_length_is_refused_too() {
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], -32600);
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
 async fn health_and_unknown_routes() {
     let server = start().await;
-    let client = reqwest::Client::new();
+    let client = http();
     let health = client
         .get(format!("{}healthz", server.url()))
         .send()
@@ -674,7 +676,7 @@ async fn health_and_unknown_routes() {
         .await
         .unwrap();
     assert_eq!(nowhere.status(), StatusCode::NOT_FOUND);
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -716,7 +718,7 @@ async fn direct_list_keys_pages_as_mcp_does() {
         keys_of(&paged),
         ["d/095", "d/096", "d/097", "d/098", "d/099", "d/100"]
     );
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use delibera_ensue_local::{ApiKey, Config, DATABASE_FILE, LocalEnsue};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::common::{create, get, tool, upsert};
+use crate::common::{create, get, stop, tool, upsert};
 
 const KEYS: usize = 250;
 
@@ -82,7 +82,7 @@ async fn acknowledged_writes_survive_a_restart() {
     .await;
     let other_org = server.store().register_org("other").await.unwrap();
     create(&server, other_org.expose(), "theirs", "B").await;
-    server.stop().await.unwrap();
+    stop(server).await;
     assert!(dir.path().join(DATABASE_FILE).exists());
 
     let server = start_in(dir.path(), &key).await;
@@ -120,7 +120,7 @@ async fn acknowledged_writes_survive_a_restart() {
         get(&server, other_org.expose(), "theirs").await.as_deref(),
         Some("B")
     );
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -170,7 +170,7 @@ async fn thirty_two_racing_creates_have_exactly_one_winner() {
     )
     .await;
     assert_eq!(stored, Some(format!("t{}", winners[0])));
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -228,7 +228,7 @@ async fn thirty_two_concurrent_upserters_lose_nothing() {
     )
     .await;
     assert_eq!(listed["structuredContent"]["total"], 32 * ROUNDS);
-    server.stop().await.unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -254,8 +254,8 @@ async fn two_stores_on_one_file_still_create_atomically() {
         }
     }
     assert_eq!(wins, 1);
-    Arc::into_inner(first).unwrap().stop().await.unwrap();
-    Arc::into_inner(second).unwrap().stop().await.unwrap();
+    stop(Arc::into_inner(first).unwrap()).await;
+    stop(Arc::into_inner(second).unwrap()).await;
 }
 
 #[tokio::test]

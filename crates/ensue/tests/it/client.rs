@@ -141,32 +141,6 @@ async fn mcp_get_reads_results_value() {
 }
 
 #[tokio::test]
-async fn mcp_get_of_a_missing_key_is_none_in_every_form() {
-    let answers = [
-        ok(
-            1,
-            json!({ "results": [{ "key_name": "k", "status": "not_found" }] }),
-        ),
-        ok(
-            1,
-            json!({ "results": [{ "key_name": "k", "status": "error", "error": "Key not found" }] }),
-        ),
-        ok(1, json!({ "results": [] })),
-        tool_error(1, "Memory 'k' not found"),
-        rpc_error(1, -32602, "key does not exist"),
-    ];
-    for answer in answers {
-        let server = MockServer::start().await;
-        expect_call(mcp_call(1, "get_memory", json!({ "key_names": ["k"] })))
-            .respond_with(answer)
-            .expect(1)
-            .mount(&server)
-            .await;
-        assert_eq!(client(&server, Dialect::Mcp).get("k").await.unwrap(), None);
-    }
-}
-
-#[tokio::test]
 async fn mcp_get_many_batches_by_100_and_skips_missing_keys() {
     let server = MockServer::start().await;
     let keys: Vec<String> = (0..250).map(|i| format!("k/{i:03}")).collect();
@@ -314,26 +288,6 @@ async fn mcp_delete_and_delete_many_batch_by_100() {
     client.delete_many(&keys).await.unwrap();
 }
 
-#[tokio::test]
-async fn deleting_a_missing_key_is_ok_in_every_form() {
-    for answer in [
-        tool_error(1, "key not found"),
-        rpc_error(1, -32000, "No such key"),
-    ] {
-        let server = MockServer::start().await;
-        expect_call(mcp_call(
-            1,
-            "delete_memory",
-            json!({ "key_names": ["gone"] }),
-        ))
-        .respond_with(answer)
-        .expect(1)
-        .mount(&server)
-        .await;
-        client(&server, Dialect::Mcp).delete("gone").await.unwrap();
-    }
-}
-
 // ------------------------------------------------------------- direct dialect
 
 #[tokio::test]
@@ -473,67 +427,159 @@ async fn direct_upsert_falls_back_to_create() {
 
 // ----------------------------------------------------- not found / exists
 
-#[tokio::test]
-async fn update_of_a_missing_key_is_not_found_in_every_form() {
-    let answers = [
-        tool_error(1, "Key 'k' does not exist"),
-        rpc_error(1, -32602, "Memory not found: k"),
-        ok(
-            1,
-            json!({ "results": [{ "key_name": "k", "status": "not_found" }] }),
-        ),
-    ];
-    for answer in answers {
-        let server = MockServer::start().await;
-        expect_call(mcp_call(
-            1,
-            "update_memory",
-            json!({ "key_name": "k", "value": "v" }),
-        ))
-        .respond_with(answer)
-        .expect(1)
-        .mount(&server)
-        .await;
-        let error = client(&server, Dialect::Mcp)
-            .update("k", "v")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&error, Error::NotFound { key } if key == "k"),
-            "{error:?}"
-        );
+/// A call of the client, as a table case names it.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Get,
+    Create,
+    Update,
+    Delete,
+}
+
+impl Call {
+    /// The exact MCP request this call makes for key `k` (value `v`).
+    fn request(self) -> Value {
+        match self {
+            Call::Get => mcp_call(1, "get_memory", json!({ "key_names": ["k"] })),
+            Call::Create => mcp_call(
+                1,
+                "create_memory",
+                json!({ "items": [{ "key_name": "k", "value": "v", "description": "Memory at k" }] }),
+            ),
+            Call::Update => mcp_call(1, "update_memory", json!({ "key_name": "k", "value": "v" })),
+            Call::Delete => mcp_call(1, "delete_memory", json!({ "key_names": ["k"] })),
+        }
+    }
+
+    /// Makes the call on key `k`: a read's value, `None` for the others.
+    async fn run(self, client: &EnsueClient) -> Result<Option<String>, Error> {
+        match self {
+            Call::Get => client.get("k").await,
+            Call::Create => client.create("k", "v").await.map(|()| None),
+            Call::Update => client.update("k", "v").await.map(|()| None),
+            Call::Delete => client.delete("k").await.map(|()| None),
+        }
     }
 }
 
+/// Each way the service says a key is missing or already there, per call.
 #[tokio::test]
-async fn create_of_an_existing_key_is_already_exists_in_every_form() {
-    let answers = [
-        ok(
-            1,
-            json!({ "results": [{ "key_name": "k", "status": "error", "error": "Key already exists" }] }),
+async fn missing_and_existing_keys_are_understood_in_every_form() {
+    let missing = |outcome: &Result<Option<String>, Error>| matches!(outcome, Ok(None));
+    let not_found = |outcome: &Result<Option<String>, Error>| matches!(outcome, Err(Error::NotFound { key }) if key == "k");
+    let exists = |outcome: &Result<Option<String>, Error>| matches!(outcome, Err(Error::AlreadyExists { key }) if key == "k");
+    type Expected = fn(&Result<Option<String>, Error>) -> bool;
+    let cases: [(&str, Call, ResponseTemplate, Expected); 14] = [
+        (
+            "get: item status not_found",
+            Call::Get,
+            ok(
+                1,
+                json!({ "results": [{ "key_name": "k", "status": "not_found" }] }),
+            ),
+            missing,
         ),
-        ok(
-            1,
-            json!({ "results": [{ "key_name": "k", "status": "already_exists" }] }),
+        (
+            "get: item error `Key not found`",
+            Call::Get,
+            ok(
+                1,
+                json!({ "results": [{ "key_name": "k", "status": "error", "error": "Key not found" }] }),
+            ),
+            missing,
         ),
-        tool_error(1, "UNIQUE constraint failed: memories.key_name"),
-        rpc_error(1, -32000, "memory k already exists"),
+        (
+            "get: no results",
+            Call::Get,
+            ok(1, json!({ "results": [] })),
+            missing,
+        ),
+        (
+            "get: tool error `not found`",
+            Call::Get,
+            tool_error(1, "Memory 'k' not found"),
+            missing,
+        ),
+        (
+            "get: JSON-RPC error `does not exist`",
+            Call::Get,
+            rpc_error(1, -32602, "key does not exist"),
+            missing,
+        ),
+        (
+            "update: tool error `does not exist`",
+            Call::Update,
+            tool_error(1, "Key 'k' does not exist"),
+            not_found,
+        ),
+        (
+            "update: JSON-RPC error `not found`",
+            Call::Update,
+            rpc_error(1, -32602, "Memory not found: k"),
+            not_found,
+        ),
+        (
+            "update: item status not_found",
+            Call::Update,
+            ok(
+                1,
+                json!({ "results": [{ "key_name": "k", "status": "not_found" }] }),
+            ),
+            not_found,
+        ),
+        (
+            "create: item error `already exists`",
+            Call::Create,
+            ok(
+                1,
+                json!({ "results": [{ "key_name": "k", "status": "error", "error": "Key already exists" }] }),
+            ),
+            exists,
+        ),
+        (
+            "create: item status already_exists",
+            Call::Create,
+            ok(
+                1,
+                json!({ "results": [{ "key_name": "k", "status": "already_exists" }] }),
+            ),
+            exists,
+        ),
+        (
+            "create: tool error UNIQUE constraint",
+            Call::Create,
+            tool_error(1, "UNIQUE constraint failed: memories.key_name"),
+            exists,
+        ),
+        (
+            "create: JSON-RPC error `already exists`",
+            Call::Create,
+            rpc_error(1, -32000, "memory k already exists"),
+            exists,
+        ),
+        (
+            "delete: tool error `not found`",
+            Call::Delete,
+            tool_error(1, "key not found"),
+            missing,
+        ),
+        (
+            "delete: JSON-RPC error `No such key`",
+            Call::Delete,
+            rpc_error(1, -32000, "No such key"),
+            missing,
+        ),
     ];
-    for answer in answers {
+    for (name, call, answer, expected) in cases {
         let server = MockServer::start().await;
-        Mock::given(method("POST"))
+        expect_call(call.request())
             .respond_with(answer)
             .expect(1)
+            .named(name)
             .mount(&server)
             .await;
-        let error = client(&server, Dialect::Mcp)
-            .create("k", "v")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&error, Error::AlreadyExists { key } if key == "k"),
-            "{error:?}"
-        );
+        let outcome = call.run(&client(&server, Dialect::Mcp)).await;
+        assert!(expected(&outcome), "{name}: got {outcome:?}");
     }
 }
 
@@ -577,144 +623,168 @@ async fn upsert_that_loses_the_create_race_updates_again() {
 
 // ----------------------------------------------------------- error classes
 
-async fn error_for(response: ResponseTemplate, expected_calls: u64) -> Error {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(response)
-        .expect(expected_calls)
-        .mount(&server)
-        .await;
-    client(&server, Dialect::Mcp).get("k").await.unwrap_err()
-}
-
+/// Every class of error answer, what the client makes of it, and how many
+/// times it asks (retries included) before giving up.
 #[tokio::test]
-async fn http_401_is_unauthorized_and_not_retried() {
-    let error = error_for(
-        ResponseTemplate::new(401).set_body_string("{\"error\":\"API key not claimed\"}"),
-        1,
-    )
-    .await;
-    assert!(
-        matches!(&error, Error::Unauthorized { status: 401, body } if body.contains("not claimed"))
-    );
-    assert!(error.is_unauthorized() && !error.is_retryable());
-}
-
-#[tokio::test]
-async fn http_403_is_unauthorized() {
-    let error = error_for(ResponseTemplate::new(403), 1).await;
-    assert!(matches!(error, Error::Unauthorized { status: 403, .. }));
-}
-
-#[tokio::test]
-async fn http_429_is_retried_then_rate_limited_with_retry_after() {
-    let error = error_for(
-        ResponseTemplate::new(429).insert_header("retry-after", "0"),
-        3,
-    )
-    .await;
-    assert!(matches!(error, Error::RateLimited { retry_after: Some(d) } if d == Duration::ZERO));
-}
-
-#[tokio::test]
-async fn http_429_with_a_long_retry_after_is_returned_at_once() {
-    let error = error_for(
-        ResponseTemplate::new(429).insert_header("retry-after", "120"),
-        1,
-    )
-    .await;
-    assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
-}
-
-#[tokio::test]
-async fn http_429_with_a_past_retry_after_date_is_retried_at_once() {
-    let error = error_for(
-        ResponseTemplate::new(429).insert_header("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),
-        3,
-    )
-    .await;
-    assert_eq!(error.retry_after(), Some(Duration::ZERO));
-}
-
-#[tokio::test]
-async fn http_5xx_is_retried_then_server_error() {
-    let error = error_for(ResponseTemplate::new(502).set_body_string("bad gateway"), 3).await;
-    assert!(matches!(&error, Error::Server { status: 502, body } if body == "bad gateway"));
-}
-
-#[tokio::test]
-async fn http_400_is_unexpected_status() {
-    let error = error_for(ResponseTemplate::new(400).set_body_string("nope"), 1).await;
-    assert!(matches!(error, Error::UnexpectedStatus { status: 400, .. }));
-}
-
-#[tokio::test]
-async fn a_404_is_not_taken_for_a_missing_key() {
-    let error = error_for(ResponseTemplate::new(404), 1).await;
-    assert!(matches!(error, Error::UnexpectedStatus { status: 404, .. }));
-}
-
-#[tokio::test]
-async fn json_rpc_errors_keep_code_and_message() {
-    let error = error_for(rpc_error(1, -32601, "Unknown tool: get_memory"), 1).await;
-    assert!(
-        matches!(&error, Error::JsonRpc { code: -32601, message } if message == "Unknown tool: get_memory")
-    );
-}
-
-#[tokio::test]
-async fn tool_errors_keep_their_text() {
-    let error = error_for(tool_error(1, "the service is busy"), 1).await;
-    assert!(matches!(&error, Error::Tool { message } if message == "the service is busy"));
-}
-
-#[tokio::test]
-async fn per_item_failures_keep_status_and_text() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ok(
-            1,
-            json!({ "results": [{ "key_name": "k", "status": "error", "error": "value too large" }] }),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server, Dialect::Mcp)
-        .create("k", "v")
-        .await
-        .unwrap_err();
-    assert!(matches!(
-        &error,
-        Error::ItemFailed { key, status, message } if key == "k" && status == "error" && message == "value too large"
-    ));
-}
-
-#[tokio::test]
-async fn malformed_bodies_are_errors_that_keep_the_text() {
-    for body in [
-        "<html>gateway</html>",
-        "data: {not json\n\n",
-        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"plain words\"}]}}",
-        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"structuredContent\":{\"nothing\":1}}}",
-    ] {
-        let error = error_for(
-            ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"),
-            1,
-        )
-        .await;
-        match &error {
-            Error::Malformed { body: kept, .. } => assert!(!kept.is_empty(), "{body}"),
-            other => panic!("{body}: {other:?}"),
-        }
-        assert!(!error.is_retryable());
+async fn every_error_answer_is_classified() {
+    struct Case {
+        name: &'static str,
+        call: Call,
+        answer: ResponseTemplate,
+        calls: u64,
+        expected: fn(&Error) -> bool,
     }
-}
-
-#[tokio::test]
-async fn a_huge_malformed_body_is_truncated_in_the_error() {
-    let body = "x".repeat(100_000);
-    let error = error_for(ResponseTemplate::new(200).set_body_string(body), 1).await;
-    assert!(matches!(&error, Error::Malformed { body, .. } if body.len() < 1_000));
+    let malformed = |error: &Error| {
+        matches!(error, Error::Malformed { body, .. } if !body.is_empty()) && !error.is_retryable()
+    };
+    let sse_body =
+        |body: &str| ResponseTemplate::new(200).set_body_raw(body.to_owned(), "text/event-stream");
+    let cases = [
+        Case {
+            name: "HTTP 401: unauthorized, not retried",
+            call: Call::Get,
+            answer: ResponseTemplate::new(401)
+                .set_body_string("{\"error\":\"API key not claimed\"}"),
+            calls: 1,
+            expected: |error| {
+                matches!(error, Error::Unauthorized { status: 401, body } if body.contains("not claimed"))
+                    && error.is_unauthorized()
+                    && !error.is_retryable()
+            },
+        },
+        Case {
+            name: "HTTP 403: unauthorized",
+            call: Call::Get,
+            answer: ResponseTemplate::new(403),
+            calls: 1,
+            expected: |error| matches!(error, Error::Unauthorized { status: 403, .. }),
+        },
+        Case {
+            name: "HTTP 429, Retry-After 0: retried, then rate limited",
+            call: Call::Get,
+            answer: ResponseTemplate::new(429).insert_header("retry-after", "0"),
+            calls: 3,
+            expected: |error| matches!(error, Error::RateLimited { retry_after: Some(wait) } if *wait == Duration::ZERO),
+        },
+        Case {
+            name: "HTTP 429, Retry-After 120: returned at once",
+            call: Call::Get,
+            answer: ResponseTemplate::new(429).insert_header("retry-after", "120"),
+            calls: 1,
+            expected: |error| error.retry_after() == Some(Duration::from_secs(120)),
+        },
+        Case {
+            name: "HTTP 429, Retry-After a past date: retried at once",
+            call: Call::Get,
+            answer: ResponseTemplate::new(429)
+                .insert_header("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            calls: 3,
+            expected: |error| error.retry_after() == Some(Duration::ZERO),
+        },
+        Case {
+            name: "HTTP 502: retried, then a server error keeping the body",
+            call: Call::Get,
+            answer: ResponseTemplate::new(502).set_body_string("bad gateway"),
+            calls: 3,
+            expected: |error| matches!(error, Error::Server { status: 502, body } if body == "bad gateway"),
+        },
+        Case {
+            name: "HTTP 400: unexpected status",
+            call: Call::Get,
+            answer: ResponseTemplate::new(400).set_body_string("nope"),
+            calls: 1,
+            expected: |error| matches!(error, Error::UnexpectedStatus { status: 400, .. }),
+        },
+        Case {
+            name: "HTTP 404: an unexpected status, not a missing key",
+            call: Call::Get,
+            answer: ResponseTemplate::new(404),
+            calls: 1,
+            expected: |error| matches!(error, Error::UnexpectedStatus { status: 404, .. }),
+        },
+        Case {
+            name: "JSON-RPC error: code and message kept",
+            call: Call::Get,
+            answer: rpc_error(1, -32601, "Unknown tool: get_memory"),
+            calls: 1,
+            expected: |error| matches!(error, Error::JsonRpc { code: -32601, message } if message == "Unknown tool: get_memory"),
+        },
+        Case {
+            name: "tool error: text kept",
+            call: Call::Get,
+            answer: tool_error(1, "the service is busy"),
+            calls: 1,
+            expected: |error| matches!(error, Error::Tool { message } if message == "the service is busy"),
+        },
+        Case {
+            name: "per-item failure: key, status and text kept",
+            call: Call::Create,
+            answer: ok(
+                1,
+                json!({ "results": [{ "key_name": "k", "status": "error", "error": "value too large" }] }),
+            ),
+            calls: 1,
+            expected: |error| {
+                matches!(error, Error::ItemFailed { key, status, message }
+                    if key == "k" && status == "error" && message == "value too large")
+            },
+        },
+        Case {
+            name: "malformed: an HTML page",
+            call: Call::Get,
+            answer: sse_body("<html>gateway</html>"),
+            calls: 1,
+            expected: malformed,
+        },
+        Case {
+            name: "malformed: an SSE event that is not JSON",
+            call: Call::Get,
+            answer: sse_body("data: {not json\n\n"),
+            calls: 1,
+            expected: malformed,
+        },
+        Case {
+            name: "malformed: a tool result of plain words",
+            call: Call::Get,
+            answer: sse_body(
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"plain words\"}]}}",
+            ),
+            calls: 1,
+            expected: malformed,
+        },
+        Case {
+            name: "malformed: structured content without results",
+            call: Call::Get,
+            answer: sse_body(
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"structuredContent\":{\"nothing\":1}}}",
+            ),
+            calls: 1,
+            expected: malformed,
+        },
+        Case {
+            name: "malformed: a huge body, truncated in the error",
+            call: Call::Get,
+            answer: ResponseTemplate::new(200).set_body_string("x".repeat(100_000)),
+            calls: 1,
+            expected: |error| matches!(error, Error::Malformed { body, .. } if body.len() < 1_000),
+        },
+    ];
+    for case in cases {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(case.answer)
+            .expect(case.calls)
+            .named(case.name)
+            .mount(&server)
+            .await;
+        let outcome = case.call.run(&client(&server, Dialect::Mcp)).await;
+        match outcome {
+            Err(error) => assert!((case.expected)(&error), "{}: got {error:?}", case.name),
+            Ok(value) => panic!("{}: succeeded with {value:?}", case.name),
+        }
+        // Checks the number of calls, naming the case.
+        server.verify().await;
+    }
 }
 
 #[tokio::test]
@@ -882,16 +952,6 @@ async fn a_first_create_that_meets_already_exists_does_not_read() {
 
 // ------------------------------------------------------------- SSE framings
 
-async fn get_with_body(body: String, content_type: &str) -> Option<String> {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(body, content_type))
-        .expect(1)
-        .mount(&server)
-        .await;
-    client(&server, Dialect::Mcp).get("k").await.unwrap()
-}
-
 fn found(id: u64, value: &str) -> Value {
     rpc(
         id,
@@ -901,95 +961,93 @@ fn found(id: u64, value: &str) -> Value {
     )
 }
 
+/// Every framing of a successful answer the client reads: SSE in its forms,
+/// plain JSON, a lying content type, and the text fallback.
 #[tokio::test]
-async fn sse_one_event() {
-    let body = format!("data: {}\n\n", found(1, "one"));
-    assert_eq!(
-        get_with_body(body, "text/event-stream").await.as_deref(),
-        Some("one")
-    );
-}
-
-#[tokio::test]
-async fn sse_notifications_before_the_response() {
+async fn every_framing_of_an_answer_is_read() {
     let notification = json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": { "progress": 1 } });
-    let body = format!(
-        "data: {notification}\n\ndata: {notification}\n\ndata: {}\n\n",
-        found(1, "after")
-    );
-    assert_eq!(
-        get_with_body(body, "text/event-stream").await.as_deref(),
-        Some("after")
-    );
-}
-
-#[tokio::test]
-async fn sse_event_id_retry_and_comment_lines() {
-    let body = format!(
-        ": ping\nretry: 1000\nevent: message\nid: 0a1b\ndata: {}\n\n: bye\n",
-        found(1, "framed")
-    );
-    assert_eq!(
-        get_with_body(body, "text/event-stream").await.as_deref(),
-        Some("framed")
-    );
-}
-
-#[tokio::test]
-async fn sse_crlf_line_endings() {
-    let body = format!("event: message\r\ndata: {}\r\n\r\n", found(1, "crlf"));
-    assert_eq!(
-        get_with_body(body, "text/event-stream").await.as_deref(),
-        Some("crlf")
-    );
-}
-
-#[tokio::test]
-async fn sse_response_for_another_id_loses_to_ours() {
-    let body = format!(
-        "data: {}\n\ndata: {}\n\n",
-        found(1, "ours"),
-        found(99, "theirs")
-    );
-    assert_eq!(
-        get_with_body(body, "text/event-stream").await.as_deref(),
-        Some("ours")
-    );
-}
-
-#[tokio::test]
-async fn plain_json_body() {
-    let body = found(1, "json").to_string();
-    assert_eq!(
-        get_with_body(body, "application/json").await.as_deref(),
-        Some("json")
-    );
-}
-
-#[tokio::test]
-async fn content_type_that_lies_is_sniffed() {
-    let sse_body = format!("data: {}\n\n", found(1, "sse-as-json"));
-    assert_eq!(
-        get_with_body(sse_body, "application/json").await.as_deref(),
-        Some("sse-as-json")
-    );
-    let json_body = found(1, "json-as-sse").to_string();
-    assert_eq!(
-        get_with_body(json_body, "text/event-stream")
-            .await
-            .as_deref(),
-        Some("json-as-sse")
-    );
-}
-
-#[tokio::test]
-async fn content_text_is_the_fallback_for_structured_content() {
-    let result = json!({ "content": [{ "type": "text", "text": json!({ "results": [{ "key_name": "k", "value": "text", "status": "success" }] }).to_string() }] });
-    let body = format!("data: {}\n\n", rpc(1, result));
-    assert_eq!(
-        get_with_body(body, "text/event-stream").await.as_deref(),
-        Some("text")
-    );
+    let text_only = json!({ "content": [{ "type": "text", "text": json!({ "results": [{ "key_name": "k", "value": "text", "status": "success" }] }).to_string() }] });
+    let cases: [(&str, String, &str, &str); 9] = [
+        (
+            "SSE: one event",
+            format!("data: {}\n\n", found(1, "one")),
+            "text/event-stream",
+            "one",
+        ),
+        (
+            "SSE: notifications before the response",
+            format!(
+                "data: {notification}\n\ndata: {notification}\n\ndata: {}\n\n",
+                found(1, "after")
+            ),
+            "text/event-stream",
+            "after",
+        ),
+        (
+            "SSE: event, id, retry and comment lines",
+            format!(
+                ": ping\nretry: 1000\nevent: message\nid: 0a1b\ndata: {}\n\n: bye\n",
+                found(1, "framed")
+            ),
+            "text/event-stream",
+            "framed",
+        ),
+        (
+            "SSE: CRLF line endings",
+            format!("event: message\r\ndata: {}\r\n\r\n", found(1, "crlf")),
+            "text/event-stream",
+            "crlf",
+        ),
+        (
+            "SSE: a response for another id loses to ours",
+            format!(
+                "data: {}\n\ndata: {}\n\n",
+                found(1, "ours"),
+                found(99, "theirs")
+            ),
+            "text/event-stream",
+            "ours",
+        ),
+        (
+            "plain JSON",
+            found(1, "json").to_string(),
+            "application/json",
+            "json",
+        ),
+        (
+            "SSE labelled as JSON is sniffed",
+            format!("data: {}\n\n", found(1, "sse-as-json")),
+            "application/json",
+            "sse-as-json",
+        ),
+        (
+            "JSON labelled as SSE is sniffed",
+            found(1, "json-as-sse").to_string(),
+            "text/event-stream",
+            "json-as-sse",
+        ),
+        (
+            "content text is the fallback for structured content",
+            format!("data: {}\n\n", rpc(1, text_only)),
+            "text/event-stream",
+            "text",
+        ),
+    ];
+    for (name, body, content_type, value) in cases {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(body, content_type))
+            .expect(1)
+            .named(name)
+            .mount(&server)
+            .await;
+        let read = client(&server, Dialect::Mcp).get("k").await;
+        assert_eq!(
+            read.as_ref().ok().and_then(Option::as_deref),
+            Some(value),
+            "{name}: {read:?}"
+        );
+    }
 }
 
 /// A body that really arrives in pieces: a raw HTTP/1.1 server writing a
@@ -1031,7 +1089,10 @@ async fn sse_body_split_across_network_chunks() {
         .unwrap();
     let value = EnsueClient::new(config).unwrap().get("k").await.unwrap();
     assert_eq!(value.as_deref(), Some("pieces"));
-    let request = server.await.unwrap();
+    let request = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the raw server finished its answer")
+        .unwrap();
     assert!(request.starts_with("POST / HTTP/1.1\r\n"));
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use delibera_near::{
-    ChainRegistrar, CoordinatorClaim, CoordinatorRegistration, CryptoHash, Error, LocalRegistry,
-    Registrar, Unconfirmed, WorkerClaim, WorkerRegistration,
+    AccountId, ChainRegistrar, CoordinatorClaim, CoordinatorRecord, CoordinatorRegistration,
+    CryptoHash, EndpointUpdate, Error, LocalRegistry, RegisteredWorker, Registrar, Registry,
+    Unconfirmed, WorkerClaim, WorkerRecord, WorkerRegistration,
 };
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -319,21 +320,23 @@ async fn a_record_that_shows_up_within_the_settle_time_completes() {
     let chain = signed_chain(OWNER, "https://w.example");
     let mut claim = worker_claim(None);
     claim.registration.endpoint_url = "https://moved.example".into();
-    // The node shows the new endpoint a moment after the wallet returned.
-    let later = chain.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        later
-            .update_worker_endpoint_as(&account(OWNER), WORKER, "https://moved.example")
-            .unwrap();
+    // The node shows the new endpoint only after the registrar first looked
+    // and saw the old one, as when the wallet returns a moment early.
+    let lagging = Arc::new(CatchesUpAfterFirstRead {
+        chain: chain.clone(),
+        caught_up: std::sync::Once::new(),
     });
-    let settling = ChainRegistrar::new(chain.clone(), client(&rpc), vec![account(REGISTRY_ID)])
-        .with_settle_time(Duration::from_secs(5));
-    let record = tokio::time::timeout(Duration::from_secs(10), settling.complete_worker(&claim))
+    let settling = ChainRegistrar::new(lagging.clone(), client(&rpc), vec![account(REGISTRY_ID)])
+        .with_settle_time(Duration::from_secs(30));
+    let record = tokio::time::timeout(Duration::from_secs(60), settling.complete_worker(&claim))
         .await
         .expect("settled within its time")
         .unwrap();
     assert_eq!(record.endpoint_url, "https://moved.example");
+    assert!(
+        lagging.caught_up.is_completed(),
+        "the first read saw the old endpoint"
+    );
     // Past the settle time, the refusal stands.
     let mut never = worker_claim(None);
     never.registration.endpoint_url = "https://never.example".into();
@@ -347,4 +350,58 @@ async fn a_record_that_shows_up_within_the_settle_time_completes() {
             ..
         }
     ));
+}
+
+/// The chain as a node that lags: the first read of the worker shows the
+/// record as it was; then the wallet's endpoint change lands.
+struct CatchesUpAfterFirstRead {
+    chain: Arc<LocalRegistry>,
+    caught_up: std::sync::Once,
+}
+
+#[async_trait::async_trait]
+impl Registry for CatchesUpAfterFirstRead {
+    async fn list_active_coordinators(&self) -> delibera_near::Result<Vec<CoordinatorRecord>> {
+        self.chain.list_active_coordinators().await
+    }
+    async fn list_active_workers(&self) -> delibera_near::Result<Vec<WorkerRecord>> {
+        self.chain.list_active_workers().await
+    }
+    async fn coordinator_by_did(
+        &self,
+        coordinator_did: &str,
+    ) -> delibera_near::Result<Option<CoordinatorRecord>> {
+        self.chain.coordinator_by_did(coordinator_did).await
+    }
+    async fn worker_by_did(&self, worker_did: &str) -> delibera_near::Result<Option<WorkerRecord>> {
+        let seen = self.chain.worker_by_did(worker_did).await;
+        self.caught_up.call_once(|| {
+            self.chain
+                .update_worker_endpoint_as(&account(OWNER), WORKER, "https://moved.example")
+                .unwrap();
+        });
+        seen
+    }
+    async fn update_worker_endpoint(&self, update: &EndpointUpdate) -> delibera_near::Result<()> {
+        self.chain.update_worker_endpoint(update).await
+    }
+    async fn update_coordinator_endpoint(
+        &self,
+        update: &EndpointUpdate,
+    ) -> delibera_near::Result<()> {
+        self.chain.update_coordinator_endpoint(update).await
+    }
+    async fn roster(&self) -> delibera_near::Result<Vec<RegisteredWorker>> {
+        self.chain.roster().await
+    }
+    async fn roster_register(
+        &self,
+        worker_id: &str,
+        account_id: Option<&AccountId>,
+    ) -> delibera_near::Result<()> {
+        self.chain.roster_register(worker_id, account_id).await
+    }
+    async fn roster_remove(&self, worker_id: &str) -> delibera_near::Result<()> {
+        self.chain.roster_remove(worker_id).await
+    }
 }

@@ -79,198 +79,172 @@ async fn call_function_by_height_sends_block_id_and_returns_raw_bytes() {
     assert_eq!(bytes, [0, 1, 255]);
 }
 
-async fn view_error(result: serde_json::Value) -> Error {
-    let server = MockServer::start().await;
-    Mock::given(Method("query"))
-        .respond_with(ok(result))
-        .expect(1)
-        .mount(&server)
-        .await;
-    client(&server)
-        .view::<serde_json::Value>(&account("registry.testnet"), "m", &json!({}))
-        .await
-        .unwrap_err()
+/// A read of the registry, as a table case names it.
+#[derive(Clone, Copy)]
+enum Read {
+    /// `view` of method `m` on `registry.testnet`.
+    View,
+    /// `view_access_key` of the signer's key.
+    AccessKey,
 }
 
+/// Every error answer to a read, legacy (in the result) and structured: the
+/// error it becomes.
 #[tokio::test]
-async fn legacy_in_result_panic_is_a_contract_panic_with_the_message() {
-    let error = view_error(json!({
-        "error": "wasm execution failed with error: HostError(GuestPanic { panic_msg: \"Coordinator not found\" })",
-        "logs": [], "block_height": 1, "block_hash": "x"
-    }))
-    .await;
-    assert_eq!(error.panic_message(), Some("Coordinator not found"));
-}
-
-#[tokio::test]
-async fn older_function_call_error_wrapping_is_also_a_panic() {
-    let error = view_error(json!({
-        "error": "wasm execution failed with error: FunctionCallError(HostError(GuestPanic { panic_msg: \"nope\" }))",
-        "logs": [], "block_height": 1, "block_hash": "x"
-    }))
-    .await;
-    assert_eq!(error.panic_message(), Some("nope"));
-}
-
-#[tokio::test]
-async fn legacy_in_result_method_not_found_is_a_view_failure() {
-    let text = "wasm execution failed with error: MethodResolveError(MethodNotFound)";
-    let error =
-        view_error(json!({"error": text, "logs": [], "block_height": 1, "block_hash": "x"})).await;
-    match error {
-        Error::ViewFailed { message } => assert_eq!(message, text),
-        other => panic!("expected ViewFailed, got {other:?}"),
+async fn every_read_error_is_classified() {
+    struct Case {
+        name: &'static str,
+        read: Read,
+        answer: ResponseTemplate,
+        expected: fn(&Error) -> bool,
     }
-}
-
-#[tokio::test]
-async fn a_result_that_is_not_the_expected_json_is_an_invalid_response() {
-    let error =
-        view_error(json!({"result": [110, 111], "logs": [], "block_height": 1, "block_hash": "x"}))
-            .await;
-    assert!(
-        matches!(error, Error::InvalidResponse { ref method, .. } if method == "m"),
-        "{error:?}"
-    );
-}
-
-#[tokio::test]
-async fn structured_unknown_account_is_typed() {
-    let server = MockServer::start().await;
-    Mock::given(Method("query"))
-        .respond_with(err(
-            200,
-            handler_error(
-                "UNKNOWN_ACCOUNT",
-                json!({"requested_account_id": "registry.testnet", "block_height": 1, "block_hash": "x"}),
-            ),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .view::<serde_json::Value>(&account("registry.testnet"), "m", &json!({}))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::UnknownAccount { ref account_id } if account_id == "registry.testnet"),
-        "{error:?}"
-    );
-}
-
-#[tokio::test]
-async fn structured_contract_execution_error_is_a_panic() {
-    let server = MockServer::start().await;
-    Mock::given(Method("query"))
-        .respond_with(err(
-            200,
-            handler_error(
-                "CONTRACT_EXECUTION_ERROR",
-                json!({"vm_error": "wasm execution failed with error: HostError(GuestPanic { panic_msg: \"max_workers must be > 0\" })", "block_height": 1, "block_hash": "x"}),
-            ),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .view::<serde_json::Value>(&account("registry.testnet"), "m", &json!({}))
-        .await
-        .unwrap_err();
-    assert_eq!(error.panic_message(), Some("max_workers must be > 0"));
-}
-
-#[tokio::test]
-async fn an_unknown_cause_keeps_its_names() {
-    let server = MockServer::start().await;
-    Mock::given(Method("query"))
-        .respond_with(err(
-            200,
-            handler_error("GARBAGE_COLLECTED_BLOCK", json!({"block_height": 1})),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .view::<serde_json::Value>(&account("registry.testnet"), "m", &json!({}))
-        .await
-        .unwrap_err();
-    match error {
-        Error::Rpc {
-            name,
-            cause,
-            message,
-        } => {
-            assert_eq!(
-                (name.as_str(), cause.as_str()),
-                ("HANDLER_ERROR", "GARBAGE_COLLECTED_BLOCK")
-            );
-            assert_eq!(message, "legacy text");
-        }
-        other => panic!("expected Rpc, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn a_structured_unknown_access_key_is_typed() {
-    let server = MockServer::start().await;
+    let in_result =
+        |error: &str| ok(json!({"error": error, "logs": [], "block_height": 1, "block_hash": "x"}));
     let public_key = signer().public_key().to_near_string();
-    Mock::given(rpc("query", access_key_params()))
-        .respond_with(err(
-            200,
-            handler_error(
-                "UNKNOWN_ACCESS_KEY",
-                json!({"public_key": public_key, "block_height": 1, "block_hash": "x"}),
+    let cases = [
+        Case {
+            name: "legacy in-result panic: a contract panic with its message",
+            read: Read::View,
+            answer: in_result(
+                "wasm execution failed with error: HostError(GuestPanic { panic_msg: \"Coordinator not found\" })",
             ),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .view_access_key(
-            signer().account_id(),
-            &signer().public_key(),
-            &BlockReference::Optimistic,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::UnknownAccessKey { public_key: ref key } if *key == public_key),
-        "{error:?}"
-    );
-}
-
-#[tokio::test]
-async fn a_request_validation_error_on_http_400_keeps_its_message() {
-    let server = MockServer::start().await;
-    Mock::given(Method("query"))
-        .respond_with(err(
-            400,
-            json!({"name": "REQUEST_VALIDATION_ERROR", "cause": {"name": "PARSE_ERROR", "info": {"error_message": "unknown field `x`"}}, "code": -32700, "message": "Parse error"}),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .view::<serde_json::Value>(&account("registry.testnet"), "m", &json!({}))
-        .await
-        .unwrap_err();
-    match error {
-        Error::Rpc {
-            ref name,
-            ref cause,
-            ref message,
-        } => {
-            assert_eq!(
-                (name.as_str(), cause.as_str(), message.as_str()),
-                (
-                    "REQUEST_VALIDATION_ERROR",
-                    "PARSE_ERROR",
-                    "unknown field `x`"
+            expected: |error| error.panic_message() == Some("Coordinator not found"),
+        },
+        Case {
+            name: "older FunctionCallError wrapping: also a panic",
+            read: Read::View,
+            answer: in_result(
+                "wasm execution failed with error: FunctionCallError(HostError(GuestPanic { panic_msg: \"nope\" }))",
+            ),
+            expected: |error| error.panic_message() == Some("nope"),
+        },
+        Case {
+            name: "legacy in-result method not found: a view failure with the text",
+            read: Read::View,
+            answer: in_result(
+                "wasm execution failed with error: MethodResolveError(MethodNotFound)",
+            ),
+            expected: |error| {
+                matches!(error, Error::ViewFailed { message }
+                    if message == "wasm execution failed with error: MethodResolveError(MethodNotFound)")
+            },
+        },
+        Case {
+            name: "a result that is not the expected JSON: an invalid response",
+            read: Read::View,
+            answer: ok(
+                json!({"result": [110, 111], "logs": [], "block_height": 1, "block_hash": "x"}),
+            ),
+            expected: |error| matches!(error, Error::InvalidResponse { method, .. } if method == "m"),
+        },
+        Case {
+            name: "structured UNKNOWN_ACCOUNT: typed",
+            read: Read::View,
+            answer: err(
+                200,
+                handler_error(
+                    "UNKNOWN_ACCOUNT",
+                    json!({"requested_account_id": "registry.testnet", "block_height": 1, "block_hash": "x"}),
+                ),
+            ),
+            expected: |error| matches!(error, Error::UnknownAccount { account_id } if account_id == "registry.testnet"),
+        },
+        Case {
+            name: "structured CONTRACT_EXECUTION_ERROR: a panic",
+            read: Read::View,
+            answer: err(
+                200,
+                handler_error(
+                    "CONTRACT_EXECUTION_ERROR",
+                    json!({"vm_error": "wasm execution failed with error: HostError(GuestPanic { panic_msg: \"max_workers must be > 0\" })", "block_height": 1, "block_hash": "x"}),
+                ),
+            ),
+            expected: |error| error.panic_message() == Some("max_workers must be > 0"),
+        },
+        Case {
+            name: "an unknown cause: keeps its names and the legacy text",
+            read: Read::View,
+            answer: err(
+                200,
+                handler_error("GARBAGE_COLLECTED_BLOCK", json!({"block_height": 1})),
+            ),
+            expected: |error| {
+                matches!(error, Error::Rpc { name, cause, message }
+                    if name == "HANDLER_ERROR" && cause == "GARBAGE_COLLECTED_BLOCK" && message == "legacy text")
+            },
+        },
+        Case {
+            name: "REQUEST_VALIDATION_ERROR on HTTP 400: keeps its message, not retryable",
+            read: Read::View,
+            answer: err(
+                400,
+                json!({"name": "REQUEST_VALIDATION_ERROR", "cause": {"name": "PARSE_ERROR", "info": {"error_message": "unknown field `x`"}}, "code": -32700, "message": "Parse error"}),
+            ),
+            expected: |error| {
+                matches!(error, Error::Rpc { name, cause, message }
+                    if name == "REQUEST_VALIDATION_ERROR" && cause == "PARSE_ERROR" && message == "unknown field `x`")
+                    && !error.is_retryable()
+            },
+        },
+        Case {
+            name: "structured UNKNOWN_ACCESS_KEY: typed",
+            read: Read::AccessKey,
+            answer: err(
+                200,
+                handler_error(
+                    "UNKNOWN_ACCESS_KEY",
+                    json!({"public_key": public_key, "block_height": 1, "block_hash": "x"}),
+                ),
+            ),
+            expected: |error| {
+                matches!(error, Error::UnknownAccessKey { public_key }
+                    if *public_key == signer().public_key().to_near_string())
+            },
+        },
+        Case {
+            name: "legacy missing access key: typed",
+            read: Read::AccessKey,
+            answer: in_result(&format!(
+                "access key {public_key} does not exist while viewing"
+            )),
+            expected: |error| {
+                matches!(error, Error::UnknownAccessKey { public_key }
+                    if *public_key == signer().public_key().to_near_string())
+            },
+        },
+    ];
+    for case in cases {
+        let server = MockServer::start().await;
+        let request = match case.read {
+            Read::View => Mock::given(Method("query")),
+            Read::AccessKey => Mock::given(rpc("query", access_key_params())),
+        };
+        request
+            .respond_with(case.answer)
+            .expect(1)
+            .named(case.name)
+            .mount(&server)
+            .await;
+        let client = client(&server);
+        let error = match case.read {
+            Read::View => client
+                .view::<serde_json::Value>(&account("registry.testnet"), "m", &json!({}))
+                .await
+                .err(),
+            Read::AccessKey => client
+                .view_access_key(
+                    signer().account_id(),
+                    &signer().public_key(),
+                    &BlockReference::Optimistic,
                 )
-            );
-            assert!(!error.is_retryable());
+                .await
+                .err(),
+        };
+        match error {
+            Some(error) => assert!((case.expected)(&error), "{}: got {error:?}", case.name),
+            None => panic!("{}: succeeded", case.name),
         }
-        other => panic!("expected Rpc, got {other:?}"),
+        server.verify().await;
     }
 }
 
@@ -294,32 +268,6 @@ async fn view_access_key_sends_the_key_and_reads_nonce_and_block_hash() {
     assert_eq!(key.block_hash, block_hash());
     assert_eq!(key.block_height, 100);
     assert_eq!(key.permission, json!("FullAccess"));
-}
-
-#[tokio::test]
-async fn a_missing_access_key_in_legacy_form_is_typed() {
-    let server = MockServer::start().await;
-    let public_key = signer().public_key().to_near_string();
-    Mock::given(rpc("query", access_key_params()))
-        .respond_with(ok(json!({
-            "error": format!("access key {public_key} does not exist while viewing"),
-            "logs": [], "block_height": 1, "block_hash": "x"
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .view_access_key(
-            signer().account_id(),
-            &signer().public_key(),
-            &BlockReference::Optimistic,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::UnknownAccessKey { public_key: ref key } if *key == public_key),
-        "{error:?}"
-    );
 }
 
 #[tokio::test]
@@ -378,126 +326,87 @@ async fn send_tx_posts_base64_and_wait_until_and_reads_the_outcome() {
     assert_eq!(outcome.logs, ["tx log", "receipt log"]);
 }
 
+/// Every failure of a sent transaction, in its outcome or as an RPC error:
+/// the error it becomes.
 #[tokio::test]
-async fn a_failure_status_carries_the_panic_message() {
-    let server = MockServer::start().await;
-    Mock::given(Method("send_tx"))
-        .respond_with(ok(panic_outcome(
-            "Only worker owner or admin can deactivate",
-        )))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .send_tx(&signed_transfer(1), TxExecutionStatus::ExecutedOptimistic)
-        .await
-        .unwrap()
-        .into_result()
-        .unwrap_err();
-    assert_eq!(
-        error.panic_message(),
-        Some("Only worker owner or admin can deactivate")
-    );
-}
-
-#[tokio::test]
-async fn other_action_failures_keep_index_and_kind() {
-    let server = MockServer::start().await;
-    Mock::given(Method("send_tx"))
-        .respond_with(ok(json!({
-            "status": {"Failure": {"ActionError": {"index": 0, "kind": {"AccountDoesNotExist": {"account_id": "bob.testnet"}}}}}
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .send_tx(&signed_transfer(1), TxExecutionStatus::ExecutedOptimistic)
-        .await
-        .unwrap()
-        .into_result()
-        .unwrap_err();
-    match error {
-        Error::ActionFailed { index, kind } => {
-            assert_eq!(index, Some(0));
-            assert_eq!(
-                kind,
-                json!({"AccountDoesNotExist": {"account_id": "bob.testnet"}})
-            );
-        }
-        other => panic!("expected ActionFailed, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn invalid_nonce_carries_both_nonces_from_legacy_data() {
-    let server = MockServer::start().await;
-    Mock::given(Method("send_tx"))
-        .respond_with(err(
-            200,
-            json!({
-                "name": "HANDLER_ERROR",
-                "cause": {"name": "INVALID_TRANSACTION", "info": {}},
-                "code": -32000, "message": "Server error",
-                "data": {"TxExecutionError": {"InvalidTxError": {"InvalidNonce": {"tx_nonce": 5, "ak_nonce": 7}}}}
-            }),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .send_tx(&signed_transfer(5), TxExecutionStatus::ExecutedOptimistic)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::InvalidNonce {
-                tx_nonce: 5,
-                ak_nonce: 7
-            }
-        ),
-        "{error:?}"
-    );
-}
-
-#[tokio::test]
-async fn other_invalid_transactions_keep_the_details() {
-    let server = MockServer::start().await;
+async fn every_transaction_failure_is_classified() {
     let data = json!({"TxExecutionError": {"InvalidTxError": {"NotEnoughBalance": {"signer_id": "a", "balance": "1", "cost": "2"}}}});
-    Mock::given(Method("send_tx"))
-        .respond_with(err(
-            200,
-            json!({"name": "HANDLER_ERROR", "cause": {"name": "INVALID_TRANSACTION", "info": {}}, "data": data}),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .send_tx(&signed_transfer(5), TxExecutionStatus::ExecutedOptimistic)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::InvalidTransaction { ref details } if *details == data),
-        "{error:?}"
-    );
-}
-
-#[tokio::test]
-async fn timeout_error_on_http_408_is_a_timeout() {
-    let server = MockServer::start().await;
-    Mock::given(Method("send_tx"))
-        .respond_with(err(
-            408,
-            json!({"name": "HANDLER_ERROR", "cause": {"name": "TIMEOUT_ERROR", "info": {}}, "code": -32000, "message": "Server error", "data": "Timeout"}),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let error = client(&server)
-        .send_tx(&signed_transfer(1), TxExecutionStatus::ExecutedOptimistic)
-        .await
-        .unwrap_err();
-    assert!(error.is_timeout(), "{error:?}");
+    type Expected = fn(&Error) -> bool;
+    let cases: [(&str, ResponseTemplate, Expected); 5] = [
+        (
+            "a failure status: the panic message",
+            ok(panic_outcome("Only worker owner or admin can deactivate")),
+            |error| error.panic_message() == Some("Only worker owner or admin can deactivate"),
+        ),
+        (
+            "another action failure: index and kind kept",
+            ok(json!({
+                "status": {"Failure": {"ActionError": {"index": 0, "kind": {"AccountDoesNotExist": {"account_id": "bob.testnet"}}}}}
+            })),
+            |error| {
+                matches!(error, Error::ActionFailed { index: Some(0), kind }
+                    if *kind == json!({"AccountDoesNotExist": {"account_id": "bob.testnet"}}))
+            },
+        ),
+        (
+            "InvalidNonce in the legacy data: both nonces",
+            err(
+                200,
+                json!({
+                    "name": "HANDLER_ERROR",
+                    "cause": {"name": "INVALID_TRANSACTION", "info": {}},
+                    "code": -32000, "message": "Server error",
+                    "data": {"TxExecutionError": {"InvalidTxError": {"InvalidNonce": {"tx_nonce": 5, "ak_nonce": 7}}}}
+                }),
+            ),
+            |error| {
+                matches!(
+                    error,
+                    Error::InvalidNonce {
+                        tx_nonce: 5,
+                        ak_nonce: 7
+                    }
+                )
+            },
+        ),
+        (
+            "another invalid transaction: the details kept",
+            err(
+                200,
+                json!({"name": "HANDLER_ERROR", "cause": {"name": "INVALID_TRANSACTION", "info": {}}, "data": data}),
+            ),
+            |error| {
+                matches!(error, Error::InvalidTransaction { details }
+                    if *details == json!({"TxExecutionError": {"InvalidTxError": {"NotEnoughBalance": {"signer_id": "a", "balance": "1", "cost": "2"}}}}))
+            },
+        ),
+        (
+            "TIMEOUT_ERROR on HTTP 408: a timeout",
+            err(
+                408,
+                json!({"name": "HANDLER_ERROR", "cause": {"name": "TIMEOUT_ERROR", "info": {}}, "code": -32000, "message": "Server error", "data": "Timeout"}),
+            ),
+            |error| error.is_timeout(),
+        ),
+    ];
+    for (name, answer, expected) in cases {
+        let server = MockServer::start().await;
+        Mock::given(Method("send_tx"))
+            .respond_with(answer)
+            .expect(1)
+            .named(name)
+            .mount(&server)
+            .await;
+        let sent = client(&server)
+            .send_tx(&signed_transfer(5), TxExecutionStatus::ExecutedOptimistic)
+            .await
+            .and_then(|outcome| outcome.into_result());
+        match sent {
+            Err(error) => assert!(expected(&error), "{name}: got {error:?}"),
+            Ok(outcome) => panic!("{name}: succeeded with {outcome:?}"),
+        }
+        server.verify().await;
+    }
 }
 
 #[tokio::test]
@@ -544,39 +453,49 @@ async fn tx_status_of_an_unknown_transaction_is_typed() {
     );
 }
 
-async fn failover_case(first: ResponseTemplate) {
-    let first_server = MockServer::start().await;
-    let second_server = MockServer::start().await;
-    Mock::given(Method("block"))
-        .respond_with(first)
-        .expect(1)
-        .mount(&first_server)
-        .await;
-    Mock::given(Method("block"))
-        .respond_with(ok(
-            json!({"header": {"height": 5, "hash": block_hash().to_base58(), "timestamp": 7}}),
-        ))
-        .expect(1)
-        .mount(&second_server)
-        .await;
-    let rpc = NearRpc::new([first_server.uri(), second_server.uri()]).unwrap();
-    let header = rpc.block(&BlockReference::Final).await.unwrap();
-    assert_eq!((header.height, header.timestamp_nanosec), (5, 7));
-}
-
+/// Each answer after which a read tries the next URL.
 #[tokio::test]
-async fn a_read_fails_over_to_the_second_url_on_5xx() {
-    failover_case(ResponseTemplate::new(502).set_body_string("bad gateway")).await;
-}
-
-#[tokio::test]
-async fn a_read_fails_over_on_429() {
-    failover_case(ResponseTemplate::new(429)).await;
-}
-
-#[tokio::test]
-async fn a_read_fails_over_on_a_node_internal_error() {
-    failover_case(err(500, json!({"name": "INTERNAL_ERROR", "cause": {"name": "INTERNAL_ERROR", "info": {"error_message": "boom"}}}))).await;
+async fn a_read_fails_over_to_the_second_url() {
+    let cases = [
+        (
+            "on a 5xx",
+            ResponseTemplate::new(502).set_body_string("bad gateway"),
+        ),
+        ("on a 429", ResponseTemplate::new(429)),
+        (
+            "on a node's internal error",
+            err(
+                500,
+                json!({"name": "INTERNAL_ERROR", "cause": {"name": "INTERNAL_ERROR", "info": {"error_message": "boom"}}}),
+            ),
+        ),
+    ];
+    for (name, first) in cases {
+        let first_server = MockServer::start().await;
+        let second_server = MockServer::start().await;
+        Mock::given(Method("block"))
+            .respond_with(first)
+            .expect(1)
+            .named(format!("first URL, {name}"))
+            .mount(&first_server)
+            .await;
+        Mock::given(Method("block"))
+            .respond_with(ok(
+                json!({"header": {"height": 5, "hash": block_hash().to_base58(), "timestamp": 7}}),
+            ))
+            .expect(1)
+            .named(format!("second URL, {name}"))
+            .mount(&second_server)
+            .await;
+        let rpc = NearRpc::new([first_server.uri(), second_server.uri()]).unwrap();
+        let header = rpc.block(&BlockReference::Final).await;
+        assert!(
+            matches!(&header, Ok(header) if (header.height, header.timestamp_nanosec) == (5, 7)),
+            "{name}: {header:?}"
+        );
+        first_server.verify().await;
+        second_server.verify().await;
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,173 @@
+//! What the configuration parses to. Each test runs in a child process with
+//! an empty environment (plus what it sets), since every setting is also read
+//! from the environment: a developer's exported `DELIBERA_MODE` or
+//! `PHALA_API_KEY` must not change the outcome.
+
+use std::time::Duration;
+
+use clap::Parser;
+use protocol_api::config::{Config, Mode, format_duration, parse_duration};
+
+use crate::common::in_clean_env;
+
+#[test]
+fn defaults_are_local_mode_on_3005() {
+    if !in_clean_env(&[]) {
+        return;
+    }
+    let config = Config::try_parse_from(["protocol-api"]).unwrap();
+    assert_eq!(config.port, 3005);
+    assert_eq!(config.mode, Mode::Local);
+    assert_eq!(config.ensue_local_addr.to_string(), "127.0.0.1:3006");
+    assert_eq!(config.missing_production_settings().len(), 9);
+    assert_eq!(config.api_edges(), delibera_serve::Edges::default());
+}
+
+#[test]
+fn edge_settings_reach_the_edges() {
+    if !in_clean_env(&[]) {
+        return;
+    }
+    let config = Config::try_parse_from([
+        "protocol-api",
+        "--header-read-timeout-secs",
+        "3",
+        "--idle-timeout-secs",
+        "4",
+        "--body-read-timeout-secs",
+        "5",
+        "--max-connections",
+        "100",
+        "--fd-reserve",
+        "50",
+    ])
+    .unwrap();
+    let edges = config.api_edges();
+    assert_eq!(edges.header_read_timeout, Duration::from_secs(3));
+    assert_eq!(edges.idle_timeout, Duration::from_secs(4));
+    assert_eq!(edges.body_read_timeout, Duration::from_secs(5));
+    assert_eq!(edges.max_connections, Some(100));
+    assert_eq!(edges.fd_reserve, 50);
+    // The cap is the API's; the embedded servers share only the limits.
+    assert_eq!(config.edges().max_connections, None);
+    let zero = Config::try_parse_from(["protocol-api", "--idle-timeout-secs", "0"])
+        .err()
+        .expect("a zero idle timeout is refused");
+    assert_eq!(
+        zero.kind(),
+        clap::error::ErrorKind::ValueValidation,
+        "{zero}"
+    );
+}
+
+#[test]
+fn durations_read_and_print_in_whole_units() {
+    if !in_clean_env(&[]) {
+        return;
+    }
+    for (text, seconds) in [
+        ("24h", 86_400),
+        ("90m", 5400),
+        ("30s", 30),
+        ("2d", 172_800),
+        ("45", 45),
+    ] {
+        assert_eq!(
+            parse_duration(text),
+            Ok(Duration::from_secs(seconds)),
+            "{text}"
+        );
+    }
+    for bad in [
+        "",
+        "h",
+        "0",
+        "0h",
+        "5w",
+        "-1s",
+        "1.5h",
+        "99999999999999999999d",
+    ] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+    assert_eq!(format_duration(Duration::from_secs(86_400)), "1d");
+    assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+    assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+    assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
+    let config = Config::try_parse_from(["protocol-api", "--job-expiry", "90m"]).unwrap();
+    assert_eq!(config.job_expiry, Duration::from_secs(5400));
+}
+
+#[test]
+fn an_empty_admin_token_is_refused_with_what_to_do() {
+    if !in_clean_env(&[]) {
+        return;
+    }
+    for blank in ["", "  "] {
+        let refused = Config::try_parse_from(["protocol-api", "--admin-token", blank])
+            .err()
+            .expect("a blank admin token is refused");
+        let message = refused.to_string();
+        assert!(message.contains("the admin token is empty"), "{message}");
+        assert!(message.contains("PROTOCOL_API_ADMIN_TOKEN"), "{message}");
+    }
+    let config = Config::try_parse_from(["protocol-api", "--admin-token", "s3cret"]).unwrap();
+    assert_eq!(config.admin_token.as_deref(), Some("s3cret"));
+}
+
+#[test]
+fn production_names_every_missing_variable() {
+    if !in_clean_env(&[]) {
+        return;
+    }
+    let config = Config::try_parse_from([
+        "protocol-api",
+        "--mode",
+        "production",
+        "--phala-api-key",
+        "phak_x",
+        "--near-rpc-url",
+        "https://rpc.testnet.near.org",
+    ])
+    .unwrap();
+    assert_eq!(
+        config.missing_production_settings(),
+        [
+            "ENSUE_API_KEY",
+            "NEAR_ACCOUNT_ID",
+            "NEAR_PRIVATE_KEY",
+            "REGISTRY_CONTRACT_ID",
+            "COORDINATOR_CONTRACT_ID",
+            "STORACHA_AGENT_PRIVATE_KEY",
+            "STORACHA_DELEGATION_PROOF"
+        ]
+    );
+}
+
+#[test]
+fn settings_are_read_from_the_environment() {
+    if !in_clean_env(&[
+        ("DELIBERA_MODE", "production"),
+        ("PHALA_API_KEY", "phak_x"),
+        ("PORT", "4005"),
+        ("NEAR_RPC_URL", "https://a.example,https://b.example"),
+    ]) {
+        return;
+    }
+    let config = Config::try_parse_from(["protocol-api"]).unwrap();
+    assert_eq!((config.mode, config.port), (Mode::Production, 4005));
+    assert_eq!(config.phala_api_key.as_deref(), Some("phak_x"));
+    assert_eq!(
+        config
+            .near_rpc_url
+            .iter()
+            .map(|url| url.as_str())
+            .collect::<Vec<_>>(),
+        ["https://a.example/", "https://b.example/"]
+    );
+    assert!(
+        !config
+            .missing_production_settings()
+            .contains(&"PHALA_API_KEY")
+    );
+}
