@@ -10,7 +10,12 @@
 //! adopted when a resumed step finds it (the deployment by its name, the
 //! embedded Ensue org by the credentials chosen before creating it), and the
 //! job's record is written before and after each one, so a kill at any
-//! instant neither fails the job nor leaks what the step made.
+//! instant does not fail the job. Nothing the steps make is leaked either,
+//! with one exception the service imposes: a hosted Ensue shows a new org's
+//! key only in its answer, so an org whose answer was lost (a kill between
+//! creating it and recording it) cannot be adopted; the step counts every
+//! attempt before making it and registers the next name, and the orphaned
+//! org stays with the hosted service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +34,7 @@ use uuid::Uuid;
 use super::error::JobError;
 use super::model::{IdempotencyKey, Job, JobStatus, NewJob};
 use crate::ports::{OrgCredentials, Ports, Settings};
-use crate::store::{JobStore, OrgKeys, Started, StoreError};
+use crate::store::{JobStore, OrgKeys, Started, StatusEntry, StoreError};
 
 /// How many names a coordinator's Ensue org registration tries.
 const MAX_ORG_ATTEMPTS: u32 = 5;
@@ -58,6 +63,21 @@ pub struct Registration {
     pub tx_hash: Option<String>,
     /// A coordinator's factory-made contract, if the caller named one.
     pub contract_address: Option<delibera_identity::AccountId>,
+}
+
+/// Why a step did not finish.
+enum StepError {
+    /// The step failed; the text becomes the job's error.
+    Failed(String),
+    /// The store failed: the job is driven again from its last committed
+    /// step once the store works (a full disk passes by itself).
+    Store(StoreError),
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError::Failed(message)
+    }
 }
 
 /// Owns every transition of every job.
@@ -90,6 +110,20 @@ impl JobMachine {
         let not_found = || JobError::NotFound(id.to_owned());
         let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
         self.jobs.get(uuid).await?.ok_or_else(not_found)
+    }
+
+    /// What the status route answers for a job, from the in-memory view of
+    /// committed state; a text that is no job id is simply not found.
+    pub fn status(&self, id: &str) -> Result<axum::body::Bytes, JobError> {
+        let not_found = || JobError::NotFound(id.to_owned());
+        let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
+        match self.jobs.status(uuid).ok_or_else(not_found)? {
+            StatusEntry::Document(document) => Ok(document),
+            StatusEntry::Damaged(reason) => Err(JobError::Store(StoreError::Corrupt {
+                id: uuid.to_string(),
+                reason: reason.to_string(),
+            })),
+        }
     }
 
     /// Stores a new job and starts it in the background. Under an
@@ -206,7 +240,7 @@ impl JobMachine {
         for job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
             tracing::info!(job = %job.id, "registration was interrupted; finishing it");
             let id = job.id;
-            let registration = self.spawn_registration(job);
+            let registration = self.spawn_registration(job, None);
             tokio::spawn(async move {
                 match registration.await {
                     Ok(Ok(_)) => {}
@@ -345,7 +379,7 @@ impl JobMachine {
             }
         }
         for job in self.jobs.in_status(vec![JobStatus::Failed]).await? {
-            if job.deployment_teardown_pending && !self.tear_down_expired(job).await? {
+            if job.deployment_teardown_pending && !self.tear_down_pending(job).await? {
                 next = next.min(TEARDOWN_RETRY);
             }
         }
@@ -370,23 +404,31 @@ impl JobMachine {
         }
         log_transition(job.id, JobStatus::AwaitingNearSignature, JobStatus::Failed);
         tracing::info!(job = %job.id, "job expired at the wallet step; tearing its deployment down");
-        self.tear_down_expired(job).await?;
+        self.tear_down_pending(job).await?;
         Ok(())
     }
 
-    /// Tears down an expired job's deployment and records it; returns
-    /// whether it is done (a failed teardown is tried again later).
-    async fn tear_down_expired(&self, mut job: Job) -> Result<bool, StoreError> {
+    /// Tears down the deployment of a failed job marked for it and records
+    /// that; returns whether it is done (a failed teardown is tried again
+    /// later). An expired job's error then says its deployment was torn
+    /// down; any other failure keeps its error.
+    async fn tear_down_pending(&self, mut job: Job) -> Result<bool, StoreError> {
         if let Some(id) = &job.cvm_id
             && let Err(error) = self.ports.deployer.teardown(id).await
         {
-            tracing::warn!(job = %job.id, deployment = %id, %error, "tearing down an expired job's deployment failed; will try again");
+            tracing::warn!(job = %job.id, deployment = %id, %error, "tearing down a failed job's deployment failed; will try again");
             return Ok(false);
         }
         job.deployment_teardown_pending = false;
-        job.error = Some(expiry_message(self.settings.job_expiry, true));
+        if job
+            .error
+            .as_deref()
+            .is_some_and(|error| error.starts_with(EXPIRED))
+        {
+            job.error = Some(expiry_message(self.settings.job_expiry, true));
+        }
         self.jobs.save(&job).await?;
-        tracing::info!(job = %job.id, "an expired job's deployment was torn down");
+        tracing::info!(job = %job.id, "a failed job's deployment was torn down");
         Ok(true)
     }
 
@@ -403,14 +445,22 @@ impl JobMachine {
 
     /// [`Self::commit`], waiting out a full disk: for a transition that
     /// records work already done outside (a registration), which a full
-    /// disk must not strand.
-    async fn commit_when_writable(&self, job: &mut Job, to: JobStatus) -> Result<(), StoreError> {
+    /// disk must not strand. `stalled` hears the first error waited out.
+    async fn commit_when_writable(
+        &self,
+        job: &mut Job,
+        to: JobStatus,
+        stalled: &mut Option<tokio::sync::oneshot::Sender<StoreError>>,
+    ) -> Result<(), StoreError> {
         let from = job.status;
         let mut retries = 0;
         loop {
             job.status = from;
             match self.commit(job, to).await {
                 Err(error) if error.is_transient() => {
+                    if let Some(stalled) = stalled.take() {
+                        let _ = stalled.send(error.duplicate());
+                    }
                     retries += 1;
                     if retries == 1 {
                         tracing::warn!(job = %job.id, %error, to = to.as_str(),
@@ -435,7 +485,8 @@ impl JobMachine {
             let from = job.status;
             match self.step(&mut job).await {
                 Ok(next) => self.commit(&mut job, next).await?,
-                Err(message) => {
+                Err(StepError::Store(error)) => return Err(error),
+                Err(StepError::Failed(message)) => {
                     tracing::warn!(job = %id, step = from.as_str(), error = %message, "provisioning step failed");
                     job.error = Some(message);
                     self.commit(&mut job, JobStatus::Failed).await?;
@@ -446,7 +497,7 @@ impl JobMachine {
 
     /// Performs the job's current step and returns the next status. The job
     /// may be changed along the way; errors are the text shown in its `error`.
-    async fn step(&self, job: &mut Job) -> Result<JobStatus, String> {
+    async fn step(&self, job: &mut Job) -> Result<JobStatus, StepError> {
         match job.status {
             JobStatus::GeneratingIdentity => {
                 let keypair = Keypair::generate();
@@ -477,8 +528,8 @@ impl JobMachine {
                 job.secrets.spec = Some(self.agent_spec(job).await?);
                 Ok(JobStatus::DeployingPhala)
             }
-            JobStatus::DeployingPhala => self.deploy(job).await,
-            JobStatus::WaitingForUrl => self.wait_for_health(job).await,
+            JobStatus::DeployingPhala => Ok(self.deploy(job).await?),
+            JobStatus::WaitingForUrl => Ok(self.wait_for_health(job).await?),
             JobStatus::AwaitingNearSignature
             | JobStatus::Registering
             | JobStatus::Complete
@@ -494,7 +545,8 @@ impl JobMachine {
     /// is shown once, so an attempt whose answer was lost leaves an org
     /// nobody can use: each attempt is counted in the job before it is made,
     /// and a later one registers under the next name.
-    async fn provision_ensue(&self, job: &mut Job) -> Result<JobStatus, String> {
+    /// A store failure is no failure of the job: the step is driven again.
+    async fn provision_ensue(&self, job: &mut Job) -> Result<JobStatus, StepError> {
         let did = agent_did(job)?;
         let base = ensue_org_name(&job.display_name, &did);
         let pauses = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -511,10 +563,7 @@ impl JobMachine {
                 {
                     keep_org_credentials(job, chosen);
                 }
-                self.jobs
-                    .save(job)
-                    .await
-                    .map_err(|error| format!("could not record the Ensue org attempt: {error}"))?;
+                self.jobs.save(job).await.map_err(StepError::Store)?;
             }
             let attempt = job.ensue_org_attempts;
             let org_name = match attempt {
@@ -532,7 +581,7 @@ impl JobMachine {
                     self.org_keys
                         .put(did.as_str(), &org_name, &org.api_key)
                         .await
-                        .map_err(|error| format!("could not store the Ensue org key: {error}"))?;
+                        .map_err(StepError::Store)?;
                     job.ensue_org_name = Some(org_name);
                     keep_org_credentials(job, org);
                     return Ok(JobStatus::PreparingPhala);
@@ -550,7 +599,11 @@ impl JobMachine {
                     same_name = chosen.is_some();
                     tokio::time::sleep(pauses.delay(round)).await;
                 }
-                Err(error) => return Err(format!("Ensue org registration failed: {error}")),
+                Err(error) => {
+                    return Err(StepError::Failed(format!(
+                        "Ensue org registration failed: {error}"
+                    )));
+                }
             }
         }
     }
@@ -612,7 +665,10 @@ impl JobMachine {
                 if last_save.elapsed() >= PROGRESS_SAVE_INTERVAL {
                     progress_job.progress = Some(text);
                     // Progress only; `updated_at` keeps marking when the wait began.
-                    let _ = jobs.save(&progress_job).await;
+                    if let Err(error) = jobs.save(&progress_job).await {
+                        tracing::warn!(job = %progress_job.id, %error,
+                            "could not record the health wait's progress; the wait goes on");
+                    }
                     last_save = tokio::time::Instant::now();
                 }
             }
@@ -637,10 +693,12 @@ impl JobMachine {
         match result {
             Ok(_) => Ok(JobStatus::AwaitingNearSignature),
             Err(error) => {
-                // Never ask the user to pay for a dead endpoint: tear it down.
+                // Never ask the user to pay for a dead endpoint: tear it down,
+                // now or (marked on the failed job) by the expiry sweeper.
                 let teardown = match self.ports.deployer.teardown(&cvm_id).await {
                     Ok(()) => "the deployment was torn down".to_owned(),
                     Err(teardown_error) => {
+                        job.deployment_teardown_pending = true;
                         format!("tearing the deployment down also failed: {teardown_error}")
                     }
                 };
@@ -786,16 +844,45 @@ impl JobMachine {
             JobStatus::Registering,
         );
 
-        self.spawn_registration(job)
-            .await
-            .map_err(|error| JobError::Task(error.to_string()))?
+        // The registration goes on detached; if its store cannot be written,
+        // the caller gets the full-disk answer after a bounded wait instead
+        // of waiting for the disk.
+        let id = job.id;
+        let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
+        let mut registration = self.spawn_registration(job, Some(stalled_tx));
+        let wait = self.settings.register_storage_wait;
+        let stalled = async move {
+            match stalled_rx.await {
+                Ok(error) => {
+                    tokio::time::sleep(wait).await;
+                    error
+                }
+                // The registration ended without waiting for its store.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            joined = &mut registration => {
+                joined.map_err(|error| JobError::Task(error.to_string()))?
+            }
+            error = stalled => {
+                tracing::info!(job = %id,
+                    "the registration is saved once the store can be written again; the caller is told to retry");
+                Err(JobError::Store(error))
+            }
+        }
     }
 
     /// Finishes a job in `registering`, detached from whoever asked: the
     /// agent must answer its health check, then the registrar must confirm
     /// the registration; the job is then `complete` (announced in Ensue now
     /// or in the background), or back at the wallet step with the reason.
-    fn spawn_registration(&self, mut job: Job) -> JoinHandle<Result<Job, JobError>> {
+    /// `stalled` hears the store's error if a transition has to wait for it.
+    fn spawn_registration(
+        &self,
+        mut job: Job,
+        mut stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
+    ) -> JoinHandle<Result<Job, JobError>> {
         let machine = self.clone();
         tokio::spawn(async move {
             let confirmed = match machine.check_health(&job).await {
@@ -804,7 +891,7 @@ impl JobMachine {
             };
             if let Err(error) = confirmed {
                 machine
-                    .commit_when_writable(&mut job, JobStatus::AwaitingNearSignature)
+                    .commit_when_writable(&mut job, JobStatus::AwaitingNearSignature, &mut stalled)
                     .await?;
                 return Err(error);
             }
@@ -816,7 +903,7 @@ impl JobMachine {
                 job.announce_pending = true;
             }
             machine
-                .commit_when_writable(&mut job, JobStatus::Complete)
+                .commit_when_writable(&mut job, JobStatus::Complete, &mut stalled)
                 .await?;
             if job.announce_pending {
                 machine.spawn_announcer(job.id);
@@ -1031,6 +1118,9 @@ pub fn ensue_org_name(display_name: &str, did: &Did) -> String {
     }
 }
 
+/// How the `error` of an expired job begins.
+const EXPIRED: &str = "expired: ";
+
 /// The `error` of an expired job, before and after its teardown.
 fn expiry_message(expiry: Duration, torn_down: bool) -> String {
     let deployment = if torn_down {
@@ -1039,7 +1129,7 @@ fn expiry_message(expiry: Duration, torn_down: bool) -> String {
         "its deployment is being torn down"
     };
     format!(
-        "expired: the agent was not registered within {} of becoming ready (awaiting_near_signature), \
+        "{EXPIRED}the agent was not registered within {} of becoming ready (awaiting_near_signature), \
          so {deployment}; provision again to start over",
         crate::config::format_duration(expiry)
     )
