@@ -138,7 +138,7 @@ impl JobMachine {
         let job = Job::new(new.clone(), Utc::now());
         let Some(key) = idempotency_key else {
             self.jobs.insert(&job).await?;
-            self.spawn(job.id);
+            self.spawn(job.clone());
             return Ok(StartedJob {
                 job,
                 replayed: false,
@@ -150,7 +150,7 @@ impl JobMachine {
             .await?
         {
             Started::New => {
-                self.spawn(job.id);
+                self.spawn(job.clone());
                 Ok(StartedJob {
                     job,
                     replayed: false,
@@ -198,19 +198,21 @@ impl JobMachine {
         })
     }
 
-    /// Runs (or resumes) a job in the background.
-    pub fn spawn(&self, id: Uuid) {
+    /// Runs (or resumes) a job, as it was last committed, in the background.
+    pub fn spawn(&self, job: Job) {
         let machine = self.clone();
-        tokio::spawn(async move { machine.drive_through_storage_outages(id).await });
+        tokio::spawn(async move { machine.drive_through_storage_outages(job).await });
     }
 
     /// Drives a job; while its store cannot be written (a full disk), waits
     /// as `Settings::storage_retry` says and drives it again from its last
     /// committed step, so the job goes on by itself once space returns.
-    async fn drive_through_storage_outages(&self, id: Uuid) {
+    async fn drive_through_storage_outages(&self, job: Job) {
+        let id = job.id;
+        let mut committed = Some(job);
         let mut outage_retries = 0;
         loop {
-            match self.drive(id).await {
+            match self.drive_from(id, committed.take()).await {
                 Ok(()) => break,
                 Err(error) if error.is_transient() => {
                     outage_retries += 1;
@@ -259,12 +261,13 @@ impl JobMachine {
             }
         }
         let jobs = self.jobs.resumable().await?;
-        for job in &jobs {
+        let resumed = jobs.len();
+        for job in jobs {
             tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
-            self.spawn(job.id);
+            self.spawn(job);
         }
         self.spawn_expiry_sweeper();
-        Ok(jobs.len())
+        Ok(resumed)
     }
 
     /// After a restart: the deployer could not bring back the deployment
@@ -434,13 +437,20 @@ impl JobMachine {
 
     /// Moves `job` to `to` and commits it; the one place a transition is made.
     async fn commit(&self, job: &mut Job, to: JobStatus) -> Result<(), StoreError> {
+        let from = self.commit_unlogged(job, to).await?;
+        log_transition(job.id, from, to);
+        Ok(())
+    }
+
+    /// [`Self::commit`] for a caller that logs the transition itself;
+    /// returns the status the job left.
+    async fn commit_unlogged(&self, job: &mut Job, to: JobStatus) -> Result<JobStatus, StoreError> {
         let from = job.status;
         job.status = to;
         job.progress = None;
         job.updated_at = Utc::now();
         self.jobs.save(job).await?;
-        log_transition(job.id, from, to);
-        Ok(())
+        Ok(from)
     }
 
     /// [`Self::commit`], waiting out a full disk: for a transition that
@@ -473,25 +483,40 @@ impl JobMachine {
         }
     }
 
-    /// Drives one job until it waits for a person or ends.
+    /// Drives one job, as stored, until it waits for a person or ends.
     pub async fn drive(&self, id: Uuid) -> Result<(), StoreError> {
+        self.drive_from(id, None).await
+    }
+
+    /// Drives job `id` from `committed` (what was last committed; read
+    /// from the store when `None`). The job is read once: the runner is the
+    /// only writer of a job in a status it owns, so after each commit the
+    /// job in hand is what the store holds.
+    async fn drive_from(&self, id: Uuid, mut committed: Option<Job>) -> Result<(), StoreError> {
         loop {
-            let Some(mut job) = self.jobs.get(id).await? else {
-                return Ok(());
+            let mut job = match committed.take() {
+                Some(job) => job,
+                None => match self.jobs.get(id).await? {
+                    Some(job) => job,
+                    None => return Ok(()),
+                },
             };
             if !job.status.is_runner_owned() {
                 return Ok(());
             }
-            let from = job.status;
             match self.step(&mut job).await {
                 Ok(next) => self.commit(&mut job, next).await?,
                 Err(StepError::Store(error)) => return Err(error),
                 Err(StepError::Failed(message)) => {
-                    tracing::warn!(job = %id, step = from.as_str(), error = %message, "provisioning step failed");
                     job.error = Some(message);
-                    self.commit(&mut job, JobStatus::Failed).await?;
+                    let from = self.commit_unlogged(&mut job, JobStatus::Failed).await?;
+                    crate::metrics::job_transition(from, JobStatus::Failed);
+                    // One line per failed job: its error is in its record.
+                    tracing::info!(job = %id, step = from.as_str(),
+                        error = job.error.as_deref().unwrap_or_default(), "provisioning job failed");
                 }
             }
+            committed = Some(job);
         }
     }
 
