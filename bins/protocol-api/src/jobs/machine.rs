@@ -34,7 +34,7 @@ use uuid::Uuid;
 use super::error::JobError;
 use super::model::{IdempotencyKey, Job, JobStatus, NewJob};
 use crate::ports::{OrgCredentials, Ports, Settings};
-use crate::store::{JobStore, OrgKeys, Started, StatusEntry, StoreError};
+use crate::store::{JobStore, OrgKeys, Started, StoreError};
 
 /// How many names a coordinator's Ensue org registration tries.
 const MAX_ORG_ATTEMPTS: u32 = 5;
@@ -117,13 +117,7 @@ impl JobMachine {
     pub fn status(&self, id: &str) -> Result<axum::body::Bytes, JobError> {
         let not_found = || JobError::NotFound(id.to_owned());
         let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
-        match self.jobs.status(uuid).ok_or_else(not_found)? {
-            StatusEntry::Document(document) => Ok(document),
-            StatusEntry::Damaged(reason) => Err(JobError::Store(StoreError::Corrupt {
-                id: uuid.to_string(),
-                reason: reason.to_string(),
-            })),
-        }
+        self.jobs.status(uuid)?.ok_or_else(not_found)
     }
 
     /// Stores a new job and starts it in the background. Under an

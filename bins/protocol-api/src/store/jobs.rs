@@ -141,10 +141,28 @@ impl JobStore {
             .await
     }
 
-    /// What the status route answers for a job, as of its last commit;
-    /// `None` if no such job is stored. Read from memory.
-    pub fn status(&self, id: Uuid) -> Option<StatusEntry> {
-        self.db.view().get(&id)
+    /// The status document (JSON) of a job, as of its last commit; `None`
+    /// if no such job is stored. Read from memory; a document that reveals
+    /// secrets is kept sealed and opened here. A record that cannot be read
+    /// is [`StoreError::Corrupt`] naming the job.
+    pub fn status(&self, id: Uuid) -> Result<Option<axum::body::Bytes>, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: id.to_string(),
+            reason,
+        };
+        match self.db.view().get(&id) {
+            None => Ok(None),
+            Some(StatusEntry::Document(document)) => Ok(Some(document)),
+            Some(StatusEntry::Sealed(sealed)) => {
+                let document = self
+                    .db
+                    .secrets()
+                    .open(&sealed)
+                    .map_err(|_| corrupt("its sealed status does not open".into()))?;
+                Ok(Some(axum::body::Bytes::copy_from_slice(&document)))
+            }
+            Some(StatusEntry::Damaged(reason)) => Err(corrupt(reason.to_string())),
+        }
     }
 
     /// How many jobs the status view holds (as many as are stored).
@@ -347,7 +365,7 @@ pub(super) fn status_entries(
             continue;
         };
         let entry = match Row::decode(&id, &record, &sealed, secrets) {
-            Ok(job) => StatusEntry::of(&job),
+            Ok(job) => StatusEntry::of(&job, secrets),
             Err(StoreError::Corrupt { reason, .. }) => StatusEntry::Damaged(reason.into()),
             Err(other) => StatusEntry::Damaged(other.to_string().into()),
         };
@@ -393,7 +411,7 @@ impl Row {
     ) -> Result<(Self, ViewChange), StoreError> {
         Ok((
             Self::encode(job, secret_box)?,
-            ViewChange::Put(job.id, StatusEntry::of(job)),
+            ViewChange::Put(job.id, StatusEntry::of(job, secret_box)),
         ))
     }
 
@@ -647,16 +665,37 @@ mod tests {
     }
 
     /// The status a view entry shows.
-    fn shown_status(entry: Option<StatusEntry>) -> Option<String> {
-        match entry? {
-            StatusEntry::Document(json) => Some(
-                serde_json::from_slice::<serde_json::Value>(&json).unwrap()["status"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            ),
-            StatusEntry::Damaged(reason) => Some(format!("damaged: {reason}")),
-        }
+    fn shown_status(document: Result<Option<axum::body::Bytes>, StoreError>) -> Option<String> {
+        let document = document.unwrap()?;
+        Some(
+            serde_json::from_slice::<serde_json::Value>(&document).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_status_document_that_reveals_secrets_is_kept_sealed_in_memory() {
+        let database = Database::in_memory(SecretBox::from_key(&[10; 32])).unwrap();
+        let store = database.jobs();
+        let mut job = new_job();
+        job.secrets.storacha_private_key = Some("MgCYsecret".into());
+        store.insert(&job).await.unwrap();
+        assert!(matches!(
+            database.view().get(&job.id),
+            Some(StatusEntry::Document(_))
+        ));
+
+        job.status = JobStatus::AwaitingNearSignature;
+        store.save(&job).await.unwrap();
+        let Some(StatusEntry::Sealed(sealed)) = database.view().get(&job.id) else {
+            panic!("a revealing document is not sealed");
+        };
+        assert!(!sealed.windows(10).any(|w| w == b"MgCYsecret"));
+        let shown: serde_json::Value =
+            serde_json::from_slice(&store.status(job.id).unwrap().unwrap()).unwrap();
+        assert_eq!(shown["storachaPrivateKey"], "MgCYsecret");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,7 @@
 //! commits the writes that queued up meanwhile in one transaction (group
 //! commit, see `writer`); each caller gets its answer only once its batch
 //! committed. The status route reads an in-memory view of committed state
-//! ([`StatusEntry`]), which the writer updates after each commit; everything
+//! ([`JobStore::status`]), which the writer updates after each commit; everything
 //! else reads through a second connection, after every write sent before
 //! the read was answered (so a read sees what was written before it, as with
 //! one connection), without holding up the writer or waiting for its fsync
@@ -36,7 +36,6 @@ pub use deployments::DeploymentStore;
 pub use file::DatabaseFile;
 pub use jobs::{JobStore, Started, UnreadableJob};
 pub use orgs::OrgKeys;
-pub use view::StatusEntry;
 
 use view::StatusView;
 use writer::{Changes, Op, Write, WriteCounts, Writer};

@@ -12,21 +12,30 @@ use uuid::Uuid;
 
 use crate::api_types::JobStatusView;
 use crate::jobs::Job;
+use crate::seal::SecretBox;
 
-/// The status route's answer for one job, as of its last commit.
+/// The status route's answer for one job, as of its last commit: the
+/// status document (JSON) rendered by [`JobStatusView::of`], so it reveals
+/// exactly what the status route reveals for the job.
 #[derive(Clone)]
-pub enum StatusEntry {
-    /// The status document (JSON), rendered by [`JobStatusView::of`], so
-    /// it reveals exactly what the status route reveals for the job.
+pub(super) enum StatusEntry {
+    /// A document that reveals no secret (the job's status hides them).
     Document(Bytes),
+    /// A document that reveals the job's secrets, sealed with the server
+    /// key like every stored secret; opened only to answer a request.
+    Sealed(Arc<[u8]>),
     /// The stored record cannot be read; why (never a secret value).
     Damaged(Arc<str>),
 }
 
 impl StatusEntry {
     /// The entry of `job` as stored now.
-    pub(super) fn of(job: &Job) -> Self {
+    pub(super) fn of(job: &Job, secrets: &SecretBox) -> Self {
         match serde_json::to_vec(&JobStatusView::of(job)) {
+            Ok(json) if job.status.reveals_secrets() => {
+                let json = zeroize::Zeroizing::new(json);
+                StatusEntry::Sealed(secrets.seal(&json).into())
+            }
             Ok(json) => StatusEntry::Document(Bytes::from(json)),
             Err(error) => {
                 StatusEntry::Damaged(format!("its status does not render: {error}").into())
