@@ -11,6 +11,7 @@ mod server;
 pub use edges::{
     CONNECTIONS_WITHOUT_FD_LIMIT, Capacity, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_FD_RESERVE,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, Edges,
+    LONGEST_TIMEOUT,
 };
 pub use error::{Error, Result};
 pub use rejection::{Rejection, json_rejection};
