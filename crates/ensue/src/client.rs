@@ -224,7 +224,7 @@ impl EnsueClient {
     }
 
     /// One `list_keys` page from `offset`. The direct dialect asks for the
-    /// first page as the seed's `{prefix}` and adds `offset` only for later
+    /// first page as the plain `{prefix}` the direct clients send and adds `offset` only for later
     /// pages, which a server says exist through `has_more`.
     async fn list_page(&self, prefix: &str, offset: usize) -> Result<ListedPage> {
         let direct = if offset == 0 {
