@@ -224,8 +224,9 @@ impl EnsueClient {
     }
 
     /// One `list_keys` page from `offset`. The direct dialect asks for the
-    /// first page as the plain `{prefix}` the direct clients send and adds `offset` only for later
-    /// pages, which a server says exist through `has_more`.
+    /// first page as a plain `{prefix}`, as its other clients do, and adds
+    /// `offset` only for later pages, which a server says exist through
+    /// `has_more`.
     async fn list_page(&self, prefix: &str, offset: usize) -> Result<ListedPage> {
         let direct = if offset == 0 {
             json!({ "prefix": prefix })
