@@ -85,6 +85,15 @@ enum PostFailure {
     Refused(u16, Value),
 }
 
+impl std::fmt::Display for PostFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostFailure::Cut(reason) => write!(f, "no answer: {reason}"),
+            PostFailure::Refused(code, body) => write!(f, "answered {code} {body}"),
+        }
+    }
+}
+
 /// Sends the job's POST (again): with its idempotency key, a retry after a
 /// kill gets the job the first attempt made, if the server stored it.
 async fn post_job(http: &reqwest::Client, api: &str, job: &Tracked) -> Result<String, PostFailure> {
@@ -128,7 +137,7 @@ async fn reconcile(http: &reqwest::Client, server: &ServerProcess, jobs: &mut [T
                     .await
                     .unwrap_or_else(|error| {
                         panic!(
-                            "the POST failed on a running server: {error:?}\n{}",
+                            "the POST failed on a running server: {error}\n{}",
                             server.log_tail()
                         )
                     }),
@@ -247,7 +256,7 @@ pub async fn run(plan: Plan) -> BTreeMap<&'static str, usize> {
                     // A kill may cut the request off; a wrong answer is a bug,
                     // reported by the loop (a panic here would be swallowed).
                     match post_job(&http, &api, &job).await {
-                        Err(PostFailure::Refused(code, body)) => Some(format!("{code} {body}")),
+                        Err(refused @ PostFailure::Refused(..)) => Some(refused.to_string()),
                         _ => None,
                     }
                 });
@@ -268,7 +277,7 @@ pub async fn run(plan: Plan) -> BTreeMap<&'static str, usize> {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..window_ms))).await;
         server.kill();
         if let Some(answer) = action.await.expect("the client's action does not panic") {
-            panic!("a provisioning POST was answered {answer}");
+            panic!("a provisioning POST was {answer}");
         }
         for status in statuses_at_kill(&server).await {
             *hit.entry(status.as_str()).or_default() += 1;
