@@ -27,9 +27,10 @@ pub enum RegistrationScope {
     #[default]
     Global,
     /// Each client IP address has a budget of its own. The address comes
-    /// from axum's `ConnectInfo<SocketAddr>`, so the router must be served
-    /// with `into_make_service_with_connect_info::<SocketAddr>()`; requests
-    /// without it share one budget, as under [`RegistrationScope::Global`].
+    /// from axum's `ConnectInfo<SocketAddr>`, which [`run`](crate::run)
+    /// provides; a router served some other way needs
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, or its
+    /// requests share one budget, as under [`RegistrationScope::Global`].
     PerClientIp,
 }
 
