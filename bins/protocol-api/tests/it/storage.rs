@@ -602,3 +602,32 @@ async fn data_files_are_owner_only_and_looser_ones_are_tightened() {
     drop(state);
     local_ensue.unwrap().stop().await.unwrap();
 }
+
+/// A failure inside the embedded Ensue store reaches the job (and so its
+/// client) as a plain sentence; the cause stays in the server log.
+#[tokio::test]
+async fn an_embedded_ensue_store_failure_tells_the_client_no_internals() {
+    use protocol_api::ports::{EmbeddedEnsue, EnsueAccess};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(delibera_ensue_local::DATABASE_FILE);
+    let store = delibera_ensue_local::Store::open(&path).unwrap();
+    tamper(&path, "DROP TABLE api_keys", []);
+    let ensue = EmbeddedEnsue::new("http://127.0.0.1:1/".parse().unwrap(), store);
+    let chosen = ensue.choose_org_credentials().unwrap();
+
+    let error = ensue
+        .register_org("delibera-team", Some(&chosen))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("the server log has the cause"), "{error}");
+    for internal in [
+        "api_keys",
+        "no such table",
+        "sqlite",
+        dir.path().to_str().unwrap(),
+    ] {
+        assert!(!error.contains(internal), "{internal} in {error}");
+    }
+}
