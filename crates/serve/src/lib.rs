@@ -5,6 +5,7 @@ mod body;
 mod connection;
 mod edges;
 mod error;
+mod limiter;
 mod rejection;
 mod server;
 
@@ -14,5 +15,6 @@ pub use edges::{
     LONGEST_TIMEOUT,
 };
 pub use error::{Error, Result};
+pub use limiter::{LIMIT_WINDOW, PerMinuteLimiter};
 pub use rejection::{Rejection, json_rejection};
 pub use server::Server;
