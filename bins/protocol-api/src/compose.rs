@@ -337,6 +337,10 @@ async fn restore_local_agents(
     for id in &report.removed {
         tracing::warn!(deployment = %id, "removed a journaled local agent that no live job owns");
     }
+    for (id, reason) in &report.not_removed {
+        tracing::warn!(deployment = %id, %reason,
+            "a journaled local agent that no live job owns was not started, and could not be removed from the journal; the next start tries again");
+    }
     if !report.restored.is_empty() {
         tracing::info!(
             restored = report.restored.len(),
