@@ -34,11 +34,11 @@ use zeroize::Zeroizing;
 // Used by `main.rs` only, which shares this package's dependencies.
 use tracing_subscriber as _;
 
-use crate::auth::RateLimiter;
 use crate::config::CorsPolicy;
 use crate::jobs::JobMachine;
 use crate::ports::{Ports, Settings};
 use crate::store::Database;
+use delibera_serve::PerMinuteLimiter;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -52,7 +52,7 @@ pub struct AppState {
     /// Guards the signing routes; `None` disables them (403).
     pub admin_token: Option<Arc<Zeroizing<String>>>,
     /// Per-IP limit on provisioning.
-    pub rate_limiter: Arc<RateLimiter>,
+    pub rate_limiter: Arc<PerMinuteLimiter>,
     /// `local` or `production`, for `GET /`.
     pub mode_label: &'static str,
     /// Local mode's embedded Ensue URL, for `GET /`.
@@ -157,7 +157,7 @@ impl AppStateBuilder {
             ports,
             settings,
             admin_token: self.admin_token.map(Arc::new),
-            rate_limiter: Arc::new(RateLimiter::new(self.provision_rate_per_minute)),
+            rate_limiter: Arc::new(PerMinuteLimiter::new(self.provision_rate_per_minute)),
             mode_label: self.mode_label,
             ensue_url: self.ensue_url,
             cors: self.cors,

@@ -2,7 +2,9 @@
 //! handlers' annotations and the types in [`crate::api_types`].
 
 use axum::Json;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api_types::*;
@@ -35,7 +37,7 @@ use crate::routes::{agents, provision, workers};
         provision::RegisterRequest, provision::CoordinatorRegisterRequest, agents::EndpointRequest,
         workers::RosterRequest,
     )),
-    modifiers(&AdminToken),
+    modifiers(&AdminToken, &EveryRouteAnswers),
     tags(
         (name = "provisioning", description = "Provisioning jobs"),
         (name = "agents", description = "Agent endpoints on the registry"),
@@ -58,6 +60,68 @@ impl Modify for AdminToken {
                     .build(),
             ),
         );
+    }
+}
+
+/// The answers any route may give besides its own, written once instead of
+/// on every handler: the server's edge (503 at its connection cap; 408 and
+/// 413 for a request body) and the last resort (500).
+struct EveryRouteAnswers;
+
+impl EveryRouteAnswers {
+    fn error(description: &str) -> RefOr<Response> {
+        let body = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build();
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", body)
+            .build()
+            .into()
+    }
+
+    fn add(operation: &mut Operation) {
+        let mut answers = vec![
+            (
+                "500",
+                "an unexpected failure (the body never says more than this)",
+            ),
+            (
+                "503",
+                "every connection is busy, or the data dir's disk is full (with Retry-After)",
+            ),
+        ];
+        if operation.request_body.is_some() {
+            answers.push(("408", "the request body did not arrive in time"));
+            answers.push(("413", "the request body is too large"));
+        }
+        for (code, description) in answers {
+            // A handler's own description of the same status is kept.
+            operation
+                .responses
+                .responses
+                .entry(code.to_owned())
+                .or_insert_with(|| Self::error(description));
+        }
+    }
+}
+
+impl Modify for EveryRouteAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                Self::add(operation);
+            }
+        }
     }
 }
 

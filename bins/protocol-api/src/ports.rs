@@ -173,10 +173,15 @@ impl EnsueAccess for EmbeddedEnsue {
                     name: name.to_owned(),
                 })
             }
-            Err(error) => Err(delibera_ensue::Error::Server {
-                status: 500,
-                body: format!("the embedded Ensue store failed: {error}"),
-            }),
+            Err(error) => {
+                // The cause names files of this host; a job's error, which
+                // its client reads, says only where to look.
+                tracing::error!(org = name, %error, "the embedded Ensue store failed to register an org");
+                Err(delibera_ensue::Error::Server {
+                    status: 500,
+                    body: "the embedded Ensue store failed; the server log has the cause".into(),
+                })
+            }
         }
     }
 

@@ -224,8 +224,9 @@ impl EnsueClient {
     }
 
     /// One `list_keys` page from `offset`. The direct dialect asks for the
-    /// first page as the seed's `{prefix}` and adds `offset` only for later
-    /// pages, which a server says exist through `has_more`.
+    /// first page as a plain `{prefix}`, as its other clients do, and adds
+    /// `offset` only for later pages, which a server says exist through
+    /// `has_more`.
     async fn list_page(&self, prefix: &str, offset: usize) -> Result<ListedPage> {
         let direct = if offset == 0 {
             json!({ "prefix": prefix })
@@ -515,7 +516,7 @@ fn item_outcome(item: &Value, key: &str) -> Result<()> {
         })
         .unwrap_or_default();
     let words = format!("{normalized} {message}");
-    match Reading::of(&words) {
+    match Reading::of(&words, key) {
         Some(Reading::NotFound) => Err(Error::NotFound {
             key: key.to_owned(),
         }),
@@ -542,7 +543,15 @@ enum Reading {
 }
 
 impl Reading {
-    fn of(text: &str) -> Option<Self> {
+    /// Reads an error message about `key`. The key itself is taken out
+    /// first: a key such as `reports/quota-missing` says nothing about
+    /// what went wrong.
+    fn of(text: &str, key: &str) -> Option<Self> {
+        let text = if key.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(key, " ")
+        };
         let text = text.to_ascii_lowercase().replace(['_', '-'], " ");
         const EXISTS: &[&str] = &[
             "already exist",
@@ -583,7 +592,7 @@ fn classify_error(error: Error, key: &str) -> Error {
         Error::JsonRpc { message, .. } | Error::Tool { message } => message,
         _ => return error,
     };
-    match Reading::of(text) {
+    match Reading::of(text, key) {
         Some(Reading::NotFound) => Error::NotFound {
             key: key.to_owned(),
         },
@@ -629,7 +638,7 @@ mod tests {
             "no such key",
         ] {
             assert!(
-                matches!(Reading::of(text), Some(Reading::NotFound)),
+                matches!(Reading::of(text, "coordination/x"), Some(Reading::NotFound)),
                 "{text}"
             );
         }
@@ -640,15 +649,43 @@ mod tests {
             "exists",
         ] {
             assert!(
-                matches!(Reading::of(text), Some(Reading::AlreadyExists)),
+                matches!(
+                    Reading::of(text, "coordination/x"),
+                    Some(Reading::AlreadyExists)
+                ),
                 "{text}"
             );
         }
         assert!(matches!(
-            Reading::of("organization quota exceeded: it already holds 10 keys"),
+            Reading::of(
+                "organization quota exceeded: it already holds 10 keys",
+                "coordination/x"
+            ),
             Some(Reading::QuotaExceeded)
         ));
-        assert!(Reading::of("internal error").is_none());
+        assert!(Reading::of("internal error", "coordination/x").is_none());
+        // Words inside the key do not decide the reading.
+        assert!(matches!(
+            Reading::of(
+                "key coordination/quota-missing not found",
+                "coordination/quota-missing"
+            ),
+            Some(Reading::NotFound)
+        ));
+        assert!(matches!(
+            Reading::of(
+                "key reports/exists-check already exists",
+                "reports/exists-check"
+            ),
+            Some(Reading::AlreadyExists)
+        ));
+        assert!(
+            Reading::of(
+                "reports/missing-quota: internal error",
+                "reports/missing-quota"
+            )
+            .is_none()
+        );
     }
 
     #[test]

@@ -59,6 +59,28 @@ async fn the_document_lists_every_route_with_schemas_and_each_is_served() {
         assert!(schemas.contains_key(name), "dangling {reference}");
     }
     assert!(schemas["JobStatusView"]["properties"]["storachaPrivateKey"].is_object());
+
+    // The answers any route may give are listed on every operation: 500 and
+    // 503 everywhere, 408 and 413 where there is a request body.
+    for (method, path) in ROUTES {
+        let operation = &doc["paths"][path][method];
+        let responses = operation["responses"].as_object().unwrap();
+        let mut expected = vec!["500", "503"];
+        if operation.get("requestBody").is_some() {
+            expected.extend(["408", "413"]);
+        }
+        for code in expected {
+            assert_eq!(
+                responses[code]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{method} {path} {code}"
+            );
+        }
+    }
+    assert!(
+        doc["paths"]["/api/provision/worker"]["post"]["responses"]["413"].is_object(),
+        "a POST with a body lists 413"
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["admin_token"]["scheme"],
         "bearer"

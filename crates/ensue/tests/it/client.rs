@@ -326,7 +326,7 @@ async fn direct_create_and_update_send_key_and_value() {
 async fn direct_get_reads_results_zero_value() {
     let server = MockServer::start().await;
     expect_call(direct_call(1, "get_memory", json!({ "key": "a/b" })))
-        // The seed's answer: no key_name, no status.
+        // The direct dialect's answer: no key_name, no status.
         .respond_with(ok(1, json!({ "results": [{ "value": "completed" }] })))
         .expect(1)
         .mount(&server)
