@@ -96,12 +96,18 @@ impl Settings {
         benching.then_some(settings)
     }
 
+    /// A word naming a scenario exactly selects that one alone; any other
+    /// word selects every scenario whose name contains it.
     fn selects(&self, scenario: Scenario) -> bool {
         self.filters.is_empty()
-            || self
-                .filters
-                .iter()
-                .any(|filter| scenario.name().contains(filter.as_str()))
+            || self.filters.iter().any(|filter| {
+                let exact = Scenario::ALL.iter().any(|other| other.name() == filter);
+                if exact {
+                    scenario.name() == filter
+                } else {
+                    scenario.name().contains(filter.as_str())
+                }
+            })
     }
 }
 
