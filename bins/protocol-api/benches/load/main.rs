@@ -176,10 +176,11 @@ struct Row {
     upstream: UpstreamCalls,
     /// What else the row has to say.
     note: String,
+    /// The server's resident-memory high-water mark since it started.
     peak_rss_mib: f64,
 }
 
-const HEADER: &str = "| scenario | route | requests | req/s | p50 ms | p99 ms | CPU µs/req | NEAR calls/req | peak RSS MiB | note |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|";
+const HEADER: &str = "| scenario | route | requests | req/s | p50 ms | p99 ms | CPU µs/req | NEAR calls/req | peak RSS so far MiB | note |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|";
 
 impl Row {
     fn print(&self) {
@@ -445,7 +446,8 @@ fn main() {
         server.wait_until_listening().await;
         println!(
             "protocol-api {} (pid {}), production mode against in-process fakes; {} connections, \
-             {:?} per scenario after {:?} of warm-up; CPU from /proc at {} ticks/s; idle RSS {:.1} MiB\n",
+             {:?} per scenario after {:?} of warm-up; CPU from /proc at {} ticks/s; idle RSS {:.1} MiB; \
+             load average {}\n",
             settings.server.display(),
             server.pid(),
             settings.connections,
@@ -453,6 +455,7 @@ fn main() {
             settings.warmup,
             server.clock_ticks_per_second(),
             server.rss_mib(),
+            load_average(),
         );
         println!("{HEADER}");
         let mut bench = Bench {
@@ -464,5 +467,20 @@ fn main() {
         for scenario in scenarios {
             bench.run(scenario).await.print();
         }
+        // Other work on the machine moves throughput and latency far more
+        // than CPU per request; the load average tells the reader how much.
+        println!("\nload average at the end: {}", load_average());
     });
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
