@@ -13,8 +13,8 @@ use delibera_deploy::{Deployer, HealthGate, Url};
 use delibera_ensue_local::LocalEnsue;
 use delibera_identity::AccountId;
 use delibera_near::{
-    BlockReference, ChainRegistrar, CoordinatorContract, LocalRegistry, NearRpc, Registrar,
-    Registry, RegistryContract, RpcRegistry, TransactionSender,
+    Accounts, BlockReference, ChainRegistrar, CoordinatorContract, LocalRegistry, NearRpc,
+    Registrar, Registry, RegistryContract, RpcAccounts, RpcRegistry, TransactionSender,
 };
 use delibera_phala::{PhalaClient, PhalaDeployer, PhalaDeployerOptions};
 use delibera_storacha::{ConfiguredDelegator, Delegator, LocalSpaceDelegator};
@@ -44,6 +44,13 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
     match config.mode {
         Mode::Local => compose_local(config).await,
         Mode::Production => {
+            if config.unauthenticated_writes {
+                anyhow::bail!(
+                    "UNAUTHENTICATED_WRITES is for local mode only: in production anyone could \
+                     sign registry and roster changes with the server's NEAR key. Remove it; the \
+                     frontend signs those requests with the user's wallet (Authorization: NEP413)"
+                );
+            }
             let production = ProductionConfig::from_config(config)?;
             compose_production(config, production).await
         }
@@ -201,6 +208,13 @@ fn cors_policy(config: &Config) -> anyhow::Result<CorsPolicy> {
 /// restart leaves every registered endpoint answering.
 pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     let cors = cors_policy(config)?;
+    if config.unauthenticated_writes {
+        tracing::warn!(
+            "UNAUTHENTICATED_WRITES is on: anyone who can reach this server may change agent \
+             endpoints and the worker roster without a credential. Use it only on a machine \
+             nobody else can reach"
+        );
+    }
     let (database, held_records) = open_database(config).await?;
     let data_dir = &config.data_dir;
     require_local_stores(data_dir, held_records)?;
@@ -263,6 +277,9 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         deployer,
         health_gate: HealthGate::default(),
         registry: registry.clone(),
+        // Local accounts: the keys given in the local registry, and every
+        // key's implicit account; the roster is the server's.
+        accounts: registry.clone(),
         // No wallet locally: the local registry registers the agent itself.
         registrar: registry,
         http: reqwest::Client::new(),
@@ -273,6 +290,8 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     settings.allow_loopback_endpoints = true;
     let state = AppState::builder(&database, ports, settings)
         .admin_token(Some(admin_token))
+        .nep413_recipient(config.nep413_recipient.clone())
+        .unauthenticated_writes(config.unauthenticated_writes)
         .provision_rate_per_minute(config.provision_rate_per_minute)
         .mode_label("local")
         .embedded_ensue_url(local_ensue.url())
@@ -396,6 +415,12 @@ pub async fn compose_production(
             .reading_at(BlockReference::Optimistic),
         CoordinatorContract::with_sender(sender, production.coordinator_contract.clone()),
     ));
+    // Wallet-signed requests are checked against final state: a key just
+    // added or removed counts once it is final.
+    let accounts: Arc<dyn Accounts> = Arc::new(RpcAccounts::new(
+        rpc.clone(),
+        CoordinatorContract::new(rpc.clone(), production.coordinator_contract.clone()),
+    ));
     let registrar: Arc<dyn Registrar> = Arc::new(ChainRegistrar::new(
         registry.clone(),
         rpc,
@@ -417,6 +442,7 @@ pub async fn compose_production(
         deployer,
         health_gate: HealthGate::default(),
         registry,
+        accounts,
         registrar,
         http: reqwest::Client::new(),
     };
@@ -432,6 +458,7 @@ pub async fn compose_production(
     };
     let state = AppState::builder(&database, ports, settings)
         .admin_token(config.admin_token.clone().map(Zeroizing::new))
+        .nep413_recipient(config.nep413_recipient.clone())
         .provision_rate_per_minute(config.provision_rate_per_minute)
         .mode_label("production")
         .cors(cors)

@@ -45,6 +45,15 @@ pub struct Config {
     /// token is refused (it would lock those routes for everyone).
     #[arg(long, env = "PROTOCOL_API_ADMIN_TOKEN", hide_env_values = true, value_parser = admin_token)]
     pub admin_token: Option<String>,
+    /// The name wallet-signed requests must be addressed to (NEP-413's
+    /// `recipient`): a signature made for another service is refused.
+    #[arg(long, env = "NEP413_RECIPIENT", default_value = crate::auth::DEFAULT_NEP413_RECIPIENT)]
+    pub nep413_recipient: String,
+    /// Local mode only: lets anyone call the routes that sign with the
+    /// server's key, with no credential at all (for a frontend that sends
+    /// none). Refused in production.
+    #[arg(long, env = "UNAUTHENTICATED_WRITES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub unauthenticated_writes: bool,
     /// 64 hex characters sealing secrets at rest; generated into the data dir when unset.
     #[arg(long, env = "PROTOCOL_API_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,

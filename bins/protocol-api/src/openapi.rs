@@ -3,7 +3,7 @@
 
 use axum::Json;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
@@ -59,6 +59,17 @@ impl Modify for AdminToken {
                     .description(Some("PROTOCOL_API_ADMIN_TOKEN"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "wallet_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`NEP413 <base64url JSON {accountId, publicKey, signature, message, nonce, \
+                 recipient}>`: what a NEAR wallet's signMessage returns, for the message \
+                 `<METHOD> <path>\\n<hex SHA-256 of the body>\\n<unix milliseconds>` and the \
+                 recipient NEP413_RECIPIENT; at most 5 minutes old, each nonce once, signed by a \
+                 full-access key of the account that owns what the request changes",
+            ))),
         );
     }
 }

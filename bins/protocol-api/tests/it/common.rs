@@ -247,6 +247,8 @@ pub struct Options {
     pub storage_retry: delibera_backoff::Backoff,
     /// Gates that hold a job at the step of each port (all open by default).
     pub holds: Holds,
+    /// The signing routes take no credential (UNAUTHENTICATED_WRITES).
+    pub unauthenticated_writes: bool,
 }
 
 /// Wraps the Ensue port of a test server.
@@ -275,6 +277,7 @@ impl Default for Options {
                 Duration::from_millis(100),
             ),
             holds: Holds::open(),
+            unauthenticated_writes: false,
         }
     }
 }
@@ -345,6 +348,7 @@ impl TestApp {
                 request_timeout: Duration::from_secs(2),
             },
             registry: registry.clone(),
+            accounts: registry.clone(),
             registrar: Arc::new(Held {
                 inner: registrar,
                 gate: holds.registration.clone(),
@@ -364,6 +368,7 @@ impl TestApp {
                     .admin_token
                     .map(|token| Zeroizing::new(token.to_owned())),
             )
+            .unauthenticated_writes(options.unauthenticated_writes)
             .provision_rate_per_minute(options.rate_per_minute)
             .mode_label(if options.production_rpc.is_none() {
                 "local"

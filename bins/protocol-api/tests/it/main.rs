@@ -20,3 +20,4 @@ mod process;
 mod production;
 mod restarts;
 mod storage;
+mod wallet_auth;
