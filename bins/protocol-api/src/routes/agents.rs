@@ -99,6 +99,10 @@ pub struct EndpointRequest {
     cvm_id: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// Accepted as the frontend may send it, and not stored: the registry
+    /// has no field for it.
+    #[allow(dead_code)]
+    dashboard_url: Option<String>,
 }
 
 /// Change an agent's endpoint on the registry (signed with the server's NEAR

@@ -9,6 +9,7 @@ mod display_names;
 mod edges;
 mod env_contract;
 mod flows;
+mod frontend;
 #[allow(unreachable_pub)] // `pub` for `benches/kill_loop.rs`, which shares it.
 mod kill_loop;
 mod local_mode;
