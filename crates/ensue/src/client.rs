@@ -85,6 +85,18 @@ impl EnsueClient {
         mcp_arguments: Value,
         direct_params: Value,
     ) -> (Result<Value>, u32) {
+        self.call_tool_reading(tool, mcp_arguments, direct_params, tool_payload)
+            .await
+    }
+
+    /// [`call_tool`](Self::call_tool) with the tool's result read by `payload`.
+    async fn call_tool_reading(
+        &self,
+        tool: &str,
+        mcp_arguments: Value,
+        direct_params: Value,
+        payload: fn(&Value) -> Result<Value>,
+    ) -> (Result<Value>, u32) {
         let (method, params) = match self.dialect() {
             Dialect::Mcp => (
                 "tools/call",
@@ -110,7 +122,7 @@ impl EnsueClient {
                     tracing::debug!(tool, attempts, ?delay, "retrying Ensue call");
                     tokio::time::sleep(delay).await;
                 }
-                None => return (outcome.and_then(|result| tool_payload(&result)), attempts),
+                None => return (outcome.and_then(|result| payload(&result)), attempts),
             }
         }
     }
@@ -295,7 +307,78 @@ impl EnsueClient {
         Ok(())
     }
 
-    fn chunks<'a>(&self, keys: &'a [String]) -> std::slice::Chunks<'a, String> {
+    /// One `create_memory` call of up to [`MAX_BATCH`] items, one outcome per item.
+    async fn create_chunk(&self, items: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        if let [(key, value)] = items {
+            return Ok(vec![self.create(key, value).await]);
+        }
+        let mcp_items: Vec<Value> = items
+            .iter()
+            .map(|(key, value)| {
+                json!({ "key_name": key, "value": value, "description": format!("Memory at {key}") })
+            })
+            .collect();
+        let (payload, attempts) = self
+            .call_tool_reading(
+                tool::CREATE,
+                json!({ "items": mcp_items }),
+                Value::Null,
+                batch_payload,
+            )
+            .await;
+        let first_key = items
+            .first()
+            .map(|(key, _)| key.as_str())
+            .unwrap_or_default();
+        let payload = match payload.map_err(|error| classify_error(error, first_key)) {
+            // A service that refuses the whole batch for one present key says
+            // nothing of the others (it may have created some or none): ask
+            // item by item, so each gets its own answer.
+            Err(error) if error.is_already_exists() => {
+                let mut outcomes = Vec::with_capacity(items.len());
+                for (key, value) in items {
+                    outcomes.push(self.create(key, value).await);
+                }
+                return Ok(outcomes);
+            }
+            other => other?,
+        };
+        let mut by_key: HashMap<String, Result<()>> = HashMap::new();
+        for (index, item) in optional_results(&payload).iter().enumerate() {
+            let Some(key) = item_key(item).or_else(|| items.get(index).map(|(key, _)| key.clone()))
+            else {
+                continue;
+            };
+            let outcome = item_outcome(item, &key);
+            by_key.insert(key, outcome);
+        }
+        // An item the answer does not mention succeeded, as for a single create.
+        let mut outcomes: Vec<Result<()>> = items
+            .iter()
+            .map(|(key, _)| by_key.remove(key).unwrap_or(Ok(())))
+            .collect();
+        // An earlier attempt may have landed before its answer was lost:
+        // finding our own value there means that create succeeded.
+        if attempts > 1 {
+            let present: Vec<String> = items
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| matches!(outcome, Err(error) if error.is_already_exists()))
+                .map(|((key, _), _)| key.clone())
+                .collect();
+            if !present.is_empty() {
+                let stored = self.get_many(&present).await?;
+                for ((key, value), outcome) in items.iter().zip(outcomes.iter_mut()) {
+                    if outcome.is_err() && stored.get(key) == Some(value) {
+                        *outcome = Ok(());
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn chunks<'a, T>(&self, keys: &'a [T]) -> std::slice::Chunks<'a, T> {
         let size = match self.dialect() {
             Dialect::Mcp => MAX_BATCH,
             Dialect::Direct => 1,
@@ -394,6 +477,20 @@ impl Memory for EnsueClient {
     async fn delete(&self, key: &str) -> Result<()> {
         self.delete_chunk(&[key.to_owned()]).await
     }
+
+    /// `create_memory` with up to [`MAX_BATCH`] items per call (one call per
+    /// item in the direct dialect).
+    async fn create_many(&self, items: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        for chunk in self.chunks(items) {
+            outcomes.extend(self.create_chunk(chunk).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        EnsueClient::delete_many(self, keys).await
+    }
 }
 
 /// One page of a `list_keys` answer.
@@ -451,6 +548,19 @@ fn tool_payload(result: &Value) -> Result<Value> {
         reason: "result has neither structuredContent nor content[0].text".to_owned(),
         body: excerpt(&result.to_string()),
     })
+}
+
+/// A batch tool's result: like [`tool_payload`], but a tool error that
+/// still carries per-item `results` (every item failed) is read for them.
+fn batch_payload(result: &Value) -> Result<Value> {
+    if result.get("isError").and_then(Value::as_bool) == Some(true)
+        && let Some(structured) = result
+            .get("structuredContent")
+            .filter(|structured| structured.get("results").is_some_and(Value::is_array))
+    {
+        return Ok(structured.clone());
+    }
+    tool_payload(result)
 }
 
 /// `results[]`, which must be there.

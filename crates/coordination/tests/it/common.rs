@@ -254,8 +254,9 @@ impl<M: Memory> Memory for Flaky<M> {
     }
 }
 
-/// Drops every write of `value` to `key`: simulates a late writer from an
-/// earlier round that always wins the race.
+/// Drops every write of `value` to `key`, and every delete of `key` (which
+/// the late writer undoes at once): simulates a late writer from an earlier
+/// round that always wins the race.
 pub struct DropsWrite<M> {
     pub inner: M,
     pub key: String,
@@ -292,6 +293,9 @@ impl<M: Memory> Memory for DropsWrite<M> {
         self.inner.list_keys(prefix).await
     }
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+        if key == self.key {
+            return Ok(());
+        }
         self.inner.delete(key).await
     }
 }
