@@ -4,9 +4,13 @@
 //! protocol API's default log filter. After a warm-up, the process's CPU time
 //! (user + system, from `/proc/self/stat`) over the measured window is
 //! printed as a share of one core, with the requests the server answered.
+//! The server runs on its own runtime (threads named `ensue-local`), the
+//! agents on another (`agents`), so the per-thread times split the cost
+//! between the two sides.
 //!
 //! `cargo bench -p delibera-agent --bench idle [-- <agents> <seconds>]`
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +42,48 @@ fn cpu_time() -> Duration {
     Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND)
 }
 
+/// Threads idle this long are kept, so per-thread CPU times are not lost
+/// with an exiting blocking thread during the window.
+const KEEP_THREADS: Duration = Duration::from_secs(3600);
+
+/// User + system CPU time of this process's threads, summed by thread name.
+fn cpu_by_thread_name() -> HashMap<String, Duration> {
+    let mut by_name = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        *by_name.entry(name).or_insert(Duration::ZERO) +=
+            Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND);
+    }
+    by_name
+}
+
+fn share_of(
+    before: &HashMap<String, Duration>,
+    after: &HashMap<String, Duration>,
+    name: &str,
+    elapsed: Duration,
+) -> f64 {
+    let spent = after.get(name).copied().unwrap_or_default()
+        - before
+            .get(name)
+            .copied()
+            .unwrap_or_default()
+            .min(after.get(name).copied().unwrap_or_default());
+    spent.as_secs_f64() / elapsed.as_secs_f64() * 100.0
+}
+
 fn main() {
     // `cargo test --benches` runs this binary without `--bench`: nothing heavy then.
     let args: Vec<String> = std::env::args()
@@ -60,14 +106,26 @@ fn main() {
         ))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("ensue-local")
+        .thread_keep_alive(KEEP_THREADS)
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    runtime.block_on(run(agents, Duration::from_secs(seconds)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("agents")
+        .thread_keep_alive(KEEP_THREADS)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(run(
+        server_runtime.handle(),
+        agents,
+        Duration::from_secs(seconds),
+    ));
 }
 
-async fn run(agents: usize, window: Duration) {
+async fn run(server_runtime: &tokio::runtime::Handle, agents: usize, window: Duration) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = Store::open(dir.path().join("ensue.sqlite3")).expect("the store opens");
     let key = ApiKey::generate();
@@ -80,12 +138,20 @@ async fn run(agents: usize, window: Duration) {
             next.run(request)
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
     let url = format!("http://{}/", listener.local_addr().expect("an address"));
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(Server::new(router).run(listener, async move {
-        let _ = server_stopped.await;
-    }));
+    let server = server_runtime.spawn(async move {
+        let listener = TcpListener::from_std(listener).expect("a tokio listener");
+        Server::new(router)
+            .run(listener, async move {
+                let _ = server_stopped.await;
+            })
+            .await
+    });
 
     let deployer = LocalDeployer::new(Arc::new(StaticWorkers::default()));
     let coordinator = Keypair::from_seed(&[0xc0; 32]).did();
@@ -113,21 +179,26 @@ async fn run(agents: usize, window: Duration) {
     tokio::time::sleep(WARM_UP).await;
     let served_before = requests.load(Ordering::Relaxed);
     let cpu_before = cpu_time();
+    let threads_before = cpu_by_thread_name();
     let started = Instant::now();
     tokio::time::sleep(window).await;
     let cpu = cpu_time() - cpu_before;
+    let threads_after = cpu_by_thread_name();
     let elapsed = started.elapsed();
     let served = requests.load(Ordering::Relaxed) - served_before;
 
     let share = cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0;
     println!(
         "{agents} idle agents over {:.1} s: {:.1}% of one core ({:.2} s CPU), {served} requests \
-         ({:.1}/s), {:.0} µs of CPU per poll (client and server)",
+         ({:.1}/s), {:.0} µs of CPU per poll (client and server); server threads {:.1}%, \
+         agent threads {:.1}% of one core",
         elapsed.as_secs_f64(),
         share,
         cpu.as_secs_f64(),
         served as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / served.max(1) as f64,
+        share_of(&threads_before, &threads_after, "ensue-local", elapsed),
+        share_of(&threads_before, &threads_after, "agents", elapsed),
     );
 
     for id in ids {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use delibera_jsonrpc::{Id, Request, ResponsePayload, read_response};
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::config::retry_delay;
@@ -44,6 +44,8 @@ pub struct EnsueClient {
 struct Inner {
     http: reqwest::Client,
     config: EnsueConfig,
+    /// `Bearer <api key>`, built once (marked sensitive: never printed).
+    authorization: HeaderValue,
     next_id: AtomicU64,
 }
 
@@ -58,10 +60,18 @@ impl EnsueClient {
             .map_err(|error| Error::Config {
                 reason: format!("cannot build the HTTP client: {error}"),
             })?;
+        let mut authorization =
+            HeaderValue::try_from(format!("Bearer {}", config.api_key.as_str())).map_err(|_| {
+                Error::Config {
+                    reason: "the API key is not a valid HTTP header value".to_owned(),
+                }
+            })?;
+        authorization.set_sensitive(true);
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 config,
+                authorization,
                 next_id: AtomicU64::new(1),
             }),
         })
@@ -95,7 +105,7 @@ impl EnsueClient {
         tool: &str,
         mcp_arguments: Value,
         direct_params: Value,
-        payload: fn(&Value) -> Result<Value>,
+        payload: fn(Value) -> Result<Value>,
     ) -> (Result<Value>, u32) {
         let (method, params) = match self.dialect() {
             Dialect::Mcp => (
@@ -122,7 +132,7 @@ impl EnsueClient {
                     tracing::debug!(tool, attempts, ?delay, "retrying Ensue call");
                     tokio::time::sleep(delay).await;
                 }
-                None => return (outcome.and_then(|result| payload(&result)), attempts),
+                None => return (outcome.and_then(payload), attempts),
             }
         }
     }
@@ -134,7 +144,7 @@ impl EnsueClient {
             .inner
             .http
             .post(config.base_url.clone())
-            .bearer_auth(config.api_key.as_str())
+            .header(AUTHORIZATION, self.inner.authorization.clone())
             .header(ACCEPT, ACCEPT_BOTH)
             .json(request)
             .send()
@@ -191,13 +201,12 @@ impl EnsueClient {
     /// One `get_memory` call; `None` when the whole call said "not found".
     async fn get_chunk_once(&self, keys: &[String]) -> Result<Option<HashMap<String, String>>> {
         let direct_key = keys.first().cloned().unwrap_or_default();
-        let (payload, _) = self
-            .call_tool(
-                tool::GET,
-                json!({ "key_names": keys }),
-                json!({ "key": direct_key }),
-            )
-            .await;
+        // The hot path of every idle worker: only the dialect's own form is built.
+        let (mcp, direct) = match self.dialect() {
+            Dialect::Mcp => (json!({ "key_names": keys }), Value::Null),
+            Dialect::Direct => (Value::Null, json!({ "key": direct_key })),
+        };
+        let (payload, _) = self.call_tool(tool::GET, mcp, direct).await;
         let payload = match payload.map_err(|error| classify_error(error, &direct_key)) {
             Err(error) if error.is_not_found() => return Ok(None),
             other => other?,
@@ -521,7 +530,14 @@ async fn read_body(response: reqwest::Response) -> Result<Vec<u8>> {
 
 /// The tool's structured result: `structuredContent`, else the JSON in
 /// `content[0].text`, else (direct servers) the result object itself.
-fn tool_payload(result: &Value) -> Result<Value> {
+fn tool_payload(mut result: Value) -> Result<Value> {
+    if result.get("isError").and_then(Value::as_bool) != Some(true)
+        && let Some(structured) = result
+            .get_mut("structuredContent")
+            .filter(|structured| structured.is_object())
+    {
+        return Ok(structured.take());
+    }
     let text = result
         .get("content")
         .and_then(|content| content.get(0))
@@ -532,9 +548,6 @@ fn tool_payload(result: &Value) -> Result<Value> {
             message: text.map_or_else(|| excerpt(&result.to_string()), excerpt),
         });
     }
-    if let Some(structured) = result.get("structuredContent").filter(|v| v.is_object()) {
-        return Ok(structured.clone());
-    }
     if let Some(text) = text {
         return serde_json::from_str(text).map_err(|error| Error::Malformed {
             reason: format!("content[0].text is not JSON: {error}"),
@@ -542,7 +555,7 @@ fn tool_payload(result: &Value) -> Result<Value> {
         });
     }
     if result.get("results").is_some() || result.get("keys").is_some() {
-        return Ok(result.clone());
+        return Ok(result);
     }
     Err(Error::Malformed {
         reason: "result has neither structuredContent nor content[0].text".to_owned(),
@@ -552,13 +565,13 @@ fn tool_payload(result: &Value) -> Result<Value> {
 
 /// A batch tool's result: like [`tool_payload`], but a tool error that
 /// still carries per-item `results` (every item failed) is read for them.
-fn batch_payload(result: &Value) -> Result<Value> {
+fn batch_payload(mut result: Value) -> Result<Value> {
     if result.get("isError").and_then(Value::as_bool) == Some(true)
         && let Some(structured) = result
-            .get("structuredContent")
+            .get_mut("structuredContent")
             .filter(|structured| structured.get("results").is_some_and(Value::is_array))
     {
-        return Ok(structured.clone());
+        return Ok(structured.take());
     }
     tool_payload(result)
 }
