@@ -444,8 +444,19 @@ impl Coordinator {
     }
 
     /// Writes every pair in batches of at most `batch_size`, at most
-    /// `write_concurrency` batches in flight.
+    /// `write_concurrency` batches in flight. A store without batches
+    /// ([`Memory::max_batch`] of 1) has each existing key updated instead,
+    /// which costs it one call rather than a delete and a create.
     async fn write_batch(&self, pairs: Vec<(String, String)>, batch: Batch) -> Result<()> {
+        if batch == Batch::Replace && self.memory.max_batch() <= 1 {
+            let mut writes = stream::iter(pairs)
+                .map(|(key, value)| async move { self.write(&key, &value).await })
+                .buffer_unordered(self.config.write_concurrency.max(1));
+            while let Some(written) = writes.next().await {
+                written?;
+            }
+            return Ok(());
+        }
         let chunks: Vec<Vec<(String, String)>> = pairs
             .chunks(self.config.batch())
             .map(<[(String, String)]>::to_vec)

@@ -388,11 +388,7 @@ impl EnsueClient {
     }
 
     fn chunks<'a, T>(&self, keys: &'a [T]) -> std::slice::Chunks<'a, T> {
-        let size = match self.dialect() {
-            Dialect::Mcp => MAX_BATCH,
-            Dialect::Direct => 1,
-        };
-        keys.chunks(size)
+        keys.chunks(Memory::max_batch(self))
     }
 }
 
@@ -499,6 +495,15 @@ impl Memory for EnsueClient {
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
         EnsueClient::delete_many(self, keys).await
+    }
+
+    /// [`MAX_BATCH`] in the MCP dialect; 1 in the direct one, whose calls
+    /// name one key each.
+    fn max_batch(&self) -> usize {
+        match self.dialect() {
+            Dialect::Mcp => MAX_BATCH,
+            Dialect::Direct => 1,
+        }
     }
 }
 

@@ -100,6 +100,10 @@ impl<M: Memory> Memory for EncryptedMemory<M> {
         self.inner.delete_many(keys).await
     }
 
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
+
     async fn upsert(&self, key: &str, value: &str) -> Result<()> {
         // One sealing for all three steps of the inner upsert.
         self.inner.upsert(key, &self.key.seal(value)?).await

@@ -46,6 +46,14 @@ pub trait Memory: Send + Sync {
         Ok(outcomes)
     }
 
+    /// The most items one call of [`create_many`](Self::create_many) or
+    /// [`delete_many`](Self::delete_many) sends together: 1 (the default)
+    /// when every item costs a call of its own, so a caller rewriting many
+    /// keys is better off updating them one by one.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
     /// Deletes every key, as few requests as the store allows; missing keys
     /// are not an error. The default deletes them one by one.
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
@@ -95,6 +103,9 @@ impl<M: Memory + ?Sized> Memory for Arc<M> {
     }
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
         (**self).delete_many(keys).await
+    }
+    fn max_batch(&self) -> usize {
+        (**self).max_batch()
     }
     async fn upsert(&self, key: &str, value: &str) -> Result<()> {
         (**self).upsert(key, value).await

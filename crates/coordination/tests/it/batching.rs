@@ -72,6 +72,9 @@ impl<M: Memory> Memory for Counting<M> {
         self.count(keys.len());
         self.inner.delete_many(keys).await
     }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
 }
 
 /// A deterministic DID for worker `n` of a large round.
@@ -155,6 +158,9 @@ impl<M: Memory> Memory for PartialBatches<M> {
     }
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
         self.inner.delete(key).await
+    }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
     }
     async fn create_many(
         &self,
@@ -247,5 +253,78 @@ async fn items_a_batch_refused_are_written_alone_and_a_failed_batch_is_retried()
             .unwrap_or_else(|| panic!("the archived result of {did}"));
         let archived: WorkerResult = serde_json::from_str(&archived).unwrap();
         assert_eq!(archived.round_id, tally.round_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_without_batches_has_the_pending_statuses_updated_not_deleted() {
+    // A store whose every item costs a call (`max_batch` 1, as Ensue's direct
+    // dialect): a delete and a create per worker would double the calls.
+    let store = InMemory::new();
+    let unbatched = Arc::new(Unbatched::new(store.clone()));
+    let dids: Vec<Did> = (1..=3).map(did).collect();
+    let workers: Vec<_> = dids
+        .iter()
+        .map(|did| {
+            spawn_worker(
+                did.clone(),
+                Arc::new(store.clone()),
+                Arc::new(Fixed(Vote::Approved)),
+                fast_worker_config(),
+            )
+        })
+        .collect();
+    let coordinator = Coordinator::with_config(unbatched.clone(), fast_coordinator_config());
+    for round in ["p-1", "p-2"] {
+        let tally = within(
+            "the round",
+            coordinator.run_round(&Proposal::new(round, "t"), &dids, Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(tally.approved, 3, "{round}");
+    }
+    for worker in workers {
+        worker.stop().await;
+    }
+    assert_eq!(unbatched.deletes.load(Ordering::SeqCst), 0);
+}
+
+/// An in-memory store without batches (`max_batch` is the default 1) that
+/// counts its deletes.
+struct Unbatched {
+    store: InMemory,
+    deletes: AtomicUsize,
+}
+
+impl Unbatched {
+    fn new(store: InMemory) -> Self {
+        Self {
+            store,
+            deletes: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Memory for Unbatched {
+    async fn create(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.store.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.store.update(key, value).await
+    }
+    async fn get(&self, key: &str) -> delibera_ensue::Result<Option<String>> {
+        self.store.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> delibera_ensue::Result<HashMap<String, String>> {
+        self.store.get_many(keys).await
+    }
+    async fn list_keys(&self, prefix: &str) -> delibera_ensue::Result<Vec<String>> {
+        self.store.list_keys(prefix).await
+    }
+    async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+        self.deletes.fetch_add(1, Ordering::SeqCst);
+        self.store.delete(key).await
     }
 }

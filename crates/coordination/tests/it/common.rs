@@ -252,6 +252,9 @@ impl<M: Memory> Memory for Flaky<M> {
         self.fail()?;
         self.inner.delete(key).await
     }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
 }
 
 /// Drops every write of `value` to `key`, and every delete of `key` (which
@@ -297,6 +300,9 @@ impl<M: Memory> Memory for DropsWrite<M> {
             return Ok(());
         }
         self.inner.delete(key).await
+    }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
     }
 }
 
@@ -353,6 +359,9 @@ impl<M: Memory> Memory for SweepsAfterAnswers<M> {
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
         self.inner.delete(key).await
     }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
 }
 
 /// A worker's view of `inner` in which each round's deadline is [`DEADLINE`]
@@ -395,6 +404,9 @@ impl<M: Memory> Memory for LateDeadline<M> {
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
         self.inner.delete(key).await
     }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
 }
 
 /// Every call waits until `gate` opens, then passes through: holds whoever
@@ -429,5 +441,8 @@ impl<M: Memory> Memory for HeldUntil<M> {
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
         self.gate.passed().await;
         self.inner.delete(key).await
+    }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
     }
 }

@@ -1273,3 +1273,10 @@ async fn mcp_create_many_reads_items_of_a_batch_that_failed_entirely() {
     assert!(outcomes[0].as_ref().is_err_and(Error::is_already_exists));
     assert!(outcomes[1].as_ref().is_err_and(Error::is_quota_exceeded));
 }
+
+#[tokio::test]
+async fn only_the_mcp_dialect_batches() {
+    let server = MockServer::start().await;
+    assert_eq!(client(&server, Dialect::Mcp).max_batch(), 100);
+    assert_eq!(client(&server, Dialect::Direct).max_batch(), 1);
+}
