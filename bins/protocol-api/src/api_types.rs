@@ -5,9 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use delibera_deploy::AgentRole;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+use crate::jobs::Job;
 
 /// `{"error": "…"}`: every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -125,6 +128,49 @@ pub struct JobStatusView {
     /// Secret: the claim's verification code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ensue_verification_code: Option<String>,
+}
+
+impl JobStatusView {
+    /// The status document. Secrets appear only while the status reveals them.
+    pub fn of(job: &Job) -> Self {
+        let coordinator_only =
+            |value: Option<String>| value.filter(|_| job.role == AgentRole::Coordinator);
+        let secret =
+            |value: &Option<String>| value.clone().filter(|_| job.status.reveals_secrets());
+        JobStatusView {
+            job_id: job.id,
+            role: job.role.as_str().into(),
+            status: job.status.as_str().into(),
+            step: job.step_text(),
+            worker_did: job.agent_did.as_ref().map(ToString::to_string),
+            coordinator_did: job.coordinator_did.as_ref().map(ToString::to_string),
+            display_name: job.display_name.clone(),
+            near_account: job.near_account.to_string(),
+            min_workers: job
+                .min_workers
+                .filter(|_| job.role == AgentRole::Coordinator),
+            max_workers: job
+                .max_workers
+                .filter(|_| job.role == AgentRole::Coordinator),
+            contract_address: coordinator_only(
+                job.contract_address.as_ref().map(ToString::to_string),
+            ),
+            ensue_org_name: coordinator_only(job.ensue_org_name.clone()),
+            space_did: job.space_did.as_ref().map(ToString::to_string),
+            phala_endpoint: job.endpoint.clone(),
+            cvm_id: job.cvm_id.clone(),
+            dashboard_url: job.dashboard_url.clone(),
+            tx_hash: job.tx_hash.clone(),
+            error: job.error.clone(),
+            created_at: crate::iso(job.created_at),
+            updated_at: crate::iso(job.updated_at),
+            storacha_private_key: secret(&job.secrets.storacha_private_key),
+            storacha_delegation: secret(&job.delegation),
+            ensue_api_key: secret(&job.secrets.ensue_api_key),
+            ensue_claim_url: secret(&job.secrets.ensue_claim_url),
+            ensue_verification_code: secret(&job.secrets.ensue_verification_code),
+        }
+    }
 }
 
 /// `POST /api/provision/register`.

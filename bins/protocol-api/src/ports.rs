@@ -253,13 +253,16 @@ pub struct Settings {
     /// The pauses while the job database cannot be written (a full disk):
     /// the runner waits them out and goes on by itself once space returns.
     pub storage_retry: Backoff,
+    /// How long a registration call waits for a full store before it is
+    /// answered 503 (the registration is saved by itself once it can be).
+    pub register_storage_wait: Duration,
 }
 
 impl Settings {
     /// Settings with these defaults: a 10-minute health timeout, the default
     /// images, https endpoints only, no chain for agents, announcements
     /// retried every 5 s growing to 5 min, a full disk retried every 1 s
-    /// growing to 1 min, jobs expiring after 24 h at the wallet step, and 5 s
+    /// growing to 1 min (a registration call answered 503 after 10 s of it), jobs expiring after 24 h at the wallet step, and 5 s
     /// for an agent to prove healthy at registration.
     pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
         Self {
@@ -273,6 +276,7 @@ impl Settings {
             job_expiry: DEFAULT_JOB_EXPIRY,
             registration_health_wait: Duration::from_secs(5),
             storage_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            register_storage_wait: Duration::from_secs(10),
         }
     }
 

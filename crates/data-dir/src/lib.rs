@@ -7,5 +7,5 @@ mod private;
 pub use error::{Error, Result};
 pub use private::{
     check_writable, create_private_file, prepare_sqlite_file, private_dir, tighten_file,
-    write_private_file,
+    with_suffix, write_private_file,
 };

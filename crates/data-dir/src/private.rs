@@ -206,7 +206,7 @@ pub fn check_writable(dir: &Path) -> Result<()> {
 }
 
 /// `path` with `suffix` appended to its file name (`jobs.sqlite` → `jobs.sqlite-wal`).
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

@@ -10,7 +10,12 @@
 //! adopted when a resumed step finds it (the deployment by its name, the
 //! embedded Ensue org by the credentials chosen before creating it), and the
 //! job's record is written before and after each one, so a kill at any
-//! instant neither fails the job nor leaks what the step made.
+//! instant does not fail the job. Nothing the steps make is leaked either,
+//! with one exception the service imposes: a hosted Ensue shows a new org's
+//! key only in its answer, so an org whose answer was lost (a kill between
+//! creating it and recording it) cannot be adopted; the step counts every
+//! attempt before making it and registers the next name, and the orphaned
+//! org stays with the hosted service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +65,21 @@ pub struct Registration {
     pub contract_address: Option<delibera_identity::AccountId>,
 }
 
+/// Why a step did not finish.
+enum StepError {
+    /// The step failed; the text becomes the job's error.
+    Failed(String),
+    /// The store failed: the job is driven again from its last committed
+    /// step once the store works (a full disk passes by itself).
+    Store(StoreError),
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError::Failed(message)
+    }
+}
+
 /// Owns every transition of every job.
 #[derive(Clone)]
 pub struct JobMachine {
@@ -92,6 +112,14 @@ impl JobMachine {
         self.jobs.get(uuid).await?.ok_or_else(not_found)
     }
 
+    /// What the status route answers for a job, from the in-memory view of
+    /// committed state; a text that is no job id is simply not found.
+    pub fn status(&self, id: &str) -> Result<axum::body::Bytes, JobError> {
+        let not_found = || JobError::NotFound(id.to_owned());
+        let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
+        self.jobs.status(uuid)?.ok_or_else(not_found)
+    }
+
     /// Stores a new job and starts it in the background. Under an
     /// idempotency key, a retry of the same request gets the job the first
     /// one started (stored with the key in one transaction, so a job exists
@@ -104,7 +132,7 @@ impl JobMachine {
         let job = Job::new(new.clone(), Utc::now());
         let Some(key) = idempotency_key else {
             self.jobs.insert(&job).await?;
-            self.spawn(job.id);
+            self.spawn(job.clone());
             return Ok(StartedJob {
                 job,
                 replayed: false,
@@ -116,7 +144,7 @@ impl JobMachine {
             .await?
         {
             Started::New => {
-                self.spawn(job.id);
+                self.spawn(job.clone());
                 Ok(StartedJob {
                     job,
                     replayed: false,
@@ -164,19 +192,21 @@ impl JobMachine {
         })
     }
 
-    /// Runs (or resumes) a job in the background.
-    pub fn spawn(&self, id: Uuid) {
+    /// Runs (or resumes) a job, as it was last committed, in the background.
+    pub fn spawn(&self, job: Job) {
         let machine = self.clone();
-        tokio::spawn(async move { machine.drive_through_storage_outages(id).await });
+        tokio::spawn(async move { machine.drive_through_storage_outages(job).await });
     }
 
     /// Drives a job; while its store cannot be written (a full disk), waits
     /// as `Settings::storage_retry` says and drives it again from its last
     /// committed step, so the job goes on by itself once space returns.
-    async fn drive_through_storage_outages(&self, id: Uuid) {
+    async fn drive_through_storage_outages(&self, job: Job) {
+        let id = job.id;
+        let mut committed = Some(job);
         let mut outage_retries = 0;
         loop {
-            match self.drive(id).await {
+            match self.drive_from(id, committed.take()).await {
                 Ok(()) => break,
                 Err(error) if error.is_transient() => {
                     outage_retries += 1;
@@ -206,7 +236,7 @@ impl JobMachine {
         for job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
             tracing::info!(job = %job.id, "registration was interrupted; finishing it");
             let id = job.id;
-            let registration = self.spawn_registration(job);
+            let registration = self.spawn_registration(job, None);
             tokio::spawn(async move {
                 match registration.await {
                     Ok(Ok(_)) => {}
@@ -225,12 +255,13 @@ impl JobMachine {
             }
         }
         let jobs = self.jobs.resumable().await?;
-        for job in &jobs {
+        let resumed = jobs.len();
+        for job in jobs {
             tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
-            self.spawn(job.id);
+            self.spawn(job);
         }
         self.spawn_expiry_sweeper();
-        Ok(jobs.len())
+        Ok(resumed)
     }
 
     /// After a restart: the deployer could not bring back the deployment
@@ -345,7 +376,7 @@ impl JobMachine {
             }
         }
         for job in self.jobs.in_status(vec![JobStatus::Failed]).await? {
-            if job.deployment_teardown_pending && !self.tear_down_expired(job).await? {
+            if job.deployment_teardown_pending && !self.tear_down_pending(job).await? {
                 next = next.min(TEARDOWN_RETRY);
             }
         }
@@ -370,47 +401,70 @@ impl JobMachine {
         }
         log_transition(job.id, JobStatus::AwaitingNearSignature, JobStatus::Failed);
         tracing::info!(job = %job.id, "job expired at the wallet step; tearing its deployment down");
-        self.tear_down_expired(job).await?;
+        self.tear_down_pending(job).await?;
         Ok(())
     }
 
-    /// Tears down an expired job's deployment and records it; returns
-    /// whether it is done (a failed teardown is tried again later).
-    async fn tear_down_expired(&self, mut job: Job) -> Result<bool, StoreError> {
+    /// Tears down the deployment of a failed job marked for it and records
+    /// that; returns whether it is done (a failed teardown is tried again
+    /// later). An expired job's error then says its deployment was torn
+    /// down; any other failure keeps its error.
+    async fn tear_down_pending(&self, mut job: Job) -> Result<bool, StoreError> {
         if let Some(id) = &job.cvm_id
             && let Err(error) = self.ports.deployer.teardown(id).await
         {
-            tracing::warn!(job = %job.id, deployment = %id, %error, "tearing down an expired job's deployment failed; will try again");
+            tracing::warn!(job = %job.id, deployment = %id, %error, "tearing down a failed job's deployment failed; will try again");
             return Ok(false);
         }
         job.deployment_teardown_pending = false;
-        job.error = Some(expiry_message(self.settings.job_expiry, true));
+        if job
+            .error
+            .as_deref()
+            .is_some_and(|error| error.starts_with(EXPIRED))
+        {
+            job.error = Some(expiry_message(self.settings.job_expiry, true));
+        }
         self.jobs.save(&job).await?;
-        tracing::info!(job = %job.id, "an expired job's deployment was torn down");
+        tracing::info!(job = %job.id, "a failed job's deployment was torn down");
         Ok(true)
     }
 
     /// Moves `job` to `to` and commits it; the one place a transition is made.
     async fn commit(&self, job: &mut Job, to: JobStatus) -> Result<(), StoreError> {
+        let from = self.commit_unlogged(job, to).await?;
+        log_transition(job.id, from, to);
+        Ok(())
+    }
+
+    /// [`Self::commit`] for a caller that logs the transition itself;
+    /// returns the status the job left.
+    async fn commit_unlogged(&self, job: &mut Job, to: JobStatus) -> Result<JobStatus, StoreError> {
         let from = job.status;
         job.status = to;
         job.progress = None;
         job.updated_at = Utc::now();
         self.jobs.save(job).await?;
-        log_transition(job.id, from, to);
-        Ok(())
+        Ok(from)
     }
 
     /// [`Self::commit`], waiting out a full disk: for a transition that
     /// records work already done outside (a registration), which a full
-    /// disk must not strand.
-    async fn commit_when_writable(&self, job: &mut Job, to: JobStatus) -> Result<(), StoreError> {
+    /// disk must not strand. `stalled` hears the first error waited out.
+    async fn commit_when_writable(
+        &self,
+        job: &mut Job,
+        to: JobStatus,
+        stalled: &mut Option<tokio::sync::oneshot::Sender<StoreError>>,
+    ) -> Result<(), StoreError> {
         let from = job.status;
         let mut retries = 0;
         loop {
             job.status = from;
             match self.commit(job, to).await {
                 Err(error) if error.is_transient() => {
+                    if let Some(stalled) = stalled.take() {
+                        let _ = stalled.send(error.duplicate());
+                    }
                     retries += 1;
                     if retries == 1 {
                         tracing::warn!(job = %job.id, %error, to = to.as_str(),
@@ -423,30 +477,46 @@ impl JobMachine {
         }
     }
 
-    /// Drives one job until it waits for a person or ends.
+    /// Drives one job, as stored, until it waits for a person or ends.
     pub async fn drive(&self, id: Uuid) -> Result<(), StoreError> {
+        self.drive_from(id, None).await
+    }
+
+    /// Drives job `id` from `committed` (what was last committed; read
+    /// from the store when `None`). The job is read once: the runner is the
+    /// only writer of a job in a status it owns, so after each commit the
+    /// job in hand is what the store holds.
+    async fn drive_from(&self, id: Uuid, mut committed: Option<Job>) -> Result<(), StoreError> {
         loop {
-            let Some(mut job) = self.jobs.get(id).await? else {
-                return Ok(());
+            let mut job = match committed.take() {
+                Some(job) => job,
+                None => match self.jobs.get(id).await? {
+                    Some(job) => job,
+                    None => return Ok(()),
+                },
             };
             if !job.status.is_runner_owned() {
                 return Ok(());
             }
-            let from = job.status;
             match self.step(&mut job).await {
                 Ok(next) => self.commit(&mut job, next).await?,
-                Err(message) => {
-                    tracing::warn!(job = %id, step = from.as_str(), error = %message, "provisioning step failed");
+                Err(StepError::Store(error)) => return Err(error),
+                Err(StepError::Failed(message)) => {
                     job.error = Some(message);
-                    self.commit(&mut job, JobStatus::Failed).await?;
+                    let from = self.commit_unlogged(&mut job, JobStatus::Failed).await?;
+                    crate::metrics::job_transition(from, JobStatus::Failed);
+                    // One line per failed job: its error is in its record.
+                    tracing::info!(job = %id, step = from.as_str(),
+                        error = job.error.as_deref().unwrap_or_default(), "provisioning job failed");
                 }
             }
+            committed = Some(job);
         }
     }
 
     /// Performs the job's current step and returns the next status. The job
     /// may be changed along the way; errors are the text shown in its `error`.
-    async fn step(&self, job: &mut Job) -> Result<JobStatus, String> {
+    async fn step(&self, job: &mut Job) -> Result<JobStatus, StepError> {
         match job.status {
             JobStatus::GeneratingIdentity => {
                 let keypair = Keypair::generate();
@@ -477,8 +547,8 @@ impl JobMachine {
                 job.secrets.spec = Some(self.agent_spec(job).await?);
                 Ok(JobStatus::DeployingPhala)
             }
-            JobStatus::DeployingPhala => self.deploy(job).await,
-            JobStatus::WaitingForUrl => self.wait_for_health(job).await,
+            JobStatus::DeployingPhala => Ok(self.deploy(job).await?),
+            JobStatus::WaitingForUrl => Ok(self.wait_for_health(job).await?),
             JobStatus::AwaitingNearSignature
             | JobStatus::Registering
             | JobStatus::Complete
@@ -494,7 +564,8 @@ impl JobMachine {
     /// is shown once, so an attempt whose answer was lost leaves an org
     /// nobody can use: each attempt is counted in the job before it is made,
     /// and a later one registers under the next name.
-    async fn provision_ensue(&self, job: &mut Job) -> Result<JobStatus, String> {
+    /// A store failure is no failure of the job: the step is driven again.
+    async fn provision_ensue(&self, job: &mut Job) -> Result<JobStatus, StepError> {
         let did = agent_did(job)?;
         let base = ensue_org_name(&job.display_name, &did);
         let pauses = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -511,10 +582,7 @@ impl JobMachine {
                 {
                     keep_org_credentials(job, chosen);
                 }
-                self.jobs
-                    .save(job)
-                    .await
-                    .map_err(|error| format!("could not record the Ensue org attempt: {error}"))?;
+                self.jobs.save(job).await.map_err(StepError::Store)?;
             }
             let attempt = job.ensue_org_attempts;
             let org_name = match attempt {
@@ -532,7 +600,7 @@ impl JobMachine {
                     self.org_keys
                         .put(did.as_str(), &org_name, &org.api_key)
                         .await
-                        .map_err(|error| format!("could not store the Ensue org key: {error}"))?;
+                        .map_err(StepError::Store)?;
                     job.ensue_org_name = Some(org_name);
                     keep_org_credentials(job, org);
                     return Ok(JobStatus::PreparingPhala);
@@ -550,7 +618,11 @@ impl JobMachine {
                     same_name = chosen.is_some();
                     tokio::time::sleep(pauses.delay(round)).await;
                 }
-                Err(error) => return Err(format!("Ensue org registration failed: {error}")),
+                Err(error) => {
+                    return Err(StepError::Failed(format!(
+                        "Ensue org registration failed: {error}"
+                    )));
+                }
             }
         }
     }
@@ -612,7 +684,10 @@ impl JobMachine {
                 if last_save.elapsed() >= PROGRESS_SAVE_INTERVAL {
                     progress_job.progress = Some(text);
                     // Progress only; `updated_at` keeps marking when the wait began.
-                    let _ = jobs.save(&progress_job).await;
+                    if let Err(error) = jobs.save(&progress_job).await {
+                        tracing::warn!(job = %progress_job.id, %error,
+                            "could not record the health wait's progress; the wait goes on");
+                    }
                     last_save = tokio::time::Instant::now();
                 }
             }
@@ -637,10 +712,12 @@ impl JobMachine {
         match result {
             Ok(_) => Ok(JobStatus::AwaitingNearSignature),
             Err(error) => {
-                // Never ask the user to pay for a dead endpoint: tear it down.
+                // Never ask the user to pay for a dead endpoint: tear it down,
+                // now or (marked on the failed job) by the expiry sweeper.
                 let teardown = match self.ports.deployer.teardown(&cvm_id).await {
                     Ok(()) => "the deployment was torn down".to_owned(),
                     Err(teardown_error) => {
+                        job.deployment_teardown_pending = true;
                         format!("tearing the deployment down also failed: {teardown_error}")
                     }
                 };
@@ -786,16 +863,45 @@ impl JobMachine {
             JobStatus::Registering,
         );
 
-        self.spawn_registration(job)
-            .await
-            .map_err(|error| JobError::Task(error.to_string()))?
+        // The registration goes on detached; if its store cannot be written,
+        // the caller gets the full-disk answer after a bounded wait instead
+        // of waiting for the disk.
+        let id = job.id;
+        let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
+        let mut registration = self.spawn_registration(job, Some(stalled_tx));
+        let wait = self.settings.register_storage_wait;
+        let stalled = async move {
+            match stalled_rx.await {
+                Ok(error) => {
+                    tokio::time::sleep(wait).await;
+                    error
+                }
+                // The registration ended without waiting for its store.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            joined = &mut registration => {
+                joined.map_err(|error| JobError::Task(error.to_string()))?
+            }
+            error = stalled => {
+                tracing::info!(job = %id,
+                    "the registration is saved once the store can be written again; the caller is told to retry");
+                Err(JobError::Store(error))
+            }
+        }
     }
 
     /// Finishes a job in `registering`, detached from whoever asked: the
     /// agent must answer its health check, then the registrar must confirm
     /// the registration; the job is then `complete` (announced in Ensue now
     /// or in the background), or back at the wallet step with the reason.
-    fn spawn_registration(&self, mut job: Job) -> JoinHandle<Result<Job, JobError>> {
+    /// `stalled` hears the store's error if a transition has to wait for it.
+    fn spawn_registration(
+        &self,
+        mut job: Job,
+        mut stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
+    ) -> JoinHandle<Result<Job, JobError>> {
         let machine = self.clone();
         tokio::spawn(async move {
             let confirmed = match machine.check_health(&job).await {
@@ -804,7 +910,7 @@ impl JobMachine {
             };
             if let Err(error) = confirmed {
                 machine
-                    .commit_when_writable(&mut job, JobStatus::AwaitingNearSignature)
+                    .commit_when_writable(&mut job, JobStatus::AwaitingNearSignature, &mut stalled)
                     .await?;
                 return Err(error);
             }
@@ -816,7 +922,7 @@ impl JobMachine {
                 job.announce_pending = true;
             }
             machine
-                .commit_when_writable(&mut job, JobStatus::Complete)
+                .commit_when_writable(&mut job, JobStatus::Complete, &mut stalled)
                 .await?;
             if job.announce_pending {
                 machine.spawn_announcer(job.id);
@@ -1031,6 +1137,9 @@ pub fn ensue_org_name(display_name: &str, did: &Did) -> String {
     }
 }
 
+/// How the `error` of an expired job begins.
+const EXPIRED: &str = "expired: ";
+
 /// The `error` of an expired job, before and after its teardown.
 fn expiry_message(expiry: Duration, torn_down: bool) -> String {
     let deployment = if torn_down {
@@ -1039,7 +1148,7 @@ fn expiry_message(expiry: Duration, torn_down: bool) -> String {
         "its deployment is being torn down"
     };
     format!(
-        "expired: the agent was not registered within {} of becoming ready (awaiting_near_signature), \
+        "{EXPIRED}the agent was not registered within {} of becoming ready (awaiting_near_signature), \
          so {deployment}; provision again to start over",
         crate::config::format_duration(expiry)
     )

@@ -173,9 +173,13 @@ pub struct Job {
     pub delegation: Option<String>,
     /// The coordinator's Ensue org name.
     pub ensue_org_name: Option<String>,
-    /// Org registrations begun, counted before each call: a registration
-    /// whose answer was lost (a crash, a dropped connection) may still have
-    /// made its org, whose key is then gone, so the next one takes a new name.
+    /// Ensue org names tried so far (the first is the base name, the n-th
+    /// `<base>-n`), each counted and saved before the first registration
+    /// under it. With a hosted Ensue, which shows the key only in its
+    /// answer, a registration whose answer was lost may still have made its
+    /// org, so a new attempt takes the next name; where the server chose the
+    /// credentials first (the embedded Ensue), a repeat registers the same
+    /// name again and adopts that org, without counting.
     #[serde(default)]
     pub ensue_org_attempts: u32,
     /// Set by the first release of this server before its deploy call; a

@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use delibera_deploy::AgentRole;
 use delibera_identity::Keypair;
 use serde::Deserialize;
@@ -224,46 +225,17 @@ pub async fn external_worker(
 pub async fn status(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
-) -> Result<Json<JobStatusView>, ApiError> {
-    Ok(Json(status_view(&state.jobs.get(&job_id).await?)))
-}
-
-/// The status document. Secrets appear only while the status reveals them.
-pub fn status_view(job: &Job) -> JobStatusView {
-    let coordinator_only =
-        |value: Option<String>| value.filter(|_| job.role == AgentRole::Coordinator);
-    let secret = |value: &Option<String>| value.clone().filter(|_| job.status.reveals_secrets());
-    JobStatusView {
-        job_id: job.id,
-        role: job.role.as_str().into(),
-        status: job.status.as_str().into(),
-        step: job.step_text(),
-        worker_did: job.agent_did.as_ref().map(ToString::to_string),
-        coordinator_did: job.coordinator_did.as_ref().map(ToString::to_string),
-        display_name: job.display_name.clone(),
-        near_account: job.near_account.to_string(),
-        min_workers: job
-            .min_workers
-            .filter(|_| job.role == AgentRole::Coordinator),
-        max_workers: job
-            .max_workers
-            .filter(|_| job.role == AgentRole::Coordinator),
-        contract_address: coordinator_only(job.contract_address.as_ref().map(ToString::to_string)),
-        ensue_org_name: coordinator_only(job.ensue_org_name.clone()),
-        space_did: job.space_did.as_ref().map(ToString::to_string),
-        phala_endpoint: job.endpoint.clone(),
-        cvm_id: job.cvm_id.clone(),
-        dashboard_url: job.dashboard_url.clone(),
-        tx_hash: job.tx_hash.clone(),
-        error: job.error.clone(),
-        created_at: crate::iso(job.created_at),
-        updated_at: crate::iso(job.updated_at),
-        storacha_private_key: secret(&job.secrets.storacha_private_key),
-        storacha_delegation: secret(&job.delegation),
-        ensue_api_key: secret(&job.secrets.ensue_api_key),
-        ensue_claim_url: secret(&job.secrets.ensue_claim_url),
-        ensue_verification_code: secret(&job.secrets.ensue_verification_code),
-    }
+) -> Result<Response, ApiError> {
+    // Rendered by `JobStatusView::of` when the job's state was committed.
+    let document = state.jobs.status(&job_id)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document,
+    )
+        .into_response())
 }
 
 /// The job once the machine has registered it (both registration routes).

@@ -23,10 +23,10 @@ impl DeploymentStore {
 impl DeploymentJournal for DeploymentStore {
     async fn save(&self, record: &LocalDeploymentRecord) -> delibera_agent::Result<()> {
         let json = zeroize::Zeroizing::new(serde_json::to_vec(record).map_err(journal_error)?);
-        let sealed = self.db.secrets.seal(&json);
+        let sealed = self.db.secrets().seal(&json);
         let id = record.id.clone();
         self.db
-            .write(move |conn, _| {
+            .write(move |conn, _, _| {
                 conn.execute(
                     "INSERT OR REPLACE INTO local_deployments (cvm_id, record) VALUES (?1, ?2)",
                     params![id, sealed],
@@ -40,7 +40,7 @@ impl DeploymentJournal for DeploymentStore {
     async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
         let id = id.to_owned();
         self.db
-            .write(move |conn, _| {
+            .write(move |conn, _, _| {
                 conn.execute(
                     "DELETE FROM local_deployments WHERE cvm_id = ?1",
                     params![id],

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use delibera_data_dir::with_suffix;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Database, StoreError, WorkError};
@@ -71,6 +72,8 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 /// file may be made anew ([`DatabaseFile::holds_sealed_data`]).
 pub struct DatabaseFile {
     conn: Connection,
+    /// The file, for the second connection reads use (`None` in memory).
+    file: Option<PathBuf>,
     path: Arc<str>,
 }
 
@@ -108,7 +111,11 @@ impl DatabaseFile {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite)?;
         verify(&conn, &shown)?;
-        Ok(Self { conn, path: shown })
+        Ok(Self {
+            conn,
+            file: Some(path.to_path_buf()),
+            path: shown,
+        })
     }
 
     /// A database in memory only (tests).
@@ -117,7 +124,11 @@ impl DatabaseFile {
         let sqlite = |error| StoreError::sqlite(&path, error);
         let conn = Connection::open_in_memory().map_err(sqlite)?;
         create_schema(&conn).map_err(sqlite)?;
-        Ok(Self { conn, path })
+        Ok(Self {
+            conn,
+            file: None,
+            path,
+        })
     }
 
     /// The file's path.
@@ -189,7 +200,7 @@ impl DatabaseFile {
                     .map_err(sqlite)?;
             }
         }
-        Ok(Database::new(self.conn, secrets, self.path))
+        Database::new(self.conn, self.file.as_deref(), secrets, self.path)
     }
 }
 
@@ -358,13 +369,6 @@ fn verify(conn: &Connection, path: &str) -> Result<(), StoreError> {
             "it is not a protocol-api database (its application id is {other:#x})"
         ))),
     }
-}
-
-/// `path` with `suffix` appended to its file name.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 //! its secrets sealed beside them.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
+use super::view::{StatusEntry, ViewChange};
 use super::{Database, StoreError, WorkError};
 use crate::jobs::{Job, JobSecrets, JobStatus};
 use crate::seal::SecretBox;
@@ -31,15 +32,14 @@ impl JobStore {
 
     /// Stores a new job.
     pub async fn insert(&self, job: &Job) -> Result<(), StoreError> {
-        let row = Row::encode(job, &self.db.secrets)?;
-        self.db.write(move |conn, _| {
-            conn.execute(
-                "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.id, row.status, row.record, row.secrets, row.updated_at],
-            )?;
-            Ok(())
-        })
-        .await
+        let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
+        self.db
+            .write(move |conn, _, changes| {
+                row.insert(conn)?;
+                changes.push(entry);
+                Ok(())
+            })
+            .await
     }
 
     /// Stores a new job under an idempotency key (a digest) in one
@@ -52,24 +52,21 @@ impl JobStore {
         key: [u8; 32],
         request: [u8; 32],
     ) -> Result<Started, StoreError> {
-        let row = Row::encode(job, &self.db.secrets)?;
+        let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
-            .write(move |conn, _| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                if let Some(started) = started_under(&tx, &key, &request)? {
+            .write(move |conn, _, changes| {
+                // The writer runs this in one transaction (its savepoint).
+                if let Some(started) = started_under(conn, &key, &request)? {
                     return Ok(started);
                 }
-                tx.execute(
-                    "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![row.id, row.status, row.record, row.secrets, row.updated_at],
-                )?;
+                row.insert(conn)?;
                 // REPLACE: a key whose job was purged names a new job now.
-                tx.execute(
+                conn.execute(
                     "INSERT OR REPLACE INTO idempotency_keys (key_sha256, job_id, request_sha256)
                      VALUES (?1, ?2, ?3)",
                     params![key.as_slice(), row.id, request.as_slice()],
                 )?;
-                tx.commit()?;
+                changes.push(entry);
                 Ok(Started::New)
             })
             .await
@@ -87,12 +84,14 @@ impl JobStore {
             .await
     }
 
-    /// Replaces a job's stored state.
+    /// Replaces a job's stored state (a job no longer stored stays gone).
     pub async fn save(&self, job: &Job) -> Result<(), StoreError> {
-        let row = Row::encode(job, &self.db.secrets)?;
+        let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
-            .write(move |conn, _| {
-                row.update(conn)?;
+            .write(move |conn, _, changes| {
+                if row.update(conn)? {
+                    changes.push(entry);
+                }
                 Ok(())
             })
             .await
@@ -101,9 +100,9 @@ impl JobStore {
     /// Saves `job` only if the stored status is still `expected`; returns
     /// whether it did. Two concurrent `register` calls cannot both win.
     pub async fn save_if_status(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError> {
-        let row = Row::encode(job, &self.db.secrets)?;
+        let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
-            .write(move |conn, _| {
+            .write(move |conn, _, changes| {
                 let changed = conn.execute(
                     "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5
                  WHERE id = ?1 AND status = ?6",
@@ -116,6 +115,9 @@ impl JobStore {
                         expected.as_str()
                     ],
                 )?;
+                if changed == 1 {
+                    changes.push(entry);
+                }
                 Ok(changed == 1)
             })
             .await
@@ -139,6 +141,35 @@ impl JobStore {
             .await
     }
 
+    /// The status document (JSON) of a job, as of its last commit; `None`
+    /// if no such job is stored. Read from memory; a document that reveals
+    /// secrets is kept sealed and opened here. A record that cannot be read
+    /// is [`StoreError::Corrupt`] naming the job.
+    pub fn status(&self, id: Uuid) -> Result<Option<axum::body::Bytes>, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: id.to_string(),
+            reason,
+        };
+        match self.db.view().get(&id) {
+            None => Ok(None),
+            Some(StatusEntry::Document(document)) => Ok(Some(document)),
+            Some(StatusEntry::Sealed(sealed)) => {
+                let document = self
+                    .db
+                    .secrets()
+                    .open(&sealed)
+                    .map_err(|_| corrupt("its sealed status does not open".into()))?;
+                Ok(Some(axum::body::Bytes::copy_from_slice(&document)))
+            }
+            Some(StatusEntry::Damaged(reason)) => Err(corrupt(reason.to_string())),
+        }
+    }
+
+    /// How many jobs the status view holds (as many as are stored).
+    pub fn status_view_len(&self) -> usize {
+        self.db.view().len()
+    }
+
     /// Jobs the background runner must carry on after a restart.
     pub async fn resumable(&self) -> Result<Vec<Job>, StoreError> {
         let owned: Vec<JobStatus> = JobStatus::ALL
@@ -148,26 +179,37 @@ impl JobStore {
         self.in_status(owned).await
     }
 
-    /// Every job in one of `statuses`, oldest change first.
+    /// Every readable job in one of `statuses`, oldest change first. A job
+    /// whose stored record cannot be read is left out (and logged by id):
+    /// one damaged record must not hide every other job.
     pub async fn in_status(&self, statuses: Vec<JobStatus>) -> Result<Vec<Job>, StoreError> {
-        let owned: Vec<&'static str> = statuses.into_iter().map(JobStatus::as_str).collect();
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; statuses.len()].join(", ");
         self.db
             .with_conn(move |conn, secrets| {
-                let mut statement = conn
-                    .prepare("SELECT id, status, record, secrets FROM jobs ORDER BY updated_at")?;
-                let rows = statement.query_map([], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Vec<u8>>(3)?,
-                    ))
-                })?;
+                let mut statement = conn.prepare(&format!(
+                    "SELECT id, record, secrets FROM jobs WHERE status IN ({placeholders})
+                     ORDER BY updated_at"
+                ))?;
+                let rows = statement.query_map(
+                    rusqlite::params_from_iter(statuses.iter().map(|status| status.as_str())),
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, Vec<u8>>(2)?,
+                        ))
+                    },
+                )?;
                 let mut jobs = Vec::new();
                 for row in rows {
-                    let (id, status, record, sealed) = row?;
-                    if owned.contains(&status.as_str()) {
-                        jobs.push(Row::decode(&id, &record, &sealed, secrets)?);
+                    let (id, record, sealed) = row?;
+                    match Row::decode(&id, &record, &sealed, secrets) {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => tracing::error!(job = %id,
+                            "a stored job cannot be read; it is left out (its status says why)"),
                     }
                 }
                 Ok(jobs)
@@ -181,12 +223,12 @@ impl JobStore {
     /// sealed secrets do not keeps its fields and gets the reason as its
     /// error (the secrets are lost either way, and a failed job never shows
     /// them). A job whose fields do not read gets only its status column
-    /// changed, and reading it stays an error that names it.
+    /// changed, and reading it stays an error that names it. A job that
+    /// recorded a deployment is marked for its teardown.
     pub async fn fail_unreadable(&self) -> Result<Vec<UnreadableJob>, StoreError> {
         self.db
-            .write(|conn, secrets| {
-                let transaction = conn.transaction()?;
-                let rows: Vec<(String, String, Vec<u8>)> = transaction
+            .write(|conn, secrets, changes| {
+                let rows: Vec<(String, String, Vec<u8>)> = conn
                     .prepare("SELECT id, record, secrets FROM jobs WHERE status != 'failed'")?
                     .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                     .collect::<Result<_, _>>()?;
@@ -208,10 +250,14 @@ impl JobStore {
                                  cannot go on; provision the agent again"
                             ));
                             job.secrets = JobSecrets::default();
-                            Row::encode(&job, secrets)?.update(&transaction)?;
+                            // Its agent may still run: the expiry sweeper tears it down.
+                            job.deployment_teardown_pending = job.cvm_id.is_some();
+                            let (row, entry) = Row::encode_with_status(&job, secrets)?;
+                            row.update(conn)?;
+                            changes.push(entry);
                         }
                         Err(_) => {
-                            transaction.execute(
+                            conn.execute(
                                 "UPDATE jobs SET status = ?2, updated_at = ?3 WHERE id = ?1",
                                 params![id, JobStatus::Failed.as_str(), timestamp(now)],
                             )?;
@@ -219,7 +265,6 @@ impl JobStore {
                     }
                     unreadable.push(UnreadableJob { id, reason });
                 }
-                transaction.commit()?;
                 Ok(unreadable)
             })
             .await
@@ -229,20 +274,27 @@ impl JobStore {
     /// idempotency keys they were started under; returns how many jobs.
     pub async fn purge_finished(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         self.db
-            .write(move |conn, _| {
+            .write(move |conn, _, changes| {
                 let cutoff = timestamp(cutoff);
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                tx.execute(
+                conn.execute(
                     "DELETE FROM idempotency_keys WHERE job_id IN (
                         SELECT id FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1)",
                     params![cutoff],
                 )?;
-                let purged = tx.execute(
-                    "DELETE FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1",
-                    params![cutoff],
-                )?;
-                tx.commit()?;
-                Ok(purged)
+                let purged: Vec<String> = conn
+                    .prepare(
+                        "DELETE FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1
+                         RETURNING id",
+                    )?
+                    .query_map(params![cutoff], |row| row.get(0))?
+                    .collect::<Result<_, _>>()?;
+                changes.extend(
+                    purged
+                        .iter()
+                        .filter_map(|id| Uuid::parse_str(id).ok())
+                        .map(ViewChange::Remove),
+                );
+                Ok(purged.len())
             })
             .await
     }
@@ -291,6 +343,37 @@ fn started_under(
         .transpose()
 }
 
+/// The status view of every stored job (rebuilding it when the database
+/// opens): a record that cannot be read answers as damaged, saying why.
+pub(super) fn status_entries(
+    conn: &rusqlite::Connection,
+    secrets: &SecretBox,
+) -> Result<Vec<ViewChange>, WorkError> {
+    let mut statement = conn.prepare("SELECT id, record, secrets FROM jobs")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (id, record, sealed) = row?;
+        let Ok(uuid) = Uuid::parse_str(&id) else {
+            tracing::error!(job = %id, "a stored job's id is not a job id; it cannot be shown");
+            continue;
+        };
+        let entry = match Row::decode(&id, &record, &sealed, secrets) {
+            Ok(job) => StatusEntry::of(&job, secrets),
+            Err(StoreError::Corrupt { reason, .. }) => StatusEntry::Damaged(reason.into()),
+            Err(other) => StatusEntry::Damaged(other.to_string().into()),
+        };
+        entries.push(ViewChange::Put(uuid, entry));
+    }
+    Ok(entries)
+}
+
 /// Fixed-width UTC text, so SQL string comparison orders by time.
 fn timestamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -321,9 +404,20 @@ impl Row {
         })
     }
 
-    fn update(&self, conn: &rusqlite::Connection) -> Result<(), WorkError> {
+    /// The row of `job`, and its status view entry as of this write.
+    fn encode_with_status(
+        job: &Job,
+        secret_box: &SecretBox,
+    ) -> Result<(Self, ViewChange), StoreError> {
+        Ok((
+            Self::encode(job, secret_box)?,
+            ViewChange::Put(job.id, StatusEntry::of(job, secret_box)),
+        ))
+    }
+
+    fn insert(&self, conn: &rusqlite::Connection) -> Result<(), WorkError> {
         conn.execute(
-            "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5 WHERE id = ?1",
+            "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 self.id,
                 self.status,
@@ -333,6 +427,21 @@ impl Row {
             ],
         )?;
         Ok(())
+    }
+
+    /// Replaces the stored row; returns whether the job was stored.
+    fn update(&self, conn: &rusqlite::Connection) -> Result<bool, WorkError> {
+        let changed = conn.execute(
+            "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5 WHERE id = ?1",
+            params![
+                self.id,
+                self.status,
+                self.record,
+                self.secrets,
+                self.updated_at
+            ],
+        )?;
+        Ok(changed == 1)
     }
 
     /// The job stored in a row; every failure is [`StoreError::Corrupt`]
@@ -366,6 +475,8 @@ impl Row {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::jobs::NewJob;
     use delibera_deploy::AgentRole;
@@ -486,7 +597,7 @@ mod tests {
         let database = Database::open(&path, SecretBox::from_key(&[4; 32])).unwrap();
         // SQLite's own page limit fails a growing write exactly as a full disk does.
         database
-            .with_conn(|conn, _| {
+            .write(|conn, _, _| {
                 let pages: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
                 conn.pragma_update(None, "max_page_count", pages)?;
                 Ok(())
@@ -535,7 +646,7 @@ mod tests {
         let foreign = SecretBox::from_key(&[9; 32]).seal(b"{}");
         let id = job.id.to_string();
         database
-            .write(move |conn, _| {
+            .write(move |conn, _, _| {
                 conn.execute(
                     "UPDATE jobs SET secrets = ?2 WHERE id = ?1",
                     params![id, foreign],
@@ -551,5 +662,246 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The status a view entry shows.
+    fn shown_status(document: Result<Option<axum::body::Bytes>, StoreError>) -> Option<String> {
+        let document = document.unwrap()?;
+        Some(
+            serde_json::from_slice::<serde_json::Value>(&document).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_status_document_that_reveals_secrets_is_kept_sealed_in_memory() {
+        let database = Database::in_memory(SecretBox::from_key(&[10; 32])).unwrap();
+        let store = database.jobs();
+        let mut job = new_job();
+        job.secrets.storacha_private_key = Some("MgCYsecret".into());
+        store.insert(&job).await.unwrap();
+        assert!(matches!(
+            database.view().get(&job.id),
+            Some(StatusEntry::Document(_))
+        ));
+
+        job.status = JobStatus::AwaitingNearSignature;
+        store.save(&job).await.unwrap();
+        let Some(StatusEntry::Sealed(sealed)) = database.view().get(&job.id) else {
+            panic!("a revealing document is not sealed");
+        };
+        assert!(!sealed.windows(10).any(|w| w == b"MgCYsecret"));
+        let shown: serde_json::Value =
+            serde_json::from_slice(&store.status(job.id).unwrap().unwrap()).unwrap();
+        assert_eq!(shown["storachaPrivateKey"], "MgCYsecret");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn writes_queued_together_commit_together_and_a_failing_one_alone_is_undone() {
+        let database = Database::in_memory(SecretBox::from_key(&[5; 32])).unwrap();
+        let store = database.jobs();
+        let taken = new_job();
+        store.insert(&taken).await.unwrap();
+
+        // Hold the writer inside a write, so the next ones queue up.
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::spawn({
+            let database = database.clone();
+            async move {
+                database
+                    .write(move |_, _, _| {
+                        let _ = started_tx.send(());
+                        let _ = release_rx.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), started_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        let commits_before = database.commits();
+
+        let jobs: Vec<Job> = (0..20).map(|_| new_job()).collect();
+        let mut writes = Vec::new();
+        for job in &jobs {
+            let (store, job) = (store.clone(), job.clone());
+            writes.push(tokio::spawn(async move { store.insert(&job).await }));
+        }
+        // The same id again: refused by the primary key, inside the batch.
+        let duplicate = {
+            let store = store.clone();
+            let mut again = new_job();
+            again.id = taken.id;
+            again.display_name = "Someone Else".into();
+            tokio::spawn(async move { store.insert(&again).await })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while database.queued_writes() < jobs.len() + 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writes never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        assert!(
+            duplicate.await.unwrap().is_err(),
+            "a second job under one id"
+        );
+
+        // The held write's transaction, then one for all the queued ones.
+        assert_eq!(database.commits(), commits_before + 2);
+        for job in &jobs {
+            assert!(store.get(job.id).await.unwrap().is_some());
+            assert_eq!(
+                shown_status(store.status(job.id)).as_deref(),
+                Some("generating_identity")
+            );
+        }
+        let kept = store.get(taken.id).await.unwrap().unwrap();
+        assert_eq!(
+            kept.display_name, "Worker Alpha",
+            "the refused write left no trace"
+        );
+        assert_eq!(store.status_view_len(), jobs.len() + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_status_view_shows_committed_state_only_and_is_rebuilt_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        let secret_box = SecretBox::from_key(&[6; 32]);
+        let mut job = new_job();
+        let mut old_done = new_job();
+        old_done.status = JobStatus::Complete;
+        old_done.updated_at = Utc::now() - chrono::Duration::days(30);
+        {
+            let database = Database::open(&path, secret_box.clone()).unwrap();
+            let store = database.jobs();
+            store.insert(&job).await.unwrap();
+            store.insert(&old_done).await.unwrap();
+            assert_eq!(shown_status(store.status(Uuid::new_v4())), None);
+
+            // A write the disk refuses is never shown.
+            database.simulate_full_disk(true);
+            job.status = JobStatus::CreatingSpace;
+            assert!(store.save(&job).await.is_err());
+            assert_eq!(
+                shown_status(store.status(job.id)).as_deref(),
+                Some("generating_identity")
+            );
+            database.simulate_full_disk(false);
+            store.save(&job).await.unwrap();
+            assert_eq!(
+                shown_status(store.status(job.id)).as_deref(),
+                Some("creating_space")
+            );
+        }
+        let database = Database::open(&path, secret_box).unwrap();
+        let store = database.jobs();
+        assert_eq!(
+            shown_status(store.status(job.id)).as_deref(),
+            Some("creating_space")
+        );
+        assert_eq!(store.status_view_len(), 2);
+        // Purged jobs leave the view with their rows.
+        let purged = store
+            .purge_finished(Utc::now() - chrono::Duration::days(7))
+            .await
+            .unwrap();
+        assert_eq!(purged, 1);
+        assert_eq!(shown_status(store.status(old_done.id)), None);
+        assert_eq!(store.status_view_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_parse_is_left_out_of_every_list() {
+        let database = Database::in_memory(SecretBox::from_key(&[7; 32])).unwrap();
+        let store = database.jobs();
+        let damaged = new_job();
+        let mut waiting = new_job();
+        waiting.status = JobStatus::AwaitingNearSignature;
+        let mut failed = new_job();
+        failed.status = JobStatus::Failed;
+        for job in [&damaged, &waiting, &failed] {
+            store.insert(job).await.unwrap();
+        }
+        let id = damaged.id.to_string();
+        database
+            .write(move |conn, _, _| {
+                conn.execute("UPDATE jobs SET record = '{' WHERE id = ?1", params![id])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let unreadable = store.fail_unreadable().await.unwrap();
+        assert_eq!(unreadable.len(), 1);
+        assert_eq!(unreadable[0].id, damaged.id.to_string());
+
+        // The damaged one is failed now, and still unreadable.
+        let all = store.in_status(JobStatus::ALL.to_vec()).await.unwrap();
+        let mut ids: Vec<Uuid> = all.iter().map(|job| job.id).collect();
+        ids.sort();
+        let mut expected = vec![waiting.id, failed.id];
+        expected.sort();
+        assert_eq!(ids, expected);
+        let failed_ones = store.in_status(vec![JobStatus::Failed]).await.unwrap();
+        assert_eq!(
+            failed_ones.iter().map(|job| job.id).collect::<Vec<_>>(),
+            vec![failed.id]
+        );
+        assert!(store.get(damaged.id).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_job_with_a_deployment_is_marked_for_its_teardown() {
+        let database = Database::in_memory(SecretBox::from_key(&[8; 32])).unwrap();
+        let store = database.jobs();
+        let mut deployed = new_job();
+        deployed.status = JobStatus::WaitingForUrl;
+        deployed.cvm_id = Some("cvm-9".into());
+        let undeployed = new_job();
+        for job in [&deployed, &undeployed] {
+            store.insert(job).await.unwrap();
+        }
+        let foreign = SecretBox::from_key(&[9; 32]).seal(b"{}");
+        database
+            .write(move |conn, _, _| {
+                conn.execute("UPDATE jobs SET secrets = ?1", params![foreign])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.fail_unreadable().await.unwrap().len(), 2);
+        let deployed = store.get(deployed.id).await.unwrap().unwrap();
+        assert_eq!(deployed.status, JobStatus::Failed);
+        assert!(deployed.deployment_teardown_pending);
+        assert!(
+            deployed
+                .error
+                .unwrap()
+                .contains("cannot read this job's stored secrets")
+        );
+        assert!(
+            !store
+                .get(undeployed.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .deployment_teardown_pending
+        );
+        assert_eq!(
+            shown_status(store.status(deployed.id)).as_deref(),
+            Some("failed")
+        );
     }
 }

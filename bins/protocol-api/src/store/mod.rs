@@ -4,8 +4,16 @@
 //! journal ([`DeploymentStore`]).
 //!
 //! Every write is committed (WAL with `synchronous=FULL`, so fsynced) before
-//! anyone can read it, because the status route reads from here, never from
-//! memory. Secrets are sealed with the server key before they touch disk.
+//! anyone can read it. One writer thread owns the connection that writes and
+//! commits the writes that queued up meanwhile in one transaction (group
+//! commit, see `writer`); each caller gets its answer only once its batch
+//! committed. The status route reads an in-memory view of committed state
+//! ([`JobStore::status`]), which the writer updates after each commit; everything
+//! else reads through a second connection, after every write sent before
+//! the read was answered (so a read sees what was written before it, as with
+//! one connection), without holding up the writer or waiting for its fsync
+//! when nothing is pending.
+//! Secrets are sealed with the server key before they touch disk.
 //!
 //! A damaged file is refused, never taken for a fresh one: a new database is
 //! built beside its final name and renamed into place, so an empty or
@@ -16,6 +24,8 @@ mod deployments;
 mod file;
 mod jobs;
 mod orgs;
+mod view;
+mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +36,9 @@ pub use deployments::DeploymentStore;
 pub use file::DatabaseFile;
 pub use jobs::{JobStore, Started, UnreadableJob};
 pub use orgs::OrgKeys;
+
+use view::StatusView;
+use writer::{Changes, Op, Write, WriteCounts, Writer};
 
 use crate::seal::{SealError, SecretBox};
 
@@ -107,6 +120,47 @@ impl StoreError {
         }
     }
 
+    /// The same error again, for each caller of a batch that failed with it.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            StoreError::Sqlite { path, source } => StoreError::Sqlite {
+                path: path.clone(),
+                source: match source {
+                    rusqlite::Error::SqliteFailure(code, message) => {
+                        rusqlite::Error::SqliteFailure(*code, message.clone())
+                    }
+                    other => rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                        Some(other.to_string()),
+                    ),
+                },
+            },
+            StoreError::Full { path } => StoreError::Full { path: path.clone() },
+            StoreError::Damaged { path, reason } => StoreError::Damaged {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::Unwritable { path, source } => StoreError::Unwritable {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::WrongKey { path } => StoreError::WrongKey { path: path.clone() },
+            StoreError::Corrupt { id, reason } => StoreError::Corrupt {
+                id: id.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::DataDir(_) | StoreError::Seal(_) | StoreError::Cancelled => {
+                StoreError::Sqlite {
+                    path: String::new(),
+                    source: rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                        Some(self.to_string()),
+                    ),
+                }
+            }
+        }
+    }
+
     /// SQLite's `error` on the database at `path`, classified.
     fn sqlite(path: &str, error: rusqlite::Error) -> Self {
         let path = path.to_owned();
@@ -168,11 +222,49 @@ impl WorkError {
 /// The database and the key that seals its secrets.
 #[derive(Clone)]
 pub struct Database {
-    conn: Arc<Mutex<Connection>>,
+    shared: Arc<Shared>,
+}
+
+/// What every handle on one database shares.
+struct Shared {
+    /// Where writes queue for the writer thread, and how many were sent
+    /// (counted under the lock, so the queue holds them in that order);
+    /// `None` once dropping.
+    writes: Mutex<Queue>,
+    /// How many writes the writer has answered, in queue order.
+    answered: tokio::sync::watch::Receiver<u64>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// The connection reads use (the writer's own for an in-memory database).
+    reader: Arc<Mutex<Connection>>,
     secrets: SecretBox,
     path: Arc<str>,
+    view: Arc<StatusView>,
     simulated_full_disk: Arc<AtomicBool>,
     refused_writes: Arc<AtomicU64>,
+    counts: Arc<WriteCounts>,
+}
+
+/// The writer's queue, and how many writes were sent into it.
+struct Queue {
+    sender: Option<std::sync::mpsc::Sender<Write>>,
+    sent: u64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The writer ends once its queue closes: wait for it, so the file is
+        // closed when the last handle is gone, as it was before the writer.
+        drop(
+            self.writes
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .sender
+                .take(),
+        );
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl Database {
@@ -187,19 +279,73 @@ impl Database {
         DatabaseFile::in_memory()?.unlock(secrets)
     }
 
-    fn new(conn: Connection, secrets: SecretBox, path: Arc<str>) -> Self {
-        Self {
-            conn: Arc::new(Mutex::new(conn)),
-            secrets,
-            path,
-            simulated_full_disk: Arc::new(AtomicBool::new(false)),
-            refused_writes: Arc::new(AtomicU64::new(0)),
+    /// A database over `conn`, the connection the writer thread takes; reads
+    /// get their own connection to `file`, or share `conn` in memory. The
+    /// status view is rebuilt from the stored jobs.
+    fn new(
+        conn: Connection,
+        file: Option<&std::path::Path>,
+        secrets: SecretBox,
+        path: Arc<str>,
+    ) -> Result<Self, StoreError> {
+        let sqlite = |error| StoreError::sqlite(&path, error);
+        let conn = Arc::new(Mutex::new(conn));
+        let reader = match file {
+            Some(file) => {
+                let reader = Connection::open(file).map_err(sqlite)?;
+                reader
+                    .busy_timeout(std::time::Duration::from_secs(5))
+                    .map_err(sqlite)?;
+                reader
+                    .pragma_update(None, "query_only", true)
+                    .map_err(sqlite)?;
+                Arc::new(Mutex::new(reader))
+            }
+            None => conn.clone(),
+        };
+        let view = Arc::new(StatusView::default());
+        {
+            let reader = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            view.apply(jobs::status_entries(&reader, &secrets).map_err(|error| error.at(&path))?);
         }
-    }
-
-    /// The database file's path.
-    pub fn path(&self) -> &str {
-        &self.path
+        let simulated_full_disk = Arc::new(AtomicBool::new(false));
+        let refused_writes = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(WriteCounts::default());
+        let (answered_tx, answered) = tokio::sync::watch::channel(0);
+        let (writes, writer) = Writer {
+            conn,
+            secrets: secrets.clone(),
+            path: path.clone(),
+            view: view.clone(),
+            simulated_full_disk: simulated_full_disk.clone(),
+            refused_writes: refused_writes.clone(),
+            counts: counts.clone(),
+            answered: answered_tx,
+        }
+        .spawn()
+        .map_err(|source| StoreError::Unwritable {
+            path: path.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                writes: Mutex::new(Queue {
+                    sender: Some(writes),
+                    sent: 0,
+                }),
+                answered,
+                writer: Some(writer),
+                reader,
+                secrets,
+                path,
+                view,
+                simulated_full_disk,
+                refused_writes,
+                counts,
+            }),
+        })
     }
 
     /// The provisioning jobs.
@@ -221,49 +367,105 @@ impl Database {
     /// full disk (`SQLITE_FULL`), through the same error path; reads go on.
     /// This is how the tests show what a full disk does without filling one.
     pub fn simulate_full_disk(&self, full: bool) {
-        self.simulated_full_disk.store(full, Ordering::SeqCst);
+        self.shared
+            .simulated_full_disk
+            .store(full, Ordering::SeqCst);
+    }
+
+    /// The next `count` transactions the writer tries fail as on a full
+    /// disk, then writes go on: a fault that passes by itself.
+    pub fn simulate_full_disk_briefly(&self, count: u64) {
+        self.shared
+            .counts
+            .refuse_next
+            .store(count, Ordering::SeqCst);
     }
 
     /// How many writes the simulated full disk has refused so far.
     pub fn simulated_refusals(&self) -> u64 {
-        self.refused_writes.load(Ordering::SeqCst)
+        self.shared.refused_writes.load(Ordering::SeqCst)
     }
 
-    /// Runs `work`, which only reads, on the connection off the async threads.
+    /// How many transactions the writer has committed: with writes
+    /// arriving together, fewer than the writes (group commit).
+    pub fn commits(&self) -> u64 {
+        self.shared.counts.commits.load(Ordering::SeqCst)
+    }
+
+    /// How many writes wait for the writer, not yet in a transaction.
+    pub fn queued_writes(&self) -> usize {
+        self.shared.counts.queued.load(Ordering::SeqCst)
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared
+            .writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn secrets(&self) -> &SecretBox {
+        &self.shared.secrets
+    }
+
+    fn view(&self) -> &StatusView {
+        &self.shared.view
+    }
+
+    /// Runs `work`, which only reads, on the reading connection off the
+    /// async threads.
     async fn with_conn<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection, &SecretBox) -> Result<T, WorkError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        let secrets = self.secrets.clone();
-        let path = self.path.clone();
+        let sent = self.lock_writes().sent;
+        if *self.shared.answered.borrow() < sent {
+            let mut answered = self.shared.answered.clone();
+            answered
+                .wait_for(|answered| *answered >= sent)
+                .await
+                .map_err(|_| StoreError::Cancelled)?;
+        }
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock poisons it; the connection itself is
             // still consistent (SQLite rolls back the open transaction), so go on.
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut guard, &secrets).map_err(|error| error.at(&path))
+            let mut guard = shared
+                .reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard, &shared.secrets).map_err(|error| error.at(&shared.path))
         })
         .await
         .map_err(|_| StoreError::Cancelled)?
     }
 
-    /// Runs `work`, which writes, on the connection.
+    /// Queues `work`, which writes, for the writer thread and waits until
+    /// the transaction that ran it committed (or failed). `work` runs inside
+    /// that transaction, under its own savepoint, and asks for the view
+    /// changes to apply once it committed.
     async fn write<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection, &SecretBox) -> Result<T, WorkError> + Send + 'static,
+        work: impl FnOnce(&Connection, &SecretBox, &mut Changes) -> Result<T, WorkError>
+        + Send
+        + 'static,
     ) -> Result<T, StoreError> {
-        let simulated_full_disk = self.simulated_full_disk.clone();
-        let refused_writes = self.refused_writes.clone();
-        self.with_conn(move |conn, secrets| {
-            if simulated_full_disk.load(Ordering::SeqCst) {
-                refused_writes.fetch_add(1, Ordering::SeqCst);
-                return Err(WorkError::Sqlite(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-                    Some("database or disk is full".into()),
-                )));
-            }
-            work(conn, secrets)
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let counts = &self.shared.counts;
+        counts.queued.fetch_add(1, Ordering::SeqCst);
+        let queued = {
+            let mut writes = self.lock_writes();
+            let queued = writes
+                .sender
+                .as_ref()
+                .is_some_and(|queue| queue.send(Box::new(Op::new(work, reply))).is_ok());
+            writes.sent += u64::from(queued);
+            queued
+        };
+        if !queued {
+            counts.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::Cancelled);
+        }
+        answer.await.map_err(|_| StoreError::Cancelled)?
     }
 }

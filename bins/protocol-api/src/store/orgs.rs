@@ -24,9 +24,9 @@ impl OrgKeys {
         org_name: &str,
         api_key: &str,
     ) -> Result<(), StoreError> {
-        let sealed = self.db.secrets.seal(api_key.as_bytes());
+        let sealed = self.db.secrets().seal(api_key.as_bytes());
         let (did, name) = (coordinator_did.to_owned(), org_name.to_owned());
-        self.db.write(move |conn, _| {
+        self.db.write(move |conn, _, _| {
             conn.execute(
                 "INSERT OR REPLACE INTO coordinator_orgs (coordinator_did, org_name, api_key) VALUES (?1, ?2, ?3)",
                 params![did, name, sealed],

@@ -70,6 +70,8 @@ pub fn http() -> reqwest::Client {
 /// returns, as a server killed inside the call would never see its answer.
 pub struct TestDeployer {
     pub healthy: Arc<AtomicBool>,
+    /// While set, every teardown fails (the deployment stays).
+    pub failing_teardowns: AtomicBool,
     pub hang_after_deploy: AtomicBool,
     pub deploys: AtomicUsize,
     pub finds: AtomicUsize,
@@ -84,6 +86,7 @@ impl TestDeployer {
     fn new(healthy: bool) -> Arc<Self> {
         Arc::new(Self {
             healthy: Arc::new(AtomicBool::new(healthy)),
+            failing_teardowns: AtomicBool::new(false),
             hang_after_deploy: AtomicBool::new(false),
             deploys: AtomicUsize::new(0),
             finds: AtomicUsize::new(0),
@@ -198,6 +201,13 @@ impl Deployer for TestDeployer {
     }
 
     async fn teardown(&self, id: &str) -> delibera_deploy::Result<()> {
+        if self.failing_teardowns.load(Ordering::SeqCst) {
+            return Err(delibera_deploy::Error::backend(
+                "test deployer",
+                true,
+                "the backend is unreachable",
+            ));
+        }
         if let Some((_, stop)) = self.servers.lock().unwrap().remove(id) {
             let _ = stop.send(());
         }
@@ -362,6 +372,7 @@ impl TestApp {
         settings.job_expiry = options.job_expiry;
         settings.registration_health_wait = Duration::from_millis(300);
         settings.storage_retry = options.storage_retry;
+        settings.register_storage_wait = Duration::from_millis(200);
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options

@@ -368,3 +368,51 @@ async fn a_teardown_cut_off_by_a_restart_is_finished_on_start_up() {
         "{status}"
     );
 }
+
+/// An agent that never became healthy and whose teardown failed too: the
+/// failed job says so and is marked, and the sweeper tears the agent down
+/// later, keeping the job's error.
+#[tokio::test]
+async fn a_failed_teardown_after_the_health_gate_is_finished_by_the_sweeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::unhealthy();
+    deployer
+        .failing_teardowns
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let options = Options {
+        health_timeout: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let app = TestApp::start(dir.path(), deployer.clone(), options).await;
+    let (code, _, body) = provision(
+        &app,
+        "/api/provision/coordinator",
+        coordinator_request("Never Healthy"),
+        KEY,
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    let failed = app.wait_for(&job_id, &["failed"]).await;
+    let error = failed["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("tearing the deployment down also failed"),
+        "{failed}"
+    );
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert!(job.deployment_teardown_pending);
+    let cvm_id = job.cvm_id.unwrap();
+
+    deployer
+        .failing_teardowns
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    app.state.jobs.expire_due().await.unwrap();
+    assert!(deployer.teardowns.lock().unwrap().contains(&cvm_id));
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert!(!job.deployment_teardown_pending);
+    assert_eq!(
+        job.error.as_deref(),
+        Some(error.as_str()),
+        "its error is kept"
+    );
+}

@@ -631,3 +631,141 @@ async fn an_embedded_ensue_store_failure_tells_the_client_no_internals() {
         assert!(!error.contains(internal), "{internal} in {error}");
     }
 }
+
+/// A record that does not parse, failed at start-up, is left out of the
+/// lists the sweeper and the start-up read: expiring other jobs and failing
+/// lost deployments go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unparseable_record_stops_neither_the_expiry_sweep_nor_lost_deployments() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    let jobs = app.database.jobs();
+    let damaged = worker_job(JobStatus::WaitingForUrl);
+    let mut overdue = worker_job(JobStatus::AwaitingNearSignature);
+    overdue.updated_at = chrono::Utc::now() - chrono::Duration::days(3);
+    for job in [&damaged, &overdue] {
+        jobs.insert(job).await.unwrap();
+    }
+    tamper(
+        &dir.path().join("jobs.sqlite"),
+        "UPDATE jobs SET record = '{\"id\": \"trunc' WHERE id = ?1",
+        [damaged.id.to_string()],
+    );
+    assert_eq!(jobs.fail_unreadable().await.unwrap().len(), 1);
+
+    app.state.jobs.expire_due().await.unwrap();
+    let (code, body) = job_status(&app.state, &overdue.id.to_string()).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "failed", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("expired: "),
+        "{body}"
+    );
+    app.state
+        .jobs
+        .fail_lost_deployment("cvm-nobody-owns", None, "it is gone")
+        .await
+        .unwrap();
+}
+
+/// A registration whose last transition meets a full disk answers 503
+/// after a bounded wait, and completes by itself once space returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_meeting_a_full_disk_answers_503_and_completes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let holds = crate::common::Holds::open();
+    holds.registration.set(crate::common::GateState::Closed);
+    let options = Options {
+        holds: holds.clone(),
+        ..Options::default()
+    };
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": "Full Disk DAO", "nearAccount": "mydao.testnet" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    app.wait_for(&job_id, &["awaiting_near_signature"]).await;
+
+    let registration = tokio::spawn({
+        let api = app.api.clone();
+        let job_id = job_id.clone();
+        async move {
+            api.call_with(
+                "POST",
+                "/api/provision/coordinator-register",
+                Some(json!({ "jobId": job_id })),
+                None,
+            )
+            .await
+        }
+    });
+    app.wait_for(&job_id, &["registering"]).await;
+    app.database.simulate_full_disk(true);
+    holds.registration.set(crate::common::GateState::Open);
+    let (code, body) = crate::common::within("the registration's answer", registration)
+        .await
+        .unwrap();
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("retry in 30 s"),
+        "{body}"
+    );
+    let (_, shown) = job_status(&app.state, &job_id).await;
+    assert_eq!(
+        shown["status"], "registering",
+        "nothing uncommitted is shown"
+    );
+
+    app.database.simulate_full_disk(false);
+    app.wait_for(&job_id, &["complete"]).await;
+}
+
+/// A store write that fails while a coordinator's Ensue org is being
+/// registered is no failure of the job: it is driven again and goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_fault_while_registering_an_ensue_org_does_not_fail_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let holds = crate::common::Holds::open();
+    holds.ensue.set(crate::common::GateState::Closed);
+    let options = Options {
+        holds: holds.clone(),
+        // Hosted-style registration whose first answer is lost: the next
+        // attempt records itself first, and that record meets the fault.
+        wrap_ensue: Some(Box::new(crate::common::LosesFirstAnswer::wrap)),
+        ..Options::default()
+    };
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": "Org Under Pressure", "nearAccount": "mydao.testnet" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    eventually("the first org attempt is recorded", || async {
+        app.state
+            .jobs
+            .get(&job_id)
+            .await
+            .unwrap()
+            .ensue_org_attempts
+            == 1
+    })
+    .await;
+
+    let refused_before = app.database.simulated_refusals();
+    app.database.simulate_full_disk_briefly(1);
+    holds.ensue.set(crate::common::GateState::Open);
+    let ready = app
+        .wait_for(&job_id, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    assert_eq!(app.database.simulated_refusals(), refused_before + 1);
+}

@@ -1,0 +1,99 @@
+//! What the status route answers, held in memory: one entry per stored
+//! job, replaced by the writer only after the transaction that changed the
+//! job committed, so a status read never sees an uncommitted transition and
+//! never touches SQLite. Rebuilt from the database when it is opened;
+//! purged jobs leave it with their rows.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Bytes;
+use uuid::Uuid;
+
+use crate::api_types::JobStatusView;
+use crate::jobs::Job;
+use crate::seal::SecretBox;
+
+/// The status route's answer for one job, as of its last commit: the
+/// status document (JSON) rendered by [`JobStatusView::of`], so it reveals
+/// exactly what the status route reveals for the job.
+#[derive(Clone)]
+pub(super) enum StatusEntry {
+    /// A document that reveals no secret (the job's status hides them).
+    Document(Bytes),
+    /// A document that reveals the job's secrets, sealed with the server
+    /// key like every stored secret; opened only to answer a request.
+    Sealed(Arc<[u8]>),
+    /// The stored record cannot be read; why (never a secret value).
+    Damaged(Arc<str>),
+}
+
+impl StatusEntry {
+    /// The entry of `job` as stored now.
+    pub(super) fn of(job: &Job, secrets: &SecretBox) -> Self {
+        match serde_json::to_vec(&JobStatusView::of(job)) {
+            Ok(json) if job.status.reveals_secrets() => {
+                let json = zeroize::Zeroizing::new(json);
+                StatusEntry::Sealed(secrets.seal(&json).into())
+            }
+            Ok(json) => StatusEntry::Document(Bytes::from(json)),
+            Err(error) => {
+                StatusEntry::Damaged(format!("its status does not render: {error}").into())
+            }
+        }
+    }
+}
+
+/// A change to the view, made by a write and applied once it committed.
+pub(super) enum ViewChange {
+    /// The job's entry is now this.
+    Put(Uuid, StatusEntry),
+    /// The job is gone.
+    Remove(Uuid),
+}
+
+/// Every stored job's status entry.
+#[derive(Default)]
+pub(super) struct StatusView {
+    entries: RwLock<HashMap<Uuid, StatusEntry>>,
+}
+
+impl StatusView {
+    /// The entry of job `id`, if the job is stored.
+    pub(super) fn get(&self, id: &Uuid) -> Option<StatusEntry> {
+        self.entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Applies committed changes, in commit order.
+    pub(super) fn apply(&self, changes: Vec<ViewChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for change in changes {
+            match change {
+                ViewChange::Put(id, entry) => {
+                    entries.insert(id, entry);
+                }
+                ViewChange::Remove(id) => {
+                    entries.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// How many jobs the view holds.
+    pub(super) fn len(&self) -> usize {
+        self.entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+}
