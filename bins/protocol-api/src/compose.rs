@@ -13,8 +13,8 @@ use delibera_deploy::{Deployer, HealthGate, Url};
 use delibera_ensue_local::LocalEnsue;
 use delibera_identity::AccountId;
 use delibera_near::{
-    BlockReference, ChainRegistrar, CoordinatorContract, LocalRegistry, NearRpc, Registrar,
-    Registry, RegistryContract, RpcRegistry, TransactionSender,
+    Accounts, BlockReference, ChainRegistrar, CoordinatorContract, LocalRegistry, NearRpc,
+    Registrar, Registry, RegistryContract, RpcAccounts, RpcRegistry, TransactionSender,
 };
 use delibera_phala::{PhalaClient, PhalaDeployer, PhalaDeployerOptions};
 use delibera_storacha::{ConfiguredDelegator, Delegator, LocalSpaceDelegator};
@@ -44,6 +44,13 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
     match config.mode {
         Mode::Local => compose_local(config).await,
         Mode::Production => {
+            if config.unauthenticated_writes {
+                anyhow::bail!(
+                    "UNAUTHENTICATED_WRITES is for local mode only: in production anyone could \
+                     sign registry and roster changes with the server's NEAR key. Remove it; the \
+                     frontend signs those requests with the user's wallet (Authorization: NEP413)"
+                );
+            }
             let production = ProductionConfig::from_config(config)?;
             compose_production(config, production).await
         }
@@ -89,22 +96,28 @@ fn random_token() -> String {
 /// The job database's file name in the data dir.
 pub const DATABASE_FILE: &str = "jobs.sqlite";
 
+/// The local registry's file in the data dir.
+const REGISTRY_FILE: &str = "registry.sqlite";
+/// The embedded Ensue's directory in the data dir.
+const ENSUE_DIR: &str = "ensue";
+
 /// What a data dir holds once a server has run in it, besides the database.
 const STATE_FILES: [&str; 7] = [
     "server-secret.key",
     "admin-token",
     "ensue-bootstrap.key",
-    "registry.sqlite",
+    REGISTRY_FILE,
     "storacha-space.key",
     "storacha-space.did",
-    "ensue",
+    ENSUE_DIR,
 ];
 
 /// The job database in the data dir, and the key that seals its secrets.
 /// The data dir is made owner-only and must be writable; the database must
 /// be whole; a missing key file is made anew only while nothing is sealed;
 /// jobs whose records cannot be read are failed, so they stop nothing else.
-async fn open_database(config: &Config) -> anyhow::Result<Database> {
+/// Also says whether the database held any record before this start.
+async fn open_database(config: &Config) -> anyhow::Result<(Database, bool)> {
     let data_dir = &config.data_dir;
     delibera_data_dir::private_dir(data_dir)?;
     delibera_data_dir::check_writable(data_dir)?;
@@ -125,6 +138,7 @@ async fn open_database(config: &Config) -> anyhow::Result<Database> {
         }
     }
     let file = DatabaseFile::open(&path)?;
+    let held_records = file.holds_records()?;
     let sealed_data = file.holds_sealed_data()?.then(|| file.path().to_owned());
     let secrets = SecretBox::open_or_create(
         data_dir,
@@ -136,7 +150,36 @@ async fn open_database(config: &Config) -> anyhow::Result<Database> {
         tracing::warn!(job = %job.id, reason = %job.reason,
             "a job's stored record cannot be read: the job is marked failed and will not resume");
     }
-    Ok(database)
+    Ok((database, held_records))
+}
+
+/// Refuses to start when the job database holds records but a local store
+/// beside it is missing or empty (deleted, or truncated by hand).
+fn require_local_stores(data_dir: &Path, held_records: bool) -> anyhow::Result<()> {
+    if !held_records {
+        return Ok(());
+    }
+    // Made anew, these would silently forget every registered agent and
+    // every org key already handed out.
+    let stores = [
+        data_dir.join(REGISTRY_FILE),
+        data_dir
+            .join(ENSUE_DIR)
+            .join(delibera_ensue_local::DATABASE_FILE),
+    ];
+    for path in stores {
+        let present = std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() > 0);
+        if !present {
+            anyhow::bail!(
+                "the job database in {} holds jobs, but {} is missing or empty: it was deleted or \
+                 moved, and starting would forget what it held. Restore it, or move the data dir \
+                 away to start with no jobs",
+                data_dir.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The CORS policy `CORS_ORIGINS` asks for, refusing a contradictory one
@@ -165,8 +208,16 @@ fn cors_policy(config: &Config) -> anyhow::Result<CorsPolicy> {
 /// restart leaves every registered endpoint answering.
 pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     let cors = cors_policy(config)?;
-    let database = open_database(config).await?;
+    if config.unauthenticated_writes {
+        tracing::warn!(
+            "UNAUTHENTICATED_WRITES is on: anyone who can reach this server may change agent \
+             endpoints and the worker roster without a credential. Use it only on a machine \
+             nobody else can reach"
+        );
+    }
+    let (database, held_records) = open_database(config).await?;
     let data_dir = &config.data_dir;
+    require_local_stores(data_dir, held_records)?;
     let admin_token = match &config.admin_token {
         Some(token) => Zeroizing::new(token.clone()),
         None => {
@@ -179,7 +230,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         delibera_ensue_local::ApiKey::generate().expose().to_owned()
     })?;
     let server_account = AccountId::parse(LOCAL_SERVER_ACCOUNT)?;
-    let registry_path = data_dir.join("registry.sqlite");
+    let registry_path = data_dir.join(REGISTRY_FILE);
     let registry = Arc::new(
         LocalRegistry::open(&registry_path, server_account)
             .with_context(|| format!("opening the local registry {}", registry_path.display()))?,
@@ -198,7 +249,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     let local_ensue = LocalEnsue::start(
         delibera_ensue_local::Config::default()
             .with_addr(config.ensue_local_addr)
-            .with_data_dir(data_dir.join("ensue"))
+            .with_data_dir(data_dir.join(ENSUE_DIR))
             .with_bootstrap_key(delibera_ensue_local::ApiKey::new(ensue_key.as_str())?)
             .with_limits(delibera_ensue_local::Limits::default().with_org_quota(
                 config.ensue_local_max_keys_per_org,
@@ -214,7 +265,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         format!(
             "starting the embedded Ensue on {} with its data in {}",
             config.ensue_local_addr,
-            data_dir.join("ensue").display()
+            data_dir.join(ENSUE_DIR).display()
         )
     })?;
     let ensue_url = Url::parse(local_ensue.url()).context("the embedded Ensue's URL")?;
@@ -226,6 +277,9 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         deployer,
         health_gate: HealthGate::default(),
         registry: registry.clone(),
+        // Local accounts: the keys given in the local registry, and every
+        // key's implicit account; the roster is the server's.
+        accounts: registry.clone(),
         // No wallet locally: the local registry registers the agent itself.
         registrar: registry,
         http: reqwest::Client::new(),
@@ -236,6 +290,8 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
     settings.allow_loopback_endpoints = true;
     let state = AppState::builder(&database, ports, settings)
         .admin_token(Some(admin_token))
+        .nep413_recipient(config.nep413_recipient.clone())
+        .unauthenticated_writes(config.unauthenticated_writes)
         .provision_rate_per_minute(config.provision_rate_per_minute)
         .mode_label("local")
         .embedded_ensue_url(local_ensue.url())
@@ -300,6 +356,10 @@ async fn restore_local_agents(
     for id in &report.removed {
         tracing::warn!(deployment = %id, "removed a journaled local agent that no live job owns");
     }
+    for (id, reason) in &report.not_removed {
+        tracing::warn!(deployment = %id, %reason,
+            "a journaled local agent that no live job owns was not started, and could not be removed from the journal; the next start tries again");
+    }
     if !report.restored.is_empty() {
         tracing::info!(
             restored = report.restored.len(),
@@ -330,7 +390,7 @@ pub async fn compose_production(
     production: ProductionConfig,
 ) -> anyhow::Result<Composition> {
     let cors = cors_policy(config)?;
-    let database = open_database(config).await?;
+    let (database, _) = open_database(config).await?;
     let phala = PhalaClient::new(
         production.phala_api_url.as_str(),
         production.phala_api_key.as_str(),
@@ -355,6 +415,12 @@ pub async fn compose_production(
             .reading_at(BlockReference::Optimistic),
         CoordinatorContract::with_sender(sender, production.coordinator_contract.clone()),
     ));
+    // Wallet-signed requests are checked against final state: a key just
+    // added or removed counts once it is final.
+    let accounts: Arc<dyn Accounts> = Arc::new(RpcAccounts::new(
+        rpc.clone(),
+        CoordinatorContract::new(rpc.clone(), production.coordinator_contract.clone()),
+    ));
     let registrar: Arc<dyn Registrar> = Arc::new(ChainRegistrar::new(
         registry.clone(),
         rpc,
@@ -376,6 +442,7 @@ pub async fn compose_production(
         deployer,
         health_gate: HealthGate::default(),
         registry,
+        accounts,
         registrar,
         http: reqwest::Client::new(),
     };
@@ -391,6 +458,7 @@ pub async fn compose_production(
     };
     let state = AppState::builder(&database, ports, settings)
         .admin_token(config.admin_token.clone().map(Zeroizing::new))
+        .nep413_recipient(config.nep413_recipient.clone())
         .provision_rate_per_minute(config.provision_rate_per_minute)
         .mode_label("production")
         .cors(cors)

@@ -45,6 +45,15 @@ pub struct Config {
     /// token is refused (it would lock those routes for everyone).
     #[arg(long, env = "PROTOCOL_API_ADMIN_TOKEN", hide_env_values = true, value_parser = admin_token)]
     pub admin_token: Option<String>,
+    /// The name wallet-signed requests must be addressed to (NEP-413's
+    /// `recipient`): a signature made for another service is refused.
+    #[arg(long, env = "NEP413_RECIPIENT", default_value = crate::auth::DEFAULT_NEP413_RECIPIENT)]
+    pub nep413_recipient: String,
+    /// Local mode only: lets anyone call the routes that sign with the
+    /// server's key, with no credential at all (for a frontend that sends
+    /// none). Refused in production.
+    #[arg(long, env = "UNAUTHENTICATED_WRITES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub unauthenticated_writes: bool,
     /// 64 hex characters sealing secrets at rest; generated into the data dir when unset.
     #[arg(long, env = "PROTOCOL_API_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
@@ -88,13 +97,14 @@ pub struct Config {
     /// Seconds a client may take to send a request's head, from connecting
     /// or from its first byte after an idle pause (applies to every HTTP
     /// server of this process: the API, the embedded Ensue, local agents).
-    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Each of these timeouts is 1 to 86400 (a day).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = delibera_serve::DEFAULT_HEADER_READ_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=delibera_serve::LONGEST_TIMEOUT.as_secs()))]
     pub header_read_timeout_secs: u64,
     /// Seconds a keep-alive connection may stay idle between requests.
-    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = delibera_serve::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=delibera_serve::LONGEST_TIMEOUT.as_secs()))]
     pub idle_timeout_secs: u64,
     /// Seconds a client may take to send a request's body (408 after that).
-    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = delibera_serve::DEFAULT_BODY_READ_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=delibera_serve::LONGEST_TIMEOUT.as_secs()))]
     pub body_read_timeout_secs: u64,
     /// Connection cap of the API server; 0 derives it from the
     /// file-descriptor limit less FD_RESERVE (logged at start-up). Every

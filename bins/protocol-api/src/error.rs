@@ -28,14 +28,24 @@ pub enum ApiError {
     /// The request is malformed or fails validation.
     #[error("{0}")]
     BadRequest(String),
-    /// The admin token is missing or wrong.
+    /// No credential, or a wrong admin token.
     #[error(
-        "missing or invalid admin token (send Authorization: Bearer <PROTOCOL_API_ADMIN_TOKEN>)"
+        "missing or invalid credential (send Authorization: Bearer <PROTOCOL_API_ADMIN_TOKEN>, \
+         or NEP413 <a NEAR wallet's signature of this request>)"
     )]
     Unauthorized,
-    /// The route needs an admin token but the server has none configured.
-    #[error("this route is disabled: the server has no PROTOCOL_API_ADMIN_TOKEN configured")]
+    /// A bearer token was sent but the server has none configured.
+    #[error(
+        "this server has no PROTOCOL_API_ADMIN_TOKEN configured; sign the request with a NEAR \
+         wallet instead (Authorization: NEP413 …)"
+    )]
     Forbidden,
+    /// A wallet-signed credential was refused, and why.
+    #[error("wallet signature refused: {0}")]
+    BadSignature(String),
+    /// The signing account does not own what it asks to change.
+    #[error("{0}")]
+    NotOwner(String),
     /// The thing named in the path does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -101,6 +111,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotOwner(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -34,11 +34,13 @@ use zeroize::Zeroizing;
 // Used by `main.rs` only, which shares this package's dependencies.
 use tracing_subscriber as _;
 
-use crate::auth::RateLimiter;
 use crate::config::CorsPolicy;
 use crate::jobs::JobMachine;
 use crate::ports::{Ports, Settings};
 use crate::store::Database;
+use delibera_serve::PerMinuteLimiter;
+
+use crate::auth::WalletAuth;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -49,10 +51,15 @@ pub struct AppState {
     pub ports: Arc<Ports>,
     /// What the steps and routes read.
     pub settings: Arc<Settings>,
-    /// Guards the signing routes; `None` disables them (403).
+    /// The operator's credential for the signing routes; `None`: only
+    /// wallet-signed requests are accepted there.
     pub admin_token: Option<Arc<Zeroizing<String>>>,
+    /// Checks wallet-signed (NEP-413) requests to the signing routes.
+    pub wallet_auth: Arc<WalletAuth>,
+    /// Local mode's opt-in: the signing routes take no credential at all.
+    pub unauthenticated_writes: bool,
     /// Per-IP limit on provisioning.
-    pub rate_limiter: Arc<RateLimiter>,
+    pub rate_limiter: Arc<PerMinuteLimiter>,
     /// `local` or `production`, for `GET /`.
     pub mode_label: &'static str,
     /// Local mode's embedded Ensue URL, for `GET /`.
@@ -75,6 +82,8 @@ impl AppState {
             ports,
             settings,
             admin_token: None,
+            nep413_recipient: auth::DEFAULT_NEP413_RECIPIENT.to_owned(),
+            unauthenticated_writes: false,
             provision_rate_per_minute: 0,
             mode_label: "local",
             ensue_url: None,
@@ -91,6 +100,8 @@ pub struct AppStateBuilder {
     ports: Ports,
     settings: Settings,
     admin_token: Option<Zeroizing<String>>,
+    nep413_recipient: String,
+    unauthenticated_writes: bool,
     provision_rate_per_minute: u32,
     mode_label: &'static str,
     ensue_url: Option<String>,
@@ -103,6 +114,19 @@ impl AppStateBuilder {
     /// The bearer token of the signing routes (`None` disables them).
     pub fn admin_token(mut self, token: Option<Zeroizing<String>>) -> Self {
         self.admin_token = token;
+        self
+    }
+
+    /// The name wallet-signed requests must be addressed to.
+    pub fn nep413_recipient(mut self, recipient: impl Into<String>) -> Self {
+        self.nep413_recipient = recipient.into();
+        self
+    }
+
+    /// Lets the signing routes take no credential (the composition allows
+    /// it in local mode only).
+    pub fn unauthenticated_writes(mut self, allowed: bool) -> Self {
+        self.unauthenticated_writes = allowed;
         self
     }
 
@@ -157,7 +181,9 @@ impl AppStateBuilder {
             ports,
             settings,
             admin_token: self.admin_token.map(Arc::new),
-            rate_limiter: Arc::new(RateLimiter::new(self.provision_rate_per_minute)),
+            wallet_auth: Arc::new(WalletAuth::new(self.nep413_recipient)),
+            unauthenticated_writes: self.unauthenticated_writes,
+            rate_limiter: Arc::new(PerMinuteLimiter::new(self.provision_rate_per_minute)),
             mode_label: self.mode_label,
             ensue_url: self.ensue_url,
             cors: self.cors,
@@ -282,7 +308,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_admin,
+            auth::authenticate_write,
         ));
 
     let cors = cors_layer(&state.cors);

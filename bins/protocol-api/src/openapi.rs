@@ -2,7 +2,9 @@
 //! handlers' annotations and the types in [`crate::api_types`].
 
 use axum::Json;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api_types::*;
@@ -36,7 +38,7 @@ use crate::routes::{agents, provision, workers};
         provision::RegisterRequest, provision::CoordinatorRegisterRequest, agents::EndpointRequest,
         workers::RosterRequest,
     )),
-    modifiers(&AdminToken),
+    modifiers(&AdminToken, &EveryRouteAnswers),
     tags(
         (name = "provisioning", description = "Provisioning jobs"),
         (name = "agents", description = "Agent endpoints on the registry"),
@@ -59,6 +61,79 @@ impl Modify for AdminToken {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "wallet_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`NEP413 <base64url JSON {accountId, publicKey, signature, message, nonce, \
+                 recipient}>`: what a NEAR wallet's signMessage returns, for the message \
+                 `<METHOD> <path>\\n<hex SHA-256 of the body>\\n<unix milliseconds>` and the \
+                 recipient NEP413_RECIPIENT; at most 5 minutes old, each nonce once, signed by a \
+                 full-access key of the account that owns what the request changes",
+            ))),
+        );
+    }
+}
+
+/// The answers any route may give besides its own, written once instead of
+/// on every handler: the server's edge (503 at its connection cap; 408 and
+/// 413 for a request body) and the last resort (500).
+struct EveryRouteAnswers;
+
+impl EveryRouteAnswers {
+    fn error(description: &str) -> RefOr<Response> {
+        let body = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build();
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", body)
+            .build()
+            .into()
+    }
+
+    fn add(operation: &mut Operation) {
+        let mut answers = vec![
+            (
+                "500",
+                "an unexpected failure (the body never says more than this)",
+            ),
+            (
+                "503",
+                "every connection is busy, or the data dir's disk is full (with Retry-After)",
+            ),
+        ];
+        if operation.request_body.is_some() {
+            answers.push(("408", "the request body did not arrive in time"));
+            answers.push(("413", "the request body is too large"));
+        }
+        for (code, description) in answers {
+            // A handler's own description of the same status is kept.
+            operation
+                .responses
+                .responses
+                .entry(code.to_owned())
+                .or_insert_with(|| Self::error(description));
+        }
+    }
+}
+
+impl Modify for EveryRouteAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                Self::add(operation);
+            }
+        }
     }
 }
 

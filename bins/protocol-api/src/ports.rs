@@ -10,7 +10,7 @@ use delibera_backoff::Backoff;
 use delibera_deploy::{AgentRole, Deployer, HealthGate, ImageRef, Url};
 use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
 use delibera_identity::AccountId;
-use delibera_near::{Registrar, Registry};
+use delibera_near::{Accounts, Registrar, Registry};
 use delibera_storacha::Delegator;
 use zeroize::Zeroizing;
 
@@ -173,10 +173,15 @@ impl EnsueAccess for EmbeddedEnsue {
                     name: name.to_owned(),
                 })
             }
-            Err(error) => Err(delibera_ensue::Error::Server {
-                status: 500,
-                body: format!("the embedded Ensue store failed: {error}"),
-            }),
+            Err(error) => {
+                // The cause names files of this host; a job's error, which
+                // its client reads, says only where to look.
+                tracing::error!(org = name, %error, "the embedded Ensue store failed to register an org");
+                Err(delibera_ensue::Error::Server {
+                    status: 500,
+                    body: "the embedded Ensue store failed; the server log has the cause".into(),
+                })
+            }
         }
     }
 
@@ -197,6 +202,9 @@ pub struct Ports {
     pub health_gate: HealthGate,
     /// The registry and the worker roster.
     pub registry: Arc<dyn Registry>,
+    /// Which keys speak for an account, and who owns the roster (for
+    /// wallet-signed requests).
+    pub accounts: Arc<dyn Accounts>,
     /// Finishes registrations after the wallet step.
     pub registrar: Arc<dyn Registrar>,
     /// HTTP client for health checks.

@@ -148,6 +148,9 @@ pub struct RestoreReport {
     /// Entries no owner claimed (orphans), removed from the journal without
     /// being started.
     pub removed: Vec<String>,
+    /// Orphans that were not started but could not be removed from the
+    /// journal either (the next restore tries again), with why.
+    pub not_removed: Vec<(String, String)>,
     /// Owned agents that could not be started again; they stay journaled,
     /// for the owner to decide.
     pub lost: Vec<LostAgent>,
@@ -232,7 +235,8 @@ impl LocalDeployer {
     /// id and, when its entry is readable, name), each with its old id and
     /// port, and removes the others from the journal without starting them:
     /// an agent journaled just before its owner recorded it, whose owner is
-    /// gone, must not run forever. An owned agent that cannot be started (its
+    /// gone, must not run forever (an orphan whose removal fails is reported
+    /// in `not_removed`, still not started). An owned agent that cannot be started (its
     /// port is taken, its entry is unreadable) is reported as lost and left
     /// in the journal; `status` reports it unknown, as a vanished CVM.
     pub async fn restore(
@@ -249,8 +253,14 @@ impl LocalDeployer {
                 JournalEntry::Unreadable { .. } => None,
             };
             if !owned(entry.id(), name) {
-                journal.remove(entry.id()).await?;
-                report.removed.push(entry.id().to_owned());
+                // An orphan is never started; failing to forget it must not
+                // keep the owned agents from coming back.
+                match journal.remove(entry.id()).await {
+                    Ok(()) => report.removed.push(entry.id().to_owned()),
+                    Err(error) => report
+                        .not_removed
+                        .push((entry.id().to_owned(), error.to_string())),
+                }
                 continue;
             }
             let record = match entry {

@@ -559,9 +559,19 @@ fn journal_records_of_the_first_release_are_still_read() {
     assert_eq!(again.spec, record.spec);
 }
 
-/// A journal holding whatever entries a test plants, unreadable ones included.
+/// A journal holding whatever entries a test plants, unreadable ones included;
+/// with `refuse_removals`, every removal fails (a full disk).
 #[derive(Default)]
-struct PlantedJournal(std::sync::Mutex<Vec<JournalEntry>>);
+struct PlantedJournal(
+    std::sync::Mutex<Vec<JournalEntry>>,
+    std::sync::atomic::AtomicBool,
+);
+
+impl PlantedJournal {
+    fn refuse_removals(&self, refuse: bool) {
+        self.1.store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 #[async_trait::async_trait]
 impl DeploymentJournal for PlantedJournal {
@@ -573,6 +583,11 @@ impl DeploymentJournal for PlantedJournal {
         Ok(())
     }
     async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(delibera_agent::Error::Journal {
+                reason: "the disk is full".into(),
+            });
+        }
         self.0.lock().unwrap().retain(|entry| entry.id() != id);
         Ok(())
     }
@@ -824,5 +839,58 @@ async fn an_agent_closes_a_client_trickling_its_head_and_keeps_answering() {
         .unwrap()
         .unwrap()
         .unwrap();
+    ensue.stop().await.unwrap();
+}
+
+/// An orphan that cannot be removed from the journal is reported and left
+/// unstarted; the owned agents come back regardless.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orphan_that_cannot_be_forgotten_does_not_stop_the_restore() {
+    let ensue = LocalEnsue::start(Config::default()).await.unwrap();
+    let http = reqwest::Client::new();
+    let record = |n: u8| {
+        let mut worker_env = env(AgentRole::Worker, &key(n), &format!("W{n}"), &ensue);
+        worker_env.coordinator_did = Some(key(99).did());
+        LocalDeploymentRecord {
+            id: format!("local-{n}"),
+            port: free_port(),
+            spec: spec(worker_env),
+        }
+    };
+    let (orphan, owned) = (record(80), record(81));
+    let journal = Arc::new(PlantedJournal::default());
+    for planted in [&orphan, &owned] {
+        journal.save(planted).await.unwrap();
+    }
+    journal.refuse_removals(true);
+
+    let deployer = LocalDeployer::new(Arc::new(RegistryWorkers(local_registry())))
+        .with_journal(journal.clone());
+    let report = deployer.restore(|id, _| id == "local-81").await.unwrap();
+
+    assert_eq!(report.restored, ["local-81"]);
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(
+        report.not_removed,
+        [(
+            "local-80".to_owned(),
+            "local deployment journal: the disk is full".to_owned()
+        )]
+    );
+    assert!(
+        http.get(format!("http://127.0.0.1:{}/", orphan.port))
+            .send()
+            .await
+            .is_err(),
+        "the orphan was not started"
+    );
+    healthy(
+        &http,
+        &format!("http://127.0.0.1:{}", owned.port),
+        &key(81).did(),
+    )
+    .await;
+    journal.refuse_removals(false);
+    deployer.teardown("local-81").await.unwrap();
     ensue.stop().await.unwrap();
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use delibera_backoff::{Backoff, Jitter};
-use delibera_ensue::Memory;
+use delibera_ensue::{MAX_BATCH, Memory};
 use delibera_identity::Did;
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
@@ -30,11 +30,12 @@ const PROPOSAL_DONE: &str = "completed";
 pub struct CoordinatorConfig {
     /// Pause between two sweeps over the workers that have not answered.
     pub poll_interval: Duration,
-    /// Keys per `get_many` call (Ensue accepts at most 100).
+    /// Keys per `get_many`, `create_memory` and `delete_memory` call; Ensue
+    /// accepts at most [`MAX_BATCH`] (100), and larger values are cut to it.
     pub batch_size: usize,
     /// How many `get_many` calls may be in flight at once.
     pub read_concurrency: usize,
-    /// How many writes (e.g. setting workers `pending`) may be in flight at once.
+    /// How many write calls (batches, or single writes) may be in flight at once.
     pub write_concurrency: usize,
     /// How many times a write is tried before the round fails.
     pub write_attempts: u32,
@@ -49,6 +50,11 @@ impl CoordinatorConfig {
         Backoff::new(self.backoff_base, Duration::from_secs(5))
             .with_max_attempts(self.write_attempts)
             .with_jitter(Jitter::Additive { percent: 25 })
+    }
+
+    /// Keys per batch call: `batch_size`, between 1 and [`MAX_BATCH`].
+    fn batch(&self) -> usize {
+        self.batch_size.clamp(1, MAX_BATCH)
     }
 }
 
@@ -134,6 +140,13 @@ impl Coordinator {
     /// answering worker's archived `result` and `timestamp`, the archive
     /// `status = completed` and `coordinator/status = idle`.
     ///
+    /// The per-worker writes go in batches of up to [`MAX_BATCH`] items: the
+    /// `pending` statuses are replaced (one `delete_memory` and one
+    /// `create_memory` call per batch, as the service has no batch update)
+    /// and the archive is created; an item that fails alone is written again
+    /// on its own (update, or create when missing), so a round costs the
+    /// coordinator about 4 calls per 100 workers plus its sweeps.
+    ///
     /// Each round has a fresh `roundId` that workers copy into their results;
     /// a result with another round's id is never counted, so nothing from an
     /// earlier round leaks into this one.
@@ -202,11 +215,15 @@ impl Coordinator {
             CoordinatorStatus::Coordinating.as_str(),
         )
         .await?;
-        self.write_new(&keys::proposal(id, ProposalField::Config), &task_json)
-            .await?;
-        self.write_new(
-            &keys::proposal(id, ProposalField::Status),
-            CoordinatorStatus::Coordinating.as_str(),
+        self.write_batch(
+            vec![
+                (keys::proposal(id, ProposalField::Config), task_json.clone()),
+                (
+                    keys::proposal(id, ProposalField::Status),
+                    CoordinatorStatus::Coordinating.as_str().to_owned(),
+                ),
+            ],
+            Batch::Create,
         )
         .await?;
         let pending: Vec<(String, String)> = snapshot
@@ -218,7 +235,7 @@ impl Coordinator {
                 )
             })
             .collect();
-        self.write_all(pending, Existing::Likely).await?;
+        self.write_batch(pending, Batch::Replace).await?;
 
         let mut answers = self.collect_answers(&task, &snapshot, ends_at).await;
 
@@ -229,7 +246,7 @@ impl Coordinator {
         .await?;
         let mut outcomes = Vec::with_capacity(snapshot.len());
         let mut results = Vec::new();
-        let mut archive = Vec::new();
+        let mut archive = Vec::with_capacity(2 * snapshot.len() + 1);
         for did in &snapshot {
             let answer = answers.remove(did).unwrap_or_else(|| Answer {
                 outcome: WorkerOutcome {
@@ -257,9 +274,8 @@ impl Coordinator {
         let tally = Tally::count(&task, outcomes, results, Utc::now());
         let tally_json = encode(&tally)?;
         self.write(&keys::coordinator_tally(), &tally_json).await?;
-        self.write_new(&keys::proposal(id, ProposalField::Tally), &tally_json)
-            .await?;
-        self.write_all(archive, Existing::Unlikely).await?;
+        archive.push((keys::proposal(id, ProposalField::Tally), tally_json));
+        self.write_batch(archive, Batch::Create).await?;
         self.write(&keys::proposal(id, ProposalField::Status), PROPOSAL_DONE)
             .await?;
         self.write(
@@ -413,7 +429,7 @@ impl Coordinator {
     /// `get_many` in batches of `batch_size`, at most `read_concurrency` in flight.
     async fn read_many(&self, keys: Vec<String>) -> Result<HashMap<String, String>> {
         let batches: Vec<Vec<String>> = keys
-            .chunks(self.config.batch_size.max(1))
+            .chunks(self.config.batch())
             .map(<[String]>::to_vec)
             .collect();
         let memory = &self.memory;
@@ -427,10 +443,81 @@ impl Coordinator {
         Ok(values)
     }
 
-    /// Writes every pair, at most `write_concurrency` in flight.
-    async fn write_all(&self, pairs: Vec<(String, String)>, existing: Existing) -> Result<()> {
-        let mut writes = stream::iter(pairs)
-            .map(|(key, value)| async move { self.write_as(&key, &value, existing).await })
+    /// Writes every pair in batches of at most `batch_size`, at most
+    /// `write_concurrency` batches in flight. A store without batches
+    /// ([`Memory::max_batch`] of 1) has each existing key updated instead,
+    /// which costs it one call rather than a delete and a create.
+    async fn write_batch(&self, pairs: Vec<(String, String)>, batch: Batch) -> Result<()> {
+        if batch == Batch::Replace && self.memory.max_batch() <= 1 {
+            let mut writes = stream::iter(pairs)
+                .map(|(key, value)| async move { self.write(&key, &value).await })
+                .buffer_unordered(self.config.write_concurrency.max(1));
+            while let Some(written) = writes.next().await {
+                written?;
+            }
+            return Ok(());
+        }
+        let chunks: Vec<Vec<(String, String)>> = pairs
+            .chunks(self.config.batch())
+            .map(<[(String, String)]>::to_vec)
+            .collect();
+        let mut writes = stream::iter(chunks)
+            .map(|chunk| async move { self.write_chunk(&chunk, batch).await })
+            .buffer_unordered(self.config.write_concurrency.max(1));
+        while let Some(written) = writes.next().await {
+            written?;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch, retrying a call that failed as a whole with backoff;
+    /// then writes each item that failed alone on its own.
+    async fn write_chunk(&self, chunk: &[(String, String)], batch: Batch) -> Result<()> {
+        let backoff = self.config.write_backoff();
+        let mut attempt = 1;
+        let outcomes = loop {
+            let written = async {
+                if batch == Batch::Replace {
+                    let keys: Vec<String> = chunk.iter().map(|(key, _)| key.clone()).collect();
+                    self.memory.delete_many(&keys).await?;
+                }
+                self.memory.create_many(chunk).await
+            }
+            .await;
+            let error = match written {
+                Ok(outcomes) => break outcomes,
+                Err(error) => error,
+            };
+            let delay = if error.is_retryable() {
+                backoff.retry_delay(attempt, None)
+            } else {
+                None
+            };
+            let Some(delay) = delay else {
+                return Err(error.into());
+            };
+            tracing::warn!(keys = chunk.len(), %error, ?delay, "batch write failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        };
+        // A key another writer created meanwhile is updated; an item refused
+        // for any other reason is tried again alone (and fails the round if it
+        // still cannot be written). An item without an answer counts as failed.
+        let mut outcomes = outcomes.into_iter();
+        let singles: Vec<(String, String)> = chunk
+            .iter()
+            .filter(|(key, _)| match outcomes.next() {
+                Some(Ok(())) => false,
+                Some(Err(error)) => {
+                    tracing::debug!(key, %error, "batch item failed; writing it alone");
+                    true
+                }
+                None => true,
+            })
+            .cloned()
+            .collect();
+        let mut writes = stream::iter(singles)
+            .map(|(key, value)| async move { self.write(&key, &value).await })
             .buffer_unordered(self.config.write_concurrency.max(1));
         while let Some(written) = writes.next().await {
             written?;
@@ -440,27 +527,10 @@ impl Coordinator {
 
     /// Upserts `key`, retrying transient failures with backoff.
     async fn write(&self, key: &str, value: &str) -> Result<()> {
-        self.write_as(key, value, Existing::Likely).await
-    }
-
-    /// Like [`write`](Self::write) for a key that usually does not exist yet
-    /// (the proposal archive): create first, saving the failed update.
-    async fn write_new(&self, key: &str, value: &str) -> Result<()> {
-        self.write_as(key, value, Existing::Unlikely).await
-    }
-
-    async fn write_as(&self, key: &str, value: &str, existing: Existing) -> Result<()> {
         let backoff = self.config.write_backoff();
         let mut attempt = 1;
         loop {
-            let written = match existing {
-                Existing::Likely => self.memory.upsert(key, value).await,
-                Existing::Unlikely => match self.memory.create(key, value).await {
-                    Err(error) if error.is_already_exists() => self.memory.update(key, value).await,
-                    other => other,
-                },
-            };
-            let error = match written {
+            let error = match self.memory.upsert(key, value).await {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
@@ -479,11 +549,14 @@ impl Coordinator {
     }
 }
 
-/// Whether a key is expected to exist already, to pick the cheaper write order.
-#[derive(Clone, Copy)]
-enum Existing {
-    Likely,
-    Unlikely,
+/// How a batch is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    /// Keys that usually do not exist yet (the proposal archive): created.
+    Create,
+    /// Keys that usually exist (the workers' statuses): deleted, then created,
+    /// since the service updates only one key per call.
+    Replace,
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<String> {

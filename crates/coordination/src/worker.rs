@@ -102,6 +102,8 @@ pub enum PollOutcome {
 /// A worker: polls its status key and runs its [`TaskHandler`] on each new round.
 pub struct Worker {
     did: Did,
+    /// `coordination/tasks/{did}/status`, read on every poll: built once.
+    status_key: String,
     memory: Arc<dyn Memory>,
     handler: Arc<dyn TaskHandler>,
     config: WorkerConfig,
@@ -122,6 +124,7 @@ impl Worker {
     /// A worker `did` over `memory`, voting with `handler`, with default timing.
     pub fn new(did: Did, memory: Arc<dyn Memory>, handler: Arc<dyn TaskHandler>) -> Self {
         Self {
+            status_key: keys::worker(&did, WorkerField::Status),
             did,
             memory,
             handler,
@@ -179,10 +182,7 @@ impl Worker {
     }
 
     async fn poll(&mut self, shutdown: &mut ShutdownSignal<'_>) -> Result<PollOutcome> {
-        let status = self
-            .memory
-            .get(&keys::worker(&self.did, WorkerField::Status))
-            .await?;
+        let status = self.memory.get(&self.status_key).await?;
         if status
             .as_deref()
             .and_then(|s| s.parse::<WorkerStatus>().ok())

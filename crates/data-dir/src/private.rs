@@ -112,12 +112,52 @@ pub fn create_private_file(path: &Path) -> Result<File> {
 }
 
 /// Writes `contents` to a new owner-only file and flushes it to disk; fails
-/// if the file exists.
+/// if the file exists. The file appears whole or not at all: the contents
+/// go to a temporary file beside it that is linked into place once synced,
+/// so a crash mid-write never leaves a truncated key behind.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
-    let mut file = create_private_file(path)?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("write", path))
+    let staging = with_suffix(path, &format!(".partial-{}", std::process::id()));
+    // A leftover from a crashed write by a process with the same pid.
+    let _ = fs::remove_file(&staging);
+    let written = create_private_file(&staging).and_then(|mut file| {
+        file.write_all(contents)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("write", &staging))
+    });
+    let placed = written.and_then(|()| place_new(&staging, path));
+    let _ = fs::remove_file(&staging);
+    placed?;
+    sync_parent(path)
+}
+
+/// Gives `staging`'s contents the name `path` unless `path` exists: a hard
+/// link refuses an existing name atomically; where links are unsupported,
+/// a checked rename is the fallback.
+fn place_new(staging: &Path, path: &Path) -> Result<()> {
+    match fs::hard_link(staging, path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(io_error("create", path)(error))
+        }
+        Err(_) if !path.exists() => fs::rename(staging, path).map_err(io_error("create", path)),
+        Err(error) => Err(io_error("create", path)(error)),
+    }
+}
+
+/// Flushes the directory entry of a new file, so the name survives a crash.
+fn sync_parent(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error("flush the directory of", path))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Gets `path` ready for SQLite to open: a missing directory created

@@ -351,10 +351,6 @@ async fn agent_register(State(state): State<AppState>, request: Request) -> Resp
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    if let Err(retry_after) = state.registrations.check(client) {
-        tracing::warn!(client = ?client, "organization registration refused: rate limit reached");
-        return too_many_registrations(retry_after);
-    }
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     let bytes = match read_body(&headers, body, MAX_FORM_BODY_BYTES).await {
@@ -381,6 +377,12 @@ async fn agent_register(State(state): State<AppState>, request: Request) -> Resp
             "the body must be JSON of the form {\"name\": \"<organization name>\"}",
         );
     };
+    // Counted once the request is well formed, so a client's malformed
+    // attempts do not spend its budget for real ones.
+    if let Err(retry_after) = state.registrations.check(client) {
+        tracing::warn!(client = ?client, "organization registration refused: rate limit reached");
+        return too_many_registrations(retry_after);
+    }
     let registered = match state.claim_policy {
         // Nothing to claim: a ticket of the hosted form that leads nowhere.
         ClaimPolicy::Immediate => (state.store.register_org(&name).await)

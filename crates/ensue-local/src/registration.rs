@@ -2,21 +2,15 @@
 //! organisation that lives in the data directory for good, so their pace is
 //! bounded.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use delibera_serve::PerMinuteLimiter;
 
 /// The default [`RegistrationLimit::per_minute`]: far more than a local
 /// Protocol API asks for (one per coordinator it provisions), far less than a
 /// script filling the disk with organisations.
 pub const DEFAULT_REGISTRATIONS_PER_MINUTE: u32 = 60;
-
-/// The window a [`RegistrationLimit`] counts in.
-const WINDOW: Duration = Duration::from_secs(60);
-
-/// Client addresses remembered before finished windows are forgotten.
-const MAX_TRACKED_CLIENTS: usize = 10_000;
 
 /// Whose registrations a [`RegistrationLimit`] counts together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -27,9 +21,10 @@ pub enum RegistrationScope {
     #[default]
     Global,
     /// Each client IP address has a budget of its own. The address comes
-    /// from axum's `ConnectInfo<SocketAddr>`, so the router must be served
-    /// with `into_make_service_with_connect_info::<SocketAddr>()`; requests
-    /// without it share one budget, as under [`RegistrationScope::Global`].
+    /// from axum's `ConnectInfo<SocketAddr>`, which [`run`](crate::run)
+    /// provides; a router served some other way needs
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, or its
+    /// requests share one budget, as under [`RegistrationScope::Global`].
     PerClientIp,
 }
 
@@ -75,49 +70,29 @@ impl Default for RegistrationLimit {
     }
 }
 
-/// Counts registrations in fixed one-minute windows per budget.
+/// Counts registrations per budget, as [`RegistrationLimit::scope`] says.
 #[derive(Debug)]
 pub(crate) struct RegistrationLimiter {
-    limit: RegistrationLimit,
-    windows: Mutex<HashMap<Option<IpAddr>, (Instant, u32)>>,
+    scope: RegistrationScope,
+    counts: PerMinuteLimiter,
 }
 
 impl RegistrationLimiter {
     pub(crate) fn new(limit: RegistrationLimit) -> Self {
         Self {
-            limit,
-            windows: Mutex::new(HashMap::new()),
+            scope: limit.scope,
+            counts: PerMinuteLimiter::new(limit.per_minute),
         }
     }
 
     /// Counts one registration from `client`; `Err(retry_after)` when its
     /// budget for this window is spent.
     pub(crate) fn check(&self, client: Option<IpAddr>) -> Result<(), Duration> {
-        if self.limit.per_minute == 0 {
-            return Ok(());
-        }
-        let budget = match self.limit.scope {
+        let budget = match self.scope {
             RegistrationScope::Global => None,
             RegistrationScope::PerClientIp => client,
         };
-        let now = Instant::now();
-        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        if windows.len() > MAX_TRACKED_CLIENTS {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
-        }
-        let (start, count) = windows.entry(budget).or_insert((now, 0));
-        if now.duration_since(*start) >= WINDOW {
-            *start = now;
-            *count = 0;
-        }
-        if *count >= self.limit.per_minute {
-            let left = WINDOW.saturating_sub(now.duration_since(*start));
-            // Whole seconds, rounded up, so a client that waits as told gets in.
-            let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            return Err(Duration::from_secs(seconds.max(1)));
-        }
-        *count += 1;
-        Ok(())
+        self.counts.check(budget)
     }
 }
 
@@ -135,7 +110,7 @@ mod tests {
         assert!(per_ip.check(a).is_ok());
         let wait = per_ip.check(a).unwrap_err();
         assert!(
-            (Duration::from_secs(1)..=WINDOW).contains(&wait),
+            (Duration::from_secs(1)..=delibera_serve::LIMIT_WINDOW).contains(&wait),
             "{wait:?}"
         );
         assert!(per_ip.check(b).is_ok());

@@ -16,9 +16,15 @@ pub(crate) fn http_status(error: &ErrorObject) -> StatusCode {
     }
 }
 
-/// A success response to request `id`.
+/// A success response to request `id`: the envelope `Response::to_value`
+/// builds, with `result` moved in rather than copied (it holds every value
+/// the call read).
 pub(crate) fn success(id: Id, result: Value) -> Value {
-    delibera_jsonrpc::Response::success(id, result).to_value()
+    let mut envelope = Map::new();
+    envelope.insert("jsonrpc".into(), delibera_jsonrpc::VERSION.into());
+    envelope.insert("id".into(), id.to_value());
+    envelope.insert("result".into(), result);
+    Value::Object(envelope)
 }
 
 /// An error response to request `id`.
@@ -154,6 +160,17 @@ mod tests {
             accept("application/json, text/event-stream;q=0"),
             Framing::Json
         );
+    }
+
+    #[test]
+    fn success_is_the_envelope_the_jsonrpc_crate_builds() {
+        let result = json!({ "results": [{ "key_name": "k", "value": "v", "status": "success" }] });
+        for id in [Id::from(7u64), Id::String("req-1".into()), Id::Null] {
+            assert_eq!(
+                success(id.clone(), result.clone()),
+                delibera_jsonrpc::Response::success(id, result.clone()).to_value()
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use delibera_jsonrpc::{Id, Request, ResponsePayload, read_response};
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::config::retry_delay;
@@ -44,6 +44,8 @@ pub struct EnsueClient {
 struct Inner {
     http: reqwest::Client,
     config: EnsueConfig,
+    /// `Bearer <api key>`, built once (marked sensitive: never printed).
+    authorization: HeaderValue,
     next_id: AtomicU64,
 }
 
@@ -58,10 +60,18 @@ impl EnsueClient {
             .map_err(|error| Error::Config {
                 reason: format!("cannot build the HTTP client: {error}"),
             })?;
+        let mut authorization =
+            HeaderValue::try_from(format!("Bearer {}", config.api_key.as_str())).map_err(|_| {
+                Error::Config {
+                    reason: "the API key is not a valid HTTP header value".to_owned(),
+                }
+            })?;
+        authorization.set_sensitive(true);
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 config,
+                authorization,
                 next_id: AtomicU64::new(1),
             }),
         })
@@ -84,6 +94,18 @@ impl EnsueClient {
         tool: &str,
         mcp_arguments: Value,
         direct_params: Value,
+    ) -> (Result<Value>, u32) {
+        self.call_tool_reading(tool, mcp_arguments, direct_params, tool_payload)
+            .await
+    }
+
+    /// [`call_tool`](Self::call_tool) with the tool's result read by `payload`.
+    async fn call_tool_reading(
+        &self,
+        tool: &str,
+        mcp_arguments: Value,
+        direct_params: Value,
+        payload: fn(Value) -> Result<Value>,
     ) -> (Result<Value>, u32) {
         let (method, params) = match self.dialect() {
             Dialect::Mcp => (
@@ -110,7 +132,7 @@ impl EnsueClient {
                     tracing::debug!(tool, attempts, ?delay, "retrying Ensue call");
                     tokio::time::sleep(delay).await;
                 }
-                None => return (outcome.and_then(|result| tool_payload(&result)), attempts),
+                None => return (outcome.and_then(payload), attempts),
             }
         }
     }
@@ -122,7 +144,7 @@ impl EnsueClient {
             .inner
             .http
             .post(config.base_url.clone())
-            .bearer_auth(config.api_key.as_str())
+            .header(AUTHORIZATION, self.inner.authorization.clone())
             .header(ACCEPT, ACCEPT_BOTH)
             .json(request)
             .send()
@@ -179,13 +201,12 @@ impl EnsueClient {
     /// One `get_memory` call; `None` when the whole call said "not found".
     async fn get_chunk_once(&self, keys: &[String]) -> Result<Option<HashMap<String, String>>> {
         let direct_key = keys.first().cloned().unwrap_or_default();
-        let (payload, _) = self
-            .call_tool(
-                tool::GET,
-                json!({ "key_names": keys }),
-                json!({ "key": direct_key }),
-            )
-            .await;
+        // The hot path of every idle worker: only the dialect's own form is built.
+        let (mcp, direct) = match self.dialect() {
+            Dialect::Mcp => (json!({ "key_names": keys }), Value::Null),
+            Dialect::Direct => (Value::Null, json!({ "key": direct_key })),
+        };
+        let (payload, _) = self.call_tool(tool::GET, mcp, direct).await;
         let payload = match payload.map_err(|error| classify_error(error, &direct_key)) {
             Err(error) if error.is_not_found() => return Ok(None),
             other => other?,
@@ -224,8 +245,9 @@ impl EnsueClient {
     }
 
     /// One `list_keys` page from `offset`. The direct dialect asks for the
-    /// first page as the seed's `{prefix}` and adds `offset` only for later
-    /// pages, which a server says exist through `has_more`.
+    /// first page as a plain `{prefix}`, as its other clients do, and adds
+    /// `offset` only for later pages, which a server says exist through
+    /// `has_more`.
     async fn list_page(&self, prefix: &str, offset: usize) -> Result<ListedPage> {
         let direct = if offset == 0 {
             json!({ "prefix": prefix })
@@ -295,12 +317,79 @@ impl EnsueClient {
         Ok(())
     }
 
-    fn chunks<'a>(&self, keys: &'a [String]) -> std::slice::Chunks<'a, String> {
-        let size = match self.dialect() {
-            Dialect::Mcp => MAX_BATCH,
-            Dialect::Direct => 1,
+    /// One `create_memory` call of up to [`MAX_BATCH`] items, one outcome per item.
+    async fn create_chunk(&self, items: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        if let [(key, value)] = items {
+            return Ok(vec![self.create(key, value).await]);
+        }
+        let mcp_items: Vec<Value> = items
+            .iter()
+            .map(|(key, value)| {
+                json!({ "key_name": key, "value": value, "description": format!("Memory at {key}") })
+            })
+            .collect();
+        let (payload, attempts) = self
+            .call_tool_reading(
+                tool::CREATE,
+                json!({ "items": mcp_items }),
+                Value::Null,
+                batch_payload,
+            )
+            .await;
+        let first_key = items
+            .first()
+            .map(|(key, _)| key.as_str())
+            .unwrap_or_default();
+        let payload = match payload.map_err(|error| classify_error(error, first_key)) {
+            // A service that refuses the whole batch for one present key says
+            // nothing of the others (it may have created some or none): ask
+            // item by item, so each gets its own answer.
+            Err(error) if error.is_already_exists() => {
+                let mut outcomes = Vec::with_capacity(items.len());
+                for (key, value) in items {
+                    outcomes.push(self.create(key, value).await);
+                }
+                return Ok(outcomes);
+            }
+            other => other?,
         };
-        keys.chunks(size)
+        let mut by_key: HashMap<String, Result<()>> = HashMap::new();
+        for (index, item) in optional_results(&payload).iter().enumerate() {
+            let Some(key) = item_key(item).or_else(|| items.get(index).map(|(key, _)| key.clone()))
+            else {
+                continue;
+            };
+            let outcome = item_outcome(item, &key);
+            by_key.insert(key, outcome);
+        }
+        // An item the answer does not mention succeeded, as for a single create.
+        let mut outcomes: Vec<Result<()>> = items
+            .iter()
+            .map(|(key, _)| by_key.remove(key).unwrap_or(Ok(())))
+            .collect();
+        // An earlier attempt may have landed before its answer was lost:
+        // finding our own value there means that create succeeded.
+        if attempts > 1 {
+            let present: Vec<String> = items
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| matches!(outcome, Err(error) if error.is_already_exists()))
+                .map(|((key, _), _)| key.clone())
+                .collect();
+            if !present.is_empty() {
+                let stored = self.get_many(&present).await?;
+                for ((key, value), outcome) in items.iter().zip(outcomes.iter_mut()) {
+                    if outcome.is_err() && stored.get(key) == Some(value) {
+                        *outcome = Ok(());
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn chunks<'a, T>(&self, keys: &'a [T]) -> std::slice::Chunks<'a, T> {
+        keys.chunks(Memory::max_batch(self))
     }
 }
 
@@ -394,6 +483,29 @@ impl Memory for EnsueClient {
     async fn delete(&self, key: &str) -> Result<()> {
         self.delete_chunk(&[key.to_owned()]).await
     }
+
+    /// `create_memory` with up to [`MAX_BATCH`] items per call (one call per
+    /// item in the direct dialect).
+    async fn create_many(&self, items: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        for chunk in self.chunks(items) {
+            outcomes.extend(self.create_chunk(chunk).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        EnsueClient::delete_many(self, keys).await
+    }
+
+    /// [`MAX_BATCH`] in the MCP dialect; 1 in the direct one, whose calls
+    /// name one key each.
+    fn max_batch(&self) -> usize {
+        match self.dialect() {
+            Dialect::Mcp => MAX_BATCH,
+            Dialect::Direct => 1,
+        }
+    }
 }
 
 /// One page of a `list_keys` answer.
@@ -424,7 +536,14 @@ async fn read_body(response: reqwest::Response) -> Result<Vec<u8>> {
 
 /// The tool's structured result: `structuredContent`, else the JSON in
 /// `content[0].text`, else (direct servers) the result object itself.
-fn tool_payload(result: &Value) -> Result<Value> {
+fn tool_payload(mut result: Value) -> Result<Value> {
+    if result.get("isError").and_then(Value::as_bool) != Some(true)
+        && let Some(structured) = result
+            .get_mut("structuredContent")
+            .filter(|structured| structured.is_object())
+    {
+        return Ok(structured.take());
+    }
     let text = result
         .get("content")
         .and_then(|content| content.get(0))
@@ -435,9 +554,6 @@ fn tool_payload(result: &Value) -> Result<Value> {
             message: text.map_or_else(|| excerpt(&result.to_string()), excerpt),
         });
     }
-    if let Some(structured) = result.get("structuredContent").filter(|v| v.is_object()) {
-        return Ok(structured.clone());
-    }
     if let Some(text) = text {
         return serde_json::from_str(text).map_err(|error| Error::Malformed {
             reason: format!("content[0].text is not JSON: {error}"),
@@ -445,12 +561,25 @@ fn tool_payload(result: &Value) -> Result<Value> {
         });
     }
     if result.get("results").is_some() || result.get("keys").is_some() {
-        return Ok(result.clone());
+        return Ok(result);
     }
     Err(Error::Malformed {
         reason: "result has neither structuredContent nor content[0].text".to_owned(),
         body: excerpt(&result.to_string()),
     })
+}
+
+/// A batch tool's result: like [`tool_payload`], but a tool error that
+/// still carries per-item `results` (every item failed) is read for them.
+fn batch_payload(mut result: Value) -> Result<Value> {
+    if result.get("isError").and_then(Value::as_bool) == Some(true)
+        && let Some(structured) = result
+            .get_mut("structuredContent")
+            .filter(|structured| structured.get("results").is_some_and(Value::is_array))
+    {
+        return Ok(structured.take());
+    }
+    tool_payload(result)
 }
 
 /// `results[]`, which must be there.
@@ -515,7 +644,7 @@ fn item_outcome(item: &Value, key: &str) -> Result<()> {
         })
         .unwrap_or_default();
     let words = format!("{normalized} {message}");
-    match Reading::of(&words) {
+    match Reading::of(&words, key) {
         Some(Reading::NotFound) => Err(Error::NotFound {
             key: key.to_owned(),
         }),
@@ -542,7 +671,15 @@ enum Reading {
 }
 
 impl Reading {
-    fn of(text: &str) -> Option<Self> {
+    /// Reads an error message about `key`. The key itself is taken out
+    /// first: a key such as `reports/quota-missing` says nothing about
+    /// what went wrong.
+    fn of(text: &str, key: &str) -> Option<Self> {
+        let text = if key.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(key, " ")
+        };
         let text = text.to_ascii_lowercase().replace(['_', '-'], " ");
         const EXISTS: &[&str] = &[
             "already exist",
@@ -583,7 +720,7 @@ fn classify_error(error: Error, key: &str) -> Error {
         Error::JsonRpc { message, .. } | Error::Tool { message } => message,
         _ => return error,
     };
-    match Reading::of(text) {
+    match Reading::of(text, key) {
         Some(Reading::NotFound) => Error::NotFound {
             key: key.to_owned(),
         },
@@ -629,7 +766,7 @@ mod tests {
             "no such key",
         ] {
             assert!(
-                matches!(Reading::of(text), Some(Reading::NotFound)),
+                matches!(Reading::of(text, "coordination/x"), Some(Reading::NotFound)),
                 "{text}"
             );
         }
@@ -640,15 +777,43 @@ mod tests {
             "exists",
         ] {
             assert!(
-                matches!(Reading::of(text), Some(Reading::AlreadyExists)),
+                matches!(
+                    Reading::of(text, "coordination/x"),
+                    Some(Reading::AlreadyExists)
+                ),
                 "{text}"
             );
         }
         assert!(matches!(
-            Reading::of("organization quota exceeded: it already holds 10 keys"),
+            Reading::of(
+                "organization quota exceeded: it already holds 10 keys",
+                "coordination/x"
+            ),
             Some(Reading::QuotaExceeded)
         ));
-        assert!(Reading::of("internal error").is_none());
+        assert!(Reading::of("internal error", "coordination/x").is_none());
+        // Words inside the key do not decide the reading.
+        assert!(matches!(
+            Reading::of(
+                "key coordination/quota-missing not found",
+                "coordination/quota-missing"
+            ),
+            Some(Reading::NotFound)
+        ));
+        assert!(matches!(
+            Reading::of(
+                "key reports/exists-check already exists",
+                "reports/exists-check"
+            ),
+            Some(Reading::AlreadyExists)
+        ));
+        assert!(
+            Reading::of(
+                "reports/missing-quota: internal error",
+                "reports/missing-quota"
+            )
+            .is_none()
+        );
     }
 
     #[test]

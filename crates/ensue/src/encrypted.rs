@@ -88,6 +88,22 @@ impl<M: Memory> Memory for EncryptedMemory<M> {
         self.inner.delete(key).await
     }
 
+    async fn create_many(&self, items: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        let sealed = items
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), self.key.seal(value)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.create_many(&sealed).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.inner.delete_many(keys).await
+    }
+
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
+
     async fn upsert(&self, key: &str, value: &str) -> Result<()> {
         // One sealing for all three steps of the inner upsert.
         self.inner.upsert(key, &self.key.seal(value)?).await

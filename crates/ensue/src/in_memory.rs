@@ -86,4 +86,9 @@ impl Memory for InMemory {
         self.lock().remove(key);
         Ok(())
     }
+
+    /// As the service's: callers batch for it as they would for Ensue.
+    fn max_batch(&self) -> usize {
+        crate::MAX_BATCH
+    }
 }

@@ -326,6 +326,11 @@ impl CoordinatorContract {
             .await
     }
 
+    /// `get_owner`: the account that owns the contract (and the roster).
+    pub async fn get_owner(&self) -> Result<AccountId> {
+        self.contract.view("get_owner", json!({})).await
+    }
+
     /// `get_worker_count`: active workers on the roster.
     pub async fn get_worker_count(&self) -> Result<u32> {
         self.contract.view("get_worker_count", json!({})).await

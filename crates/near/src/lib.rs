@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
+mod accounts;
 mod contracts;
 mod error;
 mod js_json;
 mod local;
 pub mod messages;
+mod nep413;
 mod outcome;
 mod registrar;
 mod registry;
@@ -13,6 +15,7 @@ mod sender;
 mod serde_u64;
 mod transaction;
 
+pub use accounts::{Accounts, KeyPermission, RpcAccounts, implicit_account};
 pub use contracts::{
     CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRecord, CoordinatorRegistration,
     MAINNET_COORDINATOR_CONTRACT_ID, MAINNET_REGISTRY_CONTRACT_ID, MAINNET_RPC_URL,
@@ -23,6 +26,7 @@ pub use delibera_identity::{AccountId, AccountIdRule};
 pub use error::{Error, Result};
 pub use js_json::js_json_stringify;
 pub use local::LocalRegistry;
+pub use nep413::{NEP413_SCHEME, NEP413_TAG, SignedMessage, SignedRequest};
 pub use outcome::{ExecutionOutcome, ExecutionStatus};
 pub use registrar::{
     ChainRegistrar, CoordinatorClaim, DEFAULT_SETTLE_TIME, Registrar, Unconfirmed, WorkerClaim,

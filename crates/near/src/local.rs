@@ -7,6 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use delibera_identity::PublicKey;
+
+use crate::accounts::{Accounts, KeyPermission, implicit_account};
 use crate::registry::{EndpointUpdate, Registry};
 use crate::{
     AccountId, CoordinatorRecord, CoordinatorRegistration, Error, RegisteredWorker, RegistryStats,
@@ -42,6 +45,12 @@ CREATE TABLE IF NOT EXISTS roster (
 );
 CREATE TABLE IF NOT EXISTS roster_coordinators (
     account_id TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS account_keys (
+    account_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    full_access INTEGER NOT NULL,
+    PRIMARY KEY (account_id, public_key)
 );
 ";
 
@@ -402,6 +411,25 @@ impl LocalRegistry {
         Ok(())
     }
 
+    /// Gives `account` the access key `public_key` (`AddKey` locally): what
+    /// lets a wallet holding that key sign requests for the account.
+    pub fn add_access_key(
+        &self,
+        account: &AccountId,
+        public_key: &PublicKey,
+        permission: KeyPermission,
+    ) -> Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO account_keys (account_id, public_key, full_access) VALUES (?1, ?2, ?3)",
+            params![
+                account.as_str(),
+                public_key.to_near_string(),
+                permission == KeyPermission::FullAccess
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Roster `register_worker` as `caller` (the owner or a roster coordinator);
     /// replaces an existing entry, as the contract's map insert does.
     pub fn roster_register_as(
@@ -547,6 +575,41 @@ fn get_worker(db: &Connection, did: &str) -> Result<Option<WorkerRecord>> {
             worker_row,
         )
         .optional()?)
+}
+
+/// Local accounts hold the keys given with [`LocalRegistry::add_access_key`],
+/// and every key is a full-access key of its implicit account, as on chain.
+/// The roster's owner is the admin.
+#[async_trait]
+impl Accounts for LocalRegistry {
+    async fn key_permission(
+        &self,
+        account_id: &AccountId,
+        public_key: &PublicKey,
+    ) -> Result<Option<KeyPermission>> {
+        if *account_id == implicit_account(public_key) {
+            return Ok(Some(KeyPermission::FullAccess));
+        }
+        let full_access: Option<bool> = self
+            .db()
+            .query_row(
+                "SELECT full_access FROM account_keys WHERE account_id = ?1 AND public_key = ?2",
+                params![account_id.as_str(), public_key.to_near_string()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(full_access.map(|full| {
+            if full {
+                KeyPermission::FullAccess
+            } else {
+                KeyPermission::FunctionCall
+            }
+        }))
+    }
+
+    async fn roster_owner(&self) -> Result<AccountId> {
+        Ok(self.admin.clone())
+    }
 }
 
 #[async_trait]

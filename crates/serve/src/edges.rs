@@ -19,6 +19,10 @@ pub const DEFAULT_FD_RESERVE: u64 = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The connection cap where the file-descriptor limit cannot be read.
 pub const CONNECTIONS_WITHOUT_FD_LIMIT: usize = 1024;
+/// The longest timeout or shutdown grace an edge accepts: a day is already
+/// no limit at all for one request, and a deadline this far out still fits
+/// the clock's range (a much larger one overflows it).
+pub const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The limits of one server's edge. The defaults are what an operator would
 /// choose for a public API: a 10 s header read, 60 s idle keep-alive, a 30 s
@@ -105,18 +109,30 @@ impl Edges {
         self
     }
 
-    /// Refuses limits that would close every connection at once or accept none.
+    /// Refuses limits that would close every connection at once or accept
+    /// none, and timeouts longer than [`LONGEST_TIMEOUT`].
     pub fn validate(&self) -> Result<()> {
-        let zero = [
+        let timeouts = [
             ("header read timeout", self.header_read_timeout),
             ("idle timeout", self.idle_timeout),
             ("body read timeout", self.body_read_timeout),
-        ]
-        .into_iter()
-        .find(|(_, timeout)| timeout.is_zero());
-        if let Some((name, _)) = zero {
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, timeout)| timeout.is_zero()) {
             return Err(Error::InvalidEdges {
                 reason: format!("the {name} must be more than zero"),
+            });
+        }
+        let grace = ("shutdown grace", self.shutdown_grace);
+        if let Some((name, _)) = timeouts
+            .iter()
+            .chain([&grace])
+            .find(|(_, timeout)| *timeout > LONGEST_TIMEOUT)
+        {
+            return Err(Error::InvalidEdges {
+                reason: format!(
+                    "the {name} must be at most {} seconds (a day)",
+                    LONGEST_TIMEOUT.as_secs()
+                ),
             });
         }
         if self.max_connections == Some(0) {
@@ -224,5 +240,31 @@ mod tests {
         );
         let none = Edges::default().with_max_connections(Some(0));
         assert!(none.validate().is_err());
+    }
+
+    #[test]
+    fn timeouts_beyond_a_day_are_refused() {
+        let longest = Edges::default()
+            .with_header_read_timeout(LONGEST_TIMEOUT)
+            .with_idle_timeout(LONGEST_TIMEOUT)
+            .with_body_read_timeout(LONGEST_TIMEOUT)
+            .with_shutdown_grace(LONGEST_TIMEOUT);
+        assert!(longest.validate().is_ok());
+        let huge = Duration::from_secs(u64::MAX);
+        for (name, edges) in [
+            (
+                "header read timeout",
+                Edges::default().with_header_read_timeout(huge),
+            ),
+            ("idle timeout", Edges::default().with_idle_timeout(huge)),
+            (
+                "body read timeout",
+                Edges::default().with_body_read_timeout(huge),
+            ),
+            ("shutdown grace", Edges::default().with_shutdown_grace(huge)),
+        ] {
+            let refusal = edges.validate().unwrap_err().to_string();
+            assert!(refusal.contains(name), "{refusal}");
+        }
     }
 }

@@ -11,7 +11,8 @@ pub enum Error {
     /// The listener's own address could not be read.
     #[error("the listener's address could not be read: {0}")]
     Listener(#[source] std::io::Error),
-    /// A limit is unusable (a zero timeout, a zero connection cap).
+    /// A limit is unusable (a zero timeout, one over a day, a zero
+    /// connection cap).
     #[error("invalid edge setting: {reason}")]
     InvalidEdges {
         /// Which limit, and what it must be.

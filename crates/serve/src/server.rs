@@ -89,7 +89,7 @@ impl Server {
             body_read_timeout = ?self.edges.body_read_timeout,
             "serving HTTP with bounded edges"
         );
-        let refusal = raw_response((self.render)(Rejection::AtCapacity)).await;
+        let refusal = raw_response(render_rejection(self.render, Rejection::AtCapacity)).await;
         let shared = Arc::new(Shared {
             router: self.router,
             edges: self.edges,
@@ -178,6 +178,21 @@ enum Full {
     Server,
     /// The process's, shared by all its servers.
     Process,
+}
+
+/// The server's rendering of `rejection`, marked `no-store`: an edge answer
+/// describes one moment (a busy server, a slow client), so no cache may
+/// keep it.
+fn render_rejection(
+    render: fn(Rejection) -> Response<Body>,
+    rejection: Rejection,
+) -> Response<Body> {
+    let mut response = render(rejection);
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// What every connection task of one server shares.
@@ -368,7 +383,10 @@ async fn handle(
         && declared > limit as u64
     {
         // Answered before the body is polled, so hyper never sends `100 Continue`.
-        let response = closing((shared.render)(Rejection::BodyTooLarge { declared, limit }));
+        let response = closing(render_rejection(
+            shared.render,
+            Rejection::BodyTooLarge { declared, limit },
+        ));
         return Ok(response.map(|body| UntilSent::new(body, in_flight)));
     }
     let timed_out = Arc::new(AtomicBool::new(false));
@@ -383,9 +401,12 @@ async fn handle(
     // Whatever the handler made of a body that stopped arriving, the client
     // gets the timeout, and the connection (its body half-read) is closed.
     let response = if timed_out.load(Ordering::SeqCst) {
-        closing((shared.render)(Rejection::BodyTimeout {
-            after: edges.body_read_timeout,
-        }))
+        closing(render_rejection(
+            shared.render,
+            Rejection::BodyTimeout {
+                after: edges.body_read_timeout,
+            },
+        ))
     } else {
         response
     };

@@ -203,7 +203,10 @@ impl LocalSpaceDelegator {
             Ok(text) => {
                 let text = Zeroizing::new(text);
                 delibera_data_dir::tighten_file(&key_path)?;
-                Keypair::from_ucanto_str(text.trim())?
+                Keypair::from_ucanto_str(text.trim()).map_err(|error| Error::SpaceKeyDamaged {
+                    path: key_path.clone(),
+                    reason: error.to_string(),
+                })?
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(space_did) = recorded {

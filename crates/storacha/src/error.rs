@@ -209,6 +209,18 @@ pub enum Error {
         /// The space the data dir recorded.
         space_did: String,
     },
+    /// The local space key file exists but does not hold a key.
+    #[error(
+        "the local space key {} is damaged ({reason}): restore it from a backup (a new key \
+         would make a new space, and the delegations already handed out name the old one)",
+        path.display()
+    )]
+    SpaceKeyDamaged {
+        /// The key file.
+        path: PathBuf,
+        /// Why it could not be read as a key.
+        reason: String,
+    },
     /// The local space key is not the key of the space the data dir recorded.
     #[error(
         "the local space key {} is of space {found}, but this data dir made space {recorded}: \

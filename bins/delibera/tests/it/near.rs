@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::support::{DEADLINE, Finish, delibera};
 
 // The `function-call-json-args` and `function-call-large-nonce-deposit`
-// vectors of ../shared/vectors/near-tx.json (near-api-js 7.2.0).
+// known-answer vectors produced with near-api-js 7.2.0.
 const SECRET_1: &str = "ed25519:2AXDGYSE4f2sz7tvMMzyHvUfcoJmxudvdhBcmiUSo6iuCXagjUCKEQF21awZnUGxmwD4m9vGXuC3qieHXJQHAcT";
 const SIGNED_1: &str = "EwAAAGNvb3JkaW5hdG9yLnRlc3RuZXQAiojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1wBAAAAAAAAABAAAABkZWxpYmVyYS50ZXN0bmV0EREREREREREREREREREREREREREREREREREREREREREBAAAAAg0AAABzdWJtaXRfcmVzdWx0XAAAAHsicHJvcG9zYWxfaWQiOjcsInJlc3VsdF9jaWQiOiJiYWZ5YmVpZ2R5cnp0NXNmcDd1ZG03aHU3NnVoN3kyNm5mM2VmdXlscWFiZjNvY2xndHF5NTVmYnpkaSJ9AOBX60gbAAAAAAAAAAAAAAAAAAAAAAAAAA9zPEBFMSOmPxtUFOFjG63tk3DdEQeIl6GqMzSM4P2GYKgjTtE+nVpEduFiNLvNnfEwXXVUQ6rDBGukw9O4KQA=";
 const HASH_1: &str = "EeDT9sxgj6RR25jjixcZHDjbVeHye8fpyC2e9ux2iG69";

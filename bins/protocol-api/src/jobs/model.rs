@@ -257,8 +257,13 @@ impl IdempotencyKey {
     pub const MIN_LEN: usize = 16;
     /// Longest accepted key.
     pub const MAX_LEN: usize = 255;
+    /// Fewest distinct characters in a key. Only the client can make its key
+    /// unguessable; this refuses the obviously weak ones (`aaaa…`,
+    /// `0000…`, `abababab…`), which a random UUID never is.
+    pub const MIN_DISTINCT: usize = 8;
 
-    /// A key of 16–255 visible ASCII characters, or why not.
+    /// A key of 16–255 visible ASCII characters, at least
+    /// [`MIN_DISTINCT`](Self::MIN_DISTINCT) of them different, or why not.
     pub fn parse(text: &str) -> Result<Self, String> {
         let length = text.len();
         if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&length) {
@@ -270,6 +275,18 @@ impl IdempotencyKey {
         }
         if !text.bytes().all(|byte| byte.is_ascii_graphic()) {
             return Err("Idempotency-Key must be visible ASCII characters only".into());
+        }
+        let mut seen = [false; 128];
+        let distinct = text
+            .bytes()
+            .filter(|&byte| !std::mem::replace(&mut seen[usize::from(byte)], true))
+            .count();
+        if distinct < Self::MIN_DISTINCT {
+            return Err(format!(
+                "Idempotency-Key is too easy to guess ({distinct} different characters, at least {} \
+                 needed): send a random value such as a UUID",
+                Self::MIN_DISTINCT
+            ));
         }
         Ok(Self(text.to_owned()))
     }

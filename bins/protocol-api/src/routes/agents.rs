@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use delibera_deploy::AgentRole;
 use delibera_near::EndpointUpdate;
 use serde::Deserialize;
@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::api_types::{
     AgentEndpoint, AgentEndpointView, AgentEndpoints, EndpointUpdated, ErrorBody,
 };
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
 use crate::routes::registry_error;
 use crate::validation;
@@ -98,16 +99,23 @@ pub struct EndpointRequest {
     cvm_id: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// Accepted as the frontend may send it, and not stored: the registry
+    /// has no field for it.
+    #[allow(dead_code)]
+    dashboard_url: Option<String>,
 }
 
 /// Change an agent's endpoint on the registry (signed with the server's NEAR
 /// key; a coordinator, or a new CVM id, is re-registered with its other fields kept).
+/// For the operator (admin token), or wallet-signed by the account that owns
+/// the agent's registry record.
 #[utoipa::path(put, path = "/api/agents/{agentId}/endpoint", tag = "agents", request_body = EndpointRequest,
-    params(("agentId" = String, Path, description = "The agent's DID")), security(("admin_token" = [])),
+    params(("agentId" = String, Path, description = "The agent's DID")), security(("admin_token" = []), ("wallet_signature" = [])),
     responses((status = 200, body = EndpointUpdated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, description = "a registry rule refused it", body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(agent_id): Path<String>,
     ApiJson(request): ApiJson<EndpointRequest>,
 ) -> Result<Json<EndpointUpdated>, ApiError> {
@@ -131,6 +139,22 @@ pub async fn update_endpoint(
         cvm_id: request.cvm_id.filter(|id| !id.trim().is_empty()),
     };
     let registry = &state.ports.registry;
+    if caller != Caller::Operator {
+        // A wallet-signed change is the record owner's to make.
+        let owner = match role {
+            AgentRole::Worker => registry
+                .worker_by_did(did.as_str())
+                .await
+                .map(|record| record.map(|record| record.account_id)),
+            AgentRole::Coordinator => registry
+                .coordinator_by_did(did.as_str())
+                .await
+                .map(|record| record.map(|record| record.account_id)),
+        }
+        .map_err(registry_error)?
+        .ok_or_else(|| ApiError::NotFound(format!("{role} {did} is not on the registry")))?;
+        caller.must_be(&owner, &format!("the registry record of {did}"))?;
+    }
     match role {
         AgentRole::Worker => registry.update_worker_endpoint(&update).await,
         AgentRole::Coordinator => registry.update_coordinator_endpoint(&update).await,

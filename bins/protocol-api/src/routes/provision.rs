@@ -108,7 +108,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
 /// org, deployment. Poll the status route for progress. With an
 /// `Idempotency-Key`, a retry of the same request gets the same job.
 #[utoipa::path(post, path = "/api/provision/coordinator", tag = "provisioning", request_body = CoordinatorRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "16–255 visible ASCII characters (a random UUID): a retry of the same request with the same key gets the same job, marked `Idempotent-Replayed: true`; kept as long as the job")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "16–255 visible ASCII characters, at least 8 different (a random UUID): a retry of the same request with the same key gets the same job, marked `Idempotent-Replayed: true`; kept as long as the job")),
     responses((status = 202, body = ProvisionAccepted), (status = 400, body = ErrorBody),
         (status = 422, description = "the Idempotency-Key was used for a different request", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn coordinator(
@@ -143,7 +143,7 @@ pub async fn coordinator(
 /// Start a managed worker provisioning job for a registered coordinator.
 /// With an `Idempotency-Key`, a retry of the same request gets the same job.
 #[utoipa::path(post, path = "/api/provision/worker", tag = "provisioning", request_body = WorkerRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "16–255 visible ASCII characters (a random UUID): a retry of the same request with the same key gets the same job, marked `Idempotent-Replayed: true`; kept as long as the job")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "16–255 visible ASCII characters, at least 8 different (a random UUID): a retry of the same request with the same key gets the same job, marked `Idempotent-Replayed: true`; kept as long as the job")),
     responses((status = 202, body = ProvisionAccepted), (status = 400, body = ErrorBody),
         (status = 404, description = "the coordinator is not registered", body = ErrorBody),
         (status = 409, description = "the coordinator is inactive", body = ErrorBody),

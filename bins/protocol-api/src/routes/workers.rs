@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::api_types::{ErrorBody, Message, Roster, RosterRegistered, RosterWorker};
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
 use crate::routes::registry_error;
 use crate::validation;
@@ -55,11 +56,13 @@ pub struct RosterRequest {
 }
 
 /// Add a worker to the coordinator contract's roster (signed with the server's NEAR key).
-#[utoipa::path(post, path = "/api/workers/register", tag = "workers", request_body = RosterRequest, security(("admin_token" = [])),
+/// For the operator (admin token), or wallet-signed by the contract's owner.
+#[utoipa::path(post, path = "/api/workers/register", tag = "workers", request_body = RosterRequest, security(("admin_token" = []), ("wallet_signature" = [])),
     responses((status = 200, body = RosterRegistered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(request): ApiJson<RosterRequest>,
 ) -> Result<Json<RosterRegistered>, ApiError> {
     let worker = validation::did("workerId", &request.worker_id)?;
@@ -68,6 +71,7 @@ pub async fn register(
         .as_deref()
         .map(|text| validation::near_account("accountId", text))
         .transpose()?;
+    caller.must_own_roster(&state).await?;
     state
         .ports
         .registry
@@ -83,16 +87,19 @@ pub async fn register(
 
 /// Remove a worker from the roster (signed with the server's NEAR key).
 /// A worker that is not on the roster is 404, and nothing is signed.
-#[utoipa::path(delete, path = "/api/workers/{workerId}", tag = "workers", security(("admin_token" = [])),
+/// For the operator (admin token), or wallet-signed by the contract's owner.
+#[utoipa::path(delete, path = "/api/workers/{workerId}", tag = "workers", security(("admin_token" = []), ("wallet_signature" = [])),
     params(("workerId" = String, Path, description = "The worker's DID")),
     responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, description = "the worker is not on the roster", body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(worker_id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
     let worker = validation::did("workerId", &worker_id)?;
+    caller.must_own_roster(&state).await?;
     let registry = &state.ports.registry;
     // The contract's remove_worker succeeds on an absent worker, so the
     // roster is read first: removing nobody is the caller's mistake, and

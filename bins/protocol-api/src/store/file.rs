@@ -151,6 +151,21 @@ impl DatabaseFile {
             .map_err(|error| StoreError::sqlite(&self.path, error))
     }
 
+    /// Whether any job, coordinator org or local deployment is recorded:
+    /// then the registry and the Ensue data beside the database hold their
+    /// other half.
+    pub fn holds_records(&self) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs)
+                     OR EXISTS (SELECT 1 FROM coordinator_orgs)
+                     OR EXISTS (SELECT 1 FROM local_deployments)",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|error| StoreError::sqlite(&self.path, error))
+    }
+
     /// The database, once `secrets` is shown to be the key that sealed what
     /// it holds (its key check opens; in a database from before key checks,
     /// at least one sealed value opens). A first key check is stored then.

@@ -498,6 +498,35 @@ impl Row {
     }
 }
 
+/// A job's committed status documents, in commit order, numbered.
+pub struct StatusFollower {
+    store: JobStore,
+    id: Uuid,
+    pending: std::collections::VecDeque<(u64, StatusEntry)>,
+    last: u64,
+    changed: tokio::sync::watch::Receiver<u64>,
+}
+
+impl StatusFollower {
+    /// The next document and its event id, waiting for a commit if needed;
+    /// `None` once the job is gone.
+    pub async fn next(&mut self) -> Option<Result<(String, axum::body::Bytes), StoreError>> {
+        loop {
+            if let Some((number, entry)) = self.pending.pop_front() {
+                self.last = number;
+                let event_id = self.store.db.view().feeds().event_id(number);
+                return Some(
+                    self.store
+                        .open_entry(self.id, entry)
+                        .map(|document| (event_id, document)),
+                );
+            }
+            self.changed.changed().await.ok()?;
+            self.pending = self.store.db.view().since(&self.id, self.last).into();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -928,34 +957,5 @@ mod tests {
             shown_status(store.status(deployed.id)).as_deref(),
             Some("failed")
         );
-    }
-}
-
-/// A job's committed status documents, in commit order, numbered.
-pub struct StatusFollower {
-    store: JobStore,
-    id: Uuid,
-    pending: std::collections::VecDeque<(u64, StatusEntry)>,
-    last: u64,
-    changed: tokio::sync::watch::Receiver<u64>,
-}
-
-impl StatusFollower {
-    /// The next document and its event id, waiting for a commit if needed;
-    /// `None` once the job is gone.
-    pub async fn next(&mut self) -> Option<Result<(String, axum::body::Bytes), StoreError>> {
-        loop {
-            if let Some((number, entry)) = self.pending.pop_front() {
-                self.last = number;
-                let event_id = self.store.db.view().feeds().event_id(number);
-                return Some(
-                    self.store
-                        .open_entry(self.id, entry)
-                        .map(|document| (event_id, document)),
-                );
-            }
-            self.changed.changed().await.ok()?;
-            self.pending = self.store.db.view().since(&self.id, self.last).into();
-        }
     }
 }

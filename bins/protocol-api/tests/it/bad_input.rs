@@ -432,7 +432,8 @@ async fn signing_routes_need_the_admin_token() {
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body, json!({ "message": format!("Worker {DID} removed") }));
 
-    // A server without a token disables the routes.
+    // A server without a token refuses bearer tokens (wallet-signed requests
+    // still work: see `wallet_auth`).
     let dir = tempfile::tempdir().unwrap();
     let closed = TestApp::start(
         dir.path(),

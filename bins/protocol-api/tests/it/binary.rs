@@ -108,9 +108,22 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// What an earlier run leaves when it stops right after accepting a job: the
-/// job stored, no step of it done.
+/// job stored, no step of it done, beside the registry and Ensue stores that
+/// run made.
 async fn job_left_by_an_earlier_run(data_dir: &Path) -> Job {
     std::fs::create_dir_all(data_dir).unwrap();
+    delibera_near::LocalRegistry::open(
+        data_dir.join("registry.sqlite"),
+        protocol_api::compose::LOCAL_SERVER_ACCOUNT.parse().unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(data_dir.join("ensue")).unwrap();
+    delibera_ensue_local::Store::open(
+        data_dir
+            .join("ensue")
+            .join(delibera_ensue_local::DATABASE_FILE),
+    )
+    .unwrap();
     let database = Database::open(
         &data_dir.join("jobs.sqlite"),
         SecretBox::from_key(&SECRET_KEY),

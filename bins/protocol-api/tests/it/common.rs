@@ -259,6 +259,8 @@ pub struct Options {
     pub holds: Holds,
     /// How often an idle status event stream sends a heartbeat.
     pub events_heartbeat: Duration,
+    /// The signing routes take no credential (UNAUTHENTICATED_WRITES).
+    pub unauthenticated_writes: bool,
 }
 
 /// Wraps the Ensue port of a test server.
@@ -288,6 +290,7 @@ impl Default for Options {
             ),
             holds: Holds::open(),
             events_heartbeat: protocol_api::ports::DEFAULT_EVENTS_HEARTBEAT,
+            unauthenticated_writes: false,
         }
     }
 }
@@ -358,6 +361,7 @@ impl TestApp {
                 request_timeout: Duration::from_secs(2),
             },
             registry: registry.clone(),
+            accounts: registry.clone(),
             registrar: Arc::new(Held {
                 inner: registrar,
                 gate: holds.registration.clone(),
@@ -379,6 +383,7 @@ impl TestApp {
                     .admin_token
                     .map(|token| Zeroizing::new(token.to_owned())),
             )
+            .unauthenticated_writes(options.unauthenticated_writes)
             .provision_rate_per_minute(options.rate_per_minute)
             .mode_label(if options.production_rpc.is_none() {
                 "local"

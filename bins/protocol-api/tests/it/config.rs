@@ -58,6 +58,25 @@ fn edge_settings_reach_the_edges() {
         clap::error::ErrorKind::ValueValidation,
         "{zero}"
     );
+    // A deadline past the clock's range would panic in every connection.
+    for flag in [
+        "--header-read-timeout-secs",
+        "--idle-timeout-secs",
+        "--body-read-timeout-secs",
+    ] {
+        let day = Config::try_parse_from(["protocol-api", flag, "86400"]).unwrap();
+        assert!(day.edges().validate().is_ok(), "{flag}");
+        for huge in ["86401", &u64::MAX.to_string()] {
+            let refused = Config::try_parse_from(["protocol-api", flag, huge])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {huge} is refused"));
+            assert_eq!(
+                refused.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{refused}"
+            );
+        }
+    }
 }
 
 #[test]

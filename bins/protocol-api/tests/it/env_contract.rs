@@ -143,6 +143,7 @@ async fn production_deployments_carry_the_chain_and_the_public_url_and_nothing_u
             request_timeout: Duration::from_millis(200),
         },
         registry: registry.clone(),
+        accounts: registry.clone(),
         registrar: registry.clone(),
         http: reqwest::Client::new(),
     };

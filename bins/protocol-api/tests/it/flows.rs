@@ -45,7 +45,7 @@ const PUBLIC_FIELDS: [&str; 20] = [
     "updatedAt",
 ];
 
-/// The seed's rule: secrets are revealed once a job reaches
+/// The API contract: secrets are revealed once a job reaches
 /// `awaiting_near_signature` or `complete`, and in no other status.
 const REVEALS_SECRETS: [(&str, bool); 10] = [
     ("generating_identity", false),
@@ -402,7 +402,7 @@ async fn a_job_held_at_each_step_shows_its_secrets_only_at_the_wallet_step_and_w
 }
 
 /// Every status × every secret field, for both roles, on jobs stored with
-/// all their secrets: the status route shows them exactly where the seed
+/// all their secrets: the status route shows them exactly where the contract
 /// says, including the statuses no real job can be held in.
 #[tokio::test]
 async fn the_secret_rule_holds_for_every_status_and_every_secret_field() {

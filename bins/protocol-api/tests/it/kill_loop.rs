@@ -76,20 +76,41 @@ enum Action {
     Nothing,
 }
 
+/// Why a POST gave no job id.
+#[derive(Debug)]
+enum PostFailure {
+    /// No complete answer: the kill cut the request off.
+    Cut(String),
+    /// The server answered, but not with 202: always a bug.
+    Refused(u16, Value),
+}
+
+impl std::fmt::Display for PostFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostFailure::Cut(reason) => write!(f, "no answer: {reason}"),
+            PostFailure::Refused(code, body) => write!(f, "answered {code} {body}"),
+        }
+    }
+}
+
 /// Sends the job's POST (again): with its idempotency key, a retry after a
 /// kill gets the job the first attempt made, if the server stored it.
-async fn post_job(http: &reqwest::Client, api: &str, job: &Tracked) -> Result<String, String> {
+async fn post_job(http: &reqwest::Client, api: &str, job: &Tracked) -> Result<String, PostFailure> {
+    let cut = |error: reqwest::Error| PostFailure::Cut(error.to_string());
     let response = http
         .post(format!("{api}{}", job.path))
         .header("idempotency-key", &job.idempotency_key)
         .json(&job.body)
         .send()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(cut)?;
     let code = response.status().as_u16();
-    let body: Value = response.json().await.map_err(|error| error.to_string())?;
-    assert_eq!(code, 202, "{body}");
-    Ok(body["jobId"].as_str().unwrap().to_owned())
+    let body: Value = response.json().await.map_err(cut)?;
+    match body["jobId"].as_str() {
+        Some(id) if code == 202 => Ok(id.to_owned()),
+        _ => Err(PostFailure::Refused(code, body)),
+    }
 }
 
 async fn register(http: &reqwest::Client, api: &str, job: &Tracked) {
@@ -232,22 +253,32 @@ pub async fn run(plan: Plan) -> BTreeMap<&'static str, usize> {
             Action::Provision(index) => {
                 let (http, api, job) = (http.clone(), server.api.clone(), jobs[index].clone());
                 let task = tokio::spawn(async move {
-                    let _ = post_job(&http, &api, &job).await;
+                    // A kill may cut the request off; a wrong answer is a bug,
+                    // reported by the loop (a panic here would be swallowed).
+                    match post_job(&http, &api, &job).await {
+                        Err(refused @ PostFailure::Refused(..)) => Some(refused.to_string()),
+                        _ => None,
+                    }
                 });
                 (task, 40)
             }
             Action::Register(index) => {
                 let (http, api, job) = (http.clone(), server.api.clone(), jobs[index].clone());
                 (
-                    tokio::spawn(async move { register(&http, &api, &job).await }),
+                    tokio::spawn(async move {
+                        register(&http, &api, &job).await;
+                        None
+                    }),
                     60,
                 )
             }
-            Action::Nothing => (tokio::spawn(async {}), 200),
+            Action::Nothing => (tokio::spawn(async { None }), 200),
         };
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..window_ms))).await;
         server.kill();
-        let _ = action.await;
+        if let Some(answer) = action.await.expect("the client's action does not panic") {
+            panic!("a provisioning POST was {answer}");
+        }
         for status in statuses_at_kill(&server).await {
             *hit.entry(status.as_str()).or_default() += 1;
         }

@@ -10,6 +10,7 @@ mod edges;
 mod env_contract;
 mod events;
 mod flows;
+mod frontend;
 #[allow(unreachable_pub)] // `pub` for `benches/kill_loop.rs`, which shares it.
 mod kill_loop;
 mod local_mode;
@@ -21,3 +22,4 @@ mod process;
 mod production;
 mod restarts;
 mod storage;
+mod wallet_auth;

@@ -6,12 +6,13 @@ use serde_json::Value;
 
 use crate::common::{Options, TestApp, TestDeployer};
 
-const ROUTES: [(&str, &str); 13] = [
+const ROUTES: [(&str, &str); 14] = [
     ("get", "/"),
     ("post", "/api/provision/coordinator"),
     ("post", "/api/provision/worker"),
     ("post", "/api/provision/external-worker"),
     ("get", "/api/provision/status/{jobId}"),
+    ("get", "/api/provision/status/{jobId}/events"),
     ("post", "/api/provision/register"),
     ("post", "/api/provision/coordinator-register"),
     ("get", "/api/agents/endpoints"),
@@ -59,6 +60,28 @@ async fn the_document_lists_every_route_with_schemas_and_each_is_served() {
         assert!(schemas.contains_key(name), "dangling {reference}");
     }
     assert!(schemas["JobStatusView"]["properties"]["storachaPrivateKey"].is_object());
+
+    // The answers any route may give are listed on every operation: 500 and
+    // 503 everywhere, 408 and 413 where there is a request body.
+    for (method, path) in ROUTES {
+        let operation = &doc["paths"][path][method];
+        let responses = operation["responses"].as_object().unwrap();
+        let mut expected = vec!["500", "503"];
+        if operation.get("requestBody").is_some() {
+            expected.extend(["408", "413"]);
+        }
+        for code in expected {
+            assert_eq!(
+                responses[code]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{method} {path} {code}"
+            );
+        }
+    }
+    assert!(
+        doc["paths"]["/api/provision/worker"]["post"]["responses"]["413"].is_object(),
+        "a POST with a body lists 413"
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["admin_token"]["scheme"],
         "bearer"
@@ -133,7 +156,7 @@ fn served(method: &str, path: &str) -> (StatusCode, Answer) {
             (StatusCode::BAD_REQUEST, missing("displayName"))
         }
         ("post", "/api/provision/worker") => (StatusCode::BAD_REQUEST, missing("coordinatorDid")),
-        ("get", "/api/provision/status/{jobId}") => {
+        ("get", "/api/provision/status/{jobId}" | "/api/provision/status/{jobId}/events") => {
             (StatusCode::NOT_FOUND, error(format!("no job \"{JOB_ID}\"")))
         }
         ("post", "/api/provision/register" | "/api/provision/coordinator-register") => {

@@ -122,7 +122,16 @@ async fn a_guessable_or_malformed_idempotency_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
     let long = "k".repeat(256);
-    for key in ["1", "short-key", "has a space in the key!", long.as_str()] {
+    for key in [
+        "1",
+        "short-key",
+        "has a space in the key!",
+        long.as_str(),
+        "aaaaaaaaaaaaaaaaaaaaaaaa",
+        "0000000000000000",
+        "abababababababababababab",
+        "12345671234567123456712",
+    ] {
         let (code, _, body) = provision(
             &app,
             "/api/provision/coordinator",

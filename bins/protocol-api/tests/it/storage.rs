@@ -150,6 +150,7 @@ async fn a_damaged_job_record_fails_that_job_and_the_others_resume() {
     let intact = worker_job(JobStatus::GeneratingIdentity);
     let bad_json = worker_job(JobStatus::CreatingSpace);
     let bad_secrets = worker_job(JobStatus::DeployingPhala);
+    run_once(&keyed_config(dir.path())).await;
     {
         let jobs = Database::open(&path, SecretBox::from_key(&KEY))
             .unwrap()
@@ -336,6 +337,49 @@ async fn a_damaged_or_missing_database_is_refused_and_a_fresh_dir_starts() {
         "{message}"
     );
     assert!(!path.exists(), "no empty database was made");
+}
+
+/// A registry or Ensue store deleted or emptied beside a job database that
+/// holds jobs is refused by name; with no jobs yet, they are simply made.
+#[tokio::test]
+async fn a_lost_registry_or_ensue_store_beside_jobs_is_refused() {
+    for (store, emptied) in [
+        ("registry.sqlite", false),
+        ("registry.sqlite", true),
+        ("ensue/ensue-local.sqlite3", false),
+        ("ensue/ensue-local.sqlite3", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path();
+        let path = data_dir.join(store);
+        run_once(&keyed_config(data_dir)).await;
+        // Nothing recorded yet: a lost store is made anew.
+        std::fs::remove_file(&path).unwrap();
+        run_once(&keyed_config(data_dir)).await;
+        assert!(path.exists(), "{store} was made anew");
+
+        Database::open(&data_dir.join("jobs.sqlite"), SecretBox::from_key(&KEY))
+            .unwrap()
+            .jobs()
+            .insert(&worker_job(JobStatus::Complete))
+            .await
+            .unwrap();
+        if emptied {
+            std::fs::write(&path, b"").unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+        let message = refusal(&keyed_config(data_dir)).await;
+        assert!(
+            message.contains(&format!("but {} is missing or empty", path.display())),
+            "{store}: {message}"
+        );
+        let length = std::fs::metadata(&path).map(|metadata| metadata.len());
+        assert!(
+            length.is_err() || length.is_ok_and(|length| length == 0),
+            "{store} was left as it was"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -557,6 +601,35 @@ async fn data_files_are_owner_only_and_looser_ones_are_tightened() {
     }
     drop(state);
     local_ensue.unwrap().stop().await.unwrap();
+}
+
+/// A failure inside the embedded Ensue store reaches the job (and so its
+/// client) as a plain sentence; the cause stays in the server log.
+#[tokio::test]
+async fn an_embedded_ensue_store_failure_tells_the_client_no_internals() {
+    use protocol_api::ports::{EmbeddedEnsue, EnsueAccess};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(delibera_ensue_local::DATABASE_FILE);
+    let store = delibera_ensue_local::Store::open(&path).unwrap();
+    tamper(&path, "DROP TABLE api_keys", []);
+    let ensue = EmbeddedEnsue::new("http://127.0.0.1:1/".parse().unwrap(), store);
+    let chosen = ensue.choose_org_credentials().unwrap();
+
+    let error = ensue
+        .register_org("delibera-team", Some(&chosen))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("the server log has the cause"), "{error}");
+    for internal in [
+        "api_keys",
+        "no such table",
+        "sqlite",
+        dir.path().to_str().unwrap(),
+    ] {
+        assert!(!error.contains(internal), "{internal} in {error}");
+    }
 }
 
 /// A record that does not parse, failed at start-up, is left out of the

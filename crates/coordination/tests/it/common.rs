@@ -252,10 +252,14 @@ impl<M: Memory> Memory for Flaky<M> {
         self.fail()?;
         self.inner.delete(key).await
     }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
 }
 
-/// Drops every write of `value` to `key`: simulates a late writer from an
-/// earlier round that always wins the race.
+/// Drops every write of `value` to `key`, and every delete of `key` (which
+/// the late writer undoes at once): simulates a late writer from an earlier
+/// round that always wins the race.
 pub struct DropsWrite<M> {
     pub inner: M,
     pub key: String,
@@ -292,7 +296,13 @@ impl<M: Memory> Memory for DropsWrite<M> {
         self.inner.list_keys(prefix).await
     }
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+        if key == self.key {
+            return Ok(());
+        }
         self.inner.delete(key).await
+    }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
     }
 }
 
@@ -349,6 +359,9 @@ impl<M: Memory> Memory for SweepsAfterAnswers<M> {
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
         self.inner.delete(key).await
     }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
 }
 
 /// A worker's view of `inner` in which each round's deadline is [`DEADLINE`]
@@ -391,6 +404,9 @@ impl<M: Memory> Memory for LateDeadline<M> {
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
         self.inner.delete(key).await
     }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
 }
 
 /// Every call waits until `gate` opens, then passes through: holds whoever
@@ -425,5 +441,8 @@ impl<M: Memory> Memory for HeldUntil<M> {
     async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
         self.gate.passed().await;
         self.inner.delete(key).await
+    }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
     }
 }

@@ -42,6 +42,30 @@ fn new_directories_and_files_are_owner_only() {
 }
 
 #[test]
+fn a_private_file_appears_whole_and_leaves_nothing_beside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("space.key");
+    // What a write interrupted by a crash of a process with this pid leaves.
+    let leftover = tmp
+        .path()
+        .join(format!("space.key.partial-{}", std::process::id()));
+    std::fs::write(&leftover, b"trunc").unwrap();
+
+    write_private_file(&key, b"whole key").unwrap();
+    assert_eq!(std::fs::read(&key).unwrap(), b"whole key");
+    let names: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["space.key"], "no staging file is left");
+
+    // An existing file is never replaced, and the refusal leaves no litter.
+    write_private_file(&key, b"other key").unwrap_err();
+    assert_eq!(std::fs::read(&key).unwrap(), b"whole key");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
+
+#[test]
 fn looser_modes_are_tightened_and_tighter_ones_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");

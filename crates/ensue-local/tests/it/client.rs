@@ -140,6 +140,51 @@ async fn get_many_beyond_one_batch() {
 }
 
 #[tokio::test]
+async fn create_many_and_delete_many_beyond_one_batch_answer_per_item() {
+    for dialect in DIALECTS {
+        let server = start().await;
+        let memory = client(&server, server.api_key().expose(), dialect);
+        memory.create("many/7", "already there").await.unwrap();
+        let items: Vec<(String, String)> = (0..150)
+            .map(|i| (format!("many/{i}"), format!("value {i}")))
+            .collect();
+        let outcomes = memory.create_many(&items).await.unwrap();
+        assert_eq!(outcomes.len(), 150, "{dialect}");
+        for (index, outcome) in outcomes.iter().enumerate() {
+            if index == 7 {
+                let error = outcome.as_ref().unwrap_err();
+                assert!(error.is_already_exists(), "{dialect}: {error}");
+            } else {
+                assert!(outcome.is_ok(), "{dialect}: many/{index}: {outcome:?}");
+            }
+        }
+        let keys: Vec<String> = items.iter().map(|(key, _)| key.clone()).collect();
+        let found = memory.get_many(&keys).await.unwrap();
+        assert_eq!(found["many/7"], "already there", "{dialect}");
+        assert_eq!(found["many/149"], "value 149", "{dialect}");
+
+        // A batch in which every item is refused still answers per item.
+        let again = memory.create_many(&items[..3]).await.unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|outcome| outcome.as_ref().is_err_and(Error::is_already_exists)),
+            "{dialect}: {again:?}"
+        );
+
+        // Missing keys among the deleted ones are not an error.
+        let mut doomed = keys.clone();
+        doomed.push("many/never-there".to_owned());
+        memory.delete_many(&doomed).await.unwrap();
+        assert!(
+            memory.get_many(&keys).await.unwrap().is_empty(),
+            "{dialect}"
+        );
+        stop(server).await;
+    }
+}
+
+#[tokio::test]
 async fn registered_orgs_are_isolated() {
     for dialect in DIALECTS {
         let server = start().await;

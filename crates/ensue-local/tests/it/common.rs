@@ -135,7 +135,7 @@ pub(crate) async fn tool(server: &LocalEnsue, key: &str, name: &str, arguments: 
     result
 }
 
-/// Calls a direct (seed-form) method and returns `result`.
+/// Calls a method of the direct dialect and returns `result`.
 pub(crate) async fn direct(server: &LocalEnsue, key: &str, method: &str, params: Value) -> Value {
     let message = rpc(server, key, method, params).await;
     let result = message
@@ -189,7 +189,7 @@ pub(crate) async fn get(server: &LocalEnsue, api_key: &str, key: &str) -> Option
 }
 
 /// Update, falling back to create on not-found and to update again when the
-/// create loses a race: the seed's upsert, by hand.
+/// create loses a race: the protocol's upsert, by hand.
 pub(crate) async fn upsert(server: &LocalEnsue, api_key: &str, key: &str, value: &str) {
     for _ in 0..3 {
         let updated = tool(

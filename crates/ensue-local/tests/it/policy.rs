@@ -194,6 +194,17 @@ async fn registrations_beyond_the_limit_get_429_with_retry_after() {
         LocalEnsue::start(Config::default().with_registration_limit(RegistrationLimit::global(2)))
             .await
             .unwrap();
+    // Malformed requests are refused before they are counted.
+    for body in ["not json", "{\"nam\": \"team-1\"}"] {
+        let response = reqwest::Client::new()
+            .post(format!("{}auth/agent-register", server.url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
     register_org(server.url(), "team-1").await.unwrap();
     register_org(server.url(), "team-2").await.unwrap();
 

@@ -161,7 +161,7 @@ async fn direct_methods_in_the_seed_form() {
         json!({ "prefix": "coordination/tasks/" }),
     )
     .await;
-    // The seed's shape: plain strings under `keys`.
+    // The direct dialect's shape: plain strings under `keys`.
     assert_eq!(listed["structuredContent"]["keys"], json!([status_key]));
 
     let deleted = direct(&server, key, "delete_memory", json!({ "key": status_key })).await;

@@ -326,7 +326,7 @@ async fn direct_create_and_update_send_key_and_value() {
 async fn direct_get_reads_results_zero_value() {
     let server = MockServer::start().await;
     expect_call(direct_call(1, "get_memory", json!({ "key": "a/b" })))
-        // The seed's answer: no key_name, no status.
+        // The direct dialect's answer: no key_name, no status.
         .respond_with(ok(1, json!({ "results": [{ "value": "completed" }] })))
         .expect(1)
         .mount(&server)
@@ -1136,4 +1136,147 @@ async fn the_api_key_never_shows_in_debug_output() {
     let printed = format!("{client:?} {:?}", client.config());
     assert!(printed.contains("<redacted>"));
     assert!(!printed.contains(API_KEY));
+}
+
+#[tokio::test]
+async fn mcp_create_many_batches_by_100_and_answers_per_item() {
+    let server = MockServer::start().await;
+    let items: Vec<(String, String)> = (0..101)
+        .map(|i| (format!("k{i}"), format!("v{i}")))
+        .collect();
+    let described = |items: &[(String, String)]| -> Vec<Value> {
+        items
+            .iter()
+            .map(|(key, value)| {
+                json!({ "key_name": key, "value": value, "description": format!("Memory at {key}") })
+            })
+            .collect()
+    };
+    let mut results: Vec<Value> = (0..100)
+        .map(|i| json!({ "key_name": format!("k{i}"), "status": "success" }))
+        .collect();
+    results[7] = json!({ "key_name": "k7", "status": "error", "error": "Key already exists" });
+    expect_call(mcp_call(
+        1,
+        "create_memory",
+        json!({ "items": described(&items[..100]) }),
+    ))
+    .respond_with(ok(1, json!({ "results": results })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    expect_call(mcp_call(
+        2,
+        "create_memory",
+        json!({ "items": described(&items[100..]) }),
+    ))
+    .respond_with(ok(
+        2,
+        json!({ "results": [{ "key_name": "k100", "status": "success" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let outcomes = client(&server, Dialect::Mcp)
+        .create_many(&items)
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 101);
+    for (index, outcome) in outcomes.iter().enumerate() {
+        match index {
+            7 => assert!(
+                outcome.as_ref().is_err_and(Error::is_already_exists),
+                "{outcome:?}"
+            ),
+            _ => assert!(outcome.is_ok(), "k{index}: {outcome:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn mcp_create_many_refused_as_a_whole_asks_item_by_item() {
+    // A service may refuse the whole batch for one present key without
+    // saying which items it created: each item is then asked alone.
+    let server = MockServer::start().await;
+    expect_call(mcp_call(
+        1,
+        "create_memory",
+        json!({ "items": [
+            { "key_name": "a", "value": "1", "description": "Memory at a" },
+            { "key_name": "b", "value": "2", "description": "Memory at b" },
+        ] }),
+    ))
+    .respond_with(tool_error(1, "Key already exists: a"))
+    .expect(1)
+    .mount(&server)
+    .await;
+    expect_call(mcp_call(
+        2,
+        "create_memory",
+        json!({ "items": [{ "key_name": "a", "value": "1", "description": "Memory at a" }] }),
+    ))
+    .respond_with(tool_error(2, "Key already exists: a"))
+    .expect(1)
+    .mount(&server)
+    .await;
+    expect_call(mcp_call(
+        3,
+        "create_memory",
+        json!({ "items": [{ "key_name": "b", "value": "2", "description": "Memory at b" }] }),
+    ))
+    .respond_with(ok(
+        3,
+        json!({ "results": [{ "key_name": "b", "status": "success" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let outcomes = client(&server, Dialect::Mcp)
+        .create_many(&[("a".into(), "1".into()), ("b".into(), "2".into())])
+        .await
+        .unwrap();
+    assert!(outcomes[0].as_ref().is_err_and(Error::is_already_exists));
+    assert!(outcomes[1].is_ok());
+}
+
+#[tokio::test]
+async fn mcp_create_many_reads_items_of_a_batch_that_failed_entirely() {
+    // Every item failed: a tool error that still lists each item's status.
+    let server = MockServer::start().await;
+    let structured = json!({ "results": [
+        { "key_name": "a", "status": "already_exists", "error": "key already exists: a" },
+        { "key_name": "b", "status": "quota_exceeded", "error": "organization quota exceeded" },
+    ] });
+    expect_call(mcp_call(
+        1,
+        "create_memory",
+        json!({ "items": [
+            { "key_name": "a", "value": "1", "description": "Memory at a" },
+            { "key_name": "b", "value": "2", "description": "Memory at b" },
+        ] }),
+    ))
+    .respond_with(sse(&rpc(
+        1,
+        json!({
+            "isError": true,
+            "content": [{ "type": "text", "text": "key already exists: a" }],
+            "structuredContent": structured,
+        }),
+    )))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let outcomes = client(&server, Dialect::Mcp)
+        .create_many(&[("a".into(), "1".into()), ("b".into(), "2".into())])
+        .await
+        .unwrap();
+    assert!(outcomes[0].as_ref().is_err_and(Error::is_already_exists));
+    assert!(outcomes[1].as_ref().is_err_and(Error::is_quota_exceeded));
+}
+
+#[tokio::test]
+async fn only_the_mcp_dialect_batches() {
+    let server = MockServer::start().await;
+    assert_eq!(client(&server, Dialect::Mcp).max_batch(), 100);
+    assert_eq!(client(&server, Dialect::Direct).max_batch(), 1);
 }

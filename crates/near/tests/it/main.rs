@@ -1,7 +1,9 @@
 //! Integration tests of `delibera-near`, one binary.
 
+mod accounts;
 mod contracts;
 mod local_registry;
+mod nep413;
 mod registrar;
 mod rpc;
 mod sender;

@@ -55,6 +55,7 @@ async fn at_the_cap_with_every_connection_busy_a_newcomer_gets_503() {
         r#"{"error":"the server is at its connection limit; retry shortly"}"#
     );
     assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
     // The busy requests are untouched, and once they are answered their
     // connections are idle and make room again.
     for release in releases {

@@ -27,6 +27,7 @@ async fn expect_100_continue_with_a_large_content_length_gets_413_not_100() {
         r#"{"error":"request body too large: the limit is 1024 bytes"}"#
     );
     assert_eq!(response.header("connection"), Some("close"));
+    assert_eq!(response.header("cache-control"), Some("no-store"));
     closed(&mut stream).await;
     served.stop().await.unwrap();
 }

@@ -107,6 +107,7 @@ async fn a_body_still_arriving_at_the_body_timeout_gets_408_and_a_closed_connect
         r#"{"error":"request body not received within 400 ms"}"#
     );
     assert_eq!(response.header("connection"), Some("close"));
+    assert_eq!(response.header("cache-control"), Some("no-store"));
     assert!(started.elapsed() >= body_timeout);
     closed(&mut reader).await;
     trickle.abort();

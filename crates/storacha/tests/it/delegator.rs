@@ -191,6 +191,27 @@ fn a_lost_space_key_is_refused_not_replaced() {
     let error = LocalSpaceDelegator::open(dir.path()).err().unwrap();
     assert!(matches!(error, Error::SpaceKeyMismatch { .. }), "{error}");
 
+    // A damaged key file (a truncated write, an editor's mistake) names the
+    // file and is not replaced either.
+    let truncated = &original[..original.len() / 2];
+    std::fs::write(&key_path, truncated).unwrap();
+    let error = LocalSpaceDelegator::open(dir.path()).err().unwrap();
+    assert!(
+        matches!(&error, Error::SpaceKeyDamaged { path, .. } if *path == key_path),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&key_path.display().to_string()),
+        "{message}"
+    );
+    let truncated_text = String::from_utf8_lossy(truncated);
+    assert!(
+        !message.contains(truncated_text.trim()),
+        "the key's text stays out of the message: {message}"
+    );
+    assert_eq!(std::fs::read(&key_path).unwrap(), truncated);
+
     // The original key opens the space again.
     std::fs::write(&key_path, original).unwrap();
     assert_eq!(
@@ -219,5 +240,5 @@ fn local_space_delegator_rejects_a_corrupt_key_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(LOCAL_SPACE_KEY_FILE), "MgCYnot-a-key\n").unwrap();
     let error = LocalSpaceDelegator::open(dir.path()).err().unwrap();
-    assert!(matches!(error, Error::Identity(_)), "{error}");
+    assert!(matches!(error, Error::SpaceKeyDamaged { .. }), "{error}");
 }

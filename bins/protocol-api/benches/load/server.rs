@@ -1,0 +1,199 @@
+//! The server under test: the `protocol-api` binary as a child process, its
+//! CPU time and memory read from `/proc`, and its job database read to know
+//! when the background work of accepted jobs is done.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol_api::jobs::JobStatus;
+use rusqlite::{Connection, OpenFlags};
+
+/// How long the server may take to answer after it was started.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long accepted jobs may take to finish their background steps.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The server process; killed when dropped.
+pub(crate) struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    database: PathBuf,
+    log: PathBuf,
+    clock_ticks_per_second: u64,
+}
+
+/// A free port on the loopback interface (the server binds it right after).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl ServerProcess {
+    /// Starts `binary` over `data_dir` with only the settings in `env` (and
+    /// `RUST_LOG` if the benchmark was given one), its output in `log`.
+    pub(crate) fn start(
+        binary: &Path,
+        data_dir: &Path,
+        log: &Path,
+        env: &[(&'static str, String)],
+    ) -> Self {
+        let port = free_port();
+        let output = File::create(log).expect("the server's log file");
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("DATA_DIR", data_dir)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("the log file again"))
+            .stderr(output);
+        if let Some(filter) = std::env::var_os("RUST_LOG") {
+            command.env("RUST_LOG", filter);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            database: data_dir.join(protocol_api::compose::DATABASE_FILE),
+            log: log.to_owned(),
+            clock_ticks_per_second: rustix::param::clock_ticks_per_second(),
+        }
+    }
+
+    /// Where the server listens.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the server accepts connections; panics, showing its log,
+    /// if it exits or takes longer than [`START_DEADLINE`].
+    pub(crate) async fn wait_until_listening(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the server's status") {
+                panic!("the server exited ({status}):\n{}", self.log_text());
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "the server did not listen within {START_DEADLINE:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn proc_file(&self, name: &str) -> String {
+        let path = format!("/proc/{}/{name}", self.child.id());
+        std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("reading {path}: {error}"))
+    }
+
+    /// The CPU time the server has used so far, user and system, over all
+    /// its threads (including those that have exited).
+    pub(crate) fn cpu_time(&self) -> Duration {
+        let stat = self.proc_file("stat");
+        // The fields after the command name, which is in parentheses and
+        // may itself hold spaces: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("a /proc stat line")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = |field: usize| -> u64 { fields[field - 3].parse().expect("a tick count") };
+        let total = ticks(14) + ticks(15);
+        Duration::from_micros(total * 1_000_000 / self.clock_ticks_per_second)
+    }
+
+    /// The resolution of [`ServerProcess::cpu_time`]: one clock tick.
+    pub(crate) fn clock_ticks_per_second(&self) -> u64 {
+        self.clock_ticks_per_second
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        self.proc_file("status")
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.child.id()))
+    }
+
+    /// Resident memory now, in MiB.
+    pub(crate) fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:") as f64 / 1024.0
+    }
+
+    /// The most resident memory the server has had, in MiB.
+    pub(crate) fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM:") as f64 / 1024.0
+    }
+
+    /// Jobs whose background steps are still to run, read from the job
+    /// database (a reader costs the server nothing).
+    fn jobs_in_flight(&self) -> rusqlite::Result<u64> {
+        let runner_owned: Vec<String> = JobStatus::ALL
+            .into_iter()
+            .filter(|status| status.is_runner_owned())
+            .map(|status| format!("'{}'", status.as_str()))
+            .collect();
+        let connection = Connection::open_with_flags(
+            &self.database,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.query_row(
+            &format!(
+                "SELECT count(*) FROM jobs WHERE status IN ({})",
+                runner_owned.join(",")
+            ),
+            [],
+            |row| row.get(0),
+        )
+    }
+
+    /// Waits until every accepted job has run its background steps (here:
+    /// failed at the deploy), polling the job database.
+    pub(crate) async fn wait_until_jobs_settle(&self) {
+        let started = Instant::now();
+        loop {
+            let in_flight = self
+                .jobs_in_flight()
+                .unwrap_or_else(|error| panic!("reading {}: {error}", self.database.display()));
+            if in_flight == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < SETTLE_DEADLINE,
+                "{in_flight} jobs still running after {SETTLE_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
