@@ -318,6 +318,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/api/openapi.json", get(openapi::document))
         .route("/api/provision/status/{jobId}", get(provision::status))
+        .route(
+            "/api/provision/status/{jobId}/events",
+            get(provision::status_events),
+        )
         .route("/api/provision/register", post(provision::register))
         .route(
             "/api/provision/coordinator-register",

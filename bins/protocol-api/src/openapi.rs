@@ -20,6 +20,7 @@ use crate::routes::{agents, provision, workers};
         provision::worker,
         provision::external_worker,
         provision::status,
+        provision::status_events,
         provision::register,
         provision::coordinator_register,
         agents::endpoints,

@@ -256,7 +256,13 @@ pub struct Settings {
     /// How long a registration call waits for a full store before it is
     /// answered 503 (the registration is saved by itself once it can be).
     pub register_storage_wait: Duration,
+    /// How often an idle status event stream sends a heartbeat comment.
+    pub events_heartbeat: Duration,
 }
+
+/// How often an idle status event stream says it is alive, so proxies and
+/// browsers keep it open.
+pub const DEFAULT_EVENTS_HEARTBEAT: Duration = Duration::from_secs(15);
 
 impl Settings {
     /// Settings with these defaults: a 10-minute health timeout, the default
@@ -277,6 +283,7 @@ impl Settings {
             registration_health_wait: Duration::from_secs(5),
             storage_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             register_storage_wait: Duration::from_secs(10),
+            events_heartbeat: DEFAULT_EVENTS_HEARTBEAT,
         }
     }
 

@@ -34,7 +34,7 @@ use uuid::Uuid;
 use super::error::JobError;
 use super::model::{IdempotencyKey, Job, JobStatus, NewJob};
 use crate::ports::{OrgCredentials, Ports, Settings};
-use crate::store::{JobStore, OrgKeys, Started, StoreError};
+use crate::store::{JobStore, OrgKeys, Started, StatusFollower, StoreError};
 
 /// How many names a coordinator's Ensue org registration tries.
 const MAX_ORG_ATTEMPTS: u32 = 5;
@@ -118,6 +118,19 @@ impl JobMachine {
         let not_found = || JobError::NotFound(id.to_owned());
         let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
         self.jobs.status(uuid)?.ok_or_else(not_found)
+    }
+
+    /// Follows a job's status documents as they are committed (the status
+    /// route's pushed form), from the current one or after the event a
+    /// client saw last.
+    pub fn follow(
+        &self,
+        id: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<StatusFollower, JobError> {
+        let not_found = || JobError::NotFound(id.to_owned());
+        let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
+        self.jobs.follow(uuid, last_event_id).ok_or_else(not_found)
     }
 
     /// Stores a new job and starts it in the background. Under an

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use delibera_deploy::AgentRole;
 use delibera_identity::Keypair;
@@ -236,6 +237,64 @@ pub async fn status(
         document,
     )
         .into_response())
+}
+
+/// Follow a job's progress as Server-Sent Events: the current status
+/// document first, then each committed transition, in order. Every event is
+/// `event: status`, its `data` the status route's JSON for that moment (the
+/// same secret rules), its `id` what `Last-Event-ID` resumes from (a resumed
+/// stream sends what it missed, or the current document when that is no
+/// longer kept). The stream ends after `complete` or `failed`; a comment
+/// line every 15 s keeps an idle one open.
+#[utoipa::path(get, path = "/api/provision/status/{jobId}/events", tag = "provisioning",
+    params(("jobId" = String, Path, description = "The job id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received, to resume after it")),
+    responses((status = 200, content_type = "text/event-stream", description = "`event: status` events whose data is the JobStatusView JSON"),
+        (status = 404, body = ErrorBody)))]
+pub async fn status_events(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok());
+    let follower = state.jobs.follow(&job_id, last_event_id)?;
+    let events = futures_util::stream::unfold(Some(follower), move |follower| async move {
+        let mut follower = follower?;
+        let event = match follower.next().await? {
+            Ok((event_id, document)) => {
+                let finished = serde_json::from_slice::<StatusOnly>(&document)
+                    .is_ok_and(|doc| doc.status == "complete" || doc.status == "failed");
+                let event = Event::default()
+                    .event("status")
+                    .id(event_id)
+                    .data(String::from_utf8_lossy(&document));
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (!finished).then_some(follower),
+                ));
+            }
+            Err(error) => {
+                // A damaged record ends the stream with what the status
+                // route would answer.
+                let body = ApiError::from(crate::jobs::JobError::from(error)).to_string();
+                Event::default()
+                    .event("error")
+                    .data(serde_json::json!({ "error": body }).to_string())
+            }
+        };
+        Some((Ok(event), None))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(state.settings.events_heartbeat))
+        .into_response())
+}
+
+/// The one field of a status document the event stream reads.
+#[derive(Deserialize)]
+struct StatusOnly {
+    status: String,
 }
 
 /// The job once the machine has registered it (both registration routes).

@@ -146,23 +146,48 @@ impl JobStore {
     /// secrets is kept sealed and opened here. A record that cannot be read
     /// is [`StoreError::Corrupt`] naming the job.
     pub fn status(&self, id: Uuid) -> Result<Option<axum::body::Bytes>, StoreError> {
+        self.db
+            .view()
+            .get(&id)
+            .map(|entry| self.open_entry(id, entry))
+            .transpose()
+    }
+
+    /// The status document an entry of job `id` holds.
+    fn open_entry(&self, id: Uuid, entry: StatusEntry) -> Result<axum::body::Bytes, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             id: id.to_string(),
             reason,
         };
-        match self.db.view().get(&id) {
-            None => Ok(None),
-            Some(StatusEntry::Document(document)) => Ok(Some(document)),
-            Some(StatusEntry::Sealed(sealed)) => {
+        match entry {
+            StatusEntry::Document(document) => Ok(document),
+            StatusEntry::Sealed(sealed) => {
                 let document = self
                     .db
                     .secrets()
                     .open(&sealed)
                     .map_err(|_| corrupt("its sealed status does not open".into()))?;
-                Ok(Some(axum::body::Bytes::copy_from_slice(&document)))
+                Ok(axum::body::Bytes::copy_from_slice(&document))
             }
-            Some(StatusEntry::Damaged(reason)) => Err(corrupt(reason.to_string())),
+            StatusEntry::Damaged(reason) => Err(corrupt(reason.to_string())),
         }
+    }
+
+    /// Follows job `id`'s status documents as they are committed: first the
+    /// current one (or, given the event id of the last one a client saw,
+    /// every one since, while this run keeps them), then each new one.
+    /// `None` if no such job is stored.
+    pub fn follow(&self, id: Uuid, last_event_id: Option<&str>) -> Option<StatusFollower> {
+        let view = self.db.view();
+        let after = last_event_id.and_then(|event_id| view.feeds().number_of(event_id));
+        let followed = view.follow(id, after)?;
+        Some(StatusFollower {
+            store: self.clone(),
+            id,
+            pending: followed.entries.into(),
+            last: after.unwrap_or(0),
+            changed: followed.changed,
+        })
     }
 
     /// How many jobs the status view holds (as many as are stored).
@@ -470,6 +495,35 @@ impl Row {
             ))
         })?;
         Ok(job)
+    }
+}
+
+/// A job's committed status documents, in commit order, numbered.
+pub struct StatusFollower {
+    store: JobStore,
+    id: Uuid,
+    pending: std::collections::VecDeque<(u64, StatusEntry)>,
+    last: u64,
+    changed: tokio::sync::watch::Receiver<u64>,
+}
+
+impl StatusFollower {
+    /// The next document and its event id, waiting for a commit if needed;
+    /// `None` once the job is gone.
+    pub async fn next(&mut self) -> Option<Result<(String, axum::body::Bytes), StoreError>> {
+        loop {
+            if let Some((number, entry)) = self.pending.pop_front() {
+                self.last = number;
+                let event_id = self.store.db.view().feeds().event_id(number);
+                return Some(
+                    self.store
+                        .open_entry(self.id, entry)
+                        .map(|document| (event_id, document)),
+                );
+            }
+            self.changed.changed().await.ok()?;
+            self.pending = self.store.db.view().since(&self.id, self.last).into();
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 //! server's application id and schema version, so a missing table is damage.
 
 mod deployments;
+mod feed;
 mod file;
 mod jobs;
 mod orgs;
@@ -34,7 +35,7 @@ use rusqlite::{Connection, ErrorCode};
 
 pub use deployments::DeploymentStore;
 pub use file::DatabaseFile;
-pub use jobs::{JobStore, Started, UnreadableJob};
+pub use jobs::{JobStore, Started, StatusFollower, UnreadableJob};
 pub use orgs::OrgKeys;
 
 use view::StatusView;

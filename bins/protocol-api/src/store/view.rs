@@ -14,6 +14,8 @@ use crate::api_types::JobStatusView;
 use crate::jobs::Job;
 use crate::seal::SecretBox;
 
+use super::feed::{Followed, JobFeeds};
+
 /// The status route's answer for one job, as of its last commit: the
 /// status document (JSON) rendered by [`JobStatusView::of`], so it reveals
 /// exactly what the status route reveals for the job.
@@ -52,10 +54,11 @@ pub(super) enum ViewChange {
     Remove(Uuid),
 }
 
-/// Every stored job's status entry.
+/// Every stored job's status entry, and the feeds of followed jobs.
 #[derive(Default)]
 pub(super) struct StatusView {
     entries: RwLock<HashMap<Uuid, StatusEntry>>,
+    feeds: JobFeeds,
 }
 
 impl StatusView {
@@ -78,15 +81,42 @@ impl StatusView {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for change in changes {
+            // Published under the entries' lock, so a follower that starts
+            // from an entry it read sees every later one.
             match change {
                 ViewChange::Put(id, entry) => {
+                    self.feeds.publish(&id, Some(&entry));
                     entries.insert(id, entry);
                 }
                 ViewChange::Remove(id) => {
+                    self.feeds.publish(&id, None);
                     entries.remove(&id);
                 }
             }
         }
+    }
+
+    /// Follows job `id` from its current entry (or after entry number
+    /// `after`); `None` if the job is not stored.
+    pub(super) fn follow(&self, id: Uuid, after: Option<u64>) -> Option<Followed> {
+        // The entries' read lock keeps the writer from applying a change
+        // between reading the current entry and joining the feed.
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = entries.get(&id)?.clone();
+        Some(self.feeds.follow(id, current, after))
+    }
+
+    /// The feeds' event ids (see [`JobFeeds::event_id`]).
+    pub(super) fn feeds(&self) -> &JobFeeds {
+        &self.feeds
+    }
+
+    /// The entries of followed job `id` numbered after `after`.
+    pub(super) fn since(&self, id: &Uuid, after: u64) -> Vec<(u64, StatusEntry)> {
+        self.feeds.since(id, after)
     }
 
     /// How many jobs the view holds.

@@ -257,6 +257,8 @@ pub struct Options {
     pub storage_retry: delibera_backoff::Backoff,
     /// Gates that hold a job at the step of each port (all open by default).
     pub holds: Holds,
+    /// How often an idle status event stream sends a heartbeat.
+    pub events_heartbeat: Duration,
     /// The signing routes take no credential (UNAUTHENTICATED_WRITES).
     pub unauthenticated_writes: bool,
 }
@@ -287,6 +289,7 @@ impl Default for Options {
                 Duration::from_millis(100),
             ),
             holds: Holds::open(),
+            events_heartbeat: protocol_api::ports::DEFAULT_EVENTS_HEARTBEAT,
             unauthenticated_writes: false,
         }
     }
@@ -372,6 +375,7 @@ impl TestApp {
         settings.job_expiry = options.job_expiry;
         settings.registration_health_wait = Duration::from_millis(300);
         settings.storage_retry = options.storage_retry;
+        settings.events_heartbeat = options.events_heartbeat;
         settings.register_storage_wait = Duration::from_millis(200);
         let state = AppState::builder(&database, ports, settings)
             .admin_token(

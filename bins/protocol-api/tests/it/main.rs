@@ -8,6 +8,7 @@ mod config;
 mod display_names;
 mod edges;
 mod env_contract;
+mod events;
 mod flows;
 mod frontend;
 #[allow(unreachable_pub)] // `pub` for `benches/kill_loop.rs`, which shares it.

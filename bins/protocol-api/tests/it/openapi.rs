@@ -6,12 +6,13 @@ use serde_json::Value;
 
 use crate::common::{Options, TestApp, TestDeployer};
 
-const ROUTES: [(&str, &str); 13] = [
+const ROUTES: [(&str, &str); 14] = [
     ("get", "/"),
     ("post", "/api/provision/coordinator"),
     ("post", "/api/provision/worker"),
     ("post", "/api/provision/external-worker"),
     ("get", "/api/provision/status/{jobId}"),
+    ("get", "/api/provision/status/{jobId}/events"),
     ("post", "/api/provision/register"),
     ("post", "/api/provision/coordinator-register"),
     ("get", "/api/agents/endpoints"),
@@ -155,7 +156,7 @@ fn served(method: &str, path: &str) -> (StatusCode, Answer) {
             (StatusCode::BAD_REQUEST, missing("displayName"))
         }
         ("post", "/api/provision/worker") => (StatusCode::BAD_REQUEST, missing("coordinatorDid")),
-        ("get", "/api/provision/status/{jobId}") => {
+        ("get", "/api/provision/status/{jobId}" | "/api/provision/status/{jobId}/events") => {
             (StatusCode::NOT_FOUND, error(format!("no job \"{JOB_ID}\"")))
         }
         ("post", "/api/provision/register" | "/api/provision/coordinator-register") => {
