@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod cache;
 mod contracts;
 mod error;
 mod js_json;
@@ -13,6 +14,7 @@ mod sender;
 mod serde_u64;
 mod transaction;
 
+pub use cache::{CachedRegistry, DEFAULT_REGISTRY_CACHE_TTL, InvalidatingRegistrar};
 pub use contracts::{
     CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRecord, CoordinatorRegistration,
     MAINNET_COORDINATOR_CONTRACT_ID, MAINNET_REGISTRY_CONTRACT_ID, MAINNET_RPC_URL,

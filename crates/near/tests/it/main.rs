@@ -1,5 +1,6 @@
 //! Integration tests of `delibera-near`, one binary.
 
+mod cache;
 mod contracts;
 mod local_registry;
 mod registrar;
