@@ -27,6 +27,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderName;
 use axum::middleware;
 use axum::routing::{get, post, put};
+use delibera_near::{CoordinatorRecord, RegisteredWorker, WorkerRecord};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use zeroize::Zeroizing;
 // Used by `main.rs` only, which shares this package's dependencies.
@@ -83,6 +84,10 @@ pub struct AppStateFields {
     pub max_body_bytes: usize,
     /// Timeouts and the connection cap [`run`] serves with.
     pub edges: delibera_serve::Edges,
+    /// The last `GET /api/workers/registered` body and its registry answers.
+    pub rendered_roster: Arc<routes::Rendered<Vec<RegisteredWorker>, Vec<WorkerRecord>>>,
+    /// The last `GET /api/agents/endpoints` agents and their registry answers.
+    pub rendered_endpoints: Arc<routes::Rendered<Vec<CoordinatorRecord>, Vec<WorkerRecord>>>,
 }
 
 impl AppState {
@@ -183,6 +188,8 @@ impl AppStateBuilder {
             cors: self.cors,
             max_body_bytes: self.max_body_bytes,
             edges: self.edges,
+            rendered_roster: Arc::default(),
+            rendered_endpoints: Arc::default(),
         };
         AppState {
             shared: Arc::new(fields),
