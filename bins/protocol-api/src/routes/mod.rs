@@ -17,8 +17,11 @@ use crate::error::ApiError;
 /// keeps them until it fetches again or forgets them on a write), so a large
 /// list is not serialised again for every request.
 pub struct Rendered<A, B> {
-    last: Mutex<Option<(Arc<A>, Arc<B>, Bytes)>>,
+    last: Mutex<Option<RenderedFrom<A, B>>>,
 }
+
+/// A body and the answers it was rendered from.
+type RenderedFrom<A, B> = (Arc<A>, Arc<B>, Bytes);
 
 impl<A, B> Default for Rendered<A, B> {
     fn default() -> Self {

@@ -64,12 +64,10 @@ async fn calls_of(server: &MockServer, method: &'static str) -> usize {
 
 /// Moves the runtime's clock on by `by` without waiting for it, and lets it
 /// run on in real time (paused, reqwest's own timeouts would fire at once).
-fn advance_clock(by: Duration) -> impl Future<Output = ()> {
-    async move {
-        tokio::time::pause();
-        tokio::time::advance(by).await;
-        tokio::time::resume();
-    }
+async fn advance_clock(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
 }
 
 #[tokio::test]
