@@ -372,8 +372,8 @@ async fn handle(
         return Ok(response.map(|body| UntilSent::new(body, in_flight)));
     }
     // A request without a body (most GETs) has nothing to time out.
-    let timed_out = (!http_body::Body::is_end_stream(request.body()))
-        .then(|| Arc::new(AtomicBool::new(false)));
+    let timed_out =
+        (!http_body::Body::is_end_stream(request.body())).then(|| Arc::new(AtomicBool::new(false)));
     let mut request = match &timed_out {
         Some(timed_out) => {
             let deadline = Instant::now() + edges.body_read_timeout;
