@@ -13,8 +13,8 @@ use delibera_deploy::{Deployer, HealthGate, Url};
 use delibera_ensue_local::LocalEnsue;
 use delibera_identity::AccountId;
 use delibera_near::{
-    Accounts, BlockReference, ChainRegistrar, CoordinatorContract, LocalRegistry, NearRpc,
-    Registrar, Registry, RegistryContract, RpcAccounts, RpcRegistry, TransactionSender,
+    Accounts, BlockReference, CachedRegistry, ChainRegistrar, CoordinatorContract, LocalRegistry,
+    NearRpc, Registrar, Registry, RegistryContract, RpcAccounts, RpcRegistry, TransactionSender,
 };
 use delibera_phala::{PhalaClient, PhalaDeployer, PhalaDeployerOptions};
 use delibera_storacha::{ConfiguredDelegator, Delegator, LocalSpaceDelegator};
@@ -269,6 +269,10 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         )
     })?;
     let ensue_url = Url::parse(local_ensue.url()).context("the embedded Ensue's URL")?;
+    // The routes read through the cache; the registrar writes (no wallet
+    // locally: the local registry registers the agent itself) and the cache
+    // forgets its answers when it does.
+    let cached = CachedRegistry::new(registry.clone(), config.registry_cache_ttl());
     let ports = Ports {
         delegator,
         // Orgs are made in the embedded store under credentials the job
@@ -276,12 +280,11 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         ensue: Arc::new(EmbeddedEnsue::new(ensue_url, local_ensue.store().clone())),
         deployer,
         health_gate: HealthGate::default(),
-        registry: registry.clone(),
         // Local accounts: the keys given in the local registry, and every
         // key's implicit account; the roster is the server's.
         accounts: registry.clone(),
-        // No wallet locally: the local registry registers the agent itself.
-        registrar: registry,
+        registrar: Arc::new(cached.invalidating(registry)),
+        registry: Arc::new(cached),
         http: reqwest::Client::new(),
     };
     let mut settings = Settings::new(ensue_key);
@@ -421,14 +424,20 @@ pub async fn compose_production(
         rpc.clone(),
         CoordinatorContract::new(rpc.clone(), production.coordinator_contract.clone()),
     ));
-    let registrar: Arc<dyn Registrar> = Arc::new(ChainRegistrar::new(
-        registry.clone(),
-        rpc,
-        vec![
-            production.registry_contract.clone(),
-            production.coordinator_contract.clone(),
-        ],
-    ));
+    // The registrar confirms a wallet's registration against the chain's
+    // state as of now, so it reads NEAR directly; the routes read through
+    // the cache, which forgets its answers when a registration completes.
+    let cached = CachedRegistry::new(registry.clone(), config.registry_cache_ttl());
+    let registrar: Arc<dyn Registrar> =
+        Arc::new(cached.invalidating(Arc::new(ChainRegistrar::new(
+            registry,
+            rpc,
+            vec![
+                production.registry_contract.clone(),
+                production.coordinator_contract.clone(),
+            ],
+        ))));
+    let registry: Arc<dyn Registry> = Arc::new(cached);
     let delegator: Arc<dyn Delegator> = Arc::new(
         ConfiguredDelegator::from_strings(
             &production.storacha_agent_private_key,

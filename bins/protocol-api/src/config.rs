@@ -115,6 +115,12 @@ pub struct Config {
     /// outgoing HTTP and listeners.
     #[arg(long, env = "FD_RESERVE", default_value_t = delibera_serve::DEFAULT_FD_RESERVE)]
     pub fd_reserve: u64,
+    /// Milliseconds a registry read (the roster, the endpoint lists, one
+    /// agent's record) is answered from memory: about one NEAR block. The
+    /// server's own writes are seen at once; 0 turns the cache off (reads
+    /// that arrive together still share one call).
+    #[arg(long, env = "REGISTRY_CACHE_TTL_MS", default_value_t = 1000)]
+    pub registry_cache_ttl_ms: u64,
 
     /// Production: Phala Cloud API key.
     #[arg(long, env = "PHALA_API_KEY", hide_env_values = true)]
@@ -195,6 +201,11 @@ impl Config {
             .with_idle_timeout(Duration::from_secs(self.idle_timeout_secs))
             .with_body_read_timeout(Duration::from_secs(self.body_read_timeout_secs))
             .with_fd_reserve(self.fd_reserve)
+    }
+
+    /// How long a registry read is answered from memory.
+    pub fn registry_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.registry_cache_ttl_ms)
     }
 
     /// The API server's edges: [`Config::edges`] with `MAX_CONNECTIONS`.

@@ -191,25 +191,39 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// The largest error body [`json_error_bodies`] reads to keep its text.
+/// The largest error body [`json_error_body`] reads to keep its text.
 const MAX_REWRITTEN_ERROR_BYTES: usize = 4 * 1024;
 
-/// Middleware: every error response leaves as `{"error": "…"}`. The routes'
-/// own errors already do; this catches the rest, such as axum's extractor
-/// rejections (a path segment that is not UTF-8) and the plain-text answers
-/// of tower layers. A 4xx keeps its text, which says what to fix; a 5xx says
-/// only its status, so no internal detail leaks.
+/// Middleware: every error response leaves as `{"error": "…"}` (see
+/// [`json_error_body`]). The server applies the same rewrite in its one
+/// request layer; this form is for routers built around other layers.
 pub async fn json_error_bodies(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    json_error_body(next.run(request).await).await
+}
+
+/// Whether `response` is an error without the `{"error": "…"}` envelope.
+pub fn lacks_error_envelope(response: &Response) -> bool {
     let status = response.status();
-    let is_json = response
+    if !(status.is_client_error() || status.is_server_error()) {
+        return false;
+    }
+    !response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        .is_some_and(|value| value.starts_with("application/json"))
+}
+
+/// `response` with an error leaving as `{"error": "…"}`. The routes' own
+/// errors already do; this catches the rest, such as axum's extractor
+/// rejections (a path segment that is not UTF-8) and the plain-text answers
+/// of tower layers. A 4xx keeps its text, which says what to fix; a 5xx says
+/// only its status, so no internal detail leaks.
+pub async fn json_error_body(response: Response) -> Response {
+    if !lacks_error_envelope(&response) {
         return response;
     }
+    let status = response.status();
     let (mut parts, body) = response.into_parts();
     let text = if status.is_client_error() {
         axum::body::to_bytes(body, MAX_REWRITTEN_ERROR_BYTES)

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod ports;
+pub mod request_layer;
 pub mod routes;
 pub mod seal;
 pub mod store;
@@ -25,11 +26,9 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderName;
 use axum::middleware;
-use axum::response::Response;
 use axum::routing::{get, post, put};
+use delibera_near::{CoordinatorRecord, RegisteredWorker, WorkerRecord};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
 // Used by `main.rs` only, which shares this package's dependencies.
 use tracing_subscriber as _;
@@ -42,9 +41,31 @@ use delibera_serve::PerMinuteLimiter;
 
 use crate::auth::WalletAuth;
 
-/// What every handler can reach.
+/// What every handler can reach. Cloning it (axum does, for every handler
+/// call) copies one pointer; a field assigned through it is changed in this
+/// state's own copy.
 #[derive(Clone)]
 pub struct AppState {
+    shared: Arc<AppStateFields>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateFields;
+
+    fn deref(&self) -> &AppStateFields {
+        &self.shared
+    }
+}
+
+impl std::ops::DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut AppStateFields {
+        Arc::make_mut(&mut self.shared)
+    }
+}
+
+/// The fields of an [`AppState`].
+#[derive(Clone)]
+pub struct AppStateFields {
     /// Every job and its transitions.
     pub jobs: JobMachine,
     /// The outside services.
@@ -70,6 +91,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Timeouts and the connection cap [`run`] serves with.
     pub edges: delibera_serve::Edges,
+    /// The last `GET /api/workers/registered` body and its registry answers.
+    pub rendered_roster: Arc<routes::Rendered<Vec<RegisteredWorker>, Vec<WorkerRecord>>>,
+    /// The last `GET /api/agents/endpoints` agents and their registry answers.
+    pub rendered_endpoints: Arc<routes::Rendered<Vec<CoordinatorRecord>, Vec<WorkerRecord>>>,
 }
 
 impl AppState {
@@ -171,7 +196,7 @@ impl AppStateBuilder {
     pub fn build(self) -> AppState {
         let ports = Arc::new(self.ports);
         let settings = Arc::new(self.settings);
-        AppState {
+        let fields = AppStateFields {
             jobs: JobMachine::new(
                 self.database.jobs(),
                 self.database.org_keys(),
@@ -189,6 +214,11 @@ impl AppStateBuilder {
             cors: self.cors,
             max_body_bytes: self.max_body_bytes,
             edges: self.edges,
+            rendered_roster: Arc::default(),
+            rendered_endpoints: Arc::default(),
+        };
+        AppState {
+            shared: Arc::new(fields),
         }
     }
 }
@@ -219,41 +249,8 @@ async fn not_found() -> error::ApiError {
     error::ApiError::NotFound("no such route".into())
 }
 
-/// The span of one request: method, route and request id. The route is the
-/// matched template (`/api/provision/status/{jobId}`), never the concrete
-/// path: a job id is enough to read a job's secrets, so it stays out of logs.
-fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("-");
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", axum::extract::MatchedPath::as_str);
-    tracing::info_span!(
-        "request",
-        method = metrics::method_label(request.method()),
-        route,
-        request_id,
-    )
-}
-
 async fn method_not_allowed() -> error::ApiError {
     error::ApiError::MethodNotAllowed
-}
-
-/// Middleware: `Cache-Control: no-store` on every response. Job statuses,
-/// registrations and external-worker identities carry keys, tokens, claim
-/// URLs and codes, and nothing this server answers gains from being cached.
-async fn no_store(request: axum::extract::Request, next: middleware::Next) -> Response {
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
-    response
 }
 
 /// The CORS answers for `policy`. Without an allowed origin the layer still
@@ -335,14 +332,11 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(middleware::from_fn(metrics::track))
-        // Every request gets an `x-request-id` (the caller's, or a new UUID),
-        // carried in its tracing span and echoed in the response.
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(middleware::from_fn(error::json_error_bodies))
-        .layer(middleware::from_fn(no_store))
+        // Every request gets an `x-request-id` (the caller's, or a new
+        // UUID-shaped one), carried in its one tracing span and echoed in the
+        // response, is counted, and leaves with `no-store` and, on error,
+        // the JSON error envelope.
+        .layer(request_layer::RequestLayer)
         .layer(cors)
         .with_state(state)
 }

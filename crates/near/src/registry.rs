@@ -1,5 +1,7 @@
 //! The `Registry` port the Protocol API server uses, and its NEAR implementation.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::messages;
@@ -94,6 +96,26 @@ pub trait Registry: Send + Sync {
     /// Removes a worker from the roster as the server's account
     /// (`DELETE /api/workers/:workerId`).
     async fn roster_remove(&self, worker_id: &str) -> Result<()>;
+
+    /// [`list_active_coordinators`](Self::list_active_coordinators), shared:
+    /// a cache hands out the same allocation for as long as the answer
+    /// holds, so a caller may keep what it derived from it while
+    /// [`Arc::ptr_eq`] says the answer is the same.
+    async fn active_coordinators_shared(&self) -> Result<Arc<Vec<CoordinatorRecord>>> {
+        self.list_active_coordinators().await.map(Arc::new)
+    }
+
+    /// [`list_active_workers`](Self::list_active_workers), shared (see
+    /// [`active_coordinators_shared`](Self::active_coordinators_shared)).
+    async fn active_workers_shared(&self) -> Result<Arc<Vec<WorkerRecord>>> {
+        self.list_active_workers().await.map(Arc::new)
+    }
+
+    /// [`roster`](Self::roster), shared (see
+    /// [`active_coordinators_shared`](Self::active_coordinators_shared)).
+    async fn roster_shared(&self) -> Result<Arc<Vec<RegisteredWorker>>> {
+        self.roster().await.map(Arc::new)
+    }
 }
 
 /// [`Registry`] over NEAR: view calls, and change calls signed with the

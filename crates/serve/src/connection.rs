@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -32,12 +33,24 @@ struct Phase {
     /// Whether the wait is for a head: a new connection, or bytes after an
     /// idle pause. Otherwise the connection is idle.
     reading_head: bool,
+    /// When the connection task's timer next looks at the phase (`None`
+    /// before it first does). A change only wakes the task if it makes a
+    /// deadline earlier than this; otherwise the timer's next look finds it.
+    next_check: Option<Instant>,
 }
 
 /// What the accept loop, the connection task and the request handler share
 /// about one connection.
+///
+/// A request changes the phase three times (bytes arrive, the head is
+/// parsed, the response is sent) and none of these touches a timer or wakes
+/// the connection task in the common case: the task keeps one timer, set no
+/// later than the earliest deadline the phase could reach before the timer
+/// fires, and a change wakes it only when it brings a deadline before that.
 #[derive(Debug)]
 pub(crate) struct Tracker {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
     phase: Mutex<Phase>,
     changed: Notify,
     shed: AtomicBool,
@@ -45,13 +58,16 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(edges: &Edges) -> Self {
         Self {
+            header_read_timeout: edges.header_read_timeout,
+            idle_timeout: edges.idle_timeout,
             phase: Mutex::new(Phase {
                 in_flight: 0,
                 since: Instant::now(),
                 // A new connection owes its first head within the header timeout.
                 reading_head: true,
+                next_check: None,
             }),
             changed: Notify::new(),
             shed: AtomicBool::new(false),
@@ -64,21 +80,29 @@ impl Tracker {
         self.phase.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Wakes the connection task if `deadline` comes before its next check.
+    fn deadline_moved(&self, phase: &Phase, deadline: Instant) {
+        if phase.next_check.is_none_or(|check| deadline < check) {
+            // A stored permit if the task is not waiting: nothing is missed.
+            self.changed.notify_one();
+        }
+    }
+
     /// Bytes arrived: after an idle pause they start the next head.
     fn bytes_read(&self) {
         let mut phase = self.phase();
         if phase.in_flight == 0 && !phase.reading_head {
             phase.reading_head = true;
             phase.since = Instant::now();
-            drop(phase);
-            self.changed.notify_waiters();
+            let deadline = phase.since + self.header_read_timeout;
+            self.deadline_moved(&phase, deadline);
         }
     }
 
-    /// A head was parsed: no deadline of this module runs while it is answered.
+    /// A head was parsed: no deadline of this module runs while it is
+    /// answered (the task's next check finds it so).
     pub(crate) fn request_started(&self) {
         self.phase().in_flight += 1;
-        self.changed.notify_waiters();
     }
 
     /// A response was sent (or abandoned): the idle wait starts.
@@ -88,9 +112,9 @@ impl Tracker {
         if phase.in_flight == 0 {
             phase.reading_head = false;
             phase.since = Instant::now();
+            let deadline = phase.since + self.idle_timeout;
+            self.deadline_moved(&phase, deadline);
         }
-        drop(phase);
-        self.changed.notify_waiters();
     }
 
     /// Since when the connection has had nothing in flight, if it has not.
@@ -104,36 +128,44 @@ impl Tracker {
         self.phase().in_flight > 0
     }
 
-    fn deadline(&self, edges: &Edges) -> Option<(Instant, Expiry)> {
-        let phase = self.phase();
-        if phase.in_flight > 0 {
+    /// The expiry due at `now`, if any; otherwise when to look again,
+    /// recorded so that changes know whether they must wake the task.
+    fn check(&self, now: Instant) -> Result<Instant, Expiry> {
+        let mut phase = self.phase();
+        let deadline = if phase.in_flight > 0 {
             None
         } else if phase.reading_head {
-            Some((phase.since + edges.header_read_timeout, Expiry::HeaderRead))
+            Some((phase.since + self.header_read_timeout, Expiry::HeaderRead))
         } else {
-            Some((phase.since + edges.idle_timeout, Expiry::Idle))
+            Some((phase.since + self.idle_timeout, Expiry::Idle))
+        };
+        if let Some((deadline, expiry)) = deadline
+            && now >= deadline
+        {
+            return Err(expiry);
         }
+        // No wait that starts after `now` can end before `now` plus the
+        // shorter timeout, so changes until then need not wake the task.
+        let horizon = now + self.header_read_timeout.min(self.idle_timeout);
+        let next = deadline.map_or(horizon, |(deadline, _)| deadline.min(horizon));
+        phase.next_check = Some(next);
+        Ok(next)
     }
 
     /// Resolves when the header-read or idle deadline passes with no request
-    /// in flight.
-    pub(crate) async fn expired(&self, edges: &Edges) -> Expiry {
+    /// in flight. One timer for the connection's whole life.
+    pub(crate) async fn expired(&self) -> Expiry {
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
         loop {
             let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the phase is read, so no change is missed.
-            changed.as_mut().enable();
-            match self.deadline(edges) {
-                None => changed.await,
-                Some((deadline, expiry)) => {
-                    if Instant::now() >= deadline {
-                        return expiry;
-                    }
-                    tokio::select! {
-                        () = changed => {}
-                        () = tokio::time::sleep_until(deadline) => {}
-                    }
-                }
+            match self.check(Instant::now()) {
+                Err(expiry) => return expiry,
+                Ok(next) => timer.as_mut().reset(next),
+            }
+            tokio::select! {
+                () = changed => {}
+                () = timer.as_mut() => {}
             }
         }
     }

@@ -226,7 +226,7 @@ impl Shared {
 
     fn register(self: &Arc<Self>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let tracker = Arc::new(Tracker::new());
+        let tracker = Arc::new(Tracker::new(&self.edges));
         self.connections().insert(id, tracker.clone());
         self.active.fetch_add(1, Ordering::SeqCst);
         OPEN_CONNECTIONS.fetch_add(1, Ordering::SeqCst);
@@ -348,7 +348,7 @@ async fn serve_connection(
                 }
                 break;
             }
-            expiry = tracker.expired(&shared.edges) => {
+            expiry = tracker.expired() => {
                 tracing::debug!(%remote, ?expiry, "closing a connection that waited too long");
                 break;
             }
@@ -389,10 +389,16 @@ async fn handle(
         ));
         return Ok(response.map(|body| UntilSent::new(body, in_flight)));
     }
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let deadline = Instant::now() + edges.body_read_timeout;
-    let mut request =
-        request.map(|body| Body::new(DeadlineBody::new(body, deadline, timed_out.clone())));
+    // A request without a body (most GETs) has nothing to time out.
+    let timed_out =
+        (!http_body::Body::is_end_stream(request.body())).then(|| Arc::new(AtomicBool::new(false)));
+    let mut request = match &timed_out {
+        Some(timed_out) => {
+            let deadline = Instant::now() + edges.body_read_timeout;
+            request.map(|body| Body::new(DeadlineBody::new(body, deadline, timed_out.clone())))
+        }
+        None => request.map(Body::new),
+    };
     request.extensions_mut().insert(ConnectInfo(remote));
     let response = match shared.router.clone().oneshot(request).await {
         Ok(response) => response,
@@ -400,7 +406,7 @@ async fn handle(
     };
     // Whatever the handler made of a body that stopped arriving, the client
     // gets the timeout, and the connection (its body half-read) is closed.
-    let response = if timed_out.load(Ordering::SeqCst) {
+    let response = if timed_out.is_some_and(|timed_out| timed_out.load(Ordering::SeqCst)) {
         closing(render_rejection(
             shared.render,
             Rejection::BodyTimeout {

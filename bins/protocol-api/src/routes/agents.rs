@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
+use axum::response::Response;
 use delibera_deploy::AgentRole;
-use delibera_near::EndpointUpdate;
+use delibera_near::{CoordinatorRecord, EndpointUpdate, WorkerRecord};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -15,44 +16,63 @@ use crate::api_types::{
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
-use crate::routes::registry_error;
+use crate::routes::{json_body, registry_error};
 use crate::validation;
 
 /// Every active agent's endpoint from the registry, coordinators and workers.
 #[utoipa::path(get, path = "/api/agents/endpoints", tag = "agents",
     responses((status = 200, body = AgentEndpoints), (status = 502, body = ErrorBody)))]
-pub async fn endpoints(State(state): State<AppState>) -> Result<Json<AgentEndpoints>, ApiError> {
+pub async fn endpoints(State(state): State<AppState>) -> Result<Response, ApiError> {
     let registry = &state.ports.registry;
     let (coordinators, workers) = tokio::try_join!(
-        registry.list_active_coordinators(),
-        registry.list_active_workers()
+        registry.active_coordinators_shared(),
+        registry.active_workers_shared()
     )
     .map_err(registry_error)?;
+    let agents = state.rendered_endpoints.get_or_render(
+        &coordinators,
+        &workers,
+        |coordinators, workers| render_agents(coordinators, workers),
+    )?;
+    // `AgentEndpoints` as serde writes it: the agents, then the time of
+    // this answer, which is all that changes while the registry does not.
+    let timestamp = crate::iso_now();
+    let mut body = Vec::with_capacity(agents.len() + timestamp.len() + 28);
+    body.extend_from_slice(b"{\"agents\":");
+    body.extend_from_slice(&agents);
+    body.extend_from_slice(b",\"timestamp\":\"");
+    body.extend_from_slice(timestamp.as_bytes());
+    body.extend_from_slice(b"\"}");
+    Ok(json_body(body))
+}
+
+/// The `agents` object of [`AgentEndpoints`]: every active agent by DID.
+fn render_agents(
+    coordinators: &[CoordinatorRecord],
+    workers: &[WorkerRecord],
+) -> Result<Vec<u8>, ApiError> {
     let mut agents = BTreeMap::new();
     for coordinator in coordinators {
         agents.insert(
-            coordinator.coordinator_did,
+            coordinator.coordinator_did.as_str(),
             AgentEndpoint {
-                endpoint: coordinator.endpoint_url,
+                endpoint: coordinator.endpoint_url.clone(),
                 kind: "coordinator".into(),
-                cvm_id: coordinator.cvm_id,
+                cvm_id: coordinator.cvm_id.clone(),
             },
         );
     }
     for worker in workers {
         agents.insert(
-            worker.worker_did,
+            worker.worker_did.as_str(),
             AgentEndpoint {
-                endpoint: worker.endpoint_url,
+                endpoint: worker.endpoint_url.clone(),
                 kind: "worker".into(),
-                cvm_id: worker.cvm_id,
+                cvm_id: worker.cvm_id.clone(),
             },
         );
     }
-    Ok(Json(AgentEndpoints {
-        agents,
-        timestamp: crate::iso_now(),
-    }))
+    serde_json::to_vec(&agents).map_err(ApiError::internal)
 }
 
 /// One agent's endpoint from the registry.

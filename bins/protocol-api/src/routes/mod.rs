@@ -4,7 +4,66 @@ pub mod agents;
 pub mod provision;
 pub mod workers;
 
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::body::Bytes;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
 use crate::error::ApiError;
+
+/// The last body rendered from two shared registry answers, reused while
+/// the registry hands out the same answers (the same allocations: a cache
+/// keeps them until it fetches again or forgets them on a write), so a large
+/// list is not serialised again for every request.
+pub struct Rendered<A, B> {
+    last: Mutex<Option<RenderedFrom<A, B>>>,
+}
+
+/// A body and the answers it was rendered from.
+type RenderedFrom<A, B> = (Arc<A>, Arc<B>, Bytes);
+
+impl<A, B> Default for Rendered<A, B> {
+    fn default() -> Self {
+        Self {
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl<A, B> Rendered<A, B> {
+    /// The body for `first` and `second`: the last one if it was rendered
+    /// from these very answers, else `render`'s (kept for next time).
+    pub fn get_or_render(
+        &self,
+        first: &Arc<A>,
+        second: &Arc<B>,
+        render: impl FnOnce(&A, &B) -> Result<Vec<u8>, ApiError>,
+    ) -> Result<Bytes, ApiError> {
+        if let Some((a, b, body)) = &*self.last.lock().unwrap_or_else(PoisonError::into_inner)
+            && Arc::ptr_eq(a, first)
+            && Arc::ptr_eq(b, second)
+        {
+            return Ok(body.clone());
+        }
+        let body = Bytes::from(render(first, second)?);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((first.clone(), second.clone(), body.clone()));
+        Ok(body)
+    }
+}
+
+/// A JSON response of an already serialised body.
+pub fn json_body(body: impl Into<axum::body::Body>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.into(),
+    )
+        .into_response()
+}
 
 /// Maps a registry failure to HTTP: a contract rule broken, or a registration
 /// not (yet) as expected, is the caller's conflict (with the reason); bad

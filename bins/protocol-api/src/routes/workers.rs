@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
+use axum::response::Response;
+use delibera_near::{RegisteredWorker, WorkerRecord};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -11,40 +13,56 @@ use crate::AppState;
 use crate::api_types::{ErrorBody, Message, Roster, RosterRegistered, RosterWorker};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
-use crate::routes::registry_error;
+use crate::routes::{json_body, registry_error};
 use crate::validation;
 
 /// The coordinator contract's worker roster, joined with registry endpoints.
 /// `registered_at` is in milliseconds (the contract stores nanoseconds).
 #[utoipa::path(get, path = "/api/workers/registered", tag = "workers",
     responses((status = 200, body = Roster), (status = 502, body = ErrorBody)))]
-pub async fn registered(State(state): State<AppState>) -> Result<Json<Roster>, ApiError> {
+pub async fn registered(State(state): State<AppState>) -> Result<Response, ApiError> {
     let registry = &state.ports.registry;
-    let (roster, active) = tokio::try_join!(registry.roster(), registry.list_active_workers())
-        .map_err(registry_error)?;
-    let endpoints: HashMap<String, String> = active
-        .into_iter()
-        .map(|worker| (worker.worker_did, worker.endpoint_url))
+    let (roster, active) =
+        tokio::try_join!(registry.roster_shared(), registry.active_workers_shared())
+            .map_err(registry_error)?;
+    let body = state
+        .rendered_roster
+        .get_or_render(&roster, &active, |roster, active| {
+            render_roster(roster, active)
+        })?;
+    Ok(json_body(body))
+}
+
+fn render_roster(
+    roster: &[RegisteredWorker],
+    active: &[WorkerRecord],
+) -> Result<Vec<u8>, ApiError> {
+    let endpoints: HashMap<&str, &str> = active
+        .iter()
+        .map(|worker| (worker.worker_did.as_str(), worker.endpoint_url.as_str()))
         .collect();
     let active_count = roster.iter().filter(|worker| worker.active).count();
     let workers = roster
-        .into_iter()
+        .iter()
         .map(|worker| RosterWorker {
             account_id: worker
                 .account_id
                 .as_ref()
                 .unwrap_or(&worker.registered_by)
                 .to_string(),
-            endpoint_url: endpoints.get(&worker.worker_id).cloned(),
+            endpoint_url: endpoints
+                .get(worker.worker_id.as_str())
+                .map(|url| (*url).to_owned()),
             is_active: worker.active,
             registered_at: worker.registered_at / 1_000_000,
-            worker_did: worker.worker_id,
+            worker_did: worker.worker_id.clone(),
         })
         .collect();
-    Ok(Json(Roster {
+    serde_json::to_vec(&Roster {
         workers,
         active_count,
-    }))
+    })
+    .map_err(ApiError::internal)
 }
 
 /// `POST /api/workers/register` body.

@@ -256,3 +256,49 @@ fn the_walkthrough_works_and_survives_a_crash() {
     restarted.block_on(second_run(&config, &before));
     restarted.shutdown_timeout(Duration::from_secs(5));
 }
+
+/// The composed server reads the registry through its cache (a TTL far
+/// longer than the test), and sees its own writes at once: the roster after
+/// an admin write, the endpoints after a change of endpoint.
+#[test]
+fn the_composed_registry_cache_shows_the_servers_own_writes_at_once() {
+    if !in_clean_env(&[]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), free_port());
+    config.registry_cache_ttl_ms = 3_600_000;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let api = start(&config).await;
+        let http = http();
+        let token = std::fs::read_to_string(config.data_dir.join("admin-token")).unwrap();
+        let worker = "did:key:z6MktnLCM9uGL4j8VSMinpV13BUYwss4R1fjcq2DiLmyjF7M";
+
+        let (code, roster) =
+            call(&http, "GET", &format!("{api}/api/workers/registered"), None).await;
+        assert_eq!((code, &roster["activeCount"]), (200, &json!(0)), "{roster}");
+        let response = http
+            .post(format!("{api}/api/workers/register"))
+            .bearer_auth(token.trim())
+            .json(&json!({"workerId": worker}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let (_, roster) = call(&http, "GET", &format!("{api}/api/workers/registered"), None).await;
+        assert_eq!(roster["activeCount"], 1, "{roster}");
+        assert_eq!(roster["workers"][0]["worker_did"], worker, "{roster}");
+
+        let response = http
+            .delete(format!("{api}/api/workers/{worker}"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let (_, roster) = call(&http, "GET", &format!("{api}/api/workers/registered"), None).await;
+        assert_eq!(roster["activeCount"], 0, "{roster}");
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+}

@@ -615,3 +615,94 @@ async fn the_embedded_ensue_gets_its_quotas_and_registration_limit_from_the_conf
         "{second:?}"
     );
 }
+
+/// What the server logged: the level and message of each event, and how
+/// many `request` spans were made.
+#[derive(Clone, Default)]
+struct Logged {
+    events: std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>,
+    request_spans: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+    fn on_new_span(
+        &self,
+        attributes: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attributes.metadata().name() == "request" {
+            self.request_spans
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let metadata = event.metadata();
+        self.events.lock().unwrap().push((
+            *metadata.level(),
+            format!("{} {}", metadata.target(), metadata.name()),
+        ));
+    }
+}
+
+#[tokio::test]
+async fn client_errors_are_not_logged_as_warnings_and_each_request_has_one_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    let logged = Logged::default();
+    // This test's runtime has one thread: everything the requests do is seen.
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(logged.clone()));
+    const JSON: Option<&str> = Some("application/json");
+    let requests = [
+        request("GET", "/no/such/route", None, ""),
+        request(
+            "GET",
+            "/api/provision/status/6f1c1b9e-3c1d-4e8e-9a53-0d5c8f6b2a10",
+            None,
+            "",
+        ),
+        request("DELETE", "/", None, ""),
+        request("POST", "/api/provision/worker", JSON, "{not json"),
+        request("POST", "/api/provision/worker", None, "{}"),
+        request(
+            "POST",
+            "/api/provision/worker",
+            JSON,
+            r#"{"displayName":""}"#,
+        ),
+        Request::builder()
+            .method("POST")
+            .uri("/api/workers/register")
+            .header("content-type", "application/json")
+            .body(Body::from(format!(r#"{{"workerId":"{DID}"}}"#)))
+            .unwrap(),
+    ];
+    let count = requests.len();
+    for request in requests {
+        let answer = send(&app.api, request).await;
+        assert!(answer.status.is_client_error(), "{}", answer.status);
+    }
+    let warnings: Vec<_> = logged
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(level, _)| *level <= tracing::Level::WARN)
+        .cloned()
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        logged
+            .request_spans
+            .load(std::sync::atomic::Ordering::SeqCst),
+        count
+    );
+}

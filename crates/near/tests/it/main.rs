@@ -1,6 +1,7 @@
 //! Integration tests of `delibera-near`, one binary.
 
 mod accounts;
+mod cache;
 mod contracts;
 mod local_registry;
 mod nep413;

@@ -72,6 +72,31 @@ async fn a_keep_alive_connection_is_closed_at_the_idle_timeout_not_the_header_ti
 }
 
 #[tokio::test]
+async fn a_head_started_after_an_idle_pause_is_held_to_the_header_timeout() {
+    // The connection's timer is set for the long idle wait when the next
+    // head starts: only the header timeout can close this one in time.
+    let header_timeout = Duration::from_millis(300);
+    let served = serve(
+        router().router,
+        Edges::default()
+            .with_header_read_timeout(header_timeout)
+            .with_idle_timeout(Duration::from_secs(3600)),
+    )
+    .await;
+    let mut stream = TcpStream::connect(served.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.body, "ok");
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    closed(&mut stream).await;
+    assert!(started.elapsed() >= header_timeout);
+    served.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_second_request_on_a_keep_alive_connection_is_served() {
     let served = serve(router().router, Edges::default()).await;
     let mut stream = TcpStream::connect(served.addr).await.unwrap();
