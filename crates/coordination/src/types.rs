@@ -33,13 +33,64 @@ pub struct TaskDefinition {
 }
 
 /// How a round's votes are counted.
+///
+/// Two different numbers are both called "quorum" by the clients of this
+/// protocol, so each has its own field:
+///
+/// - `minVotes` — votes that must be cast (approved + rejected) for the
+///   round to count at all; fewer gives [`Decision::NoQuorum`]. `quorum` is
+///   the older name of the same number, still read and written.
+/// - `approvalsNeeded` — approvals that approve the proposal, whatever the
+///   rejections (the TypeScript agents' `parameters.voting_config.quorum`).
+///
+/// Without `approvalsNeeded` the decision is a majority of the votes cast (a
+/// tie rejects), and `minVotes` defaults to a strict majority of the round's
+/// workers. With `approvalsNeeded` the decision is `approved >= approvalsNeeded`,
+/// and `minVotes` defaults to 0 (the TypeScript rule).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VotingConfig {
-    /// Votes that must be cast (approved + rejected) for a decision; when
-    /// absent, a strict majority of the round's workers.
+    /// Older name of [`min_votes`](Self::min_votes); used when that is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<u32>,
+    /// Votes that must be cast for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_votes: Option<u32>,
+    /// Approvals that approve the proposal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals_needed: Option<u32>,
+}
+
+impl VotingConfig {
+    /// The explicit minimum of votes cast: `minVotes`, else `quorum`.
+    pub fn explicit_min_votes(&self) -> Option<u32> {
+        self.min_votes.or(self.quorum)
+    }
+
+    /// The votes that must be cast in a round of `worker_count` workers.
+    pub fn min_votes_for(&self, worker_count: u32) -> u32 {
+        match (self.explicit_min_votes(), self.approvals_needed) {
+            (Some(min), _) => min,
+            (None, Some(_)) => 0,
+            (None, None) => worker_count / 2 + 1,
+        }
+    }
+
+    /// The decision for these counts in a round of `worker_count` workers.
+    pub fn decide(&self, approved: u32, rejected: u32, worker_count: u32) -> Decision {
+        if approved.saturating_add(rejected) < self.min_votes_for(worker_count) {
+            return Decision::NoQuorum;
+        }
+        let approves = match self.approvals_needed {
+            Some(needed) => approved >= needed,
+            None => approved > rejected,
+        };
+        if approves {
+            Decision::Approved
+        } else {
+            Decision::Rejected
+        }
+    }
 }
 
 /// What a coordinator puts up for a vote; [`TaskDefinition`] adds the round's
@@ -86,9 +137,21 @@ impl Proposal {
         self
     }
 
-    /// Sets an explicit quorum.
+    /// Sets an explicit quorum (votes that must be cast; written as `quorum`).
     pub fn with_quorum(mut self, quorum: u32) -> Self {
         self.voting.quorum = Some(quorum);
+        self
+    }
+
+    /// Sets the votes that must be cast for a decision (`minVotes`).
+    pub fn with_min_votes(mut self, min_votes: u32) -> Self {
+        self.voting.min_votes = Some(min_votes);
+        self
+    }
+
+    /// Sets the approvals that approve the proposal (`approvalsNeeded`).
+    pub fn with_approvals_needed(mut self, approvals_needed: u32) -> Self {
+        self.voting.approvals_needed = Some(approvals_needed);
         self
     }
 }
@@ -164,11 +227,12 @@ pub struct WorkerResult {
 /// The round's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Decision {
-    /// Quorum reached and more approvals than rejections.
+    /// Enough votes cast, and more approvals than rejections (or, with
+    /// `approvalsNeeded`, at least that many approvals).
     Approved,
-    /// Quorum reached and at least as many rejections as approvals (a tie keeps the status quo).
+    /// Enough votes cast, and the proposal not approved (a tie keeps the status quo).
     Rejected,
-    /// Fewer votes cast than the quorum.
+    /// Fewer votes cast than the minimum (`minVotes`).
     NoQuorum,
 }
 
@@ -232,6 +296,9 @@ pub struct Tally {
     pub decision: Decision,
     /// The quorum applied (votes that had to be cast).
     pub quorum: u32,
+    /// The approvals that approved, when the task set `approvalsNeeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals_needed: Option<u32>,
     /// Size of the round's worker snapshot.
     pub worker_count: u32,
     /// The DIDs counted as abstained.
@@ -245,8 +312,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts `outcomes` (one per worker of the snapshot) under `quorum`, or a
-    /// strict majority of the snapshot when `quorum` is `None`.
+    /// Counts `outcomes` (one per worker of the snapshot) under the task's
+    /// [`VotingConfig`].
     pub fn count(
         task: &TaskDefinition,
         mut outcomes: Vec<WorkerOutcome>,
@@ -267,14 +334,8 @@ impl Tally {
             .filter(|o| o.vote.is_none())
             .map(|o| o.worker_did.clone())
             .collect();
-        let quorum = task.voting.quorum.unwrap_or(worker_count / 2 + 1);
-        let decision = if approved.saturating_add(rejected) < quorum {
-            Decision::NoQuorum
-        } else if approved > rejected {
-            Decision::Approved
-        } else {
-            Decision::Rejected
-        };
+        let quorum = task.voting.min_votes_for(worker_count);
+        let decision = task.voting.decide(approved, rejected, worker_count);
         Self {
             proposal_id: task.proposal_id.clone(),
             round_id: task.round_id.clone(),
@@ -283,6 +344,7 @@ impl Tally {
             abstained: u32::try_from(abstained_workers.len()).unwrap_or(u32::MAX),
             decision,
             quorum,
+            approvals_needed: task.voting.approvals_needed,
             worker_count,
             abstained_workers,
             workers: outcomes,
@@ -318,7 +380,10 @@ mod tests {
             title: "t".into(),
             description: String::new(),
             parameters: serde_json::Value::Null,
-            voting: VotingConfig { quorum },
+            voting: VotingConfig {
+                quorum,
+                ..VotingConfig::default()
+            },
             deadline: Utc::now(),
         }
     }
