@@ -464,8 +464,8 @@ impl Coordinator {
                             reference: Some((reference, text.clone())),
                         }),
                         None => Err(format!(
-                            "a `{}` result carries no vote (a TypeScript worker votes only on a \
-                             reference task definition of type `vote`)",
+                            "the result (task type {:?}) carries no vote: a TypeScript worker \
+                             votes only on a reference task definition of type `vote`",
                             reference.task_type
                         )),
                     }

@@ -265,6 +265,7 @@ pub struct ReferenceOutput {
     #[serde(default)]
     pub data: ReferenceOutputData,
     /// When the answer was computed.
+    #[serde(with = "js_time")]
     pub computed_at: DateTime<Utc>,
 }
 
@@ -275,7 +276,8 @@ pub struct ReferenceOutput {
 pub struct ReferenceWorkerResult {
     /// The worker's DID.
     pub worker_id: String,
-    /// The task type answered.
+    /// The task type answered (absent when the task had none).
+    #[serde(default)]
     pub task_type: String,
     /// The answer.
     pub output: ReferenceOutput,
@@ -393,6 +395,7 @@ pub struct ReferenceTally {
     /// The counted results.
     pub workers: Vec<ReferenceWorkerResult>,
     /// When the tally was made.
+    #[serde(with = "js_time")]
     pub timestamp: DateTime<Utc>,
     /// The on-chain proposal id, 0 when there is none.
     pub proposal_id: u64,
@@ -487,5 +490,25 @@ impl TallyDocument {
             TallyDocument::Delibera(tally) => (tally.approved, tally.rejected),
             TallyDocument::Reference(tally) => (tally.approved, tally.rejected),
         }
+    }
+}
+
+/// Times as JavaScript's `toISOString` writes them (milliseconds, `Z`), the
+/// form the TypeScript agents write and compare.
+mod js_time {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        at: &DateTime<Utc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
+        DateTime::<Utc>::deserialize(deserializer)
     }
 }

@@ -420,6 +420,76 @@ mod tests {
     }
 
     #[test]
+    fn approvals_needed_and_min_votes_are_separate_rules() {
+        let rules = |min_votes, approvals_needed| VotingConfig {
+            quorum: None,
+            min_votes,
+            approvals_needed,
+        };
+        // (approved, rejected, snapshot) → decision.
+        let majority = rules(None, None);
+        assert_eq!(majority.decide(2, 1, 4), Decision::Approved);
+        assert_eq!(majority.decide(1, 1, 4), Decision::NoQuorum);
+        assert_eq!(majority.decide(1, 2, 3), Decision::Rejected);
+        let approvals = rules(None, Some(2));
+        assert_eq!(approvals.decide(2, 5, 7), Decision::Approved);
+        assert_eq!(approvals.decide(1, 0, 7), Decision::Rejected);
+        assert_eq!(approvals.min_votes_for(7), 0);
+        let both = rules(Some(4), Some(2));
+        assert_eq!(both.decide(2, 1, 7), Decision::NoQuorum);
+        assert_eq!(both.decide(2, 2, 7), Decision::Approved);
+        let min_votes = rules(Some(2), None);
+        assert_eq!(min_votes.decide(1, 1, 9), Decision::Rejected);
+        // `quorum` is the older name of `minVotes`, which wins when both are set.
+        let legacy = VotingConfig {
+            quorum: Some(3),
+            ..VotingConfig::default()
+        };
+        assert_eq!(legacy.min_votes_for(9), 3);
+        assert_eq!(
+            VotingConfig {
+                min_votes: Some(1),
+                ..legacy
+            }
+            .min_votes_for(9),
+            1
+        );
+    }
+
+    #[test]
+    fn the_delibera_documents_round_trip_and_read_as_their_family() {
+        let tally = decide(Some(1), &[Some(Vote::Approved), None]);
+        let text = serde_json::to_string(&tally).unwrap();
+        assert_eq!(serde_json::from_str::<Tally>(&text).unwrap(), tally);
+        assert_eq!(
+            crate::TallyDocument::parse(&text).unwrap(),
+            crate::TallyDocument::Delibera(tally)
+        );
+        let mut task = task(Some(2));
+        task.voting.approvals_needed = Some(1);
+        let text = serde_json::to_string(&task).unwrap();
+        assert!(text.contains("\"approvalsNeeded\":1"), "{text}");
+        let received = crate::ReceivedTask::parse(&text).unwrap();
+        assert_eq!(received.task, task);
+        assert_eq!(received.family(), crate::DocumentFamily::Delibera);
+        let result = WorkerResult {
+            worker_did: delibera_identity::Keypair::from_seed(&[1; 32]).did(),
+            proposal_id: "p".into(),
+            round_id: "r".into(),
+            vote: Vote::Rejected,
+            reasoning: "no".into(),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            processing_time_ms: 0,
+        };
+        let text = serde_json::to_string(&result).unwrap();
+        assert_eq!(
+            crate::ResultDocument::parse(&text).unwrap(),
+            crate::ResultDocument::Delibera(result)
+        );
+    }
+
+    #[test]
     fn json_field_names_are_stable() {
         let tally = decide(Some(1), &[Some(Vote::Approved), None]);
         let json = serde_json::to_value(&tally).unwrap();
