@@ -2,6 +2,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod directory;
+mod documents;
 mod error;
 mod local_deployer;
 mod process;

@@ -190,10 +190,12 @@ impl Agent {
         let mut worker_loop = None;
         let router = match (env.role, self.directory) {
             (AgentRole::Worker, _) => {
-                let worker =
-                    Worker::new(did.clone(), self.memory.clone(), self.handler).with_config(
-                        WorkerConfig::polling(env.poll_interval, env.poll_interval * 2 / 3),
-                    );
+                let worker = Worker::new(did.clone(), self.memory.clone(), self.handler)
+                    .with_config(WorkerConfig::polling(
+                        env.poll_interval,
+                        env.poll_interval * 2 / 3,
+                    ))
+                    .with_documents(crate::documents::family(env.documents));
                 worker_loop = Some(tokio::spawn(worker.run(wait_for_stop(stopped.clone()))));
                 health_router(health)
             }
@@ -202,10 +204,10 @@ impl Agent {
                     .ok_or_else(|| Error::config("a coordinator needs a worker directory"))?;
                 let state = Arc::new(CoordinatorState {
                     did: did.clone(),
-                    coordinator: Arc::new(Coordinator::with_config(
-                        self.memory.clone(),
-                        CoordinatorConfig::default(),
-                    )),
+                    coordinator: Arc::new(
+                        Coordinator::with_config(self.memory.clone(), CoordinatorConfig::default())
+                            .with_documents(crate::documents::family(env.documents)),
+                    ),
                     memory: self.memory.clone(),
                     directory,
                     round_deadline: env.round_deadline,

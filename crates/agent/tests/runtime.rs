@@ -894,3 +894,61 @@ async fn an_orphan_that_cannot_be_forgotten_does_not_stop_the_restore() {
     deployer.teardown("local-81").await.unwrap();
     ensue.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_set_to_the_reference_documents_answers_in_the_typescript_shape() {
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
+    let memory = memory(&ensue);
+    let keypair = key(60);
+    let did = keypair.did();
+    // Configured as an operator would: through the env contract's variable.
+    let mut vars = env(AgentRole::Worker, &keypair, "Mixed", &ensue).to_vars();
+    vars.push(delibera_deploy::EnvVar::new(
+        delibera_agent::vars::DOCUMENTS,
+        "reference",
+    ));
+    let agent_env = AgentEnv::try_from(vars.as_slice()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(Agent::new(agent_env).unwrap().serve(listener, async {
+        let _ = stopped.await;
+    }));
+    healthy(&http(), &url, &did).await;
+
+    // A task of this implementation's own family: the setting alone picks the answer's shape.
+    let task = json!({
+        "proposalId": "5", "roundId": "round-5", "title": "Fund the indexer",
+        "description": "", "parameters": {}, "voting": {},
+        "deadline": "2999-01-01T00:00:00Z",
+    });
+    memory
+        .upsert("coordination/config/task_definition", &task.to_string())
+        .await
+        .unwrap();
+    memory
+        .upsert(&format!("coordination/tasks/{did}/status"), "pending")
+        .await
+        .unwrap();
+    let result_key = format!("coordination/tasks/{did}/result");
+    let result: Value = until("the worker's result", || async {
+        memory
+            .get(&result_key)
+            .await
+            .unwrap()
+            .map(|text| serde_json::from_str(&text).unwrap())
+    })
+    .await;
+    assert_eq!(result["workerId"], did.as_str());
+    assert_eq!(result["taskType"], "vote");
+    assert_eq!(result["roundId"], "round-5");
+    assert!(result["output"]["vote"].is_string(), "{result}");
+    stop.send(()).unwrap();
+    within("the agent to stop", served).await.unwrap().unwrap();
+    ensue.stop().await.unwrap();
+}

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 use crate::worker::iso_now;
 use crate::{
-    Error, Proposal, Result, Tally, TaskDefinition, WorkerOutcome, WorkerOutcomeStatus,
+    DocumentFamily, Error, Proposal, ReferenceTally, ReferenceTask, ReferenceWorkerResult, Result,
+    ResultDocument, Tally, TaskDefinition, VOTE_TASK_TYPE, WorkerOutcome, WorkerOutcomeStatus,
     WorkerResult,
 };
 use delibera_ensue::keys::{self, CoordinatorStatus, ProposalField, WorkerField, WorkerStatus};
@@ -76,6 +77,8 @@ impl Default for CoordinatorConfig {
 pub struct Coordinator {
     memory: Arc<dyn Memory>,
     config: CoordinatorConfig,
+    /// The family of the task definition and tally it writes.
+    documents: DocumentFamily,
     /// The proposal of the round in progress.
     running: Mutex<Option<String>>,
 }
@@ -84,6 +87,7 @@ impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coordinator")
             .field("config", &self.config)
+            .field("documents", &self.documents)
             .field("running", &*self.running())
             .finish_non_exhaustive()
     }
@@ -101,7 +105,17 @@ impl Drop for RunningGuard<'_> {
 /// What the coordinator learned about one worker during the wait.
 struct Answer {
     outcome: WorkerOutcome,
-    result: Option<(WorkerResult, String)>,
+    result: Option<Counted>,
+}
+
+/// A result counted in the tally.
+struct Counted {
+    result: WorkerResult,
+    /// The worker's `timestamp`, archived beside the result.
+    timestamp: String,
+    /// The result as the worker wrote it, when it wrote the reference shape
+    /// (archived verbatim, as a TypeScript coordinator would).
+    reference: Option<(ReferenceWorkerResult, String)>,
 }
 
 impl Coordinator {
@@ -115,8 +129,18 @@ impl Coordinator {
         Self {
             memory,
             config,
+            documents: DocumentFamily::default(),
             running: Mutex::new(None),
         }
+    }
+
+    /// Selects the family of the task definition and tally it writes. It
+    /// reads worker results of both families either way; but a TypeScript
+    /// worker reads only a reference task definition, so a fleet with one
+    /// needs [`DocumentFamily::Reference`] here.
+    pub fn with_documents(mut self, documents: DocumentFamily) -> Self {
+        self.documents = documents;
+        self
     }
 
     /// Whether a round is running.
@@ -204,7 +228,10 @@ impl Coordinator {
             // Cannot fail: the deadline is capped at a week.
             deadline: Utc::now() + chrono::Duration::from_std(deadline).unwrap_or_default(),
         };
-        let task_json = encode(&task)?;
+        let task_json = match self.documents {
+            DocumentFamily::Delibera => encode(&task)?,
+            DocumentFamily::Reference => encode(&ReferenceTask::from_task(&task))?,
+        };
         let id = task.proposal_id.as_str();
         tracing::info!(proposal = id, round = %task.round_id, workers = snapshot.len(), "round starts");
 
@@ -246,6 +273,7 @@ impl Coordinator {
         .await?;
         let mut outcomes = Vec::with_capacity(snapshot.len());
         let mut results = Vec::new();
+        let mut reference_results = Vec::new();
         let mut archive = Vec::with_capacity(2 * snapshot.len() + 1);
         for did in &snapshot {
             let answer = answers.remove(did).unwrap_or_else(|| Answer {
@@ -258,21 +286,38 @@ impl Coordinator {
                 },
                 result: None,
             });
-            if let Some((result, timestamp)) = answer.result {
+            if let Some(counted) = answer.result {
+                let (reference, archived) = match counted.reference {
+                    Some((reference, text)) => (reference, text),
+                    None => (
+                        ReferenceWorkerResult::from_result(
+                            &counted.result,
+                            VOTE_TASK_TYPE,
+                            task.parameters.clone(),
+                        ),
+                        encode(&counted.result)?,
+                    ),
+                };
                 archive.push((
                     keys::proposal_worker(id, did, WorkerField::Result),
-                    encode(&result)?,
+                    archived,
                 ));
                 archive.push((
                     keys::proposal_worker(id, did, WorkerField::Timestamp),
-                    timestamp,
+                    counted.timestamp,
                 ));
-                results.push(result);
+                results.push(counted.result);
+                reference_results.push(reference);
             }
             outcomes.push(answer.outcome);
         }
         let tally = Tally::count(&task, outcomes, results, Utc::now());
-        let tally_json = encode(&tally)?;
+        let tally_json = match self.documents {
+            DocumentFamily::Delibera => encode(&tally)?,
+            DocumentFamily::Reference => {
+                encode(&ReferenceTally::from_tally(&tally, reference_results))?
+            }
+        };
         self.write(&keys::coordinator_tally(), &tally_json).await?;
         archive.push((keys::proposal(id, ProposalField::Tally), tally_json));
         self.write_batch(archive, Batch::Create).await?;
@@ -385,34 +430,63 @@ impl Coordinator {
             let Some(text) = details.get(&keys::worker(did, WorkerField::Result)) else {
                 continue; // `completed` before its result is visible: look again next sweep.
             };
-            match serde_json::from_str::<WorkerResult>(text) {
+            let counted = match ResultDocument::parse(text) {
                 // A result of an earlier round: this round's answer is still to come.
-                Ok(result) if result.round_id != task.round_id => {}
-                Ok(result) if &result.worker_did != did => {
-                    outcome.error = Some(format!("result signed as {}", result.worker_did));
-                    answers.insert(
-                        did.clone(),
-                        Answer {
-                            outcome,
-                            result: None,
-                        },
-                    );
+                Ok(ResultDocument::Delibera(result)) if result.round_id != task.round_id => {
+                    continue;
                 }
-                Ok(result) => {
+                Ok(ResultDocument::Delibera(result)) if &result.worker_did != did => {
+                    Err(format!("result signed as {}", result.worker_did))
+                }
+                Ok(ResultDocument::Delibera(result)) => Ok(Counted {
+                    result,
+                    timestamp,
+                    reference: None,
+                }),
+                // A reference result without a round id answers a task that
+                // named none; the `pending` this round wrote before it keeps
+                // an earlier round's result from being read as `completed`.
+                Ok(ResultDocument::Reference(result))
+                    if result
+                        .round_id()
+                        .is_some_and(|round| round != task.round_id) =>
+                {
+                    continue;
+                }
+                Ok(ResultDocument::Reference(result)) if result.worker_id != did.as_str() => {
+                    Err(format!("result signed as {}", result.worker_id))
+                }
+                Ok(ResultDocument::Reference(reference)) => {
+                    match reference.to_result(did.clone(), task) {
+                        Some(result) => Ok(Counted {
+                            result,
+                            timestamp,
+                            reference: Some((reference, text.clone())),
+                        }),
+                        None => Err(format!(
+                            "the result (task type {:?}) carries no vote: a TypeScript worker \
+                             votes only on a reference task definition of type `vote`",
+                            reference.task_type
+                        )),
+                    }
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            match counted {
+                Ok(counted) => {
                     outcome.status = WorkerOutcomeStatus::Completed;
-                    outcome.vote = Some(result.vote);
-                    outcome.reasoning = Some(result.reasoning.clone());
+                    outcome.vote = Some(counted.result.vote);
+                    outcome.reasoning = Some(counted.result.reasoning.clone());
                     answers.insert(
                         did.clone(),
                         Answer {
                             outcome,
-                            result: Some((result, timestamp)),
+                            result: Some(counted),
                         },
                     );
                 }
                 Err(error) => {
-                    outcome.error =
-                        Some(Error::malformed("worker result", &error, text).to_string());
+                    outcome.error = Some(error);
                     answers.insert(
                         did.clone(),
                         Answer {

@@ -2,6 +2,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod coordinator;
+mod documents;
 mod error;
 mod handler;
 mod llm;
@@ -11,6 +12,11 @@ mod types;
 mod worker;
 
 pub use coordinator::{Coordinator, CoordinatorConfig, MAX_ROUND_DEADLINE};
+pub use documents::{
+    DocumentFamily, REFERENCE_TASK_WAIT, ReceivedTask, ReferenceOutput, ReferenceOutputData,
+    ReferenceTally, ReferenceTask, ReferenceWorkerResult, ResultDocument, TallyDocument,
+    VOTE_TASK_TYPE,
+};
 pub use error::{Error, Result};
 pub use handler::TaskHandler;
 pub use llm::{LlmConfig, LlmVoter};

@@ -33,13 +33,64 @@ pub struct TaskDefinition {
 }
 
 /// How a round's votes are counted.
+///
+/// Two different numbers are both called "quorum" by the clients of this
+/// protocol, so each has its own field:
+///
+/// - `minVotes` — votes that must be cast (approved + rejected) for the
+///   round to count at all; fewer gives [`Decision::NoQuorum`]. `quorum` is
+///   the older name of the same number, still read and written.
+/// - `approvalsNeeded` — approvals that approve the proposal, whatever the
+///   rejections (the TypeScript agents' `parameters.voting_config.quorum`).
+///
+/// Without `approvalsNeeded` the decision is a majority of the votes cast (a
+/// tie rejects), and `minVotes` defaults to a strict majority of the round's
+/// workers. With `approvalsNeeded` the decision is `approved >= approvalsNeeded`,
+/// and `minVotes` defaults to 0 (the TypeScript rule).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VotingConfig {
-    /// Votes that must be cast (approved + rejected) for a decision; when
-    /// absent, a strict majority of the round's workers.
+    /// Older name of [`min_votes`](Self::min_votes); used when that is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<u32>,
+    /// Votes that must be cast for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_votes: Option<u32>,
+    /// Approvals that approve the proposal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals_needed: Option<u32>,
+}
+
+impl VotingConfig {
+    /// The explicit minimum of votes cast: `minVotes`, else `quorum`.
+    pub fn explicit_min_votes(&self) -> Option<u32> {
+        self.min_votes.or(self.quorum)
+    }
+
+    /// The votes that must be cast in a round of `worker_count` workers.
+    pub fn min_votes_for(&self, worker_count: u32) -> u32 {
+        match (self.explicit_min_votes(), self.approvals_needed) {
+            (Some(min), _) => min,
+            (None, Some(_)) => 0,
+            (None, None) => worker_count / 2 + 1,
+        }
+    }
+
+    /// The decision for these counts in a round of `worker_count` workers.
+    pub fn decide(&self, approved: u32, rejected: u32, worker_count: u32) -> Decision {
+        if approved.saturating_add(rejected) < self.min_votes_for(worker_count) {
+            return Decision::NoQuorum;
+        }
+        let approves = match self.approvals_needed {
+            Some(needed) => approved >= needed,
+            None => approved > rejected,
+        };
+        if approves {
+            Decision::Approved
+        } else {
+            Decision::Rejected
+        }
+    }
 }
 
 /// What a coordinator puts up for a vote; [`TaskDefinition`] adds the round's
@@ -86,9 +137,21 @@ impl Proposal {
         self
     }
 
-    /// Sets an explicit quorum.
+    /// Sets an explicit quorum (votes that must be cast; written as `quorum`).
     pub fn with_quorum(mut self, quorum: u32) -> Self {
         self.voting.quorum = Some(quorum);
+        self
+    }
+
+    /// Sets the votes that must be cast for a decision (`minVotes`).
+    pub fn with_min_votes(mut self, min_votes: u32) -> Self {
+        self.voting.min_votes = Some(min_votes);
+        self
+    }
+
+    /// Sets the approvals that approve the proposal (`approvalsNeeded`).
+    pub fn with_approvals_needed(mut self, approvals_needed: u32) -> Self {
+        self.voting.approvals_needed = Some(approvals_needed);
         self
     }
 }
@@ -164,11 +227,12 @@ pub struct WorkerResult {
 /// The round's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Decision {
-    /// Quorum reached and more approvals than rejections.
+    /// Enough votes cast, and more approvals than rejections (or, with
+    /// `approvalsNeeded`, at least that many approvals).
     Approved,
-    /// Quorum reached and at least as many rejections as approvals (a tie keeps the status quo).
+    /// Enough votes cast, and the proposal not approved (a tie keeps the status quo).
     Rejected,
-    /// Fewer votes cast than the quorum.
+    /// Fewer votes cast than the minimum (`minVotes`).
     NoQuorum,
 }
 
@@ -232,6 +296,9 @@ pub struct Tally {
     pub decision: Decision,
     /// The quorum applied (votes that had to be cast).
     pub quorum: u32,
+    /// The approvals that approved, when the task set `approvalsNeeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals_needed: Option<u32>,
     /// Size of the round's worker snapshot.
     pub worker_count: u32,
     /// The DIDs counted as abstained.
@@ -245,8 +312,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts `outcomes` (one per worker of the snapshot) under `quorum`, or a
-    /// strict majority of the snapshot when `quorum` is `None`.
+    /// Counts `outcomes` (one per worker of the snapshot) under the task's
+    /// [`VotingConfig`].
     pub fn count(
         task: &TaskDefinition,
         mut outcomes: Vec<WorkerOutcome>,
@@ -267,14 +334,8 @@ impl Tally {
             .filter(|o| o.vote.is_none())
             .map(|o| o.worker_did.clone())
             .collect();
-        let quorum = task.voting.quorum.unwrap_or(worker_count / 2 + 1);
-        let decision = if approved.saturating_add(rejected) < quorum {
-            Decision::NoQuorum
-        } else if approved > rejected {
-            Decision::Approved
-        } else {
-            Decision::Rejected
-        };
+        let quorum = task.voting.min_votes_for(worker_count);
+        let decision = task.voting.decide(approved, rejected, worker_count);
         Self {
             proposal_id: task.proposal_id.clone(),
             round_id: task.round_id.clone(),
@@ -283,6 +344,7 @@ impl Tally {
             abstained: u32::try_from(abstained_workers.len()).unwrap_or(u32::MAX),
             decision,
             quorum,
+            approvals_needed: task.voting.approvals_needed,
             worker_count,
             abstained_workers,
             workers: outcomes,
@@ -318,7 +380,10 @@ mod tests {
             title: "t".into(),
             description: String::new(),
             parameters: serde_json::Value::Null,
-            voting: VotingConfig { quorum },
+            voting: VotingConfig {
+                quorum,
+                ..VotingConfig::default()
+            },
             deadline: Utc::now(),
         }
     }
@@ -352,6 +417,76 @@ mod tests {
         let approved = Some(Vote::Approved);
         let tally = decide(Some(1), &[approved, None, None, None]);
         assert_eq!((tally.quorum, tally.decision), (1, Decision::Approved));
+    }
+
+    #[test]
+    fn approvals_needed_and_min_votes_are_separate_rules() {
+        let rules = |min_votes, approvals_needed| VotingConfig {
+            quorum: None,
+            min_votes,
+            approvals_needed,
+        };
+        // (approved, rejected, snapshot) → decision.
+        let majority = rules(None, None);
+        assert_eq!(majority.decide(2, 1, 4), Decision::Approved);
+        assert_eq!(majority.decide(1, 1, 4), Decision::NoQuorum);
+        assert_eq!(majority.decide(1, 2, 3), Decision::Rejected);
+        let approvals = rules(None, Some(2));
+        assert_eq!(approvals.decide(2, 5, 7), Decision::Approved);
+        assert_eq!(approvals.decide(1, 0, 7), Decision::Rejected);
+        assert_eq!(approvals.min_votes_for(7), 0);
+        let both = rules(Some(4), Some(2));
+        assert_eq!(both.decide(2, 1, 7), Decision::NoQuorum);
+        assert_eq!(both.decide(2, 2, 7), Decision::Approved);
+        let min_votes = rules(Some(2), None);
+        assert_eq!(min_votes.decide(1, 1, 9), Decision::Rejected);
+        // `quorum` is the older name of `minVotes`, which wins when both are set.
+        let legacy = VotingConfig {
+            quorum: Some(3),
+            ..VotingConfig::default()
+        };
+        assert_eq!(legacy.min_votes_for(9), 3);
+        assert_eq!(
+            VotingConfig {
+                min_votes: Some(1),
+                ..legacy
+            }
+            .min_votes_for(9),
+            1
+        );
+    }
+
+    #[test]
+    fn the_delibera_documents_round_trip_and_read_as_their_family() {
+        let tally = decide(Some(1), &[Some(Vote::Approved), None]);
+        let text = serde_json::to_string(&tally).unwrap();
+        assert_eq!(serde_json::from_str::<Tally>(&text).unwrap(), tally);
+        assert_eq!(
+            crate::TallyDocument::parse(&text).unwrap(),
+            crate::TallyDocument::Delibera(tally)
+        );
+        let mut task = task(Some(2));
+        task.voting.approvals_needed = Some(1);
+        let text = serde_json::to_string(&task).unwrap();
+        assert!(text.contains("\"approvalsNeeded\":1"), "{text}");
+        let received = crate::ReceivedTask::parse(&text).unwrap();
+        assert_eq!(received.task, task);
+        assert_eq!(received.family(), crate::DocumentFamily::Delibera);
+        let result = WorkerResult {
+            worker_did: delibera_identity::Keypair::from_seed(&[1; 32]).did(),
+            proposal_id: "p".into(),
+            round_id: "r".into(),
+            vote: Vote::Rejected,
+            reasoning: "no".into(),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            processing_time_ms: 0,
+        };
+        let text = serde_json::to_string(&result).unwrap();
+        assert_eq!(
+            crate::ResultDocument::parse(&text).unwrap(),
+            crate::ResultDocument::Delibera(result)
+        );
     }
 
     #[test]

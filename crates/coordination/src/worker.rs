@@ -11,7 +11,10 @@ use delibera_identity::Did;
 use tokio::time::Instant;
 
 use crate::shutdown::ShutdownSignal;
-use crate::{Ballot, Error, Result, TaskDefinition, TaskHandler, WorkerResult};
+use crate::{
+    Ballot, DocumentFamily, Error, ReceivedTask, ReferenceWorkerResult, Result, TaskDefinition,
+    TaskHandler, VOTE_TASK_TYPE, WorkerResult,
+};
 use delibera_ensue::keys::{self, WorkerField, WorkerStatus};
 
 /// Timing of a [`Worker`].
@@ -107,6 +110,7 @@ pub struct Worker {
     memory: Arc<dyn Memory>,
     handler: Arc<dyn TaskHandler>,
     config: WorkerConfig,
+    documents: DocumentFamily,
     last_round: Option<String>,
 }
 
@@ -115,6 +119,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("did", &self.did)
             .field("config", &self.config)
+            .field("documents", &self.documents)
             .field("last_round", &self.last_round)
             .finish_non_exhaustive()
     }
@@ -129,6 +134,7 @@ impl Worker {
             memory,
             handler,
             config: WorkerConfig::default(),
+            documents: DocumentFamily::default(),
             last_round: None,
         }
     }
@@ -136,6 +142,16 @@ impl Worker {
     /// Replaces the timing.
     pub fn with_config(mut self, config: WorkerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Selects the family of the results it writes to tasks of this crate's
+    /// family. A reference task (a TypeScript coordinator's, or one written
+    /// in that family) is always answered in the reference shape, which every
+    /// coordinator reads; a result of this crate's shape would be worthless
+    /// to a TypeScript coordinator.
+    pub fn with_documents(mut self, documents: DocumentFamily) -> Self {
+        self.documents = documents;
         self
     }
 
@@ -194,20 +210,28 @@ impl Worker {
             tracing::warn!(did = %self.did, "pending but no task definition yet");
             return Ok(PollOutcome::NoTask);
         };
-        let task: TaskDefinition = match serde_json::from_str(&text) {
-            Ok(task) => task,
+        let received = match ReceivedTask::parse(&text) {
+            Ok(received) => received,
             Err(error) => {
-                let error = Error::malformed("task definition", &error, &text).to_string();
-                self.write_failure(&error).await?;
+                let error = error.to_string();
+                self.write_failure(&error, self.documents).await?;
                 return Ok(PollOutcome::Failed {
                     round_id: None,
                     error,
                 });
             }
         };
-        if self.last_round.as_deref() == Some(task.round_id.as_str()) {
+        let answer_family = match received.family() {
+            DocumentFamily::Reference => DocumentFamily::Reference,
+            DocumentFamily::Delibera => self.documents,
+        };
+        let task = &received.task;
+        // A derived round id names the task's text, not the round: the same
+        // task may be set again, and `pending` then means a new round.
+        if !received.round_id_derived && self.last_round.as_deref() == Some(task.round_id.as_str())
+        {
             return Ok(PollOutcome::AlreadyRan {
-                round_id: task.round_id,
+                round_id: task.round_id.clone(),
             });
         }
         self.write(
@@ -220,12 +244,12 @@ impl Worker {
         tracing::info!(did = %self.did, proposal = %task.proposal_id, round = %task.round_id, "running task");
 
         let started_at = Utc::now();
-        let outcome = self.run_handler(&task, shutdown).await;
+        let outcome = self.run_handler(task, shutdown).await;
         let finished_at = Utc::now();
         if self.superseded(&task.round_id).await {
             tracing::warn!(did = %self.did, round = %task.round_id, "a newer round started while this one ran; dropping the answer");
             return Ok(PollOutcome::Superseded {
-                round_id: task.round_id,
+                round_id: task.round_id.clone(),
             });
         }
         match outcome {
@@ -235,20 +259,28 @@ impl Worker {
                         .unwrap_or(0);
                 let result = WorkerResult {
                     worker_did: self.did.clone(),
-                    proposal_id: task.proposal_id,
-                    round_id: task.round_id,
+                    proposal_id: task.proposal_id.clone(),
+                    round_id: task.round_id.clone(),
                     vote: ballot.vote,
                     reasoning: ballot.reasoning,
                     started_at,
                     finished_at,
                     processing_time_ms,
                 };
-                let json = serde_json::to_string(&result)
-                    .map_err(|error| Error::handler(format!("cannot encode result: {error}")))?;
+                let json = match answer_family {
+                    DocumentFamily::Delibera => serde_json::to_string(&result),
+                    DocumentFamily::Reference => {
+                        serde_json::to_string(&reference_answer(&received, &result))
+                    }
+                }
+                .map_err(|error| Error::handler(format!("cannot encode result: {error}")))?;
                 self.write_with_retry(&keys::worker(&self.did, WorkerField::Result), &json)
                     .await?;
-                self.write_with_retry(&keys::worker(&self.did, WorkerField::Timestamp), &iso_now())
-                    .await?;
+                self.write_with_retry(
+                    &keys::worker(&self.did, WorkerField::Timestamp),
+                    &timestamp_now(answer_family),
+                )
+                .await?;
                 self.write_with_retry(
                     &keys::worker(&self.did, WorkerField::Status),
                     WorkerStatus::Completed.as_str(),
@@ -260,9 +292,9 @@ impl Worker {
             Err(error) => {
                 let error = error.to_string();
                 tracing::warn!(did = %self.did, %error, "task failed");
-                self.write_failure(&error).await?;
+                self.write_failure(&error, answer_family).await?;
                 Ok(PollOutcome::Failed {
-                    round_id: Some(task.round_id),
+                    round_id: Some(task.round_id.clone()),
                     error,
                 })
             }
@@ -316,14 +348,17 @@ impl Worker {
         let Ok(Some(text)) = self.memory.get(&keys::task_definition()).await else {
             return false;
         };
-        serde_json::from_str::<TaskDefinition>(&text).is_ok_and(|task| task.round_id != round_id)
+        ReceivedTask::parse(&text).is_ok_and(|received| received.task.round_id != round_id)
     }
 
-    async fn write_failure(&self, error: &str) -> Result<()> {
+    async fn write_failure(&self, error: &str, family: DocumentFamily) -> Result<()> {
         self.write_with_retry(&keys::worker(&self.did, WorkerField::Error), error)
             .await?;
-        self.write_with_retry(&keys::worker(&self.did, WorkerField::Timestamp), &iso_now())
-            .await?;
+        self.write_with_retry(
+            &keys::worker(&self.did, WorkerField::Timestamp),
+            &timestamp_now(family),
+        )
+        .await?;
         self.write_with_retry(
             &keys::worker(&self.did, WorkerField::Status),
             WorkerStatus::Failed.as_str(),
@@ -351,6 +386,37 @@ impl Worker {
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+}
+
+/// The answer in the reference shape: the task's type and parameters echoed
+/// (a vote, with this crate's parameters, when the task was of this crate's family).
+fn reference_answer(received: &ReceivedTask, result: &WorkerResult) -> ReferenceWorkerResult {
+    let mut answer = match &received.reference {
+        Some(reference) => ReferenceWorkerResult::from_result(
+            result,
+            &reference.task_type,
+            reference.parameters.clone(),
+        ),
+        None => ReferenceWorkerResult::from_result(
+            result,
+            VOTE_TASK_TYPE,
+            received.task.parameters.clone(),
+        ),
+    };
+    if received.round_id_derived {
+        // The derived id means nothing to the TypeScript coordinator that set the task.
+        answer.round_id = None;
+    }
+    answer
+}
+
+/// The `timestamp` key's value: ISO-8601 in this crate's family, epoch
+/// milliseconds in the reference family (what its `/api/task/status` parses).
+fn timestamp_now(family: DocumentFamily) -> String {
+    match family {
+        DocumentFamily::Delibera => iso_now(),
+        DocumentFamily::Reference => Utc::now().timestamp_millis().to_string(),
     }
 }
 

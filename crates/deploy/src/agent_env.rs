@@ -64,9 +64,12 @@ pub mod vars {
     pub const LLM_API_KEY: &str = "LLM_API_KEY";
     /// A coordinator's fixed worker list (comma-separated DIDs) instead of the registry.
     pub const STATIC_WORKERS: &str = "DELIBERA_WORKERS";
+    /// `delibera` or `reference`: the family of coordination documents the
+    /// agent writes (it reads both).
+    pub const DOCUMENTS: &str = "AGENT_DOCUMENTS";
 
     /// Every name [`AgentEnv::from_lookup`](crate::AgentEnv::from_lookup) reads.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         AGENT_ROLE,
         AGENT_DID,
         PRIVATE_KEY,
@@ -92,6 +95,7 @@ pub mod vars {
         LLM_MODEL,
         LLM_API_KEY,
         STATIC_WORKERS,
+        DOCUMENTS,
     ];
 
     /// The names without which an agent refuses to start.
@@ -198,6 +202,30 @@ impl std::fmt::Debug for Voter {
     }
 }
 
+/// The family of coordination documents an agent writes (`AGENT_DOCUMENTS`).
+///
+/// Agents read both families; this picks what they write, so a fleet can move
+/// between the two one agent at a time. The agent maps it onto
+/// `delibera_coordination::DocumentFamily`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum AgentDocuments {
+    /// This implementation's documents (the default).
+    #[default]
+    Delibera,
+    /// The TypeScript reference agents' documents.
+    Reference,
+}
+
+impl AgentDocuments {
+    /// `delibera` or `reference`, as the variable spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentDocuments::Delibera => "delibera",
+            AgentDocuments::Reference => "reference",
+        }
+    }
+}
+
 /// A coordinator's bounds on the workers of a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerBounds {
@@ -253,6 +281,8 @@ pub struct AgentEnv {
     pub voter: Voter,
     /// A coordinator's fixed workers, used instead of the registry.
     pub static_workers: Vec<Did>,
+    /// The family of coordination documents the agent writes.
+    pub documents: AgentDocuments,
 }
 
 impl AgentEnv {
@@ -285,6 +315,7 @@ impl AgentEnv {
             round_deadline: DEFAULT_ROUND_DEADLINE,
             voter: Voter::Rules,
             static_workers: Vec::new(),
+            documents: AgentDocuments::Delibera,
         }
     }
 
@@ -379,6 +410,11 @@ impl AgentEnv {
         push(
             vars::STATIC_WORKERS,
             (!self.static_workers.is_empty()).then(|| join(&self.static_workers, Did::as_str)),
+        );
+        push(
+            vars::DOCUMENTS,
+            (self.documents != AgentDocuments::default())
+                .then(|| self.documents.as_str().to_owned()),
         );
         out
     }
@@ -563,6 +599,16 @@ impl AgentEnv {
             })
             .transpose()?
             .unwrap_or_default();
+        env.documents = match var(vars::DOCUMENTS).as_deref() {
+            None | Some("delibera") => AgentDocuments::Delibera,
+            Some("reference") => AgentDocuments::Reference,
+            Some(other) => {
+                return Err(Error::invalid_var(
+                    vars::DOCUMENTS,
+                    format!("expected `delibera` or `reference`, got {other:?}"),
+                ));
+            }
+        };
         Ok(env)
     }
 }

@@ -10,9 +10,9 @@ mod role;
 mod spec;
 
 pub use agent_env::{
-    AgentEnv, AgentIdentity, DEFAULT_ENSUE_URL, DEFAULT_LLM_BASE_URL, DEFAULT_POLL_INTERVAL,
-    DEFAULT_ROUND_DEADLINE, MAX_POLL_INTERVAL, StorachaGrant, Voter, WorkerBounds, is_loopback,
-    vars,
+    AgentDocuments, AgentEnv, AgentIdentity, DEFAULT_ENSUE_URL, DEFAULT_LLM_BASE_URL,
+    DEFAULT_POLL_INTERVAL, DEFAULT_ROUND_DEADLINE, MAX_POLL_INTERVAL, StorachaGrant, Voter,
+    WorkerBounds, is_loopback, vars,
 };
 pub use deployer::Deployer;
 pub use env_var::{EnvVar, env_keys, validate_env_key, validate_env_list};

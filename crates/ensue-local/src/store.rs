@@ -239,6 +239,15 @@ pub(crate) struct KeyInfo {
     pub(crate) updated_at: i64,
 }
 
+/// One memory found by `search_memories`.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub(crate) key_name: String,
+    pub(crate) record: Record,
+    /// Whether the key (not only the value) contains the query.
+    pub(crate) in_key: bool,
+}
+
 /// One page of `list_keys`, with the number of keys matching in all.
 #[derive(Debug, Clone)]
 pub(crate) struct Page {
@@ -816,6 +825,45 @@ impl Store {
                 .query_row(params![org, pattern], |row| row.get(0))?;
             tx.commit()?;
             Ok(Page { keys, total })
+        })
+        .await
+    }
+
+    /// Memories whose key or value contains `query` (ASCII letters in any
+    /// case), among the keys matching the SQL `LIKE` pattern `pattern`; those
+    /// whose key matches first, then in key order; at most `limit`.
+    pub(crate) async fn search(
+        &self,
+        org: OrgId,
+        query: String,
+        pattern: String,
+        limit: i64,
+    ) -> Result<Vec<Found>> {
+        self.read(move |conn| {
+            let found = conn
+                .prepare_cached(
+                    "SELECT key_name, value, description, created_at, updated_at,
+                            instr(lower(key_name), lower(?2)) > 0 AS in_key
+                     FROM memories
+                     WHERE org_id = ?1 AND key_name LIKE ?3 ESCAPE '\\'
+                       AND (instr(lower(key_name), lower(?2)) > 0
+                            OR instr(lower(value), lower(?2)) > 0)
+                     ORDER BY in_key DESC, key_name LIMIT ?4",
+                )?
+                .query_map(params![org, query, pattern, limit], |row| {
+                    Ok(Found {
+                        key_name: row.get(0)?,
+                        record: Record {
+                            value: row.get(1)?,
+                            description: row.get(2)?,
+                            created_at: row.get(3)?,
+                            updated_at: row.get(4)?,
+                        },
+                        in_key: row.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(found)
         })
         .await
     }

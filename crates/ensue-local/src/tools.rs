@@ -21,7 +21,13 @@ const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// The MCP protocol versions this server can answer `initialize` with, newest first.
 const PROTOCOL_VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
 
-/// The five memory operations.
+/// The longest `search_memories` query accepted.
+const MAX_QUERY_BYTES: usize = 4096;
+
+/// Results of `search_memories` when the call gives no `limit`.
+const DEFAULT_SEARCH_LIMIT: i64 = 10;
+
+/// The memory operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Operation {
     Create,
@@ -29,6 +35,7 @@ enum Operation {
     Get,
     List,
     Delete,
+    Search,
 }
 
 impl Operation {
@@ -39,6 +46,7 @@ impl Operation {
             "get_memory" => Operation::Get,
             "list_keys" => Operation::List,
             "delete_memory" => Operation::Delete,
+            "search_memories" => Operation::Search,
             _ => return None,
         })
     }
@@ -99,7 +107,7 @@ pub(crate) async fn dispatch(
             let operation = Operation::from_tool(&name).ok_or_else(|| {
                 ErrorObject::method_not_found(format!(
                     "unknown tool `{name}`: this server has create_memory, get_memory, \
-                     update_memory, delete_memory and list_keys"
+                     update_memory, delete_memory, list_keys and search_memories"
                 ))
             })?;
             let arguments = object(
@@ -121,8 +129,9 @@ pub(crate) async fn dispatch(
             let mcp_arguments = ["items", "key_names", "key_name"]
                 .iter()
                 .any(|field| params.contains_key(*field));
-            let direct =
-                operation == Operation::List || params.contains_key("key") || !mcp_arguments;
+            let direct = matches!(operation, Operation::List | Operation::Search)
+                || params.contains_key("key")
+                || !mcp_arguments;
             let outcome = if direct {
                 run_direct(state, org, operation, &params).await?
             } else {
@@ -256,6 +265,25 @@ async fn run_mcp(
                 .collect();
             Ok(page.outcome(keys))
         }
+        Operation::Search => {
+            let results: Vec<Value> = search(state, org, args)
+                .await?
+                .into_iter()
+                .map(|found| {
+                    json!({
+                        "key_name": found.key_name,
+                        "value": found.record.value,
+                        "score": score(&found),
+                        "description": found.record.description,
+                        "created_at": found.record.created_at,
+                        "updated_at": found.record.updated_at,
+                    })
+                })
+                .collect();
+            Ok(Outcome::Success(
+                json!({ "count": results.len(), "results": results }),
+            ))
+        }
     }
 }
 
@@ -366,7 +394,65 @@ async fn run_direct(
                 .collect();
             Ok(page.outcome(keys))
         }
+        Operation::Search => {
+            let results: Vec<Value> = search(state, org, params)
+                .await?
+                .into_iter()
+                .map(|found| {
+                    json!({
+                        "key": found.key_name,
+                        "value": found.record.value,
+                        "score": score(&found),
+                    })
+                })
+                .collect();
+            Ok(Outcome::Success(
+                json!({ "count": results.len(), "results": results }),
+            ))
+        }
     }
+}
+
+/// `search_memories`: a plain text match of `query` (required, ASCII case
+/// ignored) against keys and values, among the keys under `prefix` (as in
+/// `list_keys`); at most `limit` results (default 10, at most [`MAX_BATCH`]),
+/// keys that match before values that do, then in key order.
+async fn search(
+    state: &AppState,
+    org: OrgId,
+    args: &Map<String, Value>,
+) -> Result<Vec<crate::store::Found>, ErrorObject> {
+    let query = match args.get("query") {
+        Some(Value::String(query)) if !query.is_empty() => query.clone(),
+        Some(Value::String(_)) => {
+            return Err(ErrorObject::invalid_params("`query` must not be empty"));
+        }
+        Some(_) => return Err(ErrorObject::invalid_params("`query` must be a string")),
+        None => return Err(ErrorObject::invalid_params("`query` is missing")),
+    };
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(ErrorObject::invalid_params(format!(
+            "`query` is longer than {MAX_QUERY_BYTES} bytes"
+        )));
+    }
+    let pattern = like_prefix(args)?;
+    let limit = integer(args, "limit", DEFAULT_SEARCH_LIMIT)?;
+    if limit < 1 {
+        return Err(ErrorObject::invalid_params(format!(
+            "`limit` must be at least 1, got {limit}"
+        )));
+    }
+    state
+        .store()
+        .search(org, query, pattern, limit.min(MAX_BATCH as i64))
+        .await
+        .map_err(internal)
+}
+
+/// A match in the key scores 1, a match in the value only 0.5 (the hosted
+/// service's scores are semantic; these only order the results the same way).
+fn score(found: &crate::store::Found) -> f64 {
+    if found.in_key { 1.0 } else { 0.5 }
 }
 
 struct ListPage {
@@ -404,6 +490,35 @@ async fn list_page(
     org: OrgId,
     args: &Map<String, Value>,
 ) -> Result<ListPage, ErrorObject> {
+    let pattern = like_prefix(args)?;
+    let limit = integer(args, "limit", MAX_BATCH as i64)?;
+    if limit < 1 {
+        return Err(ErrorObject::invalid_params(format!(
+            "`limit` must be at least 1, got {limit}"
+        )));
+    }
+    let limit = limit.min(MAX_BATCH as i64);
+    let offset = integer(args, "offset", 0)?;
+    if offset < 0 {
+        return Err(ErrorObject::invalid_params(format!(
+            "`offset` must not be negative, got {offset}"
+        )));
+    }
+    let page = state
+        .store()
+        .list(org, pattern, limit, offset)
+        .await
+        .map_err(internal)?;
+    Ok(ListPage {
+        keys: page.keys,
+        total: page.total,
+        offset,
+        limit,
+    })
+}
+
+/// The SQL `LIKE` pattern of the `prefix` argument: the prefix, then `%`.
+fn like_prefix(args: &Map<String, Value>) -> Result<String, ErrorObject> {
     let prefix = match args.get("prefix") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(prefix)) => prefix.clone(),
@@ -421,30 +536,7 @@ async fn list_page(
             "`prefix` ends with an unfinished `\\` escape",
         ));
     }
-    let limit = integer(args, "limit", MAX_BATCH as i64)?;
-    if limit < 1 {
-        return Err(ErrorObject::invalid_params(format!(
-            "`limit` must be at least 1, got {limit}"
-        )));
-    }
-    let limit = limit.min(MAX_BATCH as i64);
-    let offset = integer(args, "offset", 0)?;
-    if offset < 0 {
-        return Err(ErrorObject::invalid_params(format!(
-            "`offset` must not be negative, got {offset}"
-        )));
-    }
-    let page = state
-        .store()
-        .list(org, format!("{prefix}%"), limit, offset)
-        .await
-        .map_err(internal)?;
-    Ok(ListPage {
-        keys: page.keys,
-        total: page.total,
-        offset,
-        limit,
-    })
+    Ok(format!("{prefix}%"))
 }
 
 /// A batch where every item failed is a tool error too, so that clients that
@@ -659,7 +751,7 @@ fn initialize(params: &Value) -> Value {
     })
 }
 
-/// MCP `tools/list`: the five memory tools and their arguments.
+/// MCP `tools/list`: the memory tools and their arguments.
 fn tools_list() -> Value {
     let key_names = json!({
         "type": "object",
@@ -722,6 +814,19 @@ fn tools_list() -> Value {
                     "limit": { "type": "integer", "minimum": 1, "maximum": MAX_BATCH },
                     "offset": { "type": "integer", "minimum": 0 },
                 },
+            },
+        },
+        {
+            "name": "search_memories",
+            "description": "Find memories whose key or value contains the query (plain text, ASCII case ignored).",
+            "inputSchema": {
+                "type": "object",
+                "properties": {
+                    "query": { "type": "string", "minLength": 1 },
+                    "limit": { "type": "integer", "minimum": 1, "maximum": MAX_BATCH },
+                    "prefix": { "type": "string" },
+                },
+                "required": ["query"],
             },
         },
     ]})

@@ -4,5 +4,6 @@ mod batching;
 #[allow(unreachable_pub)] // `pub` helpers, used by the sibling modules only.
 mod common;
 mod llm;
+mod mixed;
 mod round;
 mod worker;

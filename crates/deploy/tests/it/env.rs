@@ -5,7 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use delibera_deploy::{
-    AgentEnv, AgentIdentity, AgentRole, EnvVar, Error, StorachaGrant, Voter, WorkerBounds, vars,
+    AgentDocuments, AgentEnv, AgentIdentity, AgentRole, EnvVar, Error, StorachaGrant, Voter,
+    WorkerBounds, vars,
 };
 use delibera_identity::{AccountId, Did, Keypair};
 use proptest::prelude::*;
@@ -49,6 +50,7 @@ fn full_env(role: AgentRole, voter: Voter) -> AgentEnv {
     env.round_deadline = Duration::from_secs(45);
     env.voter = voter;
     env.static_workers = vec![did(4), did(5)];
+    env.documents = AgentDocuments::Reference;
     env
 }
 
@@ -138,6 +140,7 @@ fn a_minimal_env_needs_only_the_required_names() {
     assert_eq!(read.port, 3001);
     assert_eq!(read.voter, Voter::Rules);
     assert!(read.public_url.is_none() && !read.local);
+    assert_eq!(read.documents, AgentDocuments::Delibera);
     for name in vars::REQUIRED {
         let removed = env.remove(name).unwrap();
         match AgentEnv::from_lookup(|name| env.get(name).cloned()) {
@@ -176,6 +179,7 @@ fn bad_values_name_the_variable_and_never_echo_a_secret() {
         (vars::POLL_INTERVAL_MS, "0"),
         (vars::TASK_HANDLER, "coin"),
         (vars::STATIC_WORKERS, "did:web:example.com"),
+        (vars::DOCUMENTS, "typescript"),
     ] {
         let error = read_with(&[(name, value)]).unwrap_err();
         let text = error.to_string();
@@ -190,6 +194,20 @@ fn bad_values_name_the_variable_and_never_echo_a_secret() {
         AgentEnv::from_lookup(lookup_in(&vars)).unwrap_err()
     };
     assert!(matches!(without_space, Error::MissingVar { name } if name == vars::SPACE_DID));
+}
+
+#[test]
+fn the_document_family_is_read_and_the_default_is_not_written() {
+    let read = read_with(&[(vars::DOCUMENTS, "delibera")]).unwrap();
+    assert_eq!(read.documents, AgentDocuments::Delibera);
+    assert!(read.to_vars().iter().all(|var| var.key != vars::DOCUMENTS));
+    let read = read_with(&[(vars::DOCUMENTS, " reference ")]).unwrap();
+    assert_eq!(read.documents, AgentDocuments::Reference);
+    assert!(
+        read.to_vars()
+            .iter()
+            .any(|var| var.key == vars::DOCUMENTS && var.value.to_string() == "reference")
+    );
 }
 
 #[test]

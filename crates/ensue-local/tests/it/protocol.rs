@@ -367,6 +367,7 @@ async fn mcp_handshake_methods_and_notifications() {
             "delete_memory",
             "get_memory",
             "list_keys",
+            "search_memories",
             "update_memory"
         ]
     );
@@ -760,4 +761,104 @@ async fn the_router_serves_without_a_listener() {
             .unwrap()
             .starts_with("http://ensue.test/claim?token=")
     );
+}
+
+#[tokio::test]
+async fn search_memories_matches_keys_and_values_as_plain_text_in_both_dialects() {
+    let server = start().await;
+    let key = server.api_key().expose();
+    create(
+        &server,
+        key,
+        "coordination/tasks/w1/result",
+        r#"{"vote":"Approved"}"#,
+    )
+    .await;
+    create(
+        &server,
+        key,
+        "coordination/tasks/w2/result",
+        r#"{"vote":"Rejected"}"#,
+    )
+    .await;
+    create(&server, key, "agent/w1/approved_list", "none").await;
+    create(&server, key, "agent/w3/display_name", "100% sure_thing").await;
+
+    // The MCP tool, as the TypeScript client calls it (`{query, limit}`):
+    // a key match ranks before a value match, ASCII case is ignored.
+    let found = tool(
+        &server,
+        key,
+        "search_memories",
+        json!({ "query": "approved", "limit": 10 }),
+    )
+    .await;
+    assert_eq!(found["isError"], false);
+    let results = found["structuredContent"]["results"].as_array().unwrap();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|item| item["key_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["agent/w1/approved_list", "coordination/tasks/w1/result"]
+    );
+    assert_eq!(results[0]["score"], 1.0);
+    assert_eq!(results[1]["score"], 0.5);
+    assert_eq!(results[1]["value"], r#"{"vote":"Approved"}"#);
+    assert_eq!(found["structuredContent"]["count"], 2);
+
+    // `prefix` narrows, `limit` cuts; `%` and `_` in the query are plain text.
+    let narrowed = tool(
+        &server,
+        key,
+        "search_memories",
+        json!({ "query": "vote", "prefix": "coordination/", "limit": 1 }),
+    )
+    .await;
+    assert_eq!(
+        narrowed["structuredContent"]["results"][0]["key_name"],
+        "coordination/tasks/w1/result"
+    );
+    assert_eq!(narrowed["structuredContent"]["count"], 1);
+    let literal = tool(&server, key, "search_memories", json!({ "query": "0% s" })).await;
+    assert_eq!(literal["structuredContent"]["count"], 1);
+    let nothing = tool(&server, key, "search_memories", json!({ "query": "_x%" })).await;
+    assert_eq!(
+        nothing["structuredContent"],
+        json!({ "count": 0, "results": [] })
+    );
+
+    // The direct method: the same arguments, results as `{key, value, score}`.
+    let direct_found = direct(
+        &server,
+        key,
+        "search_memories",
+        json!({ "query": "REJECTED" }),
+    )
+    .await;
+    assert_eq!(
+        direct_found["structuredContent"]["results"],
+        json!([{ "key": "coordination/tasks/w2/result", "value": r#"{"vote":"Rejected"}"#, "score": 0.5 }])
+    );
+
+    // Bad arguments are invalid params in both dialects.
+    for params in [
+        json!({}),
+        json!({ "query": "" }),
+        json!({ "query": 7 }),
+        json!({ "query": "a", "limit": 0 }),
+    ] {
+        let error = rpc_error(
+            &server,
+            key,
+            "tools/call",
+            json!({ "name": "search_memories", "arguments": params }),
+        )
+        .await;
+        assert_eq!(error["code"], -32602, "{params}");
+        let error = rpc_error(&server, key, "search_memories", params.clone()).await;
+        assert_eq!(error["code"], -32602, "{params}");
+    }
+    stop(server).await;
 }
