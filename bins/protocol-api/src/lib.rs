@@ -27,7 +27,7 @@ use axum::http::HeaderName;
 use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post, put};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
@@ -256,23 +256,14 @@ async fn no_store(request: axum::extract::Request, next: middleware::Next) -> Re
     response
 }
 
-/// The CORS answers for `policy`. Without an allowed origin the layer still
-/// answers preflights, with no `Access-Control-Allow-Origin`, so browsers
-/// refuse every cross-origin call.
+/// The CORS answers for `policy` ([`CorsPolicy::layer`]), exposing the
+/// headers a browser script reads.
 fn cors_layer(policy: &CorsPolicy) -> CorsLayer {
-    let allowed = match policy {
-        CorsPolicy::AnyOrigin => AllowOrigin::any(),
-        CorsPolicy::Origins(origins) => AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|origin| axum::http::HeaderValue::from_str(origin).ok()),
-        ),
-        CorsPolicy::SameOriginOnly => return CorsLayer::new(),
-    };
-    CorsLayer::new()
-        .allow_origin(allowed)
-        .allow_methods(Any)
-        .allow_headers(Any)
+    if *policy == CorsPolicy::SameOriginOnly {
+        return policy.layer();
+    }
+    policy
+        .layer()
         // A browser script may read only the response headers listed here.
         .expose_headers([
             HeaderName::from_static("x-request-id"),

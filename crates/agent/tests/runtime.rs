@@ -261,15 +261,15 @@ async fn a_deliberation_through_the_local_deployer() {
             .contains("amount 20000 exceeds max 10000")
     );
 
-    // The status endpoint settles to idle once the round's task has finished.
-    let status = until("the coordinator to settle to idle", || async {
+    // The status endpoint keeps the round's `completed` once its task has finished.
+    let status = until("the coordinator to settle", || async {
         let (_, status) = get_json(&http, &format!("{base}/api/coordinate/status")).await;
         (status["running"] == false).then_some(status)
     })
     .await;
     assert_eq!(
         status,
-        json!({"status": "idle", "proposalId": "p-1", "running": false, "lastError": null})
+        json!({"status": "completed", "proposalId": "p-1", "running": false, "lastError": null})
     );
     let (status, missing) = get_json(&http, &format!("{base}/api/proposals/nope")).await;
     assert_eq!(

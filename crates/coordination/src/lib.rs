@@ -10,7 +10,7 @@ mod shutdown;
 mod types;
 mod worker;
 
-pub use coordinator::{Coordinator, CoordinatorConfig, MAX_ROUND_DEADLINE};
+pub use coordinator::{Coordinator, CoordinatorConfig, MAX_INDEXED_PROPOSALS, MAX_ROUND_DEADLINE};
 pub use error::{Error, Result};
 pub use handler::TaskHandler;
 pub use llm::{LlmConfig, LlmVoter};

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use delibera_identity::{AccountId, Did, Keypair};
+use delibera_serve::CorsPolicy;
 use serde::{Deserialize, Serialize};
 use url::Url;
 use zeroize::Zeroizing;
@@ -64,9 +65,13 @@ pub mod vars {
     pub const LLM_API_KEY: &str = "LLM_API_KEY";
     /// A coordinator's fixed worker list (comma-separated DIDs) instead of the registry.
     pub const STATIC_WORKERS: &str = "DELIBERA_WORKERS";
+    /// Which web origins may call the agent from a browser: `*` (the
+    /// default: its dashboards are served from another origin), `none`, or
+    /// comma-separated origins.
+    pub const CORS_ORIGINS: &str = "CORS_ORIGINS";
 
     /// Every name [`AgentEnv::from_lookup`](crate::AgentEnv::from_lookup) reads.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         AGENT_ROLE,
         AGENT_DID,
         PRIVATE_KEY,
@@ -92,6 +97,7 @@ pub mod vars {
         LLM_MODEL,
         LLM_API_KEY,
         STATIC_WORKERS,
+        CORS_ORIGINS,
     ];
 
     /// The names without which an agent refuses to start.
@@ -253,6 +259,8 @@ pub struct AgentEnv {
     pub voter: Voter,
     /// A coordinator's fixed workers, used instead of the registry.
     pub static_workers: Vec<Did>,
+    /// Which web origins may call the agent's HTTP API from a browser.
+    pub cors: CorsPolicy,
 }
 
 impl AgentEnv {
@@ -285,6 +293,7 @@ impl AgentEnv {
             round_deadline: DEFAULT_ROUND_DEADLINE,
             voter: Voter::Rules,
             static_workers: Vec::new(),
+            cors: CorsPolicy::AnyOrigin,
         }
     }
 
@@ -379,6 +388,10 @@ impl AgentEnv {
         push(
             vars::STATIC_WORKERS,
             (!self.static_workers.is_empty()).then(|| join(&self.static_workers, Did::as_str)),
+        );
+        push(
+            vars::CORS_ORIGINS,
+            (self.cors != CorsPolicy::AnyOrigin).then(|| self.cors.to_setting()),
         );
         out
     }
@@ -563,6 +576,9 @@ impl AgentEnv {
             })
             .transpose()?
             .unwrap_or_default();
+        if let Some(cors) = parse_var(&var, vars::CORS_ORIGINS, CorsPolicy::parse)? {
+            env.cors = cors;
+        }
         Ok(env)
     }
 }
