@@ -359,7 +359,7 @@ impl From<delibera_ensue::Error> for ApiError {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        tracing::warn!(%error, "coordinator API call failed");
+        tracing::warn!(%error, "agent API call failed");
         ApiError(
             StatusCode::BAD_GATEWAY,
             "shared memory or registry unavailable".into(),
