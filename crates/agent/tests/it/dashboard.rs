@@ -11,7 +11,9 @@ use delibera_identity::Did;
 use delibera_near::{AccountId, CoordinatorRegistration, WorkerRegistration};
 use serde_json::{Value, json};
 
-use crate::runtime::{env, get_json, healthy, http, key, local_registry, spec, until, within};
+use crate::runtime::{
+    env, get_json, healthy, http, key, local_registry, memory, spec, until, within,
+};
 
 /// Where the frontend is served from: another origin than any agent's.
 const FRONTEND: &str = "http://localhost:3000";
@@ -261,6 +263,16 @@ async fn every_dashboard_call_is_answered_by_a_coordinator_and_workers_running_a
             .as_str()
             .unwrap()
             .contains("Name: Alpha")
+    );
+    // Stored sealed with the worker's key, as the TypeScript worker stores them.
+    let stored = memory(&ensue)
+        .get(&format!("agent/{first_did}/manifesto"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stored.starts_with("aes256gcm:") && !stored.contains("Alpha"),
+        "{stored}"
     );
 
     // C POST /api/coordinate/trigger: the "submit proposal" button's body.
