@@ -396,6 +396,27 @@ async fn every_dashboard_call_is_answered_by_a_coordinator_and_workers_running_a
         "{task_status}"
     );
 
+    // A taskConfig sent as a JSON string starts the next round the same way,
+    // which replaces the previous `completed`.
+    let (code, triggered, _) = browser_post(
+        &http,
+        &format!("{base}/api/coordinate/trigger"),
+        &json!({"taskConfig": task.to_string()}),
+    )
+    .await;
+    assert_eq!(code, 200, "{triggered}");
+    let second_id = triggered["proposalId"].as_str().unwrap().to_owned();
+    assert_ne!(second_id, proposal_id);
+    until("the second round to complete", || async {
+        let (_, status, _) = browser_get(&http, &format!("{base}/api/coordinate/status")).await;
+        (status["status"] == "completed" && status["tally"]["proposalId"] == second_id.as_str())
+            .then_some(())
+    })
+    .await;
+    let (_, history, _) = browser_get(&http, &format!("{base}/api/coordinate/proposals")).await;
+    assert_eq!(history["total"], 2);
+    assert_eq!(history["proposals"][1]["proposalId"], second_id.as_str());
+
     for deployment in std::iter::once(&coordinator).chain(workers.iter().map(|(_, w)| w)) {
         deployer.teardown(&deployment.id).await.unwrap();
     }
