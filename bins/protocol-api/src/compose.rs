@@ -21,7 +21,7 @@ use delibera_storacha::{ConfiguredDelegator, Delegator, LocalSpaceDelegator};
 use zeroize::Zeroizing;
 
 use crate::AppState;
-use crate::config::{Config, CorsPolicy, Mode, ProductionConfig};
+use crate::config::{Config, CorsPolicy, Mode, ProductionConfig, cors_policy as parse_cors_policy};
 use crate::jobs::{Job, JobStatus};
 use crate::ports::{AgentChain, EmbeddedEnsue, HttpEnsue, Ports, Settings};
 use crate::seal::SecretBox;
@@ -185,7 +185,7 @@ fn require_local_stores(data_dir: &Path, held_records: bool) -> anyhow::Result<(
 /// The CORS policy `CORS_ORIGINS` asks for, refusing a contradictory one
 /// before anything is opened or started.
 fn cors_policy(config: &Config) -> anyhow::Result<CorsPolicy> {
-    let policy = CorsPolicy::from_setting(config.cors_origins.as_deref(), config.mode)?;
+    let policy = parse_cors_policy(config.cors_origins.as_deref(), config.mode)?;
     match (&policy, config.mode) {
         (CorsPolicy::AnyOrigin, Mode::Production) => tracing::warn!(
             "CORS_ORIGINS=* lets any web page call this API from its visitors' browsers; \

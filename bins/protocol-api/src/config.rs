@@ -244,106 +244,25 @@ impl Config {
     }
 }
 
-/// Which web origins may call the API from a browser.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CorsPolicy {
-    /// Any origin (`Access-Control-Allow-Origin: *`).
-    AnyOrigin,
-    /// Only these origins, each `scheme://host[:port]` exactly as a browser
-    /// sends it in `Origin`.
-    Origins(Vec<String>),
-    /// No cross-origin access: browsers let only pages of this server's own
-    /// origin read its answers.
-    SameOriginOnly,
-}
+pub use delibera_serve::CorsPolicy;
 
-impl CorsPolicy {
-    /// The policy `CORS_ORIGINS` (`setting`) asks for in `mode`.
-    ///
-    /// Unset, local mode is open to any origin (a developer's frontend on
-    /// another port) and production is closed: any web page could otherwise
-    /// start paid deployments from its visitors' browsers. `*` opens it,
-    /// `none` closes it, and otherwise it is a comma-separated list of
-    /// origins. A setting that contradicts itself (`*` or `none` beside
-    /// origins), holds an empty entry, or names something that is not a bare
-    /// origin (a path, a trailing slash, upper case, a default port) is
-    /// refused, saying what to write instead, rather than silently matching
-    /// nothing.
-    pub fn from_setting(setting: Option<&str>, mode: Mode) -> Result<Self, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            name: "CORS_ORIGINS",
-            reason,
-        };
-        let Some(setting) = setting else {
-            return Ok(match mode {
-                Mode::Local => CorsPolicy::AnyOrigin,
-                Mode::Production => CorsPolicy::SameOriginOnly,
-            });
-        };
-        if setting.trim().is_empty() {
-            return Err(invalid(
-                "is empty: set it to the frontend's origin (e.g. https://app.example.com), \
-                 `*` for any origin, or `none` for no cross-origin access"
-                    .into(),
-            ));
-        }
-        let entries: Vec<&str> = setting.split(',').map(str::trim).collect();
-        if entries.iter().any(|entry| entry.is_empty()) {
-            return Err(invalid(format!(
-                "{setting:?} has an empty entry: separate origins with single commas"
-            )));
-        }
-        let keyword = |word: &str| entries.iter().any(|entry| entry.eq_ignore_ascii_case(word));
-        match (keyword("*"), keyword("none")) {
-            (true, true) => {
-                return Err(invalid(
-                    "asks for both `*` (any origin) and `none` (no origin): choose one".into(),
-                ));
-            }
-            (true, false) if entries.len() == 1 => return Ok(CorsPolicy::AnyOrigin),
-            (false, true) if entries.len() == 1 => return Ok(CorsPolicy::SameOriginOnly),
-            (true, false) => {
-                return Err(invalid(format!(
-                    "{setting:?} mixes `*` (any origin) with a list of origins: use `*` alone, \
-                     or list only the origins to allow"
-                )));
-            }
-            (false, true) => {
-                return Err(invalid(format!(
-                    "{setting:?} mixes `none` (no origin) with a list of origins: use `none` \
-                     alone, or list only the origins to allow"
-                )));
-            }
-            (false, false) => {}
-        }
-        let mut origins = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let origin = Url::parse(entry)
-                .ok()
-                .filter(|url| matches!(url.scheme(), "http" | "https"))
-                .map(|url| url.origin().ascii_serialization())
-                .filter(|origin| origin != "null");
-            match origin {
-                Some(origin) if origin == entry => {
-                    if !origins.contains(&origin) {
-                        origins.push(origin);
-                    }
-                }
-                Some(origin) => {
-                    return Err(invalid(format!(
-                        "{entry:?} is not an origin as browsers send it: write {origin:?} \
-                         (scheme, host and port only, lower case, no trailing slash)"
-                    )));
-                }
-                None => {
-                    return Err(invalid(format!(
-                        "{entry:?} is not an origin: write it as https://host[:port]"
-                    )));
-                }
-            }
-        }
-        Ok(CorsPolicy::Origins(origins))
-    }
+/// The policy `CORS_ORIGINS` (`setting`) asks for in `mode`
+/// ([`CorsPolicy::parse`]).
+///
+/// Unset, local mode is open to any origin (a developer's frontend on
+/// another port) and production is closed: any web page could otherwise
+/// start paid deployments from its visitors' browsers.
+pub fn cors_policy(setting: Option<&str>, mode: Mode) -> Result<CorsPolicy, ConfigError> {
+    let Some(setting) = setting else {
+        return Ok(match mode {
+            Mode::Local => CorsPolicy::AnyOrigin,
+            Mode::Production => CorsPolicy::SameOriginOnly,
+        });
+    };
+    CorsPolicy::parse(setting).map_err(|error| ConfigError::Invalid {
+        name: "CORS_ORIGINS",
+        reason: error.to_string(),
+    })
 }
 
 /// Parses `24h`, `90m`, `30s`, `2d` or a bare number of seconds; at least

@@ -28,7 +28,7 @@ use axum::http::HeaderName;
 use axum::middleware;
 use axum::routing::{get, post, put};
 use delibera_near::{CoordinatorRecord, RegisteredWorker, WorkerRecord};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::CorsLayer;
 use zeroize::Zeroizing;
 // Used by `main.rs` only, which shares this package's dependencies.
 use tracing_subscriber as _;
@@ -253,23 +253,14 @@ async fn method_not_allowed() -> error::ApiError {
     error::ApiError::MethodNotAllowed
 }
 
-/// The CORS answers for `policy`. Without an allowed origin the layer still
-/// answers preflights, with no `Access-Control-Allow-Origin`, so browsers
-/// refuse every cross-origin call.
+/// The CORS answers for `policy` ([`CorsPolicy::layer`]), exposing the
+/// headers a browser script reads.
 fn cors_layer(policy: &CorsPolicy) -> CorsLayer {
-    let allowed = match policy {
-        CorsPolicy::AnyOrigin => AllowOrigin::any(),
-        CorsPolicy::Origins(origins) => AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|origin| axum::http::HeaderValue::from_str(origin).ok()),
-        ),
-        CorsPolicy::SameOriginOnly => return CorsLayer::new(),
-    };
-    CorsLayer::new()
-        .allow_origin(allowed)
-        .allow_methods(Any)
-        .allow_headers(Any)
+    if *policy == CorsPolicy::SameOriginOnly {
+        return policy.layer();
+    }
+    policy
+        .layer()
         // A browser script may read only the response headers listed here.
         .expose_headers([
             HeaderName::from_static("x-request-id"),

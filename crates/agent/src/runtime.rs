@@ -19,7 +19,7 @@ use delibera_coordination::{
 };
 use delibera_deploy::{AgentEnv, AgentRole, Voter, vars};
 use delibera_ensue::keys::{self, AgentField, ProposalField};
-use delibera_ensue::{EnsueClient, EnsueConfig, Memory};
+use delibera_ensue::{CacheKey, EncryptedMemory, EnsueClient, EnsueConfig, Memory};
 use delibera_identity::Did;
 use delibera_near::{NearRpc, RegistryContract};
 use delibera_serve::{Edges, Server};
@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::dashboard::{self, RecordDecisions, WorkerDashboard};
 use crate::{Error, Result, StaticWorkers, WorkerDirectory};
 
 /// A configured agent, ready to [`serve`](Agent::serve).
@@ -186,18 +187,36 @@ impl Agent {
             message: format!("Delibera {} running", env.role),
             did: did.clone(),
             role: env.role,
+            mode: if env.local { "local" } else { "production" },
+            contract_id: env
+                .coordinator_contract
+                .as_ref()
+                .map_or_else(|| "N/A".to_owned(), ToString::to_string),
         };
         let mut worker_loop = None;
         let router = match (env.role, self.directory) {
             (AgentRole::Worker, _) => {
-                let worker = Worker::new(did.clone(), self.memory.clone(), self.handler)
+                let sealing = CacheKey::from_private_key(env.identity.private_key())?;
+                let dashboard = Arc::new(WorkerDashboard {
+                    did: did.clone(),
+                    display_name: env.display_name.clone(),
+                    memory: self.memory.clone(),
+                    documents: Arc::new(EncryptedMemory::new(self.memory.clone(), sealing)),
+                    space_did: env.storacha.as_ref().map(|grant| grant.space_did.clone()),
+                    edits: Arc::default(),
+                });
+                let handler = Arc::new(RecordDecisions {
+                    inner: self.handler,
+                    dashboard: dashboard.clone(),
+                });
+                let worker = Worker::new(did.clone(), self.memory.clone(), handler)
                     .with_config(WorkerConfig::polling(
                         env.poll_interval,
                         env.poll_interval * 2 / 3,
                     ))
                     .with_documents(crate::documents::family(env.documents));
                 worker_loop = Some(tokio::spawn(worker.run(wait_for_stop(stopped.clone()))));
-                health_router(health)
+                health_router(health).merge(dashboard::worker_routes(dashboard))
             }
             (AgentRole::Coordinator, directory) => {
                 let directory = directory
@@ -217,6 +236,8 @@ impl Agent {
                 coordinator_router(health, state)
             }
         };
+        // The dashboards are served from another origin than the agent's.
+        let router = router.layer(env.cors.layer());
         tracing::info!(%did, role = %env.role, %address, "agent listening");
         let served = Server::new(router)
             .with_edges(self.edges)
@@ -270,21 +291,32 @@ struct Health {
     message: String,
     did: Did,
     role: AgentRole,
+    mode: &'static str,
+    /// The coordinator contract the dashboards read, or `N/A`.
+    contract_id: String,
 }
 
 fn health_json(health: &Health) -> Json<Value> {
-    Json(json!({"message": health.message, "did": health.did, "role": health.role}))
+    Json(json!({
+        "message": health.message,
+        "did": health.did,
+        "role": health.role,
+        "status": "healthy",
+        "mode": health.mode,
+        "contractId": health.contract_id,
+        "timestamp": dashboard::iso_now(),
+    }))
 }
 
 fn health_router(health: Health) -> Router {
     Router::new().route("/", get(move || async move { health_json(&health) }))
 }
 
-struct CoordinatorState {
-    did: Did,
+pub(crate) struct CoordinatorState {
+    pub(crate) did: Did,
     coordinator: Arc<Coordinator>,
-    memory: Arc<dyn Memory>,
-    directory: Arc<dyn WorkerDirectory>,
+    pub(crate) memory: Arc<dyn Memory>,
+    pub(crate) directory: Arc<dyn WorkerDirectory>,
     round_deadline: Duration,
     /// The proposal of the round in progress.
     running: Mutex<Option<String>>,
@@ -303,11 +335,12 @@ fn coordinator_router(health: Health, state: Arc<CoordinatorState>) -> Router {
         .route("/api/coordinate", post(start_round))
         .route("/api/coordinate/status", get(round_status))
         .route("/api/proposals/{id}", get(proposal))
+        .merge(dashboard::coordinator_routes())
         .with_state(state)
 }
 
 /// An error answer: `{"error": message}` with a status.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -329,7 +362,7 @@ impl From<delibera_ensue::Error> for ApiError {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        tracing::warn!(%error, "coordinator API call failed");
+        tracing::warn!(%error, "agent API call failed");
         ApiError(
             StatusCode::BAD_GATEWAY,
             "shared memory or registry unavailable".into(),
@@ -360,6 +393,22 @@ async fn start_round(
             "proposalId must be non-empty and contain no '/'".into(),
         ));
     }
+    let proposal = Proposal::new(request.proposal_id.clone(), request.title)
+        .with_description(request.description)
+        .with_parameters(request.parameters);
+    begin_round(&state, proposal).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"proposalId": request.proposal_id, "status": "coordinating"})),
+    ))
+}
+
+/// Starts a round of `proposal` over the active workers in the background;
+/// refused (409) while one runs or when there is no active worker.
+pub(crate) async fn begin_round(
+    state: &Arc<CoordinatorState>,
+    proposal: Proposal,
+) -> std::result::Result<(), ApiError> {
     {
         let mut running = lock(&state.running);
         if let Some(proposal_id) = running.as_ref() {
@@ -368,7 +417,7 @@ async fn start_round(
                 format!("a round is already running for proposal {proposal_id}"),
             ));
         }
-        *running = Some(request.proposal_id.clone());
+        *running = Some(proposal.proposal_id.clone());
     }
     let workers = match state.directory.active_workers(&state.did).await {
         Ok(workers) if !workers.is_empty() => workers,
@@ -383,10 +432,7 @@ async fn start_round(
             });
         }
     };
-    let proposal = Proposal::new(request.proposal_id.clone(), request.title)
-        .with_description(request.description)
-        .with_parameters(request.parameters);
-    let round_state = Arc::clone(&state);
+    let round_state = Arc::clone(state);
     tokio::spawn(async move {
         let outcome = round_state
             .coordinator
@@ -398,24 +444,27 @@ async fn start_round(
         });
         *lock(&round_state.running) = None;
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"proposalId": request.proposal_id, "status": "coordinating"})),
-    ))
+    Ok(())
 }
 
 async fn round_status(
     State(state): State<Arc<CoordinatorState>>,
 ) -> std::result::Result<Json<Value>, ApiError> {
-    let keys = [keys::coordinator_status(), keys::coordinator_proposal_id()];
+    let keys = [
+        keys::coordinator_status(),
+        keys::coordinator_proposal_id(),
+        keys::coordinator_tally(),
+    ];
     let values = state.memory.get_many(&keys).await.map_err(Error::from)?;
-    let [status_key, proposal_key] = &keys;
+    let [status_key, proposal_key, _] = &keys;
     let running = lock(&state.running).clone();
     Ok(Json(json!({
         "status": values.get(status_key).map_or("idle", String::as_str),
         "proposalId": running.as_ref().or(values.get(proposal_key)),
         "running": running.is_some(),
         "lastError": lock(&state.last_error).clone(),
+        "tally": dashboard::last_tally(&values),
+        "timestamp": dashboard::iso_now(),
     })))
 }
 

@@ -26,6 +26,10 @@ pub const MAX_ROUND_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The archive `status` of a proposal whose round is done.
 const PROPOSAL_DONE: &str = "completed";
 
+/// The most proposal ids `coordination/proposals/_index` keeps (the oldest
+/// drop out), so listing the archive stays a bounded read.
+pub const MAX_INDEXED_PROPOSALS: usize = 1000;
+
 /// Timing and fan-out of a [`Coordinator`].
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -162,7 +166,9 @@ impl Coordinator {
     /// batches, a bounded number in flight) until all are `completed`/`failed`
     /// or the deadline passes; then `tallying`, the tally (also archived), each
     /// answering worker's archived `result` and `timestamp`, the archive
-    /// `status = completed` and `coordinator/status = idle`.
+    /// `status = completed`, the proposal's id in `proposals/_index` and
+    /// `coordinator/status = completed` (until the next round; a failed
+    /// round leaves `idle`).
     ///
     /// The per-worker writes go in batches of up to [`MAX_BATCH`] items: the
     /// `pending` statuses are replaced (one `delete_memory` and one
@@ -323,9 +329,11 @@ impl Coordinator {
         self.write_batch(archive, Batch::Create).await?;
         self.write(&keys::proposal(id, ProposalField::Status), PROPOSAL_DONE)
             .await?;
+        self.index_proposal(id).await?;
+        // `completed` stays until the next round, so readers see the last result.
         self.write(
             &keys::coordinator_status(),
-            CoordinatorStatus::Idle.as_str(),
+            CoordinatorStatus::Completed.as_str(),
         )
         .await?;
         tracing::info!(
@@ -337,6 +345,27 @@ impl Coordinator {
             "round tallied"
         );
         Ok(tally)
+    }
+
+    /// Appends `id` to `coordination/proposals/_index` (once), keeping the
+    /// newest [`MAX_INDEXED_PROPOSALS`]. Only this coordinator writes the
+    /// index, one round at a time, so reading and rewriting it is safe.
+    async fn index_proposal(&self, id: &str) -> Result<()> {
+        let key = keys::proposal_index();
+        let mut index: Vec<String> = match self.memory.get(&key).await? {
+            Some(text) => serde_json::from_str(&text).unwrap_or_else(|error| {
+                tracing::warn!(%error, "the proposal index is not a JSON array of ids; starting it anew");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        if index.iter().any(|indexed| indexed == id) {
+            return Ok(());
+        }
+        index.push(id.to_owned());
+        let excess = index.len().saturating_sub(MAX_INDEXED_PROPOSALS);
+        index.drain(..excess);
+        self.write(&key, &encode(&index)?).await
     }
 
     /// Sweeps the unanswered workers until all answered or `ends_at`.

@@ -11,7 +11,7 @@ mod shutdown;
 mod types;
 mod worker;
 
-pub use coordinator::{Coordinator, CoordinatorConfig, MAX_ROUND_DEADLINE};
+pub use coordinator::{Coordinator, CoordinatorConfig, MAX_INDEXED_PROPOSALS, MAX_ROUND_DEADLINE};
 pub use documents::{
     DocumentFamily, REFERENCE_TASK_WAIT, ReceivedTask, ReferenceOutput, ReferenceOutputData,
     ReferenceTally, ReferenceTask, ReferenceWorkerResult, ResultDocument, TallyDocument,

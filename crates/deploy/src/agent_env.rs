@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use delibera_identity::{AccountId, Did, Keypair};
+use delibera_serve::CorsPolicy;
 use serde::{Deserialize, Serialize};
 use url::Url;
 use zeroize::Zeroizing;
@@ -67,9 +68,13 @@ pub mod vars {
     /// `delibera` or `reference`: the family of coordination documents the
     /// agent writes (it reads both).
     pub const DOCUMENTS: &str = "AGENT_DOCUMENTS";
+    /// Which web origins may call the agent from a browser: `*` (the
+    /// default: its dashboards are served from another origin), `none`, or
+    /// comma-separated origins.
+    pub const CORS_ORIGINS: &str = "CORS_ORIGINS";
 
     /// Every name [`AgentEnv::from_lookup`](crate::AgentEnv::from_lookup) reads.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         AGENT_ROLE,
         AGENT_DID,
         PRIVATE_KEY,
@@ -96,6 +101,7 @@ pub mod vars {
         LLM_API_KEY,
         STATIC_WORKERS,
         DOCUMENTS,
+        CORS_ORIGINS,
     ];
 
     /// The names without which an agent refuses to start.
@@ -283,6 +289,8 @@ pub struct AgentEnv {
     pub static_workers: Vec<Did>,
     /// The family of coordination documents the agent writes.
     pub documents: AgentDocuments,
+    /// Which web origins may call the agent's HTTP API from a browser.
+    pub cors: CorsPolicy,
 }
 
 impl AgentEnv {
@@ -316,6 +324,7 @@ impl AgentEnv {
             voter: Voter::Rules,
             static_workers: Vec::new(),
             documents: AgentDocuments::Delibera,
+            cors: CorsPolicy::AnyOrigin,
         }
     }
 
@@ -415,6 +424,10 @@ impl AgentEnv {
             vars::DOCUMENTS,
             (self.documents != AgentDocuments::default())
                 .then(|| self.documents.as_str().to_owned()),
+        );
+        push(
+            vars::CORS_ORIGINS,
+            (self.cors != CorsPolicy::AnyOrigin).then(|| self.cors.to_setting()),
         );
         out
     }
@@ -609,6 +622,9 @@ impl AgentEnv {
                 ));
             }
         };
+        if let Some(cors) = parse_var(&var, vars::CORS_ORIGINS, CorsPolicy::parse)? {
+            env.cors = cors;
+        }
         Ok(env)
     }
 }

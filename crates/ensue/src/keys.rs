@@ -11,7 +11,8 @@
 //! | `coordination/tasks/{workerDid}/{status,result,timestamp,error}` | [`worker`], [`WorkerField`] |
 //! | `coordination/proposals/{proposalId}/{config,status,tally}` | [`proposal`], [`ProposalField`] |
 //! | `coordination/proposals/{proposalId}/workers/{workerDid}/{result,timestamp}` | [`proposal_worker`] |
-//! | `agent/{did}/{display_name,endpoint}` | [`agent`], [`AgentField`] |
+//! | `coordination/proposals/_index` | [`proposal_index`] |
+//! | `agent/{did}/{display_name,endpoint,manifesto,preferences,decisions}` | [`agent`], [`AgentField`] |
 //!
 //! ```
 //! use delibera_ensue::keys::{self, WorkerField, WorkerStatus};
@@ -172,6 +173,31 @@ pub fn proposal_worker(proposal_id: &str, worker: &Did, field: WorkerField) -> S
     )
 }
 
+/// `coordination/proposals/{proposalId}/workers/`: the parent of a
+/// proposal's archived worker keys.
+pub fn proposal_workers_prefix(proposal_id: &str) -> String {
+    format!("{}{WORKERS}/", proposal_prefix(proposal_id))
+}
+
+/// Splits a key built by [`proposal_worker`] back into the worker and the
+/// field (e.g. to find the workers in a `list_keys` of
+/// [`proposal_workers_prefix`]).
+pub fn parse_proposal_worker_key(proposal_id: &str, key: &str) -> Option<(Did, WorkerField)> {
+    let rest = key.strip_prefix(&proposal_workers_prefix(proposal_id))?;
+    let (did, suffix) = rest.rsplit_once('/')?;
+    let field = [WorkerField::Result, WorkerField::Timestamp]
+        .into_iter()
+        .find(|field| field.as_str() == suffix)?;
+    Some((did.parse().ok()?, field))
+}
+
+/// `coordination/proposals/_index`: the JSON array of archived proposal ids,
+/// oldest first (no proposal key collides with it: those have a field
+/// after the id).
+pub fn proposal_index() -> String {
+    format!("{COORDINATION}/{PROPOSALS}/_index")
+}
+
 /// An agent identity key under `agent/{did}/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AgentField {
@@ -179,6 +205,12 @@ pub enum AgentField {
     DisplayName,
     /// `endpoint`: the worker's endpoint URL.
     Endpoint,
+    /// `manifesto`: the worker's JSON `{agentId, name, role, values, guidelines}`.
+    Manifesto,
+    /// `preferences`: the worker's JSON `{agentId, votingWeights, knowledgeNotes, updatedAt}`.
+    Preferences,
+    /// `decisions`: the worker's JSON array of its latest votes.
+    Decisions,
 }
 
 impl AgentField {
@@ -187,6 +219,9 @@ impl AgentField {
         match self {
             AgentField::DisplayName => "display_name",
             AgentField::Endpoint => "endpoint",
+            AgentField::Manifesto => "manifesto",
+            AgentField::Preferences => "preferences",
+            AgentField::Decisions => "decisions",
         }
     }
 }
@@ -270,6 +305,8 @@ status_enum! {
         Coordinating => "coordinating",
         /// Results are being aggregated.
         Tallying => "tallying",
+        /// The last round is tallied; stays until the next round starts.
+        Completed => "completed",
     }
 }
 
@@ -329,6 +366,14 @@ mod tests {
             agent(&did(), AgentField::Endpoint),
             format!("agent/{DID}/endpoint")
         );
+        assert_eq!(proposal_index(), "coordination/proposals/_index");
+        for (field, suffix) in [
+            (AgentField::Manifesto, "manifesto"),
+            (AgentField::Preferences, "preferences"),
+            (AgentField::Decisions, "decisions"),
+        ] {
+            assert_eq!(agent(&did(), field), format!("agent/{DID}/{suffix}"));
+        }
         assert!(worker(&did(), WorkerField::Status).starts_with(&tasks_prefix()));
         assert!(tasks_prefix().starts_with(&coordination_prefix()));
     }
@@ -350,6 +395,12 @@ mod tests {
             None
         );
         assert_eq!(parse_worker_key(&coordinator_status()), None);
+        for field in [WorkerField::Result, WorkerField::Timestamp] {
+            let key = proposal_worker("42", &did(), field);
+            assert!(key.starts_with(&proposal_workers_prefix("42")));
+            assert_eq!(parse_proposal_worker_key("42", &key), Some((did(), field)));
+            assert_eq!(parse_proposal_worker_key("4", &key), None);
+        }
     }
 
     #[test]
@@ -361,7 +412,10 @@ mod tests {
         );
         let coordinator_texts: Vec<&str> =
             CoordinatorStatus::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(coordinator_texts, ["idle", "coordinating", "tallying"]);
+        assert_eq!(
+            coordinator_texts,
+            ["idle", "coordinating", "tallying", "completed"]
+        );
         for status in WorkerStatus::ALL {
             assert_eq!(status.to_string().parse::<WorkerStatus>().unwrap(), *status);
             let json = serde_json::to_string(status).unwrap();

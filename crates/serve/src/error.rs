@@ -18,6 +18,12 @@ pub enum Error {
         /// Which limit, and what it must be.
         reason: String,
     },
+    /// A CORS setting names no usable policy (see `CorsPolicy::parse`).
+    #[error("{reason}")]
+    InvalidCorsOrigins {
+        /// What is wrong, and what to write instead.
+        reason: String,
+    },
 }
 
 impl From<Error> for std::io::Error {

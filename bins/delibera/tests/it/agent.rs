@@ -82,11 +82,14 @@ async fn a_worker_and_a_coordinator_process_run_a_round() {
     assert_eq!(ready["did"], json!(worker_key.did()));
     assert_eq!(ready["role"], "worker");
     let worker_url = format!("http://127.0.0.1:{}", ready["port"]);
+    let (status, health) = get(&worker_url).await;
     assert_eq!(
-        get(&worker_url).await,
+        (status, &health["message"], &health["did"], &health["role"]),
         (
             200,
-            json!({"message": "Delibera worker running", "did": worker_key.did(), "role": "worker"})
+            &json!("Delibera worker running"),
+            &json!(worker_key.did()),
+            &json!("worker")
         )
     );
     let memory = EnsueClient::new(

@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use clap::Parser;
 use http_body_util::BodyExt;
-use protocol_api::config::{Config, CorsPolicy, Mode};
+use protocol_api::config::{Config, CorsPolicy, Mode, cors_policy};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -408,7 +408,7 @@ fn cors_settings_are_parsed_or_refused_with_what_to_write() {
     ];
     for (setting, mode, expected) in accepted {
         assert_eq!(
-            CorsPolicy::from_setting(setting, mode).unwrap(),
+            cors_policy(setting, mode).unwrap(),
             expected,
             "{setting:?} in {mode:?}"
         );
@@ -453,7 +453,7 @@ fn cors_settings_are_parsed_or_refused_with_what_to_write() {
     ];
     for (setting, reason) in refused {
         for mode in [Mode::Local, Mode::Production] {
-            let error = CorsPolicy::from_setting(Some(setting), mode)
+            let error = cors_policy(Some(setting), mode)
                 .expect_err(setting)
                 .to_string();
             assert!(

@@ -45,6 +45,7 @@ fn seed_keys(proposal: &str, answered: &[Did], failed: &[Did]) -> BTreeSet<Strin
         "coordination/coordinator/proposal_id",
         "coordination/coordinator/tally",
         "coordination/config/task_definition",
+        "coordination/proposals/_index",
     ]
     .into_iter()
     .map(String::from)
@@ -119,7 +120,15 @@ async fn five_workers_write_the_seed_keys(memory: Arc<dyn Memory>) {
     assert_eq!(written, seed_keys("prop-7", &dids, &[]));
 
     let m = memory.as_ref();
-    assert_eq!(value(m, "coordination/coordinator/status").await, "idle");
+    // The last round's status stays until the next round starts.
+    assert_eq!(
+        value(m, "coordination/coordinator/status").await,
+        "completed"
+    );
+    assert_eq!(
+        value(m, "coordination/proposals/_index").await,
+        r#"["prop-7"]"#
+    );
     assert_eq!(
         value(m, "coordination/coordinator/proposal_id").await,
         "prop-7"
@@ -617,4 +626,43 @@ async fn an_unbounded_deadline_is_capped_not_a_panic() {
             .unwrap();
     let allowed = chrono::Duration::from_std(delibera_coordination::MAX_ROUND_DEADLINE).unwrap();
     assert!(task.deadline <= chrono::Utc::now() + allowed);
+}
+
+#[tokio::test]
+async fn the_proposal_index_lists_each_archived_proposal_once_and_stays_bounded() {
+    let memory: Arc<dyn Memory> = Arc::new(InMemory::new());
+    let full: Vec<String> = (0..delibera_coordination::MAX_INDEXED_PROPOSALS)
+        .map(|n| format!("old-{n}"))
+        .collect();
+    memory
+        .upsert(
+            "coordination/proposals/_index",
+            &serde_json::to_string(&full).unwrap(),
+        )
+        .await
+        .unwrap();
+    let worker = spawn_worker(
+        did(1),
+        memory.clone(),
+        Arc::new(Fixed(Vote::Approved)),
+        fast_worker_config(),
+    );
+    let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
+    for id in ["p-new", "p-new"] {
+        round(
+            &coordinator,
+            &Proposal::new(id, "t"),
+            &[did(1)],
+            ROUND_DEADLINE,
+        )
+        .await;
+    }
+    worker.stop().await;
+    let index: Vec<String> =
+        serde_json::from_str(&value(memory.as_ref(), "coordination/proposals/_index").await)
+            .unwrap();
+    assert_eq!(index.len(), delibera_coordination::MAX_INDEXED_PROPOSALS);
+    assert_eq!(index.first().map(String::as_str), Some("old-1"));
+    assert_eq!(index.last().map(String::as_str), Some("p-new"));
+    assert_eq!(index.iter().filter(|id| *id == "p-new").count(), 1);
 }

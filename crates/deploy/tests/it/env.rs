@@ -9,6 +9,7 @@ use delibera_deploy::{
     WorkerBounds, vars,
 };
 use delibera_identity::{AccountId, Did, Keypair};
+use delibera_serve::CorsPolicy;
 use proptest::prelude::*;
 use zeroize::Zeroizing;
 
@@ -51,6 +52,10 @@ fn full_env(role: AgentRole, voter: Voter) -> AgentEnv {
     env.voter = voter;
     env.static_workers = vec![did(4), did(5)];
     env.documents = AgentDocuments::Reference;
+    env.cors = CorsPolicy::Origins(vec![
+        "https://app.example.com".into(),
+        "http://localhost:3000".into(),
+    ]);
     env
 }
 
@@ -80,6 +85,20 @@ fn every_field_round_trips_for_both_roles_and_voters() {
             assert_eq!(read, env, "{role}");
             assert_eq!(AgentEnv::try_from(vars.as_slice()).unwrap(), env);
         }
+    }
+}
+
+#[test]
+fn every_cors_policy_round_trips_and_the_default_is_not_written() {
+    for cors in [CorsPolicy::SameOriginOnly, CorsPolicy::AnyOrigin] {
+        let mut env = full_env(AgentRole::Coordinator, Voter::Rules);
+        env.cors = cors.clone();
+        let vars = env.to_vars();
+        assert_eq!(AgentEnv::try_from(vars.as_slice()).unwrap().cors, cors);
+        assert_eq!(
+            vars.iter().any(|var| var.key == vars::CORS_ORIGINS),
+            cors != CorsPolicy::AnyOrigin
+        );
     }
 }
 
@@ -141,6 +160,8 @@ fn a_minimal_env_needs_only_the_required_names() {
     assert_eq!(read.voter, Voter::Rules);
     assert!(read.public_url.is_none() && !read.local);
     assert_eq!(read.documents, AgentDocuments::Delibera);
+    // The dashboards are served from another origin than the agent's.
+    assert_eq!(read.cors, CorsPolicy::AnyOrigin);
     for name in vars::REQUIRED {
         let removed = env.remove(name).unwrap();
         match AgentEnv::from_lookup(|name| env.get(name).cloned()) {
@@ -180,6 +201,8 @@ fn bad_values_name_the_variable_and_never_echo_a_secret() {
         (vars::TASK_HANDLER, "coin"),
         (vars::STATIC_WORKERS, "did:web:example.com"),
         (vars::DOCUMENTS, "typescript"),
+        (vars::CORS_ORIGINS, "https://app.example.com/"),
+        (vars::CORS_ORIGINS, "*,https://app.example.com"),
     ] {
         let error = read_with(&[(name, value)]).unwrap_err();
         let text = error.to_string();

@@ -1,0 +1,4 @@
+//! The agent crate's integration tests: one binary.
+
+mod dashboard;
+mod runtime;
