@@ -282,7 +282,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         health_gate: HealthGate::default(),
         // Local accounts: the keys given in the local registry, and every
         // key's implicit account; the roster is the server's.
-        accounts: registry.clone(),
+        accounts: Arc::new(cached.caching_accounts(registry.clone())),
         registrar: Arc::new(cached.invalidating(registry)),
         registry: Arc::new(cached),
         http: reqwest::Client::new(),
@@ -420,14 +420,15 @@ pub async fn compose_production(
     ));
     // Wallet-signed requests are checked against final state: a key just
     // added or removed counts once it is final.
-    let accounts: Arc<dyn Accounts> = Arc::new(RpcAccounts::new(
-        rpc.clone(),
-        CoordinatorContract::new(rpc.clone(), production.coordinator_contract.clone()),
-    ));
     // The registrar confirms a wallet's registration against the chain's
     // state as of now, so it reads NEAR directly; the routes read through
     // the cache, which forgets its answers when a registration completes.
     let cached = CachedRegistry::new(registry.clone(), config.registry_cache_ttl());
+    let accounts: Arc<dyn Accounts> =
+        Arc::new(cached.caching_accounts(Arc::new(RpcAccounts::new(
+            rpc.clone(),
+            CoordinatorContract::new(rpc.clone(), production.coordinator_contract.clone()),
+        ))));
     let registrar: Arc<dyn Registrar> =
         Arc::new(cached.invalidating(Arc::new(ChainRegistrar::new(
             registry,

@@ -11,6 +11,9 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use delibera_identity::PublicKey;
+
+use crate::accounts::{Accounts, KeyPermission};
 use crate::registrar::{CoordinatorClaim, Registrar, WorkerClaim};
 use crate::{
     AccountId, CoordinatorRecord, EndpointUpdate, RegisteredWorker, Registry, Result, WorkerRecord,
@@ -89,6 +92,9 @@ struct Slots {
     roster: Option<Slot<Vec<RegisteredWorker>>>,
     coordinator_by_did: HashMap<String, Slot<Option<CoordinatorRecord>>>,
     worker_by_did: HashMap<String, Slot<Option<WorkerRecord>>>,
+    /// By `account_id` and `ed25519:` key.
+    key_permission: HashMap<(String, String), Slot<Option<KeyPermission>>>,
+    roster_owner: Option<Slot<AccountId>>,
 }
 
 struct Shared {
@@ -186,6 +192,15 @@ impl CachedRegistry {
     pub fn invalidating(&self, registrar: Arc<dyn Registrar>) -> InvalidatingRegistrar {
         InvalidatingRegistrar {
             inner: registrar,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// `accounts`, its reads cached like this registry's (same TTL, same
+    /// single flight, forgotten with this cache's answers).
+    pub fn caching_accounts(&self, accounts: Arc<dyn Accounts>) -> CachedAccounts {
+        CachedAccounts {
+            inner: accounts,
             shared: self.shared.clone(),
         }
     }
@@ -310,5 +325,50 @@ impl Registrar for InvalidatingRegistrar {
         let completed = self.inner.complete_coordinator(claim).await;
         self.shared.invalidate();
         completed
+    }
+}
+
+/// [`Accounts`] read through a [`CachedRegistry`]'s cache (see
+/// [`CachedRegistry::caching_accounts`]): a wallet-signed request checks its
+/// key and the roster owner at most once per TTL.
+#[derive(Clone)]
+pub struct CachedAccounts {
+    inner: Arc<dyn Accounts>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CachedAccounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedAccounts")
+            .field("ttl", &self.shared.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Accounts for CachedAccounts {
+    async fn key_permission(
+        &self,
+        account_id: &AccountId,
+        public_key: &PublicKey,
+    ) -> Result<Option<KeyPermission>> {
+        let key = (account_id.to_string(), public_key.to_near_string());
+        self.shared
+            .read(
+                |slots, now, ttl| current_by_key(&mut slots.key_permission, &key, now, ttl),
+                || self.inner.key_permission(account_id, public_key),
+            )
+            .await
+            .map(|answer| *answer)
+    }
+
+    async fn roster_owner(&self) -> Result<AccountId> {
+        self.shared
+            .read(
+                |slots, now, ttl| current(&mut slots.roster_owner, now, ttl),
+                || self.inner.roster_owner(),
+            )
+            .await
+            .map(Arc::unwrap_or_clone)
     }
 }

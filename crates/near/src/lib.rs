@@ -17,7 +17,9 @@ mod serde_u64;
 mod transaction;
 
 pub use accounts::{Accounts, KeyPermission, RpcAccounts, implicit_account};
-pub use cache::{CachedRegistry, DEFAULT_REGISTRY_CACHE_TTL, InvalidatingRegistrar};
+pub use cache::{
+    CachedAccounts, CachedRegistry, DEFAULT_REGISTRY_CACHE_TTL, InvalidatingRegistrar,
+};
 pub use contracts::{
     CHANGE_CALL_GAS, CoordinatorContract, CoordinatorRecord, CoordinatorRegistration,
     MAINNET_COORDINATOR_CONTRACT_ID, MAINNET_REGISTRY_CONTRACT_ID, MAINNET_RPC_URL,

@@ -281,3 +281,80 @@ async fn a_registration_completed_through_the_wrapped_registrar_is_read_at_once(
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0].worker_did, WORKER);
 }
+
+/// Key checks and the roster owner of wallet-signed requests are read like
+/// registry records: once per key while fresh, again after the TTL or an
+/// invalidation, never an error kept.
+#[tokio::test]
+async fn account_reads_are_cached_per_key_and_expire_with_the_registry() {
+    use delibera_near::{Accounts, KeyPermission, RpcAccounts};
+
+    let server = MockServer::start().await;
+    let key = delibera_identity::Keypair::from_seed(&[9; 32]).public_key();
+    Mock::given(wiremock::matchers::body_partial_json(
+        json!({ "params": { "request_type": "view_access_key" } }),
+    ))
+    .respond_with(ok(json!({
+        "nonce": 1, "permission": "FullAccess", "block_height": 1,
+        "block_hash": block_hash().to_base58(),
+    })))
+    .mount(&server)
+    .await;
+    Mock::given(View("get_owner"))
+        .respond_with(answer(&json!("mydao.testnet")))
+        .mount(&server)
+        .await;
+    let registry = cached(&server, Duration::from_secs(60));
+    let rpc = client(&server);
+    let accounts = registry.caching_accounts(Arc::new(RpcAccounts::new(
+        rpc.clone(),
+        CoordinatorContract::new(rpc, account(ROSTER)),
+    )));
+    let access_key_calls = || async {
+        server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|request| {
+                serde_json::from_slice::<Value>(&request.body)
+                    .is_ok_and(|body| body["params"]["request_type"] == "view_access_key")
+            })
+            .count()
+    };
+
+    let alice = account("alice.testnet");
+    let reads = (0..10).map(|_| accounts.key_permission(&alice, &key));
+    for answer in futures_util::future::join_all(reads).await {
+        assert_eq!(answer.unwrap(), Some(KeyPermission::FullAccess));
+    }
+    assert_eq!(access_key_calls().await, 1, "ten checks, one call");
+    // Another account is another key of the cache.
+    accounts
+        .key_permission(&account("bob.testnet"), &key)
+        .await
+        .unwrap();
+    assert_eq!(access_key_calls().await, 2);
+    for _ in 0..3 {
+        assert_eq!(
+            accounts.roster_owner().await.unwrap(),
+            account("mydao.testnet")
+        );
+    }
+    assert_eq!(calls_of(&server, "get_owner").await, 1);
+
+    registry.invalidate();
+    accounts.key_permission(&alice, &key).await.unwrap();
+    assert_eq!(
+        access_key_calls().await,
+        3,
+        "forgotten with the registry's answers"
+    );
+    advance_clock(Duration::from_secs(61)).await;
+    accounts.roster_owner().await.unwrap();
+    assert_eq!(
+        calls_of(&server, "get_owner").await,
+        2,
+        "expired after the TTL"
+    );
+}
