@@ -31,6 +31,7 @@ use delibera_near::{CoordinatorRecord, RegisteredWorker, WorkerRecord};
 use tower_http::cors::CorsLayer;
 use zeroize::Zeroizing;
 // Used by `main.rs` only, which shares this package's dependencies.
+use mimalloc as _;
 use tracing_subscriber as _;
 
 use crate::config::CorsPolicy;
