@@ -576,33 +576,21 @@ impl Coordinator {
     /// Writes one batch, retrying a call that failed as a whole with backoff;
     /// then writes each item that failed alone on its own.
     async fn write_chunk(&self, chunk: &[(String, String)], batch: Batch) -> Result<()> {
-        let backoff = self.config.write_backoff();
-        let mut attempt = 1;
-        let outcomes = loop {
-            let written = async {
-                if batch == Batch::Replace {
-                    let keys: Vec<String> = chunk.iter().map(|(key, _)| key.clone()).collect();
-                    self.memory.delete_many(&keys).await?;
-                }
-                self.memory.create_many(chunk).await
-            }
-            .await;
-            let error = match written {
-                Ok(outcomes) => break outcomes,
-                Err(error) => error,
-            };
-            let delay = if error.is_retryable() {
-                backoff.retry_delay(attempt, None)
-            } else {
-                None
-            };
-            let Some(delay) = delay else {
-                return Err(error.into());
-            };
-            tracing::warn!(keys = chunk.len(), %error, ?delay, "batch write failed; retrying");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-        };
+        let outcomes = self
+            .with_retries(
+                || async {
+                    if batch == Batch::Replace {
+                        let keys: Vec<String> =
+                            chunk.iter().map(|(key, _)| key.clone()).collect();
+                        self.memory.delete_many(&keys).await?;
+                    }
+                    self.memory.create_many(chunk).await
+                },
+                |error, delay| {
+                    tracing::warn!(keys = chunk.len(), %error, ?delay, "batch write failed; retrying");
+                },
+            )
+            .await?;
         // A key another writer created meanwhile is updated; an item refused
         // for any other reason is tried again alone (and fails the round if it
         // still cannot be written). An item without an answer counts as failed.
@@ -630,11 +618,30 @@ impl Coordinator {
 
     /// Upserts `key`, retrying transient failures with backoff.
     async fn write(&self, key: &str, value: &str) -> Result<()> {
+        self.with_retries(
+            || self.memory.upsert(key, value),
+            |error, delay| tracing::warn!(key, %error, ?delay, "write failed; retrying"),
+        )
+        .await
+    }
+
+    /// Runs `call` until it succeeds, retrying retryable failures with the
+    /// write backoff (`retrying` is told each one); the last failure is the
+    /// error.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        call: F,
+        retrying: impl Fn(&delibera_ensue::Error, Duration),
+    ) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = delibera_ensue::Result<T>>,
+    {
         let backoff = self.config.write_backoff();
         let mut attempt = 1;
         loop {
-            let error = match self.memory.upsert(key, value).await {
-                Ok(()) => return Ok(()),
+            let error = match call().await {
+                Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
             let delay = if error.is_retryable() {
@@ -645,7 +652,7 @@ impl Coordinator {
             let Some(delay) = delay else {
                 return Err(error.into());
             };
-            tracing::warn!(key, %error, ?delay, "write failed; retrying");
+            retrying(&error, delay);
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
