@@ -100,6 +100,10 @@ pub struct JobStatusView {
     /// The deployment id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cvm_id: Option<String>,
+    /// The container image the agent is deployed from (pinned by digest in
+    /// production), once the deployment is prepared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Where to see the deployment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dashboard_url: Option<String>,
@@ -159,6 +163,7 @@ impl JobStatusView {
             space_did: job.space_did.as_ref().map(ToString::to_string),
             phala_endpoint: job.endpoint.clone(),
             cvm_id: job.cvm_id.clone(),
+            image: job.secrets.spec.as_ref().map(|spec| spec.image.to_string()),
             dashboard_url: job.dashboard_url.clone(),
             tx_hash: job.tx_hash.clone(),
             error: job.error.clone(),

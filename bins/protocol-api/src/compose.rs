@@ -459,8 +459,8 @@ pub async fn compose_production(
     let mut settings = Settings::new(production.ensue_api_key);
     settings.health_timeout = config.health_timeout();
     settings.job_expiry = config.job_expiry;
-    settings.worker_image = production.worker_image;
-    settings.coordinator_image = production.coordinator_image;
+    settings.worker_image = Some(production.worker_image);
+    settings.coordinator_image = Some(production.coordinator_image);
     settings.agent_chain = AgentChain {
         near_rpc_urls: production.near_rpc_urls,
         registry_contract: Some(production.registry_contract),

@@ -153,12 +153,11 @@ pub struct Config {
     /// Production: the coordinator contract holding the worker roster.
     #[arg(long, env = "COORDINATOR_CONTRACT_ID")]
     pub coordinator_contract_id: Option<AccountId>,
-    /// Production: the worker container image (pin it by digest); defaults to
-    /// `delibera_deploy::DEFAULT_WORKER_IMAGE`.
+    /// The worker container image. Production needs it pinned by digest
+    /// (`name@sha256:…`); local mode runs agents in process and ignores it.
     #[arg(long, env = "WORKER_IMAGE")]
     pub worker_image: Option<ImageRef>,
-    /// Production: the coordinator container image (pin it by digest); defaults
-    /// to `delibera_deploy::DEFAULT_COORDINATOR_IMAGE`.
+    /// The coordinator container image, pinned by digest in production.
     #[arg(long, env = "COORDINATOR_IMAGE")]
     pub coordinator_image: Option<ImageRef>,
     /// Production: the Storacha agent key that issues delegations.
@@ -329,10 +328,10 @@ pub struct ProductionConfig {
     pub registry_contract: AccountId,
     /// The coordinator contract holding the roster.
     pub coordinator_contract: AccountId,
-    /// The worker image, if not the default.
-    pub worker_image: Option<ImageRef>,
-    /// The coordinator image, if not the default.
-    pub coordinator_image: Option<ImageRef>,
+    /// The worker image, pinned by digest.
+    pub worker_image: ImageRef,
+    /// The coordinator image, pinned by digest.
+    pub coordinator_image: ImageRef,
     /// The Storacha agent key that issues delegations.
     pub storacha_agent_private_key: Zeroizing<String>,
     /// That agent's delegation from the Storacha space.
@@ -353,6 +352,28 @@ pub enum ConfigError {
         /// What is wrong (never the value of a secret).
         reason: String,
     },
+}
+
+/// The image `name` sets, refused unless pinned by digest: the compose
+/// sealed into a CVM (and the hash its attestation shows) must name the exact
+/// image, and a tag can be moved to other bytes after the fact.
+fn pinned_image(image: &Option<ImageRef>, name: &'static str) -> Result<ImageRef, ConfigError> {
+    match image {
+        Some(image) if image.is_pinned() => Ok(image.clone()),
+        Some(image) => Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "{image} is not pinned by digest: production deploys only images named \
+                 `name@sha256:<64 hex>` (a tag can point at other bytes later)"
+            ),
+        }),
+        None => Err(ConfigError::Invalid {
+            name,
+            reason: "production needs the agent image pinned by digest (`name@sha256:<64 hex>`, \
+                     the digest your registry shows for the image you publish)"
+                .into(),
+        }),
+    }
 }
 
 impl ProductionConfig {
@@ -399,8 +420,8 @@ impl ProductionConfig {
                 &config.coordinator_contract_id,
                 "COORDINATOR_CONTRACT_ID",
             )?,
-            worker_image: config.worker_image.clone(),
-            coordinator_image: config.coordinator_image.clone(),
+            worker_image: pinned_image(&config.worker_image, "WORKER_IMAGE")?,
+            coordinator_image: pinned_image(&config.coordinator_image, "COORDINATOR_IMAGE")?,
             storacha_agent_private_key: secret(&config.storacha_agent_private_key),
             storacha_delegation_proof: secret(&config.storacha_delegation_proof),
         })

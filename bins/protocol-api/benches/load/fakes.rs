@@ -377,6 +377,9 @@ impl Fakes {
                 agent.to_ucanto_string().to_string(),
             ),
             ("STORACHA_DELEGATION_PROOF", proof),
+            // Production deploys only pinned images; the fake Phala pulls none.
+            ("WORKER_IMAGE", BENCH_IMAGE.to_owned()),
+            ("COORDINATOR_IMAGE", BENCH_IMAGE.to_owned()),
         ];
         Self {
             chain,
@@ -418,3 +421,6 @@ impl Fakes {
         }
     }
 }
+
+/// The image the benchmark's deployments name (pinned, as production needs).
+const BENCH_IMAGE: &str = "ghcr.io/delibera/delibera-agent@sha256:0000000000000000000000000000000000000000000000000000000000000000";

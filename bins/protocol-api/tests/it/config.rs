@@ -190,3 +190,73 @@ fn settings_are_read_from_the_environment() {
             .contains(&"PHALA_API_KEY")
     );
 }
+
+/// Production deploys images pinned by digest only: an unpinned or missing
+/// image stops the start, naming its variable; pinned ones pass through.
+#[test]
+fn production_refuses_an_agent_image_not_pinned_by_digest() {
+    use protocol_api::config::{ConfigError, ProductionConfig};
+
+    if !in_clean_env(&[]) {
+        return;
+    }
+    const PINNED: &str = "ghcr.io/delibera/delibera-agent@sha256:3333333333333333333333333333333333333333333333333333333333333333";
+    let near_key = delibera_identity::Keypair::from_seed(&[5; 32])
+        .to_near_secret_string()
+        .to_string();
+    let production = |images: &[(&str, &str)]| {
+        let mut args = vec![
+            "protocol-api".to_owned(),
+            "--mode".into(),
+            "production".into(),
+        ];
+        for (flag, value) in [
+            ("--phala-api-key", "phak_x"),
+            ("--ensue-api-key", "lmn_x"),
+            ("--near-rpc-url", "https://rpc.testnet.near.org"),
+            ("--near-account-id", "server.testnet"),
+            ("--near-private-key", near_key.as_str()),
+            ("--registry-contract-id", "registry.testnet"),
+            ("--coordinator-contract-id", "coordinator.testnet"),
+            ("--storacha-agent-private-key", "MgCY"),
+            ("--storacha-delegation-proof", "mAYIEA"),
+        ]
+        .into_iter()
+        .chain(images.iter().copied())
+        {
+            args.extend([flag.to_owned(), value.to_owned()]);
+        }
+        ProductionConfig::from_config(&Config::try_parse_from(args).unwrap())
+    };
+
+    let refused = |images: &[(&str, &str)], variable: &str| match production(images) {
+        Err(ConfigError::Invalid { name, reason }) => {
+            assert_eq!(name, variable, "{reason}");
+            assert!(reason.contains("pinned by digest"), "{reason}");
+        }
+        Err(other) => panic!("{variable}: {other}"),
+        Ok(_) => panic!("{variable}: production started"),
+    };
+    refused(&[("--coordinator-image", PINNED)], "WORKER_IMAGE");
+    refused(
+        &[
+            ("--worker-image", "ghcr.io/delibera/delibera-worker:latest"),
+            ("--coordinator-image", PINNED),
+        ],
+        "WORKER_IMAGE",
+    );
+    refused(
+        &[
+            ("--worker-image", PINNED),
+            (
+                "--coordinator-image",
+                "ghcr.io/delibera/delibera-coordinator:v1",
+            ),
+        ],
+        "COORDINATOR_IMAGE",
+    );
+    let pinned = production(&[("--worker-image", PINNED), ("--coordinator-image", PINNED)])
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(pinned.worker_image.to_string(), PINNED);
+    assert_eq!(pinned.coordinator_image.to_string(), PINNED);
+}

@@ -35,6 +35,9 @@ const REGISTRY: &str = "registry.agents-coordinator.testnet";
 const ROSTER: &str = "coordinator.agents-coordinator.testnet";
 const CONTRACT: &str = "mydao.coord-factory.agents-coordinator.testnet";
 
+const PINNED_WORKER: &str = "ghcr.io/delibera/delibera-worker@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const PINNED_COORDINATOR: &str = "ghcr.io/delibera/delibera-coordinator@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
 async fn phala_fake() -> MockServer {
     let phala = MockServer::start().await;
     Mock::given(method("GET"))
@@ -154,6 +157,9 @@ async fn production_deployments_carry_the_chain_and_the_public_url_and_nothing_u
         registry_contract: Some(REGISTRY.parse().unwrap()),
         coordinator_contract: Some(ROSTER.parse().unwrap()),
     };
+    // Production deploys pinned images only (the config refuses others).
+    settings.worker_image = Some(PINNED_WORKER.parse().unwrap());
+    settings.coordinator_image = Some(PINNED_COORDINATOR.parse().unwrap());
     let state = AppState::builder(&database, ports, settings)
         .mode_label("production")
         .build();
@@ -193,6 +199,25 @@ async fn production_deployments_carry_the_chain_and_the_public_url_and_nothing_u
     assert_eq!(code, StatusCode::ACCEPTED, "{body}");
     app.wait_for(body["jobId"].as_str().unwrap(), &["failed"])
         .await;
+
+    // Each compose sent to Phala (whose hash the CVM's attestation shows)
+    // names its image by digest, and the job's status says which it is.
+    let composes: Vec<String> = phala
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|request| request.url.path() == "/api/v1/cvms/provision")
+        .map(|request| String::from_utf8_lossy(&request.body).into_owned())
+        .collect();
+    assert_eq!(composes.len(), 2, "one compose per deployment");
+    assert!(composes[0].contains(PINNED_COORDINATOR), "{}", composes[0]);
+    assert!(composes[1].contains(PINNED_WORKER), "{}", composes[1]);
+    let worker_job = body["jobId"].as_str().unwrap();
+    let (_, status) = app
+        .call("GET", &format!("/api/provision/status/{worker_job}"), None)
+        .await;
+    assert_eq!(status["image"], PINNED_WORKER, "{status}");
 
     let envs = sealed_envs(&phala).await;
     assert_eq!(envs.len(), 2, "one sealed env per deployment");

@@ -22,7 +22,7 @@ const SECRET_FIELDS: [&str; 5] = [
 ];
 
 /// Every other field of the status response: shown in every status.
-const PUBLIC_FIELDS: [&str; 20] = [
+const PUBLIC_FIELDS: [&str; 21] = [
     "jobId",
     "role",
     "status",
@@ -38,6 +38,7 @@ const PUBLIC_FIELDS: [&str; 20] = [
     "spaceDid",
     "phalaEndpoint",
     "cvmId",
+    "image",
     "dashboardUrl",
     "txHash",
     "error",

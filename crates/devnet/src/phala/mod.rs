@@ -45,8 +45,9 @@ use zeroize::Zeroizing;
 use self::store::{App, Cvm, Store};
 use crate::{Error, Result};
 
-/// The image that boots a CVM whose agent never becomes healthy.
-pub const NEVER_HEALTHY_IMAGE: &str = "delibera-devnet/never-healthy";
+/// The image that boots a CVM whose agent never becomes healthy (pinned by
+/// digest, as production accepts no other image).
+pub const NEVER_HEALTHY_IMAGE: &str = "delibera-devnet/never-healthy@sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
 /// The API version whose shapes are served when a request names none.
 const DEFAULT_VERSION: &str = "2025-10-28";
