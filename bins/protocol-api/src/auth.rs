@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -70,8 +70,8 @@ impl Caller {
 /// carrying it is still young enough to be accepted.
 pub struct WalletAuth {
     recipient: String,
-    /// Nonces seen, with the Unix millisecond after which they may be forgotten.
-    nonces: Mutex<HashMap<[u8; 32], u64>>,
+    /// Nonces spent, with the Unix millisecond after which they may be forgotten.
+    nonces: Mutex<SpentNonces>,
 }
 
 impl WalletAuth {
@@ -79,13 +79,15 @@ impl WalletAuth {
     pub fn new(recipient: impl Into<String>) -> Self {
         Self {
             recipient: recipient.into(),
-            nonces: Mutex::new(HashMap::new()),
+            nonces: Mutex::default(),
         }
     }
 
     /// Everything that needs no chain: `signed` is addressed to this server,
     /// signs `method path` with exactly `body`, is young, carries a good
-    /// signature, and its nonce is new (it is spent by this call).
+    /// signature, and its nonce is unused. The nonce is spent only by
+    /// [`spend`](Self::spend), once the chain vouches for the key, so
+    /// requests signed by keys nobody holds an account with cost no memory.
     pub fn check(
         &self,
         signed: &SignedMessage,
@@ -93,7 +95,7 @@ impl WalletAuth {
         path: &str,
         body: &[u8],
         now_ms: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<UnspentNonce, ApiError> {
         let refuse = |reason: &str| Err(ApiError::BadSignature(reason.to_owned()));
         if signed.recipient != self.recipient {
             return refuse(&format!(
@@ -123,15 +125,67 @@ impl WalletAuth {
         if signed.verify_signature().is_err() {
             return refuse("the signature does not match the message and public key");
         }
-        let mut nonces = self.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-        nonces.retain(|_, forget_after| *forget_after >= now_ms);
-        if nonces.contains_key(&signed.nonce) {
+        let unspent = UnspentNonce {
+            nonce: signed.nonce,
+            // Kept until the signature is too old to pass the age check.
+            forget_after: claim.unix_ms.saturating_add(lifetime),
+        };
+        if self.spent(now_ms).by_nonce.contains_key(&unspent.nonce) {
             return refuse("its nonce was used before (a replayed request)");
         }
-        // Kept until the signature is too old to pass the age check.
-        nonces.insert(signed.nonce, claim.unix_ms.saturating_add(lifetime));
-        Ok(())
+        Ok(unspent)
     }
+
+    /// Spends a checked nonce; a concurrent request that spent it first
+    /// makes this one a replay.
+    pub fn spend(&self, unspent: UnspentNonce, now_ms: u64) -> Result<(), ApiError> {
+        match self.spent(now_ms).by_nonce.entry(unspent.nonce) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(ApiError::BadSignature(
+                "its nonce was used before (a replayed request)".into(),
+            )),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(unspent.forget_after);
+                Ok(())
+            }
+        }
+    }
+
+    /// The spent nonces, those past their lifetime forgotten (at most once
+    /// a second, so a request does not pay for scanning them all).
+    fn spent(&self, now_ms: u64) -> MutexGuard<'_, SpentNonces> {
+        let mut spent = self.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+        if now_ms >= spent.next_sweep_ms {
+            spent
+                .by_nonce
+                .retain(|_, forget_after| *forget_after >= now_ms);
+            spent.next_sweep_ms = now_ms.saturating_add(1000);
+        }
+        spent
+    }
+
+    /// How many nonces are held (spent and not yet forgotten).
+    pub fn nonces_held(&self) -> usize {
+        self.nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_nonce
+            .len()
+    }
+}
+
+/// A nonce that passed [`WalletAuth::check`], to be spent once the key is
+/// known to speak for its account.
+#[derive(Debug)]
+pub struct UnspentNonce {
+    nonce: [u8; 32],
+    forget_after: u64,
+}
+
+/// Spent nonces, with the Unix millisecond after which each may be forgotten.
+#[derive(Default)]
+struct SpentNonces {
+    by_nonce: HashMap<[u8; 32], u64>,
+    next_sweep_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -194,7 +248,7 @@ pub async fn authenticate_write(
                 ApiError::BadRequest(rejection.body_text())
             }
         })?;
-    state.wallet_auth.check(
+    let unspent = state.wallet_auth.check(
         &signed,
         parts.method.as_str(),
         parts.uri.path(),
@@ -224,6 +278,7 @@ pub async fn authenticate_write(
             )));
         }
     }
+    state.wallet_auth.spend(unspent, now_ms())?;
     tracing::debug!(account = %signed.account_id, "wallet-signed write");
     parts.extensions.insert(Caller::Account(signed.account_id));
     Ok(next.run(Request::from_parts(parts, Body::from(body))).await)

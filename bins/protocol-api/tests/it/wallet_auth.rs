@@ -265,6 +265,12 @@ async fn every_wrong_signature_is_refused_and_changes_nothing() {
         "{answer}"
     );
 
+    // Of the refused signatures only bob's (a real key of his, refused as
+    // not the owner) holds a nonce: a nonce is spent only once the chain
+    // vouches for the key, so keys nobody registered (which anyone can make)
+    // cannot fill the server with nonces.
+    assert_eq!(app.state.wallet_auth.nonces_held(), 1);
+
     // A replayed nonce: the first use passes, the replay does not.
     let good_body = json!({ "endpoint": "https://alice.example" }).to_string();
     let auth = alice.sign("PUT", &path, &good_body, now, 18);
@@ -276,6 +282,7 @@ async fn every_wrong_signature_is_refused_and_changes_nothing() {
         refused_because(&answer, "nonce was used before"),
         "{answer}"
     );
+    assert_eq!(app.state.wallet_auth.nonces_held(), 2);
 
     // Only the good request changed the record.
     let record = app.registry.worker(WORKER).unwrap().unwrap();
