@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -193,13 +192,6 @@ impl From<JsonRejection> for ApiError {
 
 /// The largest error body [`json_error_body`] reads to keep its text.
 const MAX_REWRITTEN_ERROR_BYTES: usize = 4 * 1024;
-
-/// Middleware: every error response leaves as `{"error": "…"}` (see
-/// [`json_error_body`]). The server applies the same rewrite in its one
-/// request layer; this form is for routers built around other layers.
-pub async fn json_error_bodies(request: Request, next: Next) -> Response {
-    json_error_body(next.run(request).await).await
-}
 
 /// Whether `response` is an error without the `{"error": "…"}` envelope.
 pub fn lacks_error_envelope(response: &Response) -> bool {

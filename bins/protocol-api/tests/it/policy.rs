@@ -205,7 +205,6 @@ async fn every_rejection_is_a_json_error_including_undecodable_path_segments() {
 #[tokio::test]
 async fn a_plain_text_error_from_any_layer_is_rewritten_and_5xx_text_is_withheld() {
     use axum::Router;
-    use axum::middleware;
     use axum::routing::get;
 
     let router = Router::new()
@@ -223,7 +222,7 @@ async fn a_plain_text_error_from_any_layer_is_rewritten_and_5xx_text_is_withheld
             }),
         )
         .route("/empty", get(|| async { StatusCode::REQUEST_TIMEOUT }))
-        .layer(middleware::from_fn(protocol_api::error::json_error_bodies));
+        .layer(protocol_api::request_layer::RequestLayer);
     for (path, status, message) in [
         ("/teapot", StatusCode::IM_A_TEAPOT, "short and stout"),
         (
