@@ -38,6 +38,15 @@ impl Feed {
     fn newest(&self) -> u64 {
         self.recent.back().map_or(0, |(number, _)| *number)
     }
+
+    /// The kept entries numbered after `after`, oldest first.
+    fn after(&self, after: u64) -> Vec<(u64, StatusEntry)> {
+        self.recent
+            .iter()
+            .filter(|(number, _)| *number > after)
+            .cloned()
+            .collect()
+    }
 }
 
 /// What a follower gets: the entries to send now, and a receiver that
@@ -128,12 +137,7 @@ impl JobFeeds {
         let oldest = feed.recent.front().map_or(0, |(number, _)| *number);
         let entries = match after {
             // Everything after `after` is still kept: nothing is lost.
-            Some(after) if after + 1 >= oldest && after <= feed.newest() => feed
-                .recent
-                .iter()
-                .filter(|(number, _)| *number > after)
-                .cloned()
-                .collect(),
+            Some(after) if after + 1 >= oldest && after <= feed.newest() => feed.after(after),
             _ => feed.recent.back().cloned().into_iter().collect(),
         };
         Followed {
@@ -145,13 +149,10 @@ impl JobFeeds {
     /// The entries of job `id` numbered after `after`.
     pub(super) fn since(&self, id: &Uuid, after: u64) -> Vec<(u64, StatusEntry)> {
         let feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
-        feeds.by_job.get(id).map_or_else(Vec::new, |feed| {
-            feed.recent
-                .iter()
-                .filter(|(number, _)| *number > after)
-                .cloned()
-                .collect()
-        })
+        feeds
+            .by_job
+            .get(id)
+            .map_or_else(Vec::new, |feed| feed.after(after))
     }
 
     /// Records a committed entry of job `id` (`None`: the job is gone), if
