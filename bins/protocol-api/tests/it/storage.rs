@@ -467,8 +467,15 @@ fn chown_all(path: &Path, uid: u32) {
 /// exits, which it must do with a failure.
 #[cfg(unix)]
 async fn binary_refuses(args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> String {
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_protocol-api"));
+    // Another user may not reach the build's binary (a checkout under a
+    // private directory): it runs a copy in a directory anyone can enter.
+    let reachable = tempfile::tempdir().unwrap();
+    let binary = reachable.path().join("protocol-api");
+    std::fs::copy(env!("CARGO_BIN_EXE_protocol-api"), &binary).unwrap();
+    std::fs::set_permissions(reachable.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = std::process::Command::new(&binary);
     command
         .args(args)
         .env_clear()
