@@ -41,6 +41,11 @@ pub(crate) struct UpArgs {
     /// How often NEAR makes a block, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     block_ms: u64,
+    /// An OCI archive of the agent image (`scripts/build-image.sh`): CVMs run
+    /// its entry point as a child process, and the settings (`--env-file`)
+    /// name it by digest, so a rehearsal runs the artifact production runs.
+    #[arg(long)]
+    image_archive: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +75,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let mut config = DevnetConfig::new(&args.data_dir, args.port_base);
     config.boot_delay = Duration::from_millis(args.boot_delay_ms);
     config.block_time = Duration::from_millis(args.block_ms.max(1));
+    config.image_archive = args.image_archive.clone();
     let devnet = Devnet::start(config)
         .await
         .context("cannot start the devnet")?;
@@ -85,6 +91,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         "ensue": devnet.ensue().url(),
         "envFile": args.env_file,
         "userAccountId": devnet.user().account_id,
+        "agentImage": devnet.agent_image(),
     }));
     shutdown.await;
     devnet.stop().await.context("stopping the devnet")?;

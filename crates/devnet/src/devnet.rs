@@ -15,8 +15,9 @@ use crate::near::{NearDevnet, NearDevnetConfig};
 use crate::phala::{PhalaDevnet, PhalaDevnetConfig};
 use crate::{Error, Result};
 
-/// The image every devnet CVM boots unless it names [`crate::phala::NEVER_HEALTHY_IMAGE`]:
-/// the Delibera agent runtime, in process.
+/// The image that boots the Delibera agent runtime inside the devnet's own
+/// process: what a devnet's settings name unless it was started with an image
+/// archive (see [`crate::phala`] for how a CVM's image boots).
 pub const AGENT_IMAGE: &str =
     "delibera-devnet/agent@sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -46,6 +47,9 @@ pub struct DevnetConfig {
     pub boot_delay: Duration,
     /// How often NEAR makes a block.
     pub block_time: Duration,
+    /// An OCI archive of the agent image (`scripts/build-image.sh`): CVMs
+    /// run it as a child process and the settings name it by digest.
+    pub image_archive: Option<PathBuf>,
 }
 
 impl DevnetConfig {
@@ -56,6 +60,7 @@ impl DevnetConfig {
             port_base,
             boot_delay: Duration::from_millis(1500),
             block_time: Duration::from_secs(1),
+            image_archive: None,
         }
     }
 }
@@ -130,6 +135,7 @@ impl Devnet {
                 data_dir: config.data_dir.join("phala"),
                 api_key: phala_api_key.clone(),
                 boot_delay: config.boot_delay,
+                image_archive: config.image_archive.clone(),
             },
         )
         .await?;
@@ -242,11 +248,21 @@ impl Devnet {
         &self.profile.server
     }
 
+    /// The image its settings name: the archive's (`name@sha256:…`) when one
+    /// was given, else [`AGENT_IMAGE`].
+    pub fn agent_image(&self) -> String {
+        self.phala
+            .loaded_image()
+            .map(|image| image.reference())
+            .unwrap_or_else(|| AGENT_IMAGE.to_owned())
+    }
+
     /// Every setting a Protocol API needs in production mode to use this
     /// devnet, plus `DEVNET_FACTORY_CONTRACT_ID`, `DEVNET_USER_ACCOUNT_ID` and
     /// `DEVNET_USER_PRIVATE_KEY` for whoever plays the user.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let profile = &self.profile;
+        let image = self.agent_image();
         vec![
             ("DELIBERA_MODE", "production".to_owned()),
             ("PHALA_API_KEY", profile.phala_api_key.to_string()),
@@ -267,8 +283,8 @@ impl Devnet {
                 profile.storacha_agent_key.to_string(),
             ),
             ("STORACHA_DELEGATION_PROOF", profile.storacha_proof.clone()),
-            ("WORKER_IMAGE", AGENT_IMAGE.to_owned()),
-            ("COORDINATOR_IMAGE", AGENT_IMAGE.to_owned()),
+            ("WORKER_IMAGE", image.clone()),
+            ("COORDINATOR_IMAGE", image),
             ("DEVNET_FACTORY_CONTRACT_ID", accounts::FACTORY.to_owned()),
             (
                 "DEVNET_USER_ACCOUNT_ID",

@@ -28,6 +28,12 @@ pub enum Error {
         /// The account that was asked for.
         account_id: String,
     },
+    /// A container image could not be unpacked or started.
+    #[error("devnet image: {reason}")]
+    Image {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A background task of a stand-in stopped abnormally.
     #[error("devnet task failed: {reason}")]
     Task {

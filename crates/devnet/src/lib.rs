@@ -3,6 +3,7 @@
 
 mod devnet;
 mod error;
+pub mod image;
 pub mod near;
 pub mod phala;
 

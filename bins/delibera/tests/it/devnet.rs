@@ -74,3 +74,20 @@ async fn up_writes_the_env_file_and_the_faucet_makes_accounts() {
             .starts_with("ed25519:")
     );
 }
+
+#[test]
+fn up_with_an_image_archive_that_is_not_one_refuses_to_start_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("agent.oci.tar");
+    std::fs::write(&junk, b"not an OCI archive").unwrap();
+    let output = delibera()
+        .args(["devnet", "up", "--port-base", "0", "--data-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--image-archive")
+        .arg(&junk)
+        .finish();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("devnet image: a damaged archive"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no URLs printed for a devnet that did not start");
+}

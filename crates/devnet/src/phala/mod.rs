@@ -13,14 +13,20 @@
 //!
 //! Every `/api/v1` call needs `X-API-Key`; errors are FastAPI-shaped
 //! (`{"detail": …}`, structured `{"detail": {"error_code", "message"}}`).
-//! A CVM whose image is [`NEVER_HEALTHY_IMAGE`] boots a server that never
-//! answers its health check.
+//! A CVM boots by its compose file's image: an image loaded from an OCI
+//! archive (`PhalaDevnetConfig::image_archive`, matched by digest) runs its
+//! entry point as a child process with the opened env; [`NEVER_HEALTHY_IMAGE`]
+//! boots a server that never answers its health check; any other image runs
+//! the agent runtime in process — unless an archive was loaded, when only its
+//! image and [`crate::AGENT_IMAGE`] boot and any other fails as an unknown
+//! image would fail to pull.
 
 mod store;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -32,17 +38,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use delibera_agent::Agent;
-use delibera_deploy::AgentEnv;
+use delibera_deploy::{AgentEnv, EnvVar};
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use self::store::{App, Cvm, Store};
+use crate::image::{AgentImage, Confinement, pinned_digest};
 use crate::{Error, Result};
 
 /// The image that boots a CVM whose agent never becomes healthy (pinned by
@@ -61,7 +69,13 @@ pub struct PhalaDevnetConfig {
     pub api_key: Zeroizing<String>,
     /// How long a committed CVM takes to boot.
     pub boot_delay: Duration,
+    /// An OCI archive of the agent image (`scripts/build-image.sh`), unpacked
+    /// into `data_dir/images` at start; CVMs naming its digest run it.
+    pub image_archive: Option<PathBuf>,
 }
+
+/// How long a child agent has to print the line that says where it listens.
+const CHILD_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running Phala stand-in.
 pub struct PhalaDevnet {
@@ -77,9 +91,21 @@ struct Inner {
     origin: String,
     running: Mutex<HashMap<i64, Running>>,
     http: reqwest::Client,
+    /// Where unpacked images live.
+    images: PathBuf,
+    /// The image loaded from the archive, if one was given.
+    loaded: Option<AgentImage>,
 }
 
-/// A booted CVM: its agent (or never-healthy server) on a loopback port.
+/// What a CVM's image boots.
+enum Boot {
+    NeverHealthy,
+    InProcess,
+    Child(AgentImage),
+}
+
+/// A booted CVM: its agent (in process or a child process), or the
+/// never-healthy server, on a loopback port.
 struct Running {
     port: u16,
     stop: oneshot::Sender<()>,
@@ -92,6 +118,11 @@ impl PhalaDevnet {
     pub async fn start(listener: TcpListener, config: PhalaDevnetConfig) -> Result<Self> {
         delibera_data_dir::private_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join("phala.sqlite"))?;
+        let images = config.data_dir.join("images");
+        let loaded = match &config.image_archive {
+            Some(archive) => Some(AgentImage::unpack(archive, &images)?),
+            None => None,
+        };
         let address = listener.local_addr()?;
         let inner = Arc::new(Inner {
             store,
@@ -100,6 +131,8 @@ impl PhalaDevnet {
             origin: format!("http://{address}"),
             running: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
+            images,
+            loaded,
         });
         for cvm in inner.store.cvms()? {
             if matches!(cvm.status.as_str(), "running" | "starting") {
@@ -138,6 +171,11 @@ impl PhalaDevnet {
     /// (`PHALA_PUBLIC_URL_TEMPLATE`).
     pub fn public_url_template(&self) -> String {
         format!("{}/gateway/{{app_id}}-{{port}}", self.inner.origin)
+    }
+
+    /// The image loaded from `image_archive`, if one was given.
+    pub fn loaded_image(&self) -> Option<&AgentImage> {
+        self.inner.loaded.as_ref()
     }
 
     /// How many CVMs exist, with their names (for tests and the CLI).
@@ -215,48 +253,78 @@ impl Inner {
         });
     }
 
+    /// What `image` boots, or why it cannot boot.
+    fn boot_kind(&self, image: &str) -> std::result::Result<Boot, String> {
+        if image.starts_with(NEVER_HEALTHY_IMAGE) {
+            return Ok(Boot::NeverHealthy);
+        }
+        if let Some(digest) = pinned_digest(image)
+            && let Some(stored) =
+                AgentImage::open(&self.images, digest).map_err(|error| error.to_string())?
+        {
+            return Ok(Boot::Child(stored));
+        }
+        match &self.loaded {
+            Some(loaded) if pinned_digest(image) != pinned_digest(crate::AGENT_IMAGE) => {
+                Err(format!(
+                    "cannot pull {image}: the devnet holds {} (and its in-process runtime)",
+                    loaded.reference()
+                ))
+            }
+            _ => Ok(Boot::InProcess),
+        }
+    }
+
     /// Opens the sealed env with the app's key and starts its agent.
     async fn boot(&self, cvm: &Cvm) -> std::result::Result<(), String> {
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .map_err(|error| format!("cannot bind the CVM's port: {error}"))?;
-        let port = listener
-            .local_addr()
-            .map_err(|error| error.to_string())?
-            .port();
+        let kind = self.boot_kind(&cvm.image)?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = if cvm.image.starts_with(NEVER_HEALTHY_IMAGE) {
-            tokio::spawn(serve_never_healthy(listener, stopped))
-        } else {
-            let app = self
-                .store
-                .app(&cvm.app_id)
-                .map_err(|error| error.to_string())?
-                .ok_or("the CVM's app is gone")?;
-            let sealed = cvm.encrypted_env.as_deref().unwrap_or_default();
-            let vars = delibera_phala::decrypt_env(&app.kms_secret, sealed)
-                .map_err(|error| format!("the KMS cannot open the env: {error}"))?;
-            let env = AgentEnv::try_from(vars.as_slice())
-                .map_err(|error| format!("the agent refused its env: {error}"))?;
-            let agent =
-                Agent::new(env).map_err(|error| format!("the agent cannot start: {error}"))?;
-            let name = cvm.name.clone();
-            tokio::spawn(async move {
-                if let Err(error) = agent
-                    .serve(listener, async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                {
-                    tracing::warn!(cvm = %name, %error, "a devnet CVM's agent stopped");
-                }
-            })
+        let (port, task) = match kind {
+            Boot::NeverHealthy => {
+                let (listener, port) = loopback_listener().await?;
+                (port, tokio::spawn(serve_never_healthy(listener, stopped)))
+            }
+            Boot::InProcess => {
+                let env = AgentEnv::try_from(self.open_env(cvm)?.as_slice())
+                    .map_err(|error| format!("the agent refused its env: {error}"))?;
+                let agent =
+                    Agent::new(env).map_err(|error| format!("the agent cannot start: {error}"))?;
+                let (listener, port) = loopback_listener().await?;
+                let name = cvm.name.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(error) = agent
+                        .serve(listener, async {
+                            let _ = stopped.await;
+                        })
+                        .await
+                    {
+                        tracing::warn!(cvm = %name, %error, "a devnet CVM's agent stopped");
+                    }
+                });
+                (port, task)
+            }
+            Boot::Child(image) => {
+                let vars = self.open_env(cvm)?;
+                start_child(&image, &vars, &cvm.name, stopped).await?
+            }
         };
-        tracing::info!(cvm = %cvm.name, port, "devnet CVM booted");
+        tracing::info!(cvm = %cvm.name, port, image = %cvm.image, "devnet CVM booted");
         if let Some(old) = self.running().insert(cvm.id, Running { port, stop, task }) {
             let _ = old.stop.send(());
         }
         Ok(())
+    }
+
+    /// The CVM's env, opened with its app's key as the KMS would.
+    fn open_env(&self, cvm: &Cvm) -> std::result::Result<Vec<EnvVar>, String> {
+        let app = self
+            .store
+            .app(&cvm.app_id)
+            .map_err(|error| error.to_string())?
+            .ok_or("the CVM's app is gone")?;
+        let sealed = cvm.encrypted_env.as_deref().unwrap_or_default();
+        delibera_phala::decrypt_env(&app.kms_secret, sealed)
+            .map_err(|error| format!("the KMS cannot open the env: {error}"))
     }
 
     fn halt(&self, id: i64) {
@@ -273,6 +341,79 @@ impl Inner {
     fn public_url(&self, cvm: &Cvm) -> String {
         format!("{}/gateway/{}-{}", self.origin, cvm.app_id, cvm.port)
     }
+}
+
+async fn loopback_listener() -> std::result::Result<(TcpListener, u16), String> {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .map_err(|error| format!("cannot bind the CVM's port: {error}"))?;
+    let port = listener
+        .local_addr()
+        .map_err(|error| error.to_string())?
+        .port();
+    Ok((listener, port))
+}
+
+/// Starts `image`'s entry point with the CVM's env on a port of its choosing
+/// (`PORT=0`: many CVMs share this host, where each real CVM has its own),
+/// learnt from the line the agent prints once listening; the task stops it
+/// (SIGKILL, as a halted VM) when `stopped` fires or the task is dropped.
+async fn start_child(
+    image: &AgentImage,
+    vars: &[EnvVar],
+    name: &str,
+    stopped: oneshot::Receiver<()>,
+) -> std::result::Result<(u16, JoinHandle<()>), String> {
+    let env = vars
+        .iter()
+        .filter(|var| var.key != "PORT")
+        .map(|var| (var.key.as_str(), var.value.as_str()))
+        .chain([("PORT", "0")]);
+    let mut command = image
+        .command(Confinement::for_this_process(), env)
+        .map_err(|error| error.to_string())?;
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = command
+        .spawn()
+        .map_err(|error| format!("cannot start {}: {error}", image.reference()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("the agent's stdout is not piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = match tokio::time::timeout(CHILD_START_TIMEOUT, lines.next_line()).await {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            let status = child.wait().await.map_err(|error| error.to_string())?;
+            return Err(format!("the image's agent exited at start ({status})"));
+        }
+        Err(_) => {
+            return Err(format!(
+                "the image's agent did not listen within {} s",
+                CHILD_START_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    let port = serde_json::from_str::<Value>(&first)
+        .ok()
+        .and_then(|line| line["port"].as_u64())
+        .and_then(|port| u16::try_from(port).ok())
+        .ok_or_else(|| format!("the image's agent printed {first:?}, not where it listens"))?;
+    let name = name.to_owned();
+    let task = tokio::spawn(async move {
+        // Read on, so the agent never blocks on a full pipe.
+        let drain = async { while let Ok(Some(_)) = lines.next_line().await {} };
+        tokio::select! {
+            _ = stopped => {}
+            status = async { drain.await; child.wait().await } => {
+                tracing::warn!(cvm = %name, ?status, "a devnet CVM's agent process exited");
+                return;
+            }
+        }
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    });
+    Ok((port, task))
 }
 
 /// Answers 503 on every request, forever.

@@ -26,13 +26,14 @@ async fn start(dir: &std::path::Path, port: u16) -> PhalaDevnet {
             data_dir: dir.to_owned(),
             api_key: Zeroizing::new(API_KEY.into()),
             boot_delay: Duration::from_millis(50),
+            image_archive: None,
         },
     )
     .await
     .unwrap()
 }
 
-fn deployer(phala: &PhalaDevnet, api_key: &str) -> PhalaDeployer {
+pub(crate) fn deployer(phala: &PhalaDevnet, api_key: &str) -> PhalaDeployer {
     PhalaDeployer::with_options(
         PhalaClient::new(&phala.api_url(), api_key).unwrap(),
         PhalaDeployerOptions {
@@ -45,7 +46,11 @@ fn deployer(phala: &PhalaDevnet, api_key: &str) -> PhalaDeployer {
     )
 }
 
-fn worker_spec(ensue: &LocalEnsue, seed: u8, image: Option<&str>) -> (AgentSpec, Keypair) {
+pub(crate) fn worker_spec(
+    ensue: &LocalEnsue,
+    seed: u8,
+    image: Option<&str>,
+) -> (AgentSpec, Keypair) {
     let keypair = Keypair::from_seed(&[seed; 32]);
     let mut env = AgentEnv::new(
         AgentRole::Worker,
