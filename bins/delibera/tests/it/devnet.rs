@@ -88,6 +88,12 @@ fn up_with_an_image_archive_that_is_not_one_refuses_to_start_saying_why() {
         .finish();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("devnet image: a damaged archive"), "{stderr}");
-    assert!(output.stdout.is_empty(), "no URLs printed for a devnet that did not start");
+    assert!(
+        stderr.contains("devnet image: a damaged archive"),
+        "{stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "no URLs printed for a devnet that did not start"
+    );
 }
