@@ -34,7 +34,7 @@ use uuid::Uuid;
 use super::error::JobError;
 use super::model::{IdempotencyKey, Job, JobStatus, NewJob};
 use crate::ports::{OrgCredentials, Ports, Settings};
-use crate::store::{JobStore, OrgKeys, Started, StatusFollower, StoreError};
+use crate::store::{JobStore, OrgKeys, RunnerLock, Started, StatusFollower, StoreError};
 
 /// How many names a coordinator's Ensue org registration tries.
 const MAX_ORG_ATTEMPTS: u32 = 5;
@@ -87,6 +87,24 @@ pub struct JobMachine {
     org_keys: OrgKeys,
     ports: Arc<Ports>,
     settings: Arc<Settings>,
+    runner: Arc<Runner>,
+}
+
+/// Whether this process runs jobs, and which it is running.
+struct Runner {
+    /// False while another replica sharing the store runs them (this one
+    /// serves reads and accepts writes; the runner finds its new jobs).
+    runs_jobs: std::sync::atomic::AtomicBool,
+    /// The jobs being driven here, so none is driven twice at once.
+    driving: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl Runner {
+    fn driving(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Uuid>> {
+        self.driving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl JobMachine {
@@ -97,11 +115,17 @@ impl JobMachine {
         ports: Arc<Ports>,
         settings: Arc<Settings>,
     ) -> Self {
+        // A store no other process shares is this process's to run.
+        let runs_jobs = !jobs.is_shared();
         Self {
             jobs,
             org_keys,
             ports,
             settings,
+            runner: Arc::new(Runner {
+                runs_jobs: runs_jobs.into(),
+                driving: std::sync::Mutex::default(),
+            }),
         }
     }
 
@@ -114,23 +138,26 @@ impl JobMachine {
 
     /// What the status route answers for a job, from the in-memory view of
     /// committed state; a text that is no job id is simply not found.
-    pub fn status(&self, id: &str) -> Result<axum::body::Bytes, JobError> {
+    pub async fn status(&self, id: &str) -> Result<axum::body::Bytes, JobError> {
         let not_found = || JobError::NotFound(id.to_owned());
         let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
-        self.jobs.status(uuid)?.ok_or_else(not_found)
+        self.jobs.status(uuid).await?.ok_or_else(not_found)
     }
 
     /// Follows a job's status documents as they are committed (the status
     /// route's pushed form), from the current one or after the event a
     /// client saw last.
-    pub fn follow(
+    pub async fn follow(
         &self,
         id: &str,
         last_event_id: Option<&str>,
     ) -> Result<StatusFollower, JobError> {
         let not_found = || JobError::NotFound(id.to_owned());
         let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
-        self.jobs.follow(uuid, last_event_id).ok_or_else(not_found)
+        self.jobs
+            .follow(uuid, last_event_id)
+            .await?
+            .ok_or_else(not_found)
     }
 
     /// Stores a new job and starts it in the background. Under an
@@ -205,18 +232,81 @@ impl JobMachine {
         })
     }
 
-    /// Runs (or resumes) a job, as it was last committed, in the background.
+    /// Runs (or resumes) a job, as it was last committed, in the background,
+    /// unless it is being driven here already, or another replica runs the
+    /// jobs (it finds this one).
     pub fn spawn(&self, job: Job) {
+        self.spawn_driver(job.id, Some(job));
+    }
+
+    /// Drives job `id` in the background from `committed` (read from the
+    /// store when `None`), unless this process does not run jobs or drives
+    /// it already.
+    fn spawn_driver(&self, id: Uuid, committed: Option<Job>) {
+        use std::sync::atomic::Ordering;
+        if !self.runner.runs_jobs.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.runner.driving().insert(id) {
+            return;
+        }
         let machine = self.clone();
-        tokio::spawn(async move { machine.drive_through_storage_outages(job).await });
+        tokio::spawn(async move {
+            machine.drive_through_storage_outages(id, committed).await;
+            machine.runner.driving().remove(&id);
+        });
+    }
+
+    /// Whether other processes share the store (PostgreSQL replicas).
+    pub fn is_shared(&self) -> bool {
+        self.jobs.is_shared()
+    }
+
+    /// Makes this process the one that runs jobs: waits for the store's
+    /// runner lock (at once, unless replicas share the store), resumes every
+    /// job as after a restart ([`Self::resume_all`]), and, when replicas
+    /// share the store, looks for the jobs they start every
+    /// `Settings::job_scan_interval`. Returns the lock and how many jobs were
+    /// resumed. Once [`RunnerLock::lost`] answers, another replica may run
+    /// the jobs: the process must stop at once.
+    pub async fn lead(&self) -> Result<(RunnerLock, usize), StoreError> {
+        let lock = self.jobs.runner_lock().await?;
+        self.runner
+            .runs_jobs
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let resumed = self.resume_all().await?;
+        if lock.is_shared() {
+            self.spawn_scanner();
+        }
+        Ok((lock, resumed))
+    }
+
+    /// Drives every job the runner owns that is not driven here yet (one
+    /// another replica started), read afresh from the store, every
+    /// `Settings::job_scan_interval`.
+    fn spawn_scanner(&self) {
+        let machine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(machine.settings.job_scan_interval).await;
+                match machine.jobs.resumable().await {
+                    Ok(jobs) => {
+                        for job in jobs {
+                            machine.spawn_driver(job.id, None);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "looking for jobs to run failed; trying again")
+                    }
+                }
+            }
+        });
     }
 
     /// Drives a job; while its store cannot be written (a full disk), waits
     /// as `Settings::storage_retry` says and drives it again from its last
     /// committed step, so the job goes on by itself once space returns.
-    async fn drive_through_storage_outages(&self, job: Job) {
-        let id = job.id;
-        let mut committed = Some(job);
+    async fn drive_through_storage_outages(&self, id: Uuid, mut committed: Option<Job>) {
         let mut outage_retries = 0;
         loop {
             match self.drive_from(id, committed.take()).await {

@@ -22,4 +22,6 @@ mod process;
 mod production;
 mod restarts;
 mod storage;
+#[allow(unreachable_pub)] // `pub` helpers, for the replica tests.
+mod store;
 mod wallet_auth;
