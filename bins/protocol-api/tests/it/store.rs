@@ -638,3 +638,37 @@ async fn a_database_migrated_by_a_newer_release_is_refused() {
         Ok(_) => panic!("opened"),
     }
 }
+
+/// A runner whose lock's session is ended from outside (a database
+/// restart, a cut connection) hears that it lost the lock, so it can stop
+/// before another replica takes the jobs over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_hears_when_its_lock_is_lost() {
+    let Some(db) = TestDb::postgres("a_runner_hears_when_its_lock_is_lost").await else {
+        return;
+    };
+    let (first, second) = (db.open().await, db.open().await);
+    let mut held = first.try_runner_lock().await.unwrap().expect("a free lock");
+    let TestDb::Postgres { client, .. } = &db else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let ended: i64 = client
+        .query_one(
+            // The runner lock of this schema: (0x444c4250, 2 # hashtext(schema)).
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND database = (
+                   SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid = 1145848400
+               AND objid::bigint = (2 # hashtext(current_schema()))::bigint & 4294967295",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended >= 1, "the lock's session was found");
+    let reason = within("the runner to hear its lock is lost", held.lost()).await;
+    assert!(reason.contains("connection"), "{reason}");
+    within("the other replica to take the lock", second.runner_lock())
+        .await
+        .unwrap();
+}
