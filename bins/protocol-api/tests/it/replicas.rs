@@ -144,3 +144,175 @@ async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice
         );
     }
 }
+
+/// A `protocol-api` binary in production mode on the test's PostgreSQL
+/// database; its outside services are unreachable (nothing here calls them).
+struct Replica {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    api: String,
+}
+
+impl Replica {
+    fn start(dir: &std::path::Path, name: &str, env: &[(&str, String)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_protocol-api"))
+            // Only what is set here: the caller's environment must not leak in.
+            .env_clear()
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            .env("DATA_DIR", dir.join(name))
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            api: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log says `line`, failing with the log if the
+    /// process exits first.
+    async fn wait_for_log(&mut self, line: &str) {
+        within(&format!("the replica to log {line:?}"), async {
+            loop {
+                if self.log().contains(line) {
+                    return;
+                }
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    panic!("the replica exited ({status}):\n{}", self.log());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+    }
+
+    async fn status_of(&self, job_id: &str) -> (u16, Value) {
+        let response = reqwest::get(format!("{}/api/provision/status/{job_id}", self.api))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_binaries_share_jobs_and_hand_the_runner_lock_over() {
+    use delibera_identity::Keypair;
+    use delibera_storacha::Delegator;
+
+    const KEY_HEX: &str = "7265706c6963612d746573742d7365616c696e672d6b65792d30313233343536";
+    const PINNED: &str = "ghcr.io/delibera/delibera-agent@sha256:3333333333333333333333333333333333333333333333333333333333333333";
+    let Some(db) =
+        TestDb::postgres("replica_binaries_share_jobs_and_hand_the_runner_lock_over").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let space = delibera_storacha::LocalSpaceDelegator::open(dir.path().join("space")).unwrap();
+    let agent = Keypair::generate();
+    let proof = space
+        .delegate_space_access(&agent.did())
+        .await
+        .unwrap()
+        .proof;
+    // Port 1 on loopback: no outside service answers, and none is called.
+    let nowhere = "http://127.0.0.1:1";
+    let env = [
+        ("DELIBERA_MODE", "production".to_owned()),
+        ("DATABASE_URL", db.url().unwrap().to_owned()),
+        ("PROTOCOL_API_SECRET_KEY", KEY_HEX.to_owned()),
+        ("PHALA_API_KEY", "phak_x".to_owned()),
+        ("PHALA_CLOUD_API_PREFIX", format!("{nowhere}/api/v1")),
+        ("ENSUE_URL", format!("{nowhere}/")),
+        ("ENSUE_API_KEY", "lmn_x".to_owned()),
+        ("NEAR_RPC_URL", format!("{nowhere}/")),
+        ("NEAR_ACCOUNT_ID", "server.testnet".to_owned()),
+        (
+            "NEAR_PRIVATE_KEY",
+            Keypair::generate().to_near_secret_string().to_string(),
+        ),
+        ("REGISTRY_CONTRACT_ID", "registry.testnet".to_owned()),
+        ("COORDINATOR_CONTRACT_ID", "coordinator.testnet".to_owned()),
+        (
+            "STORACHA_AGENT_PRIVATE_KEY",
+            agent.to_ucanto_string().to_string(),
+        ),
+        ("STORACHA_DELEGATION_PROOF", proof),
+        ("WORKER_IMAGE", PINNED.to_owned()),
+        ("COORDINATOR_IMAGE", PINNED.to_owned()),
+    ];
+
+    let mut first = Replica::start(dir.path(), "first", &env);
+    first.wait_for_log("this process runs the jobs").await;
+    let mut second = Replica::start(dir.path(), "second", &env);
+    second.wait_for_log("waiting for the runner lock").await;
+    second.wait_for_log("Delibera Protocol API listening").await;
+    assert!(!second.log().contains("this process runs the jobs"));
+
+    // A job one replica holds at the wallet step is shown, secrets and all,
+    // by both.
+    let key: [u8; 32] = hex::decode(KEY_HEX).unwrap().try_into().unwrap();
+    let mut job = crate::store::new_job();
+    job.status = protocol_api::jobs::JobStatus::AwaitingNearSignature;
+    job.secrets.storacha_private_key = Some("MgCYsecret".into());
+    db.open_with(&key)
+        .await
+        .unwrap()
+        .jobs()
+        .insert(&job)
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    let (shown_first, shown_second) = (first.status_of(&id).await, second.status_of(&id).await);
+    assert_eq!(shown_first.0, 200, "{}", shown_first.1);
+    assert_eq!(shown_first, shown_second);
+    assert_eq!(shown_first.1["storachaPrivateKey"], "MgCYsecret");
+
+    // SIGKILL: the survivor takes the runner lock over.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    second.wait_for_log("this process runs the jobs").await;
+    assert_eq!(second.status_of(&id).await, shown_first);
+
+    // A runner that loses its lock stops, saying why, rather than run jobs
+    // beside the replica that would take them over.
+    assert_eq!(db.end_runner_lock_session().await, 1);
+    let status = within("the runner that lost its lock to stop", async {
+        loop {
+            if let Some(status) = second.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(!status.success());
+    assert!(
+        second.log().contains("lost the runner lock"),
+        "{}",
+        second.log()
+    );
+}

@@ -113,6 +113,35 @@ impl TestDb {
         }
     }
 
+    /// The URL a server on this database is given (PostgreSQL only).
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            TestDb::Sqlite(_) => None,
+            TestDb::Postgres { url, .. } => Some(url),
+        }
+    }
+
+    /// Ends the session holding the runner lock of this database, as a
+    /// restarted database or a cut connection would; returns how many.
+    pub async fn end_runner_lock_session(&self) -> i64 {
+        let TestDb::Postgres { client, .. } = self else {
+            return 0;
+        };
+        client
+            .query_one(
+                // The runner lock of this schema: (0x444c4250, 2 # hashtext(schema)).
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND database = (
+                       SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND classid = 1145848400
+                   AND objid::bigint = (2 # hashtext(current_schema()))::bigint & 4294967295",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub async fn open(&self) -> Database {
         self.open_with(&KEY).await.unwrap()
     }
@@ -649,22 +678,7 @@ async fn a_runner_hears_when_its_lock_is_lost() {
     };
     let (first, second) = (db.open().await, db.open().await);
     let mut held = first.try_runner_lock().await.unwrap().expect("a free lock");
-    let TestDb::Postgres { client, .. } = &db else {
-        unreachable!("a PostgreSQL test database")
-    };
-    let ended: i64 = client
-        .query_one(
-            // The runner lock of this schema: (0x444c4250, 2 # hashtext(schema)).
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
-             WHERE locktype = 'advisory' AND granted AND database = (
-                   SELECT oid FROM pg_database WHERE datname = current_database())
-               AND classid = 1145848400
-               AND objid::bigint = (2 # hashtext(current_schema()))::bigint & 4294967295",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let ended = db.end_runner_lock_session().await;
     assert!(ended >= 1, "the lock's session was found");
     let reason = within("the runner to hear its lock is lost", held.lost()).await;
     assert!(reason.contains("connection"), "{reason}");
