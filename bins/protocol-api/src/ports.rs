@@ -261,6 +261,10 @@ pub struct Settings {
     /// How often the replica that runs jobs looks for jobs other replicas
     /// started (only when replicas share the store).
     pub job_scan_interval: Duration,
+    /// How long a job may stay `registering` before the replica that runs
+    /// jobs takes it for abandoned by the replica that took the call (it
+    /// died) and finishes it (only when replicas share the store).
+    pub registration_takeover_after: Duration,
 }
 
 /// How often an idle status event stream says it is alive, so proxies and
@@ -273,7 +277,8 @@ impl Settings {
     /// retried every 5 s growing to 5 min, a full disk retried every 1 s
     /// growing to 1 min (a registration call answered 503 after 10 s of it), jobs expiring after 24 h at the wallet step, and 5 s
     /// for an agent to prove healthy at registration; a shared store is
-    /// scanned for jobs other replicas started every second.
+    /// scanned for jobs other replicas started every second, and a
+    /// registration another replica left for 2 min is finished by the runner.
     pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
         Self {
             ensue_api_key,
@@ -289,6 +294,7 @@ impl Settings {
             register_storage_wait: Duration::from_secs(10),
             events_heartbeat: DEFAULT_EVENTS_HEARTBEAT,
             job_scan_interval: Duration::from_secs(1),
+            registration_takeover_after: Duration::from_secs(120),
         }
     }
 

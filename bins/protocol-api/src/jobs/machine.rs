@@ -289,15 +289,16 @@ impl JobMachine {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(machine.settings.job_scan_interval).await;
-                match machine.jobs.resumable().await {
-                    Ok(jobs) => {
-                        for job in jobs {
-                            machine.spawn_driver(job.id, None);
-                        }
+                let scanned = async {
+                    for job in machine.jobs.resumable().await? {
+                        machine.spawn_driver(job.id, None);
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "looking for jobs to run failed; trying again")
-                    }
+                    // A replica that died while registering leaves its job
+                    // `registering`: finished here once it is clearly abandoned.
+                    machine.finish_interrupted_registrations().await
+                };
+                if let Err(error) = scanned.await {
+                    tracing::warn!(%error, "looking for jobs to run failed; trying again");
                 }
             }
         });
@@ -336,7 +337,38 @@ impl JobMachine {
     /// the runner owns and every pending announcement, and starts the expiry
     /// sweeper. Returns how many jobs were resumed.
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
+        self.finish_interrupted_registrations().await?;
+        for job in self.jobs.in_status(vec![JobStatus::Complete]).await? {
+            if job.announce_pending {
+                self.spawn_announcer(job.id);
+            }
+        }
+        let jobs = self.jobs.resumable().await?;
+        let resumed = jobs.len();
+        for job in jobs {
+            tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
+            self.spawn(job);
+        }
+        self.spawn_expiry_sweeper();
+        Ok(resumed)
+    }
+
+    /// Finishes the registrations nobody is finishing: after a restart,
+    /// every job in `registering`; when replicas share the store, only those
+    /// that have been registering for `Settings::registration_takeover_after`
+    /// (the replica that took the call may still be finishing the others),
+    /// and none this process is finishing itself.
+    async fn finish_interrupted_registrations(&self) -> Result<(), StoreError> {
+        let abandoned_before = Utc::now()
+            - chrono::Duration::from_std(self.settings.registration_takeover_after)
+                .unwrap_or(chrono::Duration::MAX);
         for job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
+            if self.jobs.is_shared() && job.updated_at > abandoned_before {
+                continue;
+            }
+            if !self.runner.driving().insert(job.id) {
+                continue;
+            }
             tracing::info!(job = %job.id, "registration was interrupted; finishing it");
             let id = job.id;
             let registration = self.spawn_registration(job, None);
@@ -352,19 +384,7 @@ impl JobMachine {
                 }
             });
         }
-        for job in self.jobs.in_status(vec![JobStatus::Complete]).await? {
-            if job.announce_pending {
-                self.spawn_announcer(job.id);
-            }
-        }
-        let jobs = self.jobs.resumable().await?;
-        let resumed = jobs.len();
-        for job in jobs {
-            tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
-            self.spawn(job);
-        }
-        self.spawn_expiry_sweeper();
-        Ok(resumed)
+        Ok(())
     }
 
     /// After a restart: the deployer could not bring back the deployment
@@ -970,6 +990,8 @@ impl JobMachine {
         // the caller gets the full-disk answer after a bounded wait instead
         // of waiting for the disk.
         let id = job.id;
+        // So this process's scanner leaves it to this call.
+        self.runner.driving().insert(id);
         let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
         let mut registration = self.spawn_registration(job, Some(stalled_tx));
         let wait = self.settings.register_storage_wait;
@@ -1000,38 +1022,49 @@ impl JobMachine {
     /// the registration; the job is then `complete` (announced in Ensue now
     /// or in the background), or back at the wallet step with the reason.
     /// `stalled` hears the store's error if a transition has to wait for it.
+    /// The caller has marked the job as driven here; it is unmarked at the end.
     fn spawn_registration(
         &self,
-        mut job: Job,
-        mut stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
+        job: Job,
+        stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
     ) -> JoinHandle<Result<Job, JobError>> {
         let machine = self.clone();
         tokio::spawn(async move {
-            let confirmed = match machine.check_health(&job).await {
-                Ok(()) => machine.confirm(&job).await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = confirmed {
-                machine
-                    .commit_when_writable(&mut job, JobStatus::AwaitingNearSignature, &mut stalled)
-                    .await?;
-                return Err(error);
-            }
-            // The registration stands whatever Ensue says: a new coordinator's
-            // org refuses its key until a person claims it, which happens
-            // after this answer. Announcing is retried in the background.
-            if let Err(error) = machine.announce(&job).await {
-                tracing::info!(job = %job.id, %error, "the agent is not announced in Ensue yet; retrying in the background");
-                job.announce_pending = true;
-            }
-            machine
-                .commit_when_writable(&mut job, JobStatus::Complete, &mut stalled)
-                .await?;
-            if job.announce_pending {
-                machine.spawn_announcer(job.id);
-            }
-            Ok(job)
+            let id = job.id;
+            let registered = machine.finish_registration(job, stalled).await;
+            machine.runner.driving().remove(&id);
+            registered
         })
+    }
+
+    /// The work of [`Self::spawn_registration`].
+    async fn finish_registration(
+        &self,
+        mut job: Job,
+        mut stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
+    ) -> Result<Job, JobError> {
+        let confirmed = match self.check_health(&job).await {
+            Ok(()) => self.confirm(&job).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = confirmed {
+            self.commit_when_writable(&mut job, JobStatus::AwaitingNearSignature, &mut stalled)
+                .await?;
+            return Err(error);
+        }
+        // The registration stands whatever Ensue says: a new coordinator's
+        // org refuses its key until a person claims it, which happens
+        // after this answer. Announcing is retried in the background.
+        if let Err(error) = self.announce(&job).await {
+            tracing::info!(job = %job.id, %error, "the agent is not announced in Ensue yet; retrying in the background");
+            job.announce_pending = true;
+        }
+        self.commit_when_writable(&mut job, JobStatus::Complete, &mut stalled)
+            .await?;
+        if job.announce_pending {
+            self.spawn_announcer(job.id);
+        }
+        Ok(job)
     }
 
     /// Refuses to register an agent that does not answer its health check

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Options, TestApp, TestDeployer, until, within};
+use crate::common::{GateState, Holds, Options, TestApp, TestDeployer, until, within};
 use crate::store::TestDb;
 
 fn coordinator_request(n: usize) -> Value {
@@ -143,6 +143,73 @@ async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice
             "the deployed agent is the job's"
         );
     }
+}
+
+/// A registration cut off by the death of the replica that took the call
+/// is finished by the replica that runs jobs once it is clearly abandoned,
+/// instead of staying `registering` for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_left_by_a_dead_replica_is_finished_by_the_runner() {
+    let Some(db) =
+        TestDb::postgres("a_registration_left_by_a_dead_replica_is_finished_by_the_runner").await
+    else {
+        return;
+    };
+    let deployer = TestDeployer::healthy();
+    let (dir_runner, dir_other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let runner = TestApp::start(
+        dir_runner.path(),
+        deployer.clone(),
+        Options {
+            database: Some(db.open().await),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_runner_lock, _) = runner.state.jobs.lead().await.unwrap();
+    let id = provision(&runner, 0).await;
+    runner.wait_for(&id, &["awaiting_near_signature"]).await;
+
+    // The other replica takes the registration call and dies inside it.
+    let other_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    other_runtime.spawn({
+        let (deployer, database) = (deployer.clone(), db.open().await);
+        let data_dir = dir_other.path().to_owned();
+        let id = id.clone();
+        async move {
+            let holds = Holds::open();
+            holds.registration.set(GateState::Closed);
+            let options = Options {
+                database: Some(database),
+                holds,
+                ..Options::default()
+            };
+            let other = TestApp::start(&data_dir, deployer, options).await;
+            let body = json!({ "jobId": id, "contractAddress": "mydao.coord-factory.agents-coordinator.testnet" });
+            other
+                .call("POST", "/api/provision/coordinator-register", Some(body))
+                .await;
+        }
+    });
+    runner.wait_for(&id, &["registering"]).await;
+    other_runtime.shutdown_background();
+
+    let done = runner
+        .wait_for(&id, &["complete", "awaiting_near_signature"])
+        .await;
+    assert_eq!(done["status"], "complete", "{done}");
+    let did = done["coordinatorDid"].as_str().unwrap();
+    assert!(
+        delibera_near::Registry::coordinator_by_did(&*runner.registry, did)
+            .await
+            .unwrap()
+            .is_some(),
+        "the runner's registrar registered it"
+    );
 }
 
 /// A `protocol-api` binary in production mode on the test's PostgreSQL
