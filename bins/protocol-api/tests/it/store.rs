@@ -686,3 +686,24 @@ async fn a_runner_hears_when_its_lock_is_lost() {
         .await
         .unwrap();
 }
+
+/// A shared database that cannot be reached for a while is a 503 with
+/// `Retry-After`, as a full disk is; its reason stays in the log.
+#[test]
+fn an_unreachable_database_is_a_retry_later_not_an_internal_error() {
+    use protocol_api::error::ApiError;
+
+    let unreachable = ApiError::from(StoreError::Postgres {
+        database: "postgres://db:5432/jobs".into(),
+        reason: "connection refused".into(),
+        transient: true,
+    });
+    assert_eq!(unreachable.status_code().as_u16(), 503);
+    assert!(!unreachable.to_string().contains("connection refused"));
+    let failed = ApiError::from(StoreError::Postgres {
+        database: "postgres://db:5432/jobs".into(),
+        reason: "relation \"jobs\" does not exist (42P01)".into(),
+        transient: false,
+    });
+    assert_eq!(failed.status_code().as_u16(), 500);
+}
