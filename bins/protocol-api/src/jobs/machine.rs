@@ -136,8 +136,9 @@ impl JobMachine {
         self.jobs.get(uuid).await?.ok_or_else(not_found)
     }
 
-    /// What the status route answers for a job, from the in-memory view of
-    /// committed state; a text that is no job id is simply not found.
+    /// What the status route answers for a job, as of its last commit (the
+    /// store's in-memory view on SQLite, the database on PostgreSQL); a text
+    /// that is no job id is simply not found.
     pub async fn status(&self, id: &str) -> Result<axum::body::Bytes, JobError> {
         let not_found = || JobError::NotFound(id.to_owned());
         let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;

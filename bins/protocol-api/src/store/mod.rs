@@ -15,6 +15,12 @@
 //! when nothing is pending.
 //! Secrets are sealed with the server key before they touch disk.
 //!
+//! With `DATABASE_URL` the same stores live in PostgreSQL instead
+//! (`postgres`), shared by several replicas: every write is its own
+//! transaction there, status reads come from the database, and one replica
+//! at a time (the holder of the runner lock) runs jobs. Each store method
+//! picks its backend itself, so callers never know which one they hold.
+//!
 //! A damaged file is refused, never taken for a fresh one: a new database is
 //! built beside its final name and renamed into place, so an empty or
 //! headerless file is never a half-made one, and every database carries this
@@ -402,9 +408,10 @@ impl Database {
     }
 
     /// Connects to the PostgreSQL database `config` names, applies the
-    /// schema migrations this release carries (one replica at a time, each
-    /// in its transaction), and checks that `secrets` is the key that
-    /// sealed what it holds (storing a key check the first time).
+    /// schema migrations it lacks (in one transaction under an advisory
+    /// lock, so replicas starting together migrate once), and checks that
+    /// `secrets` is the key that sealed what it holds (storing a key check
+    /// the first time).
     pub async fn connect_postgres(
         config: &PostgresConfig,
         secrets: SecretBox,
