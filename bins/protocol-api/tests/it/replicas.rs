@@ -15,6 +15,11 @@ fn coordinator_request(n: usize) -> Value {
     json!({ "displayName": format!("Replica DAO {n}"), "nearAccount": "mydao.testnet", "minWorkers": 1, "maxWorkers": 5 })
 }
 
+/// Jobs each replica accepts before the runner is killed.
+const BEFORE_THE_KILL: usize = 20;
+/// Jobs the survivor accepts after it.
+const AFTER_THE_KILL: usize = 10;
+
 async fn provision(app: &TestApp, n: usize) -> String {
     let (code, body) = app
         .call(
@@ -61,7 +66,7 @@ async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice
             let (_runner_lock, resumed) = first.state.jobs.lead().await.unwrap();
             assert_eq!(resumed, 0);
             let mut ids = Vec::new();
-            for n in 0..4 {
+            for n in 0..BEFORE_THE_KILL {
                 ids.push(provision(&first, n).await);
             }
             let _ = first_jobs_tx.send(ids);
@@ -87,7 +92,7 @@ async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice
         let jobs = second.state.jobs.clone();
         async move { jobs.lead().await }
     });
-    for n in 4..8 {
+    for n in BEFORE_THE_KILL..2 * BEFORE_THE_KILL {
         ids.push(provision(&second, n).await);
     }
 
@@ -111,7 +116,7 @@ async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice
         .unwrap()
         .unwrap();
     assert_eq!(resumed, ids.len());
-    for n in 8..10 {
+    for n in 2 * BEFORE_THE_KILL..2 * BEFORE_THE_KILL + AFTER_THE_KILL {
         ids.push(provision(&second, n).await);
     }
     for (n, id) in ids.iter().enumerate() {
