@@ -25,7 +25,7 @@ use crate::config::{Config, CorsPolicy, Mode, ProductionConfig, cors_policy as p
 use crate::jobs::{Job, JobStatus};
 use crate::ports::{AgentChain, EmbeddedEnsue, HttpEnsue, Ports, Settings};
 use crate::seal::SecretBox;
-use crate::store::{Database, DatabaseFile};
+use crate::store::{Database, DatabaseFile, PostgresConfig};
 
 /// The account the local registry treats as its admin and owner of the roster.
 pub const LOCAL_SERVER_ACCOUNT: &str = "protocol-api.local";
@@ -118,6 +118,9 @@ const STATE_FILES: [&str; 7] = [
 /// jobs whose records cannot be read are failed, so they stop nothing else.
 /// Also says whether the database held any record before this start.
 async fn open_database(config: &Config) -> anyhow::Result<(Database, bool)> {
+    if let Some(url) = &config.database_url {
+        return Ok((open_postgres(config, url).await?, true));
+    }
     let data_dir = &config.data_dir;
     delibera_data_dir::private_dir(data_dir)?;
     delibera_data_dir::check_writable(data_dir)?;
@@ -151,6 +154,38 @@ async fn open_database(config: &Config) -> anyhow::Result<(Database, bool)> {
             "a job's stored record cannot be read: the job is marked failed and will not resume");
     }
     Ok((database, held_records))
+}
+
+/// The job database on PostgreSQL (`DATABASE_URL`): every replica must
+/// seal with the same key, so `PROTOCOL_API_SECRET_KEY` is required (a key
+/// file in one replica's data dir would differ from the others'). Jobs whose
+/// records cannot be read are failed, as on SQLite.
+async fn open_postgres(config: &Config, url: &str) -> anyhow::Result<Database> {
+    if config.mode == Mode::Local {
+        anyhow::bail!(
+            "DATABASE_URL is for production mode: local mode keeps its registry, Ensue store and \
+             agents in DATA_DIR and in this process, which replicas cannot share. Unset \
+             DATABASE_URL, or set DELIBERA_MODE=production"
+        );
+    }
+    let Some(key) = config.secret_key.as_deref() else {
+        anyhow::bail!(
+            "DATABASE_URL is set but PROTOCOL_API_SECRET_KEY is not: every replica must seal and \
+             open secrets with one key, so set PROTOCOL_API_SECRET_KEY (64 hex characters) to the \
+             same value on each"
+        );
+    };
+    let secrets = SecretBox::from_hex(key)?;
+    let postgres = PostgresConfig::parse(url).map_err(anyhow::Error::msg)?;
+    let database = Database::connect_postgres(&postgres, secrets)
+        .await
+        .with_context(|| format!("opening the job database {}", postgres.shown()))?;
+    tracing::info!(database = postgres.shown(), "jobs are kept in PostgreSQL");
+    for job in database.jobs().fail_unreadable().await? {
+        tracing::warn!(job = %job.id, reason = %job.reason,
+            "a job's stored record cannot be read: the job is marked failed and will not resume");
+    }
+    Ok(database)
 }
 
 /// Refuses to start when the job database holds records but a local store

@@ -54,6 +54,12 @@ pub struct Config {
     /// none). Refused in production.
     #[arg(long, env = "UNAUTHENTICATED_WRITES", default_value_t = false, action = clap::ArgAction::Set)]
     pub unauthenticated_writes: bool,
+    /// Keeps the jobs in this PostgreSQL database
+    /// (`postgres://user:password@host:5432/name`) instead of the SQLite
+    /// file in DATA_DIR, so several replicas (production mode) can share
+    /// them. Needs PROTOCOL_API_SECRET_KEY: every replica seals with it.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// 64 hex characters sealing secrets at rest; generated into the data dir when unset.
     #[arg(long, env = "PROTOCOL_API_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,

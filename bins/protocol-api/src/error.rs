@@ -280,6 +280,13 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%error, "a write was refused: the disk is full");
                 ApiError::storage_full()
             }
+            // The shared database is unreachable or restarting: it passes.
+            StoreError::Postgres {
+                transient: true, ..
+            } => {
+                tracing::warn!(%error, "the job database is unavailable");
+                ApiError::storage_full()
+            }
             StoreError::Corrupt { id, reason } => ApiError::DamagedRecord { id, detail: reason },
             other => ApiError::internal(other),
         }

@@ -27,26 +27,47 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let Composition { state, local_ensue } = compose::compose(&config).await?;
 
-    let resumed = state.jobs.resume_all().await.context("resuming jobs")?;
-    state
-        .jobs
-        .spawn_purger(Duration::from_secs(config.job_retention_hours * 3600));
+    // Jobs run in the one process that holds the store's runner lock: this
+    // one at once on SQLite; on PostgreSQL the first replica, the others
+    // serving meanwhile and taking over when it is gone.
+    let mut runner = tokio::spawn({
+        let jobs = state.jobs.clone();
+        let retention = Duration::from_secs(config.job_retention_hours * 3600);
+        async move {
+            if jobs.is_shared() {
+                tracing::info!("waiting for the runner lock: the replica holding it runs the jobs");
+            }
+            let (mut lock, resumed) = jobs.lead().await.context("resuming jobs")?;
+            jobs.spawn_purger(retention);
+            tracing::info!(resumed, "this process runs the jobs");
+            let reason = lock.lost().await;
+            Err::<(), _>(anyhow::anyhow!(
+                "lost the runner lock ({reason}); stopping, so the replica taking over never runs \
+                 a job twice"
+            ))
+        }
+    });
 
     let shutdown = delibera_agent::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(config.bind_addr())
         .await
         .with_context(|| format!("binding {}", config.bind_addr()))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, mode = state.mode_label, resumed, "Delibera Protocol API listening");
+    tracing::info!(%addr, mode = state.mode_label, "Delibera Protocol API listening");
     if let Some(ensue) = &local_ensue {
         tracing::info!(url = ensue.url(), "embedded Ensue listening");
     }
 
-    protocol_api::run(listener, state, async {
+    let served = protocol_api::run(listener, state, async {
         shutdown.await;
         tracing::info!("shutdown signal received; finishing in-flight requests");
-    })
-    .await?;
+    });
+    tokio::select! {
+        served = served => served?,
+        stopped = &mut runner => {
+            stopped.context("the job runner's task")??;
+        }
+    }
     if let Some(ensue) = local_ensue {
         ensue.stop().await.context("stopping the embedded Ensue")?;
     }

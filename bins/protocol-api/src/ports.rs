@@ -258,6 +258,13 @@ pub struct Settings {
     pub register_storage_wait: Duration,
     /// How often an idle status event stream sends a heartbeat comment.
     pub events_heartbeat: Duration,
+    /// How often the replica that runs jobs looks for jobs other replicas
+    /// started (only when replicas share the store).
+    pub job_scan_interval: Duration,
+    /// How long a job may stay `registering` before the replica that runs
+    /// jobs takes it for abandoned by the replica that took the call (it
+    /// died) and finishes it (only when replicas share the store).
+    pub registration_takeover_after: Duration,
 }
 
 /// How often an idle status event stream says it is alive, so proxies and
@@ -269,7 +276,9 @@ impl Settings {
     /// images, https endpoints only, no chain for agents, announcements
     /// retried every 5 s growing to 5 min, a full disk retried every 1 s
     /// growing to 1 min (a registration call answered 503 after 10 s of it), jobs expiring after 24 h at the wallet step, and 5 s
-    /// for an agent to prove healthy at registration.
+    /// for an agent to prove healthy at registration; a shared store is
+    /// scanned for jobs other replicas started every second, and a
+    /// registration another replica left for 2 min is finished by the runner.
     pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
         Self {
             ensue_api_key,
@@ -284,6 +293,8 @@ impl Settings {
             storage_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             register_storage_wait: Duration::from_secs(10),
             events_heartbeat: DEFAULT_EVENTS_HEARTBEAT,
+            job_scan_interval: Duration::from_secs(1),
+            registration_takeover_after: Duration::from_secs(120),
         }
     }
 

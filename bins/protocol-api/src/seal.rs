@@ -120,7 +120,8 @@ impl SecretBox {
         }
     }
 
-    fn from_hex(text: &str) -> Result<Self, SealError> {
+    /// A box over a key given as 64 hex characters.
+    pub fn from_hex(text: &str) -> Result<Self, SealError> {
         let bytes = Zeroizing::new(hex::decode(text).map_err(|_| SealError::BadKey)?);
         let key: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| SealError::BadKey)?;
         Ok(Self::from_key(key))

@@ -34,7 +34,7 @@ use uuid::Uuid;
 use super::error::JobError;
 use super::model::{IdempotencyKey, Job, JobStatus, NewJob};
 use crate::ports::{OrgCredentials, Ports, Settings};
-use crate::store::{JobStore, OrgKeys, Started, StatusFollower, StoreError};
+use crate::store::{JobStore, OrgKeys, RunnerLock, Started, StatusFollower, StoreError};
 
 /// How many names a coordinator's Ensue org registration tries.
 const MAX_ORG_ATTEMPTS: u32 = 5;
@@ -87,6 +87,24 @@ pub struct JobMachine {
     org_keys: OrgKeys,
     ports: Arc<Ports>,
     settings: Arc<Settings>,
+    runner: Arc<Runner>,
+}
+
+/// Whether this process runs jobs, and which it is running.
+struct Runner {
+    /// False while another replica sharing the store runs them (this one
+    /// serves reads and accepts writes; the runner finds its new jobs).
+    runs_jobs: std::sync::atomic::AtomicBool,
+    /// The jobs being driven here, so none is driven twice at once.
+    driving: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl Runner {
+    fn driving(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Uuid>> {
+        self.driving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl JobMachine {
@@ -97,11 +115,17 @@ impl JobMachine {
         ports: Arc<Ports>,
         settings: Arc<Settings>,
     ) -> Self {
+        // A store no other process shares is this process's to run.
+        let runs_jobs = !jobs.is_shared();
         Self {
             jobs,
             org_keys,
             ports,
             settings,
+            runner: Arc::new(Runner {
+                runs_jobs: runs_jobs.into(),
+                driving: std::sync::Mutex::default(),
+            }),
         }
     }
 
@@ -112,25 +136,29 @@ impl JobMachine {
         self.jobs.get(uuid).await?.ok_or_else(not_found)
     }
 
-    /// What the status route answers for a job, from the in-memory view of
-    /// committed state; a text that is no job id is simply not found.
-    pub fn status(&self, id: &str) -> Result<axum::body::Bytes, JobError> {
+    /// What the status route answers for a job, as of its last commit (the
+    /// store's in-memory view on SQLite, the database on PostgreSQL); a text
+    /// that is no job id is simply not found.
+    pub async fn status(&self, id: &str) -> Result<axum::body::Bytes, JobError> {
         let not_found = || JobError::NotFound(id.to_owned());
         let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
-        self.jobs.status(uuid)?.ok_or_else(not_found)
+        self.jobs.status(uuid).await?.ok_or_else(not_found)
     }
 
     /// Follows a job's status documents as they are committed (the status
     /// route's pushed form), from the current one or after the event a
     /// client saw last.
-    pub fn follow(
+    pub async fn follow(
         &self,
         id: &str,
         last_event_id: Option<&str>,
     ) -> Result<StatusFollower, JobError> {
         let not_found = || JobError::NotFound(id.to_owned());
         let uuid = Uuid::parse_str(id.trim()).map_err(|_| not_found())?;
-        self.jobs.follow(uuid, last_event_id).ok_or_else(not_found)
+        self.jobs
+            .follow(uuid, last_event_id)
+            .await?
+            .ok_or_else(not_found)
     }
 
     /// Stores a new job and starts it in the background. Under an
@@ -205,18 +233,82 @@ impl JobMachine {
         })
     }
 
-    /// Runs (or resumes) a job, as it was last committed, in the background.
+    /// Runs (or resumes) a job, as it was last committed, in the background,
+    /// unless it is being driven here already, or another replica runs the
+    /// jobs (it finds this one).
     pub fn spawn(&self, job: Job) {
+        self.spawn_driver(job.id, Some(job));
+    }
+
+    /// Drives job `id` in the background from `committed` (read from the
+    /// store when `None`), unless this process does not run jobs or drives
+    /// it already.
+    fn spawn_driver(&self, id: Uuid, committed: Option<Job>) {
+        use std::sync::atomic::Ordering;
+        if !self.runner.runs_jobs.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.runner.driving().insert(id) {
+            return;
+        }
         let machine = self.clone();
-        tokio::spawn(async move { machine.drive_through_storage_outages(job).await });
+        tokio::spawn(async move {
+            machine.drive_through_storage_outages(id, committed).await;
+            machine.runner.driving().remove(&id);
+        });
+    }
+
+    /// Whether other processes share the store (PostgreSQL replicas).
+    pub fn is_shared(&self) -> bool {
+        self.jobs.is_shared()
+    }
+
+    /// Makes this process the one that runs jobs: waits for the store's
+    /// runner lock (at once, unless replicas share the store), resumes every
+    /// job as after a restart ([`Self::resume_all`]), and, when replicas
+    /// share the store, looks for the jobs they start every
+    /// `Settings::job_scan_interval`. Returns the lock and how many jobs were
+    /// resumed. Once [`RunnerLock::lost`] answers, another replica may run
+    /// the jobs: the process must stop at once.
+    pub async fn lead(&self) -> Result<(RunnerLock, usize), StoreError> {
+        let lock = self.jobs.runner_lock().await?;
+        self.runner
+            .runs_jobs
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let resumed = self.resume_all().await?;
+        if lock.is_shared() {
+            self.spawn_scanner();
+        }
+        Ok((lock, resumed))
+    }
+
+    /// Drives every job the runner owns that is not driven here yet (one
+    /// another replica started), read afresh from the store, every
+    /// `Settings::job_scan_interval`.
+    fn spawn_scanner(&self) {
+        let machine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(machine.settings.job_scan_interval).await;
+                let scanned = async {
+                    for job in machine.jobs.resumable().await? {
+                        machine.spawn_driver(job.id, None);
+                    }
+                    // A replica that died while registering leaves its job
+                    // `registering`: finished here once it is clearly abandoned.
+                    machine.finish_interrupted_registrations().await
+                };
+                if let Err(error) = scanned.await {
+                    tracing::warn!(%error, "looking for jobs to run failed; trying again");
+                }
+            }
+        });
     }
 
     /// Drives a job; while its store cannot be written (a full disk), waits
     /// as `Settings::storage_retry` says and drives it again from its last
     /// committed step, so the job goes on by itself once space returns.
-    async fn drive_through_storage_outages(&self, job: Job) {
-        let id = job.id;
-        let mut committed = Some(job);
+    async fn drive_through_storage_outages(&self, id: Uuid, mut committed: Option<Job>) {
         let mut outage_retries = 0;
         loop {
             match self.drive_from(id, committed.take()).await {
@@ -246,7 +338,38 @@ impl JobMachine {
     /// the runner owns and every pending announcement, and starts the expiry
     /// sweeper. Returns how many jobs were resumed.
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
+        self.finish_interrupted_registrations().await?;
+        for job in self.jobs.in_status(vec![JobStatus::Complete]).await? {
+            if job.announce_pending {
+                self.spawn_announcer(job.id);
+            }
+        }
+        let jobs = self.jobs.resumable().await?;
+        let resumed = jobs.len();
+        for job in jobs {
+            tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
+            self.spawn(job);
+        }
+        self.spawn_expiry_sweeper();
+        Ok(resumed)
+    }
+
+    /// Finishes the registrations nobody is finishing: after a restart,
+    /// every job in `registering`; when replicas share the store, only those
+    /// that have been registering for `Settings::registration_takeover_after`
+    /// (the replica that took the call may still be finishing the others),
+    /// and none this process is finishing itself.
+    async fn finish_interrupted_registrations(&self) -> Result<(), StoreError> {
+        let abandoned_before = Utc::now()
+            - chrono::Duration::from_std(self.settings.registration_takeover_after)
+                .unwrap_or(chrono::Duration::MAX);
         for job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
+            if self.jobs.is_shared() && job.updated_at > abandoned_before {
+                continue;
+            }
+            if !self.runner.driving().insert(job.id) {
+                continue;
+            }
             tracing::info!(job = %job.id, "registration was interrupted; finishing it");
             let id = job.id;
             let registration = self.spawn_registration(job, None);
@@ -262,19 +385,7 @@ impl JobMachine {
                 }
             });
         }
-        for job in self.jobs.in_status(vec![JobStatus::Complete]).await? {
-            if job.announce_pending {
-                self.spawn_announcer(job.id);
-            }
-        }
-        let jobs = self.jobs.resumable().await?;
-        let resumed = jobs.len();
-        for job in jobs {
-            tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
-            self.spawn(job);
-        }
-        self.spawn_expiry_sweeper();
-        Ok(resumed)
+        Ok(())
     }
 
     /// After a restart: the deployer could not bring back the deployment
@@ -880,6 +991,8 @@ impl JobMachine {
         // the caller gets the full-disk answer after a bounded wait instead
         // of waiting for the disk.
         let id = job.id;
+        // So this process's scanner leaves it to this call.
+        self.runner.driving().insert(id);
         let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
         let mut registration = self.spawn_registration(job, Some(stalled_tx));
         let wait = self.settings.register_storage_wait;
@@ -910,38 +1023,49 @@ impl JobMachine {
     /// the registration; the job is then `complete` (announced in Ensue now
     /// or in the background), or back at the wallet step with the reason.
     /// `stalled` hears the store's error if a transition has to wait for it.
+    /// The caller has marked the job as driven here; it is unmarked at the end.
     fn spawn_registration(
         &self,
-        mut job: Job,
-        mut stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
+        job: Job,
+        stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
     ) -> JoinHandle<Result<Job, JobError>> {
         let machine = self.clone();
         tokio::spawn(async move {
-            let confirmed = match machine.check_health(&job).await {
-                Ok(()) => machine.confirm(&job).await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = confirmed {
-                machine
-                    .commit_when_writable(&mut job, JobStatus::AwaitingNearSignature, &mut stalled)
-                    .await?;
-                return Err(error);
-            }
-            // The registration stands whatever Ensue says: a new coordinator's
-            // org refuses its key until a person claims it, which happens
-            // after this answer. Announcing is retried in the background.
-            if let Err(error) = machine.announce(&job).await {
-                tracing::info!(job = %job.id, %error, "the agent is not announced in Ensue yet; retrying in the background");
-                job.announce_pending = true;
-            }
-            machine
-                .commit_when_writable(&mut job, JobStatus::Complete, &mut stalled)
-                .await?;
-            if job.announce_pending {
-                machine.spawn_announcer(job.id);
-            }
-            Ok(job)
+            let id = job.id;
+            let registered = machine.finish_registration(job, stalled).await;
+            machine.runner.driving().remove(&id);
+            registered
         })
+    }
+
+    /// The work of [`Self::spawn_registration`].
+    async fn finish_registration(
+        &self,
+        mut job: Job,
+        mut stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
+    ) -> Result<Job, JobError> {
+        let confirmed = match self.check_health(&job).await {
+            Ok(()) => self.confirm(&job).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = confirmed {
+            self.commit_when_writable(&mut job, JobStatus::AwaitingNearSignature, &mut stalled)
+                .await?;
+            return Err(error);
+        }
+        // The registration stands whatever Ensue says: a new coordinator's
+        // org refuses its key until a person claims it, which happens
+        // after this answer. Announcing is retried in the background.
+        if let Err(error) = self.announce(&job).await {
+            tracing::info!(job = %job.id, %error, "the agent is not announced in Ensue yet; retrying in the background");
+            job.announce_pending = true;
+        }
+        self.commit_when_writable(&mut job, JobStatus::Complete, &mut stalled)
+            .await?;
+        if job.announce_pending {
+            self.spawn_announcer(job.id);
+        }
+        Ok(job)
     }
 
     /// Refuses to register an agent that does not answer its health check

@@ -228,7 +228,7 @@ pub async fn status(
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
     // Rendered by `JobStatusView::of` when the job's state was committed.
-    let document = state.jobs.status(&job_id)?;
+    let document = state.jobs.status(&job_id).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -259,7 +259,7 @@ pub async fn status_events(
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok());
-    let follower = state.jobs.follow(&job_id, last_event_id)?;
+    let follower = state.jobs.follow(&job_id, last_event_id).await?;
     let events = futures_util::stream::unfold(Some(follower), move |follower| async move {
         let mut follower = follower?;
         let event = match follower.next().await? {

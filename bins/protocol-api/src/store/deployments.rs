@@ -6,6 +6,7 @@ use delibera_agent::{DeploymentJournal, JournalEntry, LocalDeploymentRecord};
 use rusqlite::params;
 
 use super::Database;
+use crate::seal::SecretBox;
 
 /// The `local_deployments` table.
 #[derive(Clone)]
@@ -25,6 +26,18 @@ impl DeploymentJournal for DeploymentStore {
         let json = zeroize::Zeroizing::new(serde_json::to_vec(record).map_err(journal_error)?);
         let sealed = self.db.secrets().seal(&json);
         let id = record.id.clone();
+        if let Some(postgres) = self.db.postgres() {
+            let client = postgres.writer().await.map_err(journal_error)?;
+            client
+                .execute(
+                    "INSERT INTO local_deployments (cvm_id, record) VALUES ($1, $2)
+                     ON CONFLICT (cvm_id) DO UPDATE SET record = EXCLUDED.record",
+                    &[&id, &sealed],
+                )
+                .await
+                .map_err(|error| journal_error(postgres.error(error)))?;
+            return Ok(());
+        }
         self.db
             .write(move |conn, _, _| {
                 conn.execute(
@@ -39,6 +52,14 @@ impl DeploymentJournal for DeploymentStore {
 
     async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
         let id = id.to_owned();
+        if let Some(postgres) = self.db.postgres() {
+            let client = postgres.writer().await.map_err(journal_error)?;
+            client
+                .execute("DELETE FROM local_deployments WHERE cvm_id = $1", &[&id])
+                .await
+                .map_err(|error| journal_error(postgres.error(error)))?;
+            return Ok(());
+        }
         self.db
             .write(move |conn, _, _| {
                 conn.execute(
@@ -52,6 +73,17 @@ impl DeploymentJournal for DeploymentStore {
     }
 
     async fn load(&self) -> delibera_agent::Result<Vec<JournalEntry>> {
+        if let Some(postgres) = self.db.postgres() {
+            let client = postgres.client().await.map_err(journal_error)?;
+            let rows = client
+                .query("SELECT cvm_id, record FROM local_deployments", &[])
+                .await
+                .map_err(|error| journal_error(postgres.error(error)))?;
+            return Ok(rows
+                .into_iter()
+                .map(|row| decode_entry(row.get(0), row.get(1), &postgres.secrets))
+                .collect());
+        }
         self.db
             .with_conn(|conn, secrets| {
                 let mut statement = conn.prepare("SELECT cvm_id, record FROM local_deployments")?;
@@ -63,32 +95,34 @@ impl DeploymentJournal for DeploymentStore {
                 // One damaged entry is that agent's problem, not the journal's.
                 Ok(rows
                     .into_iter()
-                    .map(|(id, sealed)| {
-                        let decoded = secrets
-                            .open(&sealed)
-                            .map_err(|error| error.to_string())
-                            .and_then(|json| {
-                                serde_json::from_slice::<LocalDeploymentRecord>(&json)
-                                    .map_err(|error| {
-                                        // serde's own message may quote a value, and
-                                        // values here are keys: say only where.
-                                        format!(
-                                            "not a deployment record ({:?} error at line {}, column {})",
-                                            error.classify(),
-                                            error.line(),
-                                            error.column()
-                                        )
-                                    })
-                            });
-                        match decoded {
-                            Ok(record) => JournalEntry::Record(Box::new(record)),
-                            Err(reason) => JournalEntry::Unreadable { id, reason },
-                        }
-                    })
+                    .map(|(id, sealed)| decode_entry(id, &sealed, secrets))
                     .collect())
             })
             .await
             .map_err(journal_error)
+    }
+}
+
+/// A journal entry as stored: the record, or why it does not open.
+fn decode_entry(id: String, sealed: &[u8], secrets: &SecretBox) -> JournalEntry {
+    let decoded = secrets
+        .open(sealed)
+        .map_err(|error| error.to_string())
+        .and_then(|json| {
+            serde_json::from_slice::<LocalDeploymentRecord>(&json).map_err(|error| {
+                // serde's own message may quote a value, and
+                // values here are keys: say only where.
+                format!(
+                    "not a deployment record ({:?} error at line {}, column {})",
+                    error.classify(),
+                    error.line(),
+                    error.column()
+                )
+            })
+        });
+    match decoded {
+        Ok(record) => JournalEntry::Record(Box::new(record)),
+        Err(reason) => JournalEntry::Unreadable { id, reason },
     }
 }
 

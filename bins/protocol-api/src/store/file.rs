@@ -61,8 +61,8 @@ const UNVERSIONED_TABLES: [&str; 3] = ["jobs", "coordinator_orgs", "local_deploy
 
 /// The `meta` row holding a known text sealed with the server key: it tells
 /// a wrong key from damaged records.
-const KEY_CHECK: &str = "key_check";
-const KEY_CHECK_TEXT: &[u8] = b"protocol-api server key check v1";
+pub(super) const KEY_CHECK: &str = "key_check";
+pub(super) const KEY_CHECK_TEXT: &[u8] = b"protocol-api server key check v1";
 
 /// The first bytes of every SQLite database.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";

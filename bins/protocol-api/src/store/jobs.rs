@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
-use super::view::{StatusEntry, ViewChange};
+mod pg;
+
+use super::view::{StatusEntry, StatusView, ViewChange};
 use super::{Database, StoreError, WorkError};
 use crate::jobs::{Job, JobSecrets, JobStatus};
 use crate::seal::SecretBox;
@@ -30,8 +32,22 @@ impl JobStore {
         Self { db }
     }
 
+    /// Whether other processes may share the jobs (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.db.is_shared()
+    }
+
+    /// Waits for the lock that lets this process run jobs
+    /// ([`Database::runner_lock`]).
+    pub async fn runner_lock(&self) -> Result<super::RunnerLock, StoreError> {
+        self.db.runner_lock().await
+    }
+
     /// Stores a new job.
     pub async fn insert(&self, job: &Job) -> Result<(), StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            return pg::insert(postgres, &Row::encode(job, self.db.secrets())?).await;
+        }
         let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
             .write(move |conn, _, changes| {
@@ -52,6 +68,10 @@ impl JobStore {
         key: [u8; 32],
         request: [u8; 32],
     ) -> Result<Started, StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            let row = Row::encode(job, self.db.secrets())?;
+            return pg::insert_idempotent(postgres, &row, key, request).await;
+        }
         let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
             .write(move |conn, _, changes| {
@@ -79,6 +99,9 @@ impl JobStore {
         key: [u8; 32],
         request: [u8; 32],
     ) -> Result<Option<Started>, StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            return pg::started_under_key(postgres, key, request).await;
+        }
         self.db
             .with_conn(move |conn, _| started_under(conn, &key, &request))
             .await
@@ -86,6 +109,10 @@ impl JobStore {
 
     /// Replaces a job's stored state (a job no longer stored stays gone).
     pub async fn save(&self, job: &Job) -> Result<(), StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            let row = Row::encode(job, self.db.secrets())?;
+            return pg::update(postgres, &row, None).await.map(drop);
+        }
         let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
             .write(move |conn, _, changes| {
@@ -100,6 +127,10 @@ impl JobStore {
     /// Saves `job` only if the stored status is still `expected`; returns
     /// whether it did. Two concurrent `register` calls cannot both win.
     pub async fn save_if_status(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            let row = Row::encode(job, self.db.secrets())?;
+            return pg::update(postgres, &row, Some(expected)).await;
+        }
         let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
             .write(move |conn, _, changes| {
@@ -125,6 +156,9 @@ impl JobStore {
 
     /// A job by id.
     pub async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            return pg::get(postgres, id).await;
+        }
         self.db
             .with_conn(move |conn, secrets| {
                 let row = conn
@@ -142,13 +176,21 @@ impl JobStore {
     }
 
     /// The status document (JSON) of a job, as of its last commit; `None`
-    /// if no such job is stored. Read from memory; a document that reveals
-    /// secrets is kept sealed and opened here. A record that cannot be read
-    /// is [`StoreError::Corrupt`] naming the job.
-    pub fn status(&self, id: Uuid) -> Result<Option<axum::body::Bytes>, StoreError> {
-        self.db
-            .view()
-            .get(&id)
+    /// if no such job is stored. On SQLite read from memory (a document
+    /// that reveals secrets is kept sealed and opened here); on PostgreSQL
+    /// from the database, so any replica answers for any job. A record that
+    /// cannot be read is [`StoreError::Corrupt`] naming the job.
+    pub async fn status(&self, id: Uuid) -> Result<Option<axum::body::Bytes>, StoreError> {
+        let Some(view) = self.db.view() else {
+            let postgres = self.db.postgres().ok_or(StoreError::Unsupported {
+                operation: "a status read",
+            })?;
+            return Ok(pg::status_after(postgres, id, 0)
+                .await?
+                .flatten()
+                .map(|(_, document)| document));
+        };
+        view.get(&id)
             .map(|entry| self.open_entry(id, entry))
             .transpose()
     }
@@ -177,22 +219,49 @@ impl JobStore {
     /// current one (or, given the event id of the last one a client saw,
     /// every one since, while this run keeps them), then each new one.
     /// `None` if no such job is stored.
-    pub fn follow(&self, id: Uuid, last_event_id: Option<&str>) -> Option<StatusFollower> {
-        let view = self.db.view();
+    ///
+    /// On PostgreSQL the job's row is read every 250 ms for a new revision
+    /// (any replica's commit); event ids are the job's revisions, so a
+    /// client resuming on another replica gets the current document unless
+    /// it already saw it.
+    pub async fn follow(
+        &self,
+        id: Uuid,
+        last_event_id: Option<&str>,
+    ) -> Result<Option<StatusFollower>, StoreError> {
+        let Some(view) = self.db.view() else {
+            let seen = last_event_id.and_then(pg::revision_of).unwrap_or(0);
+            let postgres = self.db.postgres().ok_or(StoreError::Unsupported {
+                operation: "following a job",
+            })?;
+            let Some(current) = pg::status_after(postgres, id, 0).await? else {
+                return Ok(None);
+            };
+            let pending = current.filter(|(revision, _)| *revision != seen);
+            return Ok(Some(StatusFollower(Following::Polling {
+                store: self.clone(),
+                id,
+                revision: pending.as_ref().map_or(seen, |(revision, _)| *revision),
+                pending,
+            })));
+        };
         let after = last_event_id.and_then(|event_id| view.feeds().number_of(event_id));
-        let followed = view.follow(id, after)?;
-        Some(StatusFollower {
+        let Some(followed) = view.follow(id, after) else {
+            return Ok(None);
+        };
+        Ok(Some(StatusFollower(Following::Pushed {
             store: self.clone(),
             id,
             pending: followed.entries.into(),
             last: after.unwrap_or(0),
             changed: followed.changed,
-        })
+        })))
     }
 
-    /// How many jobs the status view holds (as many as are stored).
+    /// How many jobs the status view holds (as many as are stored; 0 on
+    /// PostgreSQL, which keeps no view).
     pub fn status_view_len(&self) -> usize {
-        self.db.view().len()
+        self.db.view().map_or(0, StatusView::len)
     }
 
     /// Jobs the background runner must carry on after a restart.
@@ -210,6 +279,9 @@ impl JobStore {
     pub async fn in_status(&self, statuses: Vec<JobStatus>) -> Result<Vec<Job>, StoreError> {
         if statuses.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(postgres) = self.db.postgres() {
+            return pg::in_status(postgres, &statuses).await;
         }
         let placeholders = vec!["?"; statuses.len()].join(", ");
         self.db
@@ -251,6 +323,9 @@ impl JobStore {
     /// changed, and reading it stays an error that names it. A job that
     /// recorded a deployment is marked for its teardown.
     pub async fn fail_unreadable(&self) -> Result<Vec<UnreadableJob>, StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            return pg::fail_unreadable(postgres).await;
+        }
         self.db
             .write(|conn, secrets, changes| {
                 let rows: Vec<(String, String, Vec<u8>)> = conn
@@ -265,23 +340,13 @@ impl JobStore {
                         Err(StoreError::Corrupt { reason, .. }) => reason,
                         Err(other) => other.to_string(),
                     };
-                    match serde_json::from_str::<Job>(&record) {
-                        Ok(mut job) => {
-                            job.status = JobStatus::Failed;
-                            job.progress = None;
-                            job.updated_at = now;
-                            job.error = Some(format!(
-                                "the server cannot read this job's stored secrets ({reason}), so it \
-                                 cannot go on; provision the agent again"
-                            ));
-                            job.secrets = JobSecrets::default();
-                            // Its agent may still run: the expiry sweeper tears it down.
-                            job.deployment_teardown_pending = job.cvm_id.is_some();
+                    match fail_for_unreadable(&record, &reason, now) {
+                        Some(job) => {
                             let (row, entry) = Row::encode_with_status(&job, secrets)?;
                             row.update(conn)?;
                             changes.push(entry);
                         }
-                        Err(_) => {
+                        None => {
                             conn.execute(
                                 "UPDATE jobs SET status = ?2, updated_at = ?3 WHERE id = ?1",
                                 params![id, JobStatus::Failed.as_str(), timestamp(now)],
@@ -298,6 +363,9 @@ impl JobStore {
     /// Deletes finished jobs last changed before `cutoff`, and the
     /// idempotency keys they were started under; returns how many jobs.
     pub async fn purge_finished(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            return pg::purge_finished(postgres, timestamp(cutoff)).await;
+        }
         self.db
             .write(move |conn, _, changes| {
                 let cutoff = timestamp(cutoff);
@@ -397,6 +465,25 @@ pub(super) fn status_entries(
         entries.push(ViewChange::Put(uuid, entry));
     }
     Ok(entries)
+}
+
+/// The job stored as `record` marked failed because its sealed secrets
+/// cannot be read (`reason`): it keeps its fields, its error says why, and
+/// a recorded deployment is marked for teardown. `None` if the fields do
+/// not parse either.
+fn fail_for_unreadable(record: &str, reason: &str, now: DateTime<Utc>) -> Option<Job> {
+    let mut job = serde_json::from_str::<Job>(record).ok()?;
+    job.status = JobStatus::Failed;
+    job.progress = None;
+    job.updated_at = now;
+    job.error = Some(format!(
+        "the server cannot read this job's stored secrets ({reason}), so it \
+         cannot go on; provision the agent again"
+    ));
+    job.secrets = JobSecrets::default();
+    // Its agent may still run: the expiry sweeper tears it down.
+    job.deployment_teardown_pending = job.cvm_id.is_some();
+    Some(job)
 }
 
 /// Fixed-width UTC text, so SQL string comparison orders by time.
@@ -499,30 +586,73 @@ impl Row {
 }
 
 /// A job's committed status documents, in commit order, numbered.
-pub struct StatusFollower {
-    store: JobStore,
-    id: Uuid,
-    pending: std::collections::VecDeque<(u64, StatusEntry)>,
-    last: u64,
-    changed: tokio::sync::watch::Receiver<u64>,
+pub struct StatusFollower(Following);
+
+/// How a follower learns of commits.
+enum Following {
+    /// Pushed by the in-memory view (SQLite).
+    Pushed {
+        store: JobStore,
+        id: Uuid,
+        pending: std::collections::VecDeque<(u64, StatusEntry)>,
+        last: u64,
+        changed: tokio::sync::watch::Receiver<u64>,
+    },
+    /// Read from the database when its revision moves (PostgreSQL, where
+    /// another replica may commit).
+    Polling {
+        store: JobStore,
+        id: Uuid,
+        pending: Option<(i64, axum::body::Bytes)>,
+        revision: i64,
+    },
 }
 
 impl StatusFollower {
     /// The next document and its event id, waiting for a commit if needed;
     /// `None` once the job is gone.
     pub async fn next(&mut self) -> Option<Result<(String, axum::body::Bytes), StoreError>> {
-        loop {
-            if let Some((number, entry)) = self.pending.pop_front() {
-                self.last = number;
-                let event_id = self.store.db.view().feeds().event_id(number);
-                return Some(
-                    self.store
-                        .open_entry(self.id, entry)
-                        .map(|document| (event_id, document)),
-                );
-            }
-            self.changed.changed().await.ok()?;
-            self.pending = self.store.db.view().since(&self.id, self.last).into();
+        match &mut self.0 {
+            Following::Pushed {
+                store,
+                id,
+                pending,
+                last,
+                changed,
+            } => loop {
+                let view = store.db.view()?;
+                if let Some((number, entry)) = pending.pop_front() {
+                    *last = number;
+                    let event_id = view.feeds().event_id(number);
+                    return Some(
+                        store
+                            .open_entry(*id, entry)
+                            .map(|document| (event_id, document)),
+                    );
+                }
+                changed.changed().await.ok()?;
+                *pending = view.since(id, *last).into();
+            },
+            Following::Polling {
+                store,
+                id,
+                pending,
+                revision,
+            } => loop {
+                if let Some((number, document)) = pending.take() {
+                    *revision = number;
+                    return Some(Ok((pg::event_id(number), document)));
+                }
+                tokio::time::sleep(pg::FOLLOW_POLL).await;
+                let postgres = store.db.postgres()?;
+                match pg::status_after(postgres, *id, *revision).await {
+                    Ok(None) => return None,
+                    Ok(Some(changed)) => *pending = changed,
+                    // A lost connection passes; the stream goes on.
+                    Err(error) if error.is_transient() => {}
+                    Err(error) => return Some(Err(error)),
+                }
+            },
         }
     }
 }
@@ -737,18 +867,18 @@ mod tests {
         job.secrets.storacha_private_key = Some("MgCYsecret".into());
         store.insert(&job).await.unwrap();
         assert!(matches!(
-            database.view().get(&job.id),
+            database.view().unwrap().get(&job.id),
             Some(StatusEntry::Document(_))
         ));
 
         job.status = JobStatus::AwaitingNearSignature;
         store.save(&job).await.unwrap();
-        let Some(StatusEntry::Sealed(sealed)) = database.view().get(&job.id) else {
+        let Some(StatusEntry::Sealed(sealed)) = database.view().unwrap().get(&job.id) else {
             panic!("a revealing document is not sealed");
         };
         assert!(!sealed.windows(10).any(|w| w == b"MgCYsecret"));
         let shown: serde_json::Value =
-            serde_json::from_slice(&store.status(job.id).unwrap().unwrap()).unwrap();
+            serde_json::from_slice(&store.status(job.id).await.unwrap().unwrap()).unwrap();
         assert_eq!(shown["storachaPrivateKey"], "MgCYsecret");
     }
 
@@ -817,7 +947,7 @@ mod tests {
         for job in &jobs {
             assert!(store.get(job.id).await.unwrap().is_some());
             assert_eq!(
-                shown_status(store.status(job.id)).as_deref(),
+                shown_status(store.status(job.id).await).as_deref(),
                 Some("generating_identity")
             );
         }
@@ -843,27 +973,27 @@ mod tests {
             let store = database.jobs();
             store.insert(&job).await.unwrap();
             store.insert(&old_done).await.unwrap();
-            assert_eq!(shown_status(store.status(Uuid::new_v4())), None);
+            assert_eq!(shown_status(store.status(Uuid::new_v4()).await), None);
 
             // A write the disk refuses is never shown.
             database.simulate_full_disk(true);
             job.status = JobStatus::CreatingSpace;
             assert!(store.save(&job).await.is_err());
             assert_eq!(
-                shown_status(store.status(job.id)).as_deref(),
+                shown_status(store.status(job.id).await).as_deref(),
                 Some("generating_identity")
             );
             database.simulate_full_disk(false);
             store.save(&job).await.unwrap();
             assert_eq!(
-                shown_status(store.status(job.id)).as_deref(),
+                shown_status(store.status(job.id).await).as_deref(),
                 Some("creating_space")
             );
         }
         let database = Database::open(&path, secret_box).unwrap();
         let store = database.jobs();
         assert_eq!(
-            shown_status(store.status(job.id)).as_deref(),
+            shown_status(store.status(job.id).await).as_deref(),
             Some("creating_space")
         );
         assert_eq!(store.status_view_len(), 2);
@@ -873,7 +1003,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(purged, 1);
-        assert_eq!(shown_status(store.status(old_done.id)), None);
+        assert_eq!(shown_status(store.status(old_done.id).await), None);
         assert_eq!(store.status_view_len(), 1);
     }
 
@@ -954,7 +1084,7 @@ mod tests {
                 .deployment_teardown_pending
         );
         assert_eq!(
-            shown_status(store.status(deployed.id)).as_deref(),
+            shown_status(store.status(deployed.id).await).as_deref(),
             Some("failed")
         );
     }

@@ -15,6 +15,12 @@
 //! when nothing is pending.
 //! Secrets are sealed with the server key before they touch disk.
 //!
+//! With `DATABASE_URL` the same stores live in PostgreSQL instead
+//! (`postgres`), shared by several replicas: every write is its own
+//! transaction there, status reads come from the database, and one replica
+//! at a time (the holder of the runner lock) runs jobs. Each store method
+//! picks its backend itself, so callers never know which one they hold.
+//!
 //! A damaged file is refused, never taken for a fresh one: a new database is
 //! built beside its final name and renamed into place, so an empty or
 //! headerless file is never a half-made one, and every database carries this
@@ -25,6 +31,7 @@ mod feed;
 mod file;
 mod jobs;
 mod orgs;
+mod postgres;
 mod view;
 mod writer;
 
@@ -37,7 +44,9 @@ pub use deployments::DeploymentStore;
 pub use file::DatabaseFile;
 pub use jobs::{JobStore, Started, StatusFollower, UnreadableJob};
 pub use orgs::OrgKeys;
+pub use postgres::{PostgresConfig, RunnerLock};
 
+use postgres::Postgres;
 use view::StatusView;
 use writer::{Changes, Op, Write, WriteCounts, Writer};
 
@@ -105,6 +114,31 @@ pub enum StoreError {
     /// The blocking task was cancelled (the runtime is shutting down).
     #[error("job store task was cancelled")]
     Cancelled,
+    /// PostgreSQL failed, or could not be reached.
+    #[error("database {database}: {reason}")]
+    Postgres {
+        /// The database (its address, never its password).
+        database: String,
+        /// PostgreSQL's or the driver's reason (never a secret value).
+        reason: String,
+        /// Whether it may pass by itself (a lost connection, a restart).
+        transient: bool,
+    },
+    /// The database's schema was written by a newer release, or its
+    /// migrations could not be applied.
+    #[error("database {database}: {reason}")]
+    Schema {
+        /// The database (its address, never its password).
+        database: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The operation exists only on the other backend (a SQLite test hook).
+    #[error("{operation} is not available on this database backend")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+    },
 }
 
 impl StoreError {
@@ -113,6 +147,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Full { .. } => true,
+            StoreError::Postgres { transient, .. } => *transient,
             StoreError::Sqlite { source, .. } => matches!(
                 source.sqlite_error_code(),
                 Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
@@ -150,6 +185,20 @@ impl StoreError {
                 id: id.clone(),
                 reason: reason.clone(),
             },
+            StoreError::Postgres {
+                database,
+                reason,
+                transient,
+            } => StoreError::Postgres {
+                database: database.clone(),
+                reason: reason.clone(),
+                transient: *transient,
+            },
+            StoreError::Schema { database, reason } => StoreError::Schema {
+                database: database.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::Unsupported { operation } => StoreError::Unsupported { operation },
             StoreError::DataDir(_) | StoreError::Seal(_) | StoreError::Cancelled => {
                 StoreError::Sqlite {
                     path: String::new(),
@@ -220,10 +269,19 @@ impl WorkError {
     }
 }
 
-/// The database and the key that seals its secrets.
+/// The database and the key that seals its secrets: one SQLite file
+/// (the default), or a PostgreSQL database that several replicas share.
 #[derive(Clone)]
 pub struct Database {
-    shared: Arc<Shared>,
+    backend: Backend,
+}
+
+/// Where the state lives. Only the store looks at this: every store
+/// method answers the same on both.
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Shared>),
+    Postgres(Arc<Postgres>),
 }
 
 /// What every handle on one database shares.
@@ -331,7 +389,7 @@ impl Database {
             source,
         })?;
         Ok(Self {
-            shared: Arc::new(Shared {
+            backend: Backend::Sqlite(Arc::new(Shared {
                 writes: Mutex::new(Queue {
                     sender: Some(writes),
                     sent: 0,
@@ -345,8 +403,65 @@ impl Database {
                 simulated_full_disk,
                 refused_writes,
                 counts,
-            }),
+            })),
         })
+    }
+
+    /// Connects to the PostgreSQL database `config` names, applies the
+    /// schema migrations it lacks (in one transaction under an advisory
+    /// lock, so replicas starting together migrate once), and checks that
+    /// `secrets` is the key that sealed what it holds (storing a key check
+    /// the first time).
+    pub async fn connect_postgres(
+        config: &PostgresConfig,
+        secrets: SecretBox,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Postgres(Arc::new(Postgres::connect(config, secrets).await?)),
+        })
+    }
+
+    /// Whether other processes may share this database (PostgreSQL): then
+    /// jobs started elsewhere are found by scanning, and only the holder of
+    /// the runner lock runs them.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Waits until this process may run jobs and returns the lock that
+    /// says so: at once on SQLite, whose file one process owns; on
+    /// PostgreSQL once no other replica holds the runner lock. The lock is
+    /// held until it is dropped or its connection is lost
+    /// ([`RunnerLock::lost`]).
+    pub async fn runner_lock(&self) -> Result<RunnerLock, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(RunnerLock::exclusive()),
+            Backend::Postgres(postgres) => postgres.wait_runner_lock().await,
+        }
+    }
+
+    /// The runner lock if no other process holds it now.
+    pub async fn try_runner_lock(&self) -> Result<Option<RunnerLock>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Some(RunnerLock::exclusive())),
+            Backend::Postgres(postgres) => postgres.try_runner_lock().await,
+        }
+    }
+
+    /// The SQLite internals, for the SQLite code paths.
+    fn sqlite(&self, operation: &'static str) -> Result<&Arc<Shared>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(shared) => Ok(shared),
+            Backend::Postgres(_) => Err(StoreError::Unsupported { operation }),
+        }
+    }
+
+    /// The PostgreSQL backend, when that is where the state lives.
+    fn postgres(&self) -> Option<&Arc<Postgres>> {
+        match &self.backend {
+            Backend::Postgres(postgres) => Some(postgres),
+            Backend::Sqlite(_) => None,
+        }
     }
 
     /// The provisioning jobs.
@@ -364,53 +479,63 @@ impl Database {
         DeploymentStore::new(self.clone())
     }
 
-    /// While `full` is true, every write fails exactly as SQLite fails on a
-    /// full disk (`SQLITE_FULL`), through the same error path; reads go on.
-    /// This is how the tests show what a full disk does without filling one.
+    /// While `full` is true, every write fails exactly as it fails on a
+    /// full disk (`SQLITE_FULL`; PostgreSQL's `disk_full`), through the same
+    /// error path; reads go on. This is how the tests show what a full disk
+    /// does without filling one.
     pub fn simulate_full_disk(&self, full: bool) {
-        self.shared
-            .simulated_full_disk
-            .store(full, Ordering::SeqCst);
+        match &self.backend {
+            Backend::Sqlite(shared) => shared.simulated_full_disk.store(full, Ordering::SeqCst),
+            Backend::Postgres(postgres) => postgres.faults.simulate_full_disk(full),
+        }
     }
 
     /// The next `count` transactions the writer tries fail as on a full
     /// disk, then writes go on: a fault that passes by itself.
     pub fn simulate_full_disk_briefly(&self, count: u64) {
-        self.shared
-            .counts
-            .refuse_next
-            .store(count, Ordering::SeqCst);
+        match &self.backend {
+            Backend::Sqlite(shared) => shared.counts.refuse_next.store(count, Ordering::SeqCst),
+            Backend::Postgres(postgres) => postgres.faults.refuse_next(count),
+        }
     }
 
     /// How many writes the simulated full disk has refused so far.
     pub fn simulated_refusals(&self) -> u64 {
-        self.shared.refused_writes.load(Ordering::SeqCst)
+        match &self.backend {
+            Backend::Sqlite(shared) => shared.refused_writes.load(Ordering::SeqCst),
+            Backend::Postgres(postgres) => postgres.faults.refusals(),
+        }
     }
 
     /// How many transactions the writer has committed: with writes
-    /// arriving together, fewer than the writes (group commit).
+    /// arriving together, fewer than the writes (group commit). PostgreSQL
+    /// commits each write in its own transaction: 0 there.
     pub fn commits(&self) -> u64 {
-        self.shared.counts.commits.load(Ordering::SeqCst)
+        self.sqlite("counting commits")
+            .map_or(0, |shared| shared.counts.commits.load(Ordering::SeqCst))
     }
 
-    /// How many writes wait for the writer, not yet in a transaction.
+    /// How many writes wait for the writer, not yet in a transaction (0 on
+    /// PostgreSQL, which has no writer queue).
     pub fn queued_writes(&self) -> usize {
-        self.shared.counts.queued.load(Ordering::SeqCst)
-    }
-
-    fn lock_writes(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.shared
-            .writes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sqlite("counting queued writes")
+            .map_or(0, |shared| shared.counts.queued.load(Ordering::SeqCst))
     }
 
     fn secrets(&self) -> &SecretBox {
-        &self.shared.secrets
+        match &self.backend {
+            Backend::Sqlite(shared) => &shared.secrets,
+            Backend::Postgres(postgres) => &postgres.secrets,
+        }
     }
 
-    fn view(&self) -> &StatusView {
-        &self.shared.view
+    /// The in-memory status view (SQLite; PostgreSQL answers from the
+    /// database, so every replica sees every job).
+    fn view(&self) -> Option<&StatusView> {
+        match &self.backend {
+            Backend::Sqlite(shared) => Some(&shared.view),
+            Backend::Postgres(_) => None,
+        }
     }
 
     /// Runs `work`, which only reads, on the reading connection off the
@@ -419,15 +544,15 @@ impl Database {
         &self,
         work: impl FnOnce(&mut Connection, &SecretBox) -> Result<T, WorkError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let sent = self.lock_writes().sent;
-        if *self.shared.answered.borrow() < sent {
-            let mut answered = self.shared.answered.clone();
+        let shared = self.sqlite("a SQLite read")?.clone();
+        let sent = lock_writes(&shared).sent;
+        if *shared.answered.borrow() < sent {
+            let mut answered = shared.answered.clone();
             answered
                 .wait_for(|answered| *answered >= sent)
                 .await
                 .map_err(|_| StoreError::Cancelled)?;
         }
-        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock poisons it; the connection itself is
             // still consistent (SQLite rolls back the open transaction), so go on.
@@ -451,11 +576,12 @@ impl Database {
         + Send
         + 'static,
     ) -> Result<T, StoreError> {
+        let shared = self.sqlite("a SQLite write")?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let counts = &self.shared.counts;
+        let counts = &shared.counts;
         counts.queued.fetch_add(1, Ordering::SeqCst);
         let queued = {
-            let mut writes = self.lock_writes();
+            let mut writes = lock_writes(shared);
             let queued = writes
                 .sender
                 .as_ref()
@@ -469,4 +595,11 @@ impl Database {
         }
         answer.await.map_err(|_| StoreError::Cancelled)?
     }
+}
+
+fn lock_writes(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+    shared
+        .writes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -4,6 +4,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Database, StoreError, WorkError};
+use crate::seal::SecretBox;
 
 /// Coordinator DID → Ensue org name and API key (sealed).
 #[derive(Clone)]
@@ -26,6 +27,20 @@ impl OrgKeys {
     ) -> Result<(), StoreError> {
         let sealed = self.db.secrets().seal(api_key.as_bytes());
         let (did, name) = (coordinator_did.to_owned(), org_name.to_owned());
+        if let Some(postgres) = self.db.postgres() {
+            let client = postgres.writer().await?;
+            client
+                .execute(
+                    "INSERT INTO coordinator_orgs (coordinator_did, org_name, api_key)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (coordinator_did) DO UPDATE
+                     SET org_name = EXCLUDED.org_name, api_key = EXCLUDED.api_key",
+                    &[&did, &name, &sealed],
+                )
+                .await
+                .map_err(|error| postgres.error(error))?;
+            return Ok(());
+        }
         self.db.write(move |conn, _, _| {
             conn.execute(
                 "INSERT OR REPLACE INTO coordinator_orgs (coordinator_did, org_name, api_key) VALUES (?1, ?2, ?3)",
@@ -42,6 +57,19 @@ impl OrgKeys {
         coordinator_did: &str,
     ) -> Result<Option<(String, zeroize::Zeroizing<String>)>, StoreError> {
         let did = coordinator_did.to_owned();
+        if let Some(postgres) = self.db.postgres() {
+            let client = postgres.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT org_name, api_key FROM coordinator_orgs WHERE coordinator_did = $1",
+                    &[&did],
+                )
+                .await
+                .map_err(|error| postgres.error(error))?;
+            return row
+                .map(|row| open_org_key(&did, row.get(0), row.get(1), &postgres.secrets))
+                .transpose();
+        }
         self.db
             .with_conn(move |conn, secrets| {
                 let row = conn
@@ -52,19 +80,29 @@ impl OrgKeys {
                     )
                     .optional()?;
                 row.map(|(name, sealed)| -> Result<_, WorkError> {
-                    let corrupt = |reason: &str| StoreError::Corrupt {
-                        id: did.clone(),
-                        reason: reason.into(),
-                    };
-                    let key = secrets
-                        .open(&sealed)
-                        .map_err(|_| corrupt("its sealed coordinator org key does not open"))?;
-                    let key = String::from_utf8(key.to_vec())
-                        .map_err(|_| corrupt("its coordinator org key is not UTF-8"))?;
-                    Ok((name, zeroize::Zeroizing::new(key)))
+                    Ok(open_org_key(&did, name, &sealed, secrets)?)
                 })
                 .transpose()
             })
             .await
     }
+}
+
+/// A coordinator's org as stored: its name and its key, opened.
+fn open_org_key(
+    did: &str,
+    name: String,
+    sealed: &[u8],
+    secrets: &SecretBox,
+) -> Result<(String, zeroize::Zeroizing<String>), StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        id: did.to_owned(),
+        reason: reason.into(),
+    };
+    let key = secrets
+        .open(sealed)
+        .map_err(|_| corrupt("its sealed coordinator org key does not open"))?;
+    let key = String::from_utf8(key.to_vec())
+        .map_err(|_| corrupt("its coordinator org key is not UTF-8"))?;
+    Ok((name, zeroize::Zeroizing::new(key)))
 }

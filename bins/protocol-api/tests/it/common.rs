@@ -261,6 +261,9 @@ pub struct Options {
     pub events_heartbeat: Duration,
     /// The signing routes take no credential (UNAUTHENTICATED_WRITES).
     pub unauthenticated_writes: bool,
+    /// The job store to use instead of a SQLite file in the data dir (a
+    /// PostgreSQL database several test servers share).
+    pub database: Option<Database>,
 }
 
 /// Wraps the Ensue port of a test server.
@@ -291,6 +294,7 @@ impl Default for Options {
             holds: Holds::open(),
             events_heartbeat: protocol_api::ports::DEFAULT_EVENTS_HEARTBEAT,
             unauthenticated_writes: false,
+            database: None,
         }
     }
 }
@@ -298,7 +302,10 @@ impl Default for Options {
 impl TestApp {
     pub async fn start(data_dir: &Path, deployer: Arc<TestDeployer>, options: Options) -> Self {
         let secrets = SecretBox::from_key(&[42; 32]);
-        let database = Database::open(&data_dir.join("jobs.sqlite"), secrets).unwrap();
+        let database = match &options.database {
+            Some(database) => database.clone(),
+            None => Database::open(&data_dir.join("jobs.sqlite"), secrets).unwrap(),
+        };
         let ensue_key =
             delibera_ensue_local::ApiKey::new("ensue-test-bootstrap-key-0123456789").unwrap();
         let ensue = within(
@@ -377,6 +384,8 @@ impl TestApp {
         settings.storage_retry = options.storage_retry;
         settings.events_heartbeat = options.events_heartbeat;
         settings.register_storage_wait = Duration::from_millis(200);
+        settings.job_scan_interval = Duration::from_millis(50);
+        settings.registration_takeover_after = Duration::from_millis(300);
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options

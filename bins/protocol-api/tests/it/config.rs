@@ -260,3 +260,93 @@ fn production_refuses_an_agent_image_not_pinned_by_digest() {
     assert_eq!(pinned.worker_image.to_string(), PINNED);
     assert_eq!(pinned.coordinator_image.to_string(), PINNED);
 }
+
+/// `DATABASE_URL` moves the jobs to PostgreSQL for several replicas: it is
+/// refused in local mode (whose other state lives in the data dir and the
+/// process) and without `PROTOCOL_API_SECRET_KEY` (each replica would seal
+/// with a key of its own), naming the variable, before anything is opened;
+/// a URL that does not parse is refused without repeating it.
+#[test]
+fn a_database_url_needs_production_mode_and_the_server_key() {
+    use protocol_api::store::PostgresConfig;
+
+    if !in_clean_env(&[]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // Port 1 on loopback: nothing listens, and nothing may be contacted.
+    let url = "postgres://protocol:hunter2@127.0.0.1:1/jobs";
+    let near_key = delibera_identity::Keypair::from_seed(&[5; 32])
+        .to_near_secret_string()
+        .to_string();
+    const PINNED: &str = "ghcr.io/delibera/delibera-agent@sha256:3333333333333333333333333333333333333333333333333333333333333333";
+    let refusal = |mode: &str| {
+        let mut args: Vec<String> = [
+            "protocol-api",
+            "--mode",
+            mode,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--database-url",
+            url,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if mode == "production" {
+            for (flag, value) in [
+                ("--phala-api-key", "phak_x"),
+                ("--ensue-api-key", "lmn_x"),
+                ("--near-rpc-url", "https://rpc.testnet.near.org"),
+                ("--near-account-id", "server.testnet"),
+                ("--near-private-key", near_key.as_str()),
+                ("--registry-contract-id", "registry.testnet"),
+                ("--coordinator-contract-id", "coordinator.testnet"),
+                ("--storacha-agent-private-key", "MgCY"),
+                ("--storacha-delegation-proof", "mAYIEA"),
+                ("--worker-image", PINNED),
+                ("--coordinator-image", PINNED),
+            ] {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        let config = Config::try_parse_from(args).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        match runtime.block_on(protocol_api::compose::compose(&config)) {
+            Ok(_) => panic!("{mode} mode started"),
+            Err(error) => format!("{error:#}"),
+        }
+    };
+
+    let production = refusal("production");
+    assert!(
+        production.contains("PROTOCOL_API_SECRET_KEY") && production.contains("DATABASE_URL"),
+        "{production}"
+    );
+    let local = refusal("local");
+    assert!(
+        local.contains("DATABASE_URL is for production mode"),
+        "{local}"
+    );
+    for refused in [&production, &local] {
+        assert!(!refused.contains("hunter2"), "{refused}");
+    }
+    assert!(
+        !data_dir.exists(),
+        "nothing may be created before the refusal"
+    );
+
+    let unparsed = match PostgresConfig::parse("postgres://protocol:hunter2@db:port/jobs") {
+        Ok(_) => panic!("a port that is no number parsed"),
+        Err(error) => error,
+    };
+    assert!(unparsed.contains("DATABASE_URL"), "{unparsed}");
+    assert!(!unparsed.contains("hunter2"), "{unparsed}");
+    assert_eq!(
+        PostgresConfig::parse(url).unwrap().shown(),
+        "postgres://127.0.0.1:1/jobs"
+    );
+}

@@ -20,6 +20,9 @@ mod policy;
 #[allow(unreachable_pub)] // `pub` helpers, used by the sibling modules only.
 mod process;
 mod production;
+mod replicas;
 mod restarts;
 mod storage;
+#[allow(unreachable_pub)] // `pub` helpers, for the replica tests.
+mod store;
 mod wallet_auth;

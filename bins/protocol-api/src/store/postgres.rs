@@ -1,0 +1,517 @@
+//! The store on PostgreSQL, for several replicas sharing one database.
+//!
+//! The tables are the SQLite file's (`migrations/postgres/`), applied at
+//! start-up by one replica at a time (a transaction-level advisory lock),
+//! each migration in the transaction that records it. Secrets are sealed
+//! with the server key as on SQLite, and a sealed key check refuses a
+//! replica whose key differs. Every write is its own transaction; a
+//! compare-and-set is one conditional `UPDATE`, and an idempotency key is
+//! checked and stored under an advisory lock on the key, so replicas
+//! racing on one key store one job.
+//!
+//! Only one replica runs jobs at a time: the one holding the runner lock, a
+//! session-level advisory lock on a connection of its own
+//! ([`RunnerLock`]). The others serve reads and accept writes; the holder
+//! finds the jobs they started by scanning. When the holder dies its
+//! session ends, PostgreSQL releases the lock, and a waiting replica takes
+//! over and resumes every job from its last committed step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use super::StoreError;
+use super::file::{KEY_CHECK, KEY_CHECK_TEXT};
+use crate::seal::SecretBox;
+
+/// The schema migrations this release carries, in order: version, name, SQL.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_jobs",
+    include_str!("../../migrations/postgres/0001_jobs.sql"),
+)];
+
+/// The first key of this server's advisory locks (`"DLBP"`); the second is
+/// what the lock guards, within the schema the connection uses.
+const LOCK_SPACE: i32 = 0x444c_4250;
+/// Guards applying migrations.
+const MIGRATION_LOCK: i32 = 1;
+/// Held by the replica that runs jobs.
+const RUNNER_LOCK: i32 = 2;
+/// Guards checking and storing one idempotency key (keyed by its hash).
+const IDEMPOTENCY_LOCK_SPACE: i32 = 0x444c_4251;
+
+/// How often the runner lock's connection is checked, and how long a check
+/// may take before the lock counts as lost.
+const RUNNER_LOCK_CHECK: Duration = Duration::from_secs(5);
+
+/// Where the PostgreSQL database is: `DATABASE_URL`.
+// No `Debug`: the URL may carry a password.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    config: tokio_postgres::Config,
+    /// The database as logs and errors name it (no password).
+    shown: Arc<str>,
+    /// The most connections of the pool.
+    pool_size: usize,
+}
+
+impl PostgresConfig {
+    /// Parses a `postgres://` (or `postgresql://`) URL, or key=value
+    /// connection string. The error never repeats the text (it may hold a
+    /// password).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| format!("DATABASE_URL is not a PostgreSQL connection URL: {error}"))?;
+        // A replica whose peer vanished without closing (a cut network)
+        // notices within a minute rather than the OS's two hours.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10));
+        if config.get_application_name().is_none() {
+            config.application_name("protocol-api");
+        }
+        let host = config
+            .get_hosts()
+            .first()
+            .map(|host| match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .unwrap_or_else(|| "localhost".into());
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let dbname = config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("postgres");
+        let shown = format!("postgres://{host}:{port}/{dbname}").into();
+        Ok(Self {
+            config,
+            shown,
+            pool_size: 16,
+        })
+    }
+
+    /// The database as logs name it: host, port and name, no credentials.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+/// Writes the tests make fail as on a full disk.
+#[derive(Default)]
+pub(super) struct Faults {
+    full: AtomicBool,
+    refuse_next: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Faults {
+    pub(super) fn simulate_full_disk(&self, full: bool) {
+        self.full.store(full, Ordering::SeqCst);
+    }
+
+    pub(super) fn refuse_next(&self, count: u64) {
+        self.refuse_next.store(count, Ordering::SeqCst);
+    }
+
+    pub(super) fn refusals(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    /// Refuses this write if a simulated full disk says so.
+    fn check(&self, database: &str) -> Result<(), StoreError> {
+        let refuse_once = self
+            .refuse_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if refuse_once || self.full.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Full {
+                path: database.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The PostgreSQL backend: a pool of connections and the server key.
+pub(super) struct Postgres {
+    pool: Pool,
+    config: PostgresConfig,
+    pub(super) secrets: SecretBox,
+    pub(super) faults: Faults,
+}
+
+impl Postgres {
+    /// Connects, migrates and checks the key (see the module's docs).
+    pub(super) async fn connect(
+        config: &PostgresConfig,
+        secrets: SecretBox,
+    ) -> Result<Self, StoreError> {
+        let manager = Manager::from_config(
+            config.config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|error| StoreError::Postgres {
+                database: config.shown.to_string(),
+                reason: error.to_string(),
+                transient: false,
+            })?;
+        let postgres = Self {
+            pool,
+            config: config.clone(),
+            secrets,
+            faults: Faults::default(),
+        };
+        postgres.migrate_and_check_key().await?;
+        Ok(postgres)
+    }
+
+    /// The database as errors name it.
+    pub(super) fn database(&self) -> &str {
+        &self.config.shown
+    }
+
+    /// PostgreSQL's `error`, classified: a full disk is [`StoreError::Full`];
+    /// a lost connection, a restarting server or a serialization conflict
+    /// pass by themselves.
+    pub(super) fn error(&self, error: tokio_postgres::Error) -> StoreError {
+        let database = self.database().to_owned();
+        match error.as_db_error() {
+            Some(db) if *db.code() == SqlState::DISK_FULL => StoreError::Full { path: database },
+            Some(db) => {
+                let code = db.code().code();
+                let transient = code.starts_with("08") // connection exceptions
+                    || code.starts_with("53") // insufficient resources
+                    || code.starts_with("57P") // the server shutting down or starting
+                    || code == "40001" // serialization failure
+                    || code == "40P01"; // deadlock
+                StoreError::Postgres {
+                    database,
+                    reason: format!("{} ({code})", db.message()),
+                    transient,
+                }
+            }
+            None => StoreError::Postgres {
+                database,
+                reason: error.to_string(),
+                // Not a database's answer: the connection failed.
+                transient: true,
+            },
+        }
+    }
+
+    /// A connection of the pool.
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|error| match error {
+            deadpool_postgres::PoolError::Backend(error) => self.error(error),
+            other => StoreError::Postgres {
+                database: self.database().to_owned(),
+                reason: other.to_string(),
+                transient: true,
+            },
+        })
+    }
+
+    /// A connection for a write: refused first when a simulated full disk
+    /// says so.
+    pub(super) async fn writer(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.faults.check(self.database())?;
+        self.client().await
+    }
+
+    /// Takes the advisory lock on idempotency key `key` for the rest of
+    /// `transaction`.
+    pub(super) async fn lock_idempotency_key(
+        &self,
+        transaction: &deadpool_postgres::Transaction<'_>,
+        key: &[u8],
+    ) -> Result<(), StoreError> {
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext(encode($2, 'hex')))",
+                &[&IDEMPOTENCY_LOCK_SPACE, &key],
+            )
+            .await
+            .map_err(|error| self.error(error))?;
+        Ok(())
+    }
+
+    /// Applies the migrations the database lacks and checks the server key,
+    /// in one transaction under the migration lock.
+    async fn migrate_and_check_key(&self) -> Result<(), StoreError> {
+        let pg = |error| self.error(error);
+        let schema = |reason: String| StoreError::Schema {
+            database: self.database().to_owned(),
+            reason,
+        };
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(pg)?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, $2 # hashtext(coalesce(current_schema(), '')))",
+                &[&LOCK_SPACE, &MIGRATION_LOCK],
+            )
+            .await
+            .map_err(pg)?;
+        transaction
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version INTEGER PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )",
+            )
+            .await
+            .map_err(pg)?;
+        let applied: Option<i32> = transaction
+            .query_one("SELECT max(version) FROM schema_migrations", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let applied = applied.unwrap_or(0);
+        let known = MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
+        if applied > known {
+            return Err(schema(format!(
+                "its schema version {applied} is newer than this release's ({known}); a newer \
+                 release migrated it, so run that release"
+            )));
+        }
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(version, ..)| *version > applied) {
+            transaction
+                .batch_execute(sql)
+                .await
+                .map_err(|error| schema(format!("migration {name} failed: {}", pg(error))))?;
+            transaction
+                .execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    &[version, name],
+                )
+                .await
+                .map_err(pg)?;
+            tracing::info!(
+                database = self.database(),
+                migration = name,
+                "applied a schema migration"
+            );
+        }
+        let check = transaction
+            .query_opt("SELECT value FROM meta WHERE name = $1", &[&KEY_CHECK])
+            .await
+            .map_err(pg)?;
+        let wrong_key = || StoreError::WrongKey {
+            path: self.database().to_owned(),
+        };
+        match check {
+            Some(row) => match self.secrets.open(row.get::<_, &[u8]>(0)) {
+                Ok(text) if text.as_slice() == KEY_CHECK_TEXT => {}
+                _ => return Err(wrong_key()),
+            },
+            None => {
+                // Nothing is sealed before the first key check is stored,
+                // but a table filled by hand must not be taken over.
+                let sealed = transaction
+                    .query(
+                        "(SELECT secrets FROM jobs LIMIT 1)
+                         UNION ALL (SELECT api_key FROM coordinator_orgs LIMIT 1)
+                         UNION ALL (SELECT record FROM local_deployments LIMIT 1)",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg)?;
+                if !sealed.is_empty()
+                    && !sealed
+                        .iter()
+                        .any(|row| self.secrets.open(row.get::<_, &[u8]>(0)).is_ok())
+                {
+                    return Err(wrong_key());
+                }
+                transaction
+                    .execute(
+                        "INSERT INTO meta (name, value) VALUES ($1, $2)",
+                        &[&KEY_CHECK, &self.secrets.seal(KEY_CHECK_TEXT)],
+                    )
+                    .await
+                    .map_err(pg)?;
+            }
+        }
+        transaction.commit().await.map_err(pg)?;
+        Ok(())
+    }
+
+    /// A connection of its own for the runner lock (the lock lives as
+    /// long as the session).
+    async fn lock_session(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
+        let (client, connection) = self
+            .config
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|error| self.error(error))?;
+        let database = self.database().to_owned();
+        let connection = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%database, %error, "the runner lock's connection ended");
+            }
+        });
+        Ok((client, connection))
+    }
+
+    /// The runner lock if no other replica holds it now.
+    pub(super) async fn try_runner_lock(&self) -> Result<Option<RunnerLock>, StoreError> {
+        let (client, connection) = self.lock_session().await?;
+        let taken: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2 # hashtext(coalesce(current_schema(), '')))",
+                &[&LOCK_SPACE, &RUNNER_LOCK],
+            )
+            .await
+            .map_err(|error| self.error(error))?
+            .get(0);
+        if !taken {
+            connection.abort();
+            return Ok(None);
+        }
+        Ok(Some(RunnerLock::held(client, connection)))
+    }
+
+    /// Waits for the runner lock; a connection lost while waiting is made
+    /// again.
+    pub(super) async fn wait_runner_lock(&self) -> Result<RunnerLock, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let taken = async {
+                let (client, connection) = self.lock_session().await?;
+                client
+                    .execute(
+                        "SELECT pg_advisory_lock($1, $2 # hashtext(coalesce(current_schema(), '')))",
+                        &[&LOCK_SPACE, &RUNNER_LOCK],
+                    )
+                    .await
+                    .map_err(|error| self.error(error))?;
+                Ok::<_, StoreError>(RunnerLock::held(client, connection))
+            }
+            .await;
+            match taken {
+                Ok(lock) => return Ok(lock),
+                Err(error) if error.is_transient() => {
+                    attempt += 1;
+                    tracing::warn!(%error, "waiting for the runner lock failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt.min(25))).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Says this process may run jobs. On SQLite it is the process's by
+/// owning the file; on PostgreSQL it is a session-level advisory lock,
+/// held while its connection lives: [`RunnerLock::lost`] says when it no
+/// longer is, and dropping the lock releases it.
+pub struct RunnerLock {
+    /// Whether other processes share the store.
+    shared: bool,
+    /// Answers once the lock is lost, with why (PostgreSQL only).
+    lost: Option<tokio::sync::oneshot::Receiver<String>>,
+    /// Why it was lost, once it was.
+    reason: Option<String>,
+    /// Keeps the lock's connection and checks it; aborted on drop.
+    keeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunnerLock {
+    /// The lock of a process that owns its store alone.
+    pub(super) fn exclusive() -> Self {
+        Self {
+            shared: false,
+            lost: None,
+            reason: None,
+            keeper: None,
+        }
+    }
+
+    /// A lock held by the session of `client`.
+    fn held(client: tokio_postgres::Client, mut connection: tokio::task::JoinHandle<()>) -> Self {
+        let (tell, lost) = tokio::sync::oneshot::channel();
+        let keeper = tokio::spawn(async move {
+            let reason = loop {
+                tokio::select! {
+                    _ = &mut connection => break "its connection to the database ended".to_owned(),
+                    () = tokio::time::sleep(RUNNER_LOCK_CHECK) => {}
+                }
+                match tokio::time::timeout(RUNNER_LOCK_CHECK, client.simple_query("SELECT 1")).await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => break format!("its connection failed: {error}"),
+                    Err(_) => {
+                        break format!(
+                            "its connection did not answer within {} s",
+                            RUNNER_LOCK_CHECK.as_secs()
+                        );
+                    }
+                }
+            };
+            connection.abort();
+            let _ = tell.send(reason);
+        });
+        Self {
+            shared: true,
+            lost: Some(lost),
+            reason: None,
+            keeper: Some(keeper),
+        }
+    }
+
+    /// Whether other processes share the store (and wait for this lock).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Waits until the lock is lost and says why; never, for a process
+    /// that owns its store alone. A process whose lock is lost must stop
+    /// running jobs at once: another replica takes them over.
+    pub async fn lost(&mut self) -> String {
+        if let Some(reason) = &self.reason {
+            return reason.clone();
+        }
+        let Some(lost) = self.lost.as_mut() else {
+            return std::future::pending().await;
+        };
+        let reason = lost
+            .await
+            .unwrap_or_else(|_| "its keeper stopped".to_owned());
+        self.lost = None;
+        self.reason = Some(reason.clone());
+        reason
+    }
+}
+
+impl Drop for RunnerLock {
+    fn drop(&mut self) {
+        // The keeper owns the session: ending it releases the lock.
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
+        }
+    }
+}
