@@ -441,31 +441,33 @@ impl Row {
     }
 
     fn insert(&self, conn: &rusqlite::Connection) -> Result<(), WorkError> {
-        conn.execute(
+        // Cached: the writer stores jobs over and over.
+        conn.prepare_cached(
             "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
+        )?
+        .execute(params![
                 self.id,
                 self.status,
                 self.record,
                 self.secrets,
                 self.updated_at
-            ],
-        )?;
+        ])?;
         Ok(())
     }
 
     /// Replaces the stored row; returns whether the job was stored.
     fn update(&self, conn: &rusqlite::Connection) -> Result<bool, WorkError> {
-        let changed = conn.execute(
-            "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5 WHERE id = ?1",
-            params![
+        let changed = conn
+            .prepare_cached(
+                "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![
                 self.id,
                 self.status,
                 self.record,
                 self.secrets,
                 self.updated_at
-            ],
-        )?;
+            ])?;
         Ok(changed == 1)
     }
 
