@@ -775,7 +775,6 @@ impl JobMachine {
                 match self
                     .org_keys
                     .get(coordinator.as_str())
-                    .await
                     .map_err(|error| error.to_string())?
                 {
                     Some((_, key)) => key.to_string(),
