@@ -110,7 +110,7 @@ impl JobStore {
                         row.id,
                         row.status,
                         row.record,
-                        row.secrets,
+                        &row.secrets[..],
                         row.updated_at,
                         expected.as_str()
                     ],
@@ -408,7 +408,7 @@ struct Row {
     id: String,
     status: &'static str,
     record: String,
-    secrets: Vec<u8>,
+    secrets: std::sync::Arc<[u8]>,
     updated_at: String,
 }
 
@@ -419,12 +419,17 @@ impl Row {
             reason: error.to_string(),
         };
         let record = serde_json::to_string(job).map_err(corrupt)?;
-        let secrets = zeroize::Zeroizing::new(serde_json::to_vec(&job.secrets).map_err(corrupt)?);
+        let secrets = job
+            .sealed_secrets
+            .seal(&job.secrets, secret_box, |secrets| {
+                serde_json::to_vec(secrets).map(zeroize::Zeroizing::new)
+            })
+            .map_err(corrupt)?;
         Ok(Self {
             id: job.id.to_string(),
             status: job.status.as_str(),
             record,
-            secrets: secret_box.seal(&secrets),
+            secrets,
             updated_at: timestamp(job.updated_at),
         })
     }
@@ -449,7 +454,7 @@ impl Row {
                 self.id,
                 self.status,
                 self.record,
-                self.secrets,
+                &self.secrets[..],
                 self.updated_at
         ])?;
         Ok(())
@@ -465,7 +470,7 @@ impl Row {
                 self.id,
                 self.status,
                 self.record,
-                self.secrets,
+                &self.secrets[..],
                 self.updated_at
             ])?;
         Ok(changed == 1)
