@@ -13,7 +13,6 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use crate::jobs::JobError;
 use crate::store::StoreError;
@@ -143,6 +142,12 @@ impl ApiError {
     }
 }
 
+/// Every error body: `{"error": "…"}`.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
@@ -154,7 +159,8 @@ impl IntoResponse for ApiError {
             ApiError::Upstream(detail) => tracing::warn!(%detail, "upstream error"),
             _ => tracing::debug!(%status, error = %self, "request rejected"),
         }
-        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        let message = self.to_string();
+        let mut response = (status, Json(ErrorBody { error: &message })).into_response();
         if let ApiError::RateLimited { retry_after_secs }
         | ApiError::StorageFull { retry_after_secs }
         | ApiError::Overloaded {
@@ -238,7 +244,8 @@ pub async fn json_error_body(response: Response) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
+    let body = serde_json::to_vec(&ErrorBody { error: &message }).unwrap_or_default();
+    Response::from_parts(parts, Body::from(body))
 }
 
 impl From<delibera_serve::Rejection> for ApiError {

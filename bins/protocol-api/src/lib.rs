@@ -96,6 +96,8 @@ pub struct AppStateFields {
     pub rendered_roster: Arc<routes::Rendered<Vec<RegisteredWorker>, Vec<WorkerRecord>>>,
     /// The last `GET /api/agents/endpoints` agents and their registry answers.
     pub rendered_endpoints: Arc<routes::Rendered<Vec<CoordinatorRecord>, Vec<WorkerRecord>>>,
+    /// The last `GET /` body, kept for the millisecond its timestamp names.
+    pub rendered_health: Arc<routes::RenderedHealth>,
 }
 
 impl AppState {
@@ -217,6 +219,7 @@ impl AppStateBuilder {
             edges: self.edges,
             rendered_roster: Arc::default(),
             rendered_endpoints: Arc::default(),
+            rendered_health: Arc::default(),
         };
         AppState {
             shared: Arc::new(fields),
@@ -236,14 +239,26 @@ pub fn iso_now() -> String {
 
 /// Health: the server is up.
 #[utoipa::path(get, path = "/", tag = "health", responses((status = 200, body = api_types::Health)))]
-pub async fn health(State(state): State<AppState>) -> axum::Json<api_types::Health> {
-    axum::Json(api_types::Health {
-        message: "Delibera Protocol API".into(),
-        status: "ok".into(),
-        timestamp: iso_now(),
-        mode: state.mode_label.into(),
-        ensue_url: state.ensue_url.clone(),
-    })
+pub async fn health(
+    State(state): State<AppState>,
+) -> Result<axum::response::Response, error::ApiError> {
+    let now = chrono::Utc::now();
+    let body = state.rendered_health.get_or_render(
+        now,
+        state.mode_label,
+        state.ensue_url.as_deref(),
+        || {
+            serde_json::to_vec(&api_types::Health {
+                message: "Delibera Protocol API".into(),
+                status: "ok".into(),
+                timestamp: iso(now),
+                mode: state.mode_label.into(),
+                ensue_url: state.ensue_url.clone(),
+            })
+            .map_err(error::ApiError::internal)
+        },
+    )?;
+    Ok(routes::json_body(body))
 }
 
 async fn not_found() -> error::ApiError {

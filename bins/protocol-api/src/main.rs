@@ -19,7 +19,10 @@ async fn main() -> anyhow::Result<()> {
     // Warnings from every crate are shown by default: an agent that could
     // not be restored or a data file whose permissions were tightened is
     // reported by the library that found it.
+    // Colour codes only for a terminal: in a log file they are noise, and
+    // every request's span fields were formatted with them.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             EnvFilter::new("warn,protocol_api=info,tower_http=info,delibera_serve=info")
         }))

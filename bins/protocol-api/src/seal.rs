@@ -8,13 +8,16 @@
 //! key could open none of it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
 const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
 const KEY_FILE: &str = "server-secret.key";
 
 /// Why a secret could not be sealed or opened.
@@ -64,7 +67,12 @@ pub enum SealError {
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
+    /// Which box this is (its clones share it), for [`SealCache`].
+    id: u64,
 }
+
+/// Numbers the boxes made by this process.
+static NEXT_BOX: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for SecretBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,6 +85,7 @@ impl SecretBox {
     pub fn from_key(key: &[u8; 32]) -> Self {
         Self {
             cipher: Aes256Gcm::new(key.into()),
+            id: NEXT_BOX.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -127,23 +136,25 @@ impl SecretBox {
         Ok(Self::from_key(key))
     }
 
-    /// Seals `plaintext` under a fresh nonce.
+    /// Seals `plaintext` under a fresh nonce (from the thread's CSPRNG,
+    /// seeded from the OS: a system call per seal bought nothing).
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ciphertext = self
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), plaintext)
-            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut out[NONCE_LEN..])
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        out.extend_from_slice(&tag);
         out
     }
 
     /// Opens what [`SecretBox::seal`] produced.
     pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        if sealed.len() < NONCE_LEN + 16 {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
             return Err(SealError::Open);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
@@ -154,9 +165,98 @@ impl SecretBox {
     }
 }
 
+/// A value's last seal, kept beside the value: sealing it again unchanged,
+/// with the same box, gives back the same bytes instead of encoding and
+/// encrypting it anew (a job's secrets change at two of its steps, and are
+/// saved at every one). Clones share it; a changed value is sealed anew.
+pub struct SealCache<T>(Arc<Mutex<Option<LastSeal<T>>>>);
+
+struct LastSeal<T> {
+    value: T,
+    sealed_by: u64,
+    sealed: Arc<[u8]>,
+}
+
+impl<T> Clone for SealCache<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for SealCache<T> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(None)))
+    }
+}
+
+impl<T> std::fmt::Debug for SealCache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealCache(<redacted>)")
+    }
+}
+
+impl<T: Clone + PartialEq> SealCache<T> {
+    /// `value` sealed by `secret_box`, its plaintext made by `encode`: the
+    /// last seal if it was of an equal value by the same box, else a new one.
+    pub fn seal<E>(
+        &self,
+        value: &T,
+        secret_box: &SecretBox,
+        encode: impl FnOnce(&T) -> Result<Zeroizing<Vec<u8>>, E>,
+    ) -> Result<Arc<[u8]>, E> {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(last) = last
+            .as_ref()
+            .filter(|last| last.sealed_by == secret_box.id && last.value == *value)
+        {
+            return Ok(last.sealed.clone());
+        }
+        let sealed: Arc<[u8]> = secret_box.seal(&encode(value)?).into();
+        *last = Some(LastSeal {
+            value: value.clone(),
+            sealed_by: secret_box.id,
+            sealed: sealed.clone(),
+        });
+        Ok(sealed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seal_is_reused_only_for_an_equal_value_and_the_same_box() {
+        let secret_box = SecretBox::from_key(&[7; 32]);
+        let cache = SealCache::default();
+        let encode =
+            |value: &String| -> Result<_, ()> { Ok(Zeroizing::new(value.as_bytes().to_vec())) };
+        let first = cache
+            .seal(&"MgCY-one".to_owned(), &secret_box, encode)
+            .unwrap();
+        let again = cache
+            .clone()
+            .seal(&"MgCY-one".to_owned(), &secret_box.clone(), encode)
+            .unwrap();
+        assert_eq!(first, again, "unchanged: the same sealed bytes");
+        let changed = cache
+            .seal(&"MgCY-two".to_owned(), &secret_box, encode)
+            .unwrap();
+        assert_eq!(secret_box.open(&changed).unwrap().as_slice(), b"MgCY-two");
+        let same_key_other_box = SecretBox::from_key(&[7; 32]);
+        let resealed = cache
+            .seal(&"MgCY-two".to_owned(), &same_key_other_box, encode)
+            .unwrap();
+        assert_ne!(resealed, changed, "another box seals anew");
+        let other_key = SecretBox::from_key(&[8; 32]);
+        let foreign = cache
+            .seal(&"MgCY-two".to_owned(), &other_key, encode)
+            .unwrap();
+        assert_eq!(other_key.open(&foreign).unwrap().as_slice(), b"MgCY-two");
+    }
 
     #[test]
     fn seal_round_trips_with_fresh_nonces() {

@@ -55,8 +55,10 @@ impl ServerProcess {
             .stdin(Stdio::null())
             .stdout(output.try_clone().expect("the log file again"))
             .stderr(output);
-        if let Some(filter) = std::env::var_os("RUST_LOG") {
-            command.env("RUST_LOG", filter);
+        for passed in ["RUST_LOG", "TOKIO_WORKER_THREADS"] {
+            if let Some(value) = std::env::var_os(passed) {
+                command.env(passed, value);
+            }
         }
         let child = command
             .spawn()

@@ -611,6 +611,9 @@ impl JobMachine {
     /// only writer of a job in a status it owns, so after each commit the
     /// job in hand is what the store holds.
     async fn drive_from(&self, id: Uuid, mut committed: Option<Job>) -> Result<(), StoreError> {
+        // The agent's identity as made by this run, so building its env does
+        // not derive the key again from its stored text.
+        let mut made_identity = None;
         loop {
             let mut job = match committed.take() {
                 Some(job) => job,
@@ -622,7 +625,7 @@ impl JobMachine {
             if !job.status.is_runner_owned() {
                 return Ok(());
             }
-            match self.step(&mut job).await {
+            match self.step(&mut job, &mut made_identity).await {
                 Ok(next) => self.commit(&mut job, next).await?,
                 Err(StepError::Store(error)) => return Err(error),
                 Err(StepError::Failed(message)) => {
@@ -640,15 +643,22 @@ impl JobMachine {
 
     /// Performs the job's current step and returns the next status. The job
     /// may be changed along the way; errors are the text shown in its `error`.
-    async fn step(&self, job: &mut Job) -> Result<JobStatus, StepError> {
+    /// `made_identity` keeps the identity the identity step made, for the
+    /// steps after it in the same run.
+    async fn step(
+        &self,
+        job: &mut Job,
+        made_identity: &mut Option<AgentIdentity>,
+    ) -> Result<JobStatus, StepError> {
         match job.status {
             JobStatus::GeneratingIdentity => {
-                let keypair = Keypair::generate();
-                job.secrets.storacha_private_key = Some(keypair.to_ucanto_string().to_string());
+                let identity = AgentIdentity::from_keypair(&Keypair::generate());
+                job.secrets.storacha_private_key = Some(identity.private_key().to_owned());
                 if job.role == AgentRole::Coordinator {
-                    job.coordinator_did = Some(keypair.did());
+                    job.coordinator_did = Some(identity.did().clone());
                 }
-                job.agent_did = Some(keypair.did());
+                job.agent_did = Some(identity.did().clone());
+                *made_identity = Some(identity);
                 Ok(JobStatus::CreatingSpace)
             }
             JobStatus::CreatingSpace => {
@@ -668,7 +678,7 @@ impl JobMachine {
             }
             JobStatus::ProvisioningEnsue => self.provision_ensue(job).await,
             JobStatus::PreparingPhala => {
-                job.secrets.spec = Some(self.agent_spec(job).await?);
+                job.secrets.spec = Some(self.agent_spec(job, made_identity.take()).await?);
                 Ok(JobStatus::DeployingPhala)
             }
             JobStatus::DeployingPhala => Ok(self.deploy(job).await?),
@@ -857,20 +867,34 @@ impl JobMachine {
     async fn spec_of(&self, job: &Job) -> Result<AgentSpec, String> {
         match &job.secrets.spec {
             Some(spec) => Ok(spec.clone()),
-            None => self.agent_spec(job).await,
+            None => self.agent_spec(job, None).await,
         }
     }
 
     /// The deployment spec of a job: its deterministic name, the role's
-    /// image and the agent's whole env.
-    async fn agent_spec(&self, job: &Job) -> Result<AgentSpec, String> {
+    /// image and the agent's whole env. `made` is the identity this run
+    /// made, used if it is the one the job holds; otherwise the identity is
+    /// read from the stored key.
+    async fn agent_spec(
+        &self,
+        job: &Job,
+        made: Option<AgentIdentity>,
+    ) -> Result<AgentSpec, String> {
         let private_key = job
             .secrets
             .storacha_private_key
             .as_deref()
             .ok_or("the agent's key is missing")?;
-        let identity = AgentIdentity::from_ucanto(private_key)
-            .map_err(|error| format!("the stored agent key is unusable: {error}"))?;
+        let identity = match made {
+            Some(identity)
+                if identity.private_key() == private_key
+                    && job.agent_did.as_ref() == Some(identity.did()) =>
+            {
+                identity
+            }
+            _ => AgentIdentity::from_ucanto(private_key)
+                .map_err(|error| format!("the stored agent key is unusable: {error}"))?,
+        };
         let ensue_api_key = match job.role {
             AgentRole::Coordinator => job
                 .secrets
@@ -1213,8 +1237,15 @@ impl JobMachine {
     }
 }
 
+/// Logs a transition: at info where the job stops for a person or ends, or
+/// leaves the wallet step; the runner's own steps in between at debug (a
+/// failed job gets its one info line from the runner, with its error).
 fn log_transition(job: Uuid, from: JobStatus, to: JobStatus) {
-    tracing::info!(%job, from = from.as_str(), to = to.as_str(), "job transition");
+    if to.is_runner_owned() && from.is_runner_owned() {
+        tracing::debug!(%job, from = from.as_str(), to = to.as_str(), "job transition");
+    } else {
+        tracing::info!(%job, from = from.as_str(), to = to.as_str(), "job transition");
+    }
     crate::metrics::job_transition(from, to);
 }
 

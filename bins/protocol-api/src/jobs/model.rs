@@ -213,6 +213,10 @@ pub struct Job {
     /// Sealed at rest; see [`JobSecrets`].
     #[serde(skip)]
     pub secrets: JobSecrets,
+    /// The secrets as last sealed for the store, so a save that left them
+    /// unchanged does not seal them again.
+    #[serde(skip)]
+    pub(crate) sealed_secrets: crate::seal::SealCache<JobSecrets>,
 }
 
 /// What a caller supplies to start a job.
@@ -334,6 +338,7 @@ impl Job {
             announce_pending: false,
             error: None,
             secrets: JobSecrets::default(),
+            sealed_secrets: Default::default(),
         }
     }
 

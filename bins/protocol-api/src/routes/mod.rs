@@ -53,6 +53,51 @@ impl<A, B> Rendered<A, B> {
     }
 }
 
+/// The last `GET /` body: it changes only with its timestamp, which counts
+/// milliseconds, so the requests of one millisecond share one rendering.
+#[derive(Default)]
+pub struct RenderedHealth {
+    last: Mutex<Option<HealthRendered>>,
+}
+
+/// A `GET /` body and what it was rendered from.
+struct HealthRendered {
+    millisecond: i64,
+    mode: &'static str,
+    ensue_url: Option<String>,
+    body: Bytes,
+}
+
+impl RenderedHealth {
+    /// The body at `now` for `mode` and `ensue_url`: the last one if it was
+    /// rendered in the same millisecond from the same values, else
+    /// `render`'s (kept for the next request).
+    pub fn get_or_render(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        mode: &'static str,
+        ensue_url: Option<&str>,
+        render: impl FnOnce() -> Result<Vec<u8>, ApiError>,
+    ) -> Result<Bytes, ApiError> {
+        let millisecond = now.timestamp_millis();
+        if let Some(last) = &*self.last.lock().unwrap_or_else(PoisonError::into_inner)
+            && last.millisecond == millisecond
+            && last.mode == mode
+            && last.ensue_url.as_deref() == ensue_url
+        {
+            return Ok(last.body.clone());
+        }
+        let body = Bytes::from(render()?);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(HealthRendered {
+            millisecond,
+            mode,
+            ensue_url: ensue_url.map(str::to_owned),
+            body: body.clone(),
+        });
+        Ok(body)
+    }
+}
+
 /// A JSON response of an already serialised body.
 pub fn json_body(body: impl Into<axum::body::Body>) -> Response {
     (

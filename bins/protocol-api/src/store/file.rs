@@ -108,6 +108,11 @@ impl DatabaseFile {
             .map_err(sqlite)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sqlite)?;
+        // Checkpoint every 4,000 WAL pages (16 MiB) rather than 1,000: a
+        // job's row is rewritten at every step, and a checkpoint copies each
+        // page once however often it changed since the last one.
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)
+            .map_err(sqlite)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite)?;
         verify(&conn, &shown)?;

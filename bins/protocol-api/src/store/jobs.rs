@@ -141,7 +141,7 @@ impl JobStore {
                         row.id,
                         row.status,
                         row.record,
-                        row.secrets,
+                        &row.secrets[..],
                         row.updated_at,
                         expected.as_str()
                     ],
@@ -495,7 +495,7 @@ struct Row {
     id: String,
     status: &'static str,
     record: String,
-    secrets: Vec<u8>,
+    secrets: std::sync::Arc<[u8]>,
     updated_at: String,
 }
 
@@ -506,12 +506,17 @@ impl Row {
             reason: error.to_string(),
         };
         let record = serde_json::to_string(job).map_err(corrupt)?;
-        let secrets = zeroize::Zeroizing::new(serde_json::to_vec(&job.secrets).map_err(corrupt)?);
+        let secrets = job
+            .sealed_secrets
+            .seal(&job.secrets, secret_box, |secrets| {
+                serde_json::to_vec(secrets).map(zeroize::Zeroizing::new)
+            })
+            .map_err(corrupt)?;
         Ok(Self {
             id: job.id.to_string(),
             status: job.status.as_str(),
             record,
-            secrets: secret_box.seal(&secrets),
+            secrets,
             updated_at: timestamp(job.updated_at),
         })
     }
@@ -528,31 +533,33 @@ impl Row {
     }
 
     fn insert(&self, conn: &rusqlite::Connection) -> Result<(), WorkError> {
-        conn.execute(
+        // Cached: the writer stores jobs over and over.
+        conn.prepare_cached(
             "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
+        )?
+        .execute(params![
                 self.id,
                 self.status,
                 self.record,
-                self.secrets,
+                &self.secrets[..],
                 self.updated_at
-            ],
-        )?;
+        ])?;
         Ok(())
     }
 
     /// Replaces the stored row; returns whether the job was stored.
     fn update(&self, conn: &rusqlite::Connection) -> Result<bool, WorkError> {
-        let changed = conn.execute(
-            "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5 WHERE id = ?1",
-            params![
+        let changed = conn
+            .prepare_cached(
+                "UPDATE jobs SET status = ?2, record = ?3, secrets = ?4, updated_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![
                 self.id,
                 self.status,
                 self.record,
-                self.secrets,
+                &self.secrets[..],
                 self.updated_at
-            ],
-        )?;
+            ])?;
         Ok(changed == 1)
     }
 

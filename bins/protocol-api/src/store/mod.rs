@@ -7,8 +7,9 @@
 //! anyone can read it. One writer thread owns the connection that writes and
 //! commits the writes that queued up meanwhile in one transaction (group
 //! commit, see `writer`); each caller gets its answer only once its batch
-//! committed. The status route reads an in-memory view of committed state
-//! ([`JobStore::status`]), which the writer updates after each commit; everything
+//! committed. The status route and the coordinators' org keys read an
+//! in-memory view of committed state ([`JobStore::status`],
+//! [`OrgKeys::get`]), which the writer updates after each commit; everything
 //! else reads through a second connection, after every write sent before
 //! the read was answered (so a read sees what was written before it, as with
 //! one connection), without holding up the writer or waiting for its fsync
@@ -368,6 +369,7 @@ impl Database {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             view.apply(jobs::status_entries(&reader, &secrets).map_err(|error| error.at(&path))?);
+            view.apply(orgs::org_entries(&reader).map_err(|error| error.at(&path))?);
         }
         let simulated_full_disk = Arc::new(AtomicBool::new(false));
         let refused_writes = Arc::new(AtomicU64::new(0));

@@ -2,7 +2,8 @@
 //! job, replaced by the writer only after the transaction that changed the
 //! job committed, so a status read never sees an uncommitted transition and
 //! never touches SQLite. Rebuilt from the database when it is opened;
-//! purged jobs leave it with their rows.
+//! purged jobs leave it with their rows. The coordinators' org keys are
+//! held the same way (sealed), since every worker job reads one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -52,6 +53,22 @@ pub(super) enum ViewChange {
     Put(Uuid, StatusEntry),
     /// The job is gone.
     Remove(Uuid),
+    /// A coordinator's Ensue org is now this one.
+    Org {
+        /// The coordinator's DID.
+        coordinator_did: String,
+        /// The org, its API key sealed.
+        org: SealedOrg,
+    },
+}
+
+/// A coordinator's Ensue org as stored: its name and its sealed API key.
+#[derive(Clone)]
+pub(super) struct SealedOrg {
+    /// The org's name.
+    pub(super) name: String,
+    /// The org's API key, sealed with the server key.
+    pub(super) api_key: Arc<[u8]>,
 }
 
 /// Every stored job's status entry, and the feeds of followed jobs.
@@ -59,6 +76,7 @@ pub(super) enum ViewChange {
 pub(super) struct StatusView {
     entries: RwLock<HashMap<Uuid, StatusEntry>>,
     feeds: JobFeeds,
+    orgs: RwLock<HashMap<String, SealedOrg>>,
 }
 
 impl StatusView {
@@ -92,8 +110,26 @@ impl StatusView {
                     self.feeds.publish(&id, None);
                     entries.remove(&id);
                 }
+                ViewChange::Org {
+                    coordinator_did,
+                    org,
+                } => {
+                    self.orgs
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(coordinator_did, org);
+                }
             }
         }
+    }
+
+    /// The Ensue org of coordinator `did`, if this server provisioned it.
+    pub(super) fn org(&self, did: &str) -> Option<SealedOrg> {
+        self.orgs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(did)
+            .cloned()
     }
 
     /// Follows job `id` from its current entry (or after entry number

@@ -12,6 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -22,6 +23,12 @@ use crate::seal::SecretBox;
 
 /// The most writes one transaction commits; the rest wait for the next one.
 pub(super) const MAX_BATCH: usize = 256;
+
+/// While writes keep coming (the last batch held more than one), how long
+/// after a commit the next one starts at the earliest: the writes arriving
+/// meanwhile share its transaction and its fsync, whose cost is mostly per
+/// commit, not per write. A write to an idle store is committed at once.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// The view changes a write asks for, applied only once its batch committed.
 pub(super) type Changes = Vec<ViewChange>;
@@ -135,7 +142,16 @@ impl Writer {
     }
 
     fn run(self, queue: Receiver<Write>) {
+        let mut last_commit: Option<Instant> = None;
         while let Ok(first) = queue.recv() {
+            if let Some(gather_until) = last_commit.map(|end| end + GATHER) {
+                // A sleep, not a wait on the queue: the writes arriving meanwhile
+                // queue up without waking this thread once each.
+                let now = Instant::now();
+                if gather_until > now {
+                    std::thread::sleep(gather_until - now);
+                }
+            }
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
@@ -166,6 +182,7 @@ impl Writer {
                 write.answer();
             }
             self.answered.send_modify(|count| *count += answered);
+            last_commit = (answered > 1).then(Instant::now);
         }
     }
 
@@ -188,13 +205,13 @@ impl Writer {
                 Some("database or disk is full".into()),
             )));
         }
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite)?;
+        run_cached(conn, "BEGIN IMMEDIATE").map_err(sqlite)?;
         let mut changes = Vec::new();
         for write in batch.iter_mut() {
-            conn.execute_batch("SAVEPOINT write").map_err(sqlite)?;
+            run_cached(conn, "SAVEPOINT write").map_err(sqlite)?;
             let mark = changes.len();
             match write.run(conn, &self.secrets, &mut changes, &self.path) {
-                None => conn.execute_batch("RELEASE write").map_err(sqlite)?,
+                None => run_cached(conn, "RELEASE write").map_err(sqlite)?,
                 Some(error) => {
                     changes.truncate(mark);
                     // Some errors (a full disk, an I/O error) make SQLite roll
@@ -207,8 +224,14 @@ impl Writer {
                 }
             }
         }
-        conn.execute_batch("COMMIT").map_err(sqlite)?;
+        run_cached(conn, "COMMIT").map_err(sqlite)?;
         self.counts.commits.fetch_add(1, Ordering::SeqCst);
         Ok(changes)
     }
+}
+
+/// Runs one statement that returns no rows, prepared once per connection:
+/// the writer runs the same few for every write.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }

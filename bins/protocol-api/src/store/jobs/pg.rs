@@ -29,7 +29,7 @@ async fn insert_on(
     client
         .execute(
             "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES ($1, $2, $3, $4, $5)",
-            &[&row.id, &row.status, &row.record, &row.secrets, &row.updated_at],
+            &[&row.id, &row.status, &row.record, &&row.secrets[..], &row.updated_at],
         )
         .await
         .map_err(|error| pg.error(error))?;
@@ -126,7 +126,7 @@ pub(super) async fn update(
                 &row.id,
                 &row.status,
                 &row.record,
-                &row.secrets,
+                &&row.secrets[..],
                 &row.updated_at,
                 &expected.map(JobStatus::as_str),
             ],
@@ -245,7 +245,7 @@ pub(super) async fn fail_unreadable(pg: &Postgres) -> Result<Vec<UnreadableJob>,
                             &failed.id,
                             &failed.status,
                             &failed.record,
-                            &failed.secrets,
+                            &&failed.secrets[..],
                             &failed.updated_at,
                         ],
                     )
