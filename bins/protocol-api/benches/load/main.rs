@@ -11,7 +11,9 @@
 //! variable: `--route WORD` (another filter), `--secs N` / `LOAD_SECONDS`
 //! (5), `--warmup-secs N` / `LOAD_WARMUP_SECONDS` (1), `--connections N` /
 //! `LOAD_CONNECTIONS` (32), `--server PATH` / `LOAD_SERVER` (another
-//! `protocol-api` binary, e.g. one built from an older commit). See
+//! `protocol-api` binary, e.g. one built from an older commit),
+//! `--database-url URL` / `LOAD_DATABASE_URL` (keep the jobs in this
+//! PostgreSQL server, in a schema made for the run, instead of SQLite). See
 //! `docs/benchmarks.md`.
 
 mod client;
@@ -41,6 +43,7 @@ struct Settings {
     duration: Duration,
     warmup: Duration,
     server: PathBuf,
+    database_url: Option<String>,
     filters: Vec<String>,
 }
 
@@ -68,6 +71,7 @@ impl Settings {
             server: std::env::var_os("LOAD_SERVER")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_protocol-api"))),
+            database_url: std::env::var("LOAD_DATABASE_URL").ok(),
             filters: Vec::new(),
         };
         let mut benching = false;
@@ -86,6 +90,7 @@ impl Settings {
                 }
                 "--connections" => settings.connections = number(&arg, &value()) as usize,
                 "--server" => settings.server = PathBuf::from(value()),
+                "--database-url" => settings.database_url = Some(value()),
                 flag if flag.starts_with("--") => panic!("unknown option {flag}"),
                 _ => settings.filters.push(arg),
             }
@@ -430,9 +435,14 @@ fn main() {
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let fakes = Fakes::start(dir.path()).await;
+        let postgres = match &settings.database_url {
+            Some(url) => Some(fresh_schema(url).await),
+            None => None,
+        };
         let mut server = ServerProcess::start(
             &settings.server,
             &dir.path().join("data"),
+            postgres.as_deref(),
             &dir.path().join("server.log"),
             &[
                 fakes.env(),
@@ -445,11 +455,12 @@ fn main() {
         );
         server.wait_until_listening().await;
         println!(
-            "protocol-api {} (pid {}), production mode against in-process fakes; {} connections, \
-             {:?} per scenario after {:?} of warm-up; CPU from /proc at {} ticks/s; idle RSS {:.1} MiB; \
-             load average {}\n",
+            "protocol-api {} (pid {}), production mode against in-process fakes, jobs in {}; \
+             {} connections, {:?} per scenario after {:?} of warm-up; CPU from /proc at {} ticks/s; \
+             idle RSS {:.1} MiB; load average {}\n",
             settings.server.display(),
             server.pid(),
+            if postgres.is_some() { "PostgreSQL" } else { "SQLite" },
             settings.connections,
             settings.duration,
             settings.warmup,
@@ -471,6 +482,22 @@ fn main() {
         // than CPU per request; the load average tells the reader how much.
         println!("\nload average at the end: {}", load_average());
     });
+}
+
+/// A schema made for this run on the PostgreSQL server at `url`, and the URL
+/// that makes it the server's.
+async fn fresh_schema(url: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|error| panic!("connecting to the --database-url server: {error}"));
+    tokio::spawn(connection);
+    let schema = format!("load_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("a schema for the run");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3D{schema}")
 }
 
 /// The 1, 5 and 15 minute load averages.

@@ -17,11 +17,19 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long accepted jobs may take to finish their background steps.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(300);
 
+/// Where the server keeps its jobs.
+pub(crate) enum JobDatabase {
+    /// The SQLite file in its data dir (the default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`DATABASE_URL`, with the schema it uses).
+    Postgres(String),
+}
+
 /// The server process; killed when dropped.
 pub(crate) struct ServerProcess {
     child: Child,
     addr: SocketAddr,
-    database: PathBuf,
+    database: JobDatabase,
     log: PathBuf,
     clock_ticks_per_second: u64,
 }
@@ -36,10 +44,13 @@ fn free_port() -> u16 {
 
 impl ServerProcess {
     /// Starts `binary` over `data_dir` with only the settings in `env` (and
-    /// `RUST_LOG` if the benchmark was given one), its output in `log`.
+    /// `RUST_LOG` if the benchmark was given one), its output in `log`; its
+    /// jobs in the SQLite file there, or in `postgres` (a URL naming the
+    /// schema) with a server key of its own.
     pub(crate) fn start(
         binary: &Path,
         data_dir: &Path,
+        postgres: Option<&str>,
         log: &Path,
         env: &[(&'static str, String)],
     ) -> Self {
@@ -60,13 +71,23 @@ impl ServerProcess {
                 command.env(passed, value);
             }
         }
+        let database = match postgres {
+            Some(url) => {
+                let key: [u8; 32] = rand::random();
+                command
+                    .env("DATABASE_URL", url)
+                    .env("PROTOCOL_API_SECRET_KEY", hex::encode(key));
+                JobDatabase::Postgres(url.to_owned())
+            }
+            None => JobDatabase::Sqlite(data_dir.join(protocol_api::compose::DATABASE_FILE)),
+        };
         let child = command
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
         Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            database: data_dir.join(protocol_api::compose::DATABASE_FILE),
+            database,
             log: log.to_owned(),
             clock_ticks_per_second: rustix::param::clock_ticks_per_second(),
         }
@@ -153,24 +174,40 @@ impl ServerProcess {
 
     /// Jobs whose background steps are still to run, read from the job
     /// database (a reader costs the server nothing).
-    fn jobs_in_flight(&self) -> rusqlite::Result<u64> {
+    async fn jobs_in_flight(&self) -> Result<u64, String> {
         let runner_owned: Vec<String> = JobStatus::ALL
             .into_iter()
             .filter(|status| status.is_runner_owned())
             .map(|status| format!("'{}'", status.as_str()))
             .collect();
-        let connection = Connection::open_with_flags(
-            &self.database,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        connection.query_row(
-            &format!(
-                "SELECT count(*) FROM jobs WHERE status IN ({})",
-                runner_owned.join(",")
-            ),
-            [],
-            |row| row.get(0),
-        )
+        let query = format!(
+            "SELECT count(*) FROM jobs WHERE status IN ({})",
+            runner_owned.join(",")
+        );
+        match &self.database {
+            JobDatabase::Sqlite(path) => {
+                let connection = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|error| format!("{}: {error}", path.display()))?;
+                connection
+                    .query_row(&query, [], |row| row.get(0))
+                    .map_err(|error| format!("{}: {error}", path.display()))
+            }
+            JobDatabase::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|error| format!("PostgreSQL: {error}"))?;
+                tokio::spawn(connection);
+                let count: i64 = client
+                    .query_one(&query, &[])
+                    .await
+                    .map_err(|error| format!("PostgreSQL: {error}"))?
+                    .get(0);
+                Ok(count.unsigned_abs())
+            }
+        }
     }
 
     /// Waits until every accepted job has run its background steps (here:
@@ -180,7 +217,8 @@ impl ServerProcess {
         loop {
             let in_flight = self
                 .jobs_in_flight()
-                .unwrap_or_else(|error| panic!("reading {}: {error}", self.database.display()));
+                .await
+                .unwrap_or_else(|error| panic!("reading the job database: {error}"));
             if in_flight == 0 {
                 return;
             }
