@@ -248,8 +248,10 @@ pub async fn run(plan: Plan) -> BTreeMap<&'static str, usize> {
         reconcile(&http, &server, &mut jobs).await;
         // The action runs while the kill comes, at a random instant: inside
         // the request, inside a step it started, or inside a resumed one.
-        // Local steps take milliseconds, hence the short windows.
-        let (action, window_ms) = match choose(&mut jobs, plan, &mut rng) {
+        // Local steps take about a millisecond each, hence short windows
+        // drawn to the microsecond: a provisioning POST's steps all run
+        // within a few milliseconds of its answer.
+        let (action, window_us) = match choose(&mut jobs, plan, &mut rng) {
             Action::Provision(index) => {
                 let (http, api, job) = (http.clone(), server.api.clone(), jobs[index].clone());
                 let task = tokio::spawn(async move {
@@ -260,7 +262,7 @@ pub async fn run(plan: Plan) -> BTreeMap<&'static str, usize> {
                         _ => None,
                     }
                 });
-                (task, 40)
+                (task, 12_000)
             }
             Action::Register(index) => {
                 let (http, api, job) = (http.clone(), server.api.clone(), jobs[index].clone());
@@ -269,12 +271,12 @@ pub async fn run(plan: Plan) -> BTreeMap<&'static str, usize> {
                         register(&http, &api, &job).await;
                         None
                     }),
-                    60,
+                    60_000,
                 )
             }
-            Action::Nothing => (tokio::spawn(async { None }), 200),
+            Action::Nothing => (tokio::spawn(async { None }), 200_000),
         };
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..window_ms))).await;
+        tokio::time::sleep(Duration::from_micros(rng.gen_range(0..window_us))).await;
         server.kill();
         if let Some(answer) = action.await.expect("the client's action does not panic") {
             panic!("a provisioning POST was {answer}");
