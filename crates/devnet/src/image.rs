@@ -271,7 +271,7 @@ impl AgentImage {
         };
         let inside = self.inside(program)?;
         let mut command = if confinement == Confinement::Chroot {
-            let mut command = tokio::process::Command::new("chroot");
+            let mut command = tokio::process::Command::new(host_program("chroot"));
             if let Some(user) = &self.config.user {
                 command.arg(format!("--userspec={user}"));
             }
@@ -339,6 +339,18 @@ impl AgentImage {
         .collect::<Vec<_>>()
         .join(":")
     }
+}
+
+/// This machine's `name`, found on this process's `PATH` (a command whose
+/// env is the image's would look it up on the image's `PATH`), else the
+/// bare name.
+fn host_program(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The program interpreter an ELF executable names (`PT_INTERP`), if any.
@@ -471,10 +483,14 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Applies one layer to `rootfs`: its files, and its whiteouts removing what
-/// lower layers put there.
+/// lower layers put there. Every path must be a plain relative one, and a
+/// whiteout removes only what lies under `rootfs` through real directories
+/// (never through a symlink a layer made). Set-id bits are dropped: the
+/// devnet runs images it did not build.
 fn apply_layer(layer: impl Read, rootfs: &Path) -> Result<()> {
     let mut archive = tar::Archive::new(layer);
     archive.set_preserve_permissions(true);
+    archive.set_mask(0o6000);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     let entries = archive
@@ -486,24 +502,34 @@ fn apply_layer(layer: impl Read, rootfs: &Path) -> Result<()> {
             .path()
             .map_err(|error| invalid(format!("a damaged layer: {error}")))?
             .into_owned();
-        if path
+        let relative: PathBuf = path
             .components()
-            .any(|part| matches!(part, Component::ParentDir))
+            .filter(|part| !matches!(part, Component::CurDir))
+            .collect();
+        if relative
+            .components()
+            .any(|part| !matches!(part, Component::Normal(_)))
         {
             return Err(invalid(format!("a layer path leaves the image: {path:?}")));
         }
-        if let Some(file_name) = path.file_name().and_then(|name| name.to_str()) {
-            let parent = rootfs.join(path.parent().unwrap_or(Path::new("")));
-            if file_name == ".wh..wh..opq" {
-                if let Ok(children) = std::fs::read_dir(&parent) {
-                    for child in children.flatten() {
+        if let Some(file_name) = relative.file_name().and_then(|name| name.to_str()) {
+            let whiteout = file_name == ".wh..wh..opq" || file_name.starts_with(".wh.");
+            if whiteout {
+                let parent = relative.parent().unwrap_or(Path::new(""));
+                let Some(parent) = real_dir_inside(rootfs, parent)? else {
+                    continue;
+                };
+                if file_name == ".wh..wh..opq" {
+                    for child in std::fs::read_dir(&parent)?.flatten() {
                         remove_any(&child.path())?;
                     }
+                } else {
+                    let hidden = &file_name[".wh.".len()..];
+                    if hidden.is_empty() || hidden == "." || hidden == ".." {
+                        return Err(invalid(format!("a whiteout names no file: {path:?}")));
+                    }
+                    remove_any(&parent.join(hidden))?;
                 }
-                continue;
-            }
-            if let Some(hidden) = file_name.strip_prefix(".wh.") {
-                remove_any(&parent.join(hidden))?;
                 continue;
             }
         }
@@ -513,6 +539,26 @@ fn apply_layer(layer: impl Read, rootfs: &Path) -> Result<()> {
             .map_err(|error| invalid(format!("cannot unpack {path:?}: {error}")))?;
     }
     Ok(())
+}
+
+/// `relative` under `rootfs` if every directory on the way is a real one (no
+/// symlink), `None` if it does not exist.
+fn real_dir_inside(rootfs: &Path, relative: &Path) -> Result<Option<PathBuf>> {
+    let mut dir = rootfs.to_owned();
+    for part in relative.components() {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(invalid(format!(
+                    "a whiteout under {relative:?} goes through something not a directory"
+                )));
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(Some(dir))
 }
 
 fn remove_any(path: &Path) -> Result<()> {

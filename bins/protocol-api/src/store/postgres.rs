@@ -85,6 +85,14 @@ impl PostgresConfig {
                 tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
             })
             .unwrap_or_else(|| "localhost".into());
+        if host.contains('@') {
+            // The URL split at the first `@` of an unescaped password: the
+            // rest of the password would be named as the host in every log.
+            return Err(
+                "DATABASE_URL's host part holds an '@': percent-encode '@' in the password as %40"
+                    .into(),
+            );
+        }
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let dbname = config
             .get_dbname()
@@ -210,12 +218,17 @@ impl Postgres {
                     transient,
                 }
             }
-            None => StoreError::Postgres {
-                database,
-                reason: error.to_string(),
-                // Not a database's answer: the connection failed.
-                transient: true,
-            },
+            None => {
+                // Not a database's answer: a lost or failed connection passes
+                // by itself; a row or type mismatch is a bug, retried in vain.
+                let io = std::error::Error::source(&error)
+                    .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
+                StoreError::Postgres {
+                    database,
+                    transient: error.is_closed() || io,
+                    reason: error.to_string(),
+                }
+            }
         }
     }
 
@@ -402,6 +415,12 @@ impl Postgres {
         loop {
             let taken = async {
                 let (client, connection) = self.lock_session().await?;
+                // A role's or database's statement or lock timeout would
+                // cancel the wait (and end this replica): not on this session.
+                client
+                    .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+                    .await
+                    .map_err(|error| self.error(error))?;
                 client
                     .execute(
                         "SELECT pg_advisory_lock($1, $2 # hashtext(coalesce(current_schema(), '')))",

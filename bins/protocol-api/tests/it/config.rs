@@ -345,6 +345,12 @@ fn a_database_url_needs_production_mode_and_the_server_key() {
     };
     assert!(unparsed.contains("DATABASE_URL"), "{unparsed}");
     assert!(!unparsed.contains("hunter2"), "{unparsed}");
+    // An unescaped '@' in the password: the rest of it would be "the host".
+    let Err(split) = PostgresConfig::parse("postgres://protocol:hunt@er2@db:5432/jobs") else {
+        panic!("a password split at its '@' was taken for a host");
+    };
+    assert!(split.contains("%40"), "{split}");
+    assert!(!split.contains("er2"), "{split}");
     assert_eq!(
         PostgresConfig::parse(url).unwrap().shown(),
         "postgres://127.0.0.1:1/jobs"

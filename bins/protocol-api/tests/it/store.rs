@@ -649,6 +649,41 @@ async fn replicas_share_jobs_and_one_at_a_time_runs_them() {
     );
 }
 
+/// A standby whose sessions carry a statement timeout (set for a role or a
+/// database, as operators do) waits for the runner lock past it instead of
+/// failing, which would end the replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_timeout_does_not_end_the_wait_for_the_runner_lock() {
+    let Some(db) =
+        TestDb::postgres("a_statement_timeout_does_not_end_the_wait_for_the_runner_lock").await
+    else {
+        return;
+    };
+    let first = db.open().await;
+    let url = db.url().unwrap().replace(
+        "options=-c%20search_path",
+        "options=-c%20statement_timeout%3D100%20-c%20search_path",
+    );
+    let impatient = Database::connect_postgres(
+        &PostgresConfig::parse(&url).unwrap(),
+        SecretBox::from_key(&KEY),
+    )
+    .await
+    .unwrap();
+    let held = first.try_runner_lock().await.unwrap().expect("a free lock");
+    let waiting = tokio::spawn(async move { impatient.runner_lock().await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the wait ended while the lock was held"
+    );
+    drop(held);
+    within("the standby to take the runner lock", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// A database a newer release migrated is refused, naming why.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_migrated_by_a_newer_release_is_refused() {

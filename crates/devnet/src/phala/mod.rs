@@ -119,8 +119,18 @@ impl PhalaDevnet {
         delibera_data_dir::private_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join("phala.sqlite"))?;
         let images = config.data_dir.join("images");
-        let loaded = match &config.image_archive {
-            Some(archive) => Some(AgentImage::unpack(archive, &images)?),
+        let loaded = match config.image_archive.clone() {
+            // Hashing and unpacking megabytes: off the async threads.
+            Some(archive) => {
+                let store = images.clone();
+                let unpacked =
+                    tokio::task::spawn_blocking(move || AgentImage::unpack(&archive, &store))
+                        .await
+                        .map_err(|error| Error::Task {
+                            reason: error.to_string(),
+                        })??;
+                Some(unpacked)
+            }
             None => None,
         };
         let address = listener.local_addr()?;
@@ -401,8 +411,11 @@ async fn start_child(
         .ok_or_else(|| format!("the image's agent printed {first:?}, not where it listens"))?;
     let name = name.to_owned();
     let task = tokio::spawn(async move {
-        // Read on, so the agent never blocks on a full pipe.
-        let drain = async { while let Ok(Some(_)) = lines.next_line().await {} };
+        // Read on, whatever it prints, so the agent never blocks on a full pipe.
+        let mut rest = lines.into_inner();
+        let drain = async {
+            let _ = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
+        };
         tokio::select! {
             _ = stopped => {}
             status = async { drain.await; child.wait().await } => {

@@ -21,7 +21,8 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// A file (mode 0644) or, with `None`, a directory.
+/// A file (mode 0644) or, with `None`, a directory; contents starting with
+/// `->` make a symlink to the rest.
 type Entry<'a> = (&'a str, Option<&'a [u8]>);
 
 fn layer_tar(entries: &[Entry<'_>]) -> Vec<u8> {
@@ -33,6 +34,16 @@ fn layer_tar(entries: &[Entry<'_>]) -> Vec<u8> {
         header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
         header.set_mtime(0);
         match contents {
+            Some(target) if target.starts_with(b"->") => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                header
+                    .set_link_name(std::str::from_utf8(&target[2..]).unwrap())
+                    .unwrap();
+                header.set_cksum();
+                builder.append(&header, std::io::empty()).unwrap();
+            }
             Some(bytes) => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(0o644);
@@ -238,6 +249,65 @@ fn a_layer_path_leaving_the_image_is_refused() {
     );
     assert!(!dir.path().join("escaped").exists());
     assert!(!dir.path().join("deep/escaped").exists());
+}
+
+#[test]
+fn a_whiteout_never_removes_anything_outside_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("precious"), b"keep").unwrap();
+    let target = format!("->{}", outside.display());
+    let layers: [&[Entry<'_>]; 4] = [
+        &[("/outside/.wh.precious", Some(b""))],
+        &[(".wh...", Some(b""))],
+        &[
+            ("link", Some(target.as_bytes())),
+            ("link/.wh..wh..opq", Some(b"")),
+        ],
+        &[
+            ("link", Some(target.as_bytes())),
+            ("link/.wh.precious", Some(b"")),
+        ],
+    ];
+    for (index, layer) in layers.into_iter().enumerate() {
+        let archive = dir.path().join(format!("hostile-{index}.oci.tar"));
+        Image::default().plain_layer(layer).archive(&archive);
+        let refused = AgentImage::unpack(&archive, &dir.path().join("images"));
+        assert!(refused.is_err(), "layer {index} was unpacked");
+        assert_eq!(
+            std::fs::read(outside.join("precious")).unwrap(),
+            b"keep",
+            "layer {index}"
+        );
+    }
+}
+
+#[test]
+fn set_id_bits_are_dropped_from_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.oci.tar");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_path("usr/bin/su").unwrap();
+    header.set_mode(0o4755);
+    header.set_size(1);
+    header.set_cksum();
+    builder.append(&header, &b"x"[..]).unwrap();
+    let tar = builder.into_inner().unwrap();
+    let diff_id = sha256(&tar);
+    let mut image = Image::default();
+    image
+        .layers
+        .push(("application/vnd.oci.image.layer.v1.tar", tar, diff_id));
+    image.archive(&archive);
+    let unpacked = AgentImage::unpack(&archive, &dir.path().join("images")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(unpacked.rootfs().join("usr/bin/su"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755);
 }
 
 #[test]
