@@ -158,8 +158,7 @@ async fn open_database(config: &Config) -> anyhow::Result<(Database, bool)> {
 
 /// The job database on PostgreSQL (`DATABASE_URL`): every replica must
 /// seal with the same key, so `PROTOCOL_API_SECRET_KEY` is required (a key
-/// file in one replica's data dir would differ from the others'). Jobs whose
-/// records cannot be read are failed, as on SQLite.
+/// file in one replica's data dir would differ from the others').
 async fn open_postgres(config: &Config, url: &str) -> anyhow::Result<Database> {
     if config.mode == Mode::Local {
         anyhow::bail!(
@@ -181,10 +180,8 @@ async fn open_postgres(config: &Config, url: &str) -> anyhow::Result<Database> {
         .await
         .with_context(|| format!("opening the job database {}", postgres.shown()))?;
     tracing::info!(database = postgres.shown(), "jobs are kept in PostgreSQL");
-    for job in database.jobs().fail_unreadable().await? {
-        tracing::warn!(job = %job.id, reason = %job.reason,
-            "a job's stored record cannot be read: the job is marked failed and will not resume");
-    }
+    // Unreadable records are failed by the replica that takes the runner
+    // lock (`JobMachine::lead`), not by every replica that starts.
     Ok(database)
 }
 

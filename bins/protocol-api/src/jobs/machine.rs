@@ -275,6 +275,15 @@ impl JobMachine {
         self.runner
             .runs_jobs
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        if lock.is_shared() {
+            // Only the runner judges stored records: during a rolling
+            // upgrade an older standby must not fail the jobs a newer
+            // release wrote.
+            for job in self.jobs.fail_unreadable().await? {
+                tracing::warn!(job = %job.id, reason = %job.reason,
+                    "a job's stored record cannot be read: the job is marked failed and will not resume");
+            }
+        }
         let resumed = self.resume_all().await?;
         if lock.is_shared() {
             self.spawn_scanner();

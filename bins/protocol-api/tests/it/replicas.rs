@@ -388,3 +388,60 @@ async fn replica_binaries_share_jobs_and_hand_the_runner_lock_over() {
         second.log()
     );
 }
+
+/// Only the runner judges stored records: a replica that starts while
+/// another runs the jobs (an older release during a rolling upgrade, say)
+/// leaves a record it cannot read alone; it fails it once it leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_fails_an_unreadable_record_only_once_it_runs_the_jobs() {
+    let Some(db) =
+        TestDb::postgres("a_standby_fails_an_unreadable_record_only_once_it_runs_the_jobs").await
+    else {
+        return;
+    };
+    // Another replica holds the runner lock (and drives nothing here).
+    let holder = db.open().await;
+    let held = holder
+        .try_runner_lock()
+        .await
+        .unwrap()
+        .expect("a free lock");
+    let mut job = crate::store::new_job();
+    job.status = protocol_api::jobs::JobStatus::WaitingForUrl;
+    job.cvm_id = Some("cvm-1".into());
+    holder.jobs().insert(&job).await.unwrap();
+    // Its secrets sealed by another key: unreadable, its fields intact.
+    db.set_secrets(
+        job.id,
+        &protocol_api::seal::SecretBox::from_key(&[9; 32]).seal(b"{}"),
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let standby = TestApp::start(
+        dir.path(),
+        TestDeployer::healthy(),
+        Options {
+            database: Some(db.open().await),
+            ..Options::default()
+        },
+    )
+    .await;
+    let leading = tokio::spawn({
+        let jobs = standby.state.jobs.clone();
+        async move { jobs.lead().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let status = format!("/api/provision/status/{}", job.id);
+    let (_, shown) = standby.call("GET", &status, None).await;
+    assert_ne!(shown["status"], "failed", "failed by a standby: {shown}");
+
+    drop(held);
+    let (_standby_lock, _) = within("the standby to lead", leading)
+        .await
+        .unwrap()
+        .unwrap();
+    let (code, failed) = standby.call("GET", &status, None).await;
+    assert_eq!(code, StatusCode::OK, "{failed}");
+    assert_eq!(failed["status"], "failed", "{failed}");
+}
