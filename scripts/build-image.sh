@@ -21,7 +21,7 @@
 # can use its vfs storage driver.
 set -euo pipefail
 
-usage() { sed -n '6,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '6,21p' "$0" | sed 's/^# \{0,1\}//'; }
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 output=$root/target/image
@@ -41,6 +41,13 @@ if [ -z "$context" ] && ! command -v buildah >/dev/null; then
   echo "build-image: buildah is not installed (Debian: apt-get install buildah)" >&2
   exit 3
 fi
+# The image's libraries and their package list come from Debian's tools.
+for tool in ldd dpkg dpkg-query; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "build-image: $tool is missing: the image is assembled from a Debian system's packages" >&2
+    exit 3
+  fi
+done
 
 # Every timestamp in the image is the commit's, so the digest depends on the
 # sources only, not on when they were built.
@@ -58,9 +65,11 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 target_dir=$root/target/image-build
 (
   cd "$root"
+  # Flags separated by 0x1f, so a path with spaces stays one argument.
+  flags=$(printf '%s\037%s' "--remap-path-prefix=$root=/delibera" "--remap-path-prefix=$cargo_home=/cargo")
   env -i PATH="$PATH" HOME="$HOME" CARGO_HOME="$cargo_home" \
     ${RUSTUP_HOME:+RUSTUP_HOME="$RUSTUP_HOME"} \
-    RUSTFLAGS="--remap-path-prefix=$root=/delibera --remap-path-prefix=$cargo_home=/cargo" \
+    CARGO_ENCODED_RUSTFLAGS="$flags" \
     CARGO_TARGET_DIR="$target_dir" \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
     cargo build --release --locked --quiet -p delibera-agent-bin --bin delibera-agent
@@ -77,13 +86,19 @@ rm -rf "$ctx/rootfs"
 rootfs=$ctx/rootfs
 mkdir -p "$rootfs"
 install -D -m 0755 "$binary" "$rootfs/usr/local/bin/delibera-agent"
-libraries=$(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+# A static binary loads nothing (ldd then fails, saying so).
+libraries=$( { ldd "$binary" 2>/dev/null || true; } \
+  | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
 packages=
 for library in $libraries; do
   install -D -m 0755 "$(readlink -f "$library")" "$rootfs$library"
   # dpkg knows a file by the path its package ships (before /usr was merged).
   owner=$( { dpkg -S "$library" || dpkg -S "$(readlink -f "$library")"; } 2>/dev/null | head -n1 | cut -d: -f1 || true)
-  [ -n "$owner" ] && packages="$packages $owner"
+  if [ -z "$owner" ]; then
+    echo "build-image: no Debian package ships $library: the image would hold a file of unknown origin" >&2
+    exit 3
+  fi
+  packages="$packages $owner"
 done
 mkdir -p "$rootfs/usr/share/delibera"
 : > "$rootfs/usr/share/delibera/debian-packages"
