@@ -42,7 +42,16 @@ pub(crate) fn protocol_api_process() {
         use clap::Parser;
         let config = protocol_api::config::Config::try_parse_from(["protocol-api"]).unwrap();
         let composition = protocol_api::compose::compose(&config).await.unwrap();
-        composition.state.jobs.resume_all().await.unwrap();
+        // As the binary does: the jobs run here once this process holds the
+        // store's runner lock (at once, unless replicas share the store),
+        // and the process ends if it loses it.
+        let jobs = composition.state.jobs.clone();
+        tokio::spawn(async move {
+            let (mut lock, _) = jobs.lead().await.unwrap();
+            let reason = lock.lost().await;
+            eprintln!("protocol-api test server: lost the runner lock ({reason})");
+            std::process::exit(3);
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("listening http://{}", listener.local_addr().unwrap());
         protocol_api::run(listener, composition.state, std::future::pending())

@@ -103,6 +103,25 @@ pub(super) fn org_entries(conn: &rusqlite::Connection) -> Result<Vec<ViewChange>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A coordinator's org as stored: its name and its key, opened.
+fn open_org_key(
+    did: &str,
+    name: String,
+    sealed: &[u8],
+    secrets: &SecretBox,
+) -> Result<(String, zeroize::Zeroizing<String>), StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        id: did.to_owned(),
+        reason: reason.into(),
+    };
+    let key = secrets
+        .open(sealed)
+        .map_err(|_| corrupt("its sealed coordinator org key does not open"))?;
+    let key = String::from_utf8(key.to_vec())
+        .map_err(|_| corrupt("its coordinator org key is not UTF-8"))?;
+    Ok((name, zeroize::Zeroizing::new(key)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,23 +169,4 @@ mod tests {
             ("delibera-dao-abcd", "lmn_org_key")
         );
     }
-}
-
-/// A coordinator's org as stored: its name and its key, opened.
-fn open_org_key(
-    did: &str,
-    name: String,
-    sealed: &[u8],
-    secrets: &SecretBox,
-) -> Result<(String, zeroize::Zeroizing<String>), StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        id: did.to_owned(),
-        reason: reason.into(),
-    };
-    let key = secrets
-        .open(sealed)
-        .map_err(|_| corrupt("its sealed coordinator org key does not open"))?;
-    let key = String::from_utf8(key.to_vec())
-        .map_err(|_| corrupt("its coordinator org key is not UTF-8"))?;
-    Ok((name, zeroize::Zeroizing::new(key)))
 }
