@@ -659,6 +659,10 @@ async fn client_errors_are_not_logged_as_warnings_and_each_request_has_one_span(
     // This test's runtime has one thread: everything the requests do is seen.
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(logged.clone()));
+    // A test on another thread may have met the request span's callsite
+    // first, with no subscriber listening, while this one was being set:
+    // tracing then caches "never" for it. Ask again now that it listens.
+    tracing::callsite::rebuild_interest_cache();
     const JSON: Option<&str> = Some("application/json");
     let requests = [
         request("GET", "/no/such/route", None, ""),
