@@ -15,7 +15,7 @@ use delibera::deploy::{AgentRole, DeploymentName};
 use delibera::devnet::{Devnet, DevnetConfig};
 use serde_json::{Value, json};
 
-use common::{Server, call, provision, run_production_flow};
+use common::{Server, call, provision, run_production_flow, wait_for};
 
 /// The jobs of the test: the first ones let reach the wallet step, then
 /// more accepted until the kill, the rest through the survivor.
@@ -108,14 +108,7 @@ async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_d
         ));
     }
     // The first jobs at the wallet step: the runner has shown their secrets.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while status(&first, &jobs[0].0).await["status"] != "awaiting_near_signature" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first job never got far"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(&first, &jobs[0].0, &["awaiting_near_signature"]).await;
     let mut shown: BTreeMap<String, Value> = BTreeMap::new();
     for (job, _) in &jobs {
         let seen = status(&first, job).await;
@@ -141,27 +134,16 @@ async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_d
         ));
     }
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     for (job, _) in &jobs {
-        loop {
-            let seen = status(&second, job).await;
-            match seen["status"].as_str() {
-                Some("awaiting_near_signature") => {
-                    if let Some(before) = shown.get(job) {
-                        for field in SHOWN_ONCE {
-                            assert_eq!(seen[field], before[field], "{field} of {job} changed");
-                        }
-                    }
-                    break;
-                }
-                Some("failed") => panic!("job {job} failed: {seen}"),
-                _ => {}
+        let seen = wait_for(&second, job, &["awaiting_near_signature", "failed"]).await;
+        assert_eq!(
+            seen["status"], "awaiting_near_signature",
+            "job {job}: {seen}"
+        );
+        if let Some(before) = shown.get(job) {
+            for field in SHOWN_ONCE {
+                assert_eq!(seen[field], before[field], "{field} of {job} changed");
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {job} stuck at {seen}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     // Every job deployed exactly once, the killed runner's included.

@@ -46,9 +46,9 @@ pub(crate) fn protocol_api_process() {
         // store's runner lock (at once, unless replicas share the store),
         // and the process ends if it loses it.
         let jobs = composition.state.jobs.clone();
+        let retention = std::time::Duration::from_secs(config.job_retention_hours * 3600);
         tokio::spawn(async move {
-            let (mut lock, _) = jobs.lead().await.unwrap();
-            let reason = lock.lost().await;
+            let reason = jobs.run_while_leading(retention).await.unwrap();
             eprintln!("protocol-api test server: lost the runner lock ({reason})");
             std::process::exit(3);
         });

@@ -37,13 +37,10 @@ async fn main() -> anyhow::Result<()> {
         let jobs = state.jobs.clone();
         let retention = Duration::from_secs(config.job_retention_hours * 3600);
         async move {
-            if jobs.is_shared() {
-                tracing::info!("waiting for the runner lock: the replica holding it runs the jobs");
-            }
-            let (mut lock, resumed) = jobs.lead().await.context("resuming jobs")?;
-            jobs.spawn_purger(retention);
-            tracing::info!(resumed, "this process runs the jobs");
-            let reason = lock.lost().await;
+            let reason = jobs
+                .run_while_leading(retention)
+                .await
+                .context("resuming jobs")?;
             Err::<(), _>(anyhow::anyhow!(
                 "lost the runner lock ({reason}); stopping, so the replica taking over never runs \
                  a job twice"

@@ -291,6 +291,21 @@ impl JobMachine {
         Ok((lock, resumed))
     }
 
+    /// What a server process does with its jobs: waits for the runner lock
+    /// ([`Self::lead`]), resumes them, purges finished ones older than
+    /// `retention`, and returns, with why, only once the lock is lost — when
+    /// the process must stop, so the replica taking over never runs a job
+    /// beside it.
+    pub async fn run_while_leading(&self, retention: Duration) -> Result<String, StoreError> {
+        if self.is_shared() {
+            tracing::info!("waiting for the runner lock: the replica holding it runs the jobs");
+        }
+        let (mut lock, resumed) = self.lead().await?;
+        self.spawn_purger(retention);
+        tracing::info!(resumed, "this process runs the jobs");
+        Ok(lock.lost().await)
+    }
+
     /// Drives every job the runner owns that is not driven here yet (one
     /// another replica started), read afresh from the store, every
     /// `Settings::job_scan_interval`.
