@@ -1,7 +1,8 @@
 //! Two production-mode Protocol API processes on one PostgreSQL, against
-//! `delibera devnet`: 50 worker jobs accepted through both, the replica
-//! running them SIGKILLed in the middle, and the survivor bringing every job
-//! to the wallet step with one CVM each and nothing it had shown changed.
+//! `delibera devnet`: 50 worker jobs accepted through both, each replica
+//! driving the jobs it leased, one SIGKILLed in the middle, and the survivor
+//! claiming its jobs once their leases run out and bringing every job to the
+//! wallet step with one CVM each and nothing it had shown changed.
 //! Needs `TEST_DATABASE_URL` (`.ci/run` starts a throwaway server); without
 //! it the test says so and passes.
 
@@ -39,19 +40,25 @@ fn protocol_api_process() {
     common::protocol_api_process();
 }
 
-/// A schema of its own on the test server, as a URL that selects it.
-async fn fresh_schema(base: &str) -> String {
-    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-        .await
-        .expect("TEST_DATABASE_URL's server answers");
-    tokio::spawn(connection);
+/// A schema of its own on the test server, as a URL that selects it, and
+/// a connection to it.
+async fn fresh_schema(base: &str) -> (String, tokio_postgres::Client) {
+    let connect = |url: String| async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("TEST_DATABASE_URL's server answers");
+        tokio::spawn(connection);
+        client
+    };
     let schema = format!("replicas_{}", hex::encode(rand::random::<[u8; 8]>()));
-    client
+    connect(base.to_owned())
+        .await
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await
         .unwrap();
     let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    (url.clone(), connect(url).await)
 }
 
 async fn status(server: &Server, job: &str) -> Value {
@@ -74,13 +81,15 @@ async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_d
         );
         return;
     };
-    let url = fresh_schema(&base).await;
+    let (url, database) = fresh_schema(&base).await;
     let key = hex::encode(rand::random::<[u8; 32]>());
     let shared = [
         ("DATABASE_URL", url.as_str()),
         ("PROTOCOL_API_SECRET_KEY", key.as_str()),
         // Fifty jobs from one client in a minute: no per-client limit here.
         ("PROVISION_RATE_PER_MINUTE", "0"),
+        // The killed replica's jobs wait this long for the survivor.
+        ("JOB_LEASE_SECONDS", "3"),
     ];
     let dir = tempfile::tempdir().unwrap();
     let mut config = DevnetConfig::new(dir.path().join("devnet"), 0);
@@ -88,7 +97,8 @@ async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_d
     config.block_time = Duration::from_millis(100);
     let devnet = Devnet::start(config).await.unwrap();
 
-    // The first replica takes the runner lock; the second waits for it.
+    // The first replica takes the leader lock; the second waits for it.
+    // Both drive the jobs they accept.
     let first = Server::start(&devnet, &dir.path().join("first"), &shared);
     let second = Server::start(&devnet, &dir.path().join("second"), &shared);
     let flow = run_production_flow(&devnet, &first).await;
@@ -107,7 +117,7 @@ async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_d
             name,
         ));
     }
-    // The first jobs at the wallet step: the runner has shown their secrets.
+    // The first jobs at the wallet step: their secrets are shown.
     wait_for(&first, &jobs[0].0, &["awaiting_near_signature"]).await;
     let mut shown: BTreeMap<String, Value> = BTreeMap::new();
     for (job, _) in &jobs {
@@ -116,7 +126,8 @@ async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_d
             shown.insert(job.clone(), seen);
         }
     }
-    // More jobs through both, and the runner dies while their CVMs boot.
+    // More jobs through both, and the first dies while their CVMs boot,
+    // each replica holding the leases of the jobs it is driving.
     for n in SETTLED_BEFORE_THE_KILL..BEFORE_THE_KILL {
         let through = if n % 2 == 0 { &first } else { &second };
         let (name, body) = worker(n);
@@ -125,6 +136,15 @@ async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_d
             name,
         ));
     }
+    let holders: i64 = database
+        .query_one(
+            "SELECT count(DISTINCT leased_by) FROM jobs WHERE leased_by IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(holders, 2, "both replicas drive jobs");
     first.kill();
     for n in BEFORE_THE_KILL..JOBS {
         let (name, body) = worker(n);
@@ -146,7 +166,7 @@ async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_d
             }
         }
     }
-    // Every job deployed exactly once, the killed runner's included.
+    // Every job deployed exactly once, the killed replica's included.
     let cvms = devnet.phala().cvm_names().unwrap();
     for (job, name) in &jobs {
         let name = DeploymentName::derive(AgentRole::Worker, name, &job.replace('-', ""));

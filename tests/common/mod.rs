@@ -42,14 +42,15 @@ pub(crate) fn protocol_api_process() {
         use clap::Parser;
         let config = protocol_api::config::Config::try_parse_from(["protocol-api"]).unwrap();
         let composition = protocol_api::compose::compose(&config).await.unwrap();
-        // As the binary does: the jobs run here once this process holds the
-        // store's runner lock (at once, unless replicas share the store),
-        // and the process ends if it loses it.
+        // As the binary does: the jobs run here (on a shared store, those
+        // this process leases), the sweeps once it holds the store's leader
+        // lock (at once, unless replicas share the store), and the process
+        // ends if it loses it.
         let jobs = composition.state.jobs.clone();
         let retention = std::time::Duration::from_secs(config.job_retention_hours * 3600);
         tokio::spawn(async move {
             let reason = jobs.run_while_leading(retention).await.unwrap();
-            eprintln!("protocol-api test server: lost the runner lock ({reason})");
+            eprintln!("protocol-api test server: lost the leader lock ({reason})");
             std::process::exit(3);
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -175,7 +175,9 @@ async fn open_postgres(config: &Config, url: &str) -> anyhow::Result<Database> {
         );
     };
     let secrets = SecretBox::from_hex(key)?;
-    let postgres = PostgresConfig::parse(url).map_err(anyhow::Error::msg)?;
+    let postgres = PostgresConfig::parse(url)
+        .map_err(anyhow::Error::msg)?
+        .with_job_lease(std::time::Duration::from_secs(config.job_lease_seconds));
     let database = Database::connect_postgres(&postgres, secrets)
         .await
         .with_context(|| format!("opening the job database {}", postgres.shown()))?;

@@ -60,6 +60,11 @@ pub struct Config {
     /// them. Needs PROTOCOL_API_SECRET_KEY: every replica seals with it.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// With DATABASE_URL: how long a replica holds a job it works on
+    /// without renewing its lease (it renews every third of it). A replica
+    /// that dies holds its jobs this long; set the same on every replica.
+    #[arg(long, env = "JOB_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub job_lease_seconds: u64,
     /// 64 hex characters sealing secrets at rest; generated into the data dir when unset.
     #[arg(long, env = "PROTOCOL_API_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,

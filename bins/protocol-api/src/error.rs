@@ -295,6 +295,7 @@ impl From<StoreError> for ApiError {
                 ApiError::storage_full()
             }
             StoreError::Corrupt { id, reason } => ApiError::DamagedRecord { id, detail: reason },
+            StoreError::LeaseLost { .. } => ApiError::Conflict(error.to_string()),
             other => ApiError::internal(other),
         }
     }

@@ -30,9 +30,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let Composition { state, local_ensue } = compose::compose(&config).await?;
 
-    // Jobs run in the one process that holds the store's runner lock: this
-    // one at once on SQLite; on PostgreSQL the first replica, the others
-    // serving meanwhile and taking over when it is gone.
+    // On SQLite this process runs every job; on PostgreSQL every replica
+    // carries on the jobs it accepts or claims under leases, and the one
+    // holding the leader lock also runs the sweeps (expiry, teardowns,
+    // announcements). A leader that loses the lock stops, so the sweeps
+    // never run twice.
     let mut runner = tokio::spawn({
         let jobs = state.jobs.clone();
         let retention = Duration::from_secs(config.job_retention_hours * 3600);
@@ -42,8 +44,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("resuming jobs")?;
             Err::<(), _>(anyhow::anyhow!(
-                "lost the runner lock ({reason}); stopping, so the replica taking over never runs \
-                 a job twice"
+                "lost the leader lock ({reason}); stopping, so the replica leading next never \
+                 sweeps beside this one"
             ))
         }
     });
@@ -58,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(url = ensue.url(), "embedded Ensue listening");
     }
 
+    let jobs = state.jobs.clone();
     let served = protocol_api::run(listener, state, async {
         shutdown.await;
         tracing::info!("shutdown signal received; finishing in-flight requests");
@@ -66,6 +69,18 @@ async fn main() -> anyhow::Result<()> {
         served = served => served?,
         stopped = &mut runner => {
             stopped.context("the job runner's task")??;
+        }
+    }
+    // Another replica carries this one's jobs on at once, not once their
+    // leases run out.
+    match jobs.stop_working().await {
+        Ok(0) => {}
+        Ok(handed) => tracing::info!(
+            handed,
+            "stopped working on jobs; any replica may carry them on"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "could not give up the job leases; they run out by themselves")
         }
     }
     if let Some(ensue) = local_ensue {

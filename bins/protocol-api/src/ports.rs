@@ -258,13 +258,10 @@ pub struct Settings {
     pub register_storage_wait: Duration,
     /// How often an idle status event stream sends a heartbeat comment.
     pub events_heartbeat: Duration,
-    /// How often the replica that runs jobs looks for jobs other replicas
-    /// started (only when replicas share the store).
+    /// How often a replica looks for jobs nobody holds a lease on (one a
+    /// dead replica held, or one an older release stored), to claim and
+    /// carry them on (only when replicas share the store).
     pub job_scan_interval: Duration,
-    /// How long a job may stay `registering` before the replica that runs
-    /// jobs takes it for abandoned by the replica that took the call (it
-    /// died) and finishes it (only when replicas share the store).
-    pub registration_takeover_after: Duration,
 }
 
 /// How often an idle status event stream says it is alive, so proxies and
@@ -294,7 +291,6 @@ impl Settings {
             register_storage_wait: Duration::from_secs(10),
             events_heartbeat: DEFAULT_EVENTS_HEARTBEAT,
             job_scan_interval: Duration::from_secs(1),
-            registration_takeover_after: Duration::from_secs(120),
         }
     }
 

@@ -34,13 +34,16 @@ use uuid::Uuid;
 use super::error::JobError;
 use super::model::{IdempotencyKey, Job, JobStatus, NewJob};
 use crate::ports::{OrgCredentials, Ports, Settings};
-use crate::store::{JobStore, OrgKeys, RunnerLock, Started, StatusFollower, StoreError};
+use crate::store::{JobStore, LeaderLock, OrgKeys, Started, StatusFollower, StoreError};
 
 /// How many names a coordinator's Ensue org registration tries.
 const MAX_ORG_ATTEMPTS: u32 = 5;
 
 /// How often, at most, health-gate progress is written to the job.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How many jobs one scan claims at most, of each kind.
+const CLAIM_BATCH: i64 = 64;
 
 /// How often, at most, an interrupted teardown of an expired job's
 /// deployment is tried again.
@@ -90,20 +93,97 @@ pub struct JobMachine {
     runner: Arc<Runner>,
 }
 
-/// Whether this process runs jobs, and which it is running.
+/// The jobs this process works on (drives, or registers), so none is
+/// worked on twice at once here, and each can be stopped when its lease is
+/// lost.
+#[derive(Default)]
 struct Runner {
-    /// False while another replica sharing the store runs them (this one
-    /// serves reads and accepts writes; the runner finds its new jobs).
-    runs_jobs: std::sync::atomic::AtomicBool,
-    /// The jobs being driven here, so none is driven twice at once.
-    driving: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    working: std::sync::Mutex<std::collections::HashMap<Uuid, Work>>,
+    next_token: std::sync::atomic::AtomicU64,
+    /// Set once this process stops working on jobs (it is shutting down):
+    /// nothing new is begun or claimed.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// One job's work in this process.
+struct Work {
+    /// Tells this run from a later one of the same job.
+    token: u64,
+    /// Stops the task doing it (once it is spawned).
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl Runner {
-    fn driving(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Uuid>> {
-        self.driving
+    fn working(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, Work>> {
+        self.working
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks job `id` as worked on here; `None` if it is already, or if
+    /// this process stopped working on jobs.
+    fn begin(&self, id: Uuid) -> Option<u64> {
+        use std::collections::hash_map::Entry;
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let token = self
+            .next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.working().entry(id) {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(vacant) => {
+                vacant.insert(Work { token, task: None });
+                Some(token)
+            }
+        }
+    }
+
+    /// Marks job `id` as worked on here by a new run, whatever run is
+    /// marked (a driver that just brought it to the wallet step may not
+    /// have unmarked it yet).
+    fn begin_anew(&self, id: Uuid) -> u64 {
+        let token = self
+            .next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.working().insert(id, Work { token, task: None });
+        token
+    }
+
+    /// Records the task doing run `token` of job `id`.
+    fn attach(&self, id: Uuid, token: u64, task: tokio::task::AbortHandle) {
+        if let Some(work) = self
+            .working()
+            .get_mut(&id)
+            .filter(|work| work.token == token)
+        {
+            work.task = Some(task);
+        }
+    }
+
+    /// Run `token` of job `id` is over.
+    fn end(&self, id: Uuid, token: u64) {
+        let mut working = self.working();
+        if working.get(&id).is_some_and(|work| work.token == token) {
+            working.remove(&id);
+        }
+    }
+
+    /// The jobs worked on here.
+    fn ids(&self) -> Vec<Uuid> {
+        self.working().keys().copied().collect()
+    }
+
+    /// Stops the work on job `id`; returns whether a task was still doing it.
+    fn stop(&self, id: Uuid) -> bool {
+        let Some(work) = self.working().remove(&id) else {
+            return false;
+        };
+        work.task.is_some_and(|task| {
+            let running = !task.is_finished();
+            task.abort();
+            running
+        })
     }
 }
 
@@ -115,17 +195,12 @@ impl JobMachine {
         ports: Arc<Ports>,
         settings: Arc<Settings>,
     ) -> Self {
-        // A store no other process shares is this process's to run.
-        let runs_jobs = !jobs.is_shared();
         Self {
             jobs,
             org_keys,
             ports,
             settings,
-            runner: Arc::new(Runner {
-                runs_jobs: runs_jobs.into(),
-                driving: std::sync::Mutex::default(),
-            }),
+            runner: Arc::default(),
         }
     }
 
@@ -234,28 +309,28 @@ impl JobMachine {
     }
 
     /// Runs (or resumes) a job, as it was last committed, in the background,
-    /// unless it is being driven here already, or another replica runs the
-    /// jobs (it finds this one).
+    /// unless it is being driven here already.
     pub fn spawn(&self, job: Job) {
         self.spawn_driver(job.id, Some(job));
     }
 
     /// Drives job `id` in the background from `committed` (read from the
-    /// store when `None`), unless this process does not run jobs or drives
-    /// it already.
+    /// store when `None`), unless this process drives it already.
     fn spawn_driver(&self, id: Uuid, committed: Option<Job>) {
-        use std::sync::atomic::Ordering;
-        if !self.runner.runs_jobs.load(Ordering::SeqCst) {
+        let Some(token) = self.runner.begin(id) else {
             return;
-        }
-        if !self.runner.driving().insert(id) {
-            return;
-        }
+        };
         let machine = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             machine.drive_through_storage_outages(id, committed).await;
-            machine.runner.driving().remove(&id);
+            machine.runner.end(id, token);
         });
+        self.runner.attach(id, token, task.abort_handle());
+    }
+
+    /// How many jobs this process works on now (drives, or registers).
+    pub fn jobs_worked_on(&self) -> usize {
+        self.runner.working().len()
     }
 
     /// Whether other processes share the store (PostgreSQL replicas).
@@ -263,67 +338,181 @@ impl JobMachine {
         self.jobs.is_shared()
     }
 
-    /// Makes this process the one that runs jobs: waits for the store's
-    /// runner lock (at once, unless replicas share the store), resumes every
-    /// job as after a restart ([`Self::resume_all`]), and, when replicas
-    /// share the store, looks for the jobs they start every
-    /// `Settings::job_scan_interval`. Returns the lock and how many jobs were
-    /// resumed. Once [`RunnerLock::lost`] answers, another replica may run
-    /// the jobs: the process must stop at once.
-    pub async fn lead(&self) -> Result<(RunnerLock, usize), StoreError> {
-        let lock = self.jobs.runner_lock().await?;
-        self.runner
-            .runs_jobs
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        if lock.is_shared() {
-            // Only the runner judges stored records: during a rolling
-            // upgrade an older standby must not fail the jobs a newer
-            // release wrote.
-            for job in self.jobs.fail_unreadable().await? {
-                tracing::warn!(job = %job.id, reason = %job.reason,
-                    "a job's stored record cannot be read: the job is marked failed and will not resume");
-            }
+    /// Makes this process the leader: waits for the store's leader lock (at
+    /// once, unless replicas share the store). Where this process owns the
+    /// store it then resumes every job as after a restart
+    /// ([`Self::resume_all`]); where replicas share it, the jobs are
+    /// claimed under leases by every replica ([`Self::start_claiming`]),
+    /// and the leader judges the stored records, retries pending
+    /// announcements, and expires jobs left at the wallet step. Returns the
+    /// lock and how many jobs were resumed. Once [`LeaderLock::lost`]
+    /// answers, another replica may take those sweeps over: the process
+    /// must stop them, which it does by stopping.
+    pub async fn lead(&self) -> Result<(LeaderLock, usize), StoreError> {
+        let lock = self.jobs.leader_lock().await?;
+        if !lock.is_shared() {
+            let resumed = self.resume_all().await?;
+            return Ok((lock, resumed));
         }
-        let resumed = self.resume_all().await?;
-        if lock.is_shared() {
-            self.spawn_scanner();
+        // Only the leader judges stored records: during a rolling upgrade
+        // an older replica must not fail the jobs a newer release wrote.
+        for job in self.jobs.fail_unreadable().await? {
+            tracing::warn!(job = %job.id, reason = %job.reason,
+                "a job's stored record cannot be read: the job is marked failed and will not resume");
         }
-        Ok((lock, resumed))
+        self.resume_announcements().await?;
+        self.spawn_expiry_sweeper();
+        Ok((lock, 0))
     }
 
-    /// What a server process does with its jobs: waits for the runner lock
-    /// ([`Self::lead`]), resumes them, purges finished ones older than
-    /// `retention`, and returns, with why, only once the lock is lost — when
-    /// the process must stop, so the replica taking over never runs a job
-    /// beside it.
+    /// What a server process does with its jobs: claims them with the
+    /// other replicas where they share the store
+    /// ([`Self::start_claiming`]), waits for the leader lock
+    /// ([`Self::lead`]), purges finished jobs older than `retention`, and
+    /// returns, with why, only once the lock is lost — when the process
+    /// must stop, so the replica leading next never sweeps beside it.
     pub async fn run_while_leading(&self, retention: Duration) -> Result<String, StoreError> {
+        self.start_claiming();
         if self.is_shared() {
-            tracing::info!("waiting for the runner lock: the replica holding it runs the jobs");
+            tracing::info!(
+                "replicas share the jobs: this one carries on the jobs it accepts or claims; \
+                 waiting for the leader lock (its holder expires jobs left at the wallet step \
+                 and retries teardowns and announcements)"
+            );
         }
         let (mut lock, resumed) = self.lead().await?;
         self.spawn_purger(retention);
-        tracing::info!(resumed, "this process runs the jobs");
+        if lock.is_shared() {
+            tracing::info!("this replica leads");
+        } else {
+            tracing::info!(resumed, "this process runs the jobs");
+        }
         Ok(lock.lost().await)
     }
 
-    /// Drives every job the runner owns that is not driven here yet (one
-    /// another replica started), read afresh from the store, every
-    /// `Settings::job_scan_interval`.
-    fn spawn_scanner(&self) {
+    /// Where replicas share the store, makes this one carry jobs on under
+    /// leases: it already drives the jobs it accepts (each leased to it
+    /// when stored); from now on it also claims, every
+    /// `Settings::job_scan_interval`, the jobs whose lease ran out (a dead
+    /// replica's) and the registrations nobody finishes, and it renews
+    /// every lease it holds, stopping the work on any job whose lease it
+    /// lost or can no longer be sure of. Nothing where this process owns
+    /// the store (it drives every job; [`Self::resume_all`] after a restart).
+    pub fn start_claiming(&self) {
+        let Some(lease) = self.jobs.job_lease() else {
+            return;
+        };
+        self.spawn_lease_keeper(lease);
         let machine = self.clone();
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(machine.settings.job_scan_interval).await;
-                let scanned = async {
-                    for job in machine.jobs.resumable().await? {
-                        machine.spawn_driver(job.id, None);
+            let driven: Vec<JobStatus> = JobStatus::ALL
+                .into_iter()
+                .filter(|status| status.is_runner_owned())
+                .collect();
+            while !machine
+                .runner
+                .stopped
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let claimed = async {
+                    let mut claimed = Vec::new();
+                    for job in machine.jobs.claim(&driven, CLAIM_BATCH).await? {
+                        tracing::info!(job = %job.id, status = job.status.as_str(),
+                            "claimed a job whose lease ran out; carrying it on");
+                        claimed.push(job.id);
+                        machine.spawn(job);
                     }
-                    // A replica that died while registering leaves its job
-                    // `registering`: finished here once it is clearly abandoned.
-                    machine.finish_interrupted_registrations().await
+                    for job in machine
+                        .jobs
+                        .claim(&[JobStatus::Registering], CLAIM_BATCH)
+                        .await?
+                    {
+                        claimed.push(job.id);
+                        machine.finish_abandoned_registration(job);
+                    }
+                    // Claimed as this process stopped working: not begun.
+                    if machine
+                        .runner
+                        .stopped
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        machine.jobs.release(&claimed).await?;
+                    }
+                    Ok::<_, StoreError>(())
                 };
-                if let Err(error) = scanned.await {
-                    tracing::warn!(%error, "looking for jobs to run failed; trying again");
+                if let Err(error) = claimed.await {
+                    tracing::warn!(%error, "looking for jobs to carry on failed; trying again");
+                }
+                tokio::time::sleep(machine.settings.job_scan_interval).await;
+            }
+        });
+    }
+
+    /// Stops all work on jobs here and gives up their leases, so that,
+    /// where replicas share the store, another one carries them on at once
+    /// rather than once the leases run out: what a replica does as it
+    /// shuts down. Each job goes on from its last committed step.
+    pub async fn stop_working(&self) -> Result<usize, StoreError> {
+        self.runner
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let ids = self.runner.ids();
+        for id in &ids {
+            self.runner.stop(*id);
+        }
+        self.jobs.release(&ids).await?;
+        Ok(ids.len())
+    }
+
+    /// Renews this process's leases every third of `lease`. Work on a job
+    /// whose lease another replica holds now is stopped at once; while the
+    /// store cannot be reached, all work stops a sixth of `lease` before
+    /// the leases could have run out (as this process's clock measures
+    /// from the last renewal it sent), so no replica claiming one after
+    /// finds this one still at it.
+    fn spawn_lease_keeper(&self, lease: Duration) {
+        let machine = self.clone();
+        let interval = lease / 3;
+        tokio::spawn(async move {
+            let mut renewed = tokio::time::Instant::now();
+            loop {
+                let stop_at = renewed + lease - lease / 6;
+                tokio::time::sleep_until(stop_at.min(tokio::time::Instant::now() + interval)).await;
+                let sent = tokio::time::Instant::now();
+                let held = machine.runner.ids();
+                match tokio::time::timeout_at(stop_at, machine.jobs.renew(&held)).await {
+                    Ok(Ok(kept)) => {
+                        renewed = sent;
+                        let kept: std::collections::HashSet<Uuid> = kept.into_iter().collect();
+                        for id in held.into_iter().filter(|id| !kept.contains(id)) {
+                            if machine.runner.stop(id) {
+                                tracing::info!(job = %id,
+                                    "the job's lease is another replica's now; stopped working on it here");
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "renewing the job leases failed; trying again");
+                    }
+                    Err(_) => {}
+                }
+                if tokio::time::Instant::now() >= stop_at {
+                    let stopped = machine
+                        .runner
+                        .ids()
+                        .into_iter()
+                        .filter(|id| machine.runner.stop(*id))
+                        .count();
+                    if stopped > 0 {
+                        tracing::warn!(
+                            stopped,
+                            "the job leases could not be renewed in time: stopped working on their jobs; \
+                             whichever replica claims them next carries them on"
+                        );
+                    }
+                    // Whatever this process holds now was leased since.
+                    renewed = tokio::time::Instant::now();
                 }
             }
         });
@@ -345,6 +534,11 @@ impl JobMachine {
                     }
                     tokio::time::sleep(self.settings.storage_retry.delay(outage_retries)).await;
                 }
+                Err(StoreError::LeaseLost { .. }) => {
+                    tracing::info!(job = %id,
+                        "the job's lease is another replica's now; it carries the job on");
+                    return;
+                }
                 Err(error) => {
                     tracing::error!(job = %id, %error, "provisioning runner stopped");
                     return;
@@ -362,12 +556,10 @@ impl JobMachine {
     /// the runner owns and every pending announcement, and starts the expiry
     /// sweeper. Returns how many jobs were resumed.
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
-        self.finish_interrupted_registrations().await?;
-        for job in self.jobs.in_status(vec![JobStatus::Complete]).await? {
-            if job.announce_pending {
-                self.spawn_announcer(job.id);
-            }
+        for job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
+            self.finish_abandoned_registration(job);
         }
+        self.resume_announcements().await?;
         let jobs = self.jobs.resumable().await?;
         let resumed = jobs.len();
         for job in jobs {
@@ -378,38 +570,39 @@ impl JobMachine {
         Ok(resumed)
     }
 
-    /// Finishes the registrations nobody is finishing: after a restart,
-    /// every job in `registering`; when replicas share the store, only those
-    /// that have been registering for `Settings::registration_takeover_after`
-    /// (the replica that took the call may still be finishing the others),
-    /// and none this process is finishing itself.
-    async fn finish_interrupted_registrations(&self) -> Result<(), StoreError> {
-        let abandoned_before = Utc::now()
-            - chrono::Duration::from_std(self.settings.registration_takeover_after)
-                .unwrap_or(chrono::Duration::MAX);
-        for job in self.jobs.in_status(vec![JobStatus::Registering]).await? {
-            if self.jobs.is_shared() && job.updated_at > abandoned_before {
-                continue;
+    /// Retries, in the background, announcing every complete job's agent
+    /// that is not announced yet.
+    async fn resume_announcements(&self) -> Result<(), StoreError> {
+        for job in self.jobs.in_status(vec![JobStatus::Complete]).await? {
+            if job.announce_pending {
+                self.spawn_announcer(job.id);
             }
-            if !self.runner.driving().insert(job.id) {
-                continue;
-            }
-            tracing::info!(job = %job.id, "registration was interrupted; finishing it");
-            let id = job.id;
-            let registration = self.spawn_registration(job, None);
-            tokio::spawn(async move {
-                match registration.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => {
-                        tracing::info!(job = %id, %error, "the interrupted registration did not complete; back at the wallet step")
-                    }
-                    Err(error) => {
-                        tracing::warn!(job = %id, %error, "the interrupted registration's task failed")
-                    }
-                }
-            });
         }
         Ok(())
+    }
+
+    /// Finishes a registration nobody is finishing (the process that took
+    /// the call stopped, or lost the job's lease), unless this process is
+    /// finishing it already.
+    fn finish_abandoned_registration(&self, job: Job) {
+        let Some(token) = self.runner.begin(job.id) else {
+            return;
+        };
+        tracing::info!(job = %job.id, "registration was interrupted; finishing it");
+        let id = job.id;
+        let registration = self.spawn_registration(job, None, token);
+        tokio::spawn(async move {
+            match registration.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::info!(job = %id, %error, "the interrupted registration did not complete; back at the wallet step")
+                }
+                Err(error) if error.is_cancelled() => {}
+                Err(error) => {
+                    tracing::warn!(job = %id, %error, "the interrupted registration's task failed")
+                }
+            }
+        });
     }
 
     /// After a restart: the deployer could not bring back the deployment
@@ -591,7 +784,7 @@ impl JobMachine {
         job.status = to;
         job.progress = None;
         job.updated_at = Utc::now();
-        self.jobs.save(job).await?;
+        self.jobs.save_held(job).await?;
         Ok(from)
     }
 
@@ -1011,9 +1204,10 @@ impl JobMachine {
             job.contract_address = registration.contract_address;
         }
         job.updated_at = Utc::now();
+        // The registration's lease is this process's from here on.
         if !self
             .jobs
-            .save_if_status(&job, JobStatus::AwaitingNearSignature)
+            .take_if_status(&job, JobStatus::AwaitingNearSignature)
             .await?
         {
             // Another registration, or the expiry sweeper, moved it first.
@@ -1039,10 +1233,9 @@ impl JobMachine {
         // the caller gets the full-disk answer after a bounded wait instead
         // of waiting for the disk.
         let id = job.id;
-        // So this process's scanner leaves it to this call.
-        self.runner.driving().insert(id);
+        let token = self.runner.begin_anew(id);
         let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
-        let mut registration = self.spawn_registration(job, Some(stalled_tx));
+        let mut registration = self.spawn_registration(job, Some(stalled_tx), token);
         let wait = self.settings.register_storage_wait;
         let stalled = async move {
             match stalled_rx.await {
@@ -1055,9 +1248,14 @@ impl JobMachine {
             }
         };
         tokio::select! {
-            joined = &mut registration => {
-                joined.map_err(|error| JobError::Task(error.to_string()))?
-            }
+            joined = &mut registration => match joined {
+                Ok(registered) => registered,
+                // Stopped here: its lease is another replica's, which finishes it.
+                Err(error) if error.is_cancelled() => {
+                    Err(JobError::Store(StoreError::LeaseLost { id: id.to_string() }))
+                }
+                Err(error) => Err(JobError::Task(error.to_string())),
+            },
             error = stalled => {
                 tracing::info!(job = %id,
                     "the registration is saved once the store can be written again; the caller is told to retry");
@@ -1071,19 +1269,23 @@ impl JobMachine {
     /// the registration; the job is then `complete` (announced in Ensue now
     /// or in the background), or back at the wallet step with the reason.
     /// `stalled` hears the store's error if a transition has to wait for it.
-    /// The caller has marked the job as driven here; it is unmarked at the end.
+    /// The caller has marked the job as worked on here (run `token`); it is
+    /// unmarked at the end.
     fn spawn_registration(
         &self,
         job: Job,
         stalled: Option<tokio::sync::oneshot::Sender<StoreError>>,
+        token: u64,
     ) -> JoinHandle<Result<Job, JobError>> {
         let machine = self.clone();
-        tokio::spawn(async move {
-            let id = job.id;
+        let id = job.id;
+        let task = tokio::spawn(async move {
             let registered = machine.finish_registration(job, stalled).await;
-            machine.runner.driving().remove(&id);
+            machine.runner.end(id, token);
             registered
-        })
+        });
+        self.runner.attach(id, token, task.abort_handle());
+        task
     }
 
     /// The work of [`Self::spawn_registration`].

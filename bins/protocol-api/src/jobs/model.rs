@@ -107,6 +107,13 @@ impl JobStatus {
                 | JobStatus::Failed
         )
     }
+
+    /// Whether a process works on the job in this status: the runner's
+    /// steps, or finishing a registration. Where replicas share the store,
+    /// that process holds the job's lease.
+    pub fn is_worked_on(self) -> bool {
+        self.is_runner_owned() || self == JobStatus::Registering
+    }
 }
 
 /// The secrets a job produces. Persisted only sealed with the server key, and

@@ -37,10 +37,10 @@ impl JobStore {
         self.db.is_shared()
     }
 
-    /// Waits for the lock that lets this process run jobs
-    /// ([`Database::runner_lock`]).
-    pub async fn runner_lock(&self) -> Result<super::RunnerLock, StoreError> {
-        self.db.runner_lock().await
+    /// Waits for the lock that lets this process lead
+    /// ([`Database::leader_lock`]).
+    pub async fn leader_lock(&self) -> Result<super::LeaderLock, StoreError> {
+        self.db.leader_lock().await
     }
 
     /// Stores a new job.
@@ -111,8 +111,32 @@ impl JobStore {
     pub async fn save(&self, job: &Job) -> Result<(), StoreError> {
         if let Some(postgres) = self.db.postgres() {
             let row = Row::encode(job, self.db.secrets())?;
-            return pg::update(postgres, &row, None).await.map(drop);
+            return pg::update(postgres, &row, None, pg::LeaseRule::Ignore)
+                .await
+                .map(drop);
         }
+        self.save_sqlite(job).await
+    }
+
+    /// Saves a job this process works on ([`JobStatus::is_worked_on`]): its
+    /// driver's or its registration's write. Where replicas share the
+    /// store the write is fenced by the job's lease: once another replica
+    /// holds it, the write is refused with [`StoreError::LeaseLost`]. A
+    /// job saved in a status nobody works on is leased to nobody after.
+    pub async fn save_held(&self, job: &Job) -> Result<(), StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            let row = Row::encode(job, self.db.secrets())?;
+            return match pg::update(postgres, &row, None, pg::LeaseRule::Held).await? {
+                true => Ok(()),
+                false => Err(StoreError::LeaseLost {
+                    id: job.id.to_string(),
+                }),
+            };
+        }
+        self.save_sqlite(job).await
+    }
+
+    async fn save_sqlite(&self, job: &Job) -> Result<(), StoreError> {
         let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
             .write(move |conn, _, changes| {
@@ -127,9 +151,26 @@ impl JobStore {
     /// Saves `job` only if the stored status is still `expected`; returns
     /// whether it did. Two concurrent `register` calls cannot both win.
     pub async fn save_if_status(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError> {
+        self.save_if_status_leasing(job, expected, pg::LeaseRule::Ignore)
+            .await
+    }
+
+    /// [`Self::save_if_status`], and the job's lease is this process's
+    /// from then on (a registration starting).
+    pub async fn take_if_status(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError> {
+        self.save_if_status_leasing(job, expected, pg::LeaseRule::Take)
+            .await
+    }
+
+    async fn save_if_status_leasing(
+        &self,
+        job: &Job,
+        expected: JobStatus,
+        lease: pg::LeaseRule,
+    ) -> Result<bool, StoreError> {
         if let Some(postgres) = self.db.postgres() {
             let row = Row::encode(job, self.db.secrets())?;
-            return pg::update(postgres, &row, Some(expected)).await;
+            return pg::update(postgres, &row, Some(expected), lease).await;
         }
         let (row, entry) = Row::encode_with_status(job, self.db.secrets())?;
         self.db
@@ -152,6 +193,41 @@ impl JobStore {
                 Ok(changed == 1)
             })
             .await
+    }
+
+    /// How long a job's lease lasts unless renewed, where replicas share
+    /// the store and lease jobs; `None` where this process owns them all.
+    pub fn job_lease(&self) -> Option<std::time::Duration> {
+        self.db.postgres().map(|postgres| postgres.job_lease())
+    }
+
+    /// Leases to this process up to `limit` jobs in `statuses` that nobody
+    /// holds (their lease ran out, or was never taken), and returns them,
+    /// oldest change first; replicas claiming at the same instant never
+    /// get the same job. Only where replicas share the store.
+    pub async fn claim(&self, statuses: &[JobStatus], limit: i64) -> Result<Vec<Job>, StoreError> {
+        let postgres = self.db.postgres().ok_or(StoreError::Unsupported {
+            operation: "claiming jobs",
+        })?;
+        pg::claim(postgres, statuses, limit).await
+    }
+
+    /// Extends this process's leases of `ids`; returns those it still
+    /// held (all of them where this process owns every job).
+    pub async fn renew(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        match self.db.postgres() {
+            Some(postgres) => pg::renew(postgres, ids).await,
+            None => Ok(ids.to_vec()),
+        }
+    }
+
+    /// Gives up this process's leases of `ids`, so another replica may
+    /// claim those jobs at once (nothing where no replica shares the store).
+    pub async fn release(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        match self.db.postgres() {
+            Some(postgres) => pg::release(postgres, ids).await,
+            None => Ok(()),
+        }
     }
 
     /// A job by id.
@@ -497,6 +573,9 @@ struct Row {
     record: String,
     secrets: std::sync::Arc<[u8]>,
     updated_at: String,
+    /// Whether someone works on the job in its status (and, where replicas
+    /// share the store, holds its lease).
+    worked_on: bool,
 }
 
 impl Row {
@@ -518,6 +597,7 @@ impl Row {
             record,
             secrets,
             updated_at: timestamp(job.updated_at),
+            worked_on: job.status.is_worked_on(),
         })
     }
 

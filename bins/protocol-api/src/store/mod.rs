@@ -18,8 +18,9 @@
 //!
 //! With `DATABASE_URL` the same stores live in PostgreSQL instead
 //! (`postgres`), shared by several replicas: every write is its own
-//! transaction there, status reads come from the database, and one replica
-//! at a time (the holder of the runner lock) runs jobs. Each store method
+//! transaction there, status reads come from the database, a job someone
+//! works on is leased to one replica at a time, and one replica (the holder
+//! of the leader lock) runs the sweeps. Each store method
 //! picks its backend itself, so callers never know which one they hold.
 //!
 //! A damaged file is refused, never taken for a fresh one: a new database is
@@ -45,7 +46,7 @@ pub use deployments::DeploymentStore;
 pub use file::DatabaseFile;
 pub use jobs::{JobStore, Started, StatusFollower, UnreadableJob};
 pub use orgs::OrgKeys;
-pub use postgres::{PostgresConfig, RunnerLock};
+pub use postgres::{LeaderLock, PostgresConfig};
 
 use postgres::Postgres;
 use view::StatusView;
@@ -134,6 +135,13 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// Another replica holds the job's lease now (this one's ran out): the
+    /// write was refused, and that replica carries the job on.
+    #[error("job {id} is leased to another replica now; it carries the job on")]
+    LeaseLost {
+        /// The job.
+        id: String,
+    },
     /// The operation exists only on the other backend (a SQLite test hook).
     #[error("{operation} is not available on this database backend")]
     Unsupported {
@@ -200,6 +208,7 @@ impl StoreError {
                 reason: reason.clone(),
             },
             StoreError::Unsupported { operation } => StoreError::Unsupported { operation },
+            StoreError::LeaseLost { id } => StoreError::LeaseLost { id: id.clone() },
             StoreError::DataDir(_) | StoreError::Seal(_) | StoreError::Cancelled => {
                 StoreError::Sqlite {
                     path: String::new(),
@@ -424,29 +433,30 @@ impl Database {
     }
 
     /// Whether other processes may share this database (PostgreSQL): then
-    /// jobs started elsewhere are found by scanning, and only the holder of
-    /// the runner lock runs them.
+    /// jobs are worked on under leases, and only the holder of the leader
+    /// lock runs the sweeps.
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
     }
 
-    /// Waits until this process may run jobs and returns the lock that
-    /// says so: at once on SQLite, whose file one process owns; on
-    /// PostgreSQL once no other replica holds the runner lock. The lock is
+    /// Waits until this process may run the sweeps (and, on SQLite, the
+    /// jobs) and returns the lock that says so: at once on SQLite, whose
+    /// file one process owns; on
+    /// PostgreSQL once no other replica holds the leader lock. The lock is
     /// held until it is dropped or its connection is lost
-    /// ([`RunnerLock::lost`]).
-    pub async fn runner_lock(&self) -> Result<RunnerLock, StoreError> {
+    /// ([`LeaderLock::lost`]).
+    pub async fn leader_lock(&self) -> Result<LeaderLock, StoreError> {
         match &self.backend {
-            Backend::Sqlite(_) => Ok(RunnerLock::exclusive()),
-            Backend::Postgres(postgres) => postgres.wait_runner_lock().await,
+            Backend::Sqlite(_) => Ok(LeaderLock::exclusive()),
+            Backend::Postgres(postgres) => postgres.wait_leader_lock().await,
         }
     }
 
-    /// The runner lock if no other process holds it now.
-    pub async fn try_runner_lock(&self) -> Result<Option<RunnerLock>, StoreError> {
+    /// The leader lock if no other process holds it now.
+    pub async fn try_leader_lock(&self) -> Result<Option<LeaderLock>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(_) => Ok(Some(RunnerLock::exclusive())),
-            Backend::Postgres(postgres) => postgres.try_runner_lock().await,
+            Backend::Sqlite(_) => Ok(Some(LeaderLock::exclusive())),
+            Backend::Postgres(postgres) => postgres.try_leader_lock().await,
         }
     }
 

@@ -9,12 +9,19 @@
 //! checked and stored under an advisory lock on the key, so replicas
 //! racing on one key store one job.
 //!
-//! Only one replica runs jobs at a time: the one holding the runner lock, a
-//! session-level advisory lock on a connection of its own
-//! ([`RunnerLock`]). The others serve reads and accept writes; the holder
-//! finds the jobs they started by scanning. When the holder dies its
-//! session ends, PostgreSQL releases the lock, and a waiting replica takes
-//! over and resumes every job from its last committed step.
+//! A job someone works on (its runner steps, or its registration) is
+//! leased to one replica at a time (`leased_by`, `leased_until`, times on
+//! the database's clock): the replica that stores a job holds it first,
+//! renews the lease while it works, and writes the job only while it holds
+//! it (a fenced `UPDATE`). A lease that runs out (its replica died) is
+//! claimed by another replica with `FOR UPDATE SKIP LOCKED`, which resumes
+//! the job from its last committed step.
+//!
+//! The sweeps that must not run twice at once (expiry at the wallet step,
+//! teardown and announcement retries, judging unreadable records) run on
+//! the replica holding the leader lock, a session-level advisory lock on a
+//! connection of its own ([`LeaderLock`]); when it dies its session ends,
+//! PostgreSQL releases the lock, and a waiting replica takes over.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,25 +36,35 @@ use super::file::{KEY_CHECK, KEY_CHECK_TEXT};
 use crate::seal::SecretBox;
 
 /// The schema migrations this release carries, in order: version, name, SQL.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_jobs",
-    include_str!("../../migrations/postgres/0001_jobs.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_jobs",
+        include_str!("../../migrations/postgres/0001_jobs.sql"),
+    ),
+    (
+        2,
+        "0002_job_leases",
+        include_str!("../../migrations/postgres/0002_job_leases.sql"),
+    ),
+];
 
 /// The first key of this server's advisory locks (`"DLBP"`); the second is
 /// what the lock guards, within the schema the connection uses.
 const LOCK_SPACE: i32 = 0x444c_4250;
 /// Guards applying migrations.
 const MIGRATION_LOCK: i32 = 1;
-/// Held by the replica that runs jobs.
-const RUNNER_LOCK: i32 = 2;
+/// Held by the replica that runs the sweeps.
+const LEADER_LOCK: i32 = 2;
 /// Guards checking and storing one idempotency key (keyed by its hash).
 const IDEMPOTENCY_LOCK_SPACE: i32 = 0x444c_4251;
 
-/// How often the runner lock's connection is checked, and how long a check
+/// How often the leader lock's connection is checked, and how long a check
 /// may take before the lock counts as lost.
-const RUNNER_LOCK_CHECK: Duration = Duration::from_secs(5);
+const LEADER_LOCK_CHECK: Duration = Duration::from_secs(5);
+
+/// How long a job's lease lasts unless renewed, by default.
+const DEFAULT_JOB_LEASE: Duration = Duration::from_secs(30);
 
 /// Where the PostgreSQL database is: `DATABASE_URL`.
 // No `Debug`: the URL may carry a password.
@@ -58,6 +75,8 @@ pub struct PostgresConfig {
     shown: Arc<str>,
     /// The most connections of the pool.
     pool_size: usize,
+    /// How long a job's lease lasts unless its holder renews it.
+    job_lease: Duration,
 }
 
 impl PostgresConfig {
@@ -103,7 +122,15 @@ impl PostgresConfig {
             config,
             shown,
             pool_size: 16,
+            job_lease: DEFAULT_JOB_LEASE,
         })
+    }
+
+    /// How long a job's lease lasts unless renewed: a replica that dies
+    /// holds its jobs this long (the same on every replica).
+    pub fn with_job_lease(mut self, lease: Duration) -> Self {
+        self.job_lease = lease;
+        self
     }
 
     /// The database as logs name it: host, port and name, no credentials.
@@ -157,6 +184,10 @@ pub(super) struct Postgres {
     config: PostgresConfig,
     pub(super) secrets: SecretBox,
     pub(super) faults: Faults,
+    /// This process as the holder of job leases: unique per connect, so
+    /// a restarted replica never mistakes its predecessor's leases for
+    /// its own.
+    pub(super) replica: Arc<str>,
 }
 
 impl Postgres {
@@ -188,9 +219,15 @@ impl Postgres {
             config: config.clone(),
             secrets,
             faults: Faults::default(),
+            replica: uuid::Uuid::new_v4().to_string().into(),
         };
         postgres.migrate_and_check_key().await?;
         Ok(postgres)
+    }
+
+    /// How long a job's lease lasts unless renewed.
+    pub(super) fn job_lease(&self) -> Duration {
+        self.config.job_lease
     }
 
     /// The database as errors name it.
@@ -370,7 +407,7 @@ impl Postgres {
         Ok(())
     }
 
-    /// A connection of its own for the runner lock (the lock lives as
+    /// A connection of its own for the leader lock (the lock lives as
     /// long as the session).
     async fn lock_session(
         &self,
@@ -384,19 +421,19 @@ impl Postgres {
         let database = self.database().to_owned();
         let connection = tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::warn!(%database, %error, "the runner lock's connection ended");
+                tracing::warn!(%database, %error, "the leader lock's connection ended");
             }
         });
         Ok((client, connection))
     }
 
-    /// The runner lock if no other replica holds it now.
-    pub(super) async fn try_runner_lock(&self) -> Result<Option<RunnerLock>, StoreError> {
+    /// The leader lock if no other replica holds it now.
+    pub(super) async fn try_leader_lock(&self) -> Result<Option<LeaderLock>, StoreError> {
         let (client, connection) = self.lock_session().await?;
         let taken: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock($1, $2 # hashtext(coalesce(current_schema(), '')))",
-                &[&LOCK_SPACE, &RUNNER_LOCK],
+                &[&LOCK_SPACE, &LEADER_LOCK],
             )
             .await
             .map_err(|error| self.error(error))?
@@ -405,12 +442,12 @@ impl Postgres {
             connection.abort();
             return Ok(None);
         }
-        Ok(Some(RunnerLock::held(client, connection)))
+        Ok(Some(LeaderLock::held(client, connection)))
     }
 
-    /// Waits for the runner lock; a connection lost while waiting is made
+    /// Waits for the leader lock; a connection lost while waiting is made
     /// again.
-    pub(super) async fn wait_runner_lock(&self) -> Result<RunnerLock, StoreError> {
+    pub(super) async fn wait_leader_lock(&self) -> Result<LeaderLock, StoreError> {
         let mut attempt = 0;
         loop {
             let taken = async {
@@ -424,18 +461,18 @@ impl Postgres {
                 client
                     .execute(
                         "SELECT pg_advisory_lock($1, $2 # hashtext(coalesce(current_schema(), '')))",
-                        &[&LOCK_SPACE, &RUNNER_LOCK],
+                        &[&LOCK_SPACE, &LEADER_LOCK],
                     )
                     .await
                     .map_err(|error| self.error(error))?;
-                Ok::<_, StoreError>(RunnerLock::held(client, connection))
+                Ok::<_, StoreError>(LeaderLock::held(client, connection))
             }
             .await;
             match taken {
                 Ok(lock) => return Ok(lock),
                 Err(error) if error.is_transient() => {
                     attempt += 1;
-                    tracing::warn!(%error, "waiting for the runner lock failed; trying again");
+                    tracing::warn!(%error, "waiting for the leader lock failed; trying again");
                     tokio::time::sleep(Duration::from_millis(200 * attempt.min(25))).await;
                 }
                 Err(error) => return Err(error),
@@ -444,11 +481,12 @@ impl Postgres {
     }
 }
 
-/// Says this process may run jobs. On SQLite it is the process's by
+/// Says this process leads: it runs the sweeps (and, on SQLite, every
+/// job). On SQLite it is the process's by
 /// owning the file; on PostgreSQL it is a session-level advisory lock,
-/// held while its connection lives: [`RunnerLock::lost`] says when it no
+/// held while its connection lives: [`LeaderLock::lost`] says when it no
 /// longer is, and dropping the lock releases it.
-pub struct RunnerLock {
+pub struct LeaderLock {
     /// Whether other processes share the store.
     shared: bool,
     /// Answers once the lock is lost, with why (PostgreSQL only).
@@ -459,7 +497,7 @@ pub struct RunnerLock {
     keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl RunnerLock {
+impl LeaderLock {
     /// The lock of a process that owns its store alone.
     pub(super) fn exclusive() -> Self {
         Self {
@@ -477,16 +515,16 @@ impl RunnerLock {
             let reason = loop {
                 tokio::select! {
                     _ = &mut connection => break "its connection to the database ended".to_owned(),
-                    () = tokio::time::sleep(RUNNER_LOCK_CHECK) => {}
+                    () = tokio::time::sleep(LEADER_LOCK_CHECK) => {}
                 }
-                match tokio::time::timeout(RUNNER_LOCK_CHECK, client.simple_query("SELECT 1")).await
+                match tokio::time::timeout(LEADER_LOCK_CHECK, client.simple_query("SELECT 1")).await
                 {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => break format!("its connection failed: {error}"),
                     Err(_) => {
                         break format!(
                             "its connection did not answer within {} s",
-                            RUNNER_LOCK_CHECK.as_secs()
+                            LEADER_LOCK_CHECK.as_secs()
                         );
                     }
                 }
@@ -526,7 +564,7 @@ impl RunnerLock {
     }
 }
 
-impl Drop for RunnerLock {
+impl Drop for LeaderLock {
     fn drop(&mut self) {
         // The keeper owns the session: ending it releases the lock.
         if let Some(keeper) = self.keeper.take() {

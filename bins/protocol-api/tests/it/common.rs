@@ -385,7 +385,6 @@ impl TestApp {
         settings.events_heartbeat = options.events_heartbeat;
         settings.register_storage_wait = Duration::from_millis(200);
         settings.job_scan_interval = Duration::from_millis(50);
-        settings.registration_takeover_after = Duration::from_millis(300);
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options

@@ -1,21 +1,23 @@
-//! Two servers on one PostgreSQL database: both accept jobs and answer for
-//! every job, one runs them, and when it dies the other takes over from each
-//! job's last committed step without deploying anything twice.
+//! Servers on one PostgreSQL database: each accepts jobs, answers for every
+//! job, and drives the jobs it holds the lease of; when one dies, another
+//! claims its jobs once their leases run out and carries each on from its
+//! last committed step without deploying anything twice.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::{GateState, Holds, Options, TestApp, TestDeployer, until, within};
-use crate::store::TestDb;
+use crate::store::{TEST_JOB_LEASE, TestDb};
 
 fn coordinator_request(n: usize) -> Value {
     json!({ "displayName": format!("Replica DAO {n}"), "nearAccount": "mydao.testnet", "minWorkers": 1, "maxWorkers": 5 })
 }
 
-/// Jobs each replica accepts before the runner is killed.
+/// Jobs each replica accepts before the first is killed.
 const BEFORE_THE_KILL: usize = 20;
 /// Jobs the survivor accepts after it.
 const AFTER_THE_KILL: usize = 10;
@@ -33,15 +35,16 @@ async fn provision(app: &TestApp, n: usize) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice() {
-    let Some(db) =
-        TestDb::postgres("a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice")
-            .await
+async fn each_replica_drives_its_jobs_and_a_dead_ones_are_carried_on_without_deploying_twice() {
+    let Some(db) = TestDb::postgres(
+        "each_replica_drives_its_jobs_and_a_dead_ones_are_carried_on_without_deploying_twice",
+    )
+    .await
     else {
         return;
     };
-    // The "CVMs" outlive the replicas, as real ones do; each deployment is
-    // made, and then its answer is lost: the replica that asked hangs.
+    // The "CVMs" outlive the replicas, as real ones do; each deployment the
+    // first replica asks for is made, and then its answer is lost: it hangs.
     let deployer = TestDeployer::healthy();
     deployer.hang_after_deploy.store(true, Ordering::SeqCst);
     let (dir_first, dir_second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -63,22 +66,26 @@ async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice
                 ..Options::default()
             };
             let first = TestApp::start(&data_dir, deployer, options).await;
-            let (_runner_lock, resumed) = first.state.jobs.lead().await.unwrap();
-            assert_eq!(resumed, 0);
+            first.state.jobs.start_claiming();
             let mut ids = Vec::new();
             for n in 0..BEFORE_THE_KILL {
                 ids.push(provision(&first, n).await);
             }
             let _ = first_jobs_tx.send(ids);
-            // Lives, holding the runner lock, until its runtime is shut down.
+            // Lives, renewing its leases, until its runtime is shut down.
             std::future::pending::<()>().await;
         }
     });
-    let mut ids = within("the first replica to accept its jobs", first_jobs)
+    let first_ids = within("the first replica to accept its jobs", first_jobs)
         .await
         .unwrap();
+    until("the first replica to deploy each of its jobs", || async {
+        deployer.deploys.load(Ordering::SeqCst) == BEFORE_THE_KILL
+    })
+    .await;
+    deployer.hang_after_deploy.store(false, Ordering::SeqCst);
 
-    // The second replica serves and accepts jobs, waiting for the runner lock.
+    // The second replica drives the jobs it accepts, beside the first.
     let second = TestApp::start(
         dir_second.path(),
         deployer.clone(),
@@ -88,34 +95,30 @@ async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice
         },
     )
     .await;
-    let leading = tokio::spawn({
-        let jobs = second.state.jobs.clone();
-        async move { jobs.lead().await }
-    });
+    second.state.jobs.start_claiming();
+    let mut second_ids = Vec::new();
     for n in BEFORE_THE_KILL..2 * BEFORE_THE_KILL {
-        ids.push(provision(&second, n).await);
+        second_ids.push(provision(&second, n).await);
     }
-
-    // The first replica runs every job, its own and the second's, up to the
-    // deployment whose answer it never gets; the second shows them all.
-    until("every job to be deployed by the first replica", || async {
-        deployer.deploys.load(Ordering::SeqCst) == ids.len()
-    })
-    .await;
+    for id in &second_ids {
+        second.wait_for(id, &["awaiting_near_signature"]).await;
+    }
+    // Longer than a lease: the first replica's jobs stay its own, as it
+    // renews their leases, and the second shows them as they stand.
+    tokio::time::sleep(TEST_JOB_LEASE + Duration::from_millis(500)).await;
     let mut dids = Vec::new();
-    for id in &ids {
-        let shown = second.wait_for(id, &["deploying_phala"]).await;
+    for id in &first_ids {
+        let (_, shown) = second
+            .call("GET", &format!("/api/provision/status/{id}"), None)
+            .await;
+        assert_eq!(shown["status"], "deploying_phala", "{shown}");
         dids.push(shown["coordinatorDid"].as_str().unwrap().to_owned());
     }
-    assert!(!leading.is_finished(), "only one replica runs jobs");
+    assert_eq!(second.state.jobs.jobs_worked_on(), 0);
 
     first_runtime.shutdown_background();
-    deployer.hang_after_deploy.store(false, Ordering::SeqCst);
-    let (_runner_lock, resumed) = within("the second replica to take over", leading)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resumed, ids.len());
+    let mut ids = first_ids;
+    ids.extend(second_ids);
     for n in 2 * BEFORE_THE_KILL..2 * BEFORE_THE_KILL + AFTER_THE_KILL {
         ids.push(provision(&second, n).await);
     }
@@ -151,19 +154,19 @@ async fn a_replica_that_dies_mid_deploy_is_replaced_and_no_job_is_deployed_twice
 }
 
 /// A registration cut off by the death of the replica that took the call
-/// is finished by the replica that runs jobs once it is clearly abandoned,
-/// instead of staying `registering` for ever.
+/// is finished by another replica once its lease runs out, instead of
+/// staying `registering` for ever.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_registration_left_by_a_dead_replica_is_finished_by_the_runner() {
+async fn a_registration_left_by_a_dead_replica_is_finished_by_another() {
     let Some(db) =
-        TestDb::postgres("a_registration_left_by_a_dead_replica_is_finished_by_the_runner").await
+        TestDb::postgres("a_registration_left_by_a_dead_replica_is_finished_by_another").await
     else {
         return;
     };
     let deployer = TestDeployer::healthy();
-    let (dir_runner, dir_other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let runner = TestApp::start(
-        dir_runner.path(),
+    let (dir_survivor, dir_other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let survivor = TestApp::start(
+        dir_survivor.path(),
         deployer.clone(),
         Options {
             database: Some(db.open().await),
@@ -171,9 +174,9 @@ async fn a_registration_left_by_a_dead_replica_is_finished_by_the_runner() {
         },
     )
     .await;
-    let (_runner_lock, _) = runner.state.jobs.lead().await.unwrap();
-    let id = provision(&runner, 0).await;
-    runner.wait_for(&id, &["awaiting_near_signature"]).await;
+    survivor.state.jobs.start_claiming();
+    let id = provision(&survivor, 0).await;
+    survivor.wait_for(&id, &["awaiting_near_signature"]).await;
 
     // The other replica takes the registration call and dies inside it.
     let other_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,27 +197,191 @@ async fn a_registration_left_by_a_dead_replica_is_finished_by_the_runner() {
                 ..Options::default()
             };
             let other = TestApp::start(&data_dir, deployer, options).await;
+            other.state.jobs.start_claiming();
             let body = json!({ "jobId": id, "contractAddress": "mydao.coord-factory.agents-coordinator.testnet" });
             other
                 .call("POST", "/api/provision/coordinator-register", Some(body))
                 .await;
         }
     });
-    runner.wait_for(&id, &["registering"]).await;
+    survivor.wait_for(&id, &["registering"]).await;
+    // Past a lease: the live replica renews it, so it is not taken over.
+    tokio::time::sleep(TEST_JOB_LEASE + Duration::from_millis(500)).await;
+    assert_eq!(survivor.state.jobs.jobs_worked_on(), 0);
     other_runtime.shutdown_background();
 
-    let done = runner
+    let done = survivor
         .wait_for(&id, &["complete", "awaiting_near_signature"])
         .await;
     assert_eq!(done["status"], "complete", "{done}");
     let did = done["coordinatorDid"].as_str().unwrap();
     assert!(
-        delibera_near::Registry::coordinator_by_did(&*runner.registry, did)
+        delibera_near::Registry::coordinator_by_did(&*survivor.registry, did)
             .await
             .unwrap()
             .is_some(),
-        "the runner's registrar registered it"
+        "the survivor's registrar registered it"
     );
+}
+
+/// A replica whose lease of a job another replica took stops working on
+/// it at once: the call it was waiting on never goes out, and the job is
+/// left as the new holder writes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_stops_working_on_a_job_whose_lease_another_took() {
+    let Some(db) =
+        TestDb::postgres("a_replica_stops_working_on_a_job_whose_lease_another_took").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let holds = Holds::open();
+    holds.deploy.set(GateState::Closed);
+    let deployer = TestDeployer::healthy();
+    let app = TestApp::start(
+        dir.path(),
+        deployer.clone(),
+        Options {
+            database: Some(db.open().await),
+            holds: holds.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.state.jobs.start_claiming();
+    let id = provision(&app, 0).await;
+    app.wait_for(&id, &["deploying_phala"]).await;
+    assert_eq!(app.state.jobs.jobs_worked_on(), 1);
+
+    db.execute(&format!(
+        "UPDATE jobs SET leased_by = 'another-replica', leased_until = now() + interval '1 hour'
+         WHERE id = '{id}'"
+    ))
+    .await;
+    until("the replica to stop working on the job", || async {
+        app.state.jobs.jobs_worked_on() == 0
+    })
+    .await;
+    holds.deploy.set(GateState::Open);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        deployer.deploys.load(Ordering::SeqCst),
+        0,
+        "deployed after losing the lease"
+    );
+    let (_, shown) = app
+        .call("GET", &format!("/api/provision/status/{id}"), None)
+        .await;
+    assert_eq!(shown["status"], "deploying_phala", "{shown}");
+}
+
+/// A replica shutting down stops its work and gives its leases up, so
+/// another replica carries its jobs on at once, not once the leases run
+/// out; the call it was waiting on never goes out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_shutting_down_hands_its_jobs_over_at_once() {
+    let Some(db) = TestDb::postgres("a_replica_shutting_down_hands_its_jobs_over_at_once").await
+    else {
+        return;
+    };
+    let deployer = TestDeployer::healthy();
+    let (dir_leaving, dir_staying) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let holds = Holds::open();
+    holds.deploy.set(GateState::Closed);
+    let leaving = TestApp::start(
+        dir_leaving.path(),
+        deployer.clone(),
+        Options {
+            database: Some(db.open().await),
+            holds: holds.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    leaving.state.jobs.start_claiming();
+    let id = provision(&leaving, 0).await;
+    leaving.wait_for(&id, &["deploying_phala"]).await;
+    let job = uuid::Uuid::parse_str(&id).unwrap();
+    assert!(db.lease_holder(job).await.is_some());
+
+    assert_eq!(leaving.state.jobs.stop_working().await.unwrap(), 1);
+    assert_eq!(db.lease_holder(job).await, None);
+    let staying = TestApp::start(
+        dir_staying.path(),
+        deployer.clone(),
+        Options {
+            database: Some(db.open().await),
+            ..Options::default()
+        },
+    )
+    .await;
+    staying.state.jobs.start_claiming();
+    let started = std::time::Instant::now();
+    let done = staying
+        .wait_for(&id, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(done["status"], "awaiting_near_signature", "{done}");
+    assert!(started.elapsed() < TEST_JOB_LEASE, "waited for the lease");
+    holds.deploy.set(GateState::Open);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1);
+}
+
+/// A replica that cannot renew its leases (its database refuses writes)
+/// stops working on its jobs before they could run out, so a replica
+/// claiming one never finds it still at work; once it can write again, it
+/// claims the job like any replica and carries it on, deploying once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_cannot_renew_stops_before_its_leases_run_out() {
+    let Some(db) =
+        TestDb::postgres("a_replica_that_cannot_renew_stops_before_its_leases_run_out").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let holds = Holds::open();
+    holds.deploy.set(GateState::Closed);
+    let deployer = TestDeployer::healthy();
+    let database = db.open().await;
+    let app = TestApp::start(
+        dir.path(),
+        deployer.clone(),
+        Options {
+            database: Some(database.clone()),
+            holds: holds.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.state.jobs.start_claiming();
+    let id = provision(&app, 0).await;
+    app.wait_for(&id, &["deploying_phala"]).await;
+
+    database.simulate_full_disk(true);
+    let refused_at = std::time::Instant::now();
+    until("the replica to stop working on its job", || async {
+        app.state.jobs.jobs_worked_on() == 0
+    })
+    .await;
+    assert!(
+        refused_at.elapsed() < TEST_JOB_LEASE,
+        "stopped only after {:?}: its lease may have run out first",
+        refused_at.elapsed()
+    );
+    holds.deploy.set(GateState::Open);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        deployer.deploys.load(Ordering::SeqCst),
+        0,
+        "deployed without a lease"
+    );
+
+    database.simulate_full_disk(false);
+    let done = app
+        .wait_for(&id, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(done["status"], "awaiting_near_signature", "{done}");
+    assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1);
 }
 
 /// A `protocol-api` binary in production mode on the test's PostgreSQL
@@ -291,14 +458,14 @@ impl Drop for Replica {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn replica_binaries_share_jobs_and_hand_the_runner_lock_over() {
+async fn replica_binaries_share_jobs_and_hand_the_leader_lock_over() {
     use delibera_identity::Keypair;
     use delibera_storacha::Delegator;
 
     const KEY_HEX: &str = "7265706c6963612d746573742d7365616c696e672d6b65792d30313233343536";
     const PINNED: &str = "ghcr.io/delibera/delibera-agent@sha256:3333333333333333333333333333333333333333333333333333333333333333";
     let Some(db) =
-        TestDb::postgres("replica_binaries_share_jobs_and_hand_the_runner_lock_over").await
+        TestDb::postgres("replica_binaries_share_jobs_and_hand_the_leader_lock_over").await
     else {
         return;
     };
@@ -338,11 +505,11 @@ async fn replica_binaries_share_jobs_and_hand_the_runner_lock_over() {
     ];
 
     let mut first = Replica::start(dir.path(), "first", &env);
-    first.wait_for_log("this process runs the jobs").await;
+    first.wait_for_log("this replica leads").await;
     let mut second = Replica::start(dir.path(), "second", &env);
-    second.wait_for_log("waiting for the runner lock").await;
+    second.wait_for_log("waiting for the leader lock").await;
     second.wait_for_log("Delibera Protocol API listening").await;
-    assert!(!second.log().contains("this process runs the jobs"));
+    assert!(!second.log().contains("this replica leads"));
 
     // A job one replica holds at the wallet step is shown, secrets and all,
     // by both.
@@ -363,16 +530,16 @@ async fn replica_binaries_share_jobs_and_hand_the_runner_lock_over() {
     assert_eq!(shown_first, shown_second);
     assert_eq!(shown_first.1["storachaPrivateKey"], "MgCYsecret");
 
-    // SIGKILL: the survivor takes the runner lock over.
+    // SIGKILL: the survivor takes the leader lock over.
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    second.wait_for_log("this process runs the jobs").await;
+    second.wait_for_log("this replica leads").await;
     assert_eq!(second.status_of(&id).await, shown_first);
 
-    // A runner that loses its lock stops, saying why, rather than run jobs
-    // beside the replica that would take them over.
-    assert_eq!(db.end_runner_lock_session().await, 1);
-    let status = within("the runner that lost its lock to stop", async {
+    // A leader that loses its lock stops, saying why, rather than sweep
+    // beside the replica that leads next.
+    assert_eq!(db.end_leader_lock_session().await, 1);
+    let status = within("the leader that lost its lock to stop", async {
         loop {
             if let Some(status) = second.child.try_wait().unwrap() {
                 return status;
@@ -383,26 +550,27 @@ async fn replica_binaries_share_jobs_and_hand_the_runner_lock_over() {
     .await;
     assert!(!status.success());
     assert!(
-        second.log().contains("lost the runner lock"),
+        second.log().contains("lost the leader lock"),
         "{}",
         second.log()
     );
 }
 
-/// Only the runner judges stored records: a replica that starts while
-/// another runs the jobs (an older release during a rolling upgrade, say)
-/// leaves a record it cannot read alone; it fails it once it leads.
+/// Only the leader judges stored records: a replica that starts while
+/// another leads (an older release during a rolling upgrade, say) leaves a
+/// record it cannot read alone, even once it claims it; it fails it once
+/// it leads.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_standby_fails_an_unreadable_record_only_once_it_runs_the_jobs() {
+async fn a_replica_fails_an_unreadable_record_only_once_it_leads() {
     let Some(db) =
-        TestDb::postgres("a_standby_fails_an_unreadable_record_only_once_it_runs_the_jobs").await
+        TestDb::postgres("a_replica_fails_an_unreadable_record_only_once_it_leads").await
     else {
         return;
     };
-    // Another replica holds the runner lock (and drives nothing here).
+    // Another replica holds the leader lock (and drives nothing here).
     let holder = db.open().await;
     let held = holder
-        .try_runner_lock()
+        .try_leader_lock()
         .await
         .unwrap()
         .expect("a free lock");
@@ -427,11 +595,19 @@ async fn a_standby_fails_an_unreadable_record_only_once_it_runs_the_jobs() {
         },
     )
     .await;
+    standby.state.jobs.start_claiming();
     let leading = tokio::spawn({
         let jobs = standby.state.jobs.clone();
         async move { jobs.lead().await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Past the lease its first holder took: the standby claims it, and
+    // cannot read it.
+    let first_holder = db.lease_holder(job.id).await;
+    db.expire_leases().await;
+    until("the standby to claim the job", || async {
+        db.lease_holder(job.id).await != first_holder
+    })
+    .await;
     let status = format!("/api/provision/status/{}", job.id);
     let (_, shown) = standby.call("GET", &status, None).await;
     assert_ne!(shown["status"], "failed", "failed by a standby: {shown}");

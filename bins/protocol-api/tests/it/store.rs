@@ -65,6 +65,10 @@ pub enum TestDb {
     },
 }
 
+/// How long a job's lease lasts in the tests: a replica that dies
+/// holds its jobs this long.
+pub const TEST_JOB_LEASE: Duration = Duration::from_secs(2);
+
 /// The server key most tests seal with.
 const KEY: [u8; 32] = [7; 32];
 
@@ -108,7 +112,10 @@ impl TestDb {
         match self {
             TestDb::Sqlite(dir) => Database::open(&dir.path().join("jobs.sqlite"), secrets),
             TestDb::Postgres { url, .. } => {
-                Database::connect_postgres(&PostgresConfig::parse(url).unwrap(), secrets).await
+                let config = PostgresConfig::parse(url)
+                    .unwrap()
+                    .with_job_lease(TEST_JOB_LEASE);
+                Database::connect_postgres(&config, secrets).await
             }
         }
     }
@@ -121,15 +128,15 @@ impl TestDb {
         }
     }
 
-    /// Ends the session holding the runner lock of this database, as a
+    /// Ends the session holding the leader lock of this database, as a
     /// restarted database or a cut connection would; returns how many.
-    pub async fn end_runner_lock_session(&self) -> i64 {
+    pub async fn end_leader_lock_session(&self) -> i64 {
         let TestDb::Postgres { client, .. } = self else {
             return 0;
         };
         client
             .query_one(
-                // The runner lock of this schema: (0x444c4250, 2 # hashtext(schema)).
+                // The leader lock of this schema: (0x444c4250, 2 # hashtext(schema)).
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
                  WHERE locktype = 'advisory' AND granted AND database = (
                        SELECT oid FROM pg_database WHERE datname = current_database())
@@ -156,6 +163,30 @@ impl TestDb {
             }
             TestDb::Postgres { client, .. } => client.batch_execute(sql).await.unwrap(),
         }
+    }
+
+    /// Makes every job lease run out now (PostgreSQL).
+    pub async fn expire_leases(&self) {
+        self.execute(
+            "UPDATE jobs SET leased_until = now() - interval '1 second'
+             WHERE leased_until IS NOT NULL",
+        )
+        .await
+    }
+
+    /// Who holds job `id`'s lease (PostgreSQL): `None` if nobody does.
+    pub async fn lease_holder(&self, id: Uuid) -> Option<String> {
+        let TestDb::Postgres { client, .. } = self else {
+            return None;
+        };
+        client
+            .query_one(
+                "SELECT leased_by FROM jobs WHERE id = $1",
+                &[&id.to_string()],
+            )
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// Replaces a job's sealed secrets with `sealed` behind the store's back.
@@ -609,11 +640,11 @@ async fn org_keys_and_the_deployment_journal_round_trip(db: TestDb) {
 }
 
 /// Replicas on one PostgreSQL database: what one commits, another reads at
-/// once; only one holds the runner lock, and another takes it when the
+/// once; only one holds the leader lock, and another takes it when the
 /// holder lets go (its process ends).
 #[tokio::test(flavor = "multi_thread")]
-async fn replicas_share_jobs_and_one_at_a_time_runs_them() {
-    let Some(db) = TestDb::postgres("replicas_share_jobs_and_one_at_a_time_runs_them").await else {
+async fn replicas_share_jobs_and_one_at_a_time_leads() {
+    let Some(db) = TestDb::postgres("replicas_share_jobs_and_one_at_a_time_leads").await else {
         return;
     };
     let (first, second) = (db.open().await, db.open().await);
@@ -631,16 +662,16 @@ async fn replicas_share_jobs_and_one_at_a_time_runs_them() {
         JobStatus::CreatingSpace
     );
 
-    let held = first.try_runner_lock().await.unwrap().expect("a free lock");
+    let held = first.try_leader_lock().await.unwrap().expect("a free lock");
     assert!(held.is_shared());
-    assert!(second.try_runner_lock().await.unwrap().is_none());
-    let waiting = tokio::spawn(async move { second.runner_lock().await });
+    assert!(second.try_leader_lock().await.unwrap().is_none());
+    let waiting = tokio::spawn(async move { second.leader_lock().await });
     drop(held);
-    let mut taken = within("the second replica to take the runner lock", waiting)
+    let mut taken = within("the second replica to take the leader lock", waiting)
         .await
         .unwrap()
         .unwrap();
-    assert!(first.try_runner_lock().await.unwrap().is_none());
+    assert!(first.try_leader_lock().await.unwrap().is_none());
     // The lock is held, not lost.
     assert!(
         tokio::time::timeout(Duration::from_millis(50), taken.lost())
@@ -649,13 +680,131 @@ async fn replicas_share_jobs_and_one_at_a_time_runs_them() {
     );
 }
 
+/// A job is leased to the replica that stores it; another can claim it
+/// only once the lease runs out, and from then on the first one's writes
+/// are refused and its renewals come back empty. A job saved in a status
+/// nobody works on is leased to nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_is_claimed_only_once_it_runs_out_and_fences_its_old_holder() {
+    let Some(db) =
+        TestDb::postgres("a_lease_is_claimed_only_once_it_runs_out_and_fences_its_old_holder")
+            .await
+    else {
+        return;
+    };
+    let (first, second) = (db.open().await.jobs(), db.open().await.jobs());
+    let driven: Vec<JobStatus> = JobStatus::ALL
+        .into_iter()
+        .filter(|status| status.is_runner_owned())
+        .collect();
+    let mut job = new_job();
+    first.insert(&job).await.unwrap();
+    let holder = db.lease_holder(job.id).await.expect("leased when stored");
+    assert!(second.claim(&driven, 10).await.unwrap().is_empty());
+    assert_eq!(first.renew(&[job.id]).await.unwrap(), vec![job.id]);
+    job.status = JobStatus::CreatingSpace;
+    first.save_held(&job).await.unwrap();
+
+    db.expire_leases().await;
+    let claimed = second.claim(&driven, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].status, JobStatus::CreatingSpace);
+    let new_holder = db.lease_holder(job.id).await.unwrap();
+    assert_ne!(new_holder, holder);
+    assert!(second.claim(&driven, 10).await.unwrap().is_empty());
+
+    job.status = JobStatus::PreparingPhala;
+    match first.save_held(&job).await {
+        Err(StoreError::LeaseLost { id }) => assert_eq!(id, job.id.to_string()),
+        other => panic!("the old holder wrote: {other:?}"),
+    }
+    assert!(first.renew(&[job.id]).await.unwrap().is_empty());
+    assert_eq!(
+        first.get(job.id).await.unwrap().unwrap().status,
+        JobStatus::CreatingSpace
+    );
+
+    // Its new holder brings it to the wallet step: nobody holds it there,
+    // and a registration starting takes it.
+    job.status = JobStatus::AwaitingNearSignature;
+    second.save_held(&job).await.unwrap();
+    assert_eq!(db.lease_holder(job.id).await, None);
+    job.status = JobStatus::Registering;
+    assert!(
+        first
+            .take_if_status(&job, JobStatus::AwaitingNearSignature)
+            .await
+            .unwrap()
+    );
+    assert_eq!(db.lease_holder(job.id).await.as_deref(), Some(&*holder));
+    assert!(
+        second
+            .claim(&[JobStatus::Registering], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(first.renew(&[job.id]).await.unwrap(), vec![job.id]);
+    first.save_held(&job).await.unwrap();
+    db.expire_leases().await;
+    assert_eq!(
+        second
+            .claim(&[JobStatus::Registering], 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Replicas claiming at the same instant never get the same job, and
+/// together they get every job whose lease ran out.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_claiming_together_split_the_jobs() {
+    let Some(db) = TestDb::postgres("replicas_claiming_together_split_the_jobs").await else {
+        return;
+    };
+    let stored = db.open().await.jobs();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..60 {
+        let job = new_job();
+        stored.insert(&job).await.unwrap();
+        ids.insert(job.id);
+    }
+    db.expire_leases().await;
+    let mut claims = Vec::new();
+    for _ in 0..4 {
+        let jobs = db.open().await.jobs();
+        claims.push(tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            loop {
+                let batch = jobs
+                    .claim(&[JobStatus::GeneratingIdentity], 7)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return claimed;
+                }
+                claimed.extend(batch.into_iter().map(|job| job.id));
+            }
+        }));
+    }
+    let mut claimed = Vec::new();
+    for claim in claims {
+        claimed.extend(claim.await.unwrap());
+    }
+    let distinct: std::collections::HashSet<Uuid> = claimed.iter().copied().collect();
+    assert_eq!(distinct.len(), claimed.len(), "a job was claimed twice");
+    assert_eq!(distinct, ids);
+}
+
 /// A standby whose sessions carry a statement timeout (set for a role or a
-/// database, as operators do) waits for the runner lock past it instead of
+/// database, as operators do) waits for the leader lock past it instead of
 /// failing, which would end the replica.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_statement_timeout_does_not_end_the_wait_for_the_runner_lock() {
+async fn a_statement_timeout_does_not_end_the_wait_for_the_leader_lock() {
     let Some(db) =
-        TestDb::postgres("a_statement_timeout_does_not_end_the_wait_for_the_runner_lock").await
+        TestDb::postgres("a_statement_timeout_does_not_end_the_wait_for_the_leader_lock").await
     else {
         return;
     };
@@ -670,15 +819,15 @@ async fn a_statement_timeout_does_not_end_the_wait_for_the_runner_lock() {
     )
     .await
     .unwrap();
-    let held = first.try_runner_lock().await.unwrap().expect("a free lock");
-    let waiting = tokio::spawn(async move { impatient.runner_lock().await });
+    let held = first.try_leader_lock().await.unwrap().expect("a free lock");
+    let waiting = tokio::spawn(async move { impatient.leader_lock().await });
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
         !waiting.is_finished(),
         "the wait ended while the lock was held"
     );
     drop(held);
-    within("the standby to take the runner lock", waiting)
+    within("the standby to take the leader lock", waiting)
         .await
         .unwrap()
         .unwrap();
@@ -703,21 +852,21 @@ async fn a_database_migrated_by_a_newer_release_is_refused() {
     }
 }
 
-/// A runner whose lock's session is ended from outside (a database
+/// A leader whose lock's session is ended from outside (a database
 /// restart, a cut connection) hears that it lost the lock, so it can stop
-/// before another replica takes the jobs over.
+/// before another replica takes the sweeps over.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_runner_hears_when_its_lock_is_lost() {
-    let Some(db) = TestDb::postgres("a_runner_hears_when_its_lock_is_lost").await else {
+async fn a_leader_hears_when_its_lock_is_lost() {
+    let Some(db) = TestDb::postgres("a_leader_hears_when_its_lock_is_lost").await else {
         return;
     };
     let (first, second) = (db.open().await, db.open().await);
-    let mut held = first.try_runner_lock().await.unwrap().expect("a free lock");
-    let ended = db.end_runner_lock_session().await;
+    let mut held = first.try_leader_lock().await.unwrap().expect("a free lock");
+    let ended = db.end_leader_lock_session().await;
     assert!(ended >= 1, "the lock's session was found");
-    let reason = within("the runner to hear its lock is lost", held.lost()).await;
+    let reason = within("the leader to hear its lock is lost", held.lost()).await;
     assert!(reason.contains("connection"), "{reason}");
-    within("the other replica to take the lock", second.runner_lock())
+    within("the other replica to take the lock", second.leader_lock())
         .await
         .unwrap();
 }

@@ -21,15 +21,28 @@ pub(super) async fn insert(pg: &Postgres, row: &Row) -> Result<(), StoreError> {
     insert_on(pg, &**client, row).await
 }
 
+/// Inserts `row`; a job someone must work on is leased to this replica,
+/// which starts driving it at once.
 async fn insert_on(
     pg: &Postgres,
     client: &impl tokio_postgres::GenericClient,
     row: &Row,
 ) -> Result<(), StoreError> {
+    let holder = row.worked_on.then_some(&*pg.replica);
     client
         .execute(
-            "INSERT INTO jobs (id, status, record, secrets, updated_at) VALUES ($1, $2, $3, $4, $5)",
-            &[&row.id, &row.status, &row.record, &&row.secrets[..], &row.updated_at],
+            "INSERT INTO jobs (id, status, record, secrets, updated_at, leased_by, leased_until)
+             VALUES ($1, $2, $3, $4, $5, $6,
+                     CASE WHEN $6::TEXT IS NULL THEN NULL ELSE now() + make_interval(secs => $7) END)",
+            &[
+                &row.id,
+                &row.status,
+                &row.record,
+                &&row.secrets[..],
+                &row.updated_at,
+                &holder,
+                &pg.job_lease().as_secs_f64(),
+            ],
         )
         .await
         .map_err(|error| pg.error(error))?;
@@ -109,19 +122,39 @@ async fn started_under(
         .transpose()
 }
 
+/// How a write treats the job's lease. Whatever the rule, a job written
+/// in a status nobody works on (the wallet step, or the end) is leased to
+/// nobody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseRule {
+    /// Writes whoever holds the lease, and leaves it as it is: the writes
+    /// of statuses nobody holds (expiry, announcing, teardown).
+    Ignore,
+    /// Writes only while this replica holds the lease (a fenced write of
+    /// the job's driver or registration), and keeps it.
+    Held,
+    /// Takes the lease for this replica (a registration starting).
+    Take,
+}
+
 /// Replaces the stored row, if `expected` is its status (or whatever it is,
-/// without one); returns whether it did.
+/// without one) and `lease` allows it; returns whether it did.
 pub(super) async fn update(
     pg: &Postgres,
     row: &Row,
     expected: Option<JobStatus>,
+    lease: LeaseRule,
 ) -> Result<bool, StoreError> {
     let client = pg.writer().await?;
     let changed = client
         .execute(
             "UPDATE jobs SET status = $2, record = $3, secrets = $4, updated_at = $5,
-                 revision = revision + 1
-             WHERE id = $1 AND ($6::TEXT IS NULL OR status = $6)",
+                 revision = revision + 1,
+                 leased_by = CASE WHEN NOT $7 THEN NULL WHEN $8 THEN $9 ELSE leased_by END,
+                 leased_until = CASE WHEN NOT $7 THEN NULL
+                     WHEN $8 THEN now() + make_interval(secs => $10) ELSE leased_until END
+             WHERE id = $1 AND ($6::TEXT IS NULL OR status = $6)
+                 AND (NOT $11 OR leased_by = $9)",
             &[
                 &row.id,
                 &row.status,
@@ -129,11 +162,89 @@ pub(super) async fn update(
                 &&row.secrets[..],
                 &row.updated_at,
                 &expected.map(JobStatus::as_str),
+                &row.worked_on,
+                &(lease == LeaseRule::Take),
+                &&*pg.replica,
+                &pg.job_lease().as_secs_f64(),
+                &(lease == LeaseRule::Held),
             ],
         )
         .await
         .map_err(|error| pg.error(error))?;
     Ok(changed == 1)
+}
+
+/// Leases to this replica up to `limit` jobs in `statuses` whose lease
+/// has run out (or that nobody ever held), oldest change first, and
+/// returns them. Rows another replica is claiming at the same instant are
+/// skipped, so two claims never return one job. A job whose record cannot
+/// be read is logged and stays leased until its lease runs out, for a
+/// replica that can read it.
+pub(super) async fn claim(
+    pg: &Postgres,
+    statuses: &[JobStatus],
+    limit: i64,
+) -> Result<Vec<Job>, StoreError> {
+    let client = pg.writer().await?;
+    let names: Vec<&str> = statuses.iter().map(|status| status.as_str()).collect();
+    let rows = client
+        .query(
+            "UPDATE jobs SET leased_by = $1, leased_until = now() + make_interval(secs => $2)
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE status = ANY($3) AND (leased_until IS NULL OR leased_until < now())
+                 ORDER BY updated_at LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, record, secrets",
+            &[&&*pg.replica, &pg.job_lease().as_secs_f64(), &names, &limit],
+        )
+        .await
+        .map_err(|error| pg.error(error))?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: &str = row.get(0);
+        match Row::decode(id, row.get(1), row.get(2), &pg.secrets) {
+            Ok(job) => jobs.push(job),
+            Err(error) => tracing::error!(job = %id, %error,
+                "a claimed job cannot be read here; it is left for a replica that can read it"),
+        }
+    }
+    jobs.sort_by_key(|job| job.updated_at);
+    Ok(jobs)
+}
+
+/// Extends this replica's leases of `ids`; returns the ids it still held.
+pub(super) async fn renew(pg: &Postgres, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+    let client = pg.writer().await?;
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let rows = client
+        .query(
+            "UPDATE jobs SET leased_until = now() + make_interval(secs => $2)
+             WHERE leased_by = $1 AND id = ANY($3) RETURNING id",
+            &[&&*pg.replica, &pg.job_lease().as_secs_f64(), &ids],
+        )
+        .await
+        .map_err(|error| pg.error(error))?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| Uuid::parse_str(row.get(0)).ok())
+        .collect())
+}
+
+/// Gives up this replica's leases of `ids`, so another replica may claim
+/// those jobs at once.
+pub(super) async fn release(pg: &Postgres, ids: &[Uuid]) -> Result<(), StoreError> {
+    let client = pg.writer().await?;
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    client
+        .execute(
+            "UPDATE jobs SET leased_by = NULL, leased_until = NULL
+             WHERE leased_by = $1 AND id = ANY($2)",
+            &[&&*pg.replica, &ids],
+        )
+        .await
+        .map_err(|error| pg.error(error))?;
+    Ok(())
 }
 
 pub(super) async fn get(pg: &Postgres, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -239,7 +350,7 @@ pub(super) async fn fail_unreadable(pg: &Postgres) -> Result<Vec<UnreadableJob>,
                 transaction
                     .execute(
                         "UPDATE jobs SET status = $2, record = $3, secrets = $4, updated_at = $5,
-                             revision = revision + 1
+                             revision = revision + 1, leased_by = NULL, leased_until = NULL
                          WHERE id = $1",
                         &[
                             &failed.id,
@@ -255,7 +366,8 @@ pub(super) async fn fail_unreadable(pg: &Postgres) -> Result<Vec<UnreadableJob>,
             None => {
                 transaction
                     .execute(
-                        "UPDATE jobs SET status = $2, updated_at = $3, revision = revision + 1
+                        "UPDATE jobs SET status = $2, updated_at = $3, revision = revision + 1,
+                             leased_by = NULL, leased_until = NULL
                          WHERE id = $1",
                         &[&id, &JobStatus::Failed.as_str(), &timestamp(now)],
                     )
