@@ -308,6 +308,7 @@ impl From<JobError> for ApiError {
             JobError::WrongRole { .. }
             | JobError::NotAwaitingSignature { .. }
             | JobError::AlreadyRegistering { .. }
+            | JobError::Interrupted { .. }
             | JobError::AgentUnhealthy { .. } => ApiError::Conflict(error.to_string()),
             JobError::IdempotencyKeyReused => ApiError::Unprocessable(error.to_string()),
             JobError::Registry(error) => crate::routes::registry_error(error),

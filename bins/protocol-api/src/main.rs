@@ -65,14 +65,13 @@ async fn main() -> anyhow::Result<()> {
         shutdown.await;
         tracing::info!("shutdown signal received; finishing in-flight requests");
     });
-    tokio::select! {
-        served = served => served?,
-        stopped = &mut runner => {
-            stopped.context("the job runner's task")??;
-        }
-    }
-    // Another replica carries this one's jobs on at once, not once their
-    // leases run out.
+    let outcome: anyhow::Result<()> = tokio::select! {
+        served = served => served.map_err(Into::into),
+        stopped = &mut runner => stopped.context("the job runner's task").and_then(|ran| ran),
+    };
+    // Whether it is shutting down or lost the leader lock, the process
+    // hands its jobs over: another replica carries them on at once rather
+    // than once their leases run out.
     match jobs.stop_working().await {
         Ok(0) => {}
         Ok(handed) => tracing::info!(
@@ -83,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::warn!(%error, "could not give up the job leases; they run out by themselves")
         }
     }
+    outcome?;
     if let Some(ensue) = local_ensue {
         ensue.stop().await.context("stopping the embedded Ensue")?;
     }

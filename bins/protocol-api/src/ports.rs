@@ -262,6 +262,9 @@ pub struct Settings {
     /// dead replica held, or one an older release stored), to claim and
     /// carry them on (only when replicas share the store).
     pub job_scan_interval: Duration,
+    /// How long a process shutting down waits for its drivers to reach a
+    /// step's end, handing their jobs over, before aborting the rest.
+    pub handover_wait: Duration,
 }
 
 /// How often an idle status event stream says it is alive, so proxies and
@@ -291,6 +294,7 @@ impl Settings {
             register_storage_wait: Duration::from_secs(10),
             events_heartbeat: DEFAULT_EVENTS_HEARTBEAT,
             job_scan_interval: Duration::from_secs(1),
+            handover_wait: Duration::from_secs(10),
         }
     }
 

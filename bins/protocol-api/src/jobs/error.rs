@@ -69,6 +69,16 @@ pub enum JobError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The registration stopped here before it finished: this server lost
+    /// the job's lease, or is stopping. Whoever holds the job next finishes it.
+    #[error(
+        "job {job}'s registration was interrupted on this server; it is finished from its last \
+         saved step by whichever server carries the job on: follow the job's status"
+    )]
+    Interrupted {
+        /// The job.
+        job: Uuid,
+    },
     /// A detached task ended abnormally.
     #[error("registration task failed: {0}")]
     Task(String),

@@ -94,18 +94,23 @@ pub struct JobMachine {
 }
 
 /// The jobs this process works on (drives, or registers), so none is
-/// worked on twice at once here, and each can be stopped when its lease is
-/// lost.
+/// worked on twice at once here, and each run can be stopped when its lease
+/// is lost.
 #[derive(Default)]
 struct Runner {
-    working: std::sync::Mutex<std::collections::HashMap<Uuid, Work>>,
+    state: std::sync::Mutex<Working>,
     next_token: std::sync::atomic::AtomicU64,
-    /// Set once this process stops working on jobs (it is shutting down):
-    /// nothing new is begun or claimed.
-    stopped: std::sync::atomic::AtomicBool,
 }
 
-/// One job's work in this process.
+#[derive(Default)]
+struct Working {
+    runs: std::collections::HashMap<Uuid, Work>,
+    /// Set once this process stops working on jobs (it is shutting down):
+    /// nothing new is begun, and drivers stop at their next step.
+    stopped: bool,
+}
+
+/// One job's run in this process.
 struct Work {
     /// Tells this run from a later one of the same job.
     token: u64,
@@ -113,24 +118,31 @@ struct Work {
     task: Option<tokio::task::AbortHandle>,
 }
 
+/// A run as the runner listed it: the job, the run's token, its task.
+type Run = (Uuid, u64, Option<tokio::task::AbortHandle>);
+
 impl Runner {
-    fn working(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, Work>> {
-        self.working
+    fn state(&self) -> std::sync::MutexGuard<'_, Working> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn token(&self) -> u64 {
+        self.next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks job `id` as worked on here; `None` if it is already, or if
     /// this process stopped working on jobs.
     fn begin(&self, id: Uuid) -> Option<u64> {
         use std::collections::hash_map::Entry;
-        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        let token = self.token();
+        let mut state = self.state();
+        if state.stopped {
             return None;
         }
-        let token = self
-            .next_token
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.working().entry(id) {
+        match state.runs.entry(id) {
             Entry::Occupied(_) => None,
             Entry::Vacant(vacant) => {
                 vacant.insert(Work { token, task: None });
@@ -143,47 +155,80 @@ impl Runner {
     /// marked (a driver that just brought it to the wallet step may not
     /// have unmarked it yet).
     fn begin_anew(&self, id: Uuid) -> u64 {
-        let token = self
-            .next_token
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.working().insert(id, Work { token, task: None });
+        let token = self.token();
+        self.state().runs.insert(id, Work { token, task: None });
         token
     }
 
-    /// Records the task doing run `token` of job `id`.
+    /// Records the task doing run `token` of job `id`; aborts it if the run
+    /// was stopped before its task was recorded.
     fn attach(&self, id: Uuid, token: u64, task: tokio::task::AbortHandle) {
-        if let Some(work) = self
-            .working()
-            .get_mut(&id)
-            .filter(|work| work.token == token)
-        {
-            work.task = Some(task);
+        let mut state = self.state();
+        match state.runs.get_mut(&id).filter(|work| work.token == token) {
+            Some(work) => work.task = Some(task),
+            None => task.abort(),
         }
     }
 
     /// Run `token` of job `id` is over.
     fn end(&self, id: Uuid, token: u64) {
-        let mut working = self.working();
-        if working.get(&id).is_some_and(|work| work.token == token) {
-            working.remove(&id);
+        let mut state = self.state();
+        if state.runs.get(&id).is_some_and(|work| work.token == token) {
+            state.runs.remove(&id);
         }
     }
 
-    /// The jobs worked on here.
-    fn ids(&self) -> Vec<Uuid> {
-        self.working().keys().copied().collect()
+    /// The runs here now.
+    fn runs(&self) -> Vec<Run> {
+        self.state()
+            .runs
+            .iter()
+            .map(|(id, work)| (*id, work.token, work.task.clone()))
+            .collect()
     }
 
-    /// Stops the work on job `id`; returns whether a task was still doing it.
-    fn stop(&self, id: Uuid) -> bool {
-        let Some(work) = self.working().remove(&id) else {
-            return false;
+    fn len(&self) -> usize {
+        self.state().runs.len()
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.state().stopped
+    }
+
+    /// Stops run `token` of job `id`, if it is still the job's run here;
+    /// returns whether a task was still doing it.
+    fn stop(&self, id: Uuid, token: u64) -> bool {
+        let work = {
+            let mut state = self.state();
+            if state.runs.get(&id).is_none_or(|work| work.token != token) {
+                return false;
+            }
+            state.runs.remove(&id)
         };
-        work.task.is_some_and(|task| {
+        work.and_then(|work| work.task).is_some_and(|task| {
             let running = !task.is_finished();
             task.abort();
             running
         })
+    }
+
+    /// Stops every run here; returns how many tasks were still running.
+    fn stop_all(&self) -> usize {
+        let runs: Vec<Work> = self.state().runs.drain().map(|(_, work)| work).collect();
+        runs.into_iter()
+            .filter_map(|work| work.task)
+            .filter(|task| {
+                let running = !task.is_finished();
+                task.abort();
+                running
+            })
+            .count()
+    }
+
+    /// Begins nothing more; returns the runs there are.
+    fn close(&self) -> Vec<Run> {
+        self.state().stopped = true;
+        self.runs()
     }
 }
 
@@ -330,7 +375,7 @@ impl JobMachine {
 
     /// How many jobs this process works on now (drives, or registers).
     pub fn jobs_worked_on(&self) -> usize {
-        self.runner.working().len()
+        self.runner.len()
     }
 
     /// Whether other processes share the store (PostgreSQL replicas).
@@ -409,11 +454,7 @@ impl JobMachine {
                 .into_iter()
                 .filter(|status| status.is_runner_owned())
                 .collect();
-            while !machine
-                .runner
-                .stopped
-                .load(std::sync::atomic::Ordering::SeqCst)
-            {
+            while !machine.runner.is_stopped() {
                 let claimed = async {
                     let mut claimed = Vec::new();
                     for job in machine.jobs.claim(&driven, CLAIM_BATCH).await? {
@@ -430,12 +471,9 @@ impl JobMachine {
                         claimed.push(job.id);
                         machine.finish_abandoned_registration(job);
                     }
-                    // Claimed as this process stopped working: not begun.
-                    if machine
-                        .runner
-                        .stopped
-                        .load(std::sync::atomic::Ordering::SeqCst)
-                    {
+                    // Claimed as this process stopped working: none was begun
+                    // (the runner begins nothing once stopped).
+                    if machine.runner.is_stopped() {
                         machine.jobs.release(&claimed).await?;
                     }
                     Ok::<_, StoreError>(())
@@ -448,20 +486,39 @@ impl JobMachine {
         });
     }
 
-    /// Stops all work on jobs here and gives up their leases, so that,
-    /// where replicas share the store, another one carries them on at once
-    /// rather than once the leases run out: what a replica does as it
-    /// shuts down. Each job goes on from its last committed step.
+    /// Stops working on jobs, for a process shutting down: nothing new is
+    /// begun or claimed, and each driver stops before its next step. Where
+    /// replicas share the store, the leases of the jobs whose work stopped
+    /// within `Settings::handover_wait` are given up, so another replica carries them on
+    /// at once from their last committed step; work still going on then
+    /// (a long wait for an agent's health, an outside call) is aborted and
+    /// its leases left to run out, as after a kill, so a call in flight is
+    /// never repeated beside it. Returns how many jobs were handed over.
     pub async fn stop_working(&self) -> Result<usize, StoreError> {
-        self.runner
-            .stopped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let ids = self.runner.ids();
-        for id in &ids {
-            self.runner.stop(*id);
+        let runs = self.runner.close();
+        if !self.is_shared() {
+            return Ok(0);
         }
-        self.jobs.release(&ids).await?;
-        Ok(ids.len())
+        let deadline = tokio::time::Instant::now() + self.settings.handover_wait;
+        let finished = |task: &Option<tokio::task::AbortHandle>| {
+            task.as_ref()
+                .is_some_and(tokio::task::AbortHandle::is_finished)
+        };
+        while !runs.iter().all(|(_, _, task)| finished(task))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut handed = Vec::new();
+        for (id, token, task) in runs {
+            if finished(&task) {
+                handed.push(id);
+            } else {
+                self.runner.stop(id, token);
+            }
+        }
+        self.jobs.release(&handed).await?;
+        Ok(handed.len())
     }
 
     /// Renews this process's leases every third of `lease`. Work on a job
@@ -479,15 +536,19 @@ impl JobMachine {
                 let stop_at = renewed + lease - lease / 6;
                 tokio::time::sleep_until(stop_at.min(tokio::time::Instant::now() + interval)).await;
                 let sent = tokio::time::Instant::now();
-                let held = machine.runner.ids();
+                let runs = machine.runner.runs();
+                let held: Vec<Uuid> = runs.iter().map(|(id, ..)| *id).collect();
                 match tokio::time::timeout_at(stop_at, machine.jobs.renew(&held)).await {
                     Ok(Ok(kept)) => {
                         renewed = sent;
                         let kept: std::collections::HashSet<Uuid> = kept.into_iter().collect();
-                        for id in held.into_iter().filter(|id| !kept.contains(id)) {
-                            if machine.runner.stop(id) {
+                        // A run whose own last write cleared its lease has
+                        // ended, or is about to: stopping it changes nothing.
+                        for (id, token, _) in runs.into_iter().filter(|(id, ..)| !kept.contains(id))
+                        {
+                            if machine.runner.stop(id, token) {
                                 tracing::info!(job = %id,
-                                    "the job's lease is another replica's now; stopped working on it here");
+                                    "this replica no longer holds the job's lease; stopped working on it here");
                             }
                         }
                         continue;
@@ -498,12 +559,7 @@ impl JobMachine {
                     Err(_) => {}
                 }
                 if tokio::time::Instant::now() >= stop_at {
-                    let stopped = machine
-                        .runner
-                        .ids()
-                        .into_iter()
-                        .filter(|id| machine.runner.stop(*id))
-                        .count();
+                    let stopped = machine.runner.stop_all();
                     if stopped > 0 {
                         tracing::warn!(
                             stopped,
@@ -824,9 +880,10 @@ impl JobMachine {
     }
 
     /// Drives job `id` from `committed` (what was last committed; read
-    /// from the store when `None`). The job is read once: the runner is the
-    /// only writer of a job in a status it owns, so after each commit the
-    /// job in hand is what the store holds.
+    /// from the store when `None`). The job is read once: its driver is the
+    /// only writer of a job in a status the runner owns (where replicas
+    /// share the store, every write is fenced by the job's lease), so after
+    /// each commit the job in hand is what the store holds.
     async fn drive_from(&self, id: Uuid, mut committed: Option<Job>) -> Result<(), StoreError> {
         // The agent's identity as made by this run, so building its env does
         // not derive the key again from its stored text.
@@ -839,7 +896,8 @@ impl JobMachine {
                     None => return Ok(()),
                 },
             };
-            if !job.status.is_runner_owned() {
+            // A process shutting down hands the job over at a step's end.
+            if !job.status.is_runner_owned() || self.runner.is_stopped() {
                 return Ok(());
             }
             match self.step(&mut job, &mut made_identity).await {
@@ -933,7 +991,7 @@ impl JobMachine {
                 {
                     keep_org_credentials(job, chosen);
                 }
-                self.jobs.save(job).await.map_err(StepError::Store)?;
+                self.jobs.save_held(job).await.map_err(StepError::Store)?;
             }
             let attempt = job.ensue_org_attempts;
             let org_name = match attempt {
@@ -1035,7 +1093,7 @@ impl JobMachine {
                 if last_save.elapsed() >= PROGRESS_SAVE_INTERVAL {
                     progress_job.progress = Some(text);
                     // Progress only; `updated_at` keeps marking when the wait began.
-                    if let Err(error) = jobs.save(&progress_job).await {
+                    if let Err(error) = jobs.save_held(&progress_job).await {
                         tracing::warn!(job = %progress_job.id, %error,
                             "could not record the health wait's progress; the wait goes on");
                     }
@@ -1250,10 +1308,9 @@ impl JobMachine {
         tokio::select! {
             joined = &mut registration => match joined {
                 Ok(registered) => registered,
-                // Stopped here: its lease is another replica's, which finishes it.
-                Err(error) if error.is_cancelled() => {
-                    Err(JobError::Store(StoreError::LeaseLost { id: id.to_string() }))
-                }
+                // Stopped here (its lease was lost, or this process is
+                // stopping): whoever holds the job next finishes it.
+                Err(error) if error.is_cancelled() => Err(JobError::Interrupted { job: id }),
                 Err(error) => Err(JobError::Task(error.to_string())),
             },
             error = stalled => {

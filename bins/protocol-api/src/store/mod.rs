@@ -135,9 +135,9 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
-    /// Another replica holds the job's lease now (this one's ran out): the
-    /// write was refused, and that replica carries the job on.
-    #[error("job {id} is leased to another replica now; it carries the job on")]
+    /// This replica no longer holds the job's lease (it ran out, and
+    /// another replica took it or may take it): the write was refused.
+    #[error("job {id} is no longer leased to this server; the server holding it carries it on")]
     LeaseLost {
         /// The job.
         id: String,

@@ -54,8 +54,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 const LOCK_SPACE: i32 = 0x444c_4250;
 /// Guards applying migrations.
 const MIGRATION_LOCK: i32 = 1;
+/// Held, before job leases, by the one replica that ran every job; a
+/// replica of such a release must not run beside one that leases jobs.
+const EARLIER_RUNNER_LOCK: i32 = 2;
 /// Held by the replica that runs the sweeps.
-const LEADER_LOCK: i32 = 2;
+const LEADER_LOCK: i32 = 3;
 /// Guards checking and storing one idempotency key (keyed by its hash).
 const IDEMPOTENCY_LOCK_SPACE: i32 = 0x444c_4251;
 
@@ -181,6 +184,9 @@ impl Faults {
 /// The PostgreSQL backend: a pool of connections and the server key.
 pub(super) struct Postgres {
     pool: Pool,
+    /// A connection of its own for renewing job leases, so a busy pool
+    /// never delays a renewal past its lease.
+    lease_pool: Pool,
     config: PostgresConfig,
     pub(super) secrets: SecretBox,
     pub(super) faults: Faults,
@@ -196,26 +202,29 @@ impl Postgres {
         config: &PostgresConfig,
         secrets: SecretBox,
     ) -> Result<Self, StoreError> {
-        let manager = Manager::from_config(
-            config.config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|error| StoreError::Postgres {
-                database: config.shown.to_string(),
-                reason: error.to_string(),
-                transient: false,
-            })?;
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                config.config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .create_timeout(Some(Duration::from_secs(10)))
+                .build()
+                .map_err(|error| StoreError::Postgres {
+                    database: config.shown.to_string(),
+                    reason: error.to_string(),
+                    transient: false,
+                })
+        };
         let postgres = Self {
-            pool,
+            pool: pool(config.pool_size)?,
+            lease_pool: pool(1)?,
             config: config.clone(),
             secrets,
             faults: Faults::default(),
@@ -281,6 +290,20 @@ impl Postgres {
         })
     }
 
+    /// The connection that renews job leases: refused first when a
+    /// simulated full disk says so, as a write.
+    pub(super) async fn lease_keeper(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.faults.check(self.database())?;
+        self.lease_pool.get().await.map_err(|error| match error {
+            deadpool_postgres::PoolError::Backend(error) => self.error(error),
+            other => StoreError::Postgres {
+                database: self.database().to_owned(),
+                reason: other.to_string(),
+                transient: true,
+            },
+        })
+    }
+
     /// A connection for a write: refused first when a simulated full disk
     /// says so.
     pub(super) async fn writer(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -322,6 +345,28 @@ impl Postgres {
             )
             .await
             .map_err(pg)?;
+        // A release from before job leases drives every job it finds,
+        // leased or not: none of its replicas may run beside this one.
+        let earlier: i64 = transaction
+            .query_one(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND objsubid = 2
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                     AND classid::bigint = $1
+                     AND objid::bigint = ($2 # hashtext(coalesce(current_schema(), '')))::bigint
+                         & 4294967295",
+                &[&i64::from(LOCK_SPACE), &EARLIER_RUNNER_LOCK],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if earlier > 0 {
+            return Err(schema(
+                "replicas of an earlier release, which run every job without leases, are \
+                 running on it: stop all of them, then start this release on every replica"
+                    .into(),
+            ));
+        }
         transaction
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (

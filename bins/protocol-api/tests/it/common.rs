@@ -385,6 +385,7 @@ impl TestApp {
         settings.events_heartbeat = options.events_heartbeat;
         settings.register_storage_wait = Duration::from_millis(200);
         settings.job_scan_interval = Duration::from_millis(50);
+        settings.handover_wait = Duration::from_millis(500);
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options

@@ -275,21 +275,17 @@ async fn a_replica_stops_working_on_a_job_whose_lease_another_took() {
     assert_eq!(shown["status"], "deploying_phala", "{shown}");
 }
 
-/// A replica shutting down stops its work and gives its leases up, so
-/// another replica carries its jobs on at once, not once the leases run
-/// out; the call it was waiting on never goes out.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_replica_shutting_down_hands_its_jobs_over_at_once() {
-    let Some(db) = TestDb::postgres("a_replica_shutting_down_hands_its_jobs_over_at_once").await
-    else {
-        return;
-    };
-    let deployer = TestDeployer::healthy();
-    let (dir_leaving, dir_staying) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+/// Two replicas on `db`: one whose deployment calls wait at a closed gate,
+/// with a job accepted and at its deployment step, and one that runs freely.
+async fn leaving_and_staying(
+    db: &TestDb,
+    dirs: &(tempfile::TempDir, tempfile::TempDir),
+    deployer: &std::sync::Arc<TestDeployer>,
+) -> (TestApp, Holds, TestApp, String) {
     let holds = Holds::open();
     holds.deploy.set(GateState::Closed);
     let leaving = TestApp::start(
-        dir_leaving.path(),
+        dirs.0.path(),
         deployer.clone(),
         Options {
             database: Some(db.open().await),
@@ -301,13 +297,8 @@ async fn a_replica_shutting_down_hands_its_jobs_over_at_once() {
     leaving.state.jobs.start_claiming();
     let id = provision(&leaving, 0).await;
     leaving.wait_for(&id, &["deploying_phala"]).await;
-    let job = uuid::Uuid::parse_str(&id).unwrap();
-    assert!(db.lease_holder(job).await.is_some());
-
-    assert_eq!(leaving.state.jobs.stop_working().await.unwrap(), 1);
-    assert_eq!(db.lease_holder(job).await, None);
     let staying = TestApp::start(
-        dir_staying.path(),
+        dirs.1.path(),
         deployer.clone(),
         Options {
             database: Some(db.open().await),
@@ -315,6 +306,44 @@ async fn a_replica_shutting_down_hands_its_jobs_over_at_once() {
         },
     )
     .await;
+    (leaving, holds, staying, id)
+}
+
+/// A replica shutting down lets the step in hand finish, then gives the
+/// job's lease up, so another replica carries the job on at once from that
+/// step, not once the lease runs out; nothing is done twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_shutting_down_hands_its_jobs_over_at_the_end_of_their_step() {
+    let Some(db) =
+        TestDb::postgres("a_replica_shutting_down_hands_its_jobs_over_at_the_end_of_their_step")
+            .await
+    else {
+        return;
+    };
+    let deployer = TestDeployer::healthy();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (leaving, holds, staying, id) = leaving_and_staying(&db, &dirs, &deployer).await;
+    let job = uuid::Uuid::parse_str(&id).unwrap();
+
+    let stopping = tokio::spawn({
+        let jobs = leaving.state.jobs.clone();
+        async move { jobs.stop_working().await }
+    });
+    holds.deploy.set(GateState::Open);
+    let handed = within("the replica to stop working", stopping)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handed, 1);
+    let (_, shown) = leaving
+        .call("GET", &format!("/api/provision/status/{id}"), None)
+        .await;
+    assert_eq!(
+        shown["status"], "waiting_for_url",
+        "the step in hand finished: {shown}"
+    );
+    assert_eq!(db.lease_holder(job).await, None);
+
     staying.state.jobs.start_claiming();
     let started = std::time::Instant::now();
     let done = staying
@@ -322,9 +351,48 @@ async fn a_replica_shutting_down_hands_its_jobs_over_at_once() {
         .await;
     assert_eq!(done["status"], "awaiting_near_signature", "{done}");
     assert!(started.elapsed() < TEST_JOB_LEASE, "waited for the lease");
-    holds.deploy.set(GateState::Open);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1);
+}
+
+/// A step that does not end while a replica shuts down is aborted, and its
+/// lease left to run out, as after a kill: a call in flight may still land,
+/// so no replica may start the step again at once. Then another replica
+/// carries the job on, and the aborted call never went out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_shutting_down_aborts_a_step_that_does_not_end_and_keeps_its_lease() {
+    let Some(db) = TestDb::postgres(
+        "a_replica_shutting_down_aborts_a_step_that_does_not_end_and_keeps_its_lease",
+    )
+    .await
+    else {
+        return;
+    };
+    let deployer = TestDeployer::healthy();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (leaving, holds, staying, id) = leaving_and_staying(&db, &dirs, &deployer).await;
+    let job = uuid::Uuid::parse_str(&id).unwrap();
+    let holder = db.lease_holder(job).await;
+    assert!(holder.is_some());
+
+    assert_eq!(leaving.state.jobs.stop_working().await.unwrap(), 0);
+    assert_eq!(leaving.state.jobs.jobs_worked_on(), 0);
+    assert_eq!(
+        db.lease_holder(job).await,
+        holder,
+        "the lease runs out by itself"
+    );
+    holds.deploy.set(GateState::Open);
+
+    staying.state.jobs.start_claiming();
+    let done = staying
+        .wait_for(&id, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(done["status"], "awaiting_near_signature", "{done}");
+    assert_eq!(
+        deployer.deploys.load(Ordering::SeqCst),
+        1,
+        "the aborted call went out"
+    );
 }
 
 /// A replica that cannot renew its leases (its database refuses writes)

@@ -136,12 +136,12 @@ impl TestDb {
         };
         client
             .query_one(
-                // The leader lock of this schema: (0x444c4250, 2 # hashtext(schema)).
+                // The leader lock of this schema: (0x444c4250, 3 # hashtext(schema)).
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
                  WHERE locktype = 'advisory' AND granted AND database = (
                        SELECT oid FROM pg_database WHERE datname = current_database())
                    AND classid = 1145848400
-                   AND objid::bigint = (2 # hashtext(current_schema()))::bigint & 4294967295",
+                   AND objid::bigint = (3 # hashtext(current_schema()))::bigint & 4294967295",
                 &[],
             )
             .await
@@ -831,6 +831,31 @@ async fn a_statement_timeout_does_not_end_the_wait_for_the_leader_lock() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A replica does not start beside replicas of a release from before job
+/// leases (which drive every job they find): the earlier release's runner
+/// lock, held or awaited, refuses it, naming why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_refuses_to_run_beside_a_release_without_leases() {
+    let Some(db) =
+        TestDb::postgres("a_replica_refuses_to_run_beside_a_release_without_leases").await
+    else {
+        return;
+    };
+    // What an earlier release's runner holds: (0x444c4250, 2 # hashtext(schema)).
+    db.execute("SELECT pg_advisory_lock(1145848400, 2 # hashtext(current_schema()))")
+        .await;
+    match db.open_with(&KEY).await {
+        Err(StoreError::Schema { reason, .. }) => {
+            assert!(reason.contains("earlier release"), "{reason}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("started beside an earlier release"),
+    }
+    db.execute("SELECT pg_advisory_unlock(1145848400, 2 # hashtext(current_schema()))")
+        .await;
+    db.open().await;
 }
 
 /// A database a newer release migrated is refused, naming why.

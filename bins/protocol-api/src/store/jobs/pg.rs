@@ -33,7 +33,7 @@ async fn insert_on(
         .execute(
             "INSERT INTO jobs (id, status, record, secrets, updated_at, leased_by, leased_until)
              VALUES ($1, $2, $3, $4, $5, $6,
-                     CASE WHEN $6::TEXT IS NULL THEN NULL ELSE now() + make_interval(secs => $7) END)",
+                     CASE WHEN $6::TEXT IS NULL THEN NULL ELSE statement_timestamp() + make_interval(secs => $7) END)",
             &[
                 &row.id,
                 &row.status,
@@ -152,7 +152,7 @@ pub(super) async fn update(
                  revision = revision + 1,
                  leased_by = CASE WHEN NOT $7 THEN NULL WHEN $8 THEN $9 ELSE leased_by END,
                  leased_until = CASE WHEN NOT $7 THEN NULL
-                     WHEN $8 THEN now() + make_interval(secs => $10) ELSE leased_until END
+                     WHEN $8 THEN statement_timestamp() + make_interval(secs => $10) ELSE leased_until END
              WHERE id = $1 AND ($6::TEXT IS NULL OR status = $6)
                  AND (NOT $11 OR leased_by = $9)",
             &[
@@ -189,13 +189,18 @@ pub(super) async fn claim(
     let names: Vec<&str> = statuses.iter().map(|status| status.as_str()).collect();
     let rows = client
         .query(
-            "UPDATE jobs SET leased_by = $1, leased_until = now() + make_interval(secs => $2)
-             WHERE id IN (
+            // The picked rows are locked once (MATERIALIZED), and rows
+            // another replica is locking are skipped, not waited for.
+            "WITH picked AS MATERIALIZED (
                  SELECT id FROM jobs
-                 WHERE status = ANY($3) AND (leased_until IS NULL OR leased_until < now())
+                 WHERE status = ANY($3)
+                     AND (leased_until IS NULL OR leased_until < statement_timestamp())
                  ORDER BY updated_at LIMIT $4
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, record, secrets",
+             UPDATE jobs SET leased_by = $1,
+                 leased_until = statement_timestamp() + make_interval(secs => $2)
+             FROM picked WHERE jobs.id = picked.id
+             RETURNING jobs.id, jobs.record, jobs.secrets",
             &[&&*pg.replica, &pg.job_lease().as_secs_f64(), &names, &limit],
         )
         .await
@@ -215,11 +220,11 @@ pub(super) async fn claim(
 
 /// Extends this replica's leases of `ids`; returns the ids it still held.
 pub(super) async fn renew(pg: &Postgres, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
-    let client = pg.writer().await?;
+    let client = pg.lease_keeper().await?;
     let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     let rows = client
         .query(
-            "UPDATE jobs SET leased_until = now() + make_interval(secs => $2)
+            "UPDATE jobs SET leased_until = statement_timestamp() + make_interval(secs => $2)
              WHERE leased_by = $1 AND id = ANY($3) RETURNING id",
             &[&&*pg.replica, &pg.job_lease().as_secs_f64(), &ids],
         )
