@@ -9,13 +9,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::time::Duration;
 
 use delibera::deploy::{AgentRole, DeploymentName};
 use delibera::devnet::{Devnet, DevnetConfig};
 use serde_json::{Value, json};
 
+use common::postgres::{fresh_schema, test_database_url};
 use common::{Server, call, provision, run_production_flow, wait_for};
 
 /// The jobs of the test: the first ones let reach the wallet step, then
@@ -40,27 +40,6 @@ fn protocol_api_process() {
     common::protocol_api_process();
 }
 
-/// A schema of its own on the test server, as a URL that selects it, and
-/// a connection to it.
-async fn fresh_schema(base: &str) -> (String, tokio_postgres::Client) {
-    let connect = |url: String| async move {
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("TEST_DATABASE_URL's server answers");
-        tokio::spawn(connection);
-        client
-    };
-    let schema = format!("replicas_{}", hex::encode(rand::random::<[u8; 8]>()));
-    connect(base.to_owned())
-        .await
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-    (url.clone(), connect(url).await)
-}
-
 async fn status(server: &Server, job: &str) -> Value {
     call(
         "GET",
@@ -73,12 +52,7 @@ async fn status(server: &Server, job: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_killed_mid_provisioning_leaves_every_job_to_the_survivor_on_devnet() {
-    let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: replicas on PostgreSQL: TEST_DATABASE_URL is not set (.ci/run starts a \
-             throwaway server and sets it)"
-        );
+    let Some(base) = test_database_url("replicas on PostgreSQL") else {
         return;
     };
     let (url, database) = fresh_schema(&base).await;

@@ -1,4 +1,4 @@
-//! The agent image, as `scripts/build-image.sh` builds it for production.
+//! The images `scripts/build-image.sh` builds for production.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -7,7 +7,7 @@ use std::process::Command;
 
 /// An OCI archive the script wrote, with the digest it printed last.
 pub(crate) struct BuiltImage {
-    /// `…/delibera-agent.oci.tar`.
+    /// `…/<image>.oci.tar`.
     pub(crate) archive: PathBuf,
     /// `sha256:…`.
     pub(crate) digest: String,
@@ -30,17 +30,23 @@ pub(crate) fn can_build() -> bool {
     };
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED: the agent image cannot be built: {why_not}"
+        "SKIPPED: the images cannot be built: {why_not}"
     );
     false
 }
 
-/// Runs `scripts/build-image.sh --output <output> [args]`; panics with its
-/// stderr if it fails.
-pub(crate) fn build(output: &Path, args: &[&str]) -> BuiltImage {
+/// The agent's image, as production deploys it into CVMs.
+pub(crate) const AGENT: &str = "delibera-agent";
+/// The server's image, as operators run it.
+pub(crate) const PROTOCOL_API: &str = "protocol-api";
+
+/// Runs `scripts/build-image.sh --image <image> --output <output> [args]`;
+/// panics with its stderr if it fails.
+pub(crate) fn build(image: &str, output: &Path, args: &[&str]) -> BuiltImage {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-image.sh");
     let run = Command::new("bash")
         .arg(&script)
+        .args(["--image", image])
         .arg("--output")
         .arg(output)
         .args(args)
@@ -56,7 +62,7 @@ pub(crate) fn build(output: &Path, args: &[&str]) -> BuiltImage {
             && digest[7..].bytes().all(|b| b.is_ascii_hexdigit()),
         "the last line is not a digest: {stdout:?}\n{stderr}"
     );
-    let archive = output.join("delibera-agent.oci.tar");
+    let archive = output.join(format!("{image}.oci.tar"));
     assert!(archive.is_file(), "no archive at {}", archive.display());
     BuiltImage { archive, digest }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod image;
+pub(crate) mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
