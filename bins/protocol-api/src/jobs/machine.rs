@@ -888,6 +888,10 @@ impl JobMachine {
         // The agent's identity as made by this run, so building its env does
         // not derive the key again from its stored text.
         let mut made_identity = None;
+        // Whether this run moved the job into its current status: then its
+        // step has never been tried, here or anywhere (the job is this
+        // run's alone), and has no earlier try's leftovers to look for.
+        let mut first_try = false;
         loop {
             let mut job = match committed.take() {
                 Some(job) => job,
@@ -900,8 +904,12 @@ impl JobMachine {
             if !job.status.is_runner_owned() || self.runner.is_stopped() {
                 return Ok(());
             }
-            match self.step(&mut job, &mut made_identity).await {
-                Ok(next) => self.commit(&mut job, next).await?,
+            let tried = job.status;
+            match self.step(&mut job, &mut made_identity, first_try).await {
+                Ok(next) => {
+                    self.commit(&mut job, next).await?;
+                    first_try = next != tried;
+                }
                 Err(StepError::Store(error)) => return Err(error),
                 Err(StepError::Failed(message)) => {
                     job.error = Some(message);
@@ -919,11 +927,13 @@ impl JobMachine {
     /// Performs the job's current step and returns the next status. The job
     /// may be changed along the way; errors are the text shown in its `error`.
     /// `made_identity` keeps the identity the identity step made, for the
-    /// steps after it in the same run.
+    /// steps after it in the same run; `first_try` says this run moved the
+    /// job into its status, so no earlier try left anything behind.
     async fn step(
         &self,
         job: &mut Job,
         made_identity: &mut Option<AgentIdentity>,
+        first_try: bool,
     ) -> Result<JobStatus, StepError> {
         match job.status {
             JobStatus::GeneratingIdentity => {
@@ -956,7 +966,7 @@ impl JobMachine {
                 job.secrets.spec = Some(self.agent_spec(job, made_identity.take()).await?);
                 Ok(JobStatus::DeployingPhala)
             }
-            JobStatus::DeployingPhala => Ok(self.deploy(job).await?),
+            JobStatus::DeployingPhala => Ok(self.deploy(job, first_try).await?),
             JobStatus::WaitingForUrl => Ok(self.wait_for_health(job).await?),
             JobStatus::AwaitingNearSignature
             | JobStatus::Registering
@@ -1038,7 +1048,7 @@ impl JobMachine {
 
     /// Deploys the spec `preparing_phala` built, or adopts the deployment an
     /// interrupted attempt made under the same name.
-    async fn deploy(&self, job: &mut Job) -> Result<JobStatus, String> {
+    async fn deploy(&self, job: &mut Job, first_try: bool) -> Result<JobStatus, String> {
         if job.cvm_id.is_some() {
             return Ok(JobStatus::WaitingForUrl);
         }
@@ -1053,10 +1063,16 @@ impl JobMachine {
         }
         let spec = self.spec_of(job).await?;
         let deployer = &self.ports.deployer;
-        let found = deployer
-            .find(&spec)
-            .await
-            .map_err(|error| format!("looking for an earlier deployment failed: {error}"))?;
+        // Only an earlier try of this step (before a restart, a takeover or
+        // a store outage) can have made a deployment under the job's name.
+        let found = if first_try {
+            None
+        } else {
+            deployer
+                .find(&spec)
+                .await
+                .map_err(|error| format!("looking for an earlier deployment failed: {error}"))?
+        };
         let deployment = match found {
             Some(deployment) => {
                 tracing::info!(job = %job.id, id = %deployment.id, "adopting the deployment made before a restart");

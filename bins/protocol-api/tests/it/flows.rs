@@ -584,6 +584,30 @@ fn a_restart_resumes_the_job_without_redeploying() {
     });
 }
 
+/// A job's first try of its deploy step, made by the run that moved it
+/// there, asks the deployer for nothing but the deployment: no earlier try
+/// can have left one under its name, so there is nothing to look for.
+#[tokio::test]
+async fn a_first_deploy_does_not_look_for_an_earlier_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+    let (_, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": "First Try", "nearAccount": "c.testnet" })),
+        )
+        .await;
+    let job_id = body["jobId"].as_str().unwrap();
+    let ready = app
+        .wait_for(job_id, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1);
+    assert_eq!(deployer.finds.load(Ordering::SeqCst), 0);
+}
+
 /// Kills the whole server inside the deploy call (the deployment exists, the
 /// server never saw the answer), restarts it on the same data dir, and checks
 /// the job finds its deployment by name and goes on: one deploy in all.
@@ -632,9 +656,12 @@ fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
             1,
             "no second deploy"
         );
-        assert!(
-            deployer.finds.load(Ordering::SeqCst) >= 2,
-            "looked for it by name"
+        // The resumed try looked for it by name; the first, made by the
+        // run that moved the job into the step, had nothing to look for.
+        assert_eq!(
+            deployer.finds.load(Ordering::SeqCst),
+            1,
+            "looked for it by name once"
         );
         assert_eq!(ready["cvmId"], "test-cvm-0");
         // The spec deployed is the one the job stored, name and env alike.
