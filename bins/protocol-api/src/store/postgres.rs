@@ -280,21 +280,19 @@ impl Postgres {
 
     /// A connection of the pool.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|error| match error {
-            deadpool_postgres::PoolError::Backend(error) => self.error(error),
-            other => StoreError::Postgres {
-                database: self.database().to_owned(),
-                reason: other.to_string(),
-                transient: true,
-            },
-        })
+        self.connection_of(&self.pool).await
     }
 
     /// The connection that renews job leases: refused first when a
     /// simulated full disk says so, as a write.
     pub(super) async fn lease_keeper(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.faults.check(self.database())?;
-        self.lease_pool.get().await.map_err(|error| match error {
+        self.connection_of(&self.lease_pool).await
+    }
+
+    /// A connection of `pool`; waiting in vain for one passes by itself.
+    async fn connection_of(&self, pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+        pool.get().await.map_err(|error| match error {
             deadpool_postgres::PoolError::Backend(error) => self.error(error),
             other => StoreError::Postgres {
                 database: self.database().to_owned(),

@@ -235,22 +235,8 @@ async fn a_replica_stops_working_on_a_job_whose_lease_another_took() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let holds = Holds::open();
-    holds.deploy.set(GateState::Closed);
     let deployer = TestDeployer::healthy();
-    let app = TestApp::start(
-        dir.path(),
-        deployer.clone(),
-        Options {
-            database: Some(db.open().await),
-            holds: holds.clone(),
-            ..Options::default()
-        },
-    )
-    .await;
-    app.state.jobs.start_claiming();
-    let id = provision(&app, 0).await;
-    app.wait_for(&id, &["deploying_phala"]).await;
+    let (app, holds, id) = at_the_deploy_gate(dir.path(), db.open().await, &deployer).await;
     assert_eq!(app.state.jobs.jobs_worked_on(), 1);
 
     db.execute(&format!(
@@ -275,28 +261,39 @@ async fn a_replica_stops_working_on_a_job_whose_lease_another_took() {
     assert_eq!(shown["status"], "deploying_phala", "{shown}");
 }
 
-/// Two replicas on `db`: one whose deployment calls wait at a closed gate,
-/// with a job accepted and at its deployment step, and one that runs freely.
-async fn leaving_and_staying(
-    db: &TestDb,
-    dirs: &(tempfile::TempDir, tempfile::TempDir),
+/// A replica on `database` whose deployment calls wait at a closed gate,
+/// claiming jobs, with a job accepted and at its deployment step.
+async fn at_the_deploy_gate(
+    dir: &std::path::Path,
+    database: protocol_api::store::Database,
     deployer: &std::sync::Arc<TestDeployer>,
-) -> (TestApp, Holds, TestApp, String) {
+) -> (TestApp, Holds, String) {
     let holds = Holds::open();
     holds.deploy.set(GateState::Closed);
-    let leaving = TestApp::start(
-        dirs.0.path(),
+    let app = TestApp::start(
+        dir,
         deployer.clone(),
         Options {
-            database: Some(db.open().await),
+            database: Some(database),
             holds: holds.clone(),
             ..Options::default()
         },
     )
     .await;
-    leaving.state.jobs.start_claiming();
-    let id = provision(&leaving, 0).await;
-    leaving.wait_for(&id, &["deploying_phala"]).await;
+    app.state.jobs.start_claiming();
+    let id = provision(&app, 0).await;
+    app.wait_for(&id, &["deploying_phala"]).await;
+    (app, holds, id)
+}
+
+/// Two replicas on `db`: one [`at_the_deploy_gate`], and one that runs
+/// freely (not claiming yet).
+async fn leaving_and_staying(
+    db: &TestDb,
+    dirs: &(tempfile::TempDir, tempfile::TempDir),
+    deployer: &std::sync::Arc<TestDeployer>,
+) -> (TestApp, Holds, TestApp, String) {
+    let (leaving, holds, id) = at_the_deploy_gate(dirs.0.path(), db.open().await, deployer).await;
     let staying = TestApp::start(
         dirs.1.path(),
         deployer.clone(),
@@ -407,23 +404,9 @@ async fn a_replica_that_cannot_renew_stops_before_its_leases_run_out() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let holds = Holds::open();
-    holds.deploy.set(GateState::Closed);
     let deployer = TestDeployer::healthy();
     let database = db.open().await;
-    let app = TestApp::start(
-        dir.path(),
-        deployer.clone(),
-        Options {
-            database: Some(database.clone()),
-            holds: holds.clone(),
-            ..Options::default()
-        },
-    )
-    .await;
-    app.state.jobs.start_claiming();
-    let id = provision(&app, 0).await;
-    app.wait_for(&id, &["deploying_phala"]).await;
+    let (app, holds, id) = at_the_deploy_gate(dir.path(), database.clone(), &deployer).await;
 
     database.simulate_full_disk(true);
     let refused_at = std::time::Instant::now();
