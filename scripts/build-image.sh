@@ -24,7 +24,7 @@
 # can use its vfs storage driver.
 set -euo pipefail
 
-usage() { sed -n '6,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '6,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 output=$root/target/image
@@ -126,7 +126,6 @@ mkdir -p "$rootfs/tmp"
 if [ "$image" = protocol-api ]; then
   rm -rf "$ctx/data"
   mkdir -p "$ctx/data"
-  chmod 0700 "$ctx/data"
   touch -d "@$SOURCE_DATE_EPOCH" "$ctx/data"
 fi
 # Modes and times fixed here too, so other tools building from the context

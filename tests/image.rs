@@ -272,7 +272,10 @@ async fn the_replicas_compose_file_runs_two_servers_from_the_built_image() {
         .collect();
     let pinned = format!("registry.example/protocol-api@{}", built.digest);
     vars.insert("PROTOCOL_API_IMAGE".into(), pinned.clone());
-    vars.insert("POSTGRES_PASSWORD".into(), "compose-password".into());
+    vars.insert(
+        "POSTGRES_PASSWORD".into(),
+        hex::encode(rand::random::<[u8; 12]>()),
+    );
     vars.insert(
         "PROTOCOL_API_SECRET_KEY".into(),
         hex::encode(rand::random::<[u8; 32]>()),

@@ -105,6 +105,9 @@ struct Runner {
 #[derive(Default)]
 struct Working {
     runs: std::collections::HashMap<Uuid, Work>,
+    /// Runs aborted while their task was running: a call of theirs may
+    /// still land, so their jobs' leases must run out, not be given up.
+    aborted: std::collections::HashSet<u64>,
     /// Set once this process stops working on jobs (it is shutting down):
     /// nothing new is begun, and drivers stop at their next step.
     stopped: bool,
@@ -118,8 +121,8 @@ struct Work {
     task: Option<tokio::task::AbortHandle>,
 }
 
-/// A run as the runner listed it: the job, the run's token, its task.
-type Run = (Uuid, u64, Option<tokio::task::AbortHandle>);
+/// A run as the runner lists it: the job, and the run's token.
+type Run = (Uuid, u64);
 
 impl Runner {
     fn state(&self) -> std::sync::MutexGuard<'_, Working> {
@@ -183,7 +186,7 @@ impl Runner {
         self.state()
             .runs
             .iter()
-            .map(|(id, work)| (*id, work.token, work.task.clone()))
+            .map(|(id, work)| (*id, work.token))
             .collect()
     }
 
@@ -198,31 +201,57 @@ impl Runner {
     /// Stops run `token` of job `id`, if it is still the job's run here;
     /// returns whether a task was still doing it.
     fn stop(&self, id: Uuid, token: u64) -> bool {
-        let work = {
-            let mut state = self.state();
-            if state.runs.get(&id).is_none_or(|work| work.token != token) {
-                return false;
-            }
-            state.runs.remove(&id)
-        };
-        work.and_then(|work| work.task).is_some_and(|task| {
-            let running = !task.is_finished();
-            task.abort();
-            running
-        })
+        let mut state = self.state();
+        if state.runs.get(&id).is_none_or(|work| work.token != token) {
+            return false;
+        }
+        let running = Self::abort(state.runs.remove(&id));
+        if running {
+            state.aborted.insert(token);
+        }
+        running
     }
 
     /// Stops every run here; returns how many tasks were still running.
     fn stop_all(&self) -> usize {
-        let runs: Vec<Work> = self.state().runs.drain().map(|(_, work)| work).collect();
-        runs.into_iter()
-            .filter_map(|work| work.task)
-            .filter(|task| {
+        let mut state = self.state();
+        let runs: Vec<Work> = state.runs.drain().map(|(_, work)| work).collect();
+        let mut stopped = 0;
+        for work in runs {
+            let token = work.token;
+            if Self::abort(Some(work)) {
+                state.aborted.insert(token);
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// Aborts `work`'s task; whether it was still running (a run whose task
+    /// is not recorded yet counts as running: it may have begun).
+    fn abort(work: Option<Work>) -> bool {
+        match work.map(|work| work.task) {
+            Some(Some(task)) => {
                 let running = !task.is_finished();
                 task.abort();
                 running
-            })
-            .count()
+            }
+            Some(None) => true,
+            None => false,
+        }
+    }
+
+    /// Whether run `token` of job `id` is still going on here.
+    fn is_running(&self, id: Uuid, token: u64) -> bool {
+        self.state()
+            .runs
+            .get(&id)
+            .is_some_and(|work| work.token == token)
+    }
+
+    /// Whether run `token` was aborted while running; forgets it.
+    fn take_aborted(&self, token: u64) -> bool {
+        self.state().aborted.remove(&token)
     }
 
     /// Begins nothing more; returns the runs there are.
@@ -361,9 +390,10 @@ impl JobMachine {
 
     /// Drives job `id` in the background from `committed` (read from the
     /// store when `None`), unless this process drives it already.
-    fn spawn_driver(&self, id: Uuid, committed: Option<Job>) {
+    /// Returns whether it was begun.
+    fn spawn_driver(&self, id: Uuid, committed: Option<Job>) -> bool {
         let Some(token) = self.runner.begin(id) else {
-            return;
+            return false;
         };
         let machine = self.clone();
         let task = tokio::spawn(async move {
@@ -371,6 +401,7 @@ impl JobMachine {
             machine.runner.end(id, token);
         });
         self.runner.attach(id, token, task.abort_handle());
+        true
     }
 
     /// How many jobs this process works on now (drives, or registers).
@@ -456,25 +487,29 @@ impl JobMachine {
                 .collect();
             while !machine.runner.is_stopped() {
                 let claimed = async {
-                    let mut claimed = Vec::new();
+                    // Claimed but not begun (this process is stopping): given
+                    // up at once. A begun one is stop_working's to hand over.
+                    let mut not_begun = Vec::new();
                     for job in machine.jobs.claim(&driven, CLAIM_BATCH).await? {
                         tracing::info!(job = %job.id, status = job.status.as_str(),
                             "claimed a job whose lease ran out; carrying it on");
-                        claimed.push(job.id);
-                        machine.spawn(job);
+                        let id = job.id;
+                        if !machine.spawn_driver(id, Some(job)) {
+                            not_begun.push(id);
+                        }
                     }
                     for job in machine
                         .jobs
                         .claim(&[JobStatus::Registering], CLAIM_BATCH)
                         .await?
                     {
-                        claimed.push(job.id);
-                        machine.finish_abandoned_registration(job);
+                        let id = job.id;
+                        if !machine.finish_abandoned_registration(job) {
+                            not_begun.push(id);
+                        }
                     }
-                    // Claimed as this process stopped working: none was begun
-                    // (the runner begins nothing once stopped).
                     if machine.runner.is_stopped() {
-                        machine.jobs.release(&claimed).await?;
+                        machine.jobs.release(&not_begun).await?;
                     }
                     Ok::<_, StoreError>(())
                 };
@@ -500,21 +535,19 @@ impl JobMachine {
             return Ok(0);
         }
         let deadline = tokio::time::Instant::now() + self.settings.handover_wait;
-        let finished = |task: &Option<tokio::task::AbortHandle>| {
-            task.as_ref()
-                .is_some_and(tokio::task::AbortHandle::is_finished)
-        };
-        while !runs.iter().all(|(_, _, task)| finished(task))
+        while runs
+            .iter()
+            .any(|(id, token)| self.runner.is_running(*id, *token))
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut handed = Vec::new();
-        for (id, token, task) in runs {
-            if finished(&task) {
+        for (id, token) in runs {
+            // Ended by itself: the job is at a step's end. Stopped now, or
+            // aborted earlier by a lost lease: a call may be in flight.
+            if !self.runner.stop(id, token) && !self.runner.take_aborted(token) {
                 handed.push(id);
-            } else {
-                self.runner.stop(id, token);
             }
         }
         self.jobs.release(&handed).await?;
@@ -537,18 +570,18 @@ impl JobMachine {
                 tokio::time::sleep_until(stop_at.min(tokio::time::Instant::now() + interval)).await;
                 let sent = tokio::time::Instant::now();
                 let runs = machine.runner.runs();
-                let held: Vec<Uuid> = runs.iter().map(|(id, ..)| *id).collect();
+                let held: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
                 match tokio::time::timeout_at(stop_at, machine.jobs.renew(&held)).await {
-                    Ok(Ok(kept)) => {
+                    Ok(Ok(lost)) => {
                         renewed = sent;
-                        let kept: std::collections::HashSet<Uuid> = kept.into_iter().collect();
-                        // A run whose own last write cleared its lease has
-                        // ended, or is about to: stopping it changes nothing.
-                        for (id, token, _) in runs.into_iter().filter(|(id, ..)| !kept.contains(id))
-                        {
+                        // Only runs whose job another replica holds, or that
+                        // is gone: a run whose own last write cleared its
+                        // lease is finishing (its writes stay fenced).
+                        let lost: std::collections::HashSet<Uuid> = lost.into_iter().collect();
+                        for (id, token) in runs.into_iter().filter(|(id, _)| lost.contains(id)) {
                             if machine.runner.stop(id, token) {
                                 tracing::info!(job = %id,
-                                    "this replica no longer holds the job's lease; stopped working on it here");
+                                    "another replica holds the job's lease now; stopped working on it here");
                             }
                         }
                         continue;
@@ -639,10 +672,10 @@ impl JobMachine {
 
     /// Finishes a registration nobody is finishing (the process that took
     /// the call stopped, or lost the job's lease), unless this process is
-    /// finishing it already.
-    fn finish_abandoned_registration(&self, job: Job) {
+    /// finishing it already or stopping; returns whether it was begun.
+    fn finish_abandoned_registration(&self, job: Job) -> bool {
         let Some(token) = self.runner.begin(job.id) else {
-            return;
+            return false;
         };
         tracing::info!(job = %job.id, "registration was interrupted; finishing it");
         let id = job.id;
@@ -659,6 +692,7 @@ impl JobMachine {
                 }
             }
         });
+        true
     }
 
     /// After a restart: the deployer could not bring back the deployment

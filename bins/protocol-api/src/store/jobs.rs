@@ -212,12 +212,14 @@ impl JobStore {
         pg::claim(postgres, statuses, limit).await
     }
 
-    /// Extends this process's leases of `ids`; returns those it still
-    /// held (all of them where this process owns every job).
+    /// Extends this process's leases of `ids`; returns those of `ids` lost:
+    /// another replica holds them now, or they are no longer stored (none
+    /// where this process owns every job). A job whose lease nobody holds,
+    /// because its own last write cleared it, is not lost.
     pub async fn renew(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
         match self.db.postgres() {
             Some(postgres) => pg::renew(postgres, ids).await,
-            None => Ok(ids.to_vec()),
+            None => Ok(Vec::new()),
         }
     }
 

@@ -33,6 +33,7 @@ mod feed;
 mod file;
 mod jobs;
 mod orgs;
+mod pg_tls;
 mod postgres;
 mod view;
 mod writer;

@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Pool, Runtime};
 use tokio_postgres::error::SqlState;
 
 use super::StoreError;
 use super::file::{KEY_CHECK, KEY_CHECK_TEXT};
+use super::pg_tls::{self, Tls};
 use crate::seal::SecretBox;
 
 /// The schema migrations this release carries, in order: version, name, SQL.
@@ -80,22 +80,28 @@ pub struct PostgresConfig {
     pool_size: usize,
     /// How long a job's lease lasts unless its holder renews it.
     job_lease: Duration,
+    /// Plain, or TLS with the server verified (`sslmode`).
+    tls: Tls,
 }
 
 impl PostgresConfig {
     /// Parses a `postgres://` (or `postgresql://`) URL, or key=value
-    /// connection string. The error never repeats the text (it may hold a
-    /// password).
+    /// connection string; `sslmode` and `sslrootcert` say whether and how to
+    /// use TLS (see `pg_tls`). The error never repeats the text (it may hold
+    /// a password).
     pub fn parse(url: &str) -> Result<Self, String> {
+        let (url, tls) = pg_tls::split(url)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|error| format!("DATABASE_URL is not a PostgreSQL connection URL: {error}"))?;
+        config.ssl_mode(tls.ssl_mode());
         // A replica whose peer vanished without closing (a cut network)
         // notices within a minute rather than the OS's two hours.
         config
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_user_timeout(DEFAULT_JOB_LEASE / 3);
         if config.get_application_name().is_none() {
             config.application_name("protocol-api");
         }
@@ -126,6 +132,7 @@ impl PostgresConfig {
             shown,
             pool_size: 16,
             job_lease: DEFAULT_JOB_LEASE,
+            tls,
         })
     }
 
@@ -133,6 +140,10 @@ impl PostgresConfig {
     /// holds its jobs this long (the same on every replica).
     pub fn with_job_lease(mut self, lease: Duration) -> Self {
         self.job_lease = lease;
+        // A request the database never acknowledges (a network cut without
+        // a reset) ends the connection within a renewal's period, so the
+        // next renewal gets a fresh one instead of waiting behind it.
+        self.config.tcp_user_timeout(lease / 3);
         self
     }
 
@@ -203,14 +214,7 @@ impl Postgres {
         secrets: SecretBox,
     ) -> Result<Self, StoreError> {
         let pool = |size: usize| {
-            let manager = Manager::from_config(
-                config.config.clone(),
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
-            Pool::builder(manager)
+            Pool::builder(config.tls.manager(config.config.clone()))
                 .max_size(size)
                 .runtime(Runtime::Tokio1)
                 .wait_timeout(Some(Duration::from_secs(30)))
@@ -269,10 +273,18 @@ impl Postgres {
                 // by itself; a row or type mismatch is a bug, retried in vain.
                 let io = std::error::Error::source(&error)
                     .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
+                // The driver's own text is generic ("error performing TLS
+                // handshake"); what went wrong is in its sources.
+                let mut reason = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    reason = format!("{reason}: {cause}");
+                    source = cause.source();
+                }
                 StoreError::Postgres {
                     database,
                     transient: error.is_closed() || io,
-                    reason: error.to_string(),
+                    reason,
                 }
             }
         }
@@ -457,13 +469,13 @@ impl Postgres {
     ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
         let (client, connection) = self
             .config
-            .config
-            .connect(NoTls)
+            .tls
+            .connect(&self.config.config)
             .await
             .map_err(|error| self.error(error))?;
         let database = self.database().to_owned();
         let connection = tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if let Ok(Err(error)) = connection.await {
                 tracing::warn!(%database, %error, "the leader lock's connection ended");
             }
         });

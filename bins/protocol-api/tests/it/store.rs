@@ -701,7 +701,10 @@ async fn a_lease_is_claimed_only_once_it_runs_out_and_fences_its_old_holder() {
     first.insert(&job).await.unwrap();
     let holder = db.lease_holder(job.id).await.expect("leased when stored");
     assert!(second.claim(&driven, 10).await.unwrap().is_empty());
-    assert_eq!(first.renew(&[job.id]).await.unwrap(), vec![job.id]);
+    assert!(
+        first.renew(&[job.id]).await.unwrap().is_empty(),
+        "held, not lost"
+    );
     job.status = JobStatus::CreatingSpace;
     first.save_held(&job).await.unwrap();
 
@@ -718,7 +721,7 @@ async fn a_lease_is_claimed_only_once_it_runs_out_and_fences_its_old_holder() {
         Err(StoreError::LeaseLost { id }) => assert_eq!(id, job.id.to_string()),
         other => panic!("the old holder wrote: {other:?}"),
     }
-    assert!(first.renew(&[job.id]).await.unwrap().is_empty());
+    assert_eq!(first.renew(&[job.id]).await.unwrap(), vec![job.id], "lost");
     assert_eq!(
         first.get(job.id).await.unwrap().unwrap().status,
         JobStatus::CreatingSpace
@@ -729,6 +732,8 @@ async fn a_lease_is_claimed_only_once_it_runs_out_and_fences_its_old_holder() {
     job.status = JobStatus::AwaitingNearSignature;
     second.save_held(&job).await.unwrap();
     assert_eq!(db.lease_holder(job.id).await, None);
+    // Cleared by its holder's own write: not lost to anyone.
+    assert!(second.renew(&[job.id]).await.unwrap().is_empty());
     job.status = JobStatus::Registering;
     assert!(
         first
@@ -744,7 +749,7 @@ async fn a_lease_is_claimed_only_once_it_runs_out_and_fences_its_old_holder() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(first.renew(&[job.id]).await.unwrap(), vec![job.id]);
+    assert!(first.renew(&[job.id]).await.unwrap().is_empty());
     first.save_held(&job).await.unwrap();
     db.expire_leases().await;
     assert_eq!(
@@ -856,6 +861,61 @@ async fn a_replica_refuses_to_run_beside_a_release_without_leases() {
     db.execute("SELECT pg_advisory_unlock(1145848400, 2 # hashtext(current_schema()))")
         .await;
     db.open().await;
+}
+
+/// Over TLS the server's certificate is verified: with the CA that issued
+/// it (`sslrootcert`) the store connects, and its sessions are encrypted;
+/// without it (the public roots only) the start is refused, naming why.
+/// Needs `TEST_DATABASE_TLS_URL` (`.ci/run` sets it where openssl is found).
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_the_database_server_is_verified() {
+    let Some(db) = TestDb::postgres("over_tls_the_database_server_is_verified").await else {
+        return;
+    };
+    let Ok(tls_url) = std::env::var("TEST_DATABASE_TLS_URL") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped over_tls_the_database_server_is_verified: TEST_DATABASE_TLS_URL is not set"
+        );
+        return;
+    };
+    // The test's own schema, over TLS this time.
+    let search_path = &db.url().unwrap()[db.url().unwrap().find("options=").unwrap()..];
+    let url = format!("{tls_url}&{search_path}");
+    let config = PostgresConfig::parse(&url).unwrap();
+    let database = Database::connect_postgres(&config, SecretBox::from_key(&KEY))
+        .await
+        .unwrap();
+    let job = new_job();
+    database.jobs().insert(&job).await.unwrap();
+    assert!(database.jobs().get(job.id).await.unwrap().is_some());
+    let TestDb::Postgres { client, .. } = &db else {
+        unreachable!()
+    };
+    let encrypted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE s.ssl AND a.application_name = 'protocol-api'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted > 0, "no encrypted session of the store");
+
+    let (without_root, _) = url.split_once("&sslrootcert=").unwrap();
+    let unverified = format!("{without_root}&{search_path}");
+    let config = PostgresConfig::parse(&unverified).unwrap();
+    match Database::connect_postgres(&config, SecretBox::from_key(&KEY)).await {
+        Err(error) => {
+            let error = error.to_string();
+            assert!(
+                error.contains("certificate") || error.contains("Issuer"),
+                "{error}"
+            );
+        }
+        Ok(_) => panic!("connected to a server it could not verify"),
+    }
 }
 
 /// A database a newer release migrated is refused, naming why.

@@ -218,14 +218,22 @@ pub(super) async fn claim(
     Ok(jobs)
 }
 
-/// Extends this replica's leases of `ids`; returns the ids it still held.
+/// Extends this replica's leases of `ids`; returns those of `ids` that
+/// another replica holds now, or that are no longer stored. A job whose
+/// lease nobody holds (its own last write cleared it) is in neither.
 pub(super) async fn renew(pg: &Postgres, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
     let client = pg.lease_keeper().await?;
     let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     let rows = client
         .query(
-            "UPDATE jobs SET leased_until = statement_timestamp() + make_interval(secs => $2)
-             WHERE leased_by = $1 AND id = ANY($3) RETURNING id",
+            // The SELECT sees the rows as they were before the UPDATE, which
+            // only touches this replica's own leases.
+            "WITH renewed AS (
+                 UPDATE jobs SET leased_until = statement_timestamp() + make_interval(secs => $2)
+                 WHERE leased_by = $1 AND id = ANY($3) RETURNING id)
+             SELECT wanted.id FROM unnest($3::TEXT[]) AS wanted(id)
+             LEFT JOIN jobs ON jobs.id = wanted.id
+             WHERE jobs.id IS NULL OR (jobs.leased_by IS NOT NULL AND jobs.leased_by <> $1)",
             &[&&*pg.replica, &pg.job_lease().as_secs_f64(), &ids],
         )
         .await
