@@ -206,7 +206,8 @@ impl Runner {
             return false;
         }
         let running = Self::abort(state.runs.remove(&id));
-        if running {
+        // Only a stopping process asks (`take_aborted`) which runs these were.
+        if running && state.stopped {
             state.aborted.insert(token);
         }
         running
@@ -220,7 +221,9 @@ impl Runner {
         for work in runs {
             let token = work.token;
             if Self::abort(Some(work)) {
-                state.aborted.insert(token);
+                if state.stopped {
+                    state.aborted.insert(token);
+                }
                 stopped += 1;
             }
         }
@@ -239,6 +242,11 @@ impl Runner {
             Some(None) => true,
             None => false,
         }
+    }
+
+    /// Whether some run of job `id` is going on here.
+    fn has(&self, id: Uuid) -> bool {
+        self.state().runs.contains_key(&id)
     }
 
     /// Whether run `token` of job `id` is still going on here.
@@ -487,15 +495,12 @@ impl JobMachine {
                 .collect();
             while !machine.runner.is_stopped() {
                 let claimed = async {
-                    // Claimed but not begun (this process is stopping): given
-                    // up at once. A begun one is stop_working's to hand over.
-                    let mut not_begun = Vec::new();
                     for job in machine.jobs.claim(&driven, CLAIM_BATCH).await? {
                         tracing::info!(job = %job.id, status = job.status.as_str(),
                             "claimed a job whose lease ran out; carrying it on");
                         let id = job.id;
                         if !machine.spawn_driver(id, Some(job)) {
-                            not_begun.push(id);
+                            machine.give_up_unbegun(id).await?;
                         }
                     }
                     for job in machine
@@ -505,11 +510,8 @@ impl JobMachine {
                     {
                         let id = job.id;
                         if !machine.finish_abandoned_registration(job) {
-                            not_begun.push(id);
+                            machine.give_up_unbegun(id).await?;
                         }
-                    }
-                    if machine.runner.is_stopped() {
-                        machine.jobs.release(&not_begun).await?;
                     }
                     Ok::<_, StoreError>(())
                 };
@@ -554,9 +556,20 @@ impl JobMachine {
         Ok(handed.len())
     }
 
-    /// Renews this process's leases every third of `lease`. Work on a job
-    /// whose lease another replica holds now is stopped at once; while the
-    /// store cannot be reached, all work stops a sixth of `lease` before
+    /// Gives up the lease of a job claimed but not begun because this
+    /// process is stopping (a run of it here, if any, keeps it: that run is
+    /// `stop_working`'s to hand over).
+    async fn give_up_unbegun(&self, id: Uuid) -> Result<(), StoreError> {
+        if self.runner.is_stopped() && !self.runner.has(id) {
+            self.jobs.release(&[id]).await?;
+        }
+        Ok(())
+    }
+
+    /// Renews this process's leases every third of `lease` (a fifteenth
+    /// after a failed renewal). Work on a job whose lease another replica
+    /// holds now, or that is gone, is stopped at once; while the store
+    /// cannot be reached, all work stops a sixth of `lease` before
     /// the leases could have run out (as this process's clock measures
     /// from the last renewal it sent), so no replica claiming one after
     /// finds this one still at it.
@@ -565,15 +578,20 @@ impl JobMachine {
         let interval = lease / 3;
         tokio::spawn(async move {
             let mut renewed = tokio::time::Instant::now();
+            // After a failed renewal the next comes sooner, on a fresh
+            // connection, while there is still time before `stop_at`.
+            let mut wait = interval;
             loop {
                 let stop_at = renewed + lease - lease / 6;
-                tokio::time::sleep_until(stop_at.min(tokio::time::Instant::now() + interval)).await;
+                tokio::time::sleep_until(stop_at.min(tokio::time::Instant::now() + wait)).await;
+                wait = interval / 5;
                 let sent = tokio::time::Instant::now();
                 let runs = machine.runner.runs();
                 let held: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
                 match tokio::time::timeout_at(stop_at, machine.jobs.renew(&held)).await {
                     Ok(Ok(lost)) => {
                         renewed = sent;
+                        wait = interval;
                         // Only runs whose job another replica holds, or that
                         // is gone: a run whose own last write cleared its
                         // lease is finishing (its writes stay fenced).

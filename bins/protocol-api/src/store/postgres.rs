@@ -94,6 +94,15 @@ impl PostgresConfig {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|error| format!("DATABASE_URL is not a PostgreSQL connection URL: {error}"))?;
+        if matches!(tls, Tls::Off)
+            && config.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+        {
+            // The driver read an sslmode the options above did not: never
+            // let an asked-for TLS turn into plain text.
+            return Err(
+                "DATABASE_URL's sslmode could not be read: write it as sslmode=verify-full".into(),
+            );
+        }
         config.ssl_mode(tls.ssl_mode());
         // A replica whose peer vanished without closing (a cut network)
         // notices within a minute rather than the OS's two hours.
@@ -101,7 +110,7 @@ impl PostgresConfig {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
-            .tcp_user_timeout(DEFAULT_JOB_LEASE / 3);
+            .tcp_user_timeout(DEFAULT_JOB_LEASE / 6);
         if config.get_application_name().is_none() {
             config.application_name("protocol-api");
         }
@@ -141,9 +150,9 @@ impl PostgresConfig {
     pub fn with_job_lease(mut self, lease: Duration) -> Self {
         self.job_lease = lease;
         // A request the database never acknowledges (a network cut without
-        // a reset) ends the connection within a renewal's period, so the
-        // next renewal gets a fresh one instead of waiting behind it.
-        self.config.tcp_user_timeout(lease / 3);
+        // a reset) ends its connection within a sixth of the lease, in time
+        // for a renewal tried again on a fresh one.
+        self.config.tcp_user_timeout(lease / 6);
         self
     }
 
