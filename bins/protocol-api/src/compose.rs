@@ -322,6 +322,7 @@ pub async fn compose_local(config: &Config) -> anyhow::Result<Composition> {
         http: reqwest::Client::new(),
     };
     let mut settings = Settings::new(ensue_key);
+    settings.background_drivers = true;
     settings.health_timeout = config.health_timeout();
     settings.job_expiry = config.job_expiry;
     settings.allow_loopback_endpoints = true;
@@ -491,6 +492,7 @@ pub async fn compose_production(
         http: reqwest::Client::new(),
     };
     let mut settings = Settings::new(production.ensue_api_key);
+    settings.background_drivers = true;
     settings.health_timeout = config.health_timeout();
     settings.job_expiry = config.job_expiry;
     settings.worker_image = Some(production.worker_image);

@@ -265,6 +265,9 @@ pub struct Settings {
     /// How long a process shutting down waits for its drivers to reach a
     /// step's end, handing their jobs over, before aborting the rest.
     pub handover_wait: Duration,
+    /// Whether jobs are driven on a runtime of their own, below the
+    /// requests' priority (a server process), or on the caller's (tests).
+    pub background_drivers: bool,
 }
 
 /// How often an idle status event stream says it is alive, so proxies and
@@ -295,6 +298,7 @@ impl Settings {
             events_heartbeat: DEFAULT_EVENTS_HEARTBEAT,
             job_scan_interval: Duration::from_secs(1),
             handover_wait: Duration::from_secs(10),
+            background_drivers: false,
         }
     }
 

@@ -404,10 +404,15 @@ impl JobMachine {
             return false;
         };
         let machine = self.clone();
-        let task = tokio::spawn(async move {
+        let drive = async move {
             machine.drive_through_storage_outages(id, committed).await;
             machine.runner.end(id, token);
-        });
+        };
+        let task = if self.settings.background_drivers {
+            super::background::spawn(drive)
+        } else {
+            tokio::spawn(drive)
+        };
         self.runner.attach(id, token, task.abort_handle());
         true
     }

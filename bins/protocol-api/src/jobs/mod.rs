@@ -1,5 +1,6 @@
 //! Provisioning jobs: the model, and the machine that owns every transition.
 
+mod background;
 mod error;
 mod machine;
 mod model;
