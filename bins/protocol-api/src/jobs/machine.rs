@@ -531,11 +531,12 @@ impl JobMachine {
     /// Stops working on jobs, for a process shutting down: nothing new is
     /// begun or claimed, and each driver stops before its next step. Where
     /// replicas share the store, the leases of the jobs whose work stopped
-    /// within `Settings::handover_wait` are given up, so another replica carries them on
-    /// at once from their last committed step; work still going on then
-    /// (a long wait for an agent's health, an outside call) is aborted and
-    /// its leases left to run out, as after a kill, so a call in flight is
-    /// never repeated beside it. Returns how many jobs were handed over.
+    /// by itself within `Settings::handover_wait` are given up, so another
+    /// replica carries them on at once from their last committed step;
+    /// work still going on then (a long wait for an agent's health, an
+    /// outside call) is aborted and its leases left to run out, as after a
+    /// kill, so a call in flight is never repeated beside it. Returns how
+    /// many jobs were handed over.
     pub async fn stop_working(&self) -> Result<usize, StoreError> {
         let runs = self.runner.close();
         if !self.is_shared() {
