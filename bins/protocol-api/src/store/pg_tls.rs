@@ -24,8 +24,9 @@ use tokio_postgres::config::SslMode;
 pub(super) enum Tls {
     /// Plain (TCP or a unix socket).
     Off,
-    /// TLS, the server's certificate verified by this configuration.
-    Verified(Arc<rustls::ClientConfig>),
+    /// TLS, the server's certificate verified by this connector's
+    /// configuration.
+    Verified(tokio_postgres_rustls::MakeRustlsConnect),
 }
 
 /// `url` without its `sslmode` and `sslrootcert` options, and the TLS they
@@ -42,9 +43,9 @@ pub(super) fn split(url: &str) -> Result<(String, Tls), String> {
             }
             Tls::Off
         }
-        Some("require" | "verify-ca" | "verify-full") => {
-            Tls::Verified(Arc::new(client_config(root_file.as_deref())?))
-        }
+        Some("require" | "verify-ca" | "verify-full") => Tls::Verified(
+            tokio_postgres_rustls::MakeRustlsConnect::new(client_config(root_file.as_deref())?),
+        ),
         Some(mode @ ("prefer" | "allow")) => {
             return Err(format!(
                 "DATABASE_URL's sslmode={mode} would fall back to plain text without a word: use \
@@ -254,11 +255,9 @@ impl Tls {
         };
         match self {
             Tls::Off => deadpool_postgres::Manager::from_config(config, NoTls, recycling),
-            Tls::Verified(tls) => deadpool_postgres::Manager::from_config(
-                config,
-                tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone()),
-                recycling,
-            ),
+            Tls::Verified(tls) => {
+                deadpool_postgres::Manager::from_config(config, tls.clone(), recycling)
+            }
         }
     }
 
@@ -281,8 +280,7 @@ impl Tls {
                 Ok((client, tokio::spawn(connection)))
             }
             Tls::Verified(tls) => {
-                let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-                let (client, connection) = config.connect(connector).await?;
+                let (client, connection) = config.connect(tls.clone()).await?;
                 Ok((client, tokio::spawn(connection)))
             }
         }

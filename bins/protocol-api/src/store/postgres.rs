@@ -109,8 +109,7 @@ impl PostgresConfig {
         config
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_user_timeout(DEFAULT_JOB_LEASE / 6);
+            .connect_timeout(Duration::from_secs(10));
         if config.get_application_name().is_none() {
             config.application_name("protocol-api");
         }
@@ -140,9 +139,11 @@ impl PostgresConfig {
             config,
             shown,
             pool_size: 16,
-            job_lease: DEFAULT_JOB_LEASE,
+            // Set, with what follows from it, by `with_job_lease`.
+            job_lease: Duration::ZERO,
             tls,
-        })
+        }
+        .with_job_lease(DEFAULT_JOB_LEASE))
     }
 
     /// How long a job's lease lasts unless renewed: a replica that dies
