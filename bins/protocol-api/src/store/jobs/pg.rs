@@ -205,15 +205,11 @@ pub(super) async fn claim(
         )
         .await
         .map_err(|error| pg.error(error))?;
-    let mut jobs = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: &str = row.get(0);
-        match Row::decode(id, row.get(1), row.get(2), &pg.secrets) {
-            Ok(job) => jobs.push(job),
-            Err(error) => tracing::error!(job = %id, %error,
-                "a claimed job cannot be read here; it is left for a replica that can read it"),
-        }
-    }
+    let mut jobs = readable(
+        pg,
+        rows,
+        "a claimed job cannot be read here; it is left for a replica that can read it",
+    );
     jobs.sort_by_key(|job| job.updated_at);
     Ok(jobs)
 }
@@ -323,16 +319,25 @@ pub(super) async fn in_status(
         )
         .await
         .map_err(|error| pg.error(error))?;
-    let mut jobs = Vec::new();
+    Ok(readable(
+        pg,
+        rows,
+        "a stored job cannot be read; it is left out (its status says why)",
+    ))
+}
+
+/// The jobs of `rows` (id, record, secrets) that can be read; each one that
+/// cannot is logged by id, saying `left_out`, so it hides no other.
+fn readable(pg: &Postgres, rows: Vec<tokio_postgres::Row>, left_out: &str) -> Vec<Job> {
+    let mut jobs = Vec::with_capacity(rows.len());
     for row in rows {
         let id: &str = row.get(0);
         match Row::decode(id, row.get(1), row.get(2), &pg.secrets) {
             Ok(job) => jobs.push(job),
-            Err(_) => tracing::error!(job = %id,
-                "a stored job cannot be read; it is left out (its status says why)"),
+            Err(error) => tracing::error!(job = %id, %error, "{left_out}"),
         }
     }
-    Ok(jobs)
+    jobs
 }
 
 pub(super) async fn fail_unreadable(pg: &Postgres) -> Result<Vec<UnreadableJob>, StoreError> {
