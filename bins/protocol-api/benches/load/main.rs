@@ -18,6 +18,7 @@
 
 mod client;
 mod fakes;
+mod floor;
 mod server;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use serde_json::json;
 
 use crate::client::{Call, Pool, Samples};
 use crate::fakes::{Fakes, RegistrySize, UpstreamCalls};
+use crate::floor::Floor;
 use crate::server::ServerProcess;
 
 /// Concurrent provisioning requests of the burst scenario.
@@ -126,10 +128,11 @@ enum Scenario {
     AgentsEndpoints,
     ProvisionWorker,
     RootDuringBurst,
+    Floor(Floor),
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 9] = [
         Scenario::Root,
         Scenario::StatusUnknown,
         Scenario::StatusExisting,
@@ -137,6 +140,8 @@ impl Scenario {
         Scenario::AgentsEndpoints,
         Scenario::ProvisionWorker,
         Scenario::RootDuringBurst,
+        Scenario::Floor(Floor::Tcp),
+        Scenario::Floor(Floor::Hyper),
     ];
 
     fn name(self) -> &'static str {
@@ -148,6 +153,8 @@ impl Scenario {
             Scenario::AgentsEndpoints => "agents-endpoints",
             Scenario::ProvisionWorker => "provision-worker",
             Scenario::RootDuringBurst => "root-during-burst",
+            Scenario::Floor(Floor::Tcp) => "floor-tcp",
+            Scenario::Floor(Floor::Hyper) => "floor-hyper",
         }
     }
 
@@ -166,6 +173,8 @@ impl Scenario {
             ),
             Scenario::ProvisionWorker => "POST /api/provision/worker".into(),
             Scenario::RootDuringBurst => format!("GET / during {BURST_POSTS} POSTs"),
+            Scenario::Floor(Floor::Tcp) => "GET / from bare sockets (the same body)".into(),
+            Scenario::Floor(Floor::Hyper) => "GET / from bare hyper (the same body)".into(),
         }
     }
 }
@@ -209,7 +218,7 @@ impl Row {
             }
         }
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.1} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.1} | {} |",
             self.scenario.name(),
             self.scenario.route(),
             requests,
@@ -231,6 +240,8 @@ struct Bench {
     fakes: Fakes,
     /// A job that has failed at its deploy step, for the status lookups.
     existing_job: Option<String>,
+    /// The run's temporary directory.
+    dir: PathBuf,
 }
 
 impl Bench {
@@ -290,19 +301,40 @@ impl Bench {
 
     /// Warms up, then measures `call` in a loop for the set duration.
     async fn closed_loop(&self, scenario: Scenario, call: Call) -> Row {
-        let mut pool = self.pool(self.settings.connections).await;
+        self.closed_loop_on(&self.server, scenario, call).await
+    }
+
+    /// [`Self::closed_loop`] against `server`.
+    async fn closed_loop_on(&self, server: &ServerProcess, scenario: Scenario, call: Call) -> Row {
+        let mut pool = Pool::connect(server.addr(), self.settings.connections).await;
         pool.drive_for(&call, self.settings.warmup).await;
-        let (cpu, upstream, started) = (self.server.cpu_time(), self.fakes.calls(), Instant::now());
+        let (cpu, upstream, started) = (server.cpu_time(), self.fakes.calls(), Instant::now());
         let samples = pool.drive_for(&call, self.settings.duration).await;
         Row {
             scenario,
             samples,
             elapsed: started.elapsed(),
-            cpu: self.server.cpu_time() - cpu,
+            cpu: server.cpu_time() - cpu,
             upstream: self.fakes.calls() - upstream,
             note: String::new(),
-            peak_rss_mib: self.server.peak_rss_mib(),
+            peak_rss_mib: server.peak_rss_mib(),
         }
+    }
+
+    /// `GET /` from a floor server answering the server's own `GET /` body.
+    async fn floor(&self, floor: Floor) -> Row {
+        let root = Call::get("/", StatusCode::OK);
+        let (status, body) = self.pool(1).await.once(&root).await;
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        let body = String::from_utf8(body.to_vec()).expect("a JSON body");
+        let log = self.dir.join(format!("floor-{}.log", floor.name()));
+        let mut server = ServerProcess::start_floor(floor, &body, &log);
+        server.wait_until_listening().await;
+        let mut row = self
+            .closed_loop_on(&server, Scenario::Floor(floor), root)
+            .await;
+        row.note = format!("{} bytes of body, as the server's", body.len());
+        row
     }
 
     /// Provisioning: the timed window starts with no job in flight and its
@@ -409,11 +441,13 @@ impl Bench {
             }
             Scenario::ProvisionWorker => self.provision().await,
             Scenario::RootDuringBurst => self.burst().await,
+            Scenario::Floor(floor) => self.floor(floor).await,
         }
     }
 }
 
 fn main() {
+    floor::serve_if_asked();
     let Some(settings) = Settings::parse() else {
         println!("the load benchmark runs under `cargo bench` only");
         return;
@@ -474,6 +508,7 @@ fn main() {
             server,
             fakes,
             existing_job: None,
+            dir: dir.path().to_owned(),
         };
         for scenario in scenarios {
             bench.run(scenario).await.print();

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use protocol_api::jobs::JobStatus;
+
+use crate::floor::{Floor, SERVE_FLOOR};
 use rusqlite::{Connection, OpenFlags};
 
 /// How long the server may take to answer after it was started.
@@ -29,7 +31,8 @@ pub(crate) enum JobDatabase {
 pub(crate) struct ServerProcess {
     child: Child,
     addr: SocketAddr,
-    database: JobDatabase,
+    /// `None` for a floor server, which keeps no jobs.
+    database: Option<JobDatabase>,
     log: PathBuf,
     clock_ticks_per_second: u64,
 }
@@ -81,9 +84,27 @@ impl ServerProcess {
             }
             None => JobDatabase::Sqlite(data_dir.join(protocol_api::compose::DATABASE_FILE)),
         };
+        Self::spawn(command, port, Some(database), log)
+    }
+
+    /// Starts this bench binary as the `floor` server answering `body`
+    /// ([`crate::floor`]), its output in `log`.
+    pub(crate) fn start_floor(floor: Floor, body: &str, log: &Path) -> Self {
+        let port = free_port();
+        let output = File::create(log).expect("the floor's log file");
+        let mut command = Command::new(std::env::current_exe().expect("this bench's path"));
+        command
+            .args([SERVE_FLOOR, floor.name(), &port.to_string(), body])
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("the log file again"))
+            .stderr(output);
+        Self::spawn(command, port, None, log)
+    }
+
+    fn spawn(mut command: Command, port: u16, database: Option<JobDatabase>, log: &Path) -> Self {
         let child = command
             .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
+            .unwrap_or_else(|error| panic!("cannot start {:?}: {error}", command.get_program()));
         Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -185,7 +206,8 @@ impl ServerProcess {
             runner_owned.join(",")
         );
         match &self.database {
-            JobDatabase::Sqlite(path) => {
+            None => Ok(0),
+            Some(JobDatabase::Sqlite(path)) => {
                 let connection = Connection::open_with_flags(
                     path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -195,7 +217,7 @@ impl ServerProcess {
                     .query_row(&query, [], |row| row.get(0))
                     .map_err(|error| format!("{}: {error}", path.display()))
             }
-            JobDatabase::Postgres(url) => {
+            Some(JobDatabase::Postgres(url)) => {
                 let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
                     .await
                     .map_err(|error| format!("PostgreSQL: {error}"))?;
