@@ -103,6 +103,9 @@ pub struct ConfiguredDelegator {
     agent_key: Keypair,
     space_proof: Delegation,
     space_did: Did,
+    /// [`SPACE_ACCESS_ABILITIES`] on the space, made once: every delegation
+    /// grants the same.
+    capabilities: Vec<Capability>,
     clock: Arc<dyn Clock>,
 }
 
@@ -129,6 +132,7 @@ impl ConfiguredDelegator {
         Ok(Self {
             agent_key,
             space_proof,
+            capabilities: space_capabilities(&space_did)?,
             space_did,
             clock: Arc::new(SystemClock),
         })
@@ -156,13 +160,11 @@ impl ConfiguredDelegator {
 impl Delegator for ConfiguredDelegator {
     async fn delegate_space_access(&self, agent: &Did) -> Result<SpaceDelegation> {
         let expiration = self.clock.now().saturating_add(SPACE_ACCESS_LIFETIME_SECS);
-        let delegation = Delegation::builder(
-            Principal::from(agent.clone()),
-            space_capabilities(&self.space_did)?,
-        )
-        .expiration(Some(expiration))
-        .proof(self.space_proof.clone())
-        .sign(&self.agent_key)?;
+        let delegation =
+            Delegation::builder(Principal::from(agent.clone()), self.capabilities.clone())
+                .expiration(Some(expiration))
+                .proof(self.space_proof.clone())
+                .sign(&self.agent_key)?;
         Ok(SpaceDelegation::new(self.space_did.clone(), &delegation))
     }
 }
@@ -173,6 +175,10 @@ impl Delegator for ConfiguredDelegator {
 #[derive(Clone)]
 pub struct LocalSpaceDelegator {
     space_key: Keypair,
+    /// The space's DID and [`SPACE_ACCESS_ABILITIES`] on it, made once:
+    /// every delegation grants the same.
+    space_did: Did,
+    capabilities: Vec<Capability>,
     clock: Arc<dyn Clock>,
 }
 
@@ -239,6 +245,8 @@ impl LocalSpaceDelegator {
         }
         Ok(Self {
             space_key,
+            capabilities: space_capabilities(&space_did)?,
+            space_did,
             clock: Arc::new(SystemClock),
         })
     }
@@ -251,19 +259,18 @@ impl LocalSpaceDelegator {
 
     /// The local space's DID.
     pub fn space_did(&self) -> Did {
-        self.space_key.did()
+        self.space_did.clone()
     }
 }
 
 #[async_trait]
 impl Delegator for LocalSpaceDelegator {
     async fn delegate_space_access(&self, agent: &Did) -> Result<SpaceDelegation> {
-        let space = self.space_key.did();
         let expiration = self.clock.now().saturating_add(SPACE_ACCESS_LIFETIME_SECS);
         let delegation =
-            Delegation::builder(Principal::from(agent.clone()), space_capabilities(&space)?)
+            Delegation::builder(Principal::from(agent.clone()), self.capabilities.clone())
                 .expiration(Some(expiration))
                 .sign(&self.space_key)?;
-        Ok(SpaceDelegation::new(space, &delegation))
+        Ok(SpaceDelegation::new(self.space_did.clone(), &delegation))
     }
 }
