@@ -7,7 +7,13 @@
 //! - `tcp`: no HTTP library at all, one `read` and one `write` per request
 //!   (what the kernel's loopback TCP and the runtime's wake-ups cost);
 //! - `hyper`: hyper's HTTP/1.1 connection on the same runtime, a fixed
-//!   answer (what the HTTP layer adds; no router, span or edge limits).
+//!   answer (what the HTTP layer adds; no router, span or edge limits);
+//! - `axum`: the same connection serving an axum router of one route and
+//!   no layer (what the router adds);
+//! - `layer`: that router behind the server's request layer (request id,
+//!   span, metrics, `no-store`), no subscriber installed;
+//! - `serve`: the one-route router served by `delibera-serve` with its
+//!   default edges (connection caps, deadlines, tracked in-flight work).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +35,12 @@ pub(crate) enum Floor {
     Tcp,
     /// hyper's HTTP/1.1 server.
     Hyper,
+    /// An axum router on it.
+    Axum,
+    /// The router behind the request layer.
+    Layer,
+    /// The router on `delibera-serve`.
+    Serve,
 }
 
 impl Floor {
@@ -36,6 +48,9 @@ impl Floor {
         match self {
             Floor::Tcp => "tcp",
             Floor::Hyper => "hyper",
+            Floor::Axum => "axum",
+            Floor::Layer => "layer",
+            Floor::Serve => "serve",
         }
     }
 
@@ -43,6 +58,9 @@ impl Floor {
         match name {
             "tcp" => Floor::Tcp,
             "hyper" => Floor::Hyper,
+            "axum" => Floor::Axum,
+            "layer" => Floor::Layer,
+            "serve" => Floor::Serve,
             other => panic!("no floor server named {other:?}"),
         }
     }
@@ -66,6 +84,12 @@ pub(crate) fn serve_if_asked() {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
             .await
             .expect("the floor's port");
+        if floor == Floor::Serve {
+            let _ = delibera_serve::Server::new(one_route(body))
+                .run(listener, std::future::pending())
+                .await;
+            return;
+        }
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -75,6 +99,13 @@ pub(crate) fn serve_if_asked() {
                 match floor {
                     Floor::Tcp => serve_raw(stream, &body).await,
                     Floor::Hyper => serve_hyper(stream, body).await,
+                    Floor::Axum => serve_router(stream, one_route(body)).await,
+                    Floor::Layer => {
+                        let router =
+                            one_route(body).layer(protocol_api::request_layer::RequestLayer);
+                        serve_router(stream, router).await
+                    }
+                    Floor::Serve => unreachable!("served above"),
                 }
             });
         }
@@ -124,6 +155,28 @@ async fn serve_hyper(stream: TcpStream, body: Bytes) {
             );
             Ok::<_, Infallible>(response)
         }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// A router answering `GET /` with `body`.
+fn one_route(body: Bytes) -> axum::Router {
+    axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    )
+}
+
+async fn serve_router(stream: TcpStream, router: axum::Router) {
+    use tower::ServiceExt;
+
+    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+        router.clone().oneshot(request.map(axum::body::Body::new))
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)

@@ -132,7 +132,7 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 12] = [
         Scenario::Root,
         Scenario::StatusUnknown,
         Scenario::StatusExisting,
@@ -142,6 +142,9 @@ impl Scenario {
         Scenario::RootDuringBurst,
         Scenario::Floor(Floor::Tcp),
         Scenario::Floor(Floor::Hyper),
+        Scenario::Floor(Floor::Axum),
+        Scenario::Floor(Floor::Layer),
+        Scenario::Floor(Floor::Serve),
     ];
 
     fn name(self) -> &'static str {
@@ -155,6 +158,9 @@ impl Scenario {
             Scenario::RootDuringBurst => "root-during-burst",
             Scenario::Floor(Floor::Tcp) => "floor-tcp",
             Scenario::Floor(Floor::Hyper) => "floor-hyper",
+            Scenario::Floor(Floor::Axum) => "floor-axum",
+            Scenario::Floor(Floor::Layer) => "floor-layer",
+            Scenario::Floor(Floor::Serve) => "floor-serve",
         }
     }
 
@@ -175,6 +181,15 @@ impl Scenario {
             Scenario::RootDuringBurst => format!("GET / during {BURST_POSTS} POSTs"),
             Scenario::Floor(Floor::Tcp) => "GET / from bare sockets (the same body)".into(),
             Scenario::Floor(Floor::Hyper) => "GET / from bare hyper (the same body)".into(),
+            Scenario::Floor(Floor::Axum) => {
+                "GET / from an axum router of one route on bare hyper (the same body)".into()
+            }
+            Scenario::Floor(Floor::Layer) => {
+                "GET / from that router behind the request layer, on bare hyper".into()
+            }
+            Scenario::Floor(Floor::Serve) => {
+                "GET / from that router on delibera-serve (default edges)".into()
+            }
         }
     }
 }
