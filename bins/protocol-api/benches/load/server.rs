@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use protocol_api::jobs::JobStatus;
+use rusqlite::{Connection, OpenFlags};
 
 use crate::floor::{Floor, SERVE_FLOOR};
-use rusqlite::{Connection, OpenFlags};
 
 /// How long the server may take to answer after it was started.
 const START_DEADLINE: Duration = Duration::from_secs(60);
