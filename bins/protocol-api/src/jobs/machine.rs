@@ -121,6 +121,27 @@ struct Work {
     task: Option<tokio::task::AbortHandle>,
 }
 
+impl Working {
+    /// Aborts `work`'s task (already taken out of `runs`); whether it was
+    /// still running (a run whose task is not recorded yet counts as
+    /// running: it may have begun). Only a stopping process asks
+    /// (`take_aborted`) which runs these were, so only then are they noted.
+    fn abort(&mut self, work: &Work) -> bool {
+        let running = match &work.task {
+            Some(task) => {
+                let running = !task.is_finished();
+                task.abort();
+                running
+            }
+            None => true,
+        };
+        if running && self.stopped {
+            self.aborted.insert(work.token);
+        }
+        running
+    }
+}
+
 /// A run as the runner lists it: the job, and the run's token.
 type Run = (Uuid, u64);
 
@@ -205,43 +226,17 @@ impl Runner {
         if state.runs.get(&id).is_none_or(|work| work.token != token) {
             return false;
         }
-        let running = Self::abort(state.runs.remove(&id));
-        // Only a stopping process asks (`take_aborted`) which runs these were.
-        if running && state.stopped {
-            state.aborted.insert(token);
-        }
-        running
+        state
+            .runs
+            .remove(&id)
+            .is_some_and(|work| state.abort(&work))
     }
 
     /// Stops every run here; returns how many tasks were still running.
     fn stop_all(&self) -> usize {
         let mut state = self.state();
         let runs: Vec<Work> = state.runs.drain().map(|(_, work)| work).collect();
-        let mut stopped = 0;
-        for work in runs {
-            let token = work.token;
-            if Self::abort(Some(work)) {
-                if state.stopped {
-                    state.aborted.insert(token);
-                }
-                stopped += 1;
-            }
-        }
-        stopped
-    }
-
-    /// Aborts `work`'s task; whether it was still running (a run whose task
-    /// is not recorded yet counts as running: it may have begun).
-    fn abort(work: Option<Work>) -> bool {
-        match work.map(|work| work.task) {
-            Some(Some(task)) => {
-                let running = !task.is_finished();
-                task.abort();
-                running
-            }
-            Some(None) => true,
-            None => false,
-        }
+        runs.into_iter().filter(|work| state.abort(work)).count()
     }
 
     /// Whether some run of job `id` is going on here.

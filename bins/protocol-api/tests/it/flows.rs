@@ -592,18 +592,7 @@ async fn a_first_deploy_does_not_look_for_an_earlier_one() {
     let dir = tempfile::tempdir().unwrap();
     let deployer = TestDeployer::healthy();
     let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
-    let (_, body) = app
-        .call(
-            "POST",
-            "/api/provision/coordinator",
-            Some(json!({ "displayName": "First Try", "nearAccount": "c.testnet" })),
-        )
-        .await;
-    let job_id = body["jobId"].as_str().unwrap();
-    let ready = app
-        .wait_for(job_id, &["awaiting_near_signature", "failed"])
-        .await;
-    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    provision_coordinator(&app).await;
     assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1);
     assert_eq!(deployer.finds.load(Ordering::SeqCst), 0);
 }
