@@ -28,7 +28,6 @@ use axum::http::HeaderName;
 use axum::middleware;
 use axum::routing::{get, post, put};
 use delibera_near::{CoordinatorRecord, RegisteredWorker, WorkerRecord};
-use tower_http::cors::CorsLayer;
 use zeroize::Zeroizing;
 // Used by `main.rs` only, which shares this package's dependencies.
 use mimalloc as _;
@@ -38,7 +37,7 @@ use crate::config::CorsPolicy;
 use crate::jobs::JobMachine;
 use crate::ports::{Ports, Settings};
 use crate::store::Database;
-use delibera_serve::PerMinuteLimiter;
+use delibera_serve::{CorsLayer, PerMinuteLimiter};
 
 use crate::auth::WalletAuth;
 
@@ -315,6 +314,18 @@ pub fn app(state: AppState) -> Router {
             auth::authenticate_write,
         ));
 
+    // Only these routes read a body, so only they carry the body limit
+    // (the edge also refuses a declared length above it before reading).
+    let writes = Router::new()
+        .route("/api/provision/register", post(provision::register))
+        .route(
+            "/api/provision/coordinator-register",
+            post(provision::coordinator_register),
+        )
+        .merge(provisioning)
+        .merge(admin)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes));
+
     let cors = cors_layer(&state.cors);
 
     Router::new()
@@ -326,19 +337,12 @@ pub fn app(state: AppState) -> Router {
             "/api/provision/status/{jobId}/events",
             get(provision::status_events),
         )
-        .route("/api/provision/register", post(provision::register))
-        .route(
-            "/api/provision/coordinator-register",
-            post(provision::coordinator_register),
-        )
         .route("/api/agents/endpoints", get(agents::endpoints))
         .route("/api/agents/{agentId}/endpoint", get(agents::endpoint))
         .route("/api/workers/registered", get(workers::registered))
-        .merge(provisioning)
-        .merge(admin)
+        .merge(writes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         // Every request gets an `x-request-id` (the caller's, or a new
         // UUID-shaped one), carried in its one tracing span and echoed in the
         // response, is counted, and leaves with `no-store` and, on error,

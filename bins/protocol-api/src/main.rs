@@ -23,9 +23,10 @@ async fn main() -> anyhow::Result<()> {
     // every request's span fields were formatted with them.
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            EnvFilter::new("warn,protocol_api=info,tower_http=info,delibera_serve=info")
-        }))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,protocol_api=info,delibera_serve=info")),
+        )
         .init();
     let config = Config::parse();
     let Composition { state, local_ensue } = compose::compose(&config).await?;

@@ -102,7 +102,7 @@ fn main() {
         .map_or(30, |n| n.parse().expect("a number of seconds"));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "warn,protocol_api=info,tower_http=info,delibera_serve=info",
+            "warn,protocol_api=info,delibera_serve=info",
         ))
         .with_writer(std::io::stderr)
         .init();

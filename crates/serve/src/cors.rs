@@ -1,8 +1,13 @@
 //! [`CorsPolicy`]: which web origins may call a server from a browser, parsed
 //! from one setting (`CORS_ORIGINS`) the same way by every server.
 
-use axum::http::HeaderValue;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use tower::{Layer, Service};
 use url::Url;
 
 use crate::{Error, Result};
@@ -108,25 +113,331 @@ impl CorsPolicy {
     /// with no `Access-Control-Allow-Origin`, so browsers refuse every
     /// cross-origin call.
     pub fn layer(&self) -> CorsLayer {
-        let allowed = match self {
-            CorsPolicy::AnyOrigin => AllowOrigin::any(),
-            CorsPolicy::Origins(origins) => AllowOrigin::list(
+        let allow_origin = match self {
+            CorsPolicy::AnyOrigin => AllowOrigin::Any,
+            CorsPolicy::Origins(origins) => AllowOrigin::List(
                 origins
                     .iter()
-                    .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+                    .filter_map(|origin| HeaderValue::from_str(origin).ok())
+                    .collect(),
             ),
-            CorsPolicy::SameOriginOnly => return CorsLayer::new(),
+            CorsPolicy::SameOriginOnly => AllowOrigin::None,
         };
-        CorsLayer::new()
-            .allow_origin(allowed)
-            .allow_methods(Any)
-            .allow_headers(Any)
+        // Allowed origins may use any method and send any header.
+        let any_method_and_header = allow_origin != AllowOrigin::None;
+        CorsLayer {
+            answers: Arc::new(Answers {
+                allow_origin,
+                any_method_and_header,
+                expose_headers: None,
+            }),
+        }
+    }
+}
+
+/// The CORS layer of a [`CorsPolicy`] ([`CorsPolicy::layer`]).
+///
+/// It answers as `tower_http`'s `CorsLayer` configured the same way would
+/// (a test compares the two), with every header value built once: every
+/// response gets `Vary: origin, access-control-request-method,
+/// access-control-request-headers` (appended to the handler's own) and
+/// `Access-Control-Allow-Origin` for an allowed origin (`*` for any);
+/// every `OPTIONS` request is a preflight answered here, 200 with no body,
+/// and other requests get `Access-Control-Expose-Headers` if any are set.
+/// Cloning it, which a router does for every request, copies one pointer.
+#[derive(Debug, Clone)]
+pub struct CorsLayer {
+    answers: Arc<Answers>,
+}
+
+impl CorsLayer {
+    /// Lets a browser script read these response headers too (they are
+    /// exposed to allowed origins only, but sent on every answer).
+    pub fn expose_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names: Vec<HeaderName> = headers.into_iter().collect();
+        let joined = names
+            .iter()
+            .map(HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        Arc::make_mut(&mut self.answers).expose_headers = (!names.is_empty())
+            .then(|| HeaderValue::from_str(&joined).ok())
+            .flatten();
+        self
+    }
+}
+
+impl<S> Layer<S> for CorsLayer {
+    type Service = Cors<S>;
+
+    fn layer(&self, inner: S) -> Cors<S> {
+        Cors {
+            inner,
+            answers: self.answers.clone(),
+        }
+    }
+}
+
+/// Which origins a [`CorsLayer`] names in `Access-Control-Allow-Origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AllowOrigin {
+    /// `*`, whatever the request's `Origin`.
+    Any,
+    /// The request's `Origin`, echoed, when it is one of these.
+    List(Vec<HeaderValue>),
+    /// None.
+    None,
+}
+
+/// What a [`CorsLayer`] adds to answers, built once.
+#[derive(Debug, Clone)]
+struct Answers {
+    allow_origin: AllowOrigin,
+    /// Preflights answer `*` for methods and headers.
+    any_method_and_header: bool,
+    expose_headers: Option<HeaderValue>,
+}
+
+/// The request headers a CORS answer depends on.
+const VARY: HeaderValue = HeaderValue::from_static(
+    "origin, access-control-request-method, access-control-request-headers",
+);
+const WILDCARD: HeaderValue = HeaderValue::from_static("*");
+
+impl Answers {
+    fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match &self.allow_origin {
+            AllowOrigin::Any => Some(WILDCARD),
+            AllowOrigin::List(allowed) => origin.filter(|origin| allowed.contains(origin)).cloned(),
+            AllowOrigin::None => None,
+        }
+    }
+
+    fn preflight<B: Default>(&self, origin: Option<HeaderValue>) -> Response<B> {
+        let mut response = Response::new(B::default());
+        let headers = response.headers_mut();
+        if let Some(origin) = origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        }
+        headers.insert(header::VARY, VARY);
+        if self.any_method_and_header {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, WILDCARD);
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, WILDCARD);
+        }
+        response
+    }
+
+    fn complete<B>(&self, response: &mut Response<B>, origin: Option<HeaderValue>) {
+        let headers = response.headers_mut();
+        // The handler may have a `Vary` of its own: keep it.
+        headers.append(header::VARY, VARY);
+        if let Some(origin) = origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        }
+        if let Some(exposed) = &self.expose_headers {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed.clone());
+        }
+    }
+}
+
+/// The service of a [`CorsLayer`].
+#[derive(Debug, Clone)]
+pub struct Cors<S> {
+    inner: S,
+    answers: Arc<Answers>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cors<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = CorsFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let origin = self
+            .answers
+            .allow_origin(request.headers().get(header::ORIGIN));
+        if request.method() == Method::OPTIONS {
+            return CorsFuture {
+                state: State::Preflight {
+                    response: Some(self.answers.preflight(origin)),
+                },
+            };
+        }
+        CorsFuture {
+            state: State::Call {
+                answer: self.inner.call(request),
+                answers: self.answers.clone(),
+                origin,
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`Cors`] service.
+    pub struct CorsFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProjection]
+    enum State<F, B> {
+        Preflight { response: Option<Response<B>> },
+        Call {
+            #[pin]
+            answer: F,
+            answers: Arc<Answers>,
+            origin: Option<HeaderValue>,
+        },
+    }
+}
+
+impl<F, B, E> Future for CorsFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            // Taken once: a future is not polled again after it is ready.
+            StateProjection::Preflight { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_default()))
+            }
+            StateProjection::Call {
+                answer,
+                answers,
+                origin,
+            } => {
+                let mut response = ready!(answer.poll(cx))?;
+                answers.complete(&mut response, origin.take());
+                Poll::Ready(Ok(response))
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    /// What a browser can see of an answer: status, body and the headers.
+    async fn seen(router: Router, request: Request<Body>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let mut headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap()
+            .to_vec();
+        (status, headers, body)
+    }
+
+    /// The reference: `tower_http`'s layer configured as this crate did
+    /// before it had its own.
+    fn tower_http_layer(policy: &CorsPolicy, expose: &[HeaderName]) -> tower_http::cors::CorsLayer {
+        use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+        let layer = match policy {
+            CorsPolicy::AnyOrigin => CorsLayer::new().allow_origin(AllowOrigin::any()),
+            CorsPolicy::Origins(origins) => CorsLayer::new().allow_origin(AllowOrigin::list(
+                origins
+                    .iter()
+                    .map(|origin| HeaderValue::from_str(origin).unwrap()),
+            )),
+            CorsPolicy::SameOriginOnly => return CorsLayer::new(),
+        };
+        let layer = layer.allow_methods(Any).allow_headers(Any);
+        if expose.is_empty() {
+            layer
+        } else {
+            layer.expose_headers(expose.to_vec())
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_as_tower_http_configured_the_same_way() {
+        let routes = || {
+            Router::new()
+                .route("/", get(|| async { "ok" }).post(|| async { "posted" }))
+                .route(
+                    "/varies",
+                    get(|| async { ([(header::VARY, "accept-encoding")], "ok") }),
+                )
+        };
+        let expose = [HeaderName::from_static("x-request-id")];
+        let policies = [
+            CorsPolicy::AnyOrigin,
+            CorsPolicy::SameOriginOnly,
+            CorsPolicy::Origins(vec!["https://app.example.com".into()]),
+        ];
+        let mut compared = 0;
+        for policy in &policies {
+            for exposed in [&expose[..], &[]] {
+                if *policy == CorsPolicy::SameOriginOnly && !exposed.is_empty() {
+                    continue; // never configured that way
+                }
+                for method in [Method::GET, Method::POST, Method::OPTIONS, Method::DELETE] {
+                    for path in ["/", "/varies", "/missing"] {
+                        for origin in [
+                            None,
+                            Some("https://app.example.com"),
+                            Some("https://evil.example"),
+                        ] {
+                            for preflight_headers in [false, true] {
+                                let request = || {
+                                    let mut request =
+                                        Request::builder().method(method.clone()).uri(path);
+                                    if let Some(origin) = origin {
+                                        request = request.header(header::ORIGIN, origin);
+                                    }
+                                    if preflight_headers {
+                                        request = request
+                                            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                                            .header(
+                                                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                                                "content-type",
+                                            );
+                                    }
+                                    request.body(Body::empty()).unwrap()
+                                };
+                                let ours = policy.layer().expose_headers(exposed.iter().cloned());
+                                let ours = seen(routes().layer(ours), request()).await;
+                                let reference = tower_http_layer(policy, exposed);
+                                let reference = seen(routes().layer(reference), request()).await;
+                                assert_eq!(
+                                    ours, reference,
+                                    "{policy:?} exposing {exposed:?}: {method} {path} from {origin:?}"
+                                );
+                                compared += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 5 * 4 * 3 * 3 * 2);
+    }
 
     #[test]
     fn every_policy_round_trips_through_its_setting() {

@@ -10,7 +10,7 @@ mod limiter;
 mod rejection;
 mod server;
 
-pub use cors::CorsPolicy;
+pub use cors::{Cors, CorsFuture, CorsLayer, CorsPolicy};
 pub use edges::{
     CONNECTIONS_WITHOUT_FD_LIMIT, Capacity, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_FD_RESERVE,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, Edges,

@@ -293,14 +293,15 @@ async fn malformed_json_wrong_content_type_and_oversized_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
     let routes = [
-        "/api/provision/coordinator",
-        "/api/provision/worker",
-        "/api/provision/external-worker",
-        "/api/provision/register",
-        "/api/provision/coordinator-register",
-        "/api/workers/register",
+        ("POST", "/api/provision/coordinator"),
+        ("POST", "/api/provision/worker"),
+        ("POST", "/api/provision/external-worker"),
+        ("POST", "/api/provision/register"),
+        ("POST", "/api/provision/coordinator-register"),
+        ("POST", "/api/workers/register"),
+        ("PUT", "/api/agents/did:key:z6Mkabc/endpoint"),
     ];
-    for route in routes {
+    for (method, route) in routes {
         for (content_type, body, expected) in [
             (
                 "application/json",
@@ -325,7 +326,7 @@ async fn malformed_json_wrong_content_type_and_oversized_bodies() {
             ),
         ] {
             let request = Request::builder()
-                .method("POST")
+                .method(method)
                 .uri(route)
                 .header("content-type", content_type)
                 .header("authorization", format!("Bearer {}", common::ADMIN_TOKEN))
