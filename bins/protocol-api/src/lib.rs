@@ -10,6 +10,7 @@ pub mod compose;
 pub mod config;
 pub mod error;
 pub mod jobs;
+pub mod log_fields;
 pub mod metrics;
 pub mod openapi;
 pub mod ports;

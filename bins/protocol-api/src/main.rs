@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
     // every request's span fields were formatted with them.
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .fmt_fields(protocol_api::log_fields::PlainFields::default())
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("warn,protocol_api=info,delibera_serve=info")),
