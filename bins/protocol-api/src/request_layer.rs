@@ -1,14 +1,14 @@
 //! The one layer every routed request passes: its request id, its tracing
 //! span, its metrics, `Cache-Control: no-store`, and the `{"error": "…"}`
 //! envelope on every error. One service instead of a stack of wrappers, so a
-//! request pays for one boxed future and one span.
+//! request pays for one span and no allocation of its own.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::Request;
@@ -16,6 +16,7 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
 use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::error;
 use crate::metrics::RequestLabels;
@@ -48,23 +49,20 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = RequestFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
         let started = Instant::now();
         // The caller's id if it sent one, so its logs and ours line up.
-        let request_id = match request.headers().get(&REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
-                let id = new_request_id();
-                request.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
-        };
+        let request_id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(new_request_id);
         let labels = RequestLabels::of(&request);
         // The route is the matched template (`/api/provision/status/{jobId}`),
         // never the concrete path: a job id is enough to read a job's
@@ -75,25 +73,78 @@ where
             route = labels.route(),
             request_id = request_id.to_str().unwrap_or("-"),
         );
-        let answer = self.inner.call(request).instrument(span);
-        Box::pin(async move {
-            let Ok(response) = answer.await;
-            labels.record(response.status(), started.elapsed());
-            let mut response = if error::lacks_error_envelope(&response) {
-                error::json_error_body(response).await
-            } else {
-                response
-            };
-            let headers = response.headers_mut();
-            if !headers.contains_key(&REQUEST_ID) {
-                headers.insert(REQUEST_ID, request_id);
+        RequestFuture {
+            state: State::Answering {
+                answer: self.inner.call(request).instrument(span),
+            },
+            labels,
+            started,
+            request_id: Some(request_id),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`RequestService`].
+    pub struct RequestFuture<F> {
+        #[pin]
+        state: State<F>,
+        labels: RequestLabels,
+        started: Instant,
+        request_id: Option<HeaderValue>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProjection]
+    enum State<F> {
+        /// The routed service is answering, inside the request's span.
+        Answering {
+            #[pin]
+            answer: Instrumented<F>,
+        },
+        /// An error answer without the JSON envelope is being rewritten
+        /// (rare: an extractor's or a layer's own rejection).
+        Enveloping {
+            rewrite: Pin<Box<dyn Future<Output = Response> + Send>>,
+        },
+    }
+}
+
+impl<F> Future for RequestFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let mut response = loop {
+            match this.state.as_mut().project() {
+                StateProjection::Answering { answer } => {
+                    let Ok(response) = ready!(answer.poll(cx));
+                    this.labels
+                        .record(response.status(), this.started.elapsed());
+                    if !error::lacks_error_envelope(&response) {
+                        break response;
+                    }
+                    let rewrite = Box::pin(error::json_error_body(response));
+                    this.state.set(State::Enveloping { rewrite });
+                }
+                StateProjection::Enveloping { rewrite } => break ready!(rewrite.as_mut().poll(cx)),
             }
-            // Job statuses, registrations and external-worker identities
-            // carry keys, tokens, claim URLs and codes, and nothing this
-            // server answers gains from being cached.
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(response)
-        })
+        };
+        let headers = response.headers_mut();
+        if !headers.contains_key(&REQUEST_ID)
+            && let Some(request_id) = this.request_id.take()
+        {
+            headers.insert(REQUEST_ID, request_id);
+        }
+        // Job statuses, registrations and external-worker identities
+        // carry keys, tokens, claim URLs and codes, and nothing this
+        // server answers gains from being cached.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Poll::Ready(Ok(response))
     }
 }
 
