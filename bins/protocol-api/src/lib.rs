@@ -10,7 +10,7 @@ pub mod compose;
 pub mod config;
 pub mod error;
 pub mod jobs;
-pub mod log_fields;
+pub mod logging;
 pub mod metrics;
 pub mod openapi;
 pub mod ports;
@@ -32,7 +32,6 @@ use delibera_near::{CoordinatorRecord, RegisteredWorker, WorkerRecord};
 use zeroize::Zeroizing;
 // Used by `main.rs` only, which shares this package's dependencies.
 use mimalloc as _;
-use tracing_subscriber as _;
 
 use crate::config::CorsPolicy;
 use crate::jobs::JobMachine;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use protocol_api::compose::{self, Composition};
 use protocol_api::config::Config;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 // Many small short-lived allocations per request and per job step (JSON,
 // sealed records, HTTP buffers) cost a quarter of a job's CPU in glibc's
@@ -16,19 +16,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Warnings from every crate are shown by default: an agent that could
-    // not be restored or a data file whose permissions were tightened is
-    // reported by the library that found it.
-    // Colour codes only for a terminal: in a log file they are noise, and
-    // every request's span fields were formatted with them.
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .fmt_fields(protocol_api::log_fields::PlainFields::default())
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("warn,protocol_api=info,delibera_serve=info")),
-        )
-        .init();
+    protocol_api::logging::subscriber(
+        std::io::stdout,
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    )
+    .init();
     let config = Config::parse();
     let Composition { state, local_ensue } = compose::compose(&config).await?;
 

@@ -1,4 +1,5 @@
-//! [`PlainFields`]: how log lines write their fields.
+//! The server's log [`subscriber`], and [`PlainFields`], how its lines
+//! write their fields.
 //!
 //! Every request opens a span whose fields (method, route, request id) the
 //! log formatter writes out when the span opens. `tracing_subscriber`'s
@@ -10,9 +11,33 @@
 use std::fmt;
 
 use tracing::field::{Field, Visit};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+
+/// What the server logs unless `RUST_LOG` says otherwise: warnings from
+/// every crate (an agent that could not be restored, a data file whose
+/// permissions were tightened, reported by the library that found it) and
+/// this server's own progress.
+pub const DEFAULT_FILTER: &str = "warn,protocol_api=info,delibera_serve=info";
+
+/// The server's subscriber, writing to `writer`: the filter `RUST_LOG`
+/// asks for (or [`DEFAULT_FILTER`]), fields by [`PlainFields`], colour
+/// codes only if `ansi` (a terminal: in a log file they are noise).
+pub fn subscriber<W>(writer: W, ansi: bool) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .fmt_fields(PlainFields::default())
+        .with_env_filter(filter)
+        .finish()
+}
 
 /// Writes fields exactly as [`DefaultFields`] does (a test compares them).
 /// When colours are off and every field is a named string of printable
@@ -120,8 +145,6 @@ impl Visit for PlainWriter<'_, '_> {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
-
-    use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
 
