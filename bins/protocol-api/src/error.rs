@@ -159,7 +159,16 @@ impl IntoResponse for ApiError {
             ApiError::Upstream(detail) => tracing::warn!(%detail, "upstream error"),
             _ => tracing::debug!(%status, error = %self, "request rejected"),
         }
-        let message = self.to_string();
+        // Most errors carry their message whole: it is written as it is.
+        let message = match &self {
+            ApiError::BadRequest(message)
+            | ApiError::BodyTimeout(message)
+            | ApiError::NotFound(message)
+            | ApiError::Conflict(message)
+            | ApiError::Unprocessable(message)
+            | ApiError::NotOwner(message) => std::borrow::Cow::Borrowed(message.as_str()),
+            other => std::borrow::Cow::Owned(other.to_string()),
+        };
         let mut response = (status, Json(ErrorBody { error: &message })).into_response();
         if let ApiError::RateLimited { retry_after_secs }
         | ApiError::StorageFull { retry_after_secs }
@@ -315,6 +324,39 @@ impl From<JobError> for ApiError {
             JobError::Ensue(error) => ApiError::Upstream(format!("Ensue: {error}")),
             JobError::Store(error) => error.into(),
             JobError::Incomplete { .. } | JobError::Task(_) => ApiError::internal(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `{"error": …}` text of `error`'s answer.
+    async fn answered(error: ApiError) -> String {
+        let body = axum::body::to_bytes(error.into_response().into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        body["error"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn every_answer_says_what_the_error_displays() {
+        let text = || "job \"x\" is ünknown\n".to_owned();
+        for error in [
+            ApiError::BadRequest(text()),
+            ApiError::BodyTimeout(text()),
+            ApiError::NotFound(text()),
+            ApiError::Conflict(text()),
+            ApiError::Unprocessable(text()),
+            ApiError::NotOwner(text()),
+            ApiError::BadSignature(text()),
+            ApiError::MethodNotAllowed,
+            ApiError::PayloadTooLarge,
+        ] {
+            let shown = error.to_string();
+            assert_eq!(answered(error).await, shown);
         }
     }
 }
