@@ -11,10 +11,12 @@
 use std::fmt;
 
 use tracing::field::{Field, Visit};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{Layer, Registry};
 
 /// What the server logs unless `RUST_LOG` says otherwise: warnings from
 /// every crate (an agent that could not be restored, a data file whose
@@ -25,18 +27,40 @@ pub const DEFAULT_FILTER: &str = "warn,protocol_api=info,delibera_serve=info";
 /// The server's subscriber, writing to `writer`: the filter `RUST_LOG`
 /// asks for (or [`DEFAULT_FILTER`]), fields by [`PlainFields`], colour
 /// codes only if `ansi` (a terminal: in a log file they are noise).
+///
+/// A filter of targets and levels only (`warn,protocol_api=debug`, the
+/// usual kind) is applied as a [`Targets`] filter; one that also names
+/// spans or fields (`[request{route=/}]=debug`) needs an [`EnvFilter`]. The
+/// two agree on what they both accept, but an `EnvFilter` takes shared
+/// locks whenever any span opens, is entered, left or closed: four times
+/// per request, on cache lines every core writes.
 pub fn subscriber<W>(writer: W, ansi: bool) -> impl tracing::Subscriber + Send + Sync + 'static
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .fmt_fields(PlainFields::default())
-        .with_env_filter(filter)
-        .finish()
+    let asked = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    tracing_subscriber::registry()
+        .with(filter(asked.as_deref()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .fmt_fields(PlainFields::default()),
+        )
+}
+
+/// The cheapest filter that applies `directives` (see [`subscriber`]);
+/// with none, or with any directive that neither filter understands,
+/// [`DEFAULT_FILTER`].
+fn filter(directives: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let directives = directives.unwrap_or(DEFAULT_FILTER);
+    if let Ok(targets) = directives.parse::<Targets>() {
+        return Box::new(targets);
+    }
+    match EnvFilter::try_new(directives) {
+        Ok(filter) => Box::new(filter),
+        Err(_) => filter(None),
+    }
 }
 
 /// Writes fields exactly as [`DefaultFields`] does (a test compares them).
@@ -230,6 +254,75 @@ mod tests {
         });
         let bytes = captured.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
+    }
+
+    /// The lines `filter` lets through of events at every level from a
+    /// handful of targets.
+    fn passed_by(filter: Box<dyn Layer<Registry> + Send + Sync>) -> String {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(filter).with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(captured.clone())
+                .with_ansi(false)
+                .without_time(),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            macro_rules! every_level {
+                ($target:literal) => {
+                    tracing::error!(target: $target, "error");
+                    tracing::warn!(target: $target, "warn");
+                    tracing::info!(target: $target, "info");
+                    tracing::debug!(target: $target, "debug");
+                    tracing::trace!(target: $target, "trace");
+                };
+            }
+            every_level!("protocol_api");
+            every_level!("protocol_api::store::writer");
+            every_level!("protocol_api_other");
+            every_level!("delibera_serve");
+            every_level!("hyper::proto");
+            every_level!("rusqlite");
+        });
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_targets_filter_passes_what_the_env_filter_would() {
+        for directives in [
+            DEFAULT_FILTER,
+            "info",
+            "debug,hyper=warn",
+            "warn,protocol_api::store=trace",
+            "protocol_api=debug",
+            "off",
+            "trace,protocol_api=off",
+        ] {
+            let targets: Targets = directives.parse().unwrap();
+            let env_filter = EnvFilter::try_new(directives).unwrap();
+            let passed = passed_by(Box::new(targets));
+            assert_eq!(passed, passed_by(Box::new(env_filter)), "{directives}");
+        }
+        assert!(passed_by(filter(None)).contains("INFO protocol_api: info"));
+        assert!(!passed_by(filter(None)).contains("DEBUG"));
+    }
+
+    #[test]
+    fn span_directives_get_an_env_filter_and_nonsense_the_default() {
+        let span_directive = "warn,[request{route=/}]=debug";
+        assert!(span_directive.parse::<Targets>().is_err());
+        assert!(EnvFilter::try_new(span_directive).is_ok());
+        assert_eq!(
+            passed_by(filter(Some(span_directive))),
+            passed_by(filter(Some("warn")))
+        );
+        assert_eq!(passed_by(filter(Some("=#!"))), passed_by(filter(None)));
+        let errors_only = passed_by(filter(Some("")));
+        assert!(
+            errors_only.contains("ERROR protocol_api: error"),
+            "{errors_only}"
+        );
+        assert!(!errors_only.contains("WARN"), "{errors_only}");
     }
 
     #[test]
