@@ -3,9 +3,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
+use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use tower::{Layer, Service};
 use url::Url;
@@ -126,11 +127,11 @@ impl CorsPolicy {
         // Allowed origins may use any method and send any header.
         let any_method_and_header = allow_origin != AllowOrigin::None;
         CorsLayer {
-            answers: Arc::new(Answers {
+            answers: Answers {
                 allow_origin,
                 any_method_and_header,
                 expose_headers: None,
-            }),
+            },
         }
     }
 }
@@ -144,10 +145,12 @@ impl CorsPolicy {
 /// `Access-Control-Allow-Origin` for an allowed origin (`*` for any);
 /// every `OPTIONS` request is a preflight answered here, 200 with no body,
 /// and other requests get `Access-Control-Expose-Headers` if any are set.
-/// Cloning it, which a router does for every request, copies one pointer.
+/// Its services share one copy of these answers per distinct configuration
+/// for the life of the process, so cloning one (which a router does for
+/// every request) copies a pointer and touches no shared counter.
 #[derive(Debug, Clone)]
 pub struct CorsLayer {
-    answers: Arc<Answers>,
+    answers: Answers,
 }
 
 impl CorsLayer {
@@ -160,7 +163,7 @@ impl CorsLayer {
             .map(HeaderName::as_str)
             .collect::<Vec<_>>()
             .join(",");
-        Arc::make_mut(&mut self.answers).expose_headers = (!names.is_empty())
+        self.answers.expose_headers = (!names.is_empty())
             .then(|| HeaderValue::from_str(&joined).ok())
             .flatten();
         self
@@ -173,7 +176,7 @@ impl<S> Layer<S> for CorsLayer {
     fn layer(&self, inner: S) -> Cors<S> {
         Cors {
             inner,
-            answers: self.answers.clone(),
+            answers: Answers::interned(&self.answers),
         }
     }
 }
@@ -190,7 +193,7 @@ enum AllowOrigin {
 }
 
 /// What a [`CorsLayer`] adds to answers, built once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Answers {
     allow_origin: AllowOrigin,
     /// Preflights answer `*` for methods and headers.
@@ -205,6 +208,26 @@ const VARY: HeaderValue = HeaderValue::from_static(
 const WILDCARD: HeaderValue = HeaderValue::from_static("*");
 
 impl Answers {
+    /// The process's one copy of `answers`: a server builds its router from
+    /// a handful of configurations, so the copies are bounded by those.
+    fn interned(answers: &Answers) -> &'static Answers {
+        static INTERNED: Mutex<Vec<&'static Answers>> = Mutex::new(Vec::new());
+        let mut interned = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = interned.iter().find(|known| **known == answers) {
+            return known;
+        }
+        let mut answers = answers.clone();
+        // Backed by static bytes, a header value is copied without
+        // counting references.
+        answers.expose_headers = answers.expose_headers.map(|value| {
+            let text: &'static [u8] = Box::leak(value.as_bytes().into());
+            HeaderValue::from_maybe_shared(Bytes::from_static(text)).unwrap_or(value)
+        });
+        let leaked: &'static Answers = Box::leak(Box::new(answers));
+        interned.push(leaked);
+        leaked
+    }
+
     fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
         match &self.allow_origin {
             AllowOrigin::Any => Some(WILDCARD),
@@ -244,7 +267,7 @@ impl Answers {
 #[derive(Debug, Clone)]
 pub struct Cors<S> {
     inner: S,
-    answers: Arc<Answers>,
+    answers: &'static Answers,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cors<S>
@@ -274,7 +297,7 @@ where
         CorsFuture {
             state: State::Call {
                 answer: self.inner.call(request),
-                answers: self.answers.clone(),
+                answers: self.answers,
                 origin,
             },
         }
@@ -296,7 +319,7 @@ pin_project_lite::pin_project! {
         Call {
             #[pin]
             answer: F,
-            answers: Arc<Answers>,
+            answers: &'static Answers,
             origin: Option<HeaderValue>,
         },
     }
