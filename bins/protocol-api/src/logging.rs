@@ -12,7 +12,7 @@ use std::fmt;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -28,12 +28,13 @@ pub const DEFAULT_FILTER: &str = "warn,protocol_api=info,delibera_serve=info";
 /// asks for (or [`DEFAULT_FILTER`]), fields by [`PlainFields`], colour
 /// codes only if `ansi` (a terminal: in a log file they are noise).
 ///
-/// A filter of targets and levels only (`warn,protocol_api=debug`, the
-/// usual kind) is applied as a [`Targets`] filter; one that also names
-/// spans or fields (`[request{route=/}]=debug`) needs an [`EnvFilter`]. The
-/// two agree on what they both accept, but an `EnvFilter` takes shared
-/// locks whenever any span opens, is entered, left or closed: four times
-/// per request, on cache lines every core writes.
+/// Plain levels for targets (`warn,protocol_api=debug`, the usual kind)
+/// are applied as a [`Targets`] filter, which passes the same lines; any
+/// other setting (spans or fields, `*`, spaces, a target named twice) as
+/// the [`EnvFilter`] it always was, and one an `EnvFilter` refuses as
+/// [`DEFAULT_FILTER`]. An `EnvFilter` takes shared locks whenever any span
+/// opens, is entered, left or closed: four times per request, on cache
+/// lines every core writes.
 pub fn subscriber<W>(writer: W, ansi: bool) -> impl tracing::Subscriber + Send + Sync + 'static
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -49,18 +50,38 @@ where
         )
 }
 
-/// The cheapest filter that applies `directives` (see [`subscriber`]);
-/// with none, or with any directive that neither filter understands,
-/// [`DEFAULT_FILTER`].
+/// The cheapest filter that applies `directives` (see [`subscriber`]) as
+/// an `EnvFilter` would; with none, or with directives an `EnvFilter`
+/// refuses, [`DEFAULT_FILTER`].
 fn filter(directives: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> {
     let directives = directives.unwrap_or(DEFAULT_FILTER);
-    if let Ok(targets) = directives.parse::<Targets>() {
-        return Box::new(targets);
-    }
     match EnvFilter::try_new(directives) {
-        Ok(filter) => Box::new(filter),
+        Ok(env_filter) if plain_directives(directives) => match directives.parse::<Targets>() {
+            Ok(targets) => Box::new(targets),
+            Err(_) => Box::new(env_filter),
+        },
+        Ok(env_filter) => Box::new(env_filter),
         Err(_) => filter(None),
     }
+}
+
+/// Whether `directives` are levels for targets only, written so that a
+/// `Targets` filter reads them as an `EnvFilter` does: comma-separated
+/// `target=level` pairs and at most one bare level, no target twice, no
+/// empty entry, no space, no span or field.
+fn plain_directives(directives: &str) -> bool {
+    let mut targets = Vec::new();
+    !directives.is_empty()
+        && directives.split(',').all(|directive| {
+            let (target, level) = directive.split_once('=').unwrap_or(("", directive));
+            let target_is_plain = target
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b':' | b'-'))
+                && directive.contains('=') != target.is_empty();
+            let first = !targets.contains(&target);
+            targets.push(target);
+            target_is_plain && first && !level.is_empty() && level.parse::<LevelFilter>().is_ok()
+        })
 }
 
 /// Writes fields exactly as [`DefaultFields`] does (a test compares them).
@@ -282,47 +303,81 @@ mod tests {
             every_level!("delibera_serve");
             every_level!("hyper::proto");
             every_level!("rusqlite");
+            let request = tracing::info_span!("request", route = "/");
+            let _inside = request.enter();
+            every_level!("protocol_api");
         });
         let bytes = captured.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
     }
 
     #[test]
-    fn a_targets_filter_passes_what_the_env_filter_would() {
+    fn every_setting_passes_what_an_env_filter_passed() {
         for directives in [
             DEFAULT_FILTER,
             "info",
             "debug,hyper=warn",
             "warn,protocol_api::store=trace",
             "protocol_api=debug",
+            "WARN,protocol_api=DEBUG",
             "off",
             "trace,protocol_api=off",
+            "",
+            "warn,",
+            "debug,,hyper=warn",
+            "protocol_api=debug,",
+            "protocol_api=",
+            "protocol_api",
+            "warn, protocol_api=debug",
+            "warn,protocol_api=debug,protocol_api=info",
+            "info,warn",
+            "*",
+            "*=debug",
+            "=debug",
+            "=#!",
+            "[request]=debug",
+            "protocol_api[request]=debug",
+            "[request{route}]=debug",
+            "warn,[request{route=/}]=debug",
         ] {
-            let targets: Targets = directives.parse().unwrap();
-            let env_filter = EnvFilter::try_new(directives).unwrap();
-            let passed = passed_by(Box::new(targets));
-            assert_eq!(passed, passed_by(Box::new(env_filter)), "{directives}");
+            // What the server did before it chose between the two.
+            let before =
+                EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+            assert_eq!(
+                passed_by(filter(Some(directives))),
+                passed_by(Box::new(before)),
+                "{directives:?}"
+            );
         }
-        assert!(passed_by(filter(None)).contains("INFO protocol_api: info"));
-        assert!(!passed_by(filter(None)).contains("DEBUG"));
+        let default = passed_by(filter(None));
+        assert!(default.contains("INFO protocol_api: info"), "{default}");
+        assert!(!default.contains("DEBUG"), "{default}");
     }
 
     #[test]
-    fn span_directives_get_an_env_filter_and_nonsense_the_default() {
-        let span_directive = "warn,[request{route=/}]=debug";
-        assert!(span_directive.parse::<Targets>().is_err());
-        assert!(EnvFilter::try_new(span_directive).is_ok());
-        assert_eq!(
-            passed_by(filter(Some(span_directive))),
-            passed_by(filter(Some("warn")))
-        );
-        assert_eq!(passed_by(filter(Some("=#!"))), passed_by(filter(None)));
-        let errors_only = passed_by(filter(Some("")));
-        assert!(
-            errors_only.contains("ERROR protocol_api: error"),
-            "{errors_only}"
-        );
-        assert!(!errors_only.contains("WARN"), "{errors_only}");
+    fn only_plain_levels_for_targets_get_a_targets_filter() {
+        for plain in [
+            DEFAULT_FILTER,
+            "info",
+            "debug,hyper=warn",
+            "protocol_api::store=trace",
+        ] {
+            assert!(plain_directives(plain), "{plain}");
+        }
+        for other in [
+            "",
+            "warn,",
+            "protocol_api=",
+            "protocol_api",
+            "warn, protocol_api=debug",
+            "warn,protocol_api=debug,protocol_api=info",
+            "info,warn",
+            "*=debug",
+            "=debug",
+            "[request]=debug",
+        ] {
+            assert!(!plain_directives(other), "{other}");
+        }
     }
 
     #[test]
