@@ -112,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         .position(|arg| arg == "--threads")
         .and_then(|at| args.get(at + 1))
         .map_or(Ok(1), |n| n.parse())?;
+    anyhow::ensure!(threads > 0, "--threads needs at least one thread");
     let requests: u32 = args
         .iter()
         .enumerate()
