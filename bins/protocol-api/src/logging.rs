@@ -55,14 +55,15 @@ where
 /// refuses, [`DEFAULT_FILTER`].
 fn filter(directives: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> {
     let directives = directives.unwrap_or(DEFAULT_FILTER);
-    match EnvFilter::try_new(directives) {
-        Ok(env_filter) if plain_directives(directives) => match directives.parse::<Targets>() {
-            Ok(targets) => Box::new(targets),
-            Err(_) => Box::new(env_filter),
-        },
-        Ok(env_filter) => Box::new(env_filter),
-        Err(_) => filter(None),
+    let Ok(env_filter) = EnvFilter::try_new(directives) else {
+        return filter(None);
+    };
+    if plain_directives(directives)
+        && let Ok(targets) = directives.parse::<Targets>()
+    {
+        return Box::new(targets);
     }
+    Box::new(env_filter)
 }
 
 /// Whether `directives` are levels for targets only, written so that a
@@ -71,17 +72,23 @@ fn filter(directives: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> {
 /// empty entry, no space, no span or field.
 fn plain_directives(directives: &str) -> bool {
     let mut targets = Vec::new();
-    !directives.is_empty()
-        && directives.split(',').all(|directive| {
-            let (target, level) = directive.split_once('=').unwrap_or(("", directive));
-            let target_is_plain = target
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b':' | b'-'))
-                && directive.contains('=') != target.is_empty();
-            let first = !targets.contains(&target);
-            targets.push(target);
-            target_is_plain && first && !level.is_empty() && level.parse::<LevelFilter>().is_ok()
-        })
+    directives.split(',').all(|directive| {
+        let (target, level) = match directive.split_once('=') {
+            Some((target, level))
+                if !target.is_empty()
+                    && target.bytes().all(|byte| {
+                        byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b':' | b'-')
+                    }) =>
+            {
+                (target, level)
+            }
+            Some(_) => return false,
+            None => ("", directive),
+        };
+        let first = !targets.contains(&target);
+        targets.push(target);
+        first && !level.is_empty() && level.parse::<LevelFilter>().is_ok()
+    })
 }
 
 /// Writes fields exactly as [`DefaultFields`] does (a test compares them).
