@@ -361,6 +361,7 @@ impl Bench {
         pool.drive_for(&call, self.settings.warmup).await;
         self.server.wait_until_jobs_settle().await;
         let (cpu, upstream, started) = (self.server.cpu_time(), self.fakes.calls(), Instant::now());
+        let threads_before = self.server.cpu_time_by_thread();
         let samples = pool.drive_for(&call, self.settings.duration).await;
         let (elapsed, cpu_answering) = (started.elapsed(), self.server.cpu_time() - cpu);
         // Not taken before every accepted job has failed at its deploy, so
@@ -368,15 +369,32 @@ impl Bench {
         self.server.wait_until_jobs_settle().await;
         let settled = started.elapsed();
         let cpu_with_jobs = self.server.cpu_time() - cpu;
+        let threads_after = self.server.cpu_time_by_thread();
         let upstream = self.fakes.calls() - upstream;
         let accepted = samples.answered() as u64 - samples.unexpected;
+        let per_job = |cpu: Duration| cpu.as_micros() as f64 / accepted.max(1) as f64;
+        // Where a job's CPU goes: the requests' threads, the drivers'
+        // threads and the store's writer (by thread name).
+        let by_thread: Vec<String> = threads_after
+            .iter()
+            .map(|(name, after)| {
+                let before = threads_before
+                    .iter()
+                    .find(|(earlier, _)| earlier == name)
+                    .map_or(Duration::ZERO, |(_, before)| *before);
+                (name, after.saturating_sub(before))
+            })
+            .filter(|(_, used)| !used.is_zero())
+            .map(|(name, used)| format!("{name} {:.0}", per_job(used)))
+            .collect();
         Row {
             scenario: Scenario::ProvisionWorker,
             note: format!(
-                "CPU/req counts each accepted job's background steps: {accepted} jobs, all failed at the deploy {:.1} s after the load began ({} Phala provision calls); answering alone: {:.0} µs/req",
+                "CPU/req counts each accepted job's background steps: {accepted} jobs, all failed at the deploy {:.1} s after the load began ({} Phala provision calls); answering alone: {:.0} µs/req; µs/job by thread: {}",
                 settled.as_secs_f64(),
                 upstream.phala_provisions,
-                cpu_answering.as_micros() as f64 / accepted.max(1) as f64,
+                per_job(cpu_answering),
+                by_thread.join(", "),
             ),
             samples,
             elapsed,
