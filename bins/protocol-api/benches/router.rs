@@ -3,7 +3,9 @@
 //! no other process, so the figures hold to a few percent from run to run
 //! where the load benchmark's move by fifteen. It prices the server's own
 //! layers, routing and handlers against an axum router of one route
-//! answering the same body. (Looking up an existing job needs a registered
+//! answering the same body, and a status lookup against an axum route with
+//! a path parameter answering the same kind of 404. (Looking up an existing
+//! job needs a registered
 //! coordinator or a running agent; the load benchmark's `status-hit`
 //! covers it.)
 //!
@@ -24,6 +26,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use clap::Parser;
+use protocol_api::api_types::ErrorBody;
 use protocol_api::compose::{Composition, compose_local};
 use protocol_api::config::{Config, CorsPolicy};
 use tower::{Service, ServiceExt};
@@ -161,6 +164,17 @@ fn main() -> anyhow::Result<()> {
             }),
         );
 
+        // What axum alone charges a lookup: a route with a path parameter,
+        // answering 404 with the server's JSON error naming it.
+        let one_param_route = Router::new().route(
+            "/api/provision/status/{jobId}",
+            axum::routing::get(
+                |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    let error = format!("no job {id:?}");
+                    (StatusCode::NOT_FOUND, axum::Json(ErrorBody { error }))
+                },
+            ),
+        );
         let miss = format!("/api/provision/status/{}", uuid::Uuid::new_v4());
         println!(
             "{requests} requests per round, {threads} thread(s) side by side, median of their \
@@ -172,13 +186,20 @@ fn main() -> anyhow::Result<()> {
             }
         );
         println!("| router | request | CPU ns per request |\n|---|---|---:|");
-        let rows: [(&str, &Router, &str, &str, StatusCode); 3] = [
+        let rows: [(&str, &Router, &str, &str, StatusCode); 4] = [
             (
                 "one route, no layer",
                 &one_route,
                 "GET /",
                 "/",
                 StatusCode::OK,
+            ),
+            (
+                "one route with a parameter, no layer",
+                &one_param_route,
+                "GET /api/provision/status/{unknown id}",
+                &miss,
+                StatusCode::NOT_FOUND,
             ),
             ("the server's", &app, "GET /", "/", StatusCode::OK),
             (
