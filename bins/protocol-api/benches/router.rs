@@ -5,9 +5,8 @@
 //! layers, routing and handlers against an axum router of one route
 //! answering the same body, and a status lookup against an axum route with
 //! a path parameter answering the same kind of 404. (Looking up an existing
-//! job needs a registered
-//! coordinator or a running agent; the load benchmark's `status-hit`
-//! covers it.)
+//! job needs a registered coordinator or a running agent; the load
+//! benchmark's `status-hit` covers it.)
 //!
 //! `cargo bench -p protocol-api --bench router [-- --no-log] [--threads N] [REQUESTS]`
 //!
