@@ -450,6 +450,11 @@ pub(crate) async fn begin_round(
 async fn round_status(
     State(state): State<Arc<CoordinatorState>>,
 ) -> std::result::Result<Json<Value>, ApiError> {
+    // Read before the memory: a round clears `running` only after its last
+    // write, so once it reads as finished the values read next are the
+    // round's final ones (read the other way round, a round ending in
+    // between showed as finished while still `tallying`).
+    let running = lock(&state.running).clone();
     let keys = [
         keys::coordinator_status(),
         keys::coordinator_proposal_id(),
@@ -457,7 +462,6 @@ async fn round_status(
     ];
     let values = state.memory.get_many(&keys).await.map_err(Error::from)?;
     let [status_key, proposal_key, _] = &keys;
-    let running = lock(&state.running).clone();
     Ok(Json(json!({
         "status": values.get(status_key).map_or("idle", String::as_str),
         "proposalId": running.as_ref().or(values.get(proposal_key)),
@@ -498,4 +502,101 @@ async fn proposal(
     Ok(Json(
         json!({"proposalId": id, "status": status, "tally": tally}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, Weak};
+
+    use delibera_ensue::InMemory;
+
+    use super::*;
+
+    /// A memory over which the round in progress ends while a status read
+    /// is answered: `get_many` takes what is stored, then the round writes
+    /// `completed` and lets go of `running`, and the read answers what it took.
+    struct RoundEndsDuringRead {
+        inner: InMemory,
+        state: OnceLock<Weak<CoordinatorState>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Memory for RoundEndsDuringRead {
+        async fn create(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+            self.inner.create(key, value).await
+        }
+        async fn update(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+            self.inner.update(key, value).await
+        }
+        async fn get(&self, key: &str) -> delibera_ensue::Result<Option<String>> {
+            self.inner.get(key).await
+        }
+        async fn get_many(
+            &self,
+            keys: &[String],
+        ) -> delibera_ensue::Result<HashMap<String, String>> {
+            let taken = self.inner.get_many(keys).await?;
+            if let Some(state) = self.state.get().and_then(Weak::upgrade)
+                && lock(&state.running).is_some()
+            {
+                self.inner
+                    .update(&keys::coordinator_status(), "completed")
+                    .await?;
+                *lock(&state.running) = None;
+            }
+            Ok(taken)
+        }
+        async fn list_keys(&self, prefix: &str) -> delibera_ensue::Result<Vec<String>> {
+            self.inner.list_keys(prefix).await
+        }
+        async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_that_ends_during_a_status_read_never_shows_as_ended_mid_tally() {
+        let inner = InMemory::new();
+        inner
+            .create(&keys::coordinator_status(), "tallying")
+            .await
+            .unwrap();
+        let memory = Arc::new(RoundEndsDuringRead {
+            inner,
+            state: OnceLock::new(),
+        });
+        let did: Did = "did:key:z6Mko9hTggMwjSTEaJaPUfE6tqcy2xvU6BnNq3e3o8qVBiyH"
+            .parse()
+            .unwrap();
+        let state = Arc::new(CoordinatorState {
+            did,
+            coordinator: Arc::new(Coordinator::new(memory.clone())),
+            memory: memory.clone(),
+            directory: Arc::new(StaticWorkers(Vec::new())),
+            round_deadline: Duration::from_secs(30),
+            running: Mutex::new(Some("p-1".into())),
+            last_error: Mutex::new(None),
+        });
+        memory.state.set(Arc::downgrade(&state)).unwrap();
+
+        // Read while the round ran: still running, whatever it had written.
+        let Ok(Json(during)) = round_status(State(state.clone())).await else {
+            panic!("the status read failed");
+        };
+        assert_eq!(
+            (&during["running"], &during["status"], &during["proposalId"]),
+            (&json!(true), &json!("tallying"), &json!("p-1")),
+            "{during}"
+        );
+        // Read after: finished, with what it wrote last.
+        let Ok(Json(after)) = round_status(State(state)).await else {
+            panic!("the status read failed");
+        };
+        assert_eq!(
+            (&after["running"], &after["status"]),
+            (&json!(false), &json!("completed")),
+            "{after}"
+        );
+    }
 }
