@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 
 use crate::common::{GateState, Holds, Options, TestApp, TestDeployer, until, within};
@@ -322,14 +323,16 @@ async fn a_replica_shutting_down_hands_its_jobs_over_at_the_end_of_their_step() 
     let (leaving, holds, staying, id) = leaving_and_staying(&db, &dirs, &deployer).await;
     let job = uuid::Uuid::parse_str(&id).unwrap();
 
-    let stopping = tokio::spawn({
-        let jobs = leaving.state.jobs.clone();
-        async move { jobs.stop_working().await }
-    });
+    // Its first poll stops the runner before the step in hand can end;
+    // spawned instead, it could run only after the driver began the next.
+    let mut stopping = Box::pin(leaving.state.jobs.stop_working());
+    assert!(
+        (&mut stopping).now_or_never().is_none(),
+        "it waits for the step in hand"
+    );
     holds.deploy.set(GateState::Open);
     let handed = within("the replica to stop working", stopping)
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(handed, 1);
     let (_, shown) = leaving
