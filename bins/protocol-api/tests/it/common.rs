@@ -66,8 +66,9 @@ pub fn http() -> reqwest::Client {
 ///
 /// The "CVMs" run on the deployer's own runtime, so like real CVMs they
 /// outlive a server that crashes (a test that kills the server's runtime).
-/// With `hang_after_deploy` set, `deploy` makes the deployment and then never
-/// returns, as a server killed inside the call would never see its answer.
+/// A `deploy` called while `hang_after_deploy` is set makes the deployment and
+/// then never returns, as a server killed inside the call would never see its
+/// answer.
 pub struct TestDeployer {
     pub healthy: Arc<AtomicBool>,
     /// While set, every teardown fails (the deployment stays).
@@ -125,6 +126,9 @@ impl TestDeployer {
 #[async_trait]
 impl Deployer for TestDeployer {
     async fn deploy(&self, spec: &AgentSpec) -> delibera_deploy::Result<Deployment> {
+        // Read before the call is counted: a test that clears the flag once
+        // it sees its calls counted must not let the last of them through.
+        let hangs = self.hang_after_deploy.load(Ordering::SeqCst);
         let n = self.deploys.fetch_add(1, Ordering::SeqCst);
         let env: HashMap<String, String> = spec
             .env
@@ -173,7 +177,7 @@ impl Deployer for TestDeployer {
             .lock()
             .unwrap()
             .insert(deployment.id.clone(), (deployment.clone(), stop_tx));
-        if self.hang_after_deploy.load(Ordering::SeqCst) {
+        if hangs {
             std::future::pending::<()>().await;
         }
         Ok(deployment)
