@@ -268,7 +268,18 @@ pub struct Settings {
     /// Whether jobs are driven on a runtime of their own, below the
     /// requests' priority (a server process), or on the caller's (tests).
     pub background_drivers: bool,
+    /// How many jobs may be in their first steps (identity, delegation,
+    /// spec: this machine's CPU) at once. The others wait their turn in
+    /// arrival order, holding only their record, so a burst of accepted
+    /// jobs is carried through one after another instead of all at once
+    /// with every one's working state in memory; a job gives its place up
+    /// at its first wait on an outside service.
+    pub jobs_beginning_at_once: usize,
 }
+
+/// Enough jobs beginning at once to keep the drivers busy while each one's
+/// steps wait for their commits (about a millisecond each, batched).
+pub const DEFAULT_JOBS_BEGINNING_AT_ONCE: usize = 64;
 
 /// How often an idle status event stream says it is alive, so proxies and
 /// browsers keep it open.
@@ -281,7 +292,8 @@ impl Settings {
     /// growing to 1 min (a registration call answered 503 after 10 s of it), jobs expiring after 24 h at the wallet step, and 5 s
     /// for an agent to prove healthy at registration; a shared store is
     /// scanned for jobs other replicas started every second, and a
-    /// registration another replica left for 2 min is finished by the runner.
+    /// registration another replica left for 2 min is finished by the runner;
+    /// at most 64 jobs are in their first steps at once.
     pub fn new(ensue_api_key: Zeroizing<String>) -> Self {
         Self {
             ensue_api_key,
@@ -299,6 +311,7 @@ impl Settings {
             job_scan_interval: Duration::from_secs(1),
             handover_wait: Duration::from_secs(10),
             background_drivers: false,
+            jobs_beginning_at_once: DEFAULT_JOBS_BEGINNING_AT_ONCE,
         }
     }
 

@@ -28,6 +28,7 @@ use delibera_deploy::{
 use delibera_ensue::keys::{self, AgentField};
 use delibera_identity::{Did, Keypair};
 use delibera_near::{CoordinatorClaim, CoordinatorRegistration, WorkerClaim, WorkerRegistration};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -91,6 +92,9 @@ pub struct JobMachine {
     ports: Arc<Ports>,
     settings: Arc<Settings>,
     runner: Arc<Runner>,
+    /// Places for jobs in their first steps, the ones this machine's CPU
+    /// does ([`runs_here`]); see [`Settings::jobs_beginning_at_once`].
+    beginning: Arc<tokio::sync::Semaphore>,
 }
 
 /// The jobs this process works on (drives, or registers), so none is
@@ -272,12 +276,16 @@ impl JobMachine {
         ports: Arc<Ports>,
         settings: Arc<Settings>,
     ) -> Self {
+        let beginning = Arc::new(tokio::sync::Semaphore::new(
+            settings.jobs_beginning_at_once.max(1),
+        ));
         Self {
             jobs,
             org_keys,
             ports,
             settings,
             runner: Arc::default(),
+            beginning,
         }
     }
 
@@ -399,8 +407,21 @@ impl JobMachine {
             return false;
         };
         let machine = self.clone();
+        // Under a burst, accepted jobs wait for a place among the jobs
+        // beginning. What a driver holds while it runs (its steps' futures,
+        // over 10 KB) is made once it has one, so a waiting job costs only
+        // its boxed record.
+        let committed = committed.map(Box::new);
         let drive = async move {
-            machine.drive_through_storage_outages(id, committed).await;
+            let mut place = match &committed {
+                Some(job) if runs_here(job.status) => {
+                    // Never closed, so never an error.
+                    machine.beginning.clone().acquire_owned().await.ok()
+                }
+                _ => None,
+            };
+            let committed = committed.map(|job| *job);
+            Box::pin(machine.drive_through_storage_outages(id, committed, &mut place)).await;
             machine.runner.end(id, token);
         };
         let task = if self.settings.background_drivers {
@@ -629,10 +650,15 @@ impl JobMachine {
     /// Drives a job; while its store cannot be written (a full disk), waits
     /// as `Settings::storage_retry` says and drives it again from its last
     /// committed step, so the job goes on by itself once space returns.
-    async fn drive_through_storage_outages(&self, id: Uuid, mut committed: Option<Job>) {
+    async fn drive_through_storage_outages(
+        &self,
+        id: Uuid,
+        mut committed: Option<Job>,
+        place: &mut Option<OwnedSemaphorePermit>,
+    ) {
         let mut outage_retries = 0;
         loop {
-            match self.drive_from(id, committed.take()).await {
+            match self.drive_from(id, committed.take(), place).await {
                 Ok(()) => break,
                 Err(error) if error.is_transient() => {
                     outage_retries += 1;
@@ -929,7 +955,7 @@ impl JobMachine {
 
     /// Drives one job, as stored, until it waits for a person or ends.
     pub async fn drive(&self, id: Uuid) -> Result<(), StoreError> {
-        self.drive_from(id, None).await
+        self.drive_from(id, None, &mut None).await
     }
 
     /// Drives job `id` from `committed` (what was last committed; read
@@ -937,7 +963,14 @@ impl JobMachine {
     /// only writer of a job in a status the runner owns (where replicas
     /// share the store, every write is fenced by the job's lease), so after
     /// each commit the job in hand is what the store holds.
-    async fn drive_from(&self, id: Uuid, mut committed: Option<Job>) -> Result<(), StoreError> {
+    /// A place among the jobs beginning, if the job holds one, is given up
+    /// at its first step that waits on the outside.
+    async fn drive_from(
+        &self,
+        id: Uuid,
+        mut committed: Option<Job>,
+        place: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<(), StoreError> {
         // The agent's identity as made by this run, so building its env does
         // not derive the key again from its stored text.
         let mut made_identity = None;
@@ -953,6 +986,9 @@ impl JobMachine {
                     None => return Ok(()),
                 },
             };
+            if !runs_here(job.status) {
+                drop(place.take());
+            }
             // A process shutting down hands the job over at a step's end.
             if !job.status.is_runner_owned() || self.runner.is_stopped() {
                 return Ok(());
@@ -1592,6 +1628,15 @@ impl JobMachine {
 /// Logs a transition: at info where the job stops for a person or ends, or
 /// leaves the wallet step; the runner's own steps in between at debug (a
 /// failed job gets its one info line from the runner, with its error).
+/// Whether a job's step at `status` is work for this machine's CPU (a key,
+/// a signature, the agent's spec) rather than a wait on an outside service.
+fn runs_here(status: JobStatus) -> bool {
+    matches!(
+        status,
+        JobStatus::GeneratingIdentity | JobStatus::CreatingSpace | JobStatus::PreparingPhala
+    )
+}
+
 fn log_transition(job: Uuid, from: JobStatus, to: JobStatus) {
     if to.is_runner_owned() && from.is_runner_owned() {
         tracing::debug!(%job, from = from.as_str(), to = to.as_str(), "job transition");

@@ -268,6 +268,8 @@ pub struct Options {
     /// The job store to use instead of a SQLite file in the data dir (a
     /// PostgreSQL database several test servers share).
     pub database: Option<Database>,
+    /// How many jobs may be in their first steps at once.
+    pub jobs_beginning_at_once: usize,
 }
 
 /// Wraps the Ensue port of a test server.
@@ -299,6 +301,7 @@ impl Default for Options {
             events_heartbeat: protocol_api::ports::DEFAULT_EVENTS_HEARTBEAT,
             unauthenticated_writes: false,
             database: None,
+            jobs_beginning_at_once: protocol_api::ports::DEFAULT_JOBS_BEGINNING_AT_ONCE,
         }
     }
 }
@@ -390,6 +393,7 @@ impl TestApp {
         settings.register_storage_wait = Duration::from_millis(200);
         settings.job_scan_interval = Duration::from_millis(50);
         settings.handover_wait = Duration::from_millis(500);
+        settings.jobs_beginning_at_once = options.jobs_beginning_at_once;
         let state = AppState::builder(&database, ports, settings)
             .admin_token(
                 options

@@ -597,6 +597,64 @@ async fn a_first_deploy_does_not_look_for_an_earlier_one() {
     assert_eq!(deployer.finds.load(Ordering::SeqCst), 0);
 }
 
+/// A burst is carried through a few jobs at a time: with places for two,
+/// two jobs are in their first steps while the others wait at
+/// `generating_identity`, each goes on as a place frees up, and every one
+/// ends where it would alone.
+#[tokio::test]
+async fn jobs_beyond_the_places_for_beginning_wait_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let holds = Holds::open();
+    holds.space.set(GateState::Closed);
+    let options = Options {
+        holds: holds.clone(),
+        jobs_beginning_at_once: 2,
+        ..Options::default()
+    };
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let (code, body) = app
+            .call(
+                "POST",
+                "/api/provision/coordinator",
+                Some(json!({ "displayName": format!("Burst DAO {n}"), "nearAccount": "mydao.testnet" })),
+            )
+            .await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["jobId"].as_str().unwrap().to_owned());
+    }
+    let statuses = || async {
+        let mut statuses = Vec::new();
+        for id in &ids {
+            let (_, body) = app
+                .call("GET", &format!("/api/provision/status/{id}"), None)
+                .await;
+            statuses.push(body["status"].as_str().unwrap().to_owned());
+        }
+        statuses
+    };
+    let count =
+        |statuses: &[String], status: &str| statuses.iter().filter(|s| *s == status).count();
+    until("two jobs to reach the held delegation", || async {
+        count(&statuses().await, "creating_space") == 2
+    })
+    .await;
+    // Whatever the others would have done by now, they are still waiting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = statuses().await;
+    assert_eq!(count(&held, "creating_space"), 2, "{held:?}");
+    assert_eq!(count(&held, "generating_identity"), 2, "{held:?}");
+
+    holds.space.set(GateState::Open);
+    for id in &ids {
+        let ready = app
+            .wait_for(id, &["awaiting_near_signature", "failed"])
+            .await;
+        assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    }
+}
+
 /// Kills the whole server inside the deploy call (the deployment exists, the
 /// server never saw the answer), restarts it on the same data dir, and checks
 /// the job finds its deployment by name and goes on: one deploy in all.
