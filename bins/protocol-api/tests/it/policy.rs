@@ -656,12 +656,16 @@ async fn client_errors_are_not_logged_as_warnings_and_each_request_has_one_span(
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
     let logged = Logged::default();
+    // Other tests' requests meet the request span's callsite on threads with
+    // no subscriber. While a single dispatcher exists, tracing asks the
+    // thread that meets a callsite first, not that dispatcher, and caches
+    // "never" for good. A global one that listens (and keeps nothing) makes
+    // every callsite ask all dispatchers, this test's included.
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
     // This test's runtime has one thread: everything the requests do is seen.
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(logged.clone()));
-    // A test on another thread may have met the request span's callsite
-    // first, with no subscriber listening, while this one was being set:
-    // tracing then caches "never" for it. Ask again now that it listens.
+    // A callsite met before this test listened keeps what it cached then.
     tracing::callsite::rebuild_interest_cache();
     const JSON: Option<&str> = Some("application/json");
     let requests = [
