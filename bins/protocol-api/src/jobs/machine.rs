@@ -1625,9 +1625,6 @@ impl JobMachine {
     }
 }
 
-/// Logs a transition: at info where the job stops for a person or ends, or
-/// leaves the wallet step; the runner's own steps in between at debug (a
-/// failed job gets its one info line from the runner, with its error).
 /// Whether a job's step at `status` is work for this machine's CPU (a key,
 /// a signature, the agent's spec) rather than a wait on an outside service.
 fn runs_here(status: JobStatus) -> bool {
@@ -1637,6 +1634,9 @@ fn runs_here(status: JobStatus) -> bool {
     )
 }
 
+/// Logs a transition: at info where the job stops for a person or ends, or
+/// leaves the wallet step; the runner's own steps in between at debug (a
+/// failed job gets its one info line from the runner, with its error).
 fn log_transition(job: Uuid, from: JobStatus, to: JobStatus) {
     if to.is_runner_owned() && from.is_runner_owned() {
         tracing::debug!(%job, from = from.as_str(), to = to.as_str(), "job transition");
