@@ -406,15 +406,14 @@ impl Delegation {
     /// The archive as Node's `Buffer.toString('base64')` prints it (padded
     /// standard base64): the form the TypeScript server hands to workers.
     pub fn to_base64(&self) -> String {
-        general_purpose::STANDARD.encode(self.archive())
+        base64_text(&self.archive())
     }
 
     /// The `mAYIEA…` form `storacha delegation create --base64` prints: a CIDv1
     /// (CAR codec, identity multihash over the archive) in multibase base64. The
     /// only form `@storacha/client/proof` `parse()` reads correctly.
     pub fn to_identity_cid(&self) -> String {
-        let cid = Cid::v1(CAR, IDENTITY, &self.archive());
-        multibase::encode(Base::Base64, cid.as_bytes())
+        identity_cid_text(&self.archive())
     }
 
     /// Reads either text form. Whitespace is ignored anywhere, as Node's base64
@@ -510,4 +509,15 @@ fn exp_value(expiration: Option<u64>) -> Value {
 
 fn facts_value(facts: &[BTreeMap<String, Value>]) -> Value {
     Value::Array(facts.iter().cloned().map(Value::Map).collect())
+}
+
+/// [`Delegation::to_base64`] of an archive already written.
+pub(crate) fn base64_text(archive: &[u8]) -> String {
+    general_purpose::STANDARD.encode(archive)
+}
+
+/// [`Delegation::to_identity_cid`] of an archive already written.
+pub(crate) fn identity_cid_text(archive: &[u8]) -> String {
+    let cid = Cid::v1(CAR, IDENTITY, archive);
+    multibase::encode(Base::Base64, cid.as_bytes())
 }

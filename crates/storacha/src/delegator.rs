@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use delibera_identity::{Did, Keypair, Zeroizing};
 
+use crate::delegation::{base64_text, identity_cid_text};
 use crate::{Capability, Delegation, Error, Principal, Result};
 
 /// The abilities the TypeScript server delegates to every new agent, in its order.
@@ -69,10 +70,12 @@ pub struct SpaceDelegation {
 
 impl SpaceDelegation {
     fn new(space_did: Did, delegation: &Delegation) -> Self {
+        // Both forms from one archive: writing it is most of their cost.
+        let archive = delegation.archive();
         Self {
             space_did,
-            proof: delegation.to_identity_cid(),
-            proof_base64: delegation.to_base64(),
+            proof: identity_cid_text(&archive),
+            proof_base64: base64_text(&archive),
         }
     }
 }
