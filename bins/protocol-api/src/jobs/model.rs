@@ -318,8 +318,12 @@ impl std::fmt::Debug for IdempotencyKey {
 impl Job {
     /// A job in its first status.
     pub fn new(new: NewJob, now: DateTime<Utc>) -> Self {
+        // A job's id is what reads its status (and its secrets, once shown),
+        // so it must not be guessable: 122 bits from the thread's CSPRNG,
+        // as `new_v4` would take from a system call per job.
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         Self {
-            id: Uuid::new_v4(),
+            id,
             role: new.role,
             status: JobStatus::GeneratingIdentity,
             progress: None,
@@ -361,6 +365,32 @@ impl Job {
         match &self.progress {
             Some(progress) => format!("{} ({progress})", self.status.step()),
             None => self.status.step().to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_new_job_has_a_fresh_random_uuid() {
+        let new = || NewJob {
+            role: AgentRole::Coordinator,
+            display_name: "My DAO".into(),
+            near_account: "alice.testnet".parse().unwrap(),
+            coordinator_did: None,
+            min_workers: None,
+            max_workers: None,
+            contract_address: None,
+        };
+        let ids: HashSet<Uuid> = (0..1_000).map(|_| Job::new(new(), Utc::now()).id).collect();
+        assert_eq!(ids.len(), 1_000);
+        for id in &ids {
+            assert_eq!(id.get_version(), Some(uuid::Version::Random), "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
         }
     }
 }
