@@ -70,7 +70,7 @@ pub struct SpaceDelegation {
 
 impl SpaceDelegation {
     fn new(space_did: Did, delegation: &Delegation) -> Self {
-        // Both forms from one archive: writing it is most of their cost.
+        // Both forms from one archive: writing it is half of what each costs.
         let archive = delegation.archive();
         Self {
             space_did,

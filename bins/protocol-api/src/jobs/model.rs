@@ -319,8 +319,9 @@ impl Job {
     /// A job in its first status.
     pub fn new(new: NewJob, now: DateTime<Utc>) -> Self {
         // A job's id is what reads its status (and its secrets, once shown),
-        // so it must not be guessable: 122 bits from the thread's CSPRNG,
-        // as `new_v4` would take from a system call per job.
+        // so it must not be guessable: 122 random bits from the thread's
+        // CSPRNG (seeded from the OS), where `Uuid::new_v4` would make a
+        // system call for each job.
         let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         Self {
             id,
