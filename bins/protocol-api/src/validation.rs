@@ -1,6 +1,9 @@
 //! Input validation shared by the routes. Each check returns the message the
 //! caller sees in `{"error": …}`.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, PoisonError, RwLock};
+
 use delibera_identity::{AccountId, Did};
 use unicode_properties::{
     GeneralCategory, GeneralCategoryGroup, UnicodeEmoji, UnicodeGeneralCategory,
@@ -193,35 +196,25 @@ pub fn did(field: &str, value: &str) -> Result<Did, ApiError> {
 
 /// Valid DIDs met lately, by their text. Reading one decompresses its key's
 /// curve point (in the load benchmark ≈ 6 of the ≈ 48 µs that answering a
-/// worker's provisioning request costs), and the DIDs a server is given repeat: every worker that joins a coordinator
-/// names it. Only a DID that parsed is kept, so an invalid one is refused
-/// afresh each time.
-static PARSED_DIDS: ParsedDids = ParsedDids::new();
+/// worker's provisioning request costs), and the DIDs a server is given
+/// repeat: every worker that joins a coordinator names it. Only a DID that
+/// parsed is kept, so an invalid one is refused afresh each time.
+static PARSED_DIDS: LazyLock<ParsedDids> = LazyLock::new(ParsedDids::default);
 
 /// How many DIDs [`PARSED_DIDS`] keeps before starting over.
 const PARSED_DIDS_KEPT: usize = 1024;
 
-struct ParsedDids(std::sync::RwLock<Option<std::collections::HashMap<String, Did>>>);
+#[derive(Default)]
+struct ParsedDids(RwLock<HashMap<String, Did>>);
 
 impl ParsedDids {
-    const fn new() -> Self {
-        Self(std::sync::RwLock::new(None))
-    }
-
     fn get(&self, text: &str) -> Option<Did> {
-        let kept = self
-            .0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        kept.as_ref()?.get(text).cloned()
+        let kept = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        kept.get(text).cloned()
     }
 
     fn keep(&self, did: &Did) {
-        let mut kept = self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let kept = kept.get_or_insert_with(Default::default);
+        let mut kept = self.0.write().unwrap_or_else(PoisonError::into_inner);
         // Starting over is simpler than an eviction order, and the DIDs in
         // use come back at their next request.
         if kept.len() >= PARSED_DIDS_KEPT {
@@ -361,11 +354,11 @@ mod tests {
 
     #[test]
     fn the_dids_kept_are_bounded() {
-        let kept = ParsedDids::new();
+        let kept = ParsedDids::default();
         for _ in 0..PARSED_DIDS_KEPT + 10 {
             kept.keep(&delibera_identity::Keypair::generate().did());
         }
-        let count = kept.0.read().unwrap().as_ref().unwrap().len();
+        let count = kept.0.read().unwrap().len();
         assert!((1..=PARSED_DIDS_KEPT).contains(&count), "{count}");
     }
 }
