@@ -532,6 +532,13 @@ impl PhalaClient {
             .await
             .map_err(|error| transport(&operation, &error))?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(Error::Redirected {
+                operation,
+                status: status.as_u16(),
+                location: redirect_target(response.url(), response.headers()),
+            });
+        }
         let retry_after = match status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => response
                 .headers()
@@ -566,11 +573,36 @@ impl PhalaClient {
 fn build_http(timeout: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(timeout)
+        // A followed redirect would take `X-API-Key` along to wherever it
+        // points; a 3xx is reported as `Error::Redirected` instead.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("delibera-phala/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|error| Error::Config {
             reason: format!("cannot build the HTTP client: {error}"),
         })
+}
+
+/// Where a 3xx answer to `request` points, as an origin and a path: its
+/// user info, query and fragment are left out, since they may hold a secret.
+fn redirect_target(request: &Url, headers: &reqwest::header::HeaderMap) -> String {
+    let Some(location) = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return "no location".to_owned();
+    };
+    match request.join(location) {
+        Ok(mut target) => {
+            // Both only fail for URLs that cannot carry them, which have none.
+            let _ = target.set_username("");
+            let _ = target.set_password(None);
+            target.set_query(None);
+            target.set_fragment(None);
+            target.to_string()
+        }
+        Err(_) => "an unreadable location".to_owned(),
+    }
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Value> {

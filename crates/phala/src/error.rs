@@ -73,6 +73,21 @@ pub enum Error {
         /// The transport's description (it never contains headers).
         message: String,
     },
+    /// A 3xx answer. Redirects are not followed: the next request would
+    /// carry the `X-API-Key` header, which HTTP clients strip on a redirect
+    /// to another host only for the standard credential headers.
+    #[error(
+        "Phala answered {operation} with a redirect (HTTP {status}) to {location}; \
+         it is not followed, since it would carry the API key: set the API URL to the address it names"
+    )]
+    Redirected {
+        /// The call, e.g. `POST /cvms/provision`.
+        operation: String,
+        /// The 3xx status.
+        status: u16,
+        /// Where it pointed, without credentials or query (it may name a secret).
+        location: String,
+    },
     /// A 2xx answer whose body is not what the API documents.
     #[error("unexpected Phala response to {operation}: {reason}")]
     UnexpectedResponse {

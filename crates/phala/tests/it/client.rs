@@ -707,6 +707,68 @@ async fn timeouts_are_typed_and_retried_for_gets() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_reported_and_never_followed_with_the_api_key() {
+    let elsewhere = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    let server = MockServer::start().await;
+    let location = format!(
+        "{}/api/v1/cvms/provision?token=s3cret#frag",
+        elsewhere.uri().replacen("://", "://user:pass@", 1)
+    );
+    api("POST", "/cvms/provision")
+        .respond_with(ResponseTemplate::new(307).insert_header("Location", location.as_str()))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let error = client(&server)
+        .provision(&provision_request())
+        .await
+        .unwrap_err();
+    let Error::Redirected {
+        operation,
+        status,
+        location,
+    } = &error
+    else {
+        panic!("expected a redirect error, got {error:?}");
+    };
+    assert_eq!(operation, "POST /cvms/provision");
+    assert_eq!(*status, 307);
+    assert_eq!(
+        *location,
+        format!("{}/api/v1/cvms/provision", elsewhere.uri())
+    );
+    assert!(!error.is_retryable());
+    let message = error.to_string();
+    assert!(message.contains("redirect (HTTP 307)"), "{message}");
+    for secret in ["s3cret", "pass", API_KEY] {
+        assert!(!message.contains(secret), "{message}");
+    }
+    // `elsewhere` expects no request: dropping it checks that none came.
+}
+
+#[tokio::test]
+async fn a_relative_redirect_names_its_target_on_the_same_host() {
+    let server = MockServer::start().await;
+    api("GET", "/cvms/abc")
+        .respond_with(ResponseTemplate::new(301).insert_header("Location", "/api/v2/cvms/abc"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server).get_cvm("abc").await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Redirected { status: 301, location, .. }
+            if *location == format!("{}/api/v2/cvms/abc", server.uri())),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_host_is_a_transport_error() {
     // Bind then drop a listener to get a loopback port nobody serves.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
