@@ -2,6 +2,7 @@
 //! ([`AgentEnv::to_vars`]) and read by the agent ([`AgentEnv::from_lookup`]) in
 //! this one file, so the two sides cannot drift apart.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use delibera_identity::{AccountId, Did, Keypair};
@@ -309,8 +310,7 @@ impl AgentEnv {
             owner: None,
             coordinator_did: None,
             storacha: None,
-            // A constant that parses.
-            ensue_url: constant_url(DEFAULT_ENSUE_URL),
+            ensue_url: DEFAULT_ENSUE.clone(),
             ensue_api_key: Zeroizing::new(ensue_api_key.into()),
             near_rpc_urls: Vec::new(),
             registry_contract: None,
@@ -662,6 +662,10 @@ pub fn is_loopback(url: &Url) -> bool {
 fn join<T>(items: &[T], text: impl Fn(&T) -> &str) -> String {
     items.iter().map(text).collect::<Vec<_>>().join(",")
 }
+
+/// [`DEFAULT_ENSUE_URL`] parsed once: every new env starts from it, and
+/// parsing a host name costs more than copying the parsed URL.
+static DEFAULT_ENSUE: LazyLock<Url> = LazyLock::new(|| constant_url(DEFAULT_ENSUE_URL));
 
 /// One of this module's URL constants (a unit test parses each of them).
 fn constant_url(text: &'static str) -> Url {
