@@ -83,7 +83,8 @@ pub enum ApiError {
     /// An outside service (registry, Ensue, Phala) failed.
     #[error("upstream service failed: {0}")]
     Upstream(String),
-    /// The server cannot store anything until its disk has space again.
+    /// The server cannot store anything until its storage takes writes
+    /// again (a full disk, an I/O error, a database restarting).
     #[error("the server cannot store new work right now; retry in {retry_after_secs} s")]
     StorageFull {
         /// Seconds the caller should wait.
@@ -305,6 +306,11 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Corrupt { id, reason } => ApiError::DamagedRecord { id, detail: reason },
             StoreError::LeaseLost { .. } => ApiError::Conflict(error.to_string()),
+            // A busy database or an I/O error: the same request may pass soon.
+            other if other.is_transient() => {
+                tracing::warn!(error = %other, "a write was refused for now");
+                ApiError::storage_full()
+            }
             other => ApiError::internal(other),
         }
     }
@@ -339,6 +345,40 @@ mod tests {
             .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         body["error"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_store_failure_that_passes_asks_the_caller_to_retry() {
+        let sqlite = |code| StoreError::Sqlite {
+            path: "/data/jobs.sqlite".into(),
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        };
+        for passing in [
+            sqlite(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+            sqlite(rusqlite::ffi::SQLITE_IOERR_WRITE),
+            sqlite(rusqlite::ffi::SQLITE_IOERR_SHMSIZE),
+            sqlite(rusqlite::ffi::SQLITE_BUSY),
+            StoreError::Full {
+                path: "/data/jobs.sqlite".into(),
+            },
+        ] {
+            assert!(passing.is_transient(), "{passing:?}");
+            let answer = ApiError::from(passing).into_response();
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                answer
+                    .headers()
+                    .contains_key(axum::http::header::RETRY_AFTER)
+            );
+        }
+        for lasting in [
+            sqlite(rusqlite::ffi::SQLITE_CONSTRAINT),
+            sqlite(rusqlite::ffi::SQLITE_READONLY),
+        ] {
+            assert!(!lasting.is_transient(), "{lasting:?}");
+            let answer = ApiError::from(lasting).into_response();
+            assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        }
     }
 
     #[tokio::test]

@@ -923,7 +923,8 @@ impl JobMachine {
         Ok(from)
     }
 
-    /// [`Self::commit`], waiting out a full disk: for a transition that
+    /// [`Self::commit`], waiting out a store that refuses writes for now (a
+    /// full disk, an I/O error): for a transition that
     /// records work already done outside (a registration), which a full
     /// disk must not strand. `stalled` hears the first error waited out.
     async fn commit_when_writable(

@@ -152,15 +152,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the failure passes by itself (a full disk, a busy database),
-    /// so the same operation may succeed later.
+    /// Whether the failure passes by itself (a full disk, a busy database,
+    /// an I/O error), so the same operation may succeed later.
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Full { .. } => true,
             StoreError::Postgres { transient, .. } => *transient,
+            // An I/O error (a failed write or fsync, a `-shm` file that cannot
+            // grow on a full disk) leaves the database as it was before the
+            // transaction: the jobs wait for the disk like on a full one, and
+            // a disk that never recovers keeps them waiting, not failed.
             StoreError::Sqlite { source, .. } => matches!(
                 source.sqlite_error_code(),
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                Some(
+                    ErrorCode::DatabaseBusy
+                        | ErrorCode::DatabaseLocked
+                        | ErrorCode::SystemIoFailure
+                )
             ),
             _ => false,
         }
