@@ -129,6 +129,16 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// Changing a record would mean registering it again, which would also
+    /// change what the caller did not ask to change: the registration's
+    /// signer becomes the record's owner, and the record is switched on.
+    #[error("cannot change the registry record of {did}: {reason}")]
+    WouldReregister {
+        /// The agent's DID.
+        did: String,
+        /// What registering it again would change, and who can do it instead.
+        reason: String,
+    },
     /// A change call was made on a client built for views only.
     #[error("this client has no signer: change calls need a TransactionSender")]
     NoSigner,

@@ -632,19 +632,22 @@ impl Registry for LocalRegistry {
 
     async fn update_worker_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
         let admin = &self.admin;
-        let Some(cvm_id) = &update.cvm_id else {
-            return self.update_worker_endpoint_as(admin, &update.did, &update.endpoint_url);
-        };
-        let current = get_worker(&self.db(), &update.did)?
-            .ok_or_else(|| panic(messages::WORKER_NOT_FOUND))?;
-        self.register_worker_as(admin, &update.reregister_worker(current, cvm_id))
-            .map(drop)
+        if update.cvm_id.is_some() {
+            let current = get_worker(&self.db(), &update.did)?
+                .ok_or_else(|| panic(messages::WORKER_NOT_FOUND))?;
+            if let Some(cvm_id) = update.new_worker_cvm(&current) {
+                let registration = update.reregister_worker(current, cvm_id, admin)?;
+                return self.register_worker_as(admin, &registration).map(drop);
+            }
+        }
+        self.update_worker_endpoint_as(admin, &update.did, &update.endpoint_url)
     }
 
     async fn update_coordinator_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
         let current = get_coordinator(&self.db(), &update.did)?
             .ok_or_else(|| panic(messages::COORDINATOR_NOT_FOUND))?;
-        self.register_coordinator_as(&self.admin, &update.reregister_coordinator(current))
+        let registration = update.reregister_coordinator(current, &self.admin)?;
+        self.register_coordinator_as(&self.admin, &registration)
             .map(drop)
     }
 

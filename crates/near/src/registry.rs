@@ -22,35 +22,85 @@ pub struct EndpointUpdate {
 }
 
 impl EndpointUpdate {
-    /// The worker re-registration this update means for `current`: the new
-    /// endpoint and CVM id, every other field kept.
+    /// The CVM id this update changes a worker's to, when it changes it:
+    /// only then must the worker be registered again (the contract's
+    /// `update_worker_endpoint` changes the endpoint alone).
+    pub(crate) fn new_worker_cvm<'a>(&'a self, current: &WorkerRecord) -> Option<&'a str> {
+        self.cvm_id
+            .as_deref()
+            .filter(|cvm_id| *cvm_id != current.cvm_id)
+    }
+
+    /// The worker re-registration this update means for `current`, signed
+    /// by `signer`: the new endpoint and CVM id, every other field kept.
     pub(crate) fn reregister_worker(
         &self,
         current: WorkerRecord,
         cvm_id: &str,
-    ) -> WorkerRegistration {
-        WorkerRegistration {
+        signer: &AccountId,
+    ) -> Result<WorkerRegistration> {
+        may_register_again(
+            &current.worker_did,
+            &current.account_id,
+            current.is_active,
+            signer,
+        )?;
+        Ok(WorkerRegistration {
             coordinator_did: current.coordinator_did,
             worker_did: current.worker_did,
             endpoint_url: self.endpoint_url.clone(),
             cvm_id: cvm_id.to_owned(),
-        }
+        })
     }
 
-    /// The coordinator re-registration this update means for `current`: the
-    /// new endpoint (and CVM id, if given), every other field kept.
+    /// The coordinator re-registration this update means for `current`,
+    /// signed by `signer`: the new endpoint (and CVM id, if given), every
+    /// other field kept.
     pub(crate) fn reregister_coordinator(
         &self,
         current: CoordinatorRecord,
-    ) -> CoordinatorRegistration {
-        CoordinatorRegistration {
+        signer: &AccountId,
+    ) -> Result<CoordinatorRegistration> {
+        may_register_again(
+            &current.coordinator_did,
+            &current.account_id,
+            current.is_active,
+            signer,
+        )?;
+        Ok(CoordinatorRegistration {
             coordinator_did: current.coordinator_did,
             endpoint_url: self.endpoint_url.clone(),
             cvm_id: self.cvm_id.clone().unwrap_or(current.cvm_id),
             min_workers: current.min_workers,
             max_workers: current.max_workers,
-        }
+        })
     }
+}
+
+/// Whether `signer` may register a record again to change it: the contract
+/// makes the signer of a registration the record's owner and switches the
+/// record on, so registering someone else's record, or a deactivated one,
+/// would change more than the caller asked for.
+fn may_register_again(
+    did: &str,
+    owner: &AccountId,
+    is_active: bool,
+    signer: &AccountId,
+) -> Result<()> {
+    let reason = if owner != signer {
+        format!(
+            "registering it again as {signer} would make {signer} its owner instead of \
+             {owner}; {owner} can register it again from their wallet"
+        )
+    } else if !is_active {
+        "registering it again would switch it back on, though it was deactivated".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::WouldReregister {
+        did: did.to_owned(),
+        reason,
+    })
 }
 
 /// What the Protocol API server needs from the registry and the coordinator
@@ -158,21 +208,21 @@ impl Registry for RpcRegistry {
     }
 
     async fn update_worker_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
-        let Some(cvm_id) = &update.cvm_id else {
-            return self
+        if update.cvm_id.is_some() {
+            let current = self
                 .registry
-                .update_worker_endpoint(&update.did, &update.endpoint_url)
-                .await;
-        };
-        let current = self
-            .registry
-            .get_worker_by_did(&update.did)
-            .await?
-            .ok_or_else(|| not_found(messages::WORKER_NOT_FOUND))?;
+                .get_worker_by_did(&update.did)
+                .await?
+                .ok_or_else(|| not_found(messages::WORKER_NOT_FOUND))?;
+            if let Some(cvm_id) = update.new_worker_cvm(&current) {
+                let signer = self.registry.signer_account().ok_or(Error::NoSigner)?;
+                let registration = update.reregister_worker(current, cvm_id, signer)?;
+                return self.registry.register_worker(&registration).await.map(drop);
+            }
+        }
         self.registry
-            .register_worker(&update.reregister_worker(current, cvm_id))
+            .update_worker_endpoint(&update.did, &update.endpoint_url)
             .await
-            .map(drop)
     }
 
     async fn update_coordinator_endpoint(&self, update: &EndpointUpdate) -> Result<()> {
@@ -181,8 +231,10 @@ impl Registry for RpcRegistry {
             .get_coordinator_by_did(&update.did)
             .await?
             .ok_or_else(|| not_found(messages::COORDINATOR_NOT_FOUND))?;
+        let signer = self.registry.signer_account().ok_or(Error::NoSigner)?;
+        let registration = update.reregister_coordinator(current, signer)?;
         self.registry
-            .register_coordinator(&update.reregister_coordinator(current))
+            .register_coordinator(&registration)
             .await
             .map(drop)
     }

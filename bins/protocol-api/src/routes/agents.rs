@@ -126,13 +126,16 @@ pub struct EndpointRequest {
 }
 
 /// Change an agent's endpoint on the registry (signed with the server's NEAR
-/// key; a coordinator, or a new CVM id, is re-registered with its other fields kept).
-/// For the operator (admin token), or wallet-signed by the account that owns
-/// the agent's registry record.
+/// key). The registry changes a coordinator's endpoint, or a worker's CVM
+/// id, only by registering the agent again, which makes the signer its owner
+/// and switches it on: that is done only for a record the server's account
+/// owns and that is active, and refused with 409 otherwise (its owner
+/// registers it again from their wallet). For the operator (admin token), or
+/// wallet-signed by the account that owns the agent's registry record.
 #[utoipa::path(put, path = "/api/agents/{agentId}/endpoint", tag = "agents", request_body = EndpointRequest,
     params(("agentId" = String, Path, description = "The agent's DID")), security(("admin_token" = []), ("wallet_signature" = [])),
     responses((status = 200, body = EndpointUpdated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, description = "a registry rule refused it", body = ErrorBody), (status = 502, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 409, description = "a registry rule refused it, or the change would make the server's account the record's owner", body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -119,6 +119,7 @@ pub fn registry_error(error: delibera_near::Error) -> ApiError {
     match error {
         Near::ContractPanic { message } => ApiError::Conflict(message),
         Near::Unconfirmed(reason) => ApiError::Conflict(reason.to_string()),
+        Near::WouldReregister { .. } => ApiError::Conflict(error.to_string()),
         Near::Identity(delibera_identity::Error::InvalidAccountId { .. })
         | Near::InvalidInput { .. } => ApiError::BadRequest(error.to_string()),
         // The local registry's file on a full disk: come back later.

@@ -223,6 +223,27 @@ async fn every_frontend_call_is_answered_with_the_fields_the_ui_reads() {
         endpoints["agents"][&worker_did]["endpoint"],
         "https://alpha2.example.com"
     );
+    // The record keeps its owner: the UI finds alice's agents by it.
+    let record = app.registry.worker(&worker_did).unwrap().unwrap();
+    assert_eq!(record.account_id.as_str(), "alice.testnet");
+    // A coordinator's endpoint changes only by registering it again, which
+    // would make the server's account its owner: refused, even when its
+    // owner asks (they register it again from their wallet instead).
+    let mydao = Keypair::from_seed(&[3; 32]);
+    app.registry
+        .add_access_key(
+            &AccountId::parse("mydao.testnet").unwrap(),
+            &mydao.public_key(),
+            KeyPermission::FullAccess,
+        )
+        .unwrap();
+    let path = format!("/api/agents/{coordinator_did}/endpoint");
+    let body = json!({ "endpoint": "https://c2.example.com", "type": "coordinator" });
+    let auth = wallet_signature("mydao.testnet", &mydao, "PUT", &path, Some(&body), 9);
+    let (code, answer) = frontend(&app, "PUT", &path, Some(&body), Some(auth)).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{answer}");
+    let refusal = answer["error"].as_str().unwrap();
+    assert!(refusal.contains("mydao.testnet"), "{refusal}");
 
     // #3 and #4, the WorkerManagementPanel, signed by the roster's owner.
     let owner = Keypair::from_seed(&[2; 32]);

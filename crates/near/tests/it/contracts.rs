@@ -470,6 +470,75 @@ async fn rpc_registry_moves_a_coordinator_by_re_registering_it() {
 }
 
 #[tokio::test]
+async fn rpc_registry_never_re_registers_a_record_it_does_not_own() {
+    let server = MockServer::start().await;
+    let mut alices = coordinator_json();
+    alices["account_id"] = json!("alice.testnet");
+    mount_view(
+        &server,
+        REGISTRY,
+        "get_coordinator_by_did",
+        json!({"coordinator_did": "did:key:z6MkCoordinator"}),
+        alices,
+    )
+    .await;
+    // No change call is mounted: one sent would fail as something else.
+    let error = rpc_registry(&server)
+        .update_coordinator_endpoint(&EndpointUpdate {
+            did: "did:key:z6MkCoordinator".into(),
+            endpoint_url: "https://moved.example".into(),
+            cvm_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, delibera_near::Error::WouldReregister { did, reason }
+            if did == "did:key:z6MkCoordinator"
+                && reason.contains("alice.testnet")
+                && reason.contains("server.testnet")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn rpc_registry_updates_a_worker_in_place_when_its_cvm_id_is_unchanged() {
+    let server = MockServer::start().await;
+    mount_view(
+        &server,
+        REGISTRY,
+        "get_worker_by_did",
+        json!({"worker_did": "did:key:z6MkWorker"}),
+        json!({
+            "account_id": "alice.testnet",
+            "coordinator_did": "did:key:z6MkCoordinator",
+            "worker_did": "did:key:z6MkWorker",
+            "endpoint_url": "https://old.example",
+            "cvm_id": "cvm-w",
+            "registered_at": "1711800000000000000",
+            "is_active": true
+        }),
+    )
+    .await;
+    mount_signed_call(
+        &server,
+        REGISTRY,
+        "update_worker_endpoint",
+        json!({"endpoint_url": "https://new.example", "worker_did": "did:key:z6MkWorker"}),
+        0,
+        Value::Null,
+    )
+    .await;
+    rpc_registry(&server)
+        .update_worker_endpoint(&EndpointUpdate {
+            did: "did:key:z6MkWorker".into(),
+            endpoint_url: "https://new.example".into(),
+            cvm_id: Some("cvm-w".into()),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn rpc_registry_reports_a_missing_coordinator_with_the_contract_text() {
     let server = MockServer::start().await;
     mount_view(

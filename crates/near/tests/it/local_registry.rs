@@ -334,35 +334,55 @@ async fn the_ports_act_as_admin_and_register_on_behalf_of_users() {
     })
     .await
     .unwrap();
-    port.update_coordinator_endpoint(&EndpointUpdate {
-        did: COORDINATOR.into(),
-        endpoint_url: "https://c2.example".into(),
-        cvm_id: Some("cvm-2".into()),
+    // The registry changes a coordinator's endpoint only by registering it
+    // again, which as the admin would make the admin alice's coordinator's
+    // owner: refused, and the record stays as it was.
+    let before = port.coordinator_by_did(COORDINATOR).await.unwrap().unwrap();
+    let refused = port
+        .update_coordinator_endpoint(&EndpointUpdate {
+            did: COORDINATOR.into(),
+            endpoint_url: "https://c2.example".into(),
+            cvm_id: Some("cvm-2".into()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, delibera_near::Error::WouldReregister { reason, .. }
+            if reason.contains("alice.testnet")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        port.coordinator_by_did(COORDINATOR).await.unwrap().unwrap(),
+        before
+    );
+    let worker_record = port.worker_by_did(WORKER).await.unwrap().unwrap();
+    assert_eq!(worker_record.endpoint_url, "https://new.example");
+    assert_eq!(worker_record.account_id, id("bob.testnet"));
+    // A worker update naming its current CVM id changes the endpoint in
+    // place, the owner kept; a new CVM id would need registering it again.
+    port.update_worker_endpoint(&EndpointUpdate {
+        did: WORKER.into(),
+        endpoint_url: "https://newer.example".into(),
+        cvm_id: Some(worker_record.cvm_id.clone()),
     })
     .await
     .unwrap();
-    let coordinator_record = port.coordinator_by_did(COORDINATOR).await.unwrap().unwrap();
+    let moved = port.worker_by_did(WORKER).await.unwrap().unwrap();
     assert_eq!(
-        (
-            coordinator_record.endpoint_url.as_str(),
-            coordinator_record.cvm_id.as_str()
-        ),
-        ("https://c2.example", "cvm-2")
+        (moved.endpoint_url.as_str(), &moved.account_id),
+        ("https://newer.example", &id("bob.testnet"))
     );
-    assert_eq!(
-        (
-            coordinator_record.min_workers,
-            coordinator_record.max_workers
-        ),
-        (1, 3)
-    );
-    assert_eq!(
-        port.worker_by_did(WORKER)
-            .await
-            .unwrap()
-            .unwrap()
-            .endpoint_url,
-        "https://new.example"
+    let refused = port
+        .update_worker_endpoint(&EndpointUpdate {
+            did: WORKER.into(),
+            endpoint_url: "https://newest.example".into(),
+            cvm_id: Some("another-cvm".into()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, delibera_near::Error::WouldReregister { .. }),
+        "{refused:?}"
     );
 
     let missing = port
@@ -480,5 +500,48 @@ fn a_block_timestamp_makes_a_replay_give_the_same_records_and_stats_count() {
             stats.active_workers
         ),
         (1, 1, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn the_admin_moves_its_own_coordinator_but_never_switches_one_back_on() {
+    let registry = registry();
+    registry
+        .register_coordinator_as(&admin(), &coordinator(1, 5))
+        .unwrap();
+    let port: &dyn Registry = &registry;
+    let moved = EndpointUpdate {
+        did: COORDINATOR.into(),
+        endpoint_url: "https://c2.example".into(),
+        cvm_id: Some("cvm-2".into()),
+    };
+    port.update_coordinator_endpoint(&moved).await.unwrap();
+    let record = port.coordinator_by_did(COORDINATOR).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            record.endpoint_url.as_str(),
+            record.cvm_id.as_str(),
+            &record.account_id,
+            record.min_workers,
+            record.max_workers
+        ),
+        ("https://c2.example", "cvm-2", &admin(), 1, 5)
+    );
+
+    registry
+        .deactivate_coordinator_as(&admin(), COORDINATOR)
+        .unwrap();
+    let refused = port.update_coordinator_endpoint(&moved).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::WouldReregister { reason, .. } if reason.contains("deactivated")),
+        "{refused:?}"
+    );
+    assert!(
+        !port
+            .coordinator_by_did(COORDINATOR)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
     );
 }
