@@ -298,10 +298,11 @@ pub async fn rate_limit(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let ip = request
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
+    let ip = delibera_serve::client_ip(request.headers(), peer, state.trusted_proxy_hops);
     state
         .rate_limiter
         .check(ip)

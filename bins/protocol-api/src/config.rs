@@ -92,6 +92,12 @@ pub struct Config {
     /// Provisioning requests allowed per client IP per minute.
     #[arg(long, env = "PROVISION_RATE_PER_MINUTE", default_value_t = 10)]
     pub provision_rate_per_minute: u32,
+    /// How many proxies in front of the server append to `X-Forwarded-For`
+    /// (1 behind one load balancer or a platform's router): the rate limit
+    /// then counts per address the outermost one saw, not per proxy. 0: per
+    /// TCP peer (anything more lets clients choose their own address).
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: u8,
     /// Largest accepted request body, in bytes; a larger declared
     /// `Content-Length` is refused (413) before the body is read.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]

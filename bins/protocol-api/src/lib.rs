@@ -81,6 +81,9 @@ pub struct AppStateFields {
     pub unauthenticated_writes: bool,
     /// Per-IP limit on provisioning.
     pub rate_limiter: Arc<PerMinuteLimiter>,
+    /// How many proxies in front of the server append to `X-Forwarded-For`
+    /// (0: the client is the TCP peer).
+    pub trusted_proxy_hops: u8,
     /// `local` or `production`, for `GET /`.
     pub mode_label: &'static str,
     /// Local mode's embedded Ensue URL, for `GET /`.
@@ -112,6 +115,7 @@ impl AppState {
             nep413_recipient: auth::DEFAULT_NEP413_RECIPIENT.to_owned(),
             unauthenticated_writes: false,
             provision_rate_per_minute: 0,
+            trusted_proxy_hops: 0,
             mode_label: "local",
             ensue_url: None,
             cors: CorsPolicy::SameOriginOnly,
@@ -130,6 +134,7 @@ pub struct AppStateBuilder {
     nep413_recipient: String,
     unauthenticated_writes: bool,
     provision_rate_per_minute: u32,
+    trusted_proxy_hops: u8,
     mode_label: &'static str,
     ensue_url: Option<String>,
     cors: CorsPolicy,
@@ -160,6 +165,14 @@ impl AppStateBuilder {
     /// Provisioning requests allowed per client IP per minute (0: no limit).
     pub fn provision_rate_per_minute(mut self, rate: u32) -> Self {
         self.provision_rate_per_minute = rate;
+        self
+    }
+
+    /// How many proxies in front of the server append the address they were
+    /// called from to `X-Forwarded-For`; the rate limit counts per address
+    /// the outermost one saw (0: per TCP peer).
+    pub fn trusted_proxy_hops(mut self, hops: u8) -> Self {
+        self.trusted_proxy_hops = hops;
         self
     }
 
@@ -211,6 +224,7 @@ impl AppStateBuilder {
             wallet_auth: Arc::new(WalletAuth::new(self.nep413_recipient)),
             unauthenticated_writes: self.unauthenticated_writes,
             rate_limiter: Arc::new(PerMinuteLimiter::new(self.provision_rate_per_minute)),
+            trusted_proxy_hops: self.trusted_proxy_hops,
             mode_label: self.mode_label,
             ensue_url: self.ensue_url,
             cors: self.cors,

@@ -17,6 +17,6 @@ pub use edges::{
     LONGEST_TIMEOUT,
 };
 pub use error::{Error, Result};
-pub use limiter::{LIMIT_WINDOW, PerMinuteLimiter};
+pub use limiter::{LIMIT_WINDOW, PerMinuteLimiter, client_ip};
 pub use rejection::{Rejection, json_rejection};
 pub use server::Server;

@@ -60,9 +60,100 @@ impl PerMinuteLimiter {
     }
 }
 
+/// The address of the client behind `trusted_proxies` proxies, each of
+/// which appends the address it was called from to `X-Forwarded-For`: the
+/// entry that many from the right (what the outermost trusted proxy saw),
+/// since entries further left are whatever the client chose to send. With
+/// no trusted proxy, or a header too short or unreadable at that entry
+/// (a request that bypassed the proxies), the TCP peer's address.
+pub fn client_ip(
+    headers: &axum::http::HeaderMap,
+    peer: Option<IpAddr>,
+    trusted_proxies: u8,
+) -> Option<IpAddr> {
+    if trusted_proxies == 0 {
+        return peer;
+    }
+    // Several headers are one list, in order (RFC 9110, section 5.3).
+    let mut entries = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return peer;
+        };
+        entries.extend(text.split(',').map(str::trim));
+    }
+    let index = entries.len().checked_sub(usize::from(trusted_proxies));
+    index
+        .and_then(|index| forwarded_address(entries[index]))
+        .or(peer)
+}
+
+/// One `X-Forwarded-For` entry as an address: bare (`203.0.113.7`, `2001:db8::1`)
+/// or with a port, as some proxies write it (`203.0.113.7:4711`, `[2001:db8::1]:4711`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry.parse::<IpAddr>().ok().or_else(|| {
+        entry
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|address| address.ip())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_entry_the_outermost_trusted_proxy_appended() {
+        let peer: Option<IpAddr> = Some("10.0.0.2".parse().unwrap());
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let headers = |values: &[&str]| {
+            let mut headers = axum::http::HeaderMap::new();
+            for value in values {
+                headers.append("x-forwarded-for", value.parse().unwrap());
+            }
+            headers
+        };
+        // No trusted proxy: the header is the client's to forge.
+        assert_eq!(client_ip(&headers(&["203.0.113.7"]), peer, 0), peer);
+        // One proxy: the entry it appended, whatever the client put before it.
+        assert_eq!(
+            client_ip(&headers(&["203.0.113.7"]), peer, 1),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_ip(&headers(&["1.1.1.1, 203.0.113.7"]), peer, 1),
+            ip("203.0.113.7")
+        );
+        // Two proxies, the list split over two headers.
+        assert_eq!(
+            client_ip(&headers(&["1.1.1.1, 203.0.113.7", "10.0.0.9"]), peer, 2),
+            ip("203.0.113.7")
+        );
+        // With ports, IPv6.
+        assert_eq!(
+            client_ip(&headers(&["203.0.113.7:4711"]), peer, 1),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_ip(&headers(&["[2001:db8::1]:4711"]), peer, 1),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_ip(&headers(&["2001:db8::1"]), peer, 1),
+            ip("2001:db8::1")
+        );
+        // Too short, missing, unreadable: the peer.
+        assert_eq!(client_ip(&headers(&["203.0.113.7"]), peer, 2), peer);
+        assert_eq!(client_ip(&headers(&[]), peer, 1), peer);
+        assert_eq!(client_ip(&headers(&["unknown"]), peer, 1), peer);
+        let mut binary = axum::http::HeaderMap::new();
+        binary.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff1.2.3.4").unwrap(),
+        );
+        assert_eq!(client_ip(&binary, peer, 1), peer);
+    }
 
     #[test]
     fn each_key_has_its_own_budget_for_a_minute() {

@@ -478,3 +478,41 @@ async fn provisioning_is_rate_limited() {
     assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
     assert!(response["error"].as_str().unwrap().contains("retry"));
 }
+
+/// Behind a proxy every request comes from the proxy's address: the limit
+/// counts per address the proxy appended to `X-Forwarded-For`, and what the
+/// client wrote before it does not buy a new budget.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(
+        dir.path(),
+        TestDeployer::healthy(),
+        Options {
+            rate_per_minute: 2,
+            trusted_proxy_hops: 1,
+            ..Options::default()
+        },
+    )
+    .await;
+    let body = json!({ "displayName": "E", "nearAccount": "e.testnet", "endpointUrl": "https://e.example", "coordinatorDid": DID });
+    let post = |forwarded_for: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/api/provision/external-worker")
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", forwarded_for)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    // Three clients through the proxy: none shares another's budget.
+    for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        let (code, response) = app.send(post(client)).await;
+        assert_eq!(code, StatusCode::OK, "{client}: {response}");
+    }
+    // One client, forging a different address before the proxy's entry.
+    let (code, _) = app.send(post("198.51.100.9, 203.0.113.1")).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, response) = app.send(post("198.51.100.10, 203.0.113.1")).await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{response}");
+}

@@ -243,6 +243,8 @@ pub struct Options {
     pub health_timeout: Duration,
     pub admin_token: Option<&'static str>,
     pub rate_per_minute: u32,
+    /// Proxies in front of the server that append to `X-Forwarded-For`.
+    pub trusted_proxy_hops: u8,
     /// Production mode: registration verifies the registry record (the local
     /// registry stands in for the chain) and looks `txHash` up at this NEAR RPC.
     pub production_rpc: Option<String>,
@@ -284,6 +286,7 @@ impl Default for Options {
             health_timeout: Duration::from_secs(10),
             admin_token: Some(ADMIN_TOKEN),
             rate_per_minute: 0,
+            trusted_proxy_hops: 0,
             production_rpc: None,
             wrap_ensue: None,
             ensue_config: |config| config,
@@ -402,6 +405,7 @@ impl TestApp {
             )
             .unauthenticated_writes(options.unauthenticated_writes)
             .provision_rate_per_minute(options.rate_per_minute)
+            .trusted_proxy_hops(options.trusted_proxy_hops)
             .mode_label(if options.production_rpc.is_none() {
                 "local"
             } else {
