@@ -996,6 +996,12 @@ impl JobMachine {
             }
             let tried = job.status;
             match self.step(&mut job, &mut made_identity, first_try).await {
+                Ok(next) if tried == JobStatus::ProvisioningEnsue => {
+                    // The org's key may be one the service showed once: a
+                    // store outage must not lose it and make another org.
+                    self.commit_when_writable(&mut job, next, &mut None).await?;
+                    first_try = next != tried;
+                }
                 Ok(next) => {
                     self.commit(&mut job, next).await?;
                     first_try = next != tried;
@@ -1106,10 +1112,25 @@ impl JobMachine {
                 .await
             {
                 Ok(org) => {
-                    self.org_keys
+                    // Kept until the store takes it: a hosted org's key is
+                    // not shown again, and an attempt driven anew would
+                    // register another org under the next name.
+                    let mut retries = 0;
+                    while let Err(error) = self
+                        .org_keys
                         .put(did.as_str(), &org_name, &org.api_key)
                         .await
-                        .map_err(StepError::Store)?;
+                    {
+                        if !error.is_transient() {
+                            return Err(StepError::Store(error));
+                        }
+                        retries += 1;
+                        if retries == 1 {
+                            tracing::warn!(job = %job.id, %error,
+                                "the new Ensue org's key waits for its store: it is saved once the store can be written again");
+                        }
+                        tokio::time::sleep(self.settings.storage_retry.delay(retries)).await;
+                    }
                     job.ensue_org_name = Some(org_name);
                     keep_org_credentials(job, org);
                     return Ok(JobStatus::PreparingPhala);

@@ -514,9 +514,19 @@ impl Database {
     /// The next `count` transactions the writer tries fail as on a full
     /// disk, then writes go on: a fault that passes by itself.
     pub fn simulate_full_disk_briefly(&self, count: u64) {
+        self.simulate_full_disk_after(0, count);
+    }
+
+    /// [`Self::simulate_full_disk_briefly`] once `passed` more transactions
+    /// have gone through: a fault that begins in the middle of a step.
+    pub fn simulate_full_disk_after(&self, passed: u64, count: u64) {
         match &self.backend {
-            Backend::Sqlite(shared) => shared.counts.refuse_next.store(count, Ordering::SeqCst),
-            Backend::Postgres(postgres) => postgres.faults.refuse_next(count),
+            Backend::Sqlite(shared) => {
+                // In this order: a write between the two stores passes.
+                shared.counts.pass_first.store(passed, Ordering::SeqCst);
+                shared.counts.refuse_next.store(count, Ordering::SeqCst);
+            }
+            Backend::Postgres(postgres) => postgres.faults.refuse_after(passed, count),
         }
     }
 

@@ -167,6 +167,7 @@ impl PostgresConfig {
 #[derive(Default)]
 pub(super) struct Faults {
     full: AtomicBool,
+    pass_first: AtomicU64,
     refuse_next: AtomicU64,
     refused: AtomicU64,
 }
@@ -176,7 +177,8 @@ impl Faults {
         self.full.store(full, Ordering::SeqCst);
     }
 
-    pub(super) fn refuse_next(&self, count: u64) {
+    pub(super) fn refuse_after(&self, passed: u64, count: u64) {
+        self.pass_first.store(passed, Ordering::SeqCst);
         self.refuse_next.store(count, Ordering::SeqCst);
     }
 
@@ -186,12 +188,14 @@ impl Faults {
 
     /// Refuses this write if a simulated full disk says so.
     fn check(&self, database: &str) -> Result<(), StoreError> {
-        let refuse_once = self
-            .refuse_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok();
+        let take_one = |count: &AtomicU64| {
+            count
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+        };
+        let refuse_once = !take_one(&self.pass_first) && take_one(&self.refuse_next);
         if refuse_once || self.full.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Full {

@@ -127,6 +127,8 @@ pub(super) struct WriteCounts {
     pub(super) queued: AtomicUsize,
     /// Transactions committed.
     pub(super) commits: AtomicU64,
+    /// Transactions still to let through before refusing (tests).
+    pub(super) pass_first: AtomicU64,
     /// Transactions still to refuse as on a full disk (tests).
     pub(super) refuse_next: AtomicU64,
 }
@@ -190,13 +192,14 @@ impl Writer {
     /// changes of the writes that succeeded.
     fn commit(&self, conn: &Connection, batch: &mut [Write]) -> Result<Changes, StoreError> {
         let sqlite = |error| StoreError::sqlite(&self.path, error);
-        let refuse_once = self
-            .counts
-            .refuse_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok();
+        let take_one = |count: &AtomicU64| {
+            count
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+        };
+        let refuse_once = !take_one(&self.counts.pass_first) && take_one(&self.counts.refuse_next);
         if refuse_once || self.simulated_full_disk.load(Ordering::SeqCst) {
             self.refused_writes
                 .fetch_add(batch.len() as u64, Ordering::SeqCst);

@@ -776,3 +776,60 @@ async fn a_store_fault_while_registering_an_ensue_org_does_not_fail_the_job() {
     assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
     assert_eq!(app.database.simulated_refusals(), refused_before + 1);
 }
+
+/// A hosted Ensue shows a new org's key once: a store that refuses the
+/// writes after the org was made (its key, then the job's next step) is
+/// waited out, and the job keeps that org instead of registering another.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_fault_after_an_ensue_org_is_made_keeps_that_org() {
+    // (writes let through, writes refused): the key's, then the commit's.
+    for (passed, refused) in [(0, 1), (0, 3), (1, 1), (1, 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let holds = crate::common::Holds::open();
+        holds.ensue.set(crate::common::GateState::Closed);
+        let options = Options {
+            holds: holds.clone(),
+            ..Options::default()
+        };
+        let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;
+        let (code, body) = app
+            .call(
+                "POST",
+                "/api/provision/coordinator",
+                Some(json!({ "displayName": "Kept Org DAO", "nearAccount": "mydao.testnet" })),
+            )
+            .await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+        let job_id = body["jobId"].as_str().unwrap().to_owned();
+        eventually("the first org attempt is recorded", || async {
+            app.state
+                .jobs
+                .get(&job_id)
+                .await
+                .unwrap()
+                .ensue_org_attempts
+                == 1
+        })
+        .await;
+
+        // The attempt's record is written; the org's registration is held.
+        let refused_before = app.database.simulated_refusals();
+        app.database.simulate_full_disk_after(passed, refused);
+        holds.ensue.set(crate::common::GateState::Open);
+        let ready = app
+            .wait_for(&job_id, &["awaiting_near_signature", "failed"])
+            .await;
+        assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+        assert_eq!(
+            app.database.simulated_refusals(),
+            refused_before + refused,
+            "the fault was met"
+        );
+        let job = app.state.jobs.get(&job_id).await.unwrap();
+        assert_eq!(job.ensue_org_attempts, 1, "one org registered");
+        let org = job.ensue_org_name.clone().unwrap();
+        assert!(!org.ends_with("-2"), "{org}");
+        assert_eq!(ready["ensueOrgName"], org.as_str());
+        assert!(ready["ensueClaimUrl"].as_str().is_some(), "{ready}");
+    }
+}
