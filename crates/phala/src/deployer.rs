@@ -284,6 +284,17 @@ impl PhalaDeployer {
             Err(error) if error.error_code() == Some(DUPLICATE_NAME) => {
                 return self.adopt_named(spec, error).await;
             }
+            // Retried and still no answer (a timeout, a reset, a 5xx): a
+            // commit may have made the CVM with its answer lost, and the job
+            // that fails now would never tear it down. One under the name
+            // is this deploy's; if none is found (or the list fails too),
+            // the commit's own error is the one to report.
+            Err(error) if error.is_retryable() => {
+                return match self.find_cvm(&spec.name).await {
+                    Ok(Some(cvm)) => self.adopt(&spec.name, &cvm, port).await,
+                    Ok(None) | Err(_) => Err(error),
+                };
+            }
             Err(error) => return Err(error),
         };
         let cvm_id = cvm.cvm_id().to_owned();

@@ -496,6 +496,69 @@ async fn a_commit_refused_for_a_duplicate_name_adopts_the_existing_cvm() {
     assert_eq!(deployment.endpoint_url, "https://adopted-3001.gw.example");
 }
 
+#[tokio::test]
+async fn a_commit_whose_answers_were_all_lost_adopts_the_cvm_it_made() {
+    let phala = MockServer::start().await;
+    let spec = spec();
+    mount_provision(&phala).await;
+    // Every try of the commit (the client retries twice) gets a 502; the
+    // first one made the CVM all the same.
+    api("POST", "/cvms")
+        .respond_with(ResponseTemplate::new(502))
+        .expect(2)
+        .mount(&phala)
+        .await;
+    api("GET", "/cvms/paginated")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
+            "total": 1, "page": 1, "page_size": 100, "pages": 1,
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(cvm(
+            "running",
+            json!([{"app": "https://adopted-3001.gw.example", "instance": ""}]),
+        ))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    let deployment = deployer(&phala, StartPolicy::Never)
+        .deploy(&spec)
+        .await
+        .unwrap();
+    assert_eq!(deployment.id, VM_UUID);
+}
+
+#[tokio::test]
+async fn a_commit_that_kept_failing_and_made_nothing_reports_its_own_error() {
+    let phala = MockServer::start().await;
+    mount_provision(&phala).await;
+    api("POST", "/cvms")
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({"detail": "maintenance"})))
+        .expect(2)
+        .mount(&phala)
+        .await;
+    api("GET", "/cvms/paginated")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    let error = phala_error(
+        deployer(&phala, StartPolicy::Never)
+            .deploy(&spec())
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(&error, Error::Server(api) if api.message == "maintenance"),
+        "{error:?}"
+    );
+}
+
 #[test]
 fn errors_reach_the_port_with_their_retry_advice() {
     let port_error: delibera_deploy::Error = Error::Timeout {
