@@ -2,10 +2,13 @@
 //! (sealed, like every secret: their env holds their keys) so a restarted
 //! server starts them again on their registered endpoints.
 
+use std::time::Duration;
+
 use delibera_agent::{DeploymentJournal, JournalEntry, LocalDeploymentRecord};
+use delibera_backoff::Backoff;
 use rusqlite::params;
 
-use super::Database;
+use super::{Database, StoreError};
 use crate::seal::SecretBox;
 
 /// The `local_deployments` table.
@@ -25,29 +28,23 @@ impl DeploymentJournal for DeploymentStore {
     async fn save(&self, record: &LocalDeploymentRecord) -> delibera_agent::Result<()> {
         let json = zeroize::Zeroizing::new(serde_json::to_vec(record).map_err(journal_error)?);
         let sealed = self.db.secrets().seal(&json);
-        let id = record.id.clone();
-        if let Some(postgres) = self.db.postgres() {
-            let client = postgres.writer().await.map_err(journal_error)?;
-            client
-                .execute(
-                    "INSERT INTO local_deployments (cvm_id, record) VALUES ($1, $2)
-                     ON CONFLICT (cvm_id) DO UPDATE SET record = EXCLUDED.record",
-                    &[&id, &sealed],
-                )
-                .await
-                .map_err(|error| journal_error(postgres.error(error)))?;
-            return Ok(());
+        // The local deployer stops an agent its journal cannot remember, and
+        // the job fails with it: a store that refuses writes only for now (a
+        // full disk, an I/O error, a lost connection) is waited out instead.
+        let mut retries = 0;
+        loop {
+            match self.save_sealed(&record.id, &sealed).await {
+                Err(error) if error.is_transient() => {
+                    retries += 1;
+                    if retries == 1 {
+                        tracing::warn!(deployment = %record.id, %error,
+                            "the local agent's journal entry waits for its store: it is saved once the store can be written again");
+                    }
+                    tokio::time::sleep(JOURNAL_RETRY.delay(retries)).await;
+                }
+                result => return result.map_err(journal_error),
+            }
         }
-        self.db
-            .write(move |conn, _, _| {
-                conn.execute(
-                    "INSERT OR REPLACE INTO local_deployments (cvm_id, record) VALUES (?1, ?2)",
-                    params![id, sealed],
-                )?;
-                Ok(())
-            })
-            .await
-            .map_err(journal_error)
     }
 
     async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
@@ -123,6 +120,37 @@ fn decode_entry(id: String, sealed: &[u8], secrets: &SecretBox) -> JournalEntry 
     match decoded {
         Ok(record) => JournalEntry::Record(Box::new(record)),
         Err(reason) => JournalEntry::Unreadable { id, reason },
+    }
+}
+
+/// The pauses while the store refuses a journal entry.
+const JOURNAL_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+
+impl DeploymentStore {
+    /// Writes one sealed entry, once.
+    async fn save_sealed(&self, id: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        if let Some(postgres) = self.db.postgres() {
+            let client = postgres.writer().await?;
+            client
+                .execute(
+                    "INSERT INTO local_deployments (cvm_id, record) VALUES ($1, $2)
+                     ON CONFLICT (cvm_id) DO UPDATE SET record = EXCLUDED.record",
+                    &[&id, &sealed],
+                )
+                .await
+                .map_err(|error| postgres.error(error))?;
+            return Ok(());
+        }
+        let (id, sealed) = (id.to_owned(), sealed.to_vec());
+        self.db
+            .write(move |conn, _, _| {
+                conn.execute(
+                    "INSERT OR REPLACE INTO local_deployments (cvm_id, record) VALUES (?1, ?2)",
+                    params![id, sealed],
+                )?;
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -625,7 +625,12 @@ async fn org_keys_and_the_deployment_journal_round_trip(db: TestDb) {
             env,
         ),
     };
+    // A store that refuses a write only for now is waited out: the local
+    // deployer would stop an agent its journal could not remember.
+    let refused = database.simulated_refusals();
+    database.simulate_full_disk_briefly(1);
     journal.save(&record).await.unwrap();
+    assert_eq!(database.simulated_refusals(), refused + 1);
     let loaded = journal.load().await.unwrap();
     assert!(matches!(
         loaded.as_slice(),
