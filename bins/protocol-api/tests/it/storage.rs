@@ -732,6 +732,31 @@ async fn a_registration_meeting_a_full_disk_answers_503_and_completes_later() {
     app.wait_for(&job_id, &["complete"]).await;
 }
 
+/// Starts a coordinator job and waits until its first Ensue org attempt is
+/// recorded (the test holds the org's registration at its gate).
+async fn coordinator_at_its_first_org_attempt(app: &TestApp, display_name: &str) -> String {
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator",
+            Some(json!({ "displayName": display_name, "nearAccount": "mydao.testnet" })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    eventually("the first org attempt is recorded", || async {
+        app.state
+            .jobs
+            .get(&job_id)
+            .await
+            .unwrap()
+            .ensue_org_attempts
+            == 1
+    })
+    .await;
+    job_id
+}
+
 /// A store write that fails while a coordinator's Ensue org is being
 /// registered is no failure of the job: it is driven again and goes on.
 #[tokio::test(flavor = "multi_thread")]
@@ -747,25 +772,7 @@ async fn a_store_fault_while_registering_an_ensue_org_does_not_fail_the_job() {
         ..Options::default()
     };
     let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;
-    let (code, body) = app
-        .call(
-            "POST",
-            "/api/provision/coordinator",
-            Some(json!({ "displayName": "Org Under Pressure", "nearAccount": "mydao.testnet" })),
-        )
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let job_id = body["jobId"].as_str().unwrap().to_owned();
-    eventually("the first org attempt is recorded", || async {
-        app.state
-            .jobs
-            .get(&job_id)
-            .await
-            .unwrap()
-            .ensue_org_attempts
-            == 1
-    })
-    .await;
+    let job_id = coordinator_at_its_first_org_attempt(&app, "Org Under Pressure").await;
 
     let refused_before = app.database.simulated_refusals();
     app.database.simulate_full_disk_briefly(1);
@@ -792,25 +799,7 @@ async fn a_store_fault_after_an_ensue_org_is_made_keeps_that_org() {
             ..Options::default()
         };
         let app = TestApp::start(dir.path(), TestDeployer::healthy(), options).await;
-        let (code, body) = app
-            .call(
-                "POST",
-                "/api/provision/coordinator",
-                Some(json!({ "displayName": "Kept Org DAO", "nearAccount": "mydao.testnet" })),
-            )
-            .await;
-        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-        let job_id = body["jobId"].as_str().unwrap().to_owned();
-        eventually("the first org attempt is recorded", || async {
-            app.state
-                .jobs
-                .get(&job_id)
-                .await
-                .unwrap()
-                .ensue_org_attempts
-                == 1
-        })
-        .await;
+        let job_id = coordinator_at_its_first_org_attempt(&app, "Kept Org DAO").await;
 
         // The attempt's record is written; the org's registration is held.
         let refused_before = app.database.simulated_refusals();

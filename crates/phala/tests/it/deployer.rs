@@ -100,6 +100,27 @@ fn cvm(status: &str, public_urls: Value) -> ResponseTemplate {
     }))
 }
 
+/// One running CVM listed under `spec`'s name, at `https://adopted-3001.gw.example`:
+/// the one an earlier or unanswered deploy made, to be adopted.
+async fn mount_running_cvm_named(phala: &MockServer, spec: &AgentSpec) {
+    api("GET", "/cvms/paginated")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
+            "total": 1, "page": 1, "page_size": 100, "pages": 1,
+        })))
+        .expect(1)
+        .mount(phala)
+        .await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(cvm(
+            "running",
+            json!([{"app": "https://adopted-3001.gw.example", "instance": ""}]),
+        ))
+        .expect(1)
+        .mount(phala)
+        .await;
+}
+
 /// The Phala error behind a port error.
 fn phala_error(error: delibera_deploy::Error) -> Error {
     match error {
@@ -472,22 +493,7 @@ async fn a_commit_refused_for_a_duplicate_name_adopts_the_existing_cvm() {
         .expect(1)
         .mount(&phala)
         .await;
-    api("GET", "/cvms/paginated")
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
-            "total": 1, "page": 1, "page_size": 100, "pages": 1,
-        })))
-        .expect(1)
-        .mount(&phala)
-        .await;
-    api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm(
-            "running",
-            json!([{"app": "https://adopted-3001.gw.example", "instance": ""}]),
-        ))
-        .expect(1)
-        .mount(&phala)
-        .await;
+    mount_running_cvm_named(&phala, &spec).await;
     let deployment = deployer(&phala, StartPolicy::Never)
         .deploy(&spec)
         .await
@@ -508,22 +514,7 @@ async fn a_commit_whose_answers_were_all_lost_adopts_the_cvm_it_made() {
         .expect(2)
         .mount(&phala)
         .await;
-    api("GET", "/cvms/paginated")
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
-            "total": 1, "page": 1, "page_size": 100, "pages": 1,
-        })))
-        .expect(1)
-        .mount(&phala)
-        .await;
-    api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm(
-            "running",
-            json!([{"app": "https://adopted-3001.gw.example", "instance": ""}]),
-        ))
-        .expect(1)
-        .mount(&phala)
-        .await;
+    mount_running_cvm_named(&phala, &spec).await;
     let deployment = deployer(&phala, StartPolicy::Never)
         .deploy(&spec)
         .await
@@ -633,21 +624,7 @@ async fn a_preflight_refusing_a_duplicate_name_adopts_the_existing_cvm() {
         .expect(0)
         .mount(&phala)
         .await;
-    api("GET", "/cvms/paginated")
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
-            "total": 1, "page": 1, "page_size": 100, "pages": 1,
-        })))
-        .expect(1)
-        .mount(&phala)
-        .await;
-    api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm(
-            "running",
-            json!([{"app": "https://adopted-3001.gw.example", "instance": ""}]),
-        ))
-        .mount(&phala)
-        .await;
+    mount_running_cvm_named(&phala, &spec).await;
     let deployment = deployer(&phala, StartPolicy::Never)
         .deploy(&spec)
         .await
