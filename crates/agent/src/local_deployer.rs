@@ -183,9 +183,22 @@ pub struct LocalDeployer {
 
 struct LocalAgent {
     name: DeploymentName,
+    port: u16,
     endpoint_url: String,
     stop: oneshot::Sender<()>,
     task: JoinHandle<crate::Result<()>>,
+}
+
+impl LocalAgent {
+    /// The agent as a deployment with this id.
+    fn deployment(&self, id: &str) -> Deployment {
+        Deployment {
+            id: id.to_owned(),
+            name: self.name.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            dashboard_url: self.endpoint_url.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalDeployer {
@@ -335,6 +348,7 @@ impl LocalDeployer {
             id.clone(),
             LocalAgent {
                 name: spec.name.clone(),
+                port: address.port(),
                 endpoint_url: endpoint_url.clone(),
                 stop,
                 task,
@@ -362,6 +376,30 @@ impl LocalDeployer {
         }
     }
 
+    /// Saves agent `id`'s journal entry, or stops the agent and fails: an
+    /// agent the journal does not know would vanish at the next restart
+    /// while the registry still lists it.
+    async fn journal_or_stop(
+        &self,
+        id: &str,
+        port: u16,
+        spec: &AgentSpec,
+    ) -> delibera_deploy::Result<()> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let record = LocalDeploymentRecord {
+            id: id.to_owned(),
+            port,
+            spec: spec.clone(),
+        };
+        if let Err(error) = journal.save(&record).await {
+            let _ = self.stop(id).await;
+            return Err(backend_error(error));
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, LocalAgent>> {
         // Each critical section is one map operation, so a poisoned map is whole.
         self.agents.lock().unwrap_or_else(PoisonError::into_inner)
@@ -371,8 +409,16 @@ impl LocalDeployer {
 #[async_trait::async_trait]
 impl Deployer for LocalDeployer {
     async fn deploy(&self, spec: &AgentSpec) -> delibera_deploy::Result<Deployment> {
-        // The name is the idempotency key here too.
-        if let Some(existing) = self.find(spec).await? {
+        // The name is the idempotency key here too. The agent's journal
+        // entry is saved again (the save replaces it): the deploy that
+        // started it may have been dropped while its save waited.
+        let running = self
+            .lock()
+            .iter()
+            .find(|(_, agent)| agent.name == spec.name)
+            .map(|(id, agent)| (agent.deployment(id), agent.port));
+        if let Some((existing, port)) = running {
+            self.journal_or_stop(&existing.id, port, spec).await?;
             return Ok(existing);
         }
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
@@ -381,19 +427,7 @@ impl Deployer for LocalDeployer {
         let port = listener.local_addr().map_err(backend_error)?.port();
         let id = format!("local-{}", uuid::Uuid::new_v4().simple());
         let deployment = self.start(id.clone(), spec, listener)?;
-        if let Some(journal) = &self.journal {
-            let record = LocalDeploymentRecord {
-                id: id.clone(),
-                port,
-                spec: spec.clone(),
-            };
-            if let Err(error) = journal.save(&record).await {
-                // An agent the journal does not know would vanish at the next
-                // restart while the registry still lists it: refuse it now.
-                let _ = self.stop(&id).await;
-                return Err(backend_error(error));
-            }
-        }
+        self.journal_or_stop(&id, port, spec).await?;
         Ok(deployment)
     }
 
@@ -402,12 +436,7 @@ impl Deployer for LocalDeployer {
             .lock()
             .iter()
             .find(|(_, agent)| agent.name == spec.name)
-            .map(|(id, agent)| Deployment {
-                id: id.clone(),
-                name: agent.name.clone(),
-                endpoint_url: agent.endpoint_url.clone(),
-                dashboard_url: agent.endpoint_url.clone(),
-            }))
+            .map(|(id, agent)| agent.deployment(id)))
     }
 
     async fn status(&self, id: &str) -> delibera_deploy::Result<DeploymentStatus> {

@@ -431,6 +431,79 @@ async fn deploying_the_same_name_twice_returns_the_first_deployment() {
         .unwrap();
 }
 
+/// A journal whose saves wait until it is opened, as a store that refuses
+/// writes for a while makes them wait.
+#[derive(Default)]
+struct HeldJournal {
+    open: std::sync::atomic::AtomicBool,
+    kept: MemoryJournal,
+}
+
+#[async_trait::async_trait]
+impl DeploymentJournal for HeldJournal {
+    async fn save(&self, record: &LocalDeploymentRecord) -> delibera_agent::Result<()> {
+        while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.kept.save(record).await
+    }
+    async fn remove(&self, id: &str) -> delibera_agent::Result<()> {
+        self.kept.remove(id).await
+    }
+    async fn load(&self) -> delibera_agent::Result<Vec<JournalEntry>> {
+        self.kept.load().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_dropped_while_its_journal_waited_is_journaled_by_the_next() {
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
+    let journal = Arc::new(HeldJournal::default());
+    let deployer = LocalDeployer::new(Arc::new(RegistryWorkers(local_registry())))
+        .with_journal(journal.clone());
+    let mut worker_env = env(AgentRole::Worker, &key(42), "Held", &ensue);
+    worker_env.coordinator_did = Some(key(43).did());
+    let spec = spec(worker_env);
+
+    // The job's driver gives up on the deploy (its lease is lost, the
+    // server stops) while the journal still waits: the agent runs unjournaled.
+    let given_up = tokio::time::timeout(Duration::from_millis(200), deployer.deploy(&spec)).await;
+    assert!(given_up.is_err(), "the save was still waiting");
+    let running = deployer.find(&spec).await.unwrap().expect("the agent runs");
+    assert!(journal.kept.records().is_empty());
+
+    // The job carried on deploys again: the same agent, now journaled.
+    journal
+        .open
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let adopted = deployer.deploy(&spec).await.unwrap();
+    assert_eq!(adopted, running);
+    let records = journal.kept.records();
+    assert_eq!(
+        records
+            .iter()
+            .map(|record| record.id.as_str())
+            .collect::<Vec<_>>(),
+        [running.id.as_str()]
+    );
+    assert!(
+        running
+            .endpoint_url
+            .ends_with(&format!(":{}", records[0].port))
+    );
+
+    deployer.teardown(&running.id).await.unwrap();
+    assert!(journal.kept.records().is_empty());
+    within("the local Ensue to stop", ensue.stop())
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_publishes_its_endpoint_only_from_its_public_url() {
     let ensue = within(
