@@ -63,9 +63,10 @@ impl PerMinuteLimiter {
 /// The address of the client behind `trusted_proxies` proxies, each of
 /// which appends the address it was called from to `X-Forwarded-For`: the
 /// entry that many from the right (what the outermost trusted proxy saw),
-/// since entries further left are whatever the client chose to send. With
-/// no trusted proxy, or a header too short or unreadable at that entry
-/// (a request that bypassed the proxies), the TCP peer's address.
+/// since entries further left are whatever the client chose to send, bytes
+/// that are no text included. With no trusted proxy, or a header too short
+/// or unreadable at that entry (a request that bypassed the proxies), the
+/// TCP peer's address.
 pub fn client_ip(
     headers: &axum::http::HeaderMap,
     peer: Option<IpAddr>,
@@ -75,16 +76,15 @@ pub fn client_ip(
         return peer;
     }
     // Several headers are one list, in order (RFC 9110, section 5.3).
-    let mut entries = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else {
-            return peer;
-        };
-        entries.extend(text.split(',').map(str::trim));
-    }
+    let entries: Vec<&[u8]> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .collect();
     let index = entries.len().checked_sub(usize::from(trusted_proxies));
     index
-        .and_then(|index| forwarded_address(entries[index]))
+        .and_then(|index| std::str::from_utf8(entries[index]).ok())
+        .and_then(|entry| forwarded_address(entry.trim()))
         .or(peer)
 }
 
@@ -147,12 +147,20 @@ mod tests {
         assert_eq!(client_ip(&headers(&["203.0.113.7"]), peer, 2), peer);
         assert_eq!(client_ip(&headers(&[]), peer, 1), peer);
         assert_eq!(client_ip(&headers(&["unknown"]), peer, 1), peer);
-        let mut binary = axum::http::HeaderMap::new();
-        binary.append(
-            "x-forwarded-for",
-            axum::http::HeaderValue::from_bytes(b"\xff1.2.3.4").unwrap(),
+        let binary = |bytes: &[u8]| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.append(
+                "x-forwarded-for",
+                axum::http::HeaderValue::from_bytes(bytes).unwrap(),
+            );
+            headers
+        };
+        assert_eq!(client_ip(&binary(b"\xff1.2.3.4"), peer, 1), peer);
+        // Bytes the client sent before the proxy's entry change nothing.
+        assert_eq!(
+            client_ip(&binary(b"\xff1.2.3.4, 203.0.113.7"), peer, 1),
+            ip("203.0.113.7")
         );
-        assert_eq!(client_ip(&binary, peer, 1), peer);
     }
 
     #[test]
