@@ -125,15 +125,18 @@ pub trait Registry: Send + Sync {
     async fn worker_by_did(&self, worker_did: &str) -> Result<Option<WorkerRecord>>;
 
     /// Changes a worker's endpoint (and optionally its CVM id), acting as the
-    /// server's account. The endpoint alone goes through
-    /// `update_worker_endpoint`; a new CVM id re-registers the record with its
-    /// other fields kept (the contract's upsert makes the caller the record's
-    /// `account_id`, as the contract does).
+    /// server's account. The endpoint alone (or with the CVM id it has) goes
+    /// through `update_worker_endpoint`; a new CVM id re-registers the record
+    /// with its other fields kept, which the contract's upsert would make the
+    /// caller's and switch on, so only a record the server's account owns and
+    /// that is active is re-registered: any other is [`Error::WouldReregister`].
     async fn update_worker_endpoint(&self, update: &EndpointUpdate) -> Result<()>;
 
     /// Changes a coordinator's endpoint (and optionally its CVM id), acting as
     /// the server's account: the contract has no endpoint-only method for
-    /// coordinators, so the record is re-registered with its other fields kept.
+    /// coordinators, so the record is re-registered with its other fields
+    /// kept, if the server's account owns it and it is active; any other is
+    /// [`Error::WouldReregister`], and its owner registers it again instead.
     async fn update_coordinator_endpoint(&self, update: &EndpointUpdate) -> Result<()>;
 
     /// The coordinator contract's whole roster (`GET /api/workers/registered`).

@@ -31,10 +31,15 @@ pub enum StartPolicy {
     Never,
 }
 
+/// How many times a deploy looks its CVM up by name after a commit whose
+/// every try failed with an unknown outcome, before reporting the failure.
+pub const COMMIT_SETTLE_LOOKUPS: u32 = 3;
+
 /// Settings of [`PhalaDeployer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhalaDeployerOptions {
-    /// The pause between `GET /cvms/{id}` polls while waiting for a URL.
+    /// The pause between `GET /cvms/{id}` polls while waiting for a URL, and
+    /// between lookups by name after an unanswered commit.
     pub url_poll_interval: Duration,
     /// How long to wait for a listed URL or a gateway domain.
     pub url_deadline: Duration,
@@ -290,9 +295,9 @@ impl PhalaDeployer {
             // is this deploy's; if none is found (or the list fails too),
             // the commit's own error is the one to report.
             Err(error) if error.is_retryable() => {
-                return match self.find_cvm(&spec.name).await {
-                    Ok(Some(cvm)) => self.adopt(&spec.name, &cvm, port).await,
-                    Ok(None) | Err(_) => Err(error),
+                return match self.find_after_unanswered_commit(&spec.name).await {
+                    Some(cvm) => self.adopt(&spec.name, &cvm, port).await,
+                    None => Err(error),
                 };
             }
             Err(error) => return Err(error),
@@ -301,6 +306,25 @@ impl PhalaDeployer {
         tracing::info!(%cvm_id, name = %spec.name, "CVM committed");
         let endpoint_url = self.endpoint_or_cleanup(&cvm_id, port).await?;
         Ok(self.deployment(spec.name.clone(), cvm_id, endpoint_url))
+    }
+
+    /// The CVM an unanswered commit may have made under `name`: looked up
+    /// [`COMMIT_SETTLE_LOOKUPS`] times, `url_poll_interval` apart, since one
+    /// whose commit timed out may appear in the list only a little later.
+    async fn find_after_unanswered_commit(&self, name: &DeploymentName) -> Option<Cvm> {
+        for lookup in 1..=COMMIT_SETTLE_LOOKUPS {
+            match self.find_cvm(name).await {
+                Ok(Some(cvm)) => return Some(cvm),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%name, %error, "looking for the CVM of an unanswered commit failed");
+                }
+            }
+            if lookup < COMMIT_SETTLE_LOOKUPS {
+                tokio::time::sleep(self.options.url_poll_interval).await;
+            }
+        }
+        None
     }
 
     /// The name is the idempotency key: a CVM that already carries it (the

@@ -14,8 +14,8 @@ pub use client::{
 };
 pub use compose::{DSTACK_SOCKET, render_compose};
 pub use deployer::{
-    DEFAULT_DASHBOARD_BASE, DEFAULT_PUBLIC_URL_TEMPLATE, PhalaDeployer, PhalaDeployerOptions,
-    StartPolicy,
+    COMMIT_SETTLE_LOOKUPS, DEFAULT_DASHBOARD_BASE, DEFAULT_PUBLIC_URL_TEMPLATE, PhalaDeployer,
+    PhalaDeployerOptions, StartPolicy,
 };
 pub use env::{decrypt_env, encrypt_env, encrypt_env_with, encryption_pubkey_hex, env_plaintext};
 pub use error::{ApiError, Error, FieldError, Result};

@@ -122,9 +122,18 @@ pub fn registry_error(error: delibera_near::Error) -> ApiError {
         Near::WouldReregister { .. } => ApiError::Conflict(error.to_string()),
         Near::Identity(delibera_identity::Error::InvalidAccountId { .. })
         | Near::InvalidInput { .. } => ApiError::BadRequest(error.to_string()),
-        // The local registry's file on a full disk: come back later.
+        // The local registry's file on a full disk, failing I/O or busy:
+        // come back later, as for the job store.
         Near::Storage(ref sqlite)
-            if sqlite.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            if matches!(
+                sqlite.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                )
+            ) =>
         {
             ApiError::storage_full()
         }
@@ -140,15 +149,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_disk_under_the_local_registry_is_503() {
-        let full = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            None,
-        );
-        let error = registry_error(delibera_near::Error::Storage(full));
+    fn a_store_fault_under_the_local_registry_that_passes_is_503() {
+        let failure = |code| {
+            registry_error(delibera_near::Error::Storage(
+                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+            ))
+            .status_code()
+        };
+        for passing in [
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_IOERR_FSYNC,
+            rusqlite::ffi::SQLITE_BUSY,
+        ] {
+            assert_eq!(
+                failure(passing),
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
         assert_eq!(
-            error.status_code(),
-            axum::http::StatusCode::SERVICE_UNAVAILABLE
+            failure(rusqlite::ffi::SQLITE_CORRUPT),
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
         );
     }
 }

@@ -531,11 +531,13 @@ async fn a_commit_that_kept_failing_and_made_nothing_reports_its_own_error() {
         .expect(2)
         .mount(&phala)
         .await;
+    // Looked up a few times (a CVM whose commit timed out may be listed a
+    // little later), then the commit's own error.
     api("GET", "/cvms/paginated")
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
         })))
-        .expect(1)
+        .expect(u64::from(delibera_phala::COMMIT_SETTLE_LOOKUPS))
         .mount(&phala)
         .await;
     let error = phala_error(
