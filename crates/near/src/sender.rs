@@ -1,6 +1,7 @@
 //! Signing and sending transactions without ever paying twice.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use delibera_identity::{Keypair, PublicKey};
 
@@ -77,8 +78,10 @@ impl fmt::Debug for NearSigner {
 
 /// Signs transactions in-process and sends them through a [`NearRpc`].
 ///
-/// - The nonce is the access key's nonce + 1 and the block hash the one that
-///   answer was read at (a recent final block).
+/// - The nonce is the access key's nonce + 1, or one past the last nonce
+///   this sender (or a clone) signed with if that is higher: calls made at
+///   once read the same key nonce, and a node keeps only one transaction per
+///   nonce. The block hash is the one the key was read at.
 /// - On `InvalidNonce` (another transaction took the nonce) it reads the key
 ///   again and retries once with a fresh transaction.
 /// - When the node or the client times out, the transaction may be in flight:
@@ -91,6 +94,8 @@ pub struct TransactionSender {
     rpc: NearRpc,
     signer: NearSigner,
     wait_until: TxExecutionStatus,
+    /// The last nonce signed with, shared by clones.
+    last_nonce: Arc<Mutex<u64>>,
 }
 
 impl TransactionSender {
@@ -100,6 +105,7 @@ impl TransactionSender {
             rpc,
             signer,
             wait_until: TxExecutionStatus::ExecutedOptimistic,
+            last_nonce: Arc::default(),
         }
     }
 
@@ -149,9 +155,7 @@ impl TransactionSender {
                     &BlockReference::Optimistic,
                 )
                 .await?;
-            let nonce = key.nonce.checked_add(1).ok_or_else(|| {
-                Error::invalid_response("query view_access_key", "the access key nonce is u64::MAX")
-            })?;
+            let nonce = self.next_nonce(key.nonce)?;
             let signed =
                 self.signer
                     .sign(receiver_id.clone(), nonce, key.block_hash, actions.clone())?;
@@ -167,6 +171,20 @@ impl TransactionSender {
                 other => return other,
             }
         }
+    }
+
+    /// The nonce to sign with next, given the access key's: one past it, or
+    /// past the last one signed here if that is higher.
+    fn next_nonce(&self, key_nonce: u64) -> Result<u64> {
+        let mut last = self
+            .last_nonce
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let nonce = key_nonce.max(*last).checked_add(1).ok_or_else(|| {
+            Error::invalid_response("query view_access_key", "the access key nonce is u64::MAX")
+        })?;
+        *last = nonce;
+        Ok(nonce)
     }
 
     /// Sends one signed transaction; on an ambiguous failure, looks it up by

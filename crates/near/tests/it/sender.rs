@@ -298,3 +298,48 @@ fn signer_secret() -> String {
         .to_near_secret_string()
         .to_string()
 }
+
+#[tokio::test]
+async fn calls_made_at_once_sign_different_nonces() {
+    let server = MockServer::start().await;
+    // Both calls read the key before either transaction executes.
+    Mock::given(rpc("query", access_key_params()))
+        .respond_with(access_key(5))
+        .expect(3)
+        .mount(&server)
+        .await;
+    Mock::given(Method("send_tx"))
+        .respond_with(ok(success_outcome(&expected(6).hash(), b"")))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let sender = sender(&server);
+    let clone = sender.clone();
+    let app = account("app.testnet");
+    let (first, second, third) = tokio::join!(
+        sender.function_call(&app, call()),
+        clone.function_call(&app, call()),
+        sender.function_call(&app, call()),
+    );
+    for outcome in [first, second, third] {
+        outcome.unwrap();
+    }
+    let mut nonces: Vec<u64> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).ok()?;
+            let signed = body["params"]["signed_tx_base64"].as_str()?;
+            Some(
+                SignedTransaction::from_base64(signed)
+                    .unwrap()
+                    .transaction()
+                    .nonce,
+            )
+        })
+        .collect();
+    nonces.sort_unstable();
+    assert_eq!(nonces, [6, 7, 8]);
+}
