@@ -449,10 +449,13 @@ pub async fn compose_production(
     // The registry is read at the state a wallet's transaction reaches first
     // (optimistic), not the final state a block or two behind it: a user who
     // just registered a coordinator goes on to provision its workers at once.
+    // The roster likewise: the server's own writes return once executed
+    // optimistically, and a final read right after would not show them.
     let registry: Arc<dyn Registry> = Arc::new(RpcRegistry::new(
         RegistryContract::with_sender(sender.clone(), production.registry_contract.clone())
             .reading_at(BlockReference::Optimistic),
-        CoordinatorContract::with_sender(sender, production.coordinator_contract.clone()),
+        CoordinatorContract::with_sender(sender, production.coordinator_contract.clone())
+            .reading_at(BlockReference::Optimistic),
     ));
     // Wallet-signed requests are checked against final state: a key just
     // added or removed counts once it is final.

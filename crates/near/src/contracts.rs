@@ -300,6 +300,13 @@ impl CoordinatorContract {
         &self.contract.id
     }
 
+    /// The same client, its views reading `block` instead of the latest
+    /// final block (e.g. `Optimistic`, to see a transaction that just executed).
+    pub fn reading_at(mut self, block: BlockReference) -> Self {
+        self.contract.block = block;
+        self
+    }
+
     /// `register_worker(worker_id, account_id?)` (the owner or a registered coordinator only).
     pub async fn register_worker(
         &self,

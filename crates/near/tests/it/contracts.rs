@@ -368,6 +368,26 @@ async fn roster_views_decode_optional_accounts() {
 }
 
 #[tokio::test]
+async fn a_roster_read_optimistically_sees_what_a_write_just_executed() {
+    let server = MockServer::start().await;
+    let mut optimistic = view_params(ROSTER, "get_registered_workers", &json!({}));
+    optimistic["finality"] = json!("optimistic");
+    Mock::given(rpc("query", optimistic))
+        .respond_with(ok(view_result(&json!([
+            {"worker_id": "did:key:z6MkA", "account_id": null, "registered_at": 5, "registered_by": "server.testnet", "active": true}
+        ]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let workers = roster(&server)
+        .reading_at(delibera_near::BlockReference::Optimistic)
+        .get_registered_workers()
+        .await
+        .unwrap();
+    assert_eq!(workers.len(), 1);
+}
+
+#[tokio::test]
 async fn roster_register_sends_null_for_a_missing_account() {
     let server = MockServer::start().await;
     mount_signed_call(
