@@ -83,6 +83,10 @@ pub enum ApiError {
     /// An outside service (registry, Ensue, Phala) failed.
     #[error("upstream service failed: {0}")]
     Upstream(String),
+    /// A change was sent and its outcome is not known yet: sending the
+    /// request again could make it twice.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// The server cannot store anything until its storage takes writes
     /// again (a full disk, an I/O error, a database restarting).
     #[error("the server cannot store new work right now; retry in {retry_after_secs} s")]
@@ -122,6 +126,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::StorageFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DamagedRecord { .. } | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -157,7 +162,9 @@ impl IntoResponse for ApiError {
             ApiError::DamagedRecord { id, detail } => {
                 tracing::error!(record = %id, %detail, "a stored record is damaged")
             }
-            ApiError::Upstream(detail) => tracing::warn!(%detail, "upstream error"),
+            ApiError::Upstream(detail) | ApiError::OutcomeUnknown(detail) => {
+                tracing::warn!(%detail, "upstream error")
+            }
             _ => tracing::debug!(%status, error = %self, "request rejected"),
         }
         // Most errors carry their message whole: it is written as it is.
@@ -167,6 +174,7 @@ impl IntoResponse for ApiError {
             | ApiError::NotFound(message)
             | ApiError::Conflict(message)
             | ApiError::Unprocessable(message)
+            | ApiError::OutcomeUnknown(message)
             | ApiError::NotOwner(message) => std::borrow::Cow::Borrowed(message.as_str()),
             other => std::borrow::Cow::Owned(other.to_string()),
         };
@@ -390,6 +398,7 @@ mod tests {
             ApiError::NotFound(text()),
             ApiError::Conflict(text()),
             ApiError::Unprocessable(text()),
+            ApiError::OutcomeUnknown(text()),
             ApiError::NotOwner(text()),
             ApiError::BadSignature(text()),
             ApiError::MethodNotAllowed,

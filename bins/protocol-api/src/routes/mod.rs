@@ -120,6 +120,11 @@ pub fn registry_error(error: delibera_near::Error) -> ApiError {
         Near::ContractPanic { message } => ApiError::Conflict(message),
         Near::Unconfirmed(reason) => ApiError::Conflict(reason.to_string()),
         Near::WouldReregister { .. } => ApiError::Conflict(error.to_string()),
+        // Not a plain 502: a caller that retried would sign the change again.
+        Near::TransactionPending { tx_hash } => ApiError::OutcomeUnknown(format!(
+            "the NEAR transaction {tx_hash} was sent and its outcome is not known yet; look it \
+             up before sending this request again, or the change may be made twice"
+        )),
         Near::Identity(delibera_identity::Error::InvalidAccountId { .. })
         | Near::InvalidInput { .. } => ApiError::BadRequest(error.to_string()),
         // The local registry's file on a full disk, failing I/O or busy:
@@ -147,6 +152,19 @@ pub fn registry_error(error: delibera_near::Error) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_of_unknown_outcome_is_504_naming_its_hash() {
+        let error = registry_error(delibera_near::Error::TransactionPending {
+            tx_hash: "8Ha8aXpvTrp1QAqkbGcqNW7rPp5bLg3QoL1tj7KQ9dt1".into(),
+        });
+        assert_eq!(error.status_code(), axum::http::StatusCode::GATEWAY_TIMEOUT);
+        let message = error.to_string();
+        assert!(
+            message.contains("8Ha8aXpvTrp1QAqkbGcqNW7rPp5bLg3QoL1tj7KQ9dt1"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn a_store_fault_under_the_local_registry_that_passes_is_503() {
