@@ -112,6 +112,9 @@ pub struct Worker {
     config: WorkerConfig,
     documents: DocumentFamily,
     last_round: Option<String>,
+    /// The status this worker wrote when it finished `last_round`
+    /// (`completed` or `failed`), if it finished it.
+    last_round_answer: Option<WorkerStatus>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -136,6 +139,7 @@ impl Worker {
             config: WorkerConfig::default(),
             documents: DocumentFamily::default(),
             last_round: None,
+            last_round_answer: None,
         }
     }
 
@@ -230,6 +234,16 @@ impl Worker {
         // task may be set again, and `pending` then means a new round.
         if !received.round_id_derived && self.last_round.as_deref() == Some(task.round_id.as_str())
         {
+            // `pending` again for a round this worker answered: the
+            // coordinator's status write was repeated after the answer (a
+            // retried batch). Its result is still there; the status saying
+            // so is written again, or the coordinator would never read it.
+            if let Some(answer) = self.last_round_answer {
+                tracing::info!(did = %self.did, round = %task.round_id, status = answer.as_str(),
+                    "the round was set pending again after this worker answered it; answering again");
+                self.write_with_retry(&self.status_key, answer.as_str())
+                    .await?;
+            }
             return Ok(PollOutcome::AlreadyRan {
                 round_id: task.round_id.clone(),
             });
@@ -241,6 +255,7 @@ impl Worker {
         .await?;
         // From here on this round counts as run, whatever happens next.
         self.last_round = Some(task.round_id.clone());
+        self.last_round_answer = None;
         tracing::info!(did = %self.did, proposal = %task.proposal_id, round = %task.round_id, "running task");
 
         let started_at = Utc::now();
@@ -286,6 +301,7 @@ impl Worker {
                     WorkerStatus::Completed.as_str(),
                 )
                 .await?;
+                self.last_round_answer = Some(WorkerStatus::Completed);
                 tracing::info!(did = %self.did, vote = %result.vote, "task completed");
                 Ok(PollOutcome::Completed(Box::new(result)))
             }
@@ -293,6 +309,7 @@ impl Worker {
                 let error = error.to_string();
                 tracing::warn!(did = %self.did, %error, "task failed");
                 self.write_failure(&error, answer_family).await?;
+                self.last_round_answer = Some(WorkerStatus::Failed);
                 Ok(PollOutcome::Failed {
                     round_id: Some(task.round_id.clone()),
                     error,

@@ -106,13 +106,25 @@ async fn the_same_round_is_never_run_twice() {
         Some("completed")
     );
 
-    // Someone sets `pending` again for the same round: not run again.
+    // Someone sets `pending` again for the same round (the coordinator's
+    // batch write repeated after the answer): not run again, and the
+    // answer's status written again so the coordinator reads the result.
     assign(&memory, &did(1), &round).await;
     assert_eq!(
         worker.poll_once().await.unwrap(),
         PollOutcome::AlreadyRan {
             round_id: "round-a".into()
         }
+    );
+    assert_eq!(
+        read(&memory, &did(1), "status").await.as_deref(),
+        Some("completed")
+    );
+    assert!(
+        read(&memory, &did(1), "result")
+            .await
+            .unwrap()
+            .contains("round-a")
     );
     // A new round runs.
     assign(&memory, &did(1), &task("round-b", Duration::from_secs(60))).await;
