@@ -442,11 +442,35 @@ impl WorkerDashboard {
         .map(|field| keys::agent(&self.did, field))
     }
 
+    /// The identity documents that can be read: one whose stored value
+    /// does not open (tampered, sealed under another key) counts as absent,
+    /// as the TypeScript worker reads it, so the next save replaces it
+    /// instead of every read failing for good.
+    async fn readable_documents(&self, keys: &[String]) -> Result<HashMap<String, String>, Error> {
+        match self.documents.get_many(keys).await {
+            Err(error) if error.is_unreadable_value() => {}
+            other => return Ok(other?),
+        }
+        let mut values = HashMap::with_capacity(keys.len());
+        for key in keys {
+            match self.documents.get(key).await {
+                Ok(Some(value)) => {
+                    values.insert(key.clone(), value);
+                }
+                Ok(None) => {}
+                Err(error) if error.is_unreadable_value() => {
+                    tracing::warn!(key, %error, "an identity document cannot be read; it counts as absent until it is saved again");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(values)
+    }
+
     async fn identity(&self) -> Result<Identity, Error> {
         let [manifesto_key, preferences_key, decisions_key] = self.document_keys();
         let values = self
-            .documents
-            .get_many(&[
+            .readable_documents(&[
                 manifesto_key.clone(),
                 preferences_key.clone(),
                 decisions_key.clone(),

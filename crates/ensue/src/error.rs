@@ -179,6 +179,19 @@ impl Error {
         matches!(self, Error::QuotaExceeded { .. })
     }
 
+    /// Whether a stored `aes256gcm:` value could not be opened (not base64,
+    /// too short, sealed under another key or tampered with, not UTF-8): the
+    /// value is unreadable, the store itself answered.
+    pub fn is_unreadable_value(&self) -> bool {
+        matches!(
+            self,
+            Error::CiphertextNotBase64
+                | Error::CiphertextTooShort { .. }
+                | Error::DecryptionFailed
+                | Error::PlaintextNotUtf8
+        )
+    }
+
     /// Whether this is [`Error::Unauthorized`].
     pub fn is_unauthorized(&self) -> bool {
         matches!(self, Error::Unauthorized { .. })

@@ -691,3 +691,52 @@ async fn bad_input_to_the_dashboard_routes_is_a_clear_400() {
         .await
         .unwrap();
 }
+
+/// An identity document whose stored value does not open (tampered, or
+/// sealed under another key) counts as absent, as the TypeScript worker
+/// reads it: the routes answer and the next save replaces it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_identity_document_is_replaced_by_the_next_save() {
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
+    let http = http();
+    let worker_key = key(84);
+    let (worker_base, stop_worker, worker) =
+        serve(Agent::new(env(AgentRole::Worker, &worker_key, "Worker", &ensue)).unwrap()).await;
+    healthy(&http, &worker_base, &worker_key.did()).await;
+    let preferences = format!("agent/{}/preferences", worker_key.did());
+    memory(&ensue)
+        .upsert(
+            &preferences,
+            "aes256gcm:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .await
+        .unwrap();
+
+    let (code, identity, _) =
+        browser_get(&http, &format!("{worker_base}/api/knowledge/identity")).await;
+    assert_eq!(code, 200, "{identity}");
+    let (code, fed, _) = browser_post(
+        &http,
+        &format!("{worker_base}/api/knowledge/feed"),
+        &json!({"notes": ["kept"]}),
+    )
+    .await;
+    assert_eq!(code, 200, "{fed}");
+    let (_, identity, _) =
+        browser_get(&http, &format!("{worker_base}/api/knowledge/identity")).await;
+    assert_eq!(identity["preferences"]["knowledgeNotes"], json!(["kept"]));
+    let stored = memory(&ensue).get(&preferences).await.unwrap().unwrap();
+    assert!(stored.starts_with("aes256gcm:"), "sealed again");
+    assert_ne!(stored, "aes256gcm:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+
+    drop(stop_worker);
+    worker.await.unwrap().unwrap();
+    within("the local Ensue to stop", ensue.stop())
+        .await
+        .unwrap();
+}
