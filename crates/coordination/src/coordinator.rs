@@ -23,6 +23,10 @@ use delibera_ensue::keys::{self, CoordinatorStatus, ProposalField, WorkerField, 
 /// The longest a round may wait; longer deadlines are cut to this.
 pub const MAX_ROUND_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The longest pause between sweeps while Ensue keeps failing (unless a
+/// rate limit asks for longer).
+const SWEEP_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
 /// The archive `status` of a proposal whose round is done.
 const PROPOSAL_DONE: &str = "completed";
 
@@ -55,6 +59,16 @@ impl CoordinatorConfig {
         Backoff::new(self.backoff_base, Duration::from_secs(5))
             .with_max_attempts(self.write_attempts)
             .with_jitter(Jitter::Additive { percent: 25 })
+    }
+
+    /// The pauses between sweeps while reading the statuses fails: from the
+    /// poll interval, doubling to [`SWEEP_BACKOFF_CAP`].
+    fn sweep_backoff(&self) -> Backoff {
+        Backoff::new(
+            self.poll_interval,
+            SWEEP_BACKOFF_CAP.max(self.poll_interval),
+        )
+        .with_jitter(Jitter::Additive { percent: 25 })
     }
 
     /// Keys per batch call: `batch_size`, between 1 and [`MAX_BATCH`].
@@ -377,20 +391,35 @@ impl Coordinator {
     ) -> HashMap<Did, Answer> {
         let mut answers = HashMap::new();
         let mut waiting: Vec<Did> = snapshot.to_vec();
+        let mut failures: u32 = 0;
         loop {
+            let mut pause = self.config.poll_interval;
             match self.sweep(task, &waiting).await {
                 Ok(found) => {
+                    failures = 0;
                     waiting.retain(|did| !found.contains_key(did));
                     answers.extend(found);
                 }
-                // Ensue may be down for a while; keep sweeping until the deadline.
-                Err(error) => tracing::warn!(%error, "reading worker statuses failed"),
+                // Ensue may be down for a while: keep sweeping until the
+                // deadline, further apart while it fails, and never sooner
+                // than a rate limit asked.
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let asked = match &error {
+                        Error::Memory(memory) => memory.retry_after(),
+                        _ => None,
+                    };
+                    pause = pause
+                        .max(self.config.sweep_backoff().delay(failures))
+                        .max(asked.unwrap_or_default());
+                    tracing::warn!(%error, ?pause, "reading worker statuses failed");
+                }
             }
             let now = Instant::now();
             if waiting.is_empty() || now >= ends_at {
                 break;
             }
-            tokio::time::sleep(self.config.poll_interval.min(ends_at - now)).await;
+            tokio::time::sleep(pause.min(ends_at - now)).await;
         }
         answers
     }

@@ -182,7 +182,16 @@ impl Worker {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let delay = self.config.backoff().delay(failures);
+                    // Never sooner than a rate limit asked.
+                    let asked = match &error {
+                        Error::Memory(memory) => memory.retry_after(),
+                        _ => None,
+                    };
+                    let delay = self
+                        .config
+                        .backoff()
+                        .delay(failures)
+                        .max(asked.unwrap_or_default());
                     tracing::warn!(did = %self.did, %error, ?delay, "poll failed; backing off");
                     delay
                 }

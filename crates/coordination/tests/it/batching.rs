@@ -328,3 +328,88 @@ impl Memory for Unbatched {
         self.store.delete(key).await
     }
 }
+
+/// Reads of several keys (or, with `single_reads`, of one) are refused as
+/// rate limited, asking for a wait of 30 s; everything else goes to the store.
+struct RateLimitedSweeps {
+    store: InMemory,
+    sweeps: AtomicUsize,
+    single_reads: bool,
+}
+
+#[async_trait::async_trait]
+impl Memory for RateLimitedSweeps {
+    async fn create(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.store.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: &str) -> delibera_ensue::Result<()> {
+        self.store.update(key, value).await
+    }
+    async fn get(&self, key: &str) -> delibera_ensue::Result<Option<String>> {
+        if self.single_reads {
+            self.sweeps.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::RateLimited {
+                retry_after: Some(Duration::from_secs(30)),
+            });
+        }
+        self.store.get(key).await
+    }
+    async fn get_many(&self, _keys: &[String]) -> delibera_ensue::Result<HashMap<String, String>> {
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        Err(Error::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+        })
+    }
+    async fn list_keys(&self, prefix: &str) -> delibera_ensue::Result<Vec<String>> {
+        self.store.list_keys(prefix).await
+    }
+    async fn delete(&self, key: &str) -> delibera_ensue::Result<()> {
+        self.store.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limited_sweep_waits_as_long_as_it_was_asked() {
+    let memory = Arc::new(RateLimitedSweeps {
+        store: InMemory::new(),
+        sweeps: AtomicUsize::new(0),
+        single_reads: false,
+    });
+    let coordinator = Coordinator::with_config(memory.clone(), fast_coordinator_config());
+    let dids = vec![nth_did(0), nth_did(1)];
+    // Sweeping every 10 ms for the round's 400 ms would be about 40 reads;
+    // asked to wait 30 s, the coordinator reads once, waits out the round
+    // and reads a last time at its deadline.
+    let tally = within(
+        "the round",
+        coordinator.run_round(
+            &Proposal::new("p-limited", "t"),
+            &dids,
+            Duration::from_millis(400),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tally.abstained, 2);
+    assert_eq!(memory.sweeps.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_rate_limited_worker_polls_again_only_when_it_was_asked() {
+    let memory = Arc::new(RateLimitedSweeps {
+        store: InMemory::new(),
+        sweeps: AtomicUsize::new(0),
+        single_reads: true,
+    });
+    // Polling every 10 ms, backing off to 50 ms: about ten polls in 400 ms
+    // without the service's answer; asked to wait 30 s, one.
+    let worker = spawn_worker(
+        nth_did(0),
+        memory.clone(),
+        Arc::new(Fixed(Vote::Approved)),
+        fast_worker_config(),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    worker.stop().await;
+    assert_eq!(memory.sweeps.load(Ordering::SeqCst), 1);
+}
