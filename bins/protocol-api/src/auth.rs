@@ -18,6 +18,7 @@ use delibera_near::{AccountId, KeyPermission, NEP413_SCHEME, SignedMessage, Sign
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::store::Database;
 
 /// The default `NEP413_RECIPIENT`.
 pub const DEFAULT_NEP413_RECIPIENT: &str = "delibera-protocol-api";
@@ -72,6 +73,8 @@ pub struct WalletAuth {
     recipient: String,
     /// Nonces spent, with the Unix millisecond after which they may be forgotten.
     nonces: Mutex<SpentNonces>,
+    /// Where replicas sharing a store record the nonces each spent.
+    shared: Option<Database>,
 }
 
 impl WalletAuth {
@@ -80,7 +83,15 @@ impl WalletAuth {
         Self {
             recipient: recipient.into(),
             nonces: Mutex::default(),
+            shared: None,
         }
+    }
+
+    /// Also spends each nonce in `database` when replicas share it, so a
+    /// request accepted by one is a replay on every other.
+    pub fn shared_through(mut self, database: &Database) -> Self {
+        self.shared = database.is_shared().then(|| database.clone());
+        self
     }
 
     /// Everything that needs no chain: `signed` is addressed to this server,
@@ -136,18 +147,29 @@ impl WalletAuth {
         Ok(unspent)
     }
 
-    /// Spends a checked nonce; a concurrent request that spent it first
-    /// makes this one a replay.
-    pub fn spend(&self, unspent: UnspentNonce, now_ms: u64) -> Result<(), ApiError> {
-        match self.spent(now_ms).by_nonce.entry(unspent.nonce) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(ApiError::BadSignature(
+    /// Spends a checked nonce, in this process and, where replicas share the
+    /// store, for all of them; a request that spent it first, here or on
+    /// another replica, makes this one a replay.
+    pub async fn spend(&self, unspent: UnspentNonce, now_ms: u64) -> Result<(), ApiError> {
+        let replay = || {
+            Err(ApiError::BadSignature(
                 "its nonce was used before (a replayed request)".into(),
-            )),
+            ))
+        };
+        match self.spent(now_ms).by_nonce.entry(unspent.nonce) {
+            std::collections::hash_map::Entry::Occupied(_) => return replay(),
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(unspent.forget_after);
-                Ok(())
             }
         }
+        if let Some(database) = &self.shared
+            && !database
+                .spend_wallet_nonce(&unspent.nonce, unspent.forget_after, now_ms)
+                .await?
+        {
+            return replay();
+        }
+        Ok(())
     }
 
     /// The spent nonces, those past their lifetime forgotten (at most once
@@ -278,7 +300,7 @@ pub async fn authenticate_write(
             )));
         }
     }
-    state.wallet_auth.spend(unspent, now_ms())?;
+    state.wallet_auth.spend(unspent, now_ms()).await?;
     tracing::debug!(account = %signed.account_id, "wallet-signed write");
     parts.extensions.insert(Caller::Account(signed.account_id));
     Ok(next.run(Request::from_parts(parts, Body::from(body))).await)

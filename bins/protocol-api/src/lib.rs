@@ -221,7 +221,9 @@ impl AppStateBuilder {
             ports,
             settings,
             admin_token: self.admin_token.map(Arc::new),
-            wallet_auth: Arc::new(WalletAuth::new(self.nep413_recipient)),
+            wallet_auth: Arc::new(
+                WalletAuth::new(self.nep413_recipient).shared_through(&self.database),
+            ),
             unauthenticated_writes: self.unauthenticated_writes,
             rate_limiter: Arc::new(PerMinuteLimiter::new(self.provision_rate_per_minute)),
             trusted_proxy_hops: self.trusted_proxy_hops,

@@ -448,6 +448,27 @@ impl Database {
         matches!(self.backend, Backend::Postgres(_))
     }
 
+    /// Spends a wallet-signed request's nonce for every replica sharing
+    /// this store, until `forget_after_ms` (Unix ms); false when one spent
+    /// it already (a replay). On SQLite, which one process owns, the
+    /// process's own record is the whole record: always true.
+    pub async fn spend_wallet_nonce(
+        &self,
+        nonce: &[u8; 32],
+        forget_after_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(postgres) => {
+                let millis = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+                postgres
+                    .spend_wallet_nonce(nonce, millis(forget_after_ms), millis(now_ms))
+                    .await
+            }
+        }
+    }
+
     /// Waits until this process may run the sweeps (and, on SQLite, the
     /// jobs) and returns the lock that says so: at once on SQLite, whose
     /// file one process owns; on

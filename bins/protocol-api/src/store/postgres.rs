@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_job_leases",
         include_str!("../../migrations/postgres/0002_job_leases.sql"),
     ),
+    (
+        3,
+        "0003_wallet_nonces",
+        include_str!("../../migrations/postgres/0003_wallet_nonces.sql"),
+    ),
 ];
 
 /// The first key of this server's advisory locks (`"DLBP"`); the second is
@@ -330,6 +335,34 @@ impl Postgres {
 
     /// A connection for a write: refused first when a simulated full disk
     /// says so.
+    /// Records `nonce` as spent until `forget_after_ms`; false when some
+    /// replica spent it already. Rows past their time go on the way.
+    pub(super) async fn spend_wallet_nonce(
+        &self,
+        nonce: &[u8],
+        forget_after_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let client = self.writer().await?;
+        let pg = |error| self.error(error);
+        client
+            .execute(
+                "DELETE FROM wallet_nonces WHERE forget_after < $1",
+                &[&now_ms],
+            )
+            .await
+            .map_err(pg)?;
+        let inserted = client
+            .execute(
+                "INSERT INTO wallet_nonces (nonce, forget_after) VALUES ($1, $2)
+                 ON CONFLICT (nonce) DO NOTHING",
+                &[&nonce, &forget_after_ms],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(inserted == 1)
+    }
+
     pub(super) async fn writer(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.faults.check(self.database())?;
         self.client().await

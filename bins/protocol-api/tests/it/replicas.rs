@@ -675,3 +675,76 @@ async fn a_replica_fails_an_unreadable_record_only_once_it_leads() {
     assert_eq!(code, StatusCode::OK, "{failed}");
     assert_eq!(failed["status"], "failed", "{failed}");
 }
+
+/// A wallet-signed request is good for five minutes on any replica: its
+/// nonce, spent by the replica that accepted it, is a replay on every other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wallet_signed_request_is_accepted_by_one_replica_only() {
+    let Some(db) =
+        TestDb::postgres("a_wallet_signed_request_is_accepted_by_one_replica_only").await
+    else {
+        return;
+    };
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut replicas = Vec::new();
+    for dir in [&dirs.0, &dirs.1] {
+        replicas.push(
+            TestApp::start(
+                dir.path(),
+                TestDeployer::healthy(),
+                Options {
+                    database: Some(db.open().await),
+                    ..Options::default()
+                },
+            )
+            .await,
+        );
+    }
+    // The roster's owner holds a key each replica's chain knows.
+    let owner = delibera_identity::Keypair::from_seed(&[7; 32]);
+    let account =
+        delibera_near::AccountId::parse(protocol_api::compose::LOCAL_SERVER_ACCOUNT).unwrap();
+    for replica in &replicas {
+        replica
+            .registry
+            .add_access_key(
+                &account,
+                &owner.public_key(),
+                delibera_near::KeyPermission::FullAccess,
+            )
+            .unwrap();
+    }
+    let body = json!({ "workerId": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK" })
+        .to_string();
+    let now = chrono::Utc::now().timestamp_millis() as u64;
+    let message =
+        delibera_near::SignedRequest::new("POST", "/api/workers/register", body.as_bytes(), now)
+            .message();
+    let authorization = delibera_near::SignedMessage::sign(
+        &owner,
+        account,
+        message,
+        [9; 32],
+        "delibera-protocol-api",
+    )
+    .to_authorization();
+    let send = |replica: &TestApp| {
+        let request = axum::http::Request::builder()
+            .method("POST")
+            .uri("/api/workers/register")
+            .header("authorization", authorization.as_str())
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.clone()))
+            .unwrap();
+        let api = replica.api.clone();
+        async move { api.send(request).await }
+    };
+    let (code, answer) = send(&replicas[0]).await;
+    assert!(code.is_success(), "{code} {answer}");
+    let (code, answer) = send(&replicas[1]).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("used before"),
+        "{answer}"
+    );
+}
