@@ -427,7 +427,16 @@ impl Memory for EnsueClient {
             .await;
         payload
             .and_then(|payload| check_items(&payload, key))
-            .map_err(|error| classify_error(error, key))
+            .map_err(|error| match error {
+                // The reference client reads an HTTP 404 to an update as a
+                // missing key, so `upsert` goes on to create it. Read as an
+                // expired MCP session instead, the create fails the same
+                // way and the 404 is reported: either reading ends right.
+                Error::UnexpectedStatus { status: 404, .. } => Error::NotFound {
+                    key: key.to_owned(),
+                },
+                other => classify_error(other, key),
+            })
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>> {

@@ -425,6 +425,32 @@ async fn direct_upsert_falls_back_to_create() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn upsert_creates_a_key_whose_update_was_answered_404() {
+    let server = MockServer::start().await;
+    expect_call(Call::Update.request())
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&server)
+        .await;
+    expect_call(mcp_call(
+        2,
+        "create_memory",
+        json!({ "items": [{ "key_name": "k", "value": "v", "description": "Memory at k" }] }),
+    ))
+    .respond_with(ok(
+        2,
+        json!({ "results": [{ "key_name": "k", "status": "success" }] }),
+    ))
+    .expect(1)
+    .mount(&server)
+    .await;
+    client(&server, Dialect::Mcp)
+        .upsert("k", "v")
+        .await
+        .unwrap();
+}
+
 // ----------------------------------------------------- not found / exists
 
 /// A call of the client, as a table case names it.
@@ -701,6 +727,13 @@ async fn every_error_answer_is_classified() {
             answer: ResponseTemplate::new(404),
             calls: 1,
             expected: |error| matches!(error, Error::UnexpectedStatus { status: 404, .. }),
+        },
+        Case {
+            name: "HTTP 404 to an update: the key is missing, as the reference reads it",
+            call: Call::Update,
+            answer: ResponseTemplate::new(404),
+            calls: 1,
+            expected: |error| matches!(error, Error::NotFound { key } if key == "k"),
         },
         Case {
             name: "JSON-RPC error: code and message kept",
