@@ -156,20 +156,26 @@ impl WalletAuth {
                 "its nonce was used before (a replayed request)".into(),
             ))
         };
-        match self.spent(now_ms).by_nonce.entry(unspent.nonce) {
-            std::collections::hash_map::Entry::Occupied(_) => return replay(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(unspent.forget_after);
+        // The shared record first: a store that fails for now (503) leaves
+        // the nonce unspent everywhere, so the same request may be retried.
+        if let Some(database) = &self.shared {
+            if self.spent(now_ms).by_nonce.contains_key(&unspent.nonce) {
+                return replay();
             }
-        }
-        if let Some(database) = &self.shared
-            && !database
+            if !database
                 .spend_wallet_nonce(&unspent.nonce, unspent.forget_after, now_ms)
                 .await?
-        {
-            return replay();
+            {
+                return replay();
+            }
         }
-        Ok(())
+        match self.spent(now_ms).by_nonce.entry(unspent.nonce) {
+            std::collections::hash_map::Entry::Occupied(_) => replay(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(unspent.forget_after);
+                Ok(())
+            }
+        }
     }
 
     /// The spent nonces, those past their lifetime forgotten (at most once

@@ -677,7 +677,8 @@ async fn a_replica_fails_an_unreadable_record_only_once_it_leads() {
 }
 
 /// A wallet-signed request is good for five minutes on any replica: its
-/// nonce, spent by the replica that accepted it, is a replay on every other.
+/// nonce, spent by the replica that accepted it, is a replay on every other,
+/// and one a failing store could not record is not spent at all.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wallet_signed_request_is_accepted_by_one_replica_only() {
     let Some(db) =
@@ -739,6 +740,11 @@ async fn a_wallet_signed_request_is_accepted_by_one_replica_only() {
         let api = replica.api.clone();
         async move { api.send(request).await }
     };
+    // A store that refuses the nonce's write for now spends it nowhere: the
+    // same request, sent again, is accepted.
+    replicas[0].database.simulate_full_disk_briefly(1);
+    let (code, answer) = send(&replicas[0]).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     let (code, answer) = send(&replicas[0]).await;
     assert!(code.is_success(), "{code} {answer}");
     let (code, answer) = send(&replicas[1]).await;
