@@ -12,7 +12,7 @@ use delibera_identity::Did;
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
-use crate::worker::iso_now;
+use crate::worker::{MAX_HONOURED_RETRY_AFTER, iso_now};
 use crate::{
     DocumentFamily, Error, Proposal, ReferenceTally, ReferenceTask, ReferenceWorkerResult, Result,
     ResultDocument, Tally, TaskDefinition, VOTE_TASK_TYPE, WorkerOutcome, WorkerOutcomeStatus,
@@ -411,7 +411,7 @@ impl Coordinator {
                     };
                     pause = pause
                         .max(self.config.sweep_backoff().delay(failures))
-                        .max(asked.unwrap_or_default());
+                        .max(asked.unwrap_or_default().min(MAX_HONOURED_RETRY_AFTER));
                     tracing::warn!(%error, ?pause, "reading worker statuses failed");
                 }
             }

@@ -17,6 +17,10 @@ use crate::{
 };
 use delibera_ensue::keys::{self, WorkerField, WorkerStatus};
 
+/// The longest wait a rate limit's `Retry-After` is honoured for by a
+/// worker's poll or a coordinator's sweep; a longer one is cut to this.
+pub(crate) const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
+
 /// Timing of a [`Worker`].
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -182,7 +186,8 @@ impl Worker {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    // Never sooner than a rate limit asked.
+                    // Never sooner than a rate limit asked, up to a bound:
+                    // a worker asked to wait a day would miss every round.
                     let asked = match &error {
                         Error::Memory(memory) => memory.retry_after(),
                         _ => None,
@@ -191,7 +196,7 @@ impl Worker {
                         .config
                         .backoff()
                         .delay(failures)
-                        .max(asked.unwrap_or_default());
+                        .max(asked.unwrap_or_default().min(MAX_HONOURED_RETRY_AFTER));
                     tracing::warn!(did = %self.did, %error, ?delay, "poll failed; backing off");
                     delay
                 }

@@ -88,7 +88,9 @@ impl fmt::Debug for NearSigner {
 ///   it is looked up by hash first. Only if the node does not know it is the
 ///   *identical* signed transaction resent (same nonce, so it applies at most
 ///   once); it is never re-signed. If its fate stays unknown the result is
-///   [`Error::TransactionPending`] with the hash to look up later.
+///   [`Error::TransactionPending`] with the hash to look up later. (Once a
+///   later transaction of this key executes, a pending one with a lower
+///   nonce can no longer land: looked up, it is then known not to have.)
 #[derive(Debug, Clone)]
 pub struct TransactionSender {
     rpc: NearRpc,

@@ -54,6 +54,10 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
+/// How much later than its own clock says a replica forgets spent wallet
+/// nonces: the clock skew between replicas it tolerates.
+const CLOCK_SKEW_MARGIN_MS: i64 = 5 * 60 * 1000;
+
 /// The first key of this server's advisory locks (`"DLBP"`); the second is
 /// what the lock guards, within the schema the connection uses.
 const LOCK_SPACE: i32 = 0x444c_4250;
@@ -333,10 +337,10 @@ impl Postgres {
         })
     }
 
-    /// A connection for a write: refused first when a simulated full disk
-    /// says so.
     /// Records `nonce` as spent until `forget_after_ms`; false when some
-    /// replica spent it already. Rows past their time go on the way.
+    /// replica spent it already. Rows past their time go on the way, five
+    /// minutes late: each replica judges a signature's age by its own clock,
+    /// and one running fast must not forget a nonce another still accepts.
     pub(super) async fn spend_wallet_nonce(
         &self,
         nonce: &[u8],
@@ -348,7 +352,7 @@ impl Postgres {
         client
             .execute(
                 "DELETE FROM wallet_nonces WHERE forget_after < $1",
-                &[&now_ms],
+                &[&now_ms.saturating_sub(CLOCK_SKEW_MARGIN_MS)],
             )
             .await
             .map_err(pg)?;
@@ -363,6 +367,8 @@ impl Postgres {
         Ok(inserted == 1)
     }
 
+    /// A connection for a write: refused first when a simulated full disk
+    /// says so.
     pub(super) async fn writer(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.faults.check(self.database())?;
         self.client().await
