@@ -247,6 +247,34 @@ impl StoreError {
     }
 }
 
+/// The tests' brief full disk, the same on both backends: `passed` more
+/// writes go through, then `count` are refused.
+#[derive(Default)]
+pub(super) struct RefusalCountdown {
+    pass_first: AtomicU64,
+    refuse_next: AtomicU64,
+}
+
+impl RefusalCountdown {
+    fn set(&self, passed: u64, count: u64) {
+        // In this order: a write between the two stores passes.
+        self.pass_first.store(passed, Ordering::SeqCst);
+        self.refuse_next.store(count, Ordering::SeqCst);
+    }
+
+    /// Counts one write; whether it is to be refused.
+    pub(super) fn refuses_this_one(&self) -> bool {
+        let take_one = |count: &AtomicU64| {
+            count
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+        };
+        !take_one(&self.pass_first) && take_one(&self.refuse_next)
+    }
+}
+
 /// What a unit of work on the connection fails with; SQLite's errors get the
 /// database's path on the way out.
 enum WorkError {
@@ -542,12 +570,8 @@ impl Database {
     /// have gone through: a fault that begins in the middle of a step.
     pub fn simulate_full_disk_after(&self, passed: u64, count: u64) {
         match &self.backend {
-            Backend::Sqlite(shared) => {
-                // In this order: a write between the two stores passes.
-                shared.counts.pass_first.store(passed, Ordering::SeqCst);
-                shared.counts.refuse_next.store(count, Ordering::SeqCst);
-            }
-            Backend::Postgres(postgres) => postgres.faults.refuse_after(passed, count),
+            Backend::Sqlite(shared) => shared.counts.refusals.set(passed, count),
+            Backend::Postgres(postgres) => postgres.faults.refusals.set(passed, count),
         }
     }
 

@@ -30,9 +30,9 @@ use std::time::Duration;
 use deadpool_postgres::{Pool, Runtime};
 use tokio_postgres::error::SqlState;
 
-use super::StoreError;
 use super::file::{KEY_CHECK, KEY_CHECK_TEXT};
 use super::pg_tls::{self, Tls};
+use super::{RefusalCountdown, StoreError};
 use crate::seal::SecretBox;
 
 /// The schema migrations this release carries, in order: version, name, SQL.
@@ -176,8 +176,7 @@ impl PostgresConfig {
 #[derive(Default)]
 pub(super) struct Faults {
     full: AtomicBool,
-    pass_first: AtomicU64,
-    refuse_next: AtomicU64,
+    pub(super) refusals: RefusalCountdown,
     refused: AtomicU64,
 }
 
@@ -186,26 +185,13 @@ impl Faults {
         self.full.store(full, Ordering::SeqCst);
     }
 
-    pub(super) fn refuse_after(&self, passed: u64, count: u64) {
-        self.pass_first.store(passed, Ordering::SeqCst);
-        self.refuse_next.store(count, Ordering::SeqCst);
-    }
-
     pub(super) fn refusals(&self) -> u64 {
         self.refused.load(Ordering::SeqCst)
     }
 
     /// Refuses this write if a simulated full disk says so.
     fn check(&self, database: &str) -> Result<(), StoreError> {
-        let take_one = |count: &AtomicU64| {
-            count
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                    left.checked_sub(1)
-                })
-                .is_ok()
-        };
-        let refuse_once = !take_one(&self.pass_first) && take_one(&self.refuse_next);
-        if refuse_once || self.full.load(Ordering::SeqCst) {
+        if self.refusals.refuses_this_one() || self.full.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Full {
                 path: database.to_owned(),

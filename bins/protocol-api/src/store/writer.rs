@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::RefusalCountdown;
 use super::view::{StatusView, ViewChange};
 use super::{StoreError, WorkError};
 use crate::seal::SecretBox;
@@ -127,10 +128,8 @@ pub(super) struct WriteCounts {
     pub(super) queued: AtomicUsize,
     /// Transactions committed.
     pub(super) commits: AtomicU64,
-    /// Transactions still to let through before refusing (tests).
-    pub(super) pass_first: AtomicU64,
-    /// Transactions still to refuse as on a full disk (tests).
-    pub(super) refuse_next: AtomicU64,
+    /// Transactions to refuse as on a full disk (tests).
+    pub(super) refusals: RefusalCountdown,
 }
 
 impl Writer {
@@ -192,15 +191,9 @@ impl Writer {
     /// changes of the writes that succeeded.
     fn commit(&self, conn: &Connection, batch: &mut [Write]) -> Result<Changes, StoreError> {
         let sqlite = |error| StoreError::sqlite(&self.path, error);
-        let take_one = |count: &AtomicU64| {
-            count
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                    left.checked_sub(1)
-                })
-                .is_ok()
-        };
-        let refuse_once = !take_one(&self.counts.pass_first) && take_one(&self.counts.refuse_next);
-        if refuse_once || self.simulated_full_disk.load(Ordering::SeqCst) {
+        if self.counts.refusals.refuses_this_one()
+            || self.simulated_full_disk.load(Ordering::SeqCst)
+        {
             self.refused_writes
                 .fetch_add(batch.len() as u64, Ordering::SeqCst);
             return Err(sqlite(rusqlite::Error::SqliteFailure(
