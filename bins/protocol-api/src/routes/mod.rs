@@ -129,17 +129,7 @@ pub fn registry_error(error: delibera_near::Error) -> ApiError {
         | Near::InvalidInput { .. } => ApiError::BadRequest(error.to_string()),
         // The local registry's file on a full disk, failing I/O or busy:
         // come back later, as for the job store.
-        Near::Storage(ref sqlite)
-            if matches!(
-                sqlite.sqlite_error_code(),
-                Some(
-                    rusqlite::ErrorCode::DiskFull
-                        | rusqlite::ErrorCode::SystemIoFailure
-                        | rusqlite::ErrorCode::DatabaseBusy
-                        | rusqlite::ErrorCode::DatabaseLocked
-                )
-            ) =>
-        {
+        Near::Storage(ref sqlite) if crate::store::sqlite_failure_passes(sqlite) => {
             ApiError::storage_full()
         }
         Near::Storage(_) | Near::DataDir(_) | Near::NoSigner | Near::Identity(_) => {

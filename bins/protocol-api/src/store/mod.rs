@@ -158,18 +158,7 @@ impl StoreError {
         match self {
             StoreError::Full { .. } => true,
             StoreError::Postgres { transient, .. } => *transient,
-            // An I/O error (a failed write or fsync, a `-shm` file that cannot
-            // grow on a full disk) leaves the database as it was before the
-            // transaction: the jobs wait for the disk like on a full one, and
-            // a disk that never recovers keeps them waiting, not failed.
-            StoreError::Sqlite { source, .. } => matches!(
-                source.sqlite_error_code(),
-                Some(
-                    ErrorCode::DatabaseBusy
-                        | ErrorCode::DatabaseLocked
-                        | ErrorCode::SystemIoFailure
-                )
-            ),
+            StoreError::Sqlite { source, .. } => sqlite_failure_passes(source),
             _ => false,
         }
     }
@@ -245,6 +234,23 @@ impl StoreError {
             },
         }
     }
+}
+
+/// Whether a SQLite failure passes by itself: a full disk, a busy or locked
+/// database, or an I/O error (a failed write or fsync, a `-shm` file that
+/// cannot grow on a full disk), which leaves the database as it was before
+/// the transaction. Writes wait for such a disk as for a full one, and one
+/// that never recovers keeps them waiting, not failed.
+pub fn sqlite_failure_passes(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+        )
+    )
 }
 
 /// The tests' brief full disk, the same on both backends: `passed` more
