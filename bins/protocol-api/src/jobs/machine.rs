@@ -1115,22 +1115,16 @@ impl JobMachine {
                     // Kept until the store takes it: a hosted org's key is
                     // not shown again, and an attempt driven anew would
                     // register another org under the next name.
-                    let mut retries = 0;
-                    while let Err(error) = self
-                        .org_keys
-                        .put(did.as_str(), &org_name, &org.api_key)
-                        .await
-                    {
-                        if !error.is_transient() {
-                            return Err(StepError::Store(error));
-                        }
-                        retries += 1;
-                        if retries == 1 {
+                    crate::store::until_stored(
+                        &self.settings.storage_retry,
+                        || self.org_keys.put(did.as_str(), &org_name, &org.api_key),
+                        |error| {
                             tracing::warn!(job = %job.id, %error,
                                 "the new Ensue org's key waits for its store: it is saved once the store can be written again");
-                        }
-                        tokio::time::sleep(self.settings.storage_retry.delay(retries)).await;
-                    }
+                        },
+                    )
+                    .await
+                    .map_err(StepError::Store)?;
                     job.ensue_org_name = Some(org_name);
                     keep_org_credentials(job, org);
                     return Ok(JobStatus::PreparingPhala);

@@ -31,20 +31,16 @@ impl DeploymentJournal for DeploymentStore {
         // The local deployer stops an agent its journal cannot remember, and
         // the job fails with it: a store that refuses writes only for now (a
         // full disk, an I/O error, a lost connection) is waited out instead.
-        let mut retries = 0;
-        loop {
-            match self.save_sealed(&record.id, &sealed).await {
-                Err(error) if error.is_transient() => {
-                    retries += 1;
-                    if retries == 1 {
-                        tracing::warn!(deployment = %record.id, %error,
-                            "the local agent's journal entry waits for its store: it is saved once the store can be written again");
-                    }
-                    tokio::time::sleep(JOURNAL_RETRY.delay(retries)).await;
-                }
-                result => return result.map_err(journal_error),
-            }
-        }
+        super::until_stored(
+            &JOURNAL_RETRY,
+            || self.save_sealed(&record.id, &sealed),
+            |error| {
+                tracing::warn!(deployment = %record.id, %error,
+                    "the local agent's journal entry waits for its store: it is saved once the store can be written again");
+            },
+        )
+        .await
+        .map_err(journal_error)
     }
 
     async fn remove(&self, id: &str) -> delibera_agent::Result<()> {

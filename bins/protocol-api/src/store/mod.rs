@@ -253,6 +253,34 @@ pub fn sqlite_failure_passes(error: &rusqlite::Error) -> bool {
     )
 }
 
+/// Runs `write` until it stores or fails for good: while the store refuses
+/// writes for now ([`StoreError::is_transient`]) it waits as `pauses` says,
+/// and `waiting` hears the first refusal. For a write that records work
+/// done outside, which a passing fault must not undo.
+pub(crate) async fn until_stored<T, Fut>(
+    pauses: &delibera_backoff::Backoff,
+    mut write: impl FnMut() -> Fut,
+    waiting: impl FnOnce(&StoreError),
+) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut waiting = Some(waiting);
+    let mut retries = 0;
+    loop {
+        match write().await {
+            Err(error) if error.is_transient() => {
+                if let Some(waiting) = waiting.take() {
+                    waiting(&error);
+                }
+                retries += 1;
+                tokio::time::sleep(pauses.delay(retries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The tests' brief full disk, the same on both backends: `passed` more
 /// writes go through, then `count` are refused.
 #[derive(Default)]
