@@ -12,7 +12,7 @@ use delibera_identity::Did;
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
-use crate::worker::{MAX_HONOURED_RETRY_AFTER, iso_now};
+use crate::worker::{honoured_retry_after, iso_now};
 use crate::{
     DocumentFamily, Error, Proposal, ReferenceTally, ReferenceTask, ReferenceWorkerResult, Result,
     ResultDocument, Tally, TaskDefinition, VOTE_TASK_TYPE, WorkerOutcome, WorkerOutcomeStatus,
@@ -405,13 +405,9 @@ impl Coordinator {
                 // than a rate limit asked.
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let asked = match &error {
-                        Error::Memory(memory) => memory.retry_after(),
-                        _ => None,
-                    };
                     pause = pause
                         .max(self.config.sweep_backoff().delay(failures))
-                        .max(asked.unwrap_or_default().min(MAX_HONOURED_RETRY_AFTER));
+                        .max(honoured_retry_after(&error));
                     tracing::warn!(%error, ?pause, "reading worker statuses failed");
                 }
             }

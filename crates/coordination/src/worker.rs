@@ -19,7 +19,18 @@ use delibera_ensue::keys::{self, WorkerField, WorkerStatus};
 
 /// The longest wait a rate limit's `Retry-After` is honoured for by a
 /// worker's poll or a coordinator's sweep; a longer one is cut to this.
-pub(crate) const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
+const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
+
+/// How long `error` asked to be left alone (a rate limit's `Retry-After`),
+/// up to [`MAX_HONOURED_RETRY_AFTER`]: a worker asked to wait a day would
+/// miss every round. Zero when it asked nothing.
+pub(crate) fn honoured_retry_after(error: &Error) -> Duration {
+    let asked = match error {
+        Error::Memory(memory) => memory.retry_after(),
+        _ => None,
+    };
+    asked.unwrap_or_default().min(MAX_HONOURED_RETRY_AFTER)
+}
 
 /// Timing of a [`Worker`].
 #[derive(Debug, Clone)]
@@ -186,17 +197,12 @@ impl Worker {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    // Never sooner than a rate limit asked, up to a bound:
-                    // a worker asked to wait a day would miss every round.
-                    let asked = match &error {
-                        Error::Memory(memory) => memory.retry_after(),
-                        _ => None,
-                    };
+                    // Never sooner than a rate limit asked.
                     let delay = self
                         .config
                         .backoff()
                         .delay(failures)
-                        .max(asked.unwrap_or_default().min(MAX_HONOURED_RETRY_AFTER));
+                        .max(honoured_retry_after(&error));
                     tracing::warn!(did = %self.did, %error, ?delay, "poll failed; backing off");
                     delay
                 }
