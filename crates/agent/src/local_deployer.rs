@@ -400,6 +400,14 @@ impl LocalDeployer {
         Ok(())
     }
 
+    /// The running agent deployed under `name`, and its port.
+    fn running_named(&self, name: &DeploymentName) -> Option<(Deployment, u16)> {
+        self.lock()
+            .iter()
+            .find(|(_, agent)| agent.name == *name)
+            .map(|(id, agent)| (agent.deployment(id), agent.port))
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, LocalAgent>> {
         // Each critical section is one map operation, so a poisoned map is whole.
         self.agents.lock().unwrap_or_else(PoisonError::into_inner)
@@ -412,12 +420,7 @@ impl Deployer for LocalDeployer {
         // The name is the idempotency key here too. The agent's journal
         // entry is saved again (the save replaces it): the deploy that
         // started it may have been dropped while its save waited.
-        let running = self
-            .lock()
-            .iter()
-            .find(|(_, agent)| agent.name == spec.name)
-            .map(|(id, agent)| (agent.deployment(id), agent.port));
-        if let Some((existing, port)) = running {
+        if let Some((existing, port)) = self.running_named(&spec.name) {
             self.journal_or_stop(&existing.id, port, spec).await?;
             return Ok(existing);
         }
@@ -433,10 +436,8 @@ impl Deployer for LocalDeployer {
 
     async fn find(&self, spec: &AgentSpec) -> delibera_deploy::Result<Option<Deployment>> {
         Ok(self
-            .lock()
-            .iter()
-            .find(|(_, agent)| agent.name == spec.name)
-            .map(|(id, agent)| agent.deployment(id)))
+            .running_named(&spec.name)
+            .map(|(deployment, _)| deployment))
     }
 
     async fn status(&self, id: &str) -> delibera_deploy::Result<DeploymentStatus> {
