@@ -461,4 +461,11 @@ impl Deployer for LocalDeployer {
         }
         stopped
     }
+
+    async fn teardown_named(&self, name: &DeploymentName) -> delibera_deploy::Result<bool> {
+        match self.running_named(name) {
+            Some((deployment, _)) => self.teardown(&deployment.id).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
 }

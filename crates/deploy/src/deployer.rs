@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::{AgentSpec, Deployment, DeploymentStatus, Result};
+use crate::{AgentSpec, Deployment, DeploymentName, DeploymentStatus, Result};
 
 /// Runs agents and removes them again; held by the server as `Arc<dyn Deployer>`.
 ///
@@ -27,4 +27,10 @@ pub trait Deployer: Send + Sync {
     /// Removes a deployment so it stops running (and costing money). Removing
     /// one that is already gone succeeds.
     async fn teardown(&self, id: &str) -> Result<()>;
+
+    /// Removes the deployment made under `name`, if there is one, and says
+    /// whether there was: the teardown of a deploy that failed after the
+    /// backend may have made it, its id unknown
+    /// ([`Error::LeftBehind`](crate::Error::LeftBehind) without an id).
+    async fn teardown_named(&self, name: &DeploymentName) -> Result<bool>;
 }

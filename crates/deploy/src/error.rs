@@ -74,6 +74,19 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A deploy failed after the backend may have made the deployment, which
+    /// may still run (and cost money): the caller tears it down, by `id`
+    /// when known, else by `name` ([`Deployer::teardown_named`](crate::Deployer::teardown_named)).
+    #[error("{source}; a deployment may be left running under {name}")]
+    LeftBehind {
+        /// The deployment's name.
+        name: String,
+        /// The deployment's id, when the backend gave one.
+        id: Option<String>,
+        /// Why the deploy failed.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -88,13 +101,11 @@ impl Error {
 
     /// Whether repeating the call may succeed (a backend's transient failure).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Backend {
-                retryable: true,
-                ..
-            }
-        )
+        match self {
+            Error::Backend { retryable, .. } => *retryable,
+            Error::LeftBehind { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 
     pub(crate) fn invalid_var(name: &'static str, reason: impl Into<String>) -> Self {

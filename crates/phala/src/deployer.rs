@@ -177,16 +177,27 @@ impl PhalaDeployer {
     }
 
     /// The endpoint of a committed CVM; a CVM we cannot reach still costs
-    /// money, so it is deleted when its URL never appears.
-    async fn endpoint_or_cleanup(&self, cvm_id: &str, port: u16) -> Result<String> {
+    /// money, so it is deleted when its URL never appears, and reported
+    /// left behind when that fails too.
+    async fn endpoint_or_cleanup(
+        &self,
+        name: &DeploymentName,
+        cvm_id: &str,
+        port: u16,
+    ) -> Result<String> {
         match self.await_endpoint(cvm_id, port).await {
             Ok(url) => Ok(url),
-            Err(error) => {
-                if let Err(teardown_error) = self.client.delete(cvm_id).await {
+            Err(error) => match self.client.delete(cvm_id).await {
+                Ok(()) => Err(error),
+                Err(teardown_error) => {
                     tracing::warn!(%cvm_id, %teardown_error, "cleanup of a failed deploy failed");
+                    Err(Error::LeftBehind {
+                        name: name.to_string(),
+                        cvm_id: Some(cvm_id.to_owned()),
+                        source: Box::new(error),
+                    })
                 }
-                Err(error)
-            }
+            },
         }
     }
 
@@ -290,21 +301,25 @@ impl PhalaDeployer {
                 return self.adopt_named(spec, error).await;
             }
             // Retried and still no answer (a timeout, a reset, a 5xx): a
-            // commit may have made the CVM with its answer lost, and the job
-            // that fails now would never tear it down. One under the name
-            // is this deploy's; if none is found (or the list fails too),
-            // the commit's own error is the one to report.
+            // commit may have made the CVM with its answer lost. One under
+            // the name is this deploy's. If none is found (or the list fails
+            // too), it may still appear: the caller is told to tear it down
+            // by name.
             Err(error) if error.is_retryable() => {
                 return match self.find_after_unanswered_commit(&spec.name).await {
                     Some(cvm) => self.adopt(&spec.name, &cvm, port).await,
-                    None => Err(error),
+                    None => Err(Error::LeftBehind {
+                        name: spec.name.to_string(),
+                        cvm_id: None,
+                        source: Box::new(error),
+                    }),
                 };
             }
             Err(error) => return Err(error),
         };
         let cvm_id = cvm.cvm_id().to_owned();
         tracing::info!(%cvm_id, name = %spec.name, "CVM committed");
-        let endpoint_url = self.endpoint_or_cleanup(&cvm_id, port).await?;
+        let endpoint_url = self.endpoint_or_cleanup(&spec.name, &cvm_id, port).await?;
         Ok(self.deployment(spec.name.clone(), cvm_id, endpoint_url))
     }
 
@@ -340,7 +355,7 @@ impl PhalaDeployer {
     async fn adopt(&self, name: &DeploymentName, cvm: &Cvm, port: u16) -> Result<Deployment> {
         let cvm_id = cvm.cvm_id().to_owned();
         tracing::info!(%cvm_id, %name, "adopting the CVM already deployed under this name");
-        let endpoint_url = self.endpoint_or_cleanup(&cvm_id, port).await?;
+        let endpoint_url = self.endpoint_or_cleanup(name, &cvm_id, port).await?;
         Ok(self.deployment(name.clone(), cvm_id, endpoint_url))
     }
 }
@@ -370,5 +385,15 @@ impl Deployer for PhalaDeployer {
 
     async fn teardown(&self, cvm_id: &str) -> delibera_deploy::Result<()> {
         Ok(self.client.delete(cvm_id).await?)
+    }
+
+    async fn teardown_named(&self, name: &DeploymentName) -> delibera_deploy::Result<bool> {
+        let Some(cvm) = self.find_cvm(name).await? else {
+            return Ok(false);
+        };
+        let cvm_id = cvm.cvm_id();
+        tracing::info!(%cvm_id, %name, "tearing down the CVM a failed deploy left behind");
+        self.client.delete(cvm_id).await?;
+        Ok(true)
     }
 }

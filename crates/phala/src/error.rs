@@ -112,6 +112,19 @@ pub enum Error {
         /// How long we waited.
         elapsed: Duration,
     },
+    /// A deploy failed after Phala may have made its CVM, which may still run
+    /// (and bill): `cvm_id` when known (its cleanup failed too), else only
+    /// the name (the commit was never answered and no CVM was found under it).
+    #[error("{source}; a CVM may be left running under {name}")]
+    LeftBehind {
+        /// The deployment's name.
+        name: String,
+        /// The CVM, when Phala gave its id.
+        cvm_id: Option<String>,
+        /// Why the deploy failed.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// `Result` with this crate's [`Error`].
@@ -120,7 +133,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<Error> for delibera_deploy::Error {
     /// A Phala failure as the `Deployer` port reports it.
     fn from(error: Error) -> Self {
-        delibera_deploy::Error::backend("Phala Cloud", error.is_retryable(), error)
+        match error {
+            Error::LeftBehind {
+                name,
+                cvm_id,
+                source,
+            } => delibera_deploy::Error::LeftBehind {
+                name,
+                id: cvm_id,
+                source: Box::new((*source).into()),
+            },
+            error => delibera_deploy::Error::backend("Phala Cloud", error.is_retryable(), error),
+        }
     }
 }
 
@@ -338,12 +362,13 @@ impl Error {
     /// timeouts and transport failures. The caller still decides whether the
     /// request is safe to repeat.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Server(_)
-                | Error::RateLimited(_)
-                | Error::Timeout { .. }
-                | Error::Transport { .. }
-        )
+            | Error::RateLimited(_)
+            | Error::Timeout { .. }
+            | Error::Transport { .. } => true,
+            Error::LeftBehind { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 }

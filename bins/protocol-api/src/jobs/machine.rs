@@ -50,6 +50,11 @@ const CLAIM_BATCH: i64 = 64;
 /// deployment is tried again.
 const TEARDOWN_RETRY: Duration = Duration::from_secs(60);
 
+/// How long after a deploy failed a deployment it may have made, whose id
+/// it never learned, is looked for by name: one whose creation was not
+/// answered can show up in the backend's list only later.
+const LEFT_BEHIND_WATCH: Duration = Duration::from_secs(30 * 60);
+
 /// A job [`JobMachine::start`] returns.
 #[derive(Debug)]
 pub struct StartedJob {
@@ -95,6 +100,9 @@ pub struct JobMachine {
     /// Places for jobs in their first steps, the ones this machine's CPU
     /// does ([`runs_here`]); see [`Settings::jobs_beginning_at_once`].
     beginning: Arc<tokio::sync::Semaphore>,
+    /// Wakes the expiry sweeper when a job fails with a teardown still to
+    /// do, so it is tried now rather than at the next expiry.
+    teardown_due: Arc<tokio::sync::Notify>,
 }
 
 /// The jobs this process works on (drives, or registers), so none is
@@ -286,6 +294,7 @@ impl JobMachine {
             settings,
             runner: Arc::default(),
             beginning,
+            teardown_due: Arc::default(),
         }
     }
 
@@ -828,7 +837,10 @@ impl JobMachine {
                         TEARDOWN_RETRY
                     }
                 };
-                tokio::time::sleep(next).await;
+                tokio::select! {
+                    () = tokio::time::sleep(next) => {}
+                    () = machine.teardown_due.notified() => {}
+                }
             }
         });
     }
@@ -886,11 +898,34 @@ impl JobMachine {
     /// later). An expired job's error then says its deployment was torn
     /// down; any other failure keeps its error.
     async fn tear_down_pending(&self, mut job: Job) -> Result<bool, StoreError> {
-        if let Some(id) = &job.cvm_id
-            && let Err(error) = self.ports.deployer.teardown(id).await
-        {
-            tracing::warn!(job = %job.id, deployment = %id, %error, "tearing down a failed job's deployment failed; will try again");
-            return Ok(false);
+        // Without an id, the deploy failed after it may have made one: it
+        // is looked for by the job's deployment name until one is found or
+        // the watch is over.
+        let torn_down = match &job.cvm_id {
+            Some(id) => self.ports.deployer.teardown(id).await.map(|()| true),
+            None => {
+                self.ports
+                    .deployer
+                    .teardown_named(&job.deployment_name())
+                    .await
+            }
+        };
+        match torn_down {
+            Err(error) => {
+                let deployment = job
+                    .cvm_id
+                    .clone()
+                    .unwrap_or_else(|| job.deployment_name().to_string());
+                tracing::warn!(job = %job.id, %deployment, %error, "tearing down a failed job's deployment failed; will try again");
+                return Ok(false);
+            }
+            Ok(false)
+                if (Utc::now() - job.updated_at).to_std().unwrap_or_default()
+                    < LEFT_BEHIND_WATCH =>
+            {
+                return Ok(false);
+            }
+            Ok(_) => {}
         }
         job.deployment_teardown_pending = false;
         if job
@@ -1014,6 +1049,20 @@ impl JobMachine {
                     // One line per failed job: its error is in its record.
                     tracing::info!(job = %id, step = from.as_str(),
                         error = job.error.as_deref().unwrap_or_default(), "provisioning job failed");
+                    // Tried here first, since only one replica sweeps; if
+                    // it is not done, the sweeper here tries again soon.
+                    if job.deployment_teardown_pending {
+                        let done = self
+                            .tear_down_pending(job.clone())
+                            .await
+                            .unwrap_or_else(|error| {
+                                tracing::warn!(job = %id, %error, "recording a teardown failed; the sweeper tries again");
+                                false
+                            });
+                        if !done {
+                            self.teardown_due.notify_one();
+                        }
+                    }
                 }
             }
             committed = Some(job);
@@ -1173,10 +1222,19 @@ impl JobMachine {
         let found = if first_try {
             None
         } else {
-            deployer
-                .find(&spec)
-                .await
-                .map_err(|error| format!("looking for an earlier deployment failed: {error}"))?
+            match deployer.find(&spec).await {
+                Ok(found) => found,
+                // The earlier try's deployment may run, unseen: the failed
+                // job is marked so it is torn down.
+                Err(error) => {
+                    return Err(mark_left_behind(
+                        job,
+                        "looking for an earlier deployment failed",
+                        error,
+                        true,
+                    ));
+                }
+            }
         };
         let deployment = match found {
             Some(deployment) => {
@@ -1186,7 +1244,7 @@ impl JobMachine {
             None => deployer
                 .deploy(&spec)
                 .await
-                .map_err(|error| format!("deployment failed: {error}"))?,
+                .map_err(|error| mark_left_behind(job, "deployment failed", error, false))?,
         };
         job.cvm_id = Some(deployment.id);
         job.endpoint = Some(deployment.endpoint_url);
@@ -1720,6 +1778,27 @@ pub fn ensue_org_name(display_name: &str, did: &Did) -> String {
 
 /// How the `error` of an expired job begins.
 const EXPIRED: &str = "expired: ";
+
+/// The error text of a failed deploy step, marking the job for a teardown
+/// when the deploy may have left a deployment running: always when
+/// `may_have_deployed` (an earlier try went unseen), else when the deployer
+/// says so ([`delibera_deploy::Error::LeftBehind`]). The sweeper then tears
+/// it down, by id when known, else by the job's deployment name.
+fn mark_left_behind(
+    job: &mut Job,
+    what: &str,
+    error: delibera_deploy::Error,
+    may_have_deployed: bool,
+) -> String {
+    let (error, id) = match error {
+        delibera_deploy::Error::LeftBehind { id, source, .. } => (*source, id),
+        error if may_have_deployed => (error, None),
+        error => return format!("{what}: {error}"),
+    };
+    job.cvm_id = id;
+    job.deployment_teardown_pending = true;
+    format!("{what}: {error}; anything it may have left running is being torn down")
+}
 
 /// The `error` of an expired job, before and after its teardown.
 fn expiry_message(expiry: Duration, torn_down: bool) -> String {

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use delibera_deploy::{AgentSpec, Deployer, Deployment, DeploymentStatus, HealthGate};
+use delibera_deploy::{
+    AgentSpec, Deployer, Deployment, DeploymentName, DeploymentStatus, HealthGate,
+};
 use delibera_ensue_local::LocalEnsue;
 use delibera_near::{AccountId, ChainRegistrar, LocalRegistry, Registrar};
 use delibera_storacha::LocalSpaceDelegator;
@@ -74,6 +76,15 @@ pub struct TestDeployer {
     /// While set, every teardown fails (the deployment stays).
     pub failing_teardowns: AtomicBool,
     pub hang_after_deploy: AtomicBool,
+    /// While set, a deploy makes its deployment and then fails as if its
+    /// answer was lost ([`delibera_deploy::Error::LeftBehind`], no id).
+    pub leaves_behind: AtomicBool,
+    /// While set, every lookup by name fails.
+    pub failing_finds: AtomicBool,
+    /// While set, what a deploy leaves behind is not listed (found by
+    /// name) until [`TestDeployer::list_unlisted`].
+    pub unlisted_left_behind: AtomicBool,
+    unlisted: Mutex<Vec<(Deployment, tokio::sync::oneshot::Sender<()>)>>,
     pub deploys: AtomicUsize,
     pub finds: AtomicUsize,
     pub teardowns: Mutex<Vec<String>>,
@@ -89,12 +100,16 @@ impl TestDeployer {
             healthy: Arc::new(AtomicBool::new(healthy)),
             failing_teardowns: AtomicBool::new(false),
             hang_after_deploy: AtomicBool::new(false),
+            leaves_behind: AtomicBool::new(false),
+            failing_finds: AtomicBool::new(false),
             deploys: AtomicUsize::new(0),
             finds: AtomicUsize::new(0),
             teardowns: Mutex::default(),
             envs: Mutex::default(),
             specs: Mutex::default(),
             servers: Mutex::default(),
+            unlisted_left_behind: AtomicBool::new(false),
+            unlisted: Mutex::default(),
             cvms: Some(
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
@@ -111,6 +126,14 @@ impl TestDeployer {
 
     pub fn unhealthy() -> Arc<Self> {
         Self::new(false)
+    }
+
+    /// Lists what deploys left behind unlisted, as a backend's list catches up.
+    pub fn list_unlisted(&self) {
+        let mut servers = self.servers.lock().unwrap();
+        for (deployment, stop) in self.unlisted.lock().unwrap().drain(..) {
+            servers.insert(deployment.id.clone(), (deployment, stop));
+        }
     }
 
     pub fn last_env(&self) -> HashMap<String, String> {
@@ -173,18 +196,44 @@ impl Deployer for TestDeployer {
             dashboard_url: format!("{url}/dashboard"),
             endpoint_url: url,
         };
-        self.servers
-            .lock()
-            .unwrap()
-            .insert(deployment.id.clone(), (deployment.clone(), stop_tx));
+        let leaves_behind = self.leaves_behind.load(Ordering::SeqCst);
+        if leaves_behind && self.unlisted_left_behind.load(Ordering::SeqCst) {
+            self.unlisted
+                .lock()
+                .unwrap()
+                .push((deployment.clone(), stop_tx));
+        } else {
+            self.servers
+                .lock()
+                .unwrap()
+                .insert(deployment.id.clone(), (deployment.clone(), stop_tx));
+        }
         if hangs {
             std::future::pending::<()>().await;
+        }
+        if leaves_behind {
+            return Err(delibera_deploy::Error::LeftBehind {
+                name: spec.name.to_string(),
+                id: None,
+                source: Box::new(delibera_deploy::Error::backend(
+                    "test deployer",
+                    true,
+                    "the commit was never answered",
+                )),
+            });
         }
         Ok(deployment)
     }
 
     async fn find(&self, spec: &AgentSpec) -> delibera_deploy::Result<Option<Deployment>> {
         self.finds.fetch_add(1, Ordering::SeqCst);
+        if self.failing_finds.load(Ordering::SeqCst) {
+            return Err(delibera_deploy::Error::backend(
+                "test deployer",
+                true,
+                "the list is unavailable",
+            ));
+        }
         Ok(self
             .servers
             .lock()
@@ -217,6 +266,20 @@ impl Deployer for TestDeployer {
         }
         self.teardowns.lock().unwrap().push(id.to_owned());
         Ok(())
+    }
+
+    async fn teardown_named(&self, name: &DeploymentName) -> delibera_deploy::Result<bool> {
+        let id = self
+            .servers
+            .lock()
+            .unwrap()
+            .values()
+            .find(|(deployment, _)| deployment.name == *name)
+            .map(|(deployment, _)| deployment.id.clone());
+        match id {
+            Some(id) => self.teardown(&id).await.map(|()| true),
+            None => Ok(false),
+        }
     }
 }
 
@@ -721,6 +784,10 @@ impl Deployer for Held<Arc<TestDeployer>> {
 
     async fn teardown(&self, id: &str) -> delibera_deploy::Result<()> {
         self.inner.teardown(id).await
+    }
+
+    async fn teardown_named(&self, name: &DeploymentName) -> delibera_deploy::Result<bool> {
+        self.inner.teardown_named(name).await
     }
 }
 

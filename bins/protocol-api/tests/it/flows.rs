@@ -717,6 +717,63 @@ fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
     });
 }
 
+/// The same kill, but after the restart the lookup by name fails: the job
+/// fails, and the deployment the killed try made is not left running (the
+/// sweeper finds it by name once the lookup works).
+#[test]
+fn a_resumed_deploy_whose_lookup_fails_tears_the_earlier_deployment_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    deployer.hang_after_deploy.store(true, Ordering::SeqCst);
+
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let job_id = first.block_on(async {
+        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        let (_, body) = app
+            .call(
+                "POST",
+                "/api/provision/coordinator",
+                Some(json!({ "displayName": "Killed Then Unlisted", "nearAccount": "c.testnet" })),
+            )
+            .await;
+        let job_id = body["jobId"].as_str().unwrap().to_owned();
+        until("the deploy to start", || async {
+            deployer.deploys.load(Ordering::SeqCst) > 0
+        })
+        .await;
+        job_id
+    });
+    first.shutdown_timeout(Duration::from_millis(100));
+
+    deployer.hang_after_deploy.store(false, Ordering::SeqCst);
+    deployer.failing_finds.store(true, Ordering::SeqCst);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        assert_eq!(app.state.jobs.resume_all().await.unwrap(), 1);
+        let failed = app.wait_for(&job_id, &["failed"]).await;
+        let error = failed["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("looking for an earlier deployment failed"),
+            "{failed}"
+        );
+        assert!(error.contains("is being torn down"), "{failed}");
+        assert_eq!(
+            deployer.deploys.load(Ordering::SeqCst),
+            1,
+            "no second deploy"
+        );
+        until("the earlier deployment to be torn down", || async {
+            deployer
+                .teardowns
+                .lock()
+                .unwrap()
+                .contains(&"test-cvm-0".to_owned())
+        })
+        .await;
+    });
+}
+
 #[test]
 fn a_job_interrupted_inside_a_deploy_of_the_first_release_fails_instead_of_paying_twice() {
     let dir = tempfile::tempdir().unwrap();

@@ -416,3 +416,131 @@ async fn a_failed_teardown_after_the_health_gate_is_finished_by_the_sweeper() {
         "its error is kept"
     );
 }
+
+/// A deploy that failed after it may have made its deployment (the
+/// commit's answer was lost): the failed job is marked, and the sweeper,
+/// woken by the failure rather than at the next expiry, finds the
+/// deployment by its name and tears it down.
+#[tokio::test]
+async fn a_deployment_a_failed_deploy_left_behind_is_torn_down_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    deployer
+        .leaves_behind
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+    // Starts the sweeper, which sleeps until the next expiry unless woken.
+    assert_eq!(app.state.jobs.resume_all().await.unwrap(), 0);
+    let (code, _, body) = provision(
+        &app,
+        "/api/provision/coordinator",
+        coordinator_request("Lost Commit"),
+        KEY,
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    let failed = app.wait_for(&job_id, &["failed"]).await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("the commit was never answered"), "{failed}");
+    assert!(error.contains("is being torn down"), "{failed}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !deployer
+        .teardowns
+        .lock()
+        .unwrap()
+        .contains(&"test-cvm-0".to_owned())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never torn down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert!(job.cvm_id.is_none(), "its id was never known");
+    // The flag is cleared by the save that follows the teardown.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app
+        .state
+        .jobs
+        .get(&job_id)
+        .await
+        .unwrap()
+        .deployment_teardown_pending
+    {
+        assert!(tokio::time::Instant::now() < deadline, "still marked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The same, with the backend still failing when the job fails: the job
+/// stays marked, and a later sweep tears the deployment down by name.
+#[tokio::test]
+async fn a_left_behind_deployment_whose_teardown_failed_is_torn_down_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    deployer
+        .leaves_behind
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    deployer
+        .failing_teardowns
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+    let (code, _, body) = provision(
+        &app,
+        "/api/provision/coordinator",
+        coordinator_request("Lost Commit Twice"),
+        KEY,
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    app.wait_for(&job_id, &["failed"]).await;
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert!(job.deployment_teardown_pending);
+    assert!(deployer.teardowns.lock().unwrap().is_empty());
+
+    deployer
+        .failing_teardowns
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    app.state.jobs.expire_due().await.unwrap();
+    assert_eq!(*deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert!(!job.deployment_teardown_pending);
+}
+
+/// A deployment left behind that the backend lists only later: a sweep
+/// that finds nothing under the name keeps the job marked, and a later one
+/// tears it down once it is listed.
+#[tokio::test]
+async fn a_left_behind_deployment_listed_only_later_is_still_torn_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    deployer
+        .leaves_behind
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    deployer
+        .unlisted_left_behind
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+    let (code, _, body) = provision(
+        &app,
+        "/api/provision/coordinator",
+        coordinator_request("Listed Late"),
+        KEY,
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let job_id = body["jobId"].as_str().unwrap().to_owned();
+    app.wait_for(&job_id, &["failed"]).await;
+
+    app.state.jobs.expire_due().await.unwrap();
+    assert!(deployer.teardowns.lock().unwrap().is_empty());
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert!(job.deployment_teardown_pending, "still looked for");
+
+    deployer.list_unlisted();
+    app.state.jobs.expire_due().await.unwrap();
+    assert_eq!(*deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
+    let job = app.state.jobs.get(&job_id).await.unwrap();
+    assert!(!job.deployment_teardown_pending);
+}

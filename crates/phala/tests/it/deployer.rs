@@ -129,6 +129,15 @@ fn phala_error(error: delibera_deploy::Error) -> Error {
     }
 }
 
+/// What a deploy left behind: its name, its id when known, and the Phala
+/// error that failed it.
+fn left_behind(error: delibera_deploy::Error) -> (String, Option<String>, Error) {
+    match error {
+        delibera_deploy::Error::LeftBehind { name, id, source } => (name, id, phala_error(*source)),
+        other => panic!("not left behind: {other}"),
+    }
+}
+
 async fn body_of(server: &MockServer, http_method: &str, api_path: &str) -> Value {
     let requests: Vec<Request> = server.received_requests().await.unwrap();
     let request = requests
@@ -523,7 +532,7 @@ async fn a_commit_whose_answers_were_all_lost_adopts_the_cvm_it_made() {
 }
 
 #[tokio::test]
-async fn a_commit_that_kept_failing_and_made_nothing_reports_its_own_error() {
+async fn a_commit_that_kept_failing_with_nothing_listed_yet_is_reported_left_behind_by_name() {
     let phala = MockServer::start().await;
     mount_provision(&phala).await;
     api("POST", "/cvms")
@@ -532,7 +541,8 @@ async fn a_commit_that_kept_failing_and_made_nothing_reports_its_own_error() {
         .mount(&phala)
         .await;
     // Looked up a few times (a CVM whose commit timed out may be listed a
-    // little later), then the commit's own error.
+    // little later); since it may still appear, the commit's own error says
+    // what to tear down, by name.
     api("GET", "/cvms/paginated")
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
@@ -540,16 +550,86 @@ async fn a_commit_that_kept_failing_and_made_nothing_reports_its_own_error() {
         .expect(u64::from(delibera_phala::COMMIT_SETTLE_LOOKUPS))
         .mount(&phala)
         .await;
-    let error = phala_error(
+    let spec = spec();
+    let (name, id, error) = left_behind(
         deployer(&phala, StartPolicy::Never)
-            .deploy(&spec())
+            .deploy(&spec)
             .await
             .unwrap_err(),
     );
+    assert_eq!((name.as_str(), id), (spec.name.as_str(), None));
     assert!(
         matches!(&error, Error::Server(api) if api.message == "maintenance"),
         "{error:?}"
     );
+}
+
+#[tokio::test]
+async fn a_cvm_whose_url_never_appears_and_that_cannot_be_deleted_is_reported_left_behind() {
+    let phala = MockServer::start().await;
+    mount_provision_and_commit(&phala).await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(cvm("creating", json!([])))
+        .mount(&phala)
+        .await;
+    api("DELETE", &format!("/cvms/{VM_UUID}"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({"detail": "down"})))
+        .expect(2)
+        .mount(&phala)
+        .await;
+    let spec = spec();
+    let (name, id, error) = left_behind(
+        deployer(&phala, StartPolicy::Never)
+            .deploy(&spec)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(name, spec.name.as_str());
+    assert_eq!(id.as_deref(), Some(VM_UUID));
+    assert!(
+        matches!(error, Error::NoEndpoint { ref cvm_id, .. } if cvm_id == VM_UUID),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn teardown_named_deletes_the_cvm_listed_under_the_name() {
+    let phala = MockServer::start().await;
+    let spec = spec();
+    api("GET", "/cvms/paginated")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
+            "total": 1, "page": 1, "page_size": 100, "pages": 1,
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    api("DELETE", &format!("/cvms/{VM_UUID}"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    let deployer = deployer(&phala, StartPolicy::Never);
+    assert!(deployer.teardown_named(&spec.name).await.unwrap());
+}
+
+#[tokio::test]
+async fn teardown_named_finds_nothing_when_no_cvm_has_the_name() {
+    let phala = MockServer::start().await;
+    api("GET", "/cvms/paginated")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
+        })))
+        .expect(1)
+        .mount(&phala)
+        .await;
+    api("DELETE", &format!("/cvms/{VM_UUID}"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(0)
+        .mount(&phala)
+        .await;
+    let deployer = deployer(&phala, StartPolicy::Never);
+    assert!(!deployer.teardown_named(&spec().name).await.unwrap());
 }
 
 #[test]
