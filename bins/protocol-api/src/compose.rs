@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::AppState;
 use crate::config::{Config, CorsPolicy, Mode, ProductionConfig, cors_policy as parse_cors_policy};
-use crate::jobs::{Job, JobStatus};
+use crate::jobs::{Job, JobStatus, JobTag};
 use crate::ports::{AgentChain, EmbeddedEnsue, HttpEnsue, Ports, Settings};
 use crate::seal::SecretBox;
 use crate::store::{Database, DatabaseFile, PostgresConfig};
@@ -150,7 +150,7 @@ async fn open_database(config: &Config) -> anyhow::Result<(Database, bool)> {
     )?;
     let database = file.unlock(secrets)?;
     for job in database.jobs().fail_unreadable().await? {
-        tracing::warn!(job = %job.id, reason = %job.reason,
+        tracing::warn!(job = %JobTag::of(job.id), reason = %job.reason,
             "a job's stored record cannot be read: the job is marked failed and will not resume");
     }
     Ok((database, held_records))

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::error::JobError;
-use super::model::{IdempotencyKey, Job, JobStatus, NewJob};
+use super::model::{IdempotencyKey, Job, JobStatus, JobTag, NewJob};
 use crate::ports::{OrgCredentials, Ports, Settings};
 use crate::store::{JobStore, LeaderLock, OrgKeys, Started, StatusFollower, StoreError};
 
@@ -471,7 +471,7 @@ impl JobMachine {
         // Only the leader judges stored records: during a rolling upgrade
         // an older replica must not fail the jobs a newer release wrote.
         for job in self.jobs.fail_unreadable().await? {
-            tracing::warn!(job = %job.id, reason = %job.reason,
+            tracing::warn!(job = %JobTag::of(job.id), reason = %job.reason,
                 "a job's stored record cannot be read: the job is marked failed and will not resume");
         }
         self.resume_announcements().await?;
@@ -526,7 +526,7 @@ impl JobMachine {
             while !machine.runner.is_stopped() {
                 let claimed = async {
                     for job in machine.jobs.claim(&driven, CLAIM_BATCH).await? {
-                        tracing::info!(job = %job.id, status = job.status.as_str(),
+                        tracing::info!(job = %JobTag::of(job.id), status = job.status.as_str(),
                             "claimed a job whose lease ran out; carrying it on");
                         let id = job.id;
                         if !machine.spawn_driver(id, Some(job)) {
@@ -629,7 +629,7 @@ impl JobMachine {
                         let lost: std::collections::HashSet<Uuid> = lost.into_iter().collect();
                         for (id, token) in runs.into_iter().filter(|(id, _)| lost.contains(id)) {
                             if machine.runner.stop(id, token) {
-                                tracing::info!(job = %id,
+                                tracing::info!(job = %JobTag::of(id),
                                     "another replica holds the job's lease now; stopped working on it here");
                             }
                         }
@@ -672,24 +672,24 @@ impl JobMachine {
                 Err(error) if error.is_transient() => {
                     outage_retries += 1;
                     if outage_retries == 1 {
-                        tracing::warn!(job = %id, %error,
+                        tracing::warn!(job = %JobTag::of(id), %error,
                             "the job waits for its store: it goes on once the store can be written again");
                     }
                     tokio::time::sleep(self.settings.storage_retry.delay(outage_retries)).await;
                 }
                 Err(StoreError::LeaseLost { .. }) => {
-                    tracing::info!(job = %id,
+                    tracing::info!(job = %JobTag::of(id),
                         "the job's lease is another replica's now; it carries the job on");
                     return;
                 }
                 Err(error) => {
-                    tracing::error!(job = %id, %error, "provisioning runner stopped");
+                    tracing::error!(job = %JobTag::of(id), %error, "provisioning runner stopped");
                     return;
                 }
             }
         }
         if outage_retries > 0 {
-            tracing::info!(job = %id, outage_retries, "the store took writes again; the job went on");
+            tracing::info!(job = %JobTag::of(id), outage_retries, "the store took writes again; the job went on");
         }
     }
 
@@ -706,7 +706,7 @@ impl JobMachine {
         let jobs = self.jobs.resumable().await?;
         let resumed = jobs.len();
         for job in jobs {
-            tracing::info!(job = %job.id, status = job.status.as_str(), "resuming provisioning job");
+            tracing::info!(job = %JobTag::of(job.id), status = job.status.as_str(), "resuming provisioning job");
             self.spawn(job);
         }
         self.spawn_expiry_sweeper();
@@ -731,18 +731,18 @@ impl JobMachine {
         let Some(token) = self.runner.begin(job.id) else {
             return false;
         };
-        tracing::info!(job = %job.id, "registration was interrupted; finishing it");
+        tracing::info!(job = %JobTag::of(job.id), "registration was interrupted; finishing it");
         let id = job.id;
         let registration = self.spawn_registration(job, None, token);
         tokio::spawn(async move {
             match registration.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
-                    tracing::info!(job = %id, %error, "the interrupted registration did not complete; back at the wallet step")
+                    tracing::info!(job = %JobTag::of(id), %error, "the interrupted registration did not complete; back at the wallet step")
                 }
                 Err(error) if error.is_cancelled() => {}
                 Err(error) => {
-                    tracing::warn!(job = %id, %error, "the interrupted registration's task failed")
+                    tracing::warn!(job = %JobTag::of(id), %error, "the interrupted registration's task failed")
                 }
             }
         });
@@ -774,17 +774,17 @@ impl JobMachine {
         };
         match job.status {
             JobStatus::Complete => {
-                tracing::warn!(job = %job.id, deployment = id, reason,
+                tracing::warn!(job = %JobTag::of(job.id), deployment = id, reason,
                     "the registered agent of a complete job could not be started again; a later restart will try again");
             }
             JobStatus::Failed => self.tear_down_lost(id).await,
             JobStatus::DeployingPhala if job.cvm_id.is_none() => {
-                tracing::warn!(job = %job.id, deployment = id, reason,
+                tracing::warn!(job = %JobTag::of(job.id), deployment = id, reason,
                     "a deployment the job had not recorded could not be started again; it is replaced");
                 self.tear_down_lost(id).await;
             }
             from => {
-                tracing::warn!(job = %job.id, deployment = id, reason, status = from.as_str(),
+                tracing::warn!(job = %JobTag::of(job.id), deployment = id, reason, status = from.as_str(),
                     "the job's agent could not be started again; the job fails");
                 job.error = Some(format!(
                     "the agent could not be started again after the server restarted: {reason}"
@@ -888,7 +888,7 @@ impl JobMachine {
             return Ok(());
         }
         log_transition(job.id, JobStatus::AwaitingNearSignature, JobStatus::Failed);
-        tracing::info!(job = %job.id, "job expired at the wallet step; tearing its deployment down");
+        tracing::info!(job = %JobTag::of(job.id), "job expired at the wallet step; tearing its deployment down");
         self.tear_down_pending(job).await?;
         Ok(())
     }
@@ -916,7 +916,7 @@ impl JobMachine {
                     .cvm_id
                     .clone()
                     .unwrap_or_else(|| job.deployment_name().to_string());
-                tracing::warn!(job = %job.id, %deployment, %error, "tearing down a failed job's deployment failed; will try again");
+                tracing::warn!(job = %JobTag::of(job.id), %deployment, %error, "tearing down a failed job's deployment failed; will try again");
                 return Ok(false);
             }
             Ok(false)
@@ -936,7 +936,7 @@ impl JobMachine {
             job.error = Some(expiry_message(self.settings.job_expiry, true));
         }
         self.jobs.save(&job).await?;
-        tracing::info!(job = %job.id, "a failed job's deployment was torn down");
+        tracing::info!(job = %JobTag::of(job.id), "a failed job's deployment was torn down");
         Ok(true)
     }
 
@@ -979,7 +979,7 @@ impl JobMachine {
                     }
                     retries += 1;
                     if retries == 1 {
-                        tracing::warn!(job = %job.id, %error, to = to.as_str(),
+                        tracing::warn!(job = %JobTag::of(job.id), %error, to = to.as_str(),
                             "the transition waits for its store: it is saved once the store can be written again");
                     }
                     tokio::time::sleep(self.settings.storage_retry.delay(retries)).await;
@@ -1047,7 +1047,7 @@ impl JobMachine {
                     let from = self.commit_unlogged(&mut job, JobStatus::Failed).await?;
                     crate::metrics::job_transition(from, JobStatus::Failed);
                     // One line per failed job: its error is in its record.
-                    tracing::info!(job = %id, step = from.as_str(),
+                    tracing::info!(job = %JobTag::of(id), step = from.as_str(),
                         error = job.error.as_deref().unwrap_or_default(), "provisioning job failed");
                     // Tried here first, since only one replica sweeps; if
                     // it is not done, the sweeper here tries again soon.
@@ -1056,7 +1056,7 @@ impl JobMachine {
                             .tear_down_pending(job.clone())
                             .await
                             .unwrap_or_else(|error| {
-                                tracing::warn!(job = %id, %error, "recording a teardown failed; the sweeper tries again");
+                                tracing::warn!(job = %JobTag::of(id), %error, "recording a teardown failed; the sweeper tries again");
                                 false
                             });
                         if !done {
@@ -1168,7 +1168,7 @@ impl JobMachine {
                         &self.settings.storage_retry,
                         || self.org_keys.put(did.as_str(), &org_name, &org.api_key),
                         |error| {
-                            tracing::warn!(job = %job.id, %error,
+                            tracing::warn!(job = %JobTag::of(job.id), %error,
                                 "the new Ensue org's key waits for its store: it is saved once the store can be written again");
                         },
                     )
@@ -1179,7 +1179,7 @@ impl JobMachine {
                     return Ok(JobStatus::PreparingPhala);
                 }
                 Err(delibera_ensue::Error::OrgNameTaken { .. }) if attempt < MAX_ORG_ATTEMPTS => {
-                    tracing::info!(job = %job.id, attempt, org = %org_name, "the Ensue org name is taken; trying the next one");
+                    tracing::info!(job = %JobTag::of(job.id), attempt, org = %org_name, "the Ensue org name is taken; trying the next one");
                     same_name = false;
                 }
                 Err(error)
@@ -1187,7 +1187,7 @@ impl JobMachine {
                         && round < MAX_ORG_ATTEMPTS
                         && (chosen.is_some() || attempt < MAX_ORG_ATTEMPTS) =>
                 {
-                    tracing::info!(job = %job.id, attempt, %error, "Ensue org registration will be tried again");
+                    tracing::info!(job = %JobTag::of(job.id), attempt, %error, "Ensue org registration will be tried again");
                     same_name = chosen.is_some();
                     tokio::time::sleep(pauses.delay(round)).await;
                 }
@@ -1238,7 +1238,7 @@ impl JobMachine {
         };
         let deployment = match found {
             Some(deployment) => {
-                tracing::info!(job = %job.id, id = %deployment.id, "adopting the deployment made before a restart");
+                tracing::info!(job = %JobTag::of(job.id), id = %deployment.id, "adopting the deployment made before a restart");
                 deployment
             }
             None => deployer
@@ -1273,7 +1273,7 @@ impl JobMachine {
                     progress_job.progress = Some(text);
                     // Progress only; `updated_at` keeps marking when the wait began.
                     if let Err(error) = jobs.save_held(&progress_job).await {
-                        tracing::warn!(job = %progress_job.id, %error,
+                        tracing::warn!(job = %JobTag::of(progress_job.id), %error,
                             "could not record the health wait's progress; the wait goes on");
                     }
                     last_save = tokio::time::Instant::now();
@@ -1493,7 +1493,7 @@ impl JobMachine {
                 Err(error) => Err(JobError::Task(error.to_string())),
             },
             error = stalled => {
-                tracing::info!(job = %id,
+                tracing::info!(job = %JobTag::of(id),
                     "the registration is saved once the store can be written again; the caller is told to retry");
                 Err(JobError::Store(error))
             }
@@ -1543,7 +1543,7 @@ impl JobMachine {
         // org refuses its key until a person claims it, which happens
         // after this answer. Announcing is retried in the background.
         if let Err(error) = self.announce(&job).await {
-            tracing::info!(job = %job.id, %error, "the agent is not announced in Ensue yet; retrying in the background");
+            tracing::info!(job = %JobTag::of(job.id), %error, "the agent is not announced in Ensue yet; retrying in the background");
             job.announce_pending = true;
         }
         self.commit_when_writable(&mut job, JobStatus::Complete, &mut stalled)
@@ -1595,7 +1595,7 @@ impl JobMachine {
                     }
                     Ok(_) => return,
                     Err(error) => {
-                        tracing::warn!(job = %id, %error, "cannot read a job to announce");
+                        tracing::warn!(job = %JobTag::of(id), %error, "cannot read a job to announce");
                         continue;
                     }
                 };
@@ -1604,16 +1604,16 @@ impl JobMachine {
                         job.announce_pending = false;
                         match machine.jobs.save(&job).await {
                             Ok(()) => {
-                                tracing::info!(job = %id, attempt, "agent announced in Ensue");
+                                tracing::info!(job = %JobTag::of(id), attempt, "agent announced in Ensue");
                                 return;
                             }
                             Err(error) => {
-                                tracing::warn!(job = %id, %error, "cannot record an announcement")
+                                tracing::warn!(job = %JobTag::of(id), %error, "cannot record an announcement")
                             }
                         }
                     }
                     Err(error) => {
-                        tracing::debug!(job = %id, attempt, %error, "the agent is still not announced")
+                        tracing::debug!(job = %JobTag::of(id), attempt, %error, "the agent is still not announced")
                     }
                 }
             }
@@ -1713,9 +1713,9 @@ fn runs_here(status: JobStatus) -> bool {
 /// failed job gets its one info line from the runner, with its error).
 fn log_transition(job: Uuid, from: JobStatus, to: JobStatus) {
     if to.is_runner_owned() && from.is_runner_owned() {
-        tracing::debug!(%job, from = from.as_str(), to = to.as_str(), "job transition");
+        tracing::debug!(job = %JobTag::of(job), from = from.as_str(), to = to.as_str(), "job transition");
     } else {
-        tracing::info!(%job, from = from.as_str(), to = to.as_str(), "job transition");
+        tracing::info!(job = %JobTag::of(job), from = from.as_str(), to = to.as_str(), "job transition");
     }
     crate::metrics::job_transition(from, to);
 }

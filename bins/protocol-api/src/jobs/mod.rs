@@ -7,4 +7,4 @@ mod model;
 
 pub use error::JobError;
 pub use machine::{JobMachine, Registration, StartedJob, ensue_org_name};
-pub use model::{IdempotencyKey, Job, JobSecrets, JobStatus, NewJob};
+pub use model::{IdempotencyKey, Job, JobSecrets, JobStatus, JobTag, NewJob};

@@ -1,6 +1,8 @@
 //! Provisioning jobs: the status values and step texts, and the record that is
 //! persisted after every transition.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use delibera_deploy::{AgentRole, AgentSpec, DeploymentName};
 use delibera_identity::{AccountId, Did};
@@ -367,6 +369,30 @@ impl Job {
             Some(progress) => format!("{} ({progress})", self.status.step()),
             None => self.status.step().to_owned(),
         }
+    }
+}
+
+/// A job as logs name it. A job's id is enough to read its secrets from
+/// the status route, so logs carry a one-way tag of it instead: the first
+/// 12 hex digits of the SHA-256 of the id as text (an operator holding the
+/// id finds its lines with `printf %s "$id" | sha256sum | cut -c1-12`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobTag([u8; 6]);
+
+impl JobTag {
+    /// The tag of a job id, or of a stored id's text.
+    pub fn of(id: impl fmt::Display) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(id.to_string().as_bytes());
+        let mut tag = [0; 6];
+        tag.copy_from_slice(&digest[..6]);
+        JobTag(tag)
+    }
+}
+
+impl fmt::Display for JobTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
     }
 }
 

@@ -9,7 +9,7 @@ mod pg;
 
 use super::view::{StatusEntry, StatusView, ViewChange};
 use super::{Database, StoreError, WorkError};
-use crate::jobs::{Job, JobSecrets, JobStatus};
+use crate::jobs::{Job, JobSecrets, JobStatus, JobTag};
 use crate::seal::SecretBox;
 
 /// The job table.
@@ -383,7 +383,7 @@ impl JobStore {
                     let (id, record, sealed) = row?;
                     match Row::decode(&id, &record, &sealed, secrets) {
                         Ok(job) => jobs.push(job),
-                        Err(_) => tracing::error!(job = %id,
+                        Err(_) => tracing::error!(job = %JobTag::of(id),
                             "a stored job cannot be read; it is left out (its status says why)"),
                     }
                 }
@@ -532,7 +532,7 @@ pub(super) fn status_entries(
     for row in rows {
         let (id, record, sealed) = row?;
         let Ok(uuid) = Uuid::parse_str(&id) else {
-            tracing::error!(job = %id, "a stored job's id is not a job id; it cannot be shown");
+            tracing::error!(job = %JobTag::of(id), "a stored job's id is not a job id; it cannot be shown");
             continue;
         };
         let entry = match Row::decode(&id, &record, &sealed, secrets) {

@@ -21,6 +21,9 @@ const SECRET_KEY: [u8; 32] = [7; 32];
 struct Server {
     child: Child,
     url: String,
+    /// Its output so far, and the lines it prints from now on.
+    printed: Vec<String>,
+    output: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -60,15 +63,24 @@ impl Server {
                     log.join("\n")
                 )
             });
-            if let Some(address) = listening_address(&line) {
+            let address = listening_address(&line);
+            log.push(line);
+            if let Some(address) = address {
                 break address;
             }
-            log.push(line);
         };
         Server {
             child,
             url: format!("http://{address}"),
+            printed: log,
+            output: seen,
         }
+    }
+
+    /// Every line it printed up to now.
+    fn printed(&mut self) -> &[String] {
+        self.printed.extend(self.output.try_iter());
+        &self.printed
     }
 }
 
@@ -152,7 +164,7 @@ async fn the_binary_resumes_a_job_an_earlier_run_left_mid_way() {
     let job = job_left_by_an_earlier_run(&data_dir).await;
     assert_eq!(job.status.as_str(), "generating_identity");
 
-    let server = tokio::task::spawn_blocking(move || Server::start(&data_dir))
+    let mut server = tokio::task::spawn_blocking(move || Server::start(&data_dir))
         .await
         .unwrap();
     let http = http();
@@ -193,5 +205,17 @@ async fn the_binary_resumes_a_job_an_earlier_run_left_mid_way() {
         .await
         .unwrap();
     assert_eq!(health["did"], ready["coordinatorDid"]);
+
+    // The id reads the secrets above, so the log names the job by its tag.
+    let tag = protocol_api::jobs::JobTag::of(job.id).to_string();
+    let printed = server.printed().join("\n");
+    assert!(
+        printed.contains(&format!("job={tag}")),
+        "no line names the job by its tag {tag}:\n{printed}"
+    );
+    assert!(
+        !printed.contains(&job.id.to_string()) && !printed.contains(&job.id.simple().to_string()),
+        "the job id was logged:\n{printed}"
+    );
     drop(server);
 }

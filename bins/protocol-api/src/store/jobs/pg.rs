@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{Row, Started, UnreadableJob, fail_for_unreadable, timestamp};
 use crate::api_types::JobStatusView;
-use crate::jobs::{Job, JobStatus};
+use crate::jobs::{Job, JobStatus, JobTag};
 use crate::store::StoreError;
 use crate::store::postgres::Postgres;
 
@@ -334,7 +334,7 @@ fn readable(pg: &Postgres, rows: Vec<tokio_postgres::Row>, left_out: &str) -> Ve
         let id: &str = row.get(0);
         match Row::decode(id, row.get(1), row.get(2), &pg.secrets) {
             Ok(job) => jobs.push(job),
-            Err(error) => tracing::error!(job = %id, %error, "{left_out}"),
+            Err(error) => tracing::error!(job = %JobTag::of(id), %error, "{left_out}"),
         }
     }
     jobs
