@@ -123,6 +123,23 @@ struct Working {
     /// Set once this process stops working on jobs (it is shutting down):
     /// nothing new is begun, and drivers stop at their next step.
     stopped: bool,
+    /// Jobs whose run holds something a service showed once and is waiting
+    /// to store it: a lease keeper that cannot renew leaves those runs be
+    /// (see [`Runner::stop_all`]).
+    shielded: std::collections::HashSet<Uuid>,
+}
+
+/// While held, job `id`'s run is not stopped for leases that could not be
+/// renewed ([`Runner::shield`]).
+struct Shield<'a> {
+    runner: &'a Runner,
+    id: Uuid,
+}
+
+impl Drop for Shield<'_> {
+    fn drop(&mut self) {
+        self.runner.state().shielded.remove(&self.id);
+    }
 }
 
 /// One job's run in this process.
@@ -244,11 +261,30 @@ impl Runner {
             .is_some_and(|work| state.abort(&work))
     }
 
-    /// Stops every run here; returns how many tasks were still running.
+    /// Stops every run here but the shielded ones; returns how many tasks
+    /// were still running. A shielded run only waits to make a write fenced
+    /// by its lease: stopping it would lose for good what a service showed
+    /// once, while letting it be costs nothing (its write fails if another
+    /// replica has claimed the job since).
     fn stop_all(&self) -> usize {
         let mut state = self.state();
-        let runs: Vec<Work> = state.runs.drain().map(|(_, work)| work).collect();
+        let stopping: Vec<Uuid> = state
+            .runs
+            .keys()
+            .filter(|id| !state.shielded.contains(id))
+            .copied()
+            .collect();
+        let runs: Vec<Work> = stopping
+            .iter()
+            .filter_map(|id| state.runs.remove(id))
+            .collect();
         runs.into_iter().filter(|work| state.abort(work)).count()
+    }
+
+    /// Shields job `id`'s run from [`Self::stop_all`] until the guard drops.
+    fn shield(&self, id: Uuid) -> Shield<'_> {
+        self.state().shielded.insert(id);
+        Shield { runner: self, id }
     }
 
     /// Whether some run of job `id` is going on here.
@@ -1033,7 +1069,9 @@ impl JobMachine {
             match self.step(&mut job, &mut made_identity, first_try).await {
                 Ok(next) if tried == JobStatus::ProvisioningEnsue => {
                     // The org's key may be one the service showed once: a
-                    // store outage must not lose it and make another org.
+                    // store outage must not lose it and make another org,
+                    // nor may a lease keeper that cannot renew stop this.
+                    let _shield = self.runner.shield(id);
                     self.commit_when_writable(&mut job, next, &mut None).await?;
                     first_try = next != tried;
                 }
@@ -1108,6 +1146,7 @@ impl JobMachine {
             }
             JobStatus::ProvisioningEnsue => self.provision_ensue(job).await,
             JobStatus::PreparingPhala => {
+                self.remember_org(job).await.map_err(StepError::Store)?;
                 job.secrets.spec = Some(self.agent_spec(job, made_identity.take()).await?);
                 Ok(JobStatus::DeployingPhala)
             }
@@ -1161,19 +1200,9 @@ impl JobMachine {
                 .await
             {
                 Ok(org) => {
-                    // Kept until the store takes it: a hosted org's key is
-                    // not shown again, and an attempt driven anew would
-                    // register another org under the next name.
-                    crate::store::until_stored(
-                        &self.settings.storage_retry,
-                        || self.org_keys.put(did.as_str(), &org_name, &org.api_key),
-                        |error| {
-                            tracing::warn!(job = %JobTag::of(job.id), %error,
-                                "the new Ensue org's key waits for its store: it is saved once the store can be written again");
-                        },
-                    )
-                    .await
-                    .map_err(StepError::Store)?;
+                    // A hosted org's key is not shown again: the job's
+                    // commit that follows (waiting out store faults) is its
+                    // first write, and holds everything the answer said.
                     job.ensue_org_name = Some(org_name);
                     keep_org_credentials(job, org);
                     return Ok(JobStatus::PreparingPhala);
@@ -1198,6 +1227,22 @@ impl JobMachine {
                 }
             }
         }
+    }
+
+    /// Keeps a coordinator's Ensue org where the workers provisioned for it
+    /// find its key. Written from the job's committed record, so a kill
+    /// before this write only repeats it.
+    async fn remember_org(&self, job: &Job) -> Result<(), StoreError> {
+        let (Some(did), Some(org_name), Some(api_key)) = (
+            job.coordinator_did
+                .as_ref()
+                .filter(|_| job.role == AgentRole::Coordinator),
+            &job.ensue_org_name,
+            &job.secrets.ensue_api_key,
+        ) else {
+            return Ok(());
+        };
+        self.org_keys.put(did.as_str(), org_name, api_key).await
     }
 
     /// Deploys the spec `preparing_phala` built, or adopts the deployment an

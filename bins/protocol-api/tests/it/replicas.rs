@@ -438,6 +438,62 @@ async fn a_replica_that_cannot_renew_stops_before_its_leases_run_out() {
     assert_eq!(deployer.deploys.load(Ordering::SeqCst), 1);
 }
 
+/// A hosted Ensue org made while the database is down for longer than a
+/// lease: the run holding its key (shown once) is not stopped with the
+/// others, and stores it when the database is back, so the job keeps that
+/// org instead of registering a second one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_ensue_org_key_outlives_a_database_outage_longer_than_a_lease() {
+    let Some(db) =
+        TestDb::postgres("a_new_ensue_org_key_outlives_a_database_outage_longer_than_a_lease")
+            .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = db.open().await;
+    let holds = Holds::open();
+    holds.ensue.set(GateState::Closed);
+    let app = TestApp::start(
+        dir.path(),
+        TestDeployer::healthy(),
+        Options {
+            database: Some(database.clone()),
+            holds: holds.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.state.jobs.start_claiming();
+    let id = provision(&app, 0).await;
+    until("the first org attempt to be recorded", || async {
+        app.state.jobs.get(&id).await.unwrap().ensue_org_attempts == 1
+    })
+    .await;
+
+    database.simulate_full_disk(true);
+    holds.ensue.set(GateState::Open);
+    // Long enough for the lease keeper to give up and the lease to run out.
+    tokio::time::sleep(TEST_JOB_LEASE + Duration::from_millis(500)).await;
+    assert_eq!(
+        app.state.jobs.jobs_worked_on(),
+        1,
+        "the run holding the key goes on"
+    );
+    database.simulate_full_disk(false);
+
+    let ready = app
+        .wait_for(&id, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+    let job = app.state.jobs.get(&id).await.unwrap();
+    assert_eq!(job.ensue_org_attempts, 1, "one org registered");
+    let org = job.ensue_org_name.clone().unwrap();
+    let mut expected = vec![delibera_ensue_local::BOOTSTRAP_ORG, org.as_str()];
+    expected.sort_unstable();
+    assert_eq!(app.ensue.store().org_names().await.unwrap(), expected);
+}
+
 /// A `protocol-api` binary in production mode on the test's PostgreSQL
 /// database; its outside services are unreachable (nothing here calls them).
 struct Replica {

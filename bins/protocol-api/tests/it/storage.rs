@@ -784,6 +784,59 @@ async fn a_store_fault_while_registering_an_ensue_org_does_not_fail_the_job() {
     assert_eq!(app.database.simulated_refusals(), refused_before + 1);
 }
 
+/// A kill after a hosted Ensue org was made and its first write went
+/// through, with every write after it refused: the job, resumed on the same
+/// data dir, keeps that org (no second org under the next name), and the
+/// coordinator's workers find that org's key.
+#[test]
+fn a_kill_after_an_ensue_org_is_made_and_stored_keeps_that_org() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let job_id = first.block_on(async {
+        let holds = crate::common::Holds::open();
+        holds.ensue.set(crate::common::GateState::Closed);
+        let options = Options {
+            holds: holds.clone(),
+            ..Options::default()
+        };
+        let app = TestApp::start(dir.path(), deployer.clone(), options).await;
+        let job_id = coordinator_at_its_first_org_attempt(&app, "Killed After Its Org").await;
+        let refused_before = app.database.simulated_refusals();
+        app.database.simulate_full_disk_after(1, u64::MAX);
+        holds.ensue.set(crate::common::GateState::Open);
+        eventually("a write after the org's to be refused", || async {
+            app.database.simulated_refusals() > refused_before
+        })
+        .await;
+        job_id
+    });
+    first.shutdown_timeout(Duration::from_millis(100));
+
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        app.state.jobs.resume_all().await.unwrap();
+        let ready = app
+            .wait_for(&job_id, &["awaiting_near_signature", "failed"])
+            .await;
+        assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+        let job = app.state.jobs.get(&job_id).await.unwrap();
+        assert_eq!(job.ensue_org_attempts, 1, "one org registered");
+        let org = job.ensue_org_name.clone().unwrap();
+        let mut expected = vec![delibera_ensue_local::BOOTSTRAP_ORG, org.as_str()];
+        expected.sort_unstable();
+        assert_eq!(app.ensue.store().org_names().await.unwrap(), expected);
+        let did = job.agent_did.as_ref().unwrap().to_string();
+        let (stored_org, stored_key) = app.database.org_keys().get(&did).await.unwrap().unwrap();
+        assert_eq!(stored_org, org);
+        assert_eq!(
+            Some(stored_key.as_str()),
+            job.secrets.ensue_api_key.as_deref()
+        );
+    });
+}
+
 /// A hosted Ensue shows a new org's key once: a store that refuses the
 /// writes after the org was made (its key, then the job's next step) is
 /// waited out, and the job keeps that org instead of registering another.
