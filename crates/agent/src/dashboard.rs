@@ -198,12 +198,26 @@ async fn proposals(
     ))
 }
 
-/// A proposal id as the archive keys take it.
+/// The longest proposal id, in bytes. The longest key built from an id (a
+/// worker's archived timestamp) adds about 100 bytes to it, and Ensue refuses
+/// keys over 1024 bytes; a round whose keys Ensue refuses would fail only
+/// after it started.
+pub(crate) const MAX_PROPOSAL_ID_BYTES: usize = 256;
+
+/// The one rule for a proposal id, which every route taking one applies
+/// before using it in a key: not blank, at most [`MAX_PROPOSAL_ID_BYTES`],
+/// no `/` (it would change the key's layout) and no control character
+/// (Ensue refuses those in keys).
 pub(crate) fn check_proposal_id(id: &str) -> std::result::Result<(), ApiError> {
-    if id.trim().is_empty() || id.contains('/') {
-        return Err(bad_request(
-            "a proposal id must be non-empty and contain no '/'",
-        ));
+    if id.trim().is_empty()
+        || id.len() > MAX_PROPOSAL_ID_BYTES
+        || id.contains('/')
+        || id.chars().any(char::is_control)
+    {
+        return Err(bad_request(format!(
+            "a proposal id must be non-blank, at most {MAX_PROPOSAL_ID_BYTES} bytes, \
+             with no '/' and no control character"
+        )));
     }
     Ok(())
 }

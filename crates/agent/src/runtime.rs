@@ -387,12 +387,8 @@ async fn start_round(
 ) -> std::result::Result<(StatusCode, Json<Value>), ApiError> {
     let Json(request) =
         body.map_err(|rejection| ApiError(StatusCode::BAD_REQUEST, rejection.body_text()))?;
-    if request.proposal_id.trim().is_empty() || request.proposal_id.contains('/') {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "proposalId must be non-empty and contain no '/'".into(),
-        ));
-    }
+    dashboard::check_proposal_id(&request.proposal_id)
+        .map_err(|ApiError(status, rule)| ApiError(status, format!("proposalId: {rule}")))?;
     let proposal = Proposal::new(request.proposal_id.clone(), request.title)
         .with_description(request.description)
         .with_parameters(request.parameters);
@@ -476,6 +472,7 @@ async fn proposal(
     State(state): State<Arc<CoordinatorState>>,
     Path(id): Path<String>,
 ) -> std::result::Result<Json<Value>, ApiError> {
+    dashboard::check_proposal_id(&id)?;
     let status_key = keys::proposal(&id, ProposalField::Status);
     let tally_key = keys::proposal(&id, ProposalField::Tally);
     let values = state

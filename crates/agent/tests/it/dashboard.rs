@@ -692,6 +692,64 @@ async fn bad_input_to_the_dashboard_routes_is_a_clear_400() {
         .unwrap();
 }
 
+/// A proposal id Ensue cannot take as part of a key (over its key length, or
+/// with a control character) is refused by every route that takes one, before
+/// anything reaches Ensue or a round starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proposal_id_ensue_cannot_store_is_a_400_on_every_route() {
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
+    let http = http();
+    let coordinator_key = key(86);
+    let mut coordinator_env = env(AgentRole::Coordinator, &coordinator_key, "Coord", &ensue);
+    coordinator_env.static_workers = vec![key(87).did()];
+    let (base, stop, coordinator) = serve(Agent::new(coordinator_env).unwrap()).await;
+    healthy(&http, &base, &coordinator_key.did()).await;
+
+    let too_long = "a".repeat(1100);
+    for path in [
+        format!("/api/proposals/{too_long}"),
+        "/api/proposals/a%0Ab".to_owned(),
+        format!("/api/coordinate/proposals/{too_long}"),
+        "/api/coordinate/proposals/a%0Ab".to_owned(),
+    ] {
+        let (code, answer) = get_json(&http, &format!("{base}{path}")).await;
+        let shown = &path[..path.len().min(40)];
+        assert_eq!(code, 400, "{shown}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.contains("at most 256 bytes") && error.contains("control character"),
+            "{shown}: {error:?} does not name the rule"
+        );
+    }
+    for proposal_id in ["b".repeat(2000), "a\nb".to_owned()] {
+        let started = http
+            .post(format!("{base}/api/coordinate"))
+            .json(&json!({"proposalId": proposal_id, "title": "Fund the indexer"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status().as_u16(), 400, "no round starts");
+        let error = started.json::<Value>().await.unwrap()["error"].clone();
+        assert!(error.as_str().unwrap().contains("proposalId"), "{error}");
+    }
+    let (_, status) = get_json(&http, &format!("{base}/api/coordinate/status")).await;
+    assert_eq!(status["running"], false, "{status}");
+
+    drop(stop);
+    within("the coordinator to stop", coordinator)
+        .await
+        .unwrap()
+        .unwrap();
+    within("the local Ensue to stop", ensue.stop())
+        .await
+        .unwrap();
+}
+
 /// An identity document whose stored value does not open (tampered, or
 /// sealed under another key) counts as absent, as the TypeScript worker
 /// reads it: the routes answer and the next save replaces it.
