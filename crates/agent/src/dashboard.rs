@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -242,8 +242,9 @@ fn result_view(mut result: Value) -> Value {
 
 async fn proposal_detail(
     State(state): State<Arc<CoordinatorState>>,
-    Path(id): Path<String>,
+    id: std::result::Result<Path<String>, PathRejection>,
 ) -> Answer {
+    let Path(id) = id?;
     check_proposal_id(&id)?;
     let [config_key, status_key, tally_key] = [
         ProposalField::Config,
@@ -315,7 +316,7 @@ async fn trigger(
     State(state): State<Arc<CoordinatorState>>,
     body: std::result::Result<Json<Value>, JsonRejection>,
 ) -> Answer {
-    let Json(body) = body.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Json(body) = body?;
     let config = match body.get("taskConfig") {
         Some(Value::String(text)) => serde_json::from_str::<Value>(text)
             .map_err(|error| bad_request(format!("taskConfig is not JSON: {error}")))?,
@@ -625,7 +626,7 @@ async fn feed(
     State(state): State<Arc<WorkerDashboard>>,
     body: std::result::Result<Json<Feed>, JsonRejection>,
 ) -> Answer {
-    let Json(feed) = body.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Json(feed) = body?;
     if feed.notes.is_none() && feed.voting_weights.is_none() {
         return Err(bad_request("send notes (a list of texts) or votingWeights"));
     }
@@ -679,7 +680,7 @@ async fn edit_manifesto(
     State(state): State<Arc<WorkerDashboard>>,
     body: std::result::Result<Json<ManifestoEdit>, JsonRejection>,
 ) -> Answer {
-    let Json(edit) = body.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Json(edit) = body?;
     let mut changes = Map::new();
     if let Some(name) = &edit.name {
         changes.insert("name".into(), json!(text_field("name", name, 100)?));

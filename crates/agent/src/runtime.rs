@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -236,6 +236,10 @@ impl Agent {
                 coordinator_router(health, state)
             }
         };
+        // What no route takes answers in the API's error shape too.
+        let router = router
+            .fallback(no_such_route)
+            .method_not_allowed_fallback(method_not_allowed);
         // The dashboards are served from another origin than the agent's.
         let router = router.layer(env.cors.layer());
         tracing::info!(%did, role = %env.role, %address, "agent listening");
@@ -348,6 +352,36 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<JsonRejection> for ApiError {
+    /// The rejection's own status (413 too large, 415 not declared JSON),
+    /// except a body of the wrong shape, which the API documents as 400
+    /// (axum's is 422).
+    fn from(rejection: JsonRejection) -> Self {
+        let status = match rejection {
+            JsonRejection::JsonDataError(_) => StatusCode::BAD_REQUEST,
+            _ => rejection.status(),
+        };
+        ApiError(status, rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError(rejection.status(), rejection.body_text())
+    }
+}
+
+async fn no_such_route() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route".into(),
+    )
+}
+
 impl From<delibera_coordination::Error> for ApiError {
     fn from(error: delibera_coordination::Error) -> Self {
         Error::from(error).into()
@@ -385,8 +419,7 @@ async fn start_round(
     State(state): State<Arc<CoordinatorState>>,
     body: std::result::Result<Json<CoordinateRequest>, JsonRejection>,
 ) -> std::result::Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(request) =
-        body.map_err(|rejection| ApiError(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    let Json(request) = body?;
     dashboard::check_proposal_id(&request.proposal_id)
         .map_err(|ApiError(status, rule)| ApiError(status, format!("proposalId: {rule}")))?;
     let proposal = Proposal::new(request.proposal_id.clone(), request.title)
@@ -470,8 +503,9 @@ async fn round_status(
 
 async fn proposal(
     State(state): State<Arc<CoordinatorState>>,
-    Path(id): Path<String>,
+    id: std::result::Result<Path<String>, PathRejection>,
 ) -> std::result::Result<Json<Value>, ApiError> {
+    let Path(id) = id?;
     dashboard::check_proposal_id(&id)?;
     let status_key = keys::proposal(&id, ProposalField::Status);
     let tally_key = keys::proposal(&id, ProposalField::Tally);

@@ -750,6 +750,111 @@ async fn a_proposal_id_ensue_cannot_store_is_a_400_on_every_route() {
         .unwrap();
 }
 
+/// What axum would refuse by itself (a path segment that is not UTF-8, an
+/// unknown route, a method a route lacks, a body too large or not declared
+/// JSON) is answered with the agent's `{"error"}` shape and the status that
+/// says what was wrong, by coordinators and workers alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_refuses_bad_requests_in_its_json_error_shape() {
+    let ensue = within(
+        "the local Ensue to start",
+        LocalEnsue::start(Config::default()),
+    )
+    .await
+    .unwrap();
+    let http = http();
+    let coordinator_key = key(88);
+    let mut coordinator_env = env(AgentRole::Coordinator, &coordinator_key, "Coord", &ensue);
+    coordinator_env.static_workers = vec![key(89).did()];
+    let (base, stop_coordinator, coordinator) = serve(Agent::new(coordinator_env).unwrap()).await;
+    let worker_key = key(90);
+    let (worker_base, stop_worker, worker) =
+        serve(Agent::new(env(AgentRole::Worker, &worker_key, "Worker", &ensue)).unwrap()).await;
+    healthy(&http, &base, &coordinator_key.did()).await;
+    healthy(&http, &worker_base, &worker_key.did()).await;
+
+    let too_large = format!("{{\"proposalId\": \"{}\"}}", "a".repeat(3 << 20));
+    let requests = [
+        (
+            http.get(format!("{base}/api/coordinate/proposals/%FF")),
+            400,
+        ),
+        (http.get(format!("{base}/api/proposals/%FF")), 400),
+        (http.get(format!("{base}/api/nothing-here")), 404),
+        (http.get(format!("{worker_base}/api/nothing-here")), 404),
+        (http.delete(format!("{base}/api/coordinate")), 405),
+        (http.get(format!("{worker_base}/api/knowledge/feed")), 405),
+        (
+            http.post(format!("{base}/api/coordinate"))
+                .header("content-type", "application/json")
+                .body(too_large.clone()),
+            413,
+        ),
+        (
+            http.post(format!("{worker_base}/api/knowledge/feed"))
+                .header("content-type", "application/json")
+                .body(too_large),
+            413,
+        ),
+        (
+            http.post(format!("{base}/api/coordinate"))
+                .body(r#"{"proposalId": "p-1", "title": "t"}"#),
+            415,
+        ),
+        (
+            http.post(format!("{base}/api/coordinate/trigger"))
+                .body(r#"{"taskConfig": {}}"#),
+            415,
+        ),
+        (
+            http.post(format!("{worker_base}/api/knowledge/manifesto"))
+                .body(r#"{"name": "n"}"#),
+            415,
+        ),
+    ];
+    for (request, expected) in requests {
+        let request = request.build().unwrap();
+        let shown = format!("{} {}", request.method(), request.url().path());
+        let response = http.execute(request).await.unwrap();
+        let code = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|value| value.to_str().unwrap().to_owned());
+        let allow = response.headers().get("allow").cloned();
+        let body = response.text().await.unwrap();
+        assert_eq!(code, expected, "{shown}: {body}");
+        assert_eq!(
+            allow.is_some(),
+            code == 405,
+            "{shown}: Allow says what would do"
+        );
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json"),
+            "{shown}: {body}"
+        );
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|error| !error.is_empty()),
+            "{shown}: {answer}"
+        );
+        assert_eq!(answer.as_object().unwrap().len(), 1, "{shown}: {answer}");
+    }
+
+    drop((stop_coordinator, stop_worker));
+    within("the coordinator to stop", coordinator)
+        .await
+        .unwrap()
+        .unwrap();
+    within("the worker to stop", worker).await.unwrap().unwrap();
+    within("the local Ensue to stop", ensue.stop())
+        .await
+        .unwrap();
+}
+
 /// An identity document whose stored value does not open (tampered, or
 /// sealed under another key) counts as absent, as the TypeScript worker
 /// reads it: the routes answer and the next save replaces it.
