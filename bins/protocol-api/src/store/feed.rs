@@ -137,7 +137,10 @@ impl JobFeeds {
         let oldest = feed.recent.front().map_or(0, |(number, _)| *number);
         let entries = match after {
             // Everything after `after` is still kept: nothing is lost.
-            Some(after) if after + 1 >= oldest && after <= feed.newest() => feed.after(after),
+            // Saturating: `after` comes from the client's `Last-Event-ID`.
+            Some(after) if after.saturating_add(1) >= oldest && after <= feed.newest() => {
+                feed.after(after)
+            }
             _ => feed.recent.back().cloned().into_iter().collect(),
         };
         Followed {

@@ -270,6 +270,34 @@ async fn a_follower_that_reconnects_with_last_event_id_misses_nothing() {
     assert_eq!(status_of(&current), "awaiting_near_signature");
 }
 
+/// A `Last-Event-ID` of this run naming the largest number there is (no
+/// entry has it) gets the current document, as any id not given out does.
+#[tokio::test]
+async fn a_last_event_id_with_the_largest_number_gets_the_current_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let holds = Holds::closed();
+    let app = TestApp::start(
+        dir.path(),
+        TestDeployer::healthy(),
+        Options {
+            holds: holds.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let job_id = held_coordinator(&app).await;
+    let mut stream = Stream::open(&app, &job_id, None).await;
+    let (first_id, _) = stream.status().await.unwrap();
+    let (run, _) = first_id.split_once('-').unwrap();
+
+    let mut resumed = Stream::open(&app, &job_id, Some(&format!("{run}-{}", u64::MAX))).await;
+    let (_, current) = resumed.status().await.unwrap();
+    assert_eq!(status_of(&current), "creating_space");
+    for gate in [&holds.space, &holds.ensue, &holds.deploy] {
+        gate.set(GateState::Open);
+    }
+}
+
 #[tokio::test]
 async fn an_idle_stream_gets_heartbeats_and_an_unknown_job_is_404() {
     let dir = tempfile::tempdir().unwrap();
