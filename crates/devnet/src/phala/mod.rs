@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -490,6 +491,14 @@ fn validation(field: &str, message: impl Into<String>) -> ApiError {
     )
 }
 
+/// A query string that does not parse at all, in FastAPI's 422 shape.
+fn query_validation(message: impl Into<String>) -> ApiError {
+    ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!([{"loc": ["query"], "msg": message.into(), "type": "value_error"}]),
+    )
+}
+
 fn cvm_not_found(id: &str) -> ApiError {
     structured(
         StatusCode::NOT_FOUND,
@@ -725,26 +734,53 @@ async fn commit(
     Ok(Json(vm_object(&inner, &cvm, version(&headers))))
 }
 
+/// The paging parameters as sent: parsed by [`query_integer`], so a bad one
+/// is answered in FastAPI's shape rather than axum's.
 #[derive(Deserialize)]
 struct Page {
     #[serde(default)]
-    page: Option<usize>,
+    page: Option<String>,
     #[serde(default)]
-    page_size: Option<usize>,
+    page_size: Option<String>,
+}
+
+/// Query parameter `field` as an integer, or FastAPI's 422 for it.
+fn query_integer(field: &str, input: Option<&str>) -> std::result::Result<Option<usize>, ApiError> {
+    input
+        .map(|text| {
+            text.parse().map_err(|_| {
+                ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!([{
+                        "type": "int_parsing",
+                        "loc": ["query", field],
+                        "msg": "Input should be a valid integer, unable to parse string as an integer",
+                        "input": text,
+                    }]),
+                )
+            })
+        })
+        .transpose()
 }
 
 async fn list(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
-    Query(page): Query<Page>,
+    page: std::result::Result<Query<Page>, QueryRejection>,
 ) -> std::result::Result<Json<Value>, ApiError> {
+    let Query(page) = page.map_err(|rejection| query_validation(rejection.body_text()))?;
+    let page_size = query_integer("page_size", page.page_size.as_deref())?
+        .unwrap_or(100)
+        .clamp(1, 1000);
+    let number = query_integer("page", page.page.as_deref())?
+        .unwrap_or(1)
+        .max(1);
     let cvms = inner.store.cvms()?;
-    let page_size = page.page_size.unwrap_or(100).clamp(1, 1000);
-    let number = page.page.unwrap_or(1).max(1);
     let pages = cvms.len().div_ceil(page_size);
     let items: Vec<Value> = cvms
         .iter()
-        .skip((number - 1) * page_size)
+        // Saturating: a page number past the last (up to the largest) is empty.
+        .skip((number - 1).saturating_mul(page_size))
         .take(page_size)
         .map(|cvm| list_item(&inner, cvm, version(&headers)))
         .collect();

@@ -177,3 +177,44 @@ async fn a_wrong_api_key_is_refused_with_401() {
     );
     within(phala.stop()).await.unwrap();
 }
+
+/// Paging as FastAPI does: a page past the last is empty (the largest page
+/// number too), and a page or page size that is not an integer is a 422
+/// naming the query parameter.
+#[tokio::test]
+async fn paging_past_the_end_is_empty_and_a_non_integer_page_is_a_422() {
+    let dir = tempfile::tempdir().unwrap();
+    let phala = start(dir.path(), 0).await;
+    let list = |query: String| {
+        let url = format!("{}/cvms/paginated?{query}", phala.api_url());
+        async move {
+            let response = http()
+                .get(url)
+                .header("X-API-Key", API_KEY)
+                .send()
+                .await
+                .unwrap();
+            let code = response.status().as_u16();
+            (code, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+
+    let (code, page) = list(format!("page={}", u64::MAX)).await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(page["items"], serde_json::json!([]));
+    assert_eq!(page["page"], u64::MAX);
+
+    for (query, field) in [("page=abc", "page"), ("page_size=1.5", "page_size")] {
+        let (code, answer) = list(query.to_owned()).await;
+        assert_eq!(code, 422, "{query}: {answer}");
+        let problem = &answer["detail"][0];
+        assert_eq!(
+            problem["loc"],
+            serde_json::json!(["query", field]),
+            "{query}: {answer}"
+        );
+        assert_eq!(problem["type"], "int_parsing", "{query}: {answer}");
+        assert!(problem["msg"].is_string(), "{query}: {answer}");
+    }
+    within(phala.stop()).await.unwrap();
+}
