@@ -14,7 +14,6 @@ use axum::routing::{get, post};
 use delibera_jsonrpc::{ErrorObject, Id, Incoming, parse_request};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -196,10 +195,8 @@ pub fn app(state: AppState) -> Router {
         .route("/claim", claim)
         .route("/healthz", get(healthz))
         .fallback(not_found)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(within_request_timeout))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
@@ -439,6 +436,29 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn not_found() -> Response {
     error_json(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// Also MCP's answer to `GET /`: this server opens no server-to-client stream.
+async fn method_not_allowed() -> Response {
+    error_json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+/// Answers 408 in the `{"error"}` shape once a request has taken
+/// [`REQUEST_TIMEOUT`] (`tower_http`'s timeout answers with an empty body).
+async fn within_request_timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error_json(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "the request was not answered within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+    }
 }
 
 fn unauthorized(message: &str) -> Response {

@@ -671,13 +671,41 @@ async fn health_and_unknown_routes() {
         .await
         .unwrap();
     assert_eq!(get_root.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(get_root.headers().contains_key("allow"));
+    let answer: Value = get_root.json().await.unwrap();
+    assert!(answer["error"].is_string(), "{answer}");
     let nowhere = client
         .post(format!("{}nowhere", server.url()))
         .send()
         .await
         .unwrap();
     assert_eq!(nowhere.status(), StatusCode::NOT_FOUND);
+    let answer: Value = nowhere.json().await.unwrap();
+    assert!(answer["error"].is_string(), "{answer}");
     stop(server).await;
+}
+
+/// A request still unanswered after the server's 30 s is answered 408 in
+/// the `{"error"}` shape. (Paused time: the 30 s pass at once.)
+#[tokio::test(start_paused = true)]
+async fn a_request_that_takes_too_long_is_a_408_in_the_error_shape() {
+    use delibera_ensue_local::axum::body::{Body, Bytes, to_bytes};
+    use delibera_ensue_local::axum::http::Request;
+    use delibera_ensue_local::{AppState, Store, app};
+    use tower::ServiceExt;
+
+    let router = app(AppState::new(Store::in_memory().unwrap()));
+    // A body that never arrives holds the registration until the timeout.
+    let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+    let register = Request::post("/auth/agent-register")
+        .body(Body::from_stream(never))
+        .unwrap();
+    let response = router.oneshot(register).await.unwrap();
+    assert_eq!(response.status().as_u16(), 408);
+    let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let answer: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&body)));
+    assert!(answer["error"].is_string(), "{answer}");
 }
 
 #[tokio::test]
