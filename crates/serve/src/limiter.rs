@@ -2,23 +2,32 @@
 //! limiter every server of this workspace puts in front of its costly routes.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The window a [`PerMinuteLimiter`] counts in.
 pub const LIMIT_WINDOW: Duration = Duration::from_secs(60);
 
-/// Keys remembered before finished windows are forgotten, so a flood of
-/// client addresses cannot grow the map without bound.
+/// Clients remembered at most, so a flood of client addresses cannot grow
+/// the map without bound.
 const MAX_TRACKED_KEYS: usize = 10_000;
 
-/// Counts requests per key (a client's IP address, or `None` for callers
-/// that share one budget) in fixed one-minute windows.
+/// Counts requests per client (an IPv4 address or an IPv6 /64, see
+/// [`check`](Self::check); or `None` for callers that share one budget) in
+/// fixed one-minute windows.
 #[derive(Debug)]
 pub struct PerMinuteLimiter {
     per_minute: u32,
-    windows: Mutex<HashMap<Option<IpAddr>, (Instant, u32)>>,
+    windows: Mutex<Windows>,
+}
+
+#[derive(Debug, Default)]
+struct Windows {
+    /// Each client's window: when it started, and the requests counted in it.
+    by_client: HashMap<Option<IpAddr>, (Instant, u32)>,
+    /// When ended windows were last dropped from a full map.
+    last_sweep: Option<Instant>,
 }
 
 impl PerMinuteLimiter {
@@ -26,13 +35,19 @@ impl PerMinuteLimiter {
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::default(),
         }
     }
 
     /// Counts one request under `key`; `Err(retry_after)` when the key's
     /// budget for this window is spent. The wait is whole seconds rounded
     /// up (at least one), so a client that waits as told gets in.
+    ///
+    /// An IPv6 address counts as its /64 (one client holds a whole /64 and
+    /// can rotate through it), an IPv4-mapped IPv6 address as its IPv4
+    /// address. While 10,000 clients are counted, ended windows are dropped
+    /// at most once a window; a new client that finds no room waits for the
+    /// next sweep, so no request rescans the map.
     pub fn check(&self, key: Option<IpAddr>) -> Result<(), Duration> {
         self.check_at(key, Instant::now())
     }
@@ -41,23 +56,49 @@ impl PerMinuteLimiter {
         if self.per_minute == 0 {
             return Ok(());
         }
+        let key = key.map(client_of);
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        if windows.len() > MAX_TRACKED_KEYS {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < LIMIT_WINDOW);
+        let windows = &mut *windows;
+        if windows.by_client.len() >= MAX_TRACKED_KEYS && !windows.by_client.contains_key(&key) {
+            let next_sweep = windows.last_sweep.map(|at| at + LIMIT_WINDOW);
+            if next_sweep.is_none_or(|due| now >= due) {
+                windows
+                    .by_client
+                    .retain(|_, (start, _)| now.duration_since(*start) < LIMIT_WINDOW);
+                windows.last_sweep = Some(now);
+            }
+            if windows.by_client.len() >= MAX_TRACKED_KEYS {
+                let due = windows.last_sweep.map_or(now, |at| at + LIMIT_WINDOW);
+                return Err(whole_seconds(due.saturating_duration_since(now)));
+            }
         }
-        let (start, count) = windows.entry(key).or_insert((now, 0));
+        let (start, count) = windows.by_client.entry(key).or_insert((now, 0));
         if now.duration_since(*start) >= LIMIT_WINDOW {
             *start = now;
             *count = 0;
         }
         if *count >= self.per_minute {
             let left = LIMIT_WINDOW.saturating_sub(now.duration_since(*start));
-            let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            return Err(Duration::from_secs(seconds.max(1)));
+            return Err(whole_seconds(left));
         }
         *count += 1;
         Ok(())
     }
+}
+
+/// The client an address stands for: an IPv4 address (IPv4-mapped IPv6
+/// included) as itself, an IPv6 address as its /64.
+fn client_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+/// `wait` rounded up to whole seconds, at least one.
+fn whole_seconds(wait: Duration) -> Duration {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Duration::from_secs(seconds.max(1))
 }
 
 /// The address of the client behind `trusted_proxies` proxies, each of
@@ -183,6 +224,52 @@ mod tests {
         assert!(limiter.check_at(a, next).is_ok());
         assert!(limiter.check_at(a, next).is_ok());
         assert!(limiter.check_at(a, next).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client_and_an_ipv4_mapped_address_is_its_ipv4() {
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let limiter = PerMinuteLimiter::new(2);
+        let start = Instant::now();
+        assert!(limiter.check_at(ip("2001:db8:1:2::1"), start).is_ok());
+        assert!(limiter.check_at(ip("2001:db8:1:2:aaaa::7"), start).is_ok());
+        assert!(limiter.check_at(ip("2001:db8:1:2::ffff"), start).is_err());
+        assert!(limiter.check_at(ip("2001:db8:1:3::1"), start).is_ok());
+
+        assert!(limiter.check_at(ip("::ffff:10.0.0.1"), start).is_ok());
+        assert!(limiter.check_at(ip("10.0.0.1"), start).is_ok());
+        assert!(limiter.check_at(ip("::ffff:10.0.0.1"), start).is_err());
+        assert!(limiter.check_at(ip("10.0.0.2"), start).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_is_swept_once_a_window_and_refuses_new_clients_meanwhile() {
+        let client = |n: usize| Some(IpAddr::from([10, 1, (n >> 8) as u8, n as u8]));
+        let newcomer = Some(IpAddr::from([192, 0, 2, 1]));
+        let limiter = PerMinuteLimiter::new(5);
+        let start = Instant::now();
+        for n in 0..MAX_TRACKED_KEYS {
+            assert!(limiter.check_at(client(n), start).is_ok());
+        }
+        // Full of live windows: the sweep frees nothing, so a new client
+        // waits for the next one, and known clients go on.
+        let second = start + Duration::from_secs(1);
+        assert_eq!(
+            limiter.check_at(newcomer, second),
+            Err(Duration::from_secs(60))
+        );
+        assert!(limiter.check_at(client(0), second).is_ok());
+        // Every window but one has ended, yet the next sweep is not due: no
+        // rescan, still refused.
+        let ended = start + LIMIT_WINDOW;
+        assert_eq!(
+            limiter.check_at(newcomer, ended),
+            Err(Duration::from_secs(1))
+        );
+        // Once it is due, the sweep makes room.
+        let due = second + LIMIT_WINDOW;
+        assert!(limiter.check_at(newcomer, due).is_ok());
+        assert!(limiter.check_at(client(1), due).is_ok());
     }
 
     #[test]

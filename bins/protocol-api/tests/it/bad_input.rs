@@ -516,3 +516,42 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
     let (code, response) = app.send(post("198.51.100.10, 203.0.113.1")).await;
     assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{response}");
 }
+
+/// An IPv6 client holds a whole /64 and can rotate addresses inside it: the
+/// limit counts per /64, and an IPv4-mapped IPv6 address as the IPv4 address.
+#[tokio::test]
+async fn an_ipv6_client_has_one_budget_for_its_whole_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(
+        dir.path(),
+        TestDeployer::healthy(),
+        Options {
+            rate_per_minute: 2,
+            trusted_proxy_hops: 1,
+            ..Options::default()
+        },
+    )
+    .await;
+    let body = json!({ "displayName": "E", "nearAccount": "e.testnet", "endpointUrl": "https://e.example", "coordinatorDid": DID });
+    let post = |forwarded_for: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/api/provision/external-worker")
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", forwarded_for)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    for (client, expected) in [
+        ("2001:db8:1:2::1", StatusCode::OK),
+        ("2001:db8:1:2:ffff:1:2:3", StatusCode::OK),
+        ("2001:db8:1:2::9", StatusCode::TOO_MANY_REQUESTS),
+        ("2001:db8:1:3::1", StatusCode::OK),
+        ("::ffff:203.0.113.5", StatusCode::OK),
+        ("[::ffff:203.0.113.5]:4711", StatusCode::OK),
+        ("203.0.113.5", StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let (code, response) = app.send(post(client)).await;
+        assert_eq!(code, expected, "{client}: {response}");
+    }
+}
