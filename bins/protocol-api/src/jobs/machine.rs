@@ -504,15 +504,33 @@ impl JobMachine {
             let resumed = self.resume_all().await?;
             return Ok((lock, resumed));
         }
-        // Only the leader judges stored records: during a rolling upgrade
-        // an older replica must not fail the jobs a newer release wrote.
+        // A passing store fault here is waited out: returning it would stop
+        // the whole replica, requests and all.
+        let mut retries = 0;
+        while let Err(error) = self.take_up_the_sweeps().await {
+            if !error.is_transient() {
+                return Err(error);
+            }
+            retries += 1;
+            if retries == 1 {
+                tracing::warn!(%error, "the new leader waits for its store before its first sweeps");
+            }
+            tokio::time::sleep(self.settings.storage_retry.delay(retries)).await;
+        }
+        self.spawn_expiry_sweeper();
+        Ok((lock, 0))
+    }
+
+    /// What a new leader of replicas does first: judges the stored records
+    /// (only the leader does, so during a rolling upgrade an older replica
+    /// never fails the jobs a newer release wrote) and retries pending
+    /// announcements.
+    async fn take_up_the_sweeps(&self) -> Result<(), StoreError> {
         for job in self.jobs.fail_unreadable().await? {
             tracing::warn!(job = %JobTag::of(job.id), reason = %job.reason,
                 "a job's stored record cannot be read: the job is marked failed and will not resume");
         }
-        self.resume_announcements().await?;
-        self.spawn_expiry_sweeper();
-        Ok((lock, 0))
+        self.resume_announcements().await
     }
 
     /// What a server process does with its jobs: claims them with the

@@ -399,7 +399,11 @@ impl JobStore {
     /// error (the secrets are lost either way, and a failed job never shows
     /// them). A job whose fields do not read gets only its status column
     /// changed, and reading it stays an error that names it. A job that
-    /// recorded a deployment is marked for its teardown.
+    /// recorded a deployment is marked for its teardown. A `complete` job
+    /// is left as it is: its agent is registered and runs without what the
+    /// record keeps. Where replicas share the store, so is a job another
+    /// replica holds a live lease on (it reads the record, if a newer
+    /// release wrote it).
     pub async fn fail_unreadable(&self) -> Result<Vec<UnreadableJob>, StoreError> {
         if let Some(postgres) = self.db.postgres() {
             return pg::fail_unreadable(postgres).await;
@@ -407,7 +411,9 @@ impl JobStore {
         self.db
             .write(|conn, secrets, changes| {
                 let rows: Vec<(String, String, Vec<u8>)> = conn
-                    .prepare("SELECT id, record, secrets FROM jobs WHERE status != 'failed'")?
+                    .prepare(
+                        "SELECT id, record, secrets FROM jobs WHERE status NOT IN ('failed', 'complete')",
+                    )?
                     .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                     .collect::<Result<_, _>>()?;
                 let now = Utc::now();

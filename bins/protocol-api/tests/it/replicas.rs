@@ -732,6 +732,71 @@ async fn a_replica_fails_an_unreadable_record_only_once_it_leads() {
     assert_eq!(failed["status"], "failed", "{failed}");
 }
 
+/// A store fault just as a replica takes the leader lock is waited out:
+/// the replica leads (it does not stop, which would drop its requests), and
+/// its first sweeps run once the store takes writes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_leader_waits_out_a_store_fault_before_its_first_sweeps() {
+    let Some(db) =
+        TestDb::postgres("a_new_leader_waits_out_a_store_fault_before_its_first_sweeps").await
+    else {
+        return;
+    };
+    let mut job = crate::store::new_job();
+    job.status = protocol_api::jobs::JobStatus::WaitingForUrl;
+    db.open().await.jobs().insert(&job).await.unwrap();
+    db.set_secrets(
+        job.id,
+        &protocol_api::seal::SecretBox::from_key(&[9; 32]).seal(b"{}"),
+    )
+    .await;
+    // Its inserting replica is gone: a live lease would keep it unjudged.
+    db.expire_leases().await;
+    // This one another replica still holds: it may read what this one
+    // cannot (a newer release during a rolling upgrade).
+    let mut held = crate::store::new_job();
+    held.status = protocol_api::jobs::JobStatus::WaitingForUrl;
+    let holder = db.open().await;
+    holder.jobs().insert(&held).await.unwrap();
+    db.set_secrets(
+        held.id,
+        &protocol_api::seal::SecretBox::from_key(&[9; 32]).seal(b"{}"),
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let database = db.open().await;
+    let leader = TestApp::start(
+        dir.path(),
+        TestDeployer::healthy(),
+        Options {
+            database: Some(database.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let refused_before = database.simulated_refusals();
+    database.simulate_full_disk_briefly(2);
+    let (_lock, _) = within("the replica to lead", leader.state.jobs.lead())
+        .await
+        .unwrap();
+    assert_eq!(database.simulated_refusals(), refused_before + 2);
+    let (_, shown) = leader
+        .call("GET", &format!("/api/provision/status/{}", job.id), None)
+        .await;
+    assert_eq!(
+        shown["status"], "failed",
+        "judged once the store was back: {shown}"
+    );
+    let (_, held) = leader
+        .call("GET", &format!("/api/provision/status/{}", held.id), None)
+        .await;
+    assert_ne!(
+        held["status"], "failed",
+        "failed under another's lease: {held}"
+    );
+}
+
 /// A wallet-signed request is good for five minutes on any replica: its
 /// nonce, spent by the replica that accepted it, is a replay on every other,
 /// and one a failing store could not record is not spent at all.

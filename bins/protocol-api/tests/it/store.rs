@@ -533,9 +533,15 @@ async fn unreadable_records_fail_their_jobs_and_hide_no_other(db: TestDb) {
     waiting.status = JobStatus::AwaitingNearSignature;
     let mut failed = new_job();
     failed.status = JobStatus::Failed;
-    for job in [&damaged, &deployed, &waiting, &failed] {
+    // Registered and running: its agent needs nothing the record keeps.
+    let mut registered = new_job();
+    registered.status = JobStatus::Complete;
+    registered.cvm_id = Some("cvm-10".into());
+    for job in [&damaged, &deployed, &waiting, &failed, &registered] {
         store.insert(job).await.unwrap();
     }
+    db.set_secrets(registered.id, &SecretBox::from_key(&[9; 32]).seal(b"{}"))
+        .await;
     db.execute(&format!(
         "UPDATE jobs SET record = '{{' WHERE id = '{}'",
         damaged.id

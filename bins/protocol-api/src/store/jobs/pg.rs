@@ -348,8 +348,13 @@ pub(super) async fn fail_unreadable(pg: &Postgres) -> Result<Vec<UnreadableJob>,
         .map_err(|error| pg.error(error))?;
     let rows = transaction
         .query(
-            "SELECT id, record, secrets FROM jobs WHERE status != 'failed' FOR UPDATE",
-            &[],
+            // Rows locked in a steady order; a deadlock with another
+            // statement is transient, and the new leader tries again.
+            "SELECT id, record, secrets FROM jobs
+             WHERE status NOT IN ('failed', 'complete')
+                 AND (leased_by IS NULL OR leased_by = $1 OR leased_until < statement_timestamp())
+             ORDER BY id FOR UPDATE",
+            &[&&*pg.replica],
         )
         .await
         .map_err(|error| pg.error(error))?;
