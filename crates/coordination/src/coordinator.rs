@@ -324,7 +324,7 @@ impl Coordinator {
                 ));
                 archive.push((
                     keys::proposal_worker(id, did, WorkerField::Timestamp),
-                    counted.timestamp,
+                    archived_timestamp(&counted.timestamp),
                 ));
                 results.push(counted.result);
                 reference_results.push(reference);
@@ -698,4 +698,18 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|error| Error::Config {
         reason: format!("cannot encode JSON: {error}"),
     })
+}
+
+/// A worker's answer time as the archive keeps it, ISO-8601: the reference
+/// family's workers write epoch milliseconds, which are turned into it; any
+/// other text is kept as written.
+fn archived_timestamp(written: &str) -> String {
+    written
+        .parse::<i64>()
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || written.to_owned(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
 }

@@ -266,6 +266,14 @@ async fn a_round_with_a_recorded_typescript_worker_result_counts_its_vote() {
         )
         .await;
         assert_eq!(archived, recorded);
+        // Its answer's time, written in epoch ms, is archived as ISO-8601,
+        // which is what the archive holds whoever wrote the answer.
+        let archived_at = value(
+            memory.as_ref(),
+            &format!("coordination/proposals/7/workers/{typescript}/timestamp"),
+        )
+        .await;
+        assert_eq!(archived_at, "2025-01-05T10:00:00.000Z");
         let written = value(memory.as_ref(), "coordination/coordinator/tally").await;
         match (family, TallyDocument::parse(&written).unwrap()) {
             (DocumentFamily::Delibera, TallyDocument::Delibera(read)) => assert_eq!(read, tally),
