@@ -1038,6 +1038,18 @@ impl JobMachine {
                     }
                     tokio::time::sleep(self.settings.storage_retry.delay(retries)).await;
                 }
+                // A failed try may have committed, its answer lost; a
+                // transition out of the worked-on statuses then gave the
+                // lease up, and this try is refused. The job as stored says.
+                Err(error @ StoreError::LeaseLost { .. }) if retries > 0 => {
+                    return match self.jobs.get(job.id).await? {
+                        Some(stored) if stored.status == to => {
+                            *job = stored;
+                            Ok(())
+                        }
+                        _ => Err(error),
+                    };
+                }
                 other => return other,
             }
         }

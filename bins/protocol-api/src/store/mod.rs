@@ -594,6 +594,15 @@ impl Database {
         }
     }
 
+    /// On PostgreSQL, the next write that moves a job to `status` commits
+    /// and then fails as a dropped connection does, its answer lost. (A
+    /// SQLite write happens in process: no answer is lost there.)
+    pub fn simulate_lost_answer_to(&self, status: crate::jobs::JobStatus) {
+        if let Backend::Postgres(postgres) = &self.backend {
+            postgres.faults.lose_answer_to(status.as_str());
+        }
+    }
+
     /// The next `count` transactions the writer tries fail as on a full
     /// disk, then writes go on: a fault that passes by itself.
     pub fn simulate_full_disk_briefly(&self, count: u64) {

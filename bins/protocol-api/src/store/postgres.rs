@@ -23,8 +23,8 @@
 //! connection of its own ([`LeaderLock`]); when it dies its session ends,
 //! PostgreSQL releases the lock, and a waiting replica takes over.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Runtime};
@@ -178,6 +178,9 @@ pub(super) struct Faults {
     full: AtomicBool,
     pub(super) refusals: RefusalCountdown,
     refused: AtomicU64,
+    /// A job status whose next write commits and then reports a lost
+    /// connection, as when the connection drops after `COMMIT`.
+    lost_answer: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Faults {
@@ -187,6 +190,26 @@ impl Faults {
 
     pub(super) fn refusals(&self) -> u64 {
         self.refused.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn lose_answer_to(&self, status: &'static str) {
+        *self
+            .lost_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(status);
+    }
+
+    /// Whether the answer to this committed write to `status` is lost.
+    pub(super) fn loses_answer_to(&self, status: &str) -> bool {
+        let mut lost = self
+            .lost_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if lost.is_some_and(|lost| lost == status) {
+            *lost = None;
+            return true;
+        }
+        false
     }
 
     /// Refuses this write if a simulated full disk says so.

@@ -797,6 +797,49 @@ async fn a_new_leader_waits_out_a_store_fault_before_its_first_sweeps() {
     );
 }
 
+/// The registration's last write commits and its answer is lost (the
+/// connection drops after `COMMIT`): the retry finds the job complete, as
+/// written, and the registration answers so, not with a conflict.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_whose_last_commit_lost_its_answer_still_completes() {
+    let Some(db) =
+        TestDb::postgres("a_registration_whose_last_commit_lost_its_answer_still_completes").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = db.open().await;
+    let app = TestApp::start(
+        dir.path(),
+        TestDeployer::healthy(),
+        Options {
+            database: Some(database.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.state.jobs.start_claiming();
+    let id = provision(&app, 0).await;
+    let ready = app
+        .wait_for(&id, &["awaiting_near_signature", "failed"])
+        .await;
+    assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
+
+    database.simulate_lost_answer_to(protocol_api::jobs::JobStatus::Complete);
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/provision/coordinator-register",
+            Some(json!({ "jobId": id })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (_, shown) = app
+        .call("GET", &format!("/api/provision/status/{id}"), None)
+        .await;
+    assert_eq!(shown["status"], "complete", "{shown}");
+}
+
 /// A wallet-signed request is good for five minutes on any replica: its
 /// nonce, spent by the replica that accepted it, is a replay on every other,
 /// and one a failing store could not record is not spent at all.

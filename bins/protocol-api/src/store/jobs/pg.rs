@@ -171,6 +171,13 @@ pub(super) async fn update(
         )
         .await
         .map_err(|error| pg.error(error))?;
+    if changed == 1 && pg.faults.loses_answer_to(row.status) {
+        return Err(StoreError::Postgres {
+            database: pg.database().to_owned(),
+            reason: "the connection was lost after COMMIT (simulated)".into(),
+            transient: true,
+        });
+    }
     Ok(changed == 1)
 }
 
