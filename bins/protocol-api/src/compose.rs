@@ -405,9 +405,12 @@ async fn restore_local_agents(
             "local agents started again"
         );
     }
+    // Whether its agent came back or not (another process may hold its port
+    // for now), the port is the one its registered endpoint names.
     if let Some(id) = report
         .restored
         .iter()
+        .chain(report.lost.iter().map(|lost| &lost.id))
         .find(|id| journaled_ports.get(*id) == Some(&ensue_addr.port()))
     {
         anyhow::bail!(

@@ -201,8 +201,16 @@ fn the_embedded_ensue_never_takes_a_port_a_journaled_agent_keeps() {
     let endpoint = ready["phalaEndpoint"].as_str().unwrap().to_owned();
     let agent_addr: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
 
-    // Asked to take the agent's port, the server refuses to start and says why.
+    // Asked to take the agent's port, the server refuses to start and says
+    // why, even while another process holds that port for now.
+    // (Bound as tokio binds, reusing the address its last connections left.)
+    let squatting = tokio::runtime::Runtime::new().unwrap();
+    let squatter = squatting
+        .block_on(tokio::net::TcpListener::bind(agent_addr))
+        .unwrap();
     let refused = crash_after(async { start(&config(dir.path(), agent_addr)).await.unwrap_err() });
+    drop(squatter);
+    drop(squatting);
     let message = format!("{refused:#}");
     assert!(
         message.contains("ENSUE_LOCAL_ADDR") && message.contains(ready["cvmId"].as_str().unwrap()),
