@@ -655,23 +655,24 @@ async fn jobs_beyond_the_places_for_beginning_wait_their_turn() {
     }
 }
 
-/// Kills the whole server inside the deploy call (the deployment exists, the
-/// server never saw the answer), restarts it on the same data dir, and checks
-/// the job finds its deployment by name and goes on: one deploy in all.
-#[test]
-fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let deployer = TestDeployer::healthy();
+/// Starts a server on `dir` in a runtime of its own, provisions a
+/// coordinator named `name`, and kills the whole server (shuts the runtime
+/// down) inside its deploy call, once `deployer` has made the deployment;
+/// returns the job's id.
+fn killed_inside_its_deploy(
+    dir: &std::path::Path,
+    deployer: &std::sync::Arc<TestDeployer>,
+    name: &str,
+) -> String {
     deployer.hang_after_deploy.store(true, Ordering::SeqCst);
-
     let first = tokio::runtime::Runtime::new().unwrap();
     let job_id = first.block_on(async {
-        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
+        let app = TestApp::start(dir, deployer.clone(), Options::default()).await;
         let (_, body) = app
             .call(
                 "POST",
                 "/api/provision/coordinator",
-                Some(json!({ "displayName": "Killed Mid Deploy", "nearAccount": "c.testnet" })),
+                Some(json!({ "displayName": name, "nearAccount": "c.testnet" })),
             )
             .await;
         let job_id = body["jobId"].as_str().unwrap().to_owned();
@@ -683,6 +684,17 @@ fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
         job_id
     });
     first.shutdown_timeout(Duration::from_millis(100));
+    job_id
+}
+
+/// Kills the whole server inside the deploy call (the deployment exists, the
+/// server never saw the answer), restarts it on the same data dir, and checks
+/// the job finds its deployment by name and goes on: one deploy in all.
+#[test]
+fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = TestDeployer::healthy();
+    let job_id = killed_inside_its_deploy(dir.path(), &deployer, "Killed Mid Deploy");
     let deployed = deployer.specs.lock().unwrap()[0].clone();
 
     deployer.hang_after_deploy.store(false, Ordering::SeqCst);
@@ -724,27 +736,7 @@ fn a_job_killed_inside_its_deploy_adopts_the_deployment_by_name() {
 fn a_resumed_deploy_whose_lookup_fails_tears_the_earlier_deployment_down() {
     let dir = tempfile::tempdir().unwrap();
     let deployer = TestDeployer::healthy();
-    deployer.hang_after_deploy.store(true, Ordering::SeqCst);
-
-    let first = tokio::runtime::Runtime::new().unwrap();
-    let job_id = first.block_on(async {
-        let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
-        let (_, body) = app
-            .call(
-                "POST",
-                "/api/provision/coordinator",
-                Some(json!({ "displayName": "Killed Then Unlisted", "nearAccount": "c.testnet" })),
-            )
-            .await;
-        let job_id = body["jobId"].as_str().unwrap().to_owned();
-        until("the deploy to start", || async {
-            deployer.deploys.load(Ordering::SeqCst) > 0
-        })
-        .await;
-        job_id
-    });
-    first.shutdown_timeout(Duration::from_millis(100));
-
+    let job_id = killed_inside_its_deploy(dir.path(), &deployer, "Killed Then Unlisted");
     deployer.hang_after_deploy.store(false, Ordering::SeqCst);
     deployer.failing_finds.store(true, Ordering::SeqCst);
     let second = tokio::runtime::Runtime::new().unwrap();

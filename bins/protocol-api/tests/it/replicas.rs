@@ -23,6 +23,19 @@ const BEFORE_THE_KILL: usize = 20;
 /// Jobs the survivor accepts after it.
 const AFTER_THE_KILL: usize = 10;
 
+/// A replica on `database`, its deployments made by a healthy deployer.
+async fn replica(dir: &std::path::Path, database: protocol_api::store::Database) -> TestApp {
+    TestApp::start(
+        dir,
+        TestDeployer::healthy(),
+        Options {
+            database: Some(database),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
 async fn provision(app: &TestApp, n: usize) -> String {
     let (code, body) = app
         .call(
@@ -696,15 +709,7 @@ async fn a_replica_fails_an_unreadable_record_only_once_it_leads() {
     .await;
 
     let dir = tempfile::tempdir().unwrap();
-    let standby = TestApp::start(
-        dir.path(),
-        TestDeployer::healthy(),
-        Options {
-            database: Some(db.open().await),
-            ..Options::default()
-        },
-    )
-    .await;
+    let standby = replica(dir.path(), db.open().await).await;
     standby.state.jobs.start_claiming();
     let leading = tokio::spawn({
         let jobs = standby.state.jobs.clone();
@@ -766,15 +771,7 @@ async fn a_new_leader_waits_out_a_store_fault_before_its_first_sweeps() {
 
     let dir = tempfile::tempdir().unwrap();
     let database = db.open().await;
-    let leader = TestApp::start(
-        dir.path(),
-        TestDeployer::healthy(),
-        Options {
-            database: Some(database.clone()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let leader = replica(dir.path(), database.clone()).await;
     let refused_before = database.simulated_refusals();
     database.simulate_full_disk_briefly(2);
     let (_lock, _) = within("the replica to lead", leader.state.jobs.lead())
@@ -809,15 +806,7 @@ async fn a_registration_whose_last_commit_lost_its_answer_still_completes() {
     };
     let dir = tempfile::tempdir().unwrap();
     let database = db.open().await;
-    let app = TestApp::start(
-        dir.path(),
-        TestDeployer::healthy(),
-        Options {
-            database: Some(database.clone()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = replica(dir.path(), database.clone()).await;
     app.state.jobs.start_claiming();
     let id = provision(&app, 0).await;
     let ready = app
@@ -853,17 +842,7 @@ async fn a_wallet_signed_request_is_accepted_by_one_replica_only() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut replicas = Vec::new();
     for dir in [&dirs.0, &dirs.1] {
-        replicas.push(
-            TestApp::start(
-                dir.path(),
-                TestDeployer::healthy(),
-                Options {
-                    database: Some(db.open().await),
-                    ..Options::default()
-                },
-            )
-            .await,
-        );
+        replicas.push(replica(dir.path(), db.open().await).await);
     }
     // The roster's owner holds a key each replica's chain knows.
     let owner = delibera_identity::Keypair::from_seed(&[7; 32]);

@@ -2,13 +2,14 @@
 //! in the middle of a step leaves behind: the same job, the same org, no
 //! registration of a dead agent, and no deployment left running.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use protocol_api::jobs::JobStatus;
 use serde_json::{Value, json};
 
-use crate::common::{LosesFirstAnswer, Options, TestApp, TestDeployer};
+use crate::common::{LosesFirstAnswer, Options, TestApp, TestDeployer, until};
 
 const KEY: &str = "0b6f6c1e-6a9f-4d63-9d57-5f3b7f6e2a10";
 
@@ -417,24 +418,15 @@ async fn a_failed_teardown_after_the_health_gate_is_finished_by_the_sweeper() {
     );
 }
 
-/// A deploy that failed after it may have made its deployment (the
-/// commit's answer was lost): the failed job is marked, and the sweeper,
-/// woken by the failure rather than at the next expiry, finds the
-/// deployment by its name and tears it down.
-#[tokio::test]
-async fn a_deployment_a_failed_deploy_left_behind_is_torn_down_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let deployer = TestDeployer::healthy();
-    deployer
-        .leaves_behind
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
-    // Starts the sweeper, which sleeps until the next expiry unless woken.
-    assert_eq!(app.state.jobs.resume_all().await.unwrap(), 0);
+/// Provisions a coordinator on `app`, whose deployer fails each deploy
+/// after making its deployment (see `TestDeployer::leaves_behind`), and
+/// returns the job's id once it has failed.
+async fn failed_by_a_deploy_that_left_one_behind(app: &TestApp, name: &str) -> String {
+    app.deployer.leaves_behind.store(true, Ordering::SeqCst);
     let (code, _, body) = provision(
-        &app,
+        app,
         "/api/provision/coordinator",
-        coordinator_request("Lost Commit"),
+        coordinator_request(name),
         KEY,
     )
     .await;
@@ -444,32 +436,37 @@ async fn a_deployment_a_failed_deploy_left_behind_is_torn_down_by_name() {
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("the commit was never answered"), "{failed}");
     assert!(error.contains("is being torn down"), "{failed}");
+    job_id
+}
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !deployer
-        .teardowns
-        .lock()
-        .unwrap()
-        .contains(&"test-cvm-0".to_owned())
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never torn down");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A deploy that failed after it may have made its deployment (the
+/// commit's answer was lost): the failed job is marked, and its deployment
+/// is found by its name and torn down at once.
+#[tokio::test]
+async fn a_deployment_a_failed_deploy_left_behind_is_torn_down_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    let job_id = failed_by_a_deploy_that_left_one_behind(&app, "Lost Commit").await;
+    until("the deployment to be torn down", || async {
+        app.deployer
+            .teardowns
+            .lock()
+            .unwrap()
+            .contains(&"test-cvm-0".to_owned())
+    })
+    .await;
+    // The flag is cleared by the save that follows the teardown.
+    until("the job's mark to be cleared", || async {
+        !app.state
+            .jobs
+            .get(&job_id)
+            .await
+            .unwrap()
+            .deployment_teardown_pending
+    })
+    .await;
     let job = app.state.jobs.get(&job_id).await.unwrap();
     assert!(job.cvm_id.is_none(), "its id was never known");
-    // The flag is cleared by the save that follows the teardown.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while app
-        .state
-        .jobs
-        .get(&job_id)
-        .await
-        .unwrap()
-        .deployment_teardown_pending
-    {
-        assert!(tokio::time::Instant::now() < deadline, "still marked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The same, with the backend still failing when the job fails: the job
@@ -477,35 +474,32 @@ async fn a_deployment_a_failed_deploy_left_behind_is_torn_down_by_name() {
 #[tokio::test]
 async fn a_left_behind_deployment_whose_teardown_failed_is_torn_down_later() {
     let dir = tempfile::tempdir().unwrap();
-    let deployer = TestDeployer::healthy();
-    deployer
-        .leaves_behind
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    deployer
-        .failing_teardowns
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
-    let (code, _, body) = provision(
-        &app,
-        "/api/provision/coordinator",
-        coordinator_request("Lost Commit Twice"),
-        KEY,
-    )
-    .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let job_id = body["jobId"].as_str().unwrap().to_owned();
-    app.wait_for(&job_id, &["failed"]).await;
-    let job = app.state.jobs.get(&job_id).await.unwrap();
-    assert!(job.deployment_teardown_pending);
-    assert!(deployer.teardowns.lock().unwrap().is_empty());
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    app.deployer.failing_teardowns.store(true, Ordering::SeqCst);
+    let job_id = failed_by_a_deploy_that_left_one_behind(&app, "Lost Commit Twice").await;
+    assert!(
+        app.state
+            .jobs
+            .get(&job_id)
+            .await
+            .unwrap()
+            .deployment_teardown_pending
+    );
+    assert!(app.deployer.teardowns.lock().unwrap().is_empty());
 
-    deployer
+    app.deployer
         .failing_teardowns
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+        .store(false, Ordering::SeqCst);
     app.state.jobs.expire_due().await.unwrap();
-    assert_eq!(*deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
-    let job = app.state.jobs.get(&job_id).await.unwrap();
-    assert!(!job.deployment_teardown_pending);
+    assert_eq!(*app.deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
+    assert!(
+        !app.state
+            .jobs
+            .get(&job_id)
+            .await
+            .unwrap()
+            .deployment_teardown_pending
+    );
 }
 
 /// A deployment left behind that the backend lists only later: a sweep
@@ -514,33 +508,26 @@ async fn a_left_behind_deployment_whose_teardown_failed_is_torn_down_later() {
 #[tokio::test]
 async fn a_left_behind_deployment_listed_only_later_is_still_torn_down() {
     let dir = tempfile::tempdir().unwrap();
-    let deployer = TestDeployer::healthy();
-    deployer
-        .leaves_behind
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    deployer
+    let app = TestApp::start(dir.path(), TestDeployer::healthy(), Options::default()).await;
+    app.deployer
         .unlisted_left_behind
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let app = TestApp::start(dir.path(), deployer.clone(), Options::default()).await;
-    let (code, _, body) = provision(
-        &app,
-        "/api/provision/coordinator",
-        coordinator_request("Listed Late"),
-        KEY,
-    )
-    .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let job_id = body["jobId"].as_str().unwrap().to_owned();
-    app.wait_for(&job_id, &["failed"]).await;
+        .store(true, Ordering::SeqCst);
+    let job_id = failed_by_a_deploy_that_left_one_behind(&app, "Listed Late").await;
 
     app.state.jobs.expire_due().await.unwrap();
-    assert!(deployer.teardowns.lock().unwrap().is_empty());
+    assert!(app.deployer.teardowns.lock().unwrap().is_empty());
     let job = app.state.jobs.get(&job_id).await.unwrap();
     assert!(job.deployment_teardown_pending, "still looked for");
 
-    deployer.list_unlisted();
+    app.deployer.list_unlisted();
     app.state.jobs.expire_due().await.unwrap();
-    assert_eq!(*deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
-    let job = app.state.jobs.get(&job_id).await.unwrap();
-    assert!(!job.deployment_teardown_pending);
+    assert_eq!(*app.deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
+    assert!(
+        !app.state
+            .jobs
+            .get(&job_id)
+            .await
+            .unwrap()
+            .deployment_teardown_pending
+    );
 }

@@ -100,9 +100,19 @@ fn cvm(status: &str, public_urls: Value) -> ResponseTemplate {
     }))
 }
 
-/// One running CVM listed under `spec`'s name, at `https://adopted-3001.gw.example`:
-/// the one an earlier or unanswered deploy made, to be adopted.
-async fn mount_running_cvm_named(phala: &MockServer, spec: &AgentSpec) {
+/// A CVM list with nothing in it, looked up `times` times.
+async fn mount_empty_list(phala: &MockServer, times: u64) {
+    api("GET", "/cvms/paginated")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
+        })))
+        .expect(times)
+        .mount(phala)
+        .await;
+}
+
+/// A CVM list holding one CVM, named as `spec`, looked up once.
+async fn mount_listed_under_its_name(phala: &MockServer, spec: &AgentSpec) {
     api("GET", "/cvms/paginated")
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
@@ -111,6 +121,12 @@ async fn mount_running_cvm_named(phala: &MockServer, spec: &AgentSpec) {
         .expect(1)
         .mount(phala)
         .await;
+}
+
+/// One running CVM listed under `spec`'s name, at `https://adopted-3001.gw.example`:
+/// the one an earlier or unanswered deploy made, to be adopted.
+async fn mount_running_cvm_named(phala: &MockServer, spec: &AgentSpec) {
+    mount_listed_under_its_name(phala, spec).await;
     api("GET", &format!("/cvms/{VM_UUID}"))
         .respond_with(cvm(
             "running",
@@ -474,13 +490,7 @@ async fn find_pages_through_the_list_in_both_shapes() {
 #[tokio::test]
 async fn find_answers_none_when_no_cvm_has_the_name() {
     let phala = MockServer::start().await;
-    api("GET", "/cvms/paginated")
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
-        })))
-        .expect(1)
-        .mount(&phala)
-        .await;
+    mount_empty_list(&phala, 1).await;
     assert_eq!(
         deployer(&phala, StartPolicy::Never)
             .find(&spec())
@@ -543,13 +553,7 @@ async fn a_commit_that_kept_failing_with_nothing_listed_yet_is_reported_left_beh
     // Looked up a few times (a CVM whose commit timed out may be listed a
     // little later); since it may still appear, the commit's own error says
     // what to tear down, by name.
-    api("GET", "/cvms/paginated")
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
-        })))
-        .expect(u64::from(delibera_phala::COMMIT_SETTLE_LOOKUPS))
-        .mount(&phala)
-        .await;
+    mount_empty_list(&phala, u64::from(delibera_phala::COMMIT_SETTLE_LOOKUPS)).await;
     let spec = spec();
     let (name, id, error) = left_behind(
         deployer(&phala, StartPolicy::Never)
@@ -596,14 +600,7 @@ async fn a_cvm_whose_url_never_appears_and_that_cannot_be_deleted_is_reported_le
 async fn teardown_named_deletes_the_cvm_listed_under_the_name() {
     let phala = MockServer::start().await;
     let spec = spec();
-    api("GET", "/cvms/paginated")
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [{"id": 77, "vm_uuid": VM_UUID, "name": spec.name.as_str(), "app_id": APP_ID, "status": "running"}],
-            "total": 1, "page": 1, "page_size": 100, "pages": 1,
-        })))
-        .expect(1)
-        .mount(&phala)
-        .await;
+    mount_listed_under_its_name(&phala, &spec).await;
     api("DELETE", &format!("/cvms/{VM_UUID}"))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
@@ -616,13 +613,7 @@ async fn teardown_named_deletes_the_cvm_listed_under_the_name() {
 #[tokio::test]
 async fn teardown_named_finds_nothing_when_no_cvm_has_the_name() {
     let phala = MockServer::start().await;
-    api("GET", "/cvms/paginated")
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "items": [], "total": 0, "page": 1, "page_size": 100, "pages": 0,
-        })))
-        .expect(1)
-        .mount(&phala)
-        .await;
+    mount_empty_list(&phala, 1).await;
     api("DELETE", &format!("/cvms/{VM_UUID}"))
         .respond_with(ResponseTemplate::new(204))
         .expect(0)
