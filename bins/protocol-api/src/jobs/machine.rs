@@ -506,17 +506,12 @@ impl JobMachine {
         }
         // A passing store fault here is waited out: returning it would stop
         // the whole replica, requests and all.
-        let mut retries = 0;
-        while let Err(error) = self.take_up_the_sweeps().await {
-            if !error.is_transient() {
-                return Err(error);
-            }
-            retries += 1;
-            if retries == 1 {
-                tracing::warn!(%error, "the new leader waits for its store before its first sweeps");
-            }
-            tokio::time::sleep(self.settings.storage_retry.delay(retries)).await;
-        }
+        crate::store::until_stored(
+            &self.settings.storage_retry,
+            || self.take_up_the_sweeps(),
+            |error| tracing::warn!(%error, "the new leader waits for its store before its first sweeps"),
+        )
+        .await?;
         self.spawn_expiry_sweeper();
         Ok((lock, 0))
     }

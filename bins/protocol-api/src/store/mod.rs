@@ -255,8 +255,9 @@ pub fn sqlite_failure_passes(error: &rusqlite::Error) -> bool {
 
 /// Runs `write` until it stores or fails for good: while the store refuses
 /// writes for now ([`StoreError::is_transient`]) it waits as `pauses` says,
-/// and `waiting` hears the first refusal. For a write that records work
-/// done outside, which a passing fault must not undo.
+/// and `waiting` hears the first refusal. For a write a passing fault must
+/// not undo or abandon: one recording work done outside, or a new leader's
+/// first sweeps.
 pub(crate) async fn until_stored<T, Fut>(
     pauses: &delibera_backoff::Backoff,
     mut write: impl FnMut() -> Fut,
