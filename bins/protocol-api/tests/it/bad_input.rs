@@ -479,14 +479,11 @@ async fn provisioning_is_rate_limited() {
     assert!(response["error"].as_str().unwrap().contains("retry"));
 }
 
-/// Behind a proxy every request comes from the proxy's address: the limit
-/// counts per address the proxy appended to `X-Forwarded-For`, and what the
-/// client wrote before it does not buy a new budget.
-#[tokio::test]
-async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::start(
-        dir.path(),
+/// A server behind one trusted proxy, allowing two provisioning requests
+/// per client a minute.
+async fn behind_one_proxy_with_a_budget_of_two(dir: &std::path::Path) -> TestApp {
+    TestApp::start(
+        dir,
         TestDeployer::healthy(),
         Options {
             rate_per_minute: 2,
@@ -494,26 +491,42 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
             ..Options::default()
         },
     )
-    .await;
+    .await
+}
+
+/// An external worker's provisioning request, as the proxy forwards it for
+/// `forwarded_for`.
+fn through_the_proxy(forwarded_for: &str) -> Request<Body> {
     let body = json!({ "displayName": "E", "nearAccount": "e.testnet", "endpointUrl": "https://e.example", "coordinatorDid": DID });
-    let post = |forwarded_for: &str| {
-        Request::builder()
-            .method("POST")
-            .uri("/api/provision/external-worker")
-            .header("content-type", "application/json")
-            .header("x-forwarded-for", forwarded_for)
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
+    Request::builder()
+        .method("POST")
+        .uri("/api/provision/external-worker")
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", forwarded_for)
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// Behind a proxy every request comes from the proxy's address: the limit
+/// counts per address the proxy appended to `X-Forwarded-For`, and what the
+/// client wrote before it does not buy a new budget.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = behind_one_proxy_with_a_budget_of_two(dir.path()).await;
     // Three clients through the proxy: none shares another's budget.
     for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
-        let (code, response) = app.send(post(client)).await;
+        let (code, response) = app.send(through_the_proxy(client)).await;
         assert_eq!(code, StatusCode::OK, "{client}: {response}");
     }
     // One client, forging a different address before the proxy's entry.
-    let (code, _) = app.send(post("198.51.100.9, 203.0.113.1")).await;
+    let (code, _) = app
+        .send(through_the_proxy("198.51.100.9, 203.0.113.1"))
+        .await;
     assert_eq!(code, StatusCode::OK);
-    let (code, response) = app.send(post("198.51.100.10, 203.0.113.1")).await;
+    let (code, response) = app
+        .send(through_the_proxy("198.51.100.10, 203.0.113.1"))
+        .await;
     assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{response}");
 }
 
@@ -522,26 +535,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
 #[tokio::test]
 async fn an_ipv6_client_has_one_budget_for_its_whole_64() {
     let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::start(
-        dir.path(),
-        TestDeployer::healthy(),
-        Options {
-            rate_per_minute: 2,
-            trusted_proxy_hops: 1,
-            ..Options::default()
-        },
-    )
-    .await;
-    let body = json!({ "displayName": "E", "nearAccount": "e.testnet", "endpointUrl": "https://e.example", "coordinatorDid": DID });
-    let post = |forwarded_for: &str| {
-        Request::builder()
-            .method("POST")
-            .uri("/api/provision/external-worker")
-            .header("content-type", "application/json")
-            .header("x-forwarded-for", forwarded_for)
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
+    let app = behind_one_proxy_with_a_budget_of_two(dir.path()).await;
     for (client, expected) in [
         ("2001:db8:1:2::1", StatusCode::OK),
         ("2001:db8:1:2:ffff:1:2:3", StatusCode::OK),
@@ -551,7 +545,7 @@ async fn an_ipv6_client_has_one_budget_for_its_whole_64() {
         ("[::ffff:203.0.113.5]:4711", StatusCode::OK),
         ("203.0.113.5", StatusCode::TOO_MANY_REQUESTS),
     ] {
-        let (code, response) = app.send(post(client)).await;
+        let (code, response) = app.send(through_the_proxy(client)).await;
         assert_eq!(code, expected, "{client}: {response}");
     }
 }

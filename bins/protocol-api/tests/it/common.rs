@@ -485,6 +485,18 @@ impl TestApp {
             registry,
         }
     }
+
+    /// Job `job_id`, checked to have registered exactly one Ensue org (its
+    /// first name) in this server's Ensue.
+    pub async fn job_with_its_one_org(&self, job_id: &str) -> protocol_api::jobs::Job {
+        let job = self.state.jobs.get(job_id).await.unwrap();
+        assert_eq!(job.ensue_org_attempts, 1, "one org registered");
+        let org = job.ensue_org_name.clone().unwrap();
+        let mut expected = vec![delibera_ensue_local::BOOTSTRAP_ORG, org.as_str()];
+        expected.sort_unstable();
+        assert_eq!(self.ensue.store().org_names().await.unwrap(), expected);
+        job
+    }
 }
 
 impl std::ops::Deref for TestApp {

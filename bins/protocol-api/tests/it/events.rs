@@ -134,6 +134,23 @@ fn assert_secret_rule(document: &Value) {
     }
 }
 
+/// A server on `dir` with every outside call held, and a coordinator job
+/// held at `creating_space`.
+async fn held_coordinator_on(dir: &std::path::Path) -> (TestApp, Holds, String) {
+    let holds = Holds::closed();
+    let app = TestApp::start(
+        dir,
+        TestDeployer::healthy(),
+        Options {
+            holds: holds.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let job_id = held_coordinator(&app).await;
+    (app, holds, job_id)
+}
+
 async fn held_coordinator(app: &TestApp) -> String {
     let (code, body) = app
         .call(
@@ -151,17 +168,7 @@ async fn held_coordinator(app: &TestApp) -> String {
 #[tokio::test]
 async fn a_follower_sees_every_transition_in_order_and_secrets_only_when_due() {
     let dir = tempfile::tempdir().unwrap();
-    let holds = Holds::closed();
-    let app = TestApp::start(
-        dir.path(),
-        TestDeployer::healthy(),
-        Options {
-            holds: holds.clone(),
-            ..Options::default()
-        },
-    )
-    .await;
-    let job_id = held_coordinator(&app).await;
+    let (app, holds, job_id) = held_coordinator_on(dir.path()).await;
     let mut stream = Stream::open(&app, &job_id, None).await;
     let (_, first) = stream.status().await.unwrap();
     assert_eq!(status_of(&first), "creating_space");
@@ -205,17 +212,7 @@ async fn a_follower_sees_every_transition_in_order_and_secrets_only_when_due() {
 #[tokio::test]
 async fn a_follower_that_reconnects_with_last_event_id_misses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let holds = Holds::closed();
-    let app = TestApp::start(
-        dir.path(),
-        TestDeployer::healthy(),
-        Options {
-            holds: holds.clone(),
-            ..Options::default()
-        },
-    )
-    .await;
-    let job_id = held_coordinator(&app).await;
+    let (app, holds, job_id) = held_coordinator_on(dir.path()).await;
     // A follower that never disconnects, to compare with.
     let mut continuous = Stream::open(&app, &job_id, None).await;
     let mut stream = Stream::open(&app, &job_id, None).await;
@@ -275,17 +272,7 @@ async fn a_follower_that_reconnects_with_last_event_id_misses_nothing() {
 #[tokio::test]
 async fn a_last_event_id_with_the_largest_number_gets_the_current_document() {
     let dir = tempfile::tempdir().unwrap();
-    let holds = Holds::closed();
-    let app = TestApp::start(
-        dir.path(),
-        TestDeployer::healthy(),
-        Options {
-            holds: holds.clone(),
-            ..Options::default()
-        },
-    )
-    .await;
-    let job_id = held_coordinator(&app).await;
+    let (app, holds, job_id) = held_coordinator_on(dir.path()).await;
     let mut stream = Stream::open(&app, &job_id, None).await;
     let (first_id, _) = stream.status().await.unwrap();
     let (run, _) = first_id.split_once('-').unwrap();

@@ -499,12 +499,7 @@ async fn a_new_ensue_org_key_outlives_a_database_outage_longer_than_a_lease() {
         .wait_for(&id, &["awaiting_near_signature", "failed"])
         .await;
     assert_eq!(ready["status"], "awaiting_near_signature", "{ready}");
-    let job = app.state.jobs.get(&id).await.unwrap();
-    assert_eq!(job.ensue_org_attempts, 1, "one org registered");
-    let org = job.ensue_org_name.clone().unwrap();
-    let mut expected = vec![delibera_ensue_local::BOOTSTRAP_ORG, org.as_str()];
-    expected.sort_unstable();
-    assert_eq!(app.ensue.store().org_names().await.unwrap(), expected);
+    app.job_with_its_one_org(&id).await;
 }
 
 /// A `protocol-api` binary in production mode on the test's PostgreSQL

@@ -439,6 +439,15 @@ async fn failed_by_a_deploy_that_left_one_behind(app: &TestApp, name: &str) -> S
     job_id
 }
 
+/// Sweeps once, and checks that the sweep tore the job's deployment down
+/// and cleared its mark.
+async fn a_sweep_tears_it_down(app: &TestApp, job_id: &str) {
+    app.state.jobs.expire_due().await.unwrap();
+    assert_eq!(*app.deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
+    let job = app.state.jobs.get(job_id).await.unwrap();
+    assert!(!job.deployment_teardown_pending);
+}
+
 /// A deploy that failed after it may have made its deployment (the
 /// commit's answer was lost): the failed job is marked, and its deployment
 /// is found by its name and torn down at once.
@@ -490,16 +499,7 @@ async fn a_left_behind_deployment_whose_teardown_failed_is_torn_down_later() {
     app.deployer
         .failing_teardowns
         .store(false, Ordering::SeqCst);
-    app.state.jobs.expire_due().await.unwrap();
-    assert_eq!(*app.deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
-    assert!(
-        !app.state
-            .jobs
-            .get(&job_id)
-            .await
-            .unwrap()
-            .deployment_teardown_pending
-    );
+    a_sweep_tears_it_down(&app, &job_id).await;
 }
 
 /// A deployment left behind that the backend lists only later: a sweep
@@ -520,14 +520,5 @@ async fn a_left_behind_deployment_listed_only_later_is_still_torn_down() {
     assert!(job.deployment_teardown_pending, "still looked for");
 
     app.deployer.list_unlisted();
-    app.state.jobs.expire_due().await.unwrap();
-    assert_eq!(*app.deployer.teardowns.lock().unwrap(), ["test-cvm-0"]);
-    assert!(
-        !app.state
-            .jobs
-            .get(&job_id)
-            .await
-            .unwrap()
-            .deployment_teardown_pending
-    );
+    a_sweep_tears_it_down(&app, &job_id).await;
 }

@@ -425,6 +425,63 @@ async fn every_dashboard_call_is_answered_by_a_coordinator_and_workers_running_a
         .unwrap();
 }
 
+/// A local Ensue, a coordinator (agent key `seed`, one static worker of key
+/// `seed + 1` that is not served) and a worker (key `seed + 2`), served and
+/// healthy.
+struct CoordinatorAndWorker {
+    ensue: LocalEnsue,
+    coordinator_base: String,
+    worker_base: String,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    served: Vec<(
+        &'static str,
+        tokio::task::JoinHandle<delibera_agent::Result<()>>,
+    )>,
+}
+
+impl CoordinatorAndWorker {
+    async fn start(seed: u8) -> Self {
+        let ensue = within(
+            "the local Ensue to start",
+            LocalEnsue::start(Config::default()),
+        )
+        .await
+        .unwrap();
+        let http = http();
+        let coordinator_key = key(seed);
+        let mut coordinator_env = env(AgentRole::Coordinator, &coordinator_key, "Coord", &ensue);
+        coordinator_env.static_workers = vec![key(seed + 1).did()];
+        let (coordinator_base, stop_coordinator, coordinator) =
+            serve(Agent::new(coordinator_env).unwrap()).await;
+        let worker_key = key(seed + 2);
+        let (worker_base, stop_worker, worker) =
+            serve(Agent::new(env(AgentRole::Worker, &worker_key, "Worker", &ensue)).unwrap()).await;
+        healthy(&http, &coordinator_base, &coordinator_key.did()).await;
+        healthy(&http, &worker_base, &worker_key.did()).await;
+        Self {
+            ensue,
+            coordinator_base,
+            worker_base,
+            stops: vec![stop_coordinator, stop_worker],
+            served: vec![("the coordinator", coordinator), ("the worker", worker)],
+        }
+    }
+
+    /// Stops both agents and the Ensue, each within the deadline.
+    async fn stop(self) {
+        drop(self.stops);
+        for (agent, served) in self.served {
+            within(&format!("{agent} to stop"), served)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        within("the local Ensue to stop", self.ensue.stop())
+            .await
+            .unwrap();
+    }
+}
+
 /// Serves `env` on a loopback port until the returned sender is dropped.
 async fn serve(
     agent: Agent,
@@ -527,22 +584,9 @@ async fn a_browser_preflight_to_an_agent_succeeds_for_the_origins_it_allows() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_to_the_dashboard_routes_is_a_clear_400() {
-    let ensue = within(
-        "the local Ensue to start",
-        LocalEnsue::start(Config::default()),
-    )
-    .await
-    .unwrap();
+    let pair = CoordinatorAndWorker::start(80).await;
     let http = http();
-    let coordinator_key = key(80);
-    let mut coordinator_env = env(AgentRole::Coordinator, &coordinator_key, "Coord", &ensue);
-    coordinator_env.static_workers = vec![key(81).did()];
-    let (base, stop_coordinator, coordinator) = serve(Agent::new(coordinator_env).unwrap()).await;
-    let worker_key = key(82);
-    let (worker_base, stop_worker, worker) =
-        serve(Agent::new(env(AgentRole::Worker, &worker_key, "Worker", &ensue)).unwrap()).await;
-    healthy(&http, &base, &coordinator_key.did()).await;
-    healthy(&http, &worker_base, &worker_key.did()).await;
+    let (base, worker_base) = (pair.coordinator_base.clone(), pair.worker_base.clone());
 
     let posts: [(&str, &str, Value, &str); 16] = [
         (
@@ -681,15 +725,7 @@ async fn bad_input_to_the_dashboard_routes_is_a_clear_400() {
     assert_eq!(identity["manifesto"]["name"], "Worker");
     assert_eq!(identity["preferences"]["knowledgeNotes"], json!([]));
 
-    drop((stop_coordinator, stop_worker));
-    within("the coordinator to stop", coordinator)
-        .await
-        .unwrap()
-        .unwrap();
-    within("the worker to stop", worker).await.unwrap().unwrap();
-    within("the local Ensue to stop", ensue.stop())
-        .await
-        .unwrap();
+    pair.stop().await;
 }
 
 /// A proposal id Ensue cannot take as part of a key (over its key length, or
@@ -697,18 +733,9 @@ async fn bad_input_to_the_dashboard_routes_is_a_clear_400() {
 /// anything reaches Ensue or a round starts.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proposal_id_ensue_cannot_store_is_a_400_on_every_route() {
-    let ensue = within(
-        "the local Ensue to start",
-        LocalEnsue::start(Config::default()),
-    )
-    .await
-    .unwrap();
+    let pair = CoordinatorAndWorker::start(86).await;
     let http = http();
-    let coordinator_key = key(86);
-    let mut coordinator_env = env(AgentRole::Coordinator, &coordinator_key, "Coord", &ensue);
-    coordinator_env.static_workers = vec![key(87).did()];
-    let (base, stop, coordinator) = serve(Agent::new(coordinator_env).unwrap()).await;
-    healthy(&http, &base, &coordinator_key.did()).await;
+    let base = pair.coordinator_base.clone();
 
     let too_long = "a".repeat(1100);
     for path in [
@@ -740,14 +767,7 @@ async fn a_proposal_id_ensue_cannot_store_is_a_400_on_every_route() {
     let (_, status) = get_json(&http, &format!("{base}/api/coordinate/status")).await;
     assert_eq!(status["running"], false, "{status}");
 
-    drop(stop);
-    within("the coordinator to stop", coordinator)
-        .await
-        .unwrap()
-        .unwrap();
-    within("the local Ensue to stop", ensue.stop())
-        .await
-        .unwrap();
+    pair.stop().await;
 }
 
 /// What axum would refuse by itself (a path segment that is not UTF-8, an
@@ -756,22 +776,9 @@ async fn a_proposal_id_ensue_cannot_store_is_a_400_on_every_route() {
 /// says what was wrong, by coordinators and workers alike.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_refuses_bad_requests_in_its_json_error_shape() {
-    let ensue = within(
-        "the local Ensue to start",
-        LocalEnsue::start(Config::default()),
-    )
-    .await
-    .unwrap();
+    let pair = CoordinatorAndWorker::start(88).await;
     let http = http();
-    let coordinator_key = key(88);
-    let mut coordinator_env = env(AgentRole::Coordinator, &coordinator_key, "Coord", &ensue);
-    coordinator_env.static_workers = vec![key(89).did()];
-    let (base, stop_coordinator, coordinator) = serve(Agent::new(coordinator_env).unwrap()).await;
-    let worker_key = key(90);
-    let (worker_base, stop_worker, worker) =
-        serve(Agent::new(env(AgentRole::Worker, &worker_key, "Worker", &ensue)).unwrap()).await;
-    healthy(&http, &base, &coordinator_key.did()).await;
-    healthy(&http, &worker_base, &worker_key.did()).await;
+    let (base, worker_base) = (pair.coordinator_base.clone(), pair.worker_base.clone());
 
     let too_large = format!("{{\"proposalId\": \"{}\"}}", "a".repeat(3 << 20));
     let requests = [
@@ -844,15 +851,7 @@ async fn the_agent_refuses_bad_requests_in_its_json_error_shape() {
         assert_eq!(answer.as_object().unwrap().len(), 1, "{shown}: {answer}");
     }
 
-    drop((stop_coordinator, stop_worker));
-    within("the coordinator to stop", coordinator)
-        .await
-        .unwrap()
-        .unwrap();
-    within("the worker to stop", worker).await.unwrap().unwrap();
-    within("the local Ensue to stop", ensue.stop())
-        .await
-        .unwrap();
+    pair.stop().await;
 }
 
 /// An identity document whose stored value does not open (tampered, or

@@ -115,14 +115,9 @@ async fn a_deploy_boots_the_sealed_agent_behind_the_gateway_and_survives_a_resta
     let listed = |path: &'static str| {
         let url = format!("{}{path}", phala.api_url());
         async move {
-            let response = http()
-                .get(url)
-                .header("X-API-Key", API_KEY)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status().as_u16(), 200, "{path}");
-            response.json::<serde_json::Value>().await.unwrap()
+            let (code, answer) = get_with_the_key(url).await;
+            assert_eq!(code, 200, "{path}");
+            answer
         }
     };
     let page = listed("/cvms/paginated").await;
@@ -185,19 +180,8 @@ async fn a_wrong_api_key_is_refused_with_401() {
 async fn paging_past_the_end_is_empty_and_a_non_integer_page_is_a_422() {
     let dir = tempfile::tempdir().unwrap();
     let phala = start(dir.path(), 0).await;
-    let list = |query: String| {
-        let url = format!("{}/cvms/paginated?{query}", phala.api_url());
-        async move {
-            let response = http()
-                .get(url)
-                .header("X-API-Key", API_KEY)
-                .send()
-                .await
-                .unwrap();
-            let code = response.status().as_u16();
-            (code, response.json::<serde_json::Value>().await.unwrap())
-        }
-    };
+    let list =
+        |query: String| get_with_the_key(format!("{}/cvms/paginated?{query}", phala.api_url()));
 
     let (code, page) = list(format!("page={}", u64::MAX)).await;
     assert_eq!(code, 200, "{page}");
@@ -217,4 +201,16 @@ async fn paging_past_the_end_is_empty_and_a_non_integer_page_is_a_422() {
         assert!(problem["msg"].is_string(), "{query}: {answer}");
     }
     within(phala.stop()).await.unwrap();
+}
+
+/// `GET url` with the stand-in's API key: the status and the JSON answer.
+async fn get_with_the_key(url: String) -> (u16, serde_json::Value) {
+    let response = http()
+        .get(url)
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    let code = response.status().as_u16();
+    (code, response.json().await.unwrap())
 }

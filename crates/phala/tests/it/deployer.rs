@@ -92,6 +92,15 @@ async fn mount_provision_and_commit(server: &MockServer) {
         .await;
 }
 
+/// A deploy whose CVM is committed and then stays `creating`, with no URL.
+async fn mount_committed_cvm_that_never_gets_a_url(phala: &MockServer) {
+    mount_provision_and_commit(phala).await;
+    api("GET", &format!("/cvms/{VM_UUID}"))
+        .respond_with(cvm("creating", json!([])))
+        .mount(phala)
+        .await;
+}
+
 fn cvm(status: &str, public_urls: Value) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({
         "id": 77, "name": "n", "status": status, "in_progress": false,
@@ -336,11 +345,7 @@ async fn the_always_policy_starts_right_after_commit_and_never_skips_it() {
 #[tokio::test]
 async fn a_cvm_whose_url_never_appears_is_deleted_by_deploy() {
     let phala = MockServer::start().await;
-    mount_provision_and_commit(&phala).await;
-    api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm("creating", json!([])))
-        .mount(&phala)
-        .await;
+    mount_committed_cvm_that_never_gets_a_url(&phala).await;
     api("DELETE", &format!("/cvms/{VM_UUID}"))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
@@ -571,11 +576,7 @@ async fn a_commit_that_kept_failing_with_nothing_listed_yet_is_reported_left_beh
 #[tokio::test]
 async fn a_cvm_whose_url_never_appears_and_that_cannot_be_deleted_is_reported_left_behind() {
     let phala = MockServer::start().await;
-    mount_provision_and_commit(&phala).await;
-    api("GET", &format!("/cvms/{VM_UUID}"))
-        .respond_with(cvm("creating", json!([])))
-        .mount(&phala)
-        .await;
+    mount_committed_cvm_that_never_gets_a_url(&phala).await;
     api("DELETE", &format!("/cvms/{VM_UUID}"))
         .respond_with(ResponseTemplate::new(500).set_body_json(json!({"detail": "down"})))
         .expect(2)
